@@ -1,0 +1,384 @@
+"""The `pennyroute` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from router import views
+from router.catalog import Catalog, load_catalog
+from router.db import current_revision, ensure_schema, session_scope, upgrade
+from router.demo import DEMO_LABELS, write_demo_file
+from router.engine import run_job_inline
+from router.errors import PennyrouteError
+from router.intake import JobRequest
+from router.jobs import NoModelError, Submitted, dispatch_job, submit_job
+from router.ledger import repo
+from router.ledger.tables import JobStatus
+from router.settings import Settings, get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Route batch LLM work to the cheapest model that meets your bar; ledger every cent.")
+db_app = typer.Typer(no_args_is_help=True, help="The ledger database.")
+tenant_app = typer.Typer(no_args_is_help=True, help="Tenants (organisations).")
+team_app = typer.Typer(no_args_is_help=True, help="Teams within a tenant.")
+app.add_typer(db_app, name="db")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(team_app, name="team")
+
+out = views.console()
+err = views.error_console()
+# How often --wait reads progress from the ledger.
+POLL_S = 0.5
+
+
+class State:
+    catalog_path: Path | None = None
+
+
+@app.callback()
+def _root(
+    catalog: Annotated[Path | None, typer.Option("--catalog", help="A TOML catalog extending the default (PENNYROUTE_CATALOG).")] = None,
+) -> None:
+    State.catalog_path = catalog
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    if State.catalog_path is not None:
+        settings = settings.model_copy(update={"catalog": State.catalog_path})
+    return settings
+
+
+def _catalog(settings: Settings) -> Catalog:
+    return load_catalog(settings.catalog, replace_default=settings.catalog_replace)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code=2)
+
+
+def _split(value: str | None) -> frozenset[str] | None:
+    if not value:
+        return None
+    return frozenset(v.strip() for v in value.split(",") if v.strip()) or None
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+@app.command()
+def models(task: Annotated[str | None, typer.Option(help="Show the quality prior for this task only.")] = None) -> None:
+    """List the catalog's models with prices, context windows, regions and quality priors."""
+    try:
+        settings = _settings()
+        out.print(views.models_table(_catalog(settings), task=task))
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+
+
+# -- submit / status / results ---------------------------------------------------------------------
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="JSONL, one item a line: {\"id\": ..., \"text\": ..., \"gold\": optional}.")],
+    task: Annotated[str, typer.Option(help="classify or summarize.")],
+    team: Annotated[str, typer.Option(help="The team the job is billed to.")],
+    min_quality: Annotated[float, typer.Option(help="Quality bar in 0..1 (0.9 = 90% accuracy).")] = 0.9,
+    labels: Annotated[str | None, typer.Option(help="classify: comma-separated labels.")] = None,
+    max_words: Annotated[int | None, typer.Option(help="summarize: target length in words.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="The team's tenant, when the team name is not unique.")] = None,
+    region: Annotated[str | None, typer.Option(help="Allowed model regions, e.g. eu or eu,local.")] = None,
+    providers: Annotated[str | None, typer.Option(help="Allowed providers, comma-separated.")] = None,
+    models: Annotated[str | None, typer.Option("--models", help="Allowed models, comma-separated.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the job with a progress bar.")] = False,
+) -> None:
+    """Submit a batch job. Prints the job id, the routing decision, and rejected lines."""
+    settings = _settings()
+    request = JobRequest(
+        path=file, team=team, tenant=tenant, task=task, min_quality=min_quality,
+        labels=tuple(v.strip() for v in labels.split(",")) if labels else (), max_words=max_words,
+        regions=_split(region), providers=_split(providers), models=_split(models),
+    )
+    _submit_and_run(settings, request, wait=wait)
+
+
+def _submit_and_run(settings: Settings, request: JobRequest, *, wait: bool, quiet_decision: bool = False) -> Submitted:
+    try:
+        catalog = _catalog(settings)
+        submitted = submit_job(settings, catalog, request)
+    except NoModelError as exc:
+        out.print(views.decision_table(exc.decision, _catalog(settings), simulated=settings.sandbox_active))
+        raise _fail(exc) from None
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    if submitted.simulated:
+        out.print(views.SIMULATED_BANNER)
+    out.print(f"job [bold]{submitted.job_id}[/]: {submitted.n_items:,} items accepted, {submitted.n_rejected:,} lines rejected")
+    for line_error in submitted.rejected[:20]:
+        err.print(f"  [yellow]rejected[/] {request.path}: {line_error}")
+    if submitted.n_rejected > 20:
+        err.print(f"  ... and {submitted.n_rejected - 20:,} more (`pennyroute status {submitted.job_id}` lists them)")
+    if not quiet_decision:
+        out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
+    out.print(submitted.decision.summary)
+    if settings.embedded:
+        out.print("[dim]no broker configured (BROKER_URL): running the job in this process[/]")
+        _run_inline(settings, catalog, submitted)
+    else:
+        try:
+            sent = dispatch_job(settings, submitted.job_id, submitted.n_items)
+        except Exception as exc:  # the broker is down: the job is safe in the ledger
+            raise _fail(PennyrouteError(f"job {submitted.job_id} is saved, but the broker did not take it: {exc}")) from None
+        out.print(f"queued {sent:,} chunks for workers (`celery -A workers.app worker`)")
+        if wait:
+            _wait(settings, submitted.job_id)
+    out.print(f"next: pennyroute status {submitted.job_id} | pennyroute results {submitted.job_id} -o results.jsonl")
+    return submitted
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=out, transient=False)
+
+
+def _run_inline(settings: Settings, catalog: Catalog, submitted: Submitted) -> None:
+    with _progress() as progress:
+        bar = progress.add_task("items", total=submitted.n_items)
+        run_job_inline(settings, catalog, job_id=submitted.job_id, n_items=submitted.n_items,
+                       progress=lambda outcome: progress.advance(bar, outcome.done + outcome.failed))
+
+
+def _wait(settings: Settings, job_id: str) -> None:
+    with _progress() as progress:
+        bar = None
+        while True:
+            with session_scope(settings) as session:
+                job = repo.get_job(session, job_id)
+            if bar is None:
+                bar = progress.add_task("items", total=job.n_items)
+            progress.update(bar, completed=job.n_done + job.n_failed)
+            if job.status != JobStatus.RUNNING:
+                return
+            time.sleep(POLL_S)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(help="The job id submit printed.")],
+    wait: Annotated[bool, typer.Option(help="Wait for the job with a progress bar first.")] = False,
+) -> None:
+    """Counts, spend so far, and the model(s) a job runs on."""
+    settings = _settings()
+    try:
+        ensure_schema(settings)
+        if wait:
+            _wait(settings, job_id)
+        info = job_status(settings, job_id)
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    if info["simulated"]:
+        out.print(views.SIMULATED_BANNER)
+    out.print(views.status_table(info))
+    for line_error in info["rejected"][:20]:
+        out.print(f"  [yellow]rejected[/] line {line_error['line']}" + (f", field '{line_error['field']}'" if line_error["field"] else "") + f": {line_error['reason']}")
+
+
+def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
+    """A job's status as rows to show (also used by the demo)."""
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+        spent = repo.job_spend(session, job_id)
+        used = repo.job_models(session, job_id)
+    open_items = job.n_items - job.n_done - job.n_failed
+    rows = [
+        ("status", job.status),
+        ("task", job.task + (f" ({', '.join(job.labels)})" if job.labels else "") + f", bar {job.min_quality:.2f}"),
+        ("items", f"{job.n_items:,} accepted: {job.n_done:,} done, {job.n_failed:,} failed, {open_items:,} to go"),
+        ("rejected lines", f"{job.n_rejected:,}"),
+        ("model", f"{job.model_id} (chosen); calls: " + (", ".join(f"{m} {n:,}" for m, n in used) or "none yet")),
+        ("spent so far", views.usd(spent, 6) + (" (simulated)" if job.simulated else "")),
+        ("expected cost", views.usd(job.expected_cost_usd, 6)),
+        ("baseline", f"{job.baseline_model_id}: {views.usd((job.decision or {}).get('baseline_cost_usd'), 6)} expected"),
+    ]
+    return {"job_id": job_id, "simulated": job.simulated, "rows": rows, "rejected": job.rejected or [],
+            "spent": spent, "job": job}
+
+
+@app.command()
+def results(
+    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSONL here (default: standard output).")] = None,
+) -> None:
+    """Per item: output, model, tokens, cost, and the error if it failed (JSONL)."""
+    settings = _settings()
+    try:
+        ensure_schema(settings)
+        with session_scope(settings) as session:
+            repo.get_job(session, job_id)
+            handle = output.open("w") if output else sys.stdout
+            count = 0
+            try:
+                for row, cost in repo.iter_results(session, job_id):
+                    handle.write(json.dumps(result_record(row, cost)) + "\n")
+                    count += 1
+            finally:
+                if output:
+                    handle.close()
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    if output:
+        err.print(f"wrote {count:,} results to {output}")
+
+
+def result_record(row: Any, cost: Decimal) -> dict[str, Any]:
+    record = {
+        "id": row.ext_id, "status": row.status, "output": row.output, "model": row.model_id,
+        "input_tokens": (row.input_tokens or 0) + (row.cached_input_tokens or 0), "output_tokens": row.output_tokens,
+        "cost_usd": str(cost), "attempts": row.attempts, "error": row.error,
+    }
+    if row.gold is not None:
+        record["gold"] = row.gold
+    if row.simulated:
+        record["simulated"] = True
+    return record
+
+
+# -- demo ------------------------------------------------------------------------------------------
+
+@app.command()
+def demo(
+    items: Annotated[int, typer.Option(help="How many demo tickets.")] = 400,
+    min_quality: Annotated[float, typer.Option(help="The quality bar.")] = 0.9,
+) -> None:
+    """Run a classification job end to end: no servers, no keys needed (the sandbox answers)."""
+    settings = _settings()
+    try:
+        ensure_schema(settings)
+        with session_scope(settings) as session:
+            repo.ensure_team(session, tenant="demo", team="support")
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    where = "SQLite file " + settings.database_url.removeprefix("sqlite:///") if settings.is_sqlite else "the configured database"
+    out.print(f"[bold]pennyroute demo[/]: {items} support tickets, labels {', '.join(DEMO_LABELS)}, bar {min_quality}; ledger in {where}")
+    path = write_demo_file(Path(tempfile.mkdtemp(prefix="pennyroute-demo-")) / "tickets.jsonl", n=items)
+    request = JobRequest(path=path, team="support", tenant="demo", task="classify", labels=DEMO_LABELS, min_quality=min_quality)
+    submitted = _submit_and_run(settings, request, wait=True)
+    info = job_status(settings, submitted.job_id)
+    out.print(views.status_table(info))
+    _demo_summary(settings, submitted)
+
+
+def _demo_summary(settings: Settings, submitted: Submitted) -> None:
+    catalog = _catalog(settings)
+    sample, correct, graded = [], 0, 0
+    tokens_in = tokens_out = 0
+    with session_scope(settings) as session:
+        for row, cost in repo.iter_results(session, submitted.job_id):
+            record = result_record(row, cost)
+            if len(sample) < 5:
+                sample.append(record)
+            if row.gold is not None and row.status == "done":
+                graded += 1
+                correct += row.output == row.gold
+            tokens_in += row.input_tokens or 0
+            tokens_out += row.output_tokens or 0
+        spent = repo.job_spend(session, submitted.job_id)
+    label = " [SIMULATED]" if submitted.simulated else ""
+    out.print(f"[bold]Sample results{label}[/]")
+    for record in sample:
+        out.print(f"  {record['id']}: {record['output']!s:<8} (gold {record.get('gold')}) {record['model']} {record['cost_usd']} USD")
+    if graded:
+        out.print(f"accuracy on the gold labels: {correct / graded:.1%} of {graded:,} ({'simulated' if submitted.simulated else 'measured'})")
+    baseline = submitted.decision.baseline_model_id
+    if baseline:
+        price = catalog.price(baseline)
+        from router.providers.base import TokenUsage
+
+        base_cost = price.cost_usd(TokenUsage(input_tokens=tokens_in, output_tokens=tokens_out))
+        saved = (1 - spent / base_cost) if base_cost else Decimal(0)
+        out.print(f"cost{label}: {views.usd(spent, 6)} on {submitted.decision.model_id}; the same tokens on {baseline} "
+                  f"(the most expensive eligible model) would cost {views.usd(base_cost, 6)}: {saved:.0%} saved")
+
+
+# -- db, tenants, teams ----------------------------------------------------------------------------
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Run the ledger's migrations up to the current schema."""
+    settings = _settings()
+    try:
+        revision = upgrade(settings)
+    except Exception as exc:
+        raise _fail(PennyrouteError(f"migration failed: {exc}")) from None
+    out.print(f"database at schema {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision the database is at."""
+    out.print(current_revision(_settings()) or "no schema yet: run `pennyroute db upgrade`")
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: str,
+    timezone: Annotated[str, typer.Option(help="IANA time zone for monthly periods.")] = "UTC",
+) -> None:
+    """Create a tenant."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    settings = _settings()
+    try:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise PennyrouteError(f"unknown time zone '{timezone}' (use an IANA name such as Europe/Paris)") from None
+        ensure_schema(settings)
+        with session_scope(settings) as session:
+            repo.create_tenant(session, name=name, timezone=timezone)
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    out.print(f"tenant {name} created")
+
+
+@team_app.command("create")
+def team_create(name: str, tenant: Annotated[str, typer.Option(help="The tenant it belongs to.")]) -> None:
+    """Create a team in a tenant."""
+    settings = _settings()
+    try:
+        ensure_schema(settings)
+        with session_scope(settings) as session:
+            repo.create_team(session, tenant=tenant, name=name)
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    out.print(f"team {name} created in tenant {tenant}")
+
+
+@team_app.command("list")
+def team_list() -> None:
+    """List tenants and their teams."""
+    settings = _settings()
+    try:
+        ensure_schema(settings)
+        with session_scope(settings) as session:
+            for tenant, team in repo.list_teams(session):
+                out.print(f"{tenant}/{team}")
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

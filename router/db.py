@@ -1,0 +1,116 @@
+"""Engines and sessions: one engine per process and URL, built on first use, never at import."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, create_engine
+
+from router.errors import ConfigError
+from router.settings import Settings
+
+# Workers keep a few connections each: one per chunk thread plus one for the sweeper and status.
+POOL_SIZE = 8
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str, pid: int) -> Engine:
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Threads of one process share the file; SQLite serializes writers, so wait rather than fail.
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_SIZE, pool_pre_ping=True)
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def get_engine(settings: Settings) -> Engine:
+    """The engine for the settings' database, built once per process (a forked child gets its own)."""
+    return _engine(settings.sqlalchemy_url, os.getpid())
+
+
+@contextmanager
+def session_scope(settings: Settings) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(get_engine(settings), expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def migrations_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(settings: Settings) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(settings: Settings) -> str:
+    """Run migrations up to head; return the revision the database is at."""
+    from alembic import command
+
+    command.upgrade(alembic_config(settings), "head")
+    return current_revision(settings) or "base"
+
+
+def current_revision(settings: Settings) -> str | None:
+    with get_engine(settings).connect() as conn:
+        try:
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+        except Exception:
+            return None
+    return row[0] if row else None
+
+
+def head_revision(settings: Settings) -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+
+
+def ensure_schema(settings: Settings) -> None:
+    """Make sure the schema is current: SQLite (the embedded default) is upgraded on the spot;
+    a server database must be upgraded on purpose with `pennyroute db upgrade`."""
+    try:
+        at = current_revision(settings)
+    except Exception as exc:  # the server is down, or the URL is wrong
+        raise ConfigError(f"cannot reach the database at {_safe_url(settings)}: {exc}") from exc
+    if at == head_revision(settings):
+        return
+    if settings.is_sqlite:
+        upgrade(settings)
+        return
+    raise ConfigError(
+        f"the database at {_safe_url(settings)} is at schema {at or 'none'}, not the current one: "
+        "run `pennyroute db upgrade`"
+    )
+
+
+def _safe_url(settings: Settings) -> str:
+    return get_engine(settings).url.render_as_string(hide_password=True)

@@ -1,0 +1,52 @@
+"""Handing chunks to workers. A queue message is a hint: it names a job and a seq range, no more.
+
+The CLI and the engine send by task name, so router never imports workers; workers/ builds its
+Celery app from the same constants and settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router.settings import Settings
+
+RUN_CHUNK_TASK = "pennyroute.run_chunk"
+QUEUE = "pennyroute"
+# The broker re-delivers an unacknowledged message after this long (Redis transport). It must
+# exceed the longest chunk, or a slow chunk would be handed to a second worker while still running
+# (harmless for money, since items are claimed in the DB, but wasted work).
+VISIBILITY_TIMEOUT_S = 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings derived from pennyroute settings, shared by the sender and the workers."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": QUEUE,
+        "task_acks_late": True,  # a chunk is acknowledged after it ran, so a killed worker's chunk comes back
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,  # a worker takes what it can run now, leaving the rest to others
+        "task_ignore_result": True,  # results live in the ledger, not in a result backend
+        "worker_pool": "threads",  # chunks wait on the shared I/O loop; threads are enough, forks are not needed
+        "worker_concurrency": settings.worker_threads,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_hijack_root_logger": False,
+    }
+
+
+class CeleryDispatcher:
+    """Sends chunk messages to the broker, after the job's rows are committed."""
+
+    def __init__(self, settings: Settings) -> None:
+        from celery import Celery
+
+        self._app = Celery("pennyroute-client")
+        self._app.conf.update(celery_config(settings))
+
+    def send(self, job_id: str, ranges: list[tuple[int, int]]) -> None:
+        with self._app.producer_or_acquire() as producer:
+            for lo, hi in ranges:
+                self._app.send_task(RUN_CHUNK_TASK, args=[job_id, lo, hi], queue=QUEUE, producer=producer)

@@ -1,0 +1,95 @@
+"""The pennyroute error tree, drawn once.
+
+    PennyrouteError                 base of everything pennyroute raises on purpose
+    ├── InputError                  user input is wrong (a file, a line, a flag); names where
+    ├── ConfigError                 settings or catalog are wrong or incomplete
+    ├── NotFoundError               a named tenant, team, job or model does not exist
+    └── ProviderError               a provider call failed; carries status_code and retry_after
+        ├── ProviderTimeout         no answer within the timeout
+        ├── ProviderConnectionError the connection failed or broke
+        ├── ProviderStatusError     the provider answered with a non-2xx status
+        └── MalformedResponse       a 2xx answer whose body cannot be read as the wire format says
+
+Expected outcomes of a decision (no model qualifies) are values, not exceptions: see policies/.
+"""
+
+from __future__ import annotations
+
+# Statuses worth another try: timeouts, conflicts, rate limits, server faults, Anthropic's 529.
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+
+class PennyrouteError(Exception):
+    """Base of every error pennyroute raises on purpose."""
+
+
+class InputError(PennyrouteError):
+    """Raised when user input is wrong; `line` and `field` say where, when known."""
+
+    def __init__(self, message: str, *, line: int | None = None, field: str | None = None) -> None:
+        self.line = line
+        self.field = field
+        where = []
+        if line is not None:
+            where.append(f"line {line}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.reason = message
+
+
+class ConfigError(PennyrouteError):
+    """Raised when settings or the model catalog are invalid or incomplete."""
+
+
+class NotFoundError(PennyrouteError):
+    """Raised when a named tenant, team, job or model does not exist."""
+
+
+class ProviderError(PennyrouteError):
+    """Raised when a provider call fails; `retryable` says whether another try may succeed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status_code in RETRYABLE_STATUSES
+
+
+class ProviderTimeout(ProviderError):
+    """Raised when the provider did not answer within the timeout."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class ProviderConnectionError(ProviderError):
+    """Raised when the connection to the provider failed or broke mid-answer."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class ProviderStatusError(ProviderError):
+    """Raised when the provider answered with a non-2xx status."""
+
+
+class MalformedResponse(ProviderError):
+    """Raised when a 2xx body cannot be read as the provider's wire format."""
+
+    @property
+    def retryable(self) -> bool:
+        return True

@@ -1,0 +1,384 @@
+"""A local fake provider: OpenAI's and Anthropic's wire formats on aiohttp.web, for tests and benches.
+
+    POST /v1/chat/completions   OpenAI chat completions (so an OpenAI client's base_url is <url>/v1)
+    POST /v1/messages           Anthropic Messages (an Anthropic client's base_url is <url>)
+    GET  /_stats                the server's own bill: calls answered and tokens, per model
+    POST /_reset                zero the bill and drop scripted faults
+    POST /_fail                 script the next answers: {"status": 429, "count": 1, "retry_after": "2",
+                                "retry_after_ms": null, "body": <JSON or text>, "hang_s": null,
+                                "path": null, "headers": {}}
+
+Answers come from an answer function `(model, system, prompt, max_output_tokens) -> Completion`,
+by default the sandbox's `simulate`. Only those answers are billed; scripted answers are not. A
+call whose client gave up (a timeout) is still billed once answered, as real providers bill it.
+
+A scripted fault applies to the next `count` API calls (on `path` if given, else on either API):
+`hang_s` delays the answer; `status` (default 200) and `body` replace it; a 200 with a `body` that
+is a string serves that string as is, which is how a test gets a malformed body. A fault with only
+`hang_s` delays a normal, billed answer.
+
+Run it: `python -m router.fakeserver --port 8765 --latency-ms 0`. In tests: `start_in_thread()`, or
+`async with serve() as base_url`. It listens on 127.0.0.1 only, unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from router.providers.base import Completion, TokenUsage
+
+AnswerFn = Callable[[str, str, str, int], Completion]
+
+OPENAI_PATH = "/v1/chat/completions"
+ANTHROPIC_PATH = "/v1/messages"
+# What a chat completion gets when it names no output cap: OpenAI's own default is "the model's
+# maximum"; 4096 is a common one and keeps the sandbox's answers unchanged.
+DEFAULT_MAX_TOKENS = 4096
+# A stopping server waits this long for calls still being answered (a scripted hang may last far
+# longer), so that a test's teardown never waits on a fault it scripted.
+SHUTDOWN_TIMEOUT_S = 0.5
+# Error "type"s by status, in each vendor's own vocabulary.
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "rate_limit_exceeded"}
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass
+class Fault:
+    """One scripted answer, used for the next `count` matching calls."""
+
+    count: int = 1
+    status: int = 200
+    body: Any = None  # JSON-able value, or a str served as is; None: the vendor's error body
+    headers: dict[str, str] = field(default_factory=dict)
+    hang_s: float | None = None
+    path: str | None = None
+
+
+@dataclass
+class Bill:
+    """Per model: calls answered and tokens, as the answers reported them."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+
+
+class FakeProvider:
+    """The server's state: answer function, latency, bill and scripted faults."""
+
+    def __init__(self, *, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None) -> None:
+        if answer is None:  # lazy: the sandbox is only needed when no answer function is given
+            from router.providers.sandbox import simulate
+
+            answer = simulate
+        self.answer = answer
+        self.latency_s = latency_ms / 1000
+        self.api_key = api_key
+        self.bills: dict[str, Bill] = {}
+        self.faults: list[Fault] = []
+        self.faults_served = 0
+        self._ids = itertools.count(1)
+
+    def app(self) -> web.Application:
+        """The aiohttp application serving this state."""
+        app = web.Application()
+        app.router.add_post(OPENAI_PATH, self.openai)
+        app.router.add_post(ANTHROPIC_PATH, self.anthropic)
+        app.router.add_get("/_stats", self.stats)
+        app.router.add_post("/_reset", self.reset)
+        app.router.add_post("/_fail", self.fail)
+        return app
+
+    # -- the two wire formats -------------------------------------------------------------
+
+    async def openai(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/chat/completions."""
+        if (scripted := await self._scripted(request, vendor="openai")) is not None:
+            return scripted
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _error("openai", 401, "Incorrect API key provided.")
+        try:
+            body = json.loads(await request.read())
+            model = body["model"]
+            system = "".join(_text(m["content"]) for m in body["messages"] if m["role"] in ("system", "developer"))
+            prompt = "\n".join(_text(m["content"]) for m in body["messages"] if m["role"] == "user")
+            cap = int(body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS)
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error("openai", 400, f"Invalid request: {exc!r}")
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        done = self._answer(model, system, prompt, cap)
+        usage = done.usage
+        prompt_tokens = usage.input_tokens + usage.cached_input_tokens  # OpenAI counts cached inside
+        return _json(
+            200,
+            {
+                "id": f"chatcmpl-fake-{next(self._ids)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": done.text},
+                        "finish_reason": "length" if usage.output_tokens >= cap else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": usage.output_tokens,
+                    "total_tokens": prompt_tokens + usage.output_tokens,
+                    "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+                },
+            },
+        )
+
+    async def anthropic(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/messages."""
+        if (scripted := await self._scripted(request, vendor="anthropic")) is not None:
+            return scripted
+        if self.api_key and request.headers.get("x-api-key") != self.api_key:
+            return _error("anthropic", 401, "invalid x-api-key")
+        if "anthropic-version" not in request.headers:
+            return _error("anthropic", 400, "anthropic-version: header is required")
+        try:
+            body = json.loads(await request.read())
+            model = body["model"]
+            cap = int(body["max_tokens"])
+            system = _text(body.get("system") or "")
+            prompt = "\n".join(_text(m["content"]) for m in body["messages"] if m["role"] == "user")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error("anthropic", 400, f"Invalid request: {exc!r}")
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        done = self._answer(model, system, prompt, cap)
+        usage = done.usage
+        return _json(
+            200,
+            {
+                "id": f"msg_fake_{next(self._ids)}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": done.text}],
+                "stop_reason": "max_tokens" if usage.output_tokens >= cap else "end_turn",
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": usage.input_tokens,  # Anthropic counts cache reads and writes apart
+                    "output_tokens": usage.output_tokens,
+                    "cache_read_input_tokens": usage.cached_input_tokens,
+                    "cache_creation_input_tokens": usage.cache_write_tokens,
+                },
+            },
+        )
+
+    def _answer(self, model: str, system: str, prompt: str, cap: int) -> Completion:
+        done = self.answer(model, system, prompt, cap)
+        bill = self.bills.get(model)
+        if bill is None:
+            bill = self.bills[model] = Bill()
+        bill.calls += 1
+        bill.input_tokens += done.usage.input_tokens
+        bill.output_tokens += done.usage.output_tokens
+        bill.cached_input_tokens += done.usage.cached_input_tokens
+        return done
+
+    async def _scripted(self, request: web.Request, *, vendor: str) -> web.StreamResponse | None:
+        """Serve the first scripted fault that matches this call, if any; None to answer normally."""
+        if not self.faults:  # the fast path: a list check per call
+            return None
+        fault = next((f for f in self.faults if f.path in (None, request.path)), None)
+        if fault is None:
+            return None
+        fault.count -= 1
+        if fault.count <= 0:
+            self.faults.remove(fault)
+        self.faults_served += 1
+        if fault.hang_s:
+            await asyncio.sleep(fault.hang_s)
+        if fault.status == 200 and fault.body is None:
+            return None  # only a delay: answer (and bill) normally
+        if fault.body is None:
+            response = _error(vendor, fault.status, f"scripted HTTP {fault.status}")
+        elif isinstance(fault.body, str):
+            response = web.Response(status=fault.status, text=fault.body, content_type="application/json")
+        else:
+            response = _json(fault.status, fault.body)
+        response.headers.update(fault.headers)
+        return response
+
+    # -- admin ----------------------------------------------------------------------------
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """GET /_stats: calls answered and tokens, per model and in total."""
+        models = {name: vars(bill) for name, bill in sorted(self.bills.items())}
+        totals = {key: sum(b[key] for b in models.values()) for key in vars(Bill())}
+        return _json(200, {**totals, "faults_served": self.faults_served, "models": models})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        """POST /_reset: zero the bill, drop scripted faults."""
+        self.bills.clear()
+        self.faults.clear()
+        self.faults_served = 0
+        return _json(200, {"ok": True})
+
+    async def fail(self, request: web.Request) -> web.Response:
+        """POST /_fail: script the next answers (see the module docstring)."""
+        spec = await request.json()
+        headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
+        if spec.get("retry_after") is not None:
+            headers["Retry-After"] = str(spec["retry_after"])
+        if spec.get("retry_after_ms") is not None:
+            headers["retry-after-ms"] = str(spec["retry_after_ms"])
+        fault = Fault(
+            count=int(spec.get("count", 1)),
+            status=int(spec.get("status", 200)),
+            body=spec.get("body"),
+            headers=headers,
+            hang_s=spec.get("hang_s"),
+            path=spec.get("path"),
+        )
+        self.faults.append(fault)
+        return _json(200, {"ok": True, "pending": len(self.faults)})
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text blocks of a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    return "".join(block.get("text", "") for block in content if isinstance(block, dict))
+
+
+def _json(status: int, body: Any) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
+
+
+def _error(vendor: str, status: int, message: str) -> web.Response:
+    """An error body shaped as the vendor shapes it."""
+    if vendor == "anthropic":
+        kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+        return _json(status, {"type": "error", "error": {"type": kind, "message": message}})
+    kind = OPENAI_ERROR_TYPES.get(status, "server_error")
+    return _json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+
+
+def make_app(*, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None) -> web.Application:
+    """A fresh fake provider application (each has its own bill)."""
+    return FakeProvider(latency_ms=latency_ms, answer=answer, api_key=api_key).app()
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    latency_ms: float = 0,
+    answer: AnswerFn | None = None,
+    api_key: str | None = None,
+) -> AsyncIterator[str]:
+    """Serve on the running loop; yields the base URL ("http://127.0.0.1:<port>", no /v1)."""
+    runner = web.AppRunner(
+        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key),
+        access_log=None,  # an access log line per call would cost more than the answer itself
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    try:
+        yield f"http://{host}:{site.port}"
+    finally:
+        await runner.cleanup()
+
+
+def start_in_thread(
+    port: int = 0, latency_ms: float = 0, answer: AnswerFn | None = None, *, api_key: str | None = None
+) -> tuple[str, Callable[[], None]]:
+    """Serve from a daemon thread with its own loop; returns (base URL, stop). Port 0 picks a free one."""
+    ready = threading.Event()
+    stopping: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with serve(port=port, latency_ms=latency_ms, answer=answer, api_key=api_key) as url:
+            stopping["url"], stopping["event"] = url, asyncio.Event()
+            stopping["loop"] = asyncio.get_running_loop()
+            ready.set()
+            await stopping["event"].wait()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the caller waiting on `ready`
+            stopping["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=run, name="fakeserver", daemon=True)
+    thread.start()
+    # Starting takes milliseconds; 10 s means something is wrong, not slow.
+    if not ready.wait(timeout=10) or "error" in stopping:
+        raise RuntimeError(f"fake server did not start: {stopping.get('error')!r}")
+
+    def stop() -> None:
+        loop: asyncio.AbstractEventLoop = stopping["loop"]
+        if thread.is_alive():
+            loop.call_soon_threadsafe(stopping["event"].set)
+            thread.join(timeout=5)  # cleanup waits at most SHUTDOWN_TIMEOUT_S for open calls
+
+    return stopping["url"], stop
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: serve until interrupted; prints "listening on <url>" once ready."""
+    parser = argparse.ArgumentParser(prog="python -m router.fakeserver", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (see the printed URL)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
+    parser.add_argument(
+        "--answer",
+        choices=("sandbox", "echo"),
+        default="sandbox",
+        help="sandbox: simulated answers; echo: a fixed one-word answer, cheapest for benchmarks",
+    )
+    parser.add_argument("--api-key", default=None, help="require this key (Bearer or x-api-key)")
+    args = parser.parse_args(argv)
+    answer = echo_answer if args.answer == "echo" else None
+
+    async def run() -> None:
+        async with serve(host=args.host, port=args.port, latency_ms=args.latency_ms, answer=answer, api_key=args.api_key) as url:
+            print(f"listening on {url}", flush=True)
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+def echo_answer(model: str, system: str, prompt: str, max_output_tokens: int) -> Completion:
+    """A fixed answer with length-based token counts: the cheapest answer function."""
+    return Completion(
+        text="ok",
+        usage=TokenUsage(input_tokens=(len(system) + len(prompt)) // 4 + 1, output_tokens=min(1, max_output_tokens)),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Reading a job's JSONL file: streamed, validated line by line.
+
+A bad line is reported with its number and reason and skipped; the good lines run. The file is
+never held in memory whole: lines are read one at a time and written in batches.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.errors import InputError
+
+TASKS = ("classify", "summarize")
+# Longest id kept; ids are for joining results back, not for storing documents.
+MAX_ID_LENGTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A job as the user asked for it, before it is checked."""
+
+    path: Path
+    team: str
+    task: str
+    min_quality: float
+    labels: tuple[str, ...] = ()
+    max_words: int | None = None
+    tenant: str | None = None
+    regions: frozenset[str] | None = None
+    providers: frozenset[str] | None = None
+    models: frozenset[str] | None = None
+
+
+def check_request(request: JobRequest) -> None:
+    """Raise InputError naming the flag when the request itself is wrong (before any line is read)."""
+    if request.task not in TASKS:
+        raise InputError(f"unknown task '{request.task}': use one of {', '.join(TASKS)}", field="--task")
+    if not 0.0 <= request.min_quality <= 1.0:
+        raise InputError(f"quality bar {request.min_quality} is outside 0..1 (0.9 means 90%)", field="--min-quality")
+    if request.task == "classify":
+        if len(request.labels) < 2:
+            raise InputError("classify needs at least two labels, e.g. --labels billing,bug,other", field="--labels")
+        if any(not label.strip() for label in request.labels):
+            raise InputError("a label is empty", field="--labels")
+        if len({label.lower() for label in request.labels}) != len(request.labels):
+            raise InputError("labels repeat (compared ignoring case)", field="--labels")
+    elif request.labels:
+        raise InputError("labels only apply to --task classify", field="--labels")
+    if request.max_words is not None:
+        if request.task != "summarize":
+            raise InputError("--max-words only applies to --task summarize", field="--max-words")
+        if request.max_words < 1:
+            raise InputError("--max-words must be at least 1", field="--max-words")
+    if not request.path.exists():
+        raise InputError(f"file {request.path} does not exist", field="FILE")
+    if not request.path.is_file():
+        raise InputError(f"{request.path} is not a file", field="FILE")
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int
+    field: str | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "field": self.field, "reason": self.reason}
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" + (f", field '{self.field}'" if self.field else "")
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedItem:
+    line: int
+    ext_id: str
+    text: str
+    gold: str | None
+
+
+def read_items(path: Path, *, task: str, labels: tuple[str, ...]) -> Iterator[ParsedItem | LineError]:
+    """Yield each line of `path` as a ParsedItem or a LineError, one at a time."""
+    seen: set[str] = set()
+    label_set = {label.lower(): label for label in labels}
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            yield _parse(number, raw, task, label_set, seen)
+
+
+def _parse(number: int, raw: bytes, task: str, labels: dict[str, str], seen: set[str]) -> ParsedItem | LineError:
+    try:
+        obj = json.loads(raw)
+    except UnicodeDecodeError:
+        return LineError(number, None, "not UTF-8 text")
+    except json.JSONDecodeError as exc:
+        return LineError(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
+    if not isinstance(obj, dict):
+        return LineError(number, None, "a line must be a JSON object like {\"id\": \"1\", \"text\": \"...\"}")
+    ext_id = obj.get("id")
+    if ext_id is None or ext_id == "":
+        return LineError(number, "id", "missing")
+    if not isinstance(ext_id, (str, int)) or isinstance(ext_id, bool):
+        return LineError(number, "id", "must be a string or an integer")
+    ext_id = str(ext_id)
+    if len(ext_id) > MAX_ID_LENGTH:
+        return LineError(number, "id", f"longer than {MAX_ID_LENGTH} characters")
+    text = obj.get("text")
+    if text is None:
+        return LineError(number, "text", "missing")
+    if not isinstance(text, str):
+        return LineError(number, "text", "must be a string")
+    if not text.strip():
+        return LineError(number, "text", "is empty")
+    if "\x00" in text:
+        return LineError(number, "text", "contains a NUL character")
+    gold = obj.get("gold")
+    if gold is not None:
+        if not isinstance(gold, str):
+            return LineError(number, "gold", "must be a string")
+        if task == "classify":
+            if gold.lower() not in labels:
+                return LineError(number, "gold", f"'{gold}' is not one of the labels ({', '.join(labels.values())})")
+            gold = labels[gold.lower()]
+    if ext_id in seen:
+        return LineError(number, "id", f"duplicate id '{ext_id}' (first seen on an earlier line)")
+    seen.add(ext_id)
+    return ParsedItem(number, ext_id, text, gold)

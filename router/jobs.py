@@ -1,0 +1,141 @@
+"""Submitting a job: check it, stream its items into the ledger, route it, then hand it to workers.
+
+Everything up to routing happens in one transaction: a job whose file is missing or empty, or that
+no model can serve, leaves nothing behind. Chunks are enqueued only after the commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from policies.cheapest_qualifying import choose_model
+from policies.types import Decision, JobProfile
+from router.catalog import Catalog
+from router.db import ensure_schema, session_scope
+from router.engine import chunk_ranges
+from router.errors import InputError, PennyrouteError
+from router.intake import JobRequest, LineError, ParsedItem, check_request, read_items
+from router.ledger import repo
+from router.ledger.tables import Job, JobStatus
+from router.prompts import classify_spec, summarize_spec
+from router.routing import candidates, decision_as_json, max_context
+from router.settings import Settings
+
+# Items per INSERT batch: large enough to amortize round trips, small enough to keep memory flat.
+INSERT_BATCH = 2000
+# Rejected lines kept on the job row (all are counted; the first ones are kept to show).
+KEPT_REJECTIONS = 100
+
+
+class NoModelError(PennyrouteError):
+    """Raised when no model meets the job's bar and constraints; carries the decision with every reason."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.summary)
+        self.decision = decision
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    n_items: int
+    rejected: list[LineError]
+    n_rejected: int
+    decision: Decision
+    simulated: bool
+
+
+def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Submitted:
+    """Check, load and route a job; commit it. The caller dispatches its chunks (see `dispatch_job`)."""
+    check_request(request)
+    ensure_schema(settings)
+    simulated = settings.sandbox_active
+    spec = classify_spec(request.labels) if request.task == "classify" else summarize_spec(request.max_words)
+    pool = candidates(catalog, settings, task=request.task, simulated=simulated)
+    base_profile = JobProfile(
+        task=request.task, min_quality=request.min_quality, n_items=0, total_input_tokens=0, max_input_tokens=0,
+        output_tokens_per_item=spec.expected_output_tokens, allowed_providers=request.providers,
+        allowed_models=request.models, regions=request.regions,
+    )
+    context_limit = max_context(base_profile, pool)
+    if context_limit == 0:
+        raise NoModelError(choose_model(base_profile, pool))
+    job_id = uuid.uuid4().hex[:12]
+    rejected: list[LineError] = []
+    n_rejected = n_items = total_tokens = max_tokens = 0
+    with session_scope(settings) as session:
+        team = repo.find_team(session, name=request.team, tenant=request.tenant)
+        job = Job(
+            id=job_id, tenant_id=team.tenant_id, team_id=team.id, task=request.task,  # type: ignore[arg-type]
+            labels=list(request.labels) or None, max_words=request.max_words, min_quality=request.min_quality,
+            constraints=_constraints(request), source=str(request.path), simulated=simulated,
+        )
+        session.add(job)
+        session.flush()
+        batch: list[dict[str, object]] = []
+        for parsed in read_items(request.path, task=request.task, labels=request.labels):
+            if isinstance(parsed, ParsedItem):
+                tokens = spec.input_tokens(parsed.text)
+                if context_limit is not None and tokens + spec.max_output_tokens > context_limit:
+                    parsed = LineError(parsed.line, "text", f"about {tokens:,} tokens: longer than every eligible "
+                                       f"model's context window (the largest is {context_limit:,} tokens)")
+            if isinstance(parsed, LineError):
+                n_rejected += 1
+                if len(rejected) < KEPT_REJECTIONS:
+                    rejected.append(parsed)
+                continue
+            batch.append({"job_id": job_id, "seq": n_items, "ext_id": parsed.ext_id, "text": parsed.text,
+                          "gold": parsed.gold, "status": "pending", "attempts": 0})
+            n_items += 1
+            total_tokens += tokens
+            max_tokens = max(max_tokens, tokens)
+            if len(batch) >= INSERT_BATCH:
+                repo.insert_items(session, batch)
+                batch = []
+        repo.insert_items(session, batch)
+        if n_items == 0:
+            detail = "; ".join(str(e) for e in rejected[:5]) if rejected else "the file has no lines"
+            raise InputError(f"no valid items in {request.path} ({n_rejected} rejected): {detail}", field="FILE")
+        profile = JobProfile(
+            task=request.task, min_quality=request.min_quality, n_items=n_items, total_input_tokens=total_tokens,
+            max_input_tokens=max_tokens, output_tokens_per_item=spec.expected_output_tokens,
+            allowed_providers=request.providers, allowed_models=request.models, regions=request.regions,
+        )
+        decision = choose_model(profile, pool)
+        if not decision.ok:
+            raise NoModelError(decision)  # rolls the whole job back
+        job.model_id = decision.model_id
+        job.baseline_model_id = decision.baseline_model_id
+        job.expected_cost_usd = decision.expected_cost_usd
+        job.decision = decision_as_json(decision)
+        job.n_items = n_items
+        job.n_rejected = n_rejected
+        job.rejected = [e.as_dict() for e in rejected]
+        job.total_input_tokens = total_tokens
+        job.max_input_tokens = max_tokens
+        job.status = JobStatus.RUNNING
+    return Submitted(job_id, n_items, rejected, n_rejected, decision, simulated)
+
+
+def dispatch_job(settings: Settings, job_id: str, n_items: int) -> int:
+    """Send a committed job's chunks to the broker; return how many messages were sent."""
+    from router.dispatch import CeleryDispatcher
+
+    ranges = chunk_ranges(n_items, settings.chunk_size)
+    CeleryDispatcher(settings).send(job_id, ranges)
+    return len(ranges)
+
+
+def _constraints(request: JobRequest) -> dict[str, list[str]]:
+    out = {}
+    for key, value in (("regions", request.regions), ("providers", request.providers), ("models", request.models)):
+        if value:
+            out[key] = sorted(value)
+    return out
+
+
+def baseline_cost(decision_json: dict[str, object]) -> Decimal | None:
+    value = decision_json.get("baseline_cost_usd")
+    return Decimal(str(value)) if value is not None else None

@@ -1,0 +1,232 @@
+"""Repository functions over the ledger: every read and write the engine and CLI make.
+
+Hot paths (claiming a chunk, recording its calls) are single set-based statements or executemany
+batches: one round trip per chunk, never one per item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import bindparam, case, func, insert, or_, select, update
+from sqlmodel import Session
+
+from router.errors import InputError, NotFoundError
+from router.ledger.tables import Call, CallStatus, Item, ItemStatus, Job, JobStatus, Team, Tenant
+
+ITEM = Item.__table__  # type: ignore[attr-defined]
+CALL = Call.__table__  # type: ignore[attr-defined]
+JOB = Job.__table__  # type: ignore[attr-defined]
+
+
+# -- tenants and teams ---------------------------------------------------------------------------
+
+def create_tenant(session: Session, *, name: str, timezone: str = "UTC") -> Tenant:
+    """Create a tenant; a clear error if the name is taken or empty."""
+    name = name.strip()
+    if not name:
+        raise InputError("a tenant needs a name", field="name")
+    if session.exec(select(Tenant).where(Tenant.name == name)).first():  # type: ignore[call-overload]
+        raise InputError(f"tenant '{name}' already exists", field="name")
+    tenant = Tenant(name=name, timezone=timezone)
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def create_team(session: Session, *, tenant: str, name: str) -> Team:
+    """Create a team under `tenant`."""
+    name = name.strip()
+    if not name:
+        raise InputError("a team needs a name", field="name")
+    owner = get_tenant(session, name=tenant)
+    if session.exec(select(Team).where(Team.tenant_id == owner.id, Team.name == name)).first():  # type: ignore[call-overload]
+        raise InputError(f"team '{name}' already exists in tenant '{tenant}'", field="name")
+    team = Team(tenant_id=owner.id, name=name)  # type: ignore[arg-type]
+    session.add(team)
+    session.flush()
+    return team
+
+
+def ensure_team(session: Session, *, tenant: str, team: str) -> Team:
+    """The team, created with its tenant if missing (the demo's own team)."""
+    owner = session.exec(select(Tenant).where(Tenant.name == tenant)).first()  # type: ignore[call-overload]
+    if owner is None:
+        owner = create_tenant(session, name=tenant)
+    else:
+        owner = owner[0]
+    found = session.exec(select(Team).where(Team.tenant_id == owner.id, Team.name == team)).first()  # type: ignore[call-overload]
+    return found[0] if found else create_team(session, tenant=tenant, name=team)
+
+
+def get_tenant(session: Session, *, name: str) -> Tenant:
+    row = session.exec(select(Tenant).where(Tenant.name == name)).first()  # type: ignore[call-overload]
+    if row is None:
+        raise NotFoundError(f"unknown tenant '{name}': create it with `pennyroute tenant create {name}`")
+    return row[0]
+
+
+def find_team(session: Session, *, name: str, tenant: str | None = None) -> Team:
+    """The team called `name` (in `tenant` when given); a clear error if none or ambiguous."""
+    query = select(Team, Tenant.name).join(Tenant, Team.tenant_id == Tenant.id).where(Team.name == name)  # type: ignore[arg-type]
+    if tenant:
+        query = query.where(Tenant.name == tenant)
+    rows = session.exec(query).all()  # type: ignore[call-overload]
+    if not rows:
+        hint = f" --tenant {tenant}" if tenant else " --tenant TENANT"
+        raise NotFoundError(f"unknown team '{name}': create it with `pennyroute team create {name}{hint}`")
+    if len(rows) > 1:
+        tenants = ", ".join(sorted(r[1] for r in rows))
+        raise InputError(f"team '{name}' exists in several tenants ({tenants}): name one with --tenant", field="team")
+    return rows[0][0]
+
+
+def list_teams(session: Session) -> list[tuple[str, str]]:
+    rows = session.exec(select(Tenant.name, Team.name).join(Team, Team.tenant_id == Tenant.id).order_by(Tenant.name, Team.name)).all()  # type: ignore[call-overload]
+    return [(r[0], r[1]) for r in rows]
+
+
+# -- jobs and items --------------------------------------------------------------------------------
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"unknown job '{job_id}'")
+    return job
+
+
+def insert_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert a batch of item rows in one executemany."""
+    if rows:
+        session.execute(insert(ITEM), list(rows))
+
+
+def claim_items(session: Session, *, job_id: str, lo: int, hi: int, now: datetime, lease_until: datetime) -> list[Any]:
+    """Claim the chunk's items that are pending, or whose holder's lease ran out; return them.
+
+    One statement: two workers given the same chunk (a message delivered twice) claim disjoint sets.
+    """
+    stmt = (
+        update(ITEM)
+        .where(
+            ITEM.c.job_id == job_id,
+            ITEM.c.seq >= lo,
+            ITEM.c.seq < hi,
+            or_(
+                ITEM.c.status == ItemStatus.PENDING,
+                (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now),
+            ),
+        )
+        .values(status=ItemStatus.RUNNING, lease_until=lease_until, attempts=ITEM.c.attempts + 1)
+        .returning(ITEM.c.id, ITEM.c.seq, ITEM.c.text)
+    )
+    rows = session.execute(stmt).all()
+    if rows:
+        # Calls still in flight for these items belong to a worker that died: their outcome is unknown.
+        session.execute(
+            update(CALL)
+            .where(CALL.c.item_id.in_([r.id for r in rows]), CALL.c.status == CallStatus.IN_FLIGHT)
+            .values(status=CallStatus.UNKNOWN, error="worker lost while the call was in flight", finished_at=now)
+        )
+    return sorted(rows, key=lambda r: r.seq)
+
+
+def insert_calls(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Record calls (status in_flight) before they are made: one executemany."""
+    if rows:
+        session.execute(insert(CALL), list(rows))
+
+
+_CALL_FIELDS = ("status", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+                "usage_estimated", "cost_usd", "latency_ms", "error", "finished_at")
+_ITEM_FIELDS = ("status", "output", "error", "final_call_id", "finished_at", "lease_until")
+
+
+def finish_calls(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Write calls' outcomes: one executemany keyed by call id (only calls still in flight)."""
+    if not rows:
+        return
+    stmt = (
+        update(CALL)
+        .where(CALL.c.id == bindparam("b_id"), CALL.c.status == CallStatus.IN_FLIGHT)
+        .values({f: bindparam(f"b_{f}") for f in _CALL_FIELDS})
+    )
+    session.execute(stmt, [{f"b_{k}": v for k, v in row.items()} for row in rows])
+
+
+def finish_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Write items' outcomes: one executemany keyed by item id."""
+    if not rows:
+        return
+    stmt = update(ITEM).where(ITEM.c.id == bindparam("b_id")).values({f: bindparam(f"b_{f}") for f in _ITEM_FIELDS})
+    session.execute(stmt, [{f"b_{k}": v for k, v in row.items()} for row in rows])
+
+
+def count_finished(session: Session, *, job_id: str, done: int, failed: int, now: datetime) -> None:
+    """Add a chunk's finished items to the job's counts; the job is done when all items are."""
+    if not done and not failed:
+        return
+    total = JOB.c.n_done + JOB.c.n_failed + done + failed
+    session.execute(
+        update(JOB)
+        .where(JOB.c.id == job_id)
+        .values(
+            n_done=JOB.c.n_done + done,
+            n_failed=JOB.c.n_failed + failed,
+            status=case((total >= JOB.c.n_items, JobStatus.DONE), else_=JOB.c.status),
+            finished_at=case((total >= JOB.c.n_items, now), else_=JOB.c.finished_at),
+        )
+    )
+
+
+# -- money ------------------------------------------------------------------------------------------
+
+def sum_money(session: Session, column: Any, *where: Any) -> Decimal:
+    """Exact SUM of a Money column: NUMERIC sum on Postgres; summed as Decimal on SQLite (text there)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return sum((Decimal(v) for (v,) in session.execute(select(column).where(*where)) if v is not None), Decimal(0))
+    value = session.execute(select(func.coalesce(func.sum(column), 0)).where(*where)).scalar_one()
+    return Decimal(value)
+
+
+def job_spend(session: Session, job_id: str) -> Decimal:
+    return sum_money(session, CALL.c.cost_usd, CALL.c.job_id == job_id)
+
+
+def job_models(session: Session, job_id: str) -> list[tuple[str, int]]:
+    """Models the job's calls went to, with their call counts."""
+    rows = session.execute(
+        select(CALL.c.model_id, func.count()).where(CALL.c.job_id == job_id).group_by(CALL.c.model_id)
+    ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def iter_results(session: Session, job_id: str, batch: int = 2000) -> Iterable[tuple[Any, Decimal]]:
+    """Items in order with their final call and their total cost (retries included), streamed in
+    batches: a job can hold millions of items."""
+    last = -1
+    while True:
+        rows = session.execute(
+            select(
+                ITEM.c.id, ITEM.c.seq, ITEM.c.ext_id, ITEM.c.status, ITEM.c.output, ITEM.c.error, ITEM.c.gold,
+                ITEM.c.attempts, CALL.c.model_id, CALL.c.input_tokens, CALL.c.cached_input_tokens,
+                CALL.c.output_tokens, CALL.c.simulated,
+            )
+            .select_from(ITEM.outerjoin(CALL, CALL.c.id == ITEM.c.final_call_id))
+            .where(ITEM.c.job_id == job_id, ITEM.c.seq > last)
+            .order_by(ITEM.c.seq)
+            .limit(batch)
+        ).all()
+        if not rows:
+            return
+        costs: dict[int, Decimal] = {}
+        for item_id, cost in session.execute(
+            select(CALL.c.item_id, CALL.c.cost_usd).where(CALL.c.item_id.in_([r.id for r in rows]))
+        ):
+            costs[item_id] = costs.get(item_id, Decimal(0)) + Decimal(cost)
+        for row in rows:
+            yield row, costs.get(row.id, Decimal(0))
+        last = rows[-1].seq

@@ -1,0 +1,285 @@
+"""The one place that builds HTTP clients, and the one place that turns HTTP outcomes into errors.
+
+Two backends give the same `httpx.AsyncClient` interface:
+
+    "aiohttp"  httpx on top of aiohttp's connection pool and parser (httpx_aiohttp.AiohttpTransport);
+               the default, because it makes the same calls at a markedly higher rate (bench/clients.py).
+    "httpx"    plain httpx with its own pool (httpcore); pure Python, no aiohttp at all.
+
+`ClientPool` spreads calls over several clients round-robin, for setups that want more than one
+pool per process (bench/clients.py measures whether that helps).
+
+Clients belong to one event loop. Build them inside the running loop that will use them, and close
+them (`aclose`) before that loop ends: aiohttp binds its session and connector to the running loop at
+construction, and a connection made on one loop cannot be used from another. A Celery task that runs
+`asyncio.run(...)` per chunk therefore builds its clients inside that `asyncio.run`, per chunk.
+`build_client` refuses to run outside a running loop so that the mistake fails at once, loudly.
+
+Timeouts are per phase (connect, each read, each write, waiting for a pooled connection), as in httpx:
+neither backend bounds the whole call. A server that trickles bytes can outlast `timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import email.utils
+import itertools
+import json
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Literal
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
+
+from router.errors import (
+    ConfigError,
+    MalformedResponse,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStatusError,
+    ProviderTimeout,
+)
+
+Backend = Literal["aiohttp", "httpx"]
+BACKENDS: tuple[Backend, ...] = ("aiohttp", "httpx")
+
+# A TCP (and TLS) handshake takes well under a second even across oceans; after 10 s the host is
+# down or unreachable, and waiting the full LLM timeout (minutes) for that would stall a chunk.
+CONNECT_TIMEOUT_S = 10.0
+# Idle pooled connections are dropped after 30 s: below the 60 s idle timeout of common load
+# balancers (AWS ALB, nginx's 75 s), so we close first instead of reusing a socket the far end
+# has just closed (which fails the next call with a connection reset).
+KEEPALIVE_EXPIRY_S = 30.0
+# Error bodies are quoted in exception messages up to this many characters: enough for any
+# provider's one-line error message, short enough for a log line or a ledger row.
+MAX_QUOTED_BODY_CHARS = 300
+
+
+def build_client(
+    *,
+    base_url: str,
+    headers: dict[str, str],
+    timeout_s: float,
+    max_connections: int,
+    backend: Backend = "aiohttp",
+) -> httpx.AsyncClient:
+    """Build one `httpx.AsyncClient` for one provider; call it inside the loop that will use it.
+
+    `base_url` is joined with the relative paths the providers post to (httpx keeps a trailing
+    slash on it, so ".../v1" + "/chat/completions" gives ".../v1/chat/completions").
+    `timeout_s` bounds each phase of a call (see the module docstring); the connect phase is
+    capped at CONNECT_TIMEOUT_S. `max_connections` is the most connections open at once; calls
+    beyond it wait for a free connection for up to `timeout_s`. Raises RuntimeError when no event
+    loop is running.
+    """
+    asyncio.get_running_loop()  # raises RuntimeError outside a running loop: see the module docstring
+    timeout = httpx.Timeout(
+        timeout_s,
+        connect=min(timeout_s, CONNECT_TIMEOUT_S),
+        # Waiting for a pooled connection counts against the same budget as the call itself:
+        # a call that waited one whole call's time for a connection is better retried later.
+        pool=timeout_s,
+    )
+    # Keep every connection the pool may open: a batch keeps all of them busy, and httpx's default
+    # (20 kept alive) would close and re-handshake every connection above 20 after each call.
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
+    if backend == "httpx":
+        return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, limits=limits)
+    if backend == "aiohttp":
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=max_connections,
+                limit_per_host=0,  # 0 = no per-host cap: one client talks to one host anyway
+                keepalive_timeout=KEEPALIVE_EXPIRY_S,
+                ssl=_ssl_context(),
+            ),
+            # httpx keeps the cookies (and sends them in the headers it hands to the transport);
+            # a second jar in aiohttp would send them twice.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        # HttpxAiohttpClient (not plain AsyncClient) so that proxies taken from the environment
+        # also go through aiohttp rather than silently falling back to httpx's own transport.
+        return HttpxAiohttpClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            limits=limits,
+            transport=AiohttpTransport(client=session, limits=limits),
+        )
+    raise ConfigError(f"unknown HTTP backend {backend!r}; expected one of {BACKENDS}")
+
+
+@lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """httpx's default context (certifi's CAs), built once: both backends trust the same CAs."""
+    return httpx.create_ssl_context()
+
+
+class ClientPool:
+    """Several clients used round-robin, with the `post` and `aclose` the providers need."""
+
+    def __init__(self, clients: Sequence[httpx.AsyncClient]) -> None:
+        if not clients:
+            raise ValueError("a ClientPool needs at least one client")
+        self.clients = tuple(clients)
+        self._next = itertools.cycle(self.clients)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        k: int,
+        base_url: str,
+        headers: dict[str, str],
+        timeout_s: float,
+        max_connections: int,
+        backend: Backend = "httpx",
+    ) -> ClientPool:
+        """Build `k` clients with `build_client`; `max_connections` is shared out between them.
+
+        Like `build_client`, call it inside the running loop that will use the pool.
+        """
+        per_client = max(1, -(-max_connections // k))  # ceiling division: never fewer in total
+        return cls(
+            [
+                build_client(
+                    base_url=base_url,
+                    headers=headers,
+                    timeout_s=timeout_s,
+                    max_connections=per_client,
+                    backend=backend,
+                )
+                for _ in range(k)
+            ]
+        )
+
+    async def post(
+        self, url: str, *, json: Any = None, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        """POST with the next client in turn; same meaning as `httpx.AsyncClient.post`."""
+        return await next(self._next).post(url, json=json, headers=headers)
+
+    async def aclose(self) -> None:
+        """Close every client."""
+        await asyncio.gather(*(client.aclose() for client in self.clients))
+
+
+async def post_json(
+    client: httpx.AsyncClient | ClientPool,
+    path: str,
+    *,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    provider: str,
+) -> Any:
+    """POST `body` as JSON to `path` and return the decoded 2xx body.
+
+    Raises ProviderTimeout, ProviderConnectionError, ProviderStatusError (non-2xx, with the
+    provider's own error message and any Retry-After) or MalformedResponse (2xx that is not JSON).
+    """
+    try:
+        response = await client.post(path, json=body, headers=headers)
+    except httpx.TimeoutException as exc:
+        # httpx_aiohttp maps every aiohttp ClientConnectionError (refused, reset, server gone) to
+        # httpx.ConnectTimeout; only a real aiohttp timeout is a timeout.
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, asyncio.TimeoutError):
+            raise ProviderConnectionError(_describe(cause), provider=provider) from exc
+        raise ProviderTimeout(f"no answer within the timeout ({_describe(exc)})", provider=provider) from exc
+    except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
+        # aiohttp errors outside httpx_aiohttp's map (e.g. an unparsable HTTP response) leak through.
+        raise ProviderConnectionError(_describe(exc), provider=provider) from exc
+    except httpx.DecodingError as exc:  # a body whose Content-Encoding does not decode
+        raise MalformedResponse(_describe(exc), provider=provider) from exc
+    if not response.is_success:
+        raise status_error(response, provider=provider)
+    try:
+        return json.loads(response.content)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise MalformedResponse(
+            f"HTTP {response.status_code} body is not JSON: {_quote(response.content)}", provider=provider
+        ) from exc
+
+
+def status_error(response: httpx.Response, *, provider: str) -> ProviderError:
+    """A ProviderStatusError for a non-2xx response, quoting the provider's own error message."""
+    return ProviderStatusError(
+        f"HTTP {response.status_code}: {error_message(response.content)}",
+        provider=provider,
+        status_code=response.status_code,
+        retry_after=retry_after_s(response.headers),
+    )
+
+
+def error_message(content: bytes) -> str:
+    """The provider's error message from an error body, else the body itself (shortened).
+
+    Reads {"error": {"type": ..., "message": ...}} (OpenAI and Anthropic), {"error": "..."}
+    (Ollama, some vLLM versions), {"message": ...} and {"detail": ...} (FastAPI-based servers).
+    """
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return _quote(content)
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            kind = error.get("type") or error.get("code")
+            return f"{kind}: {error['message']}" if isinstance(kind, str) and kind else error["message"]
+        for key in ("error", "message", "detail"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+    return _quote(content)
+
+
+def retry_after_s(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds the provider asks us to wait, from retry-after-ms or Retry-After; None if absent.
+
+    retry-after-ms (OpenAI, Azure) is read first, being more precise. Retry-After is either
+    delta-seconds or an HTTP date (RFC 9110 section 10.2.3). A date in the past gives 0.0. The
+    value is not capped here: whether a long wait is worth it is the caller's decision.
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            value = float(raw_ms) / 1000
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+        return value if value >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" parses as naive; HTTP dates are always GMT (UTC)
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _quote(content: bytes) -> str:
+    text = content.decode("utf-8", errors="replace").strip()
+    if not text:
+        return "(empty body)"
+    return text if len(text) <= MAX_QUOTED_BODY_CHARS else text[:MAX_QUOTED_BODY_CHARS] + "..."

@@ -1,0 +1,107 @@
+"""OpenAI-compatible chat completions: OpenAI, Mistral, vLLM, Ollama, and the aggregators.
+
+Wire format: POST {base_url}/chat/completions, `Authorization: Bearer <key>` (no header when the
+key is None, for local servers), body {model, messages: [system, user], max_tokens, temperature}.
+The client's base_url ends with the API version, as in the OpenAI SDK: "https://api.openai.com/v1",
+"https://api.mistral.ai/v1", "http://localhost:8000/v1" (vLLM), "http://localhost:11434/v1" (Ollama).
+
+`max_tokens` is sent, not OpenAI's newer `max_completion_tokens`: every compatible server reads
+`max_tokens`, while many reject or ignore the newer name. OpenAI's reasoning models (o-series,
+gpt-5) refuse `max_tokens` (and any temperature but 1) with HTTP 400; they need a provider that
+sends `max_completion_tokens`.
+
+Usage: OpenAI counts cached input INSIDE prompt_tokens (prompt_tokens_details.cached_tokens is a
+part of it), so input_tokens = prompt_tokens - cached_tokens. Servers that omit usage get an
+estimate, marked estimated=True.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from router.errors import MalformedResponse
+from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
+from router.providers.base import ChatRequest, Completion, TokenUsage
+from router.providers.http import ClientPool, post_json
+
+PATH = "/chat/completions"
+
+
+class OpenAIProvider:
+    """A provider speaking OpenAI's chat completions; it owns (and closes) the client it is given."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        client: httpx.AsyncClient | ClientPool,
+        api_key: str | None,
+        simulated: bool = False,
+    ) -> None:
+        self.name = name
+        self.simulated = simulated
+        self._client = client
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """Make one call; raise a ProviderError subclass (router.errors) on failure."""
+        body = await post_json(
+            self._client, PATH, body=request_body(request), headers=self._headers, provider=self.name
+        )
+        try:
+            return parse_completion(body, request)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise MalformedResponse(
+                f"unreadable chat completion ({type(exc).__name__}: {exc})", provider=self.name
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Close the client and its connections."""
+        await self._client.aclose()
+
+
+def request_body(request: ChatRequest) -> dict[str, Any]:
+    """The JSON body for one chat completion (the system message is left out when empty)."""
+    messages = [{"role": "user", "content": request.prompt}]
+    if request.system:
+        messages.insert(0, {"role": "system", "content": request.system})
+    return {
+        "model": request.model,
+        "messages": messages,
+        "max_tokens": request.max_output_tokens,
+        "temperature": request.temperature,
+    }
+
+
+def parse_completion(body: Any, request: ChatRequest) -> Completion:
+    """Read text and usage from a chat completion body; raises KeyError, TypeError... when malformed."""
+    message = body["choices"][0]["message"]
+    # content is null for a refusal (or a tool call, which we never ask for): an empty answer that
+    # was still billed, not a malformed one, so that it is not retried at full price.
+    text = message.get("content") or message.get("refusal") or ""
+    if not isinstance(text, str):
+        raise TypeError("message.content is not a string")
+    usage = body.get("usage")
+    if not usage:
+        return Completion(text=text, usage=_estimated_usage(request, text))
+    prompt_tokens = int(usage["prompt_tokens"])
+    details = usage.get("prompt_tokens_details") or {}
+    cached = min(int(details.get("cached_tokens") or 0), prompt_tokens)
+    return Completion(
+        text=text,
+        usage=TokenUsage(
+            input_tokens=prompt_tokens - cached,
+            output_tokens=int(usage["completion_tokens"]),
+            cached_input_tokens=cached,
+        ),
+    )
+
+
+def _estimated_usage(request: ChatRequest, text: str) -> TokenUsage:
+    return TokenUsage(
+        input_tokens=estimate_tokens(request.system) + estimate_tokens(request.prompt) + MESSAGE_OVERHEAD_TOKENS,
+        output_tokens=estimate_tokens(text),
+        estimated=True,
+    )

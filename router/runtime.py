@@ -1,0 +1,44 @@
+"""One asyncio loop per process, on a background thread, where all provider calls run.
+
+Chunk tasks (Celery threads, or the in-process runner) hand it coroutines and wait for the result;
+the loop keeps every chunk's calls in flight together over shared, pooled HTTP clients. Built on
+first use and rebuilt in a forked child, never at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_pid: int | None = None
+
+
+def loop() -> asyncio.AbstractEventLoop:
+    """This process's background loop, started on first use."""
+    global _loop, _pid
+    with _lock:
+        if _loop is None or _pid != os.getpid() or not _loop.is_running():
+            ready = threading.Event()
+            new_loop = asyncio.new_event_loop()
+
+            def serve() -> None:
+                asyncio.set_event_loop(new_loop)
+                new_loop.call_soon(ready.set)
+                new_loop.run_forever()
+
+            threading.Thread(target=serve, name="pennyroute-io", daemon=True).start()
+            ready.wait()
+            _loop, _pid = new_loop, os.getpid()
+        return _loop
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the background loop and wait for its result (from any thread but the loop's)."""
+    return asyncio.run_coroutine_threadsafe(coro, loop()).result()

@@ -1,0 +1,95 @@
+"""One Settings, read once from the environment (and a .env file), passed down.
+
+Only this module reads the environment. Nothing here is needed for a first run: with no settings
+the ledger is a SQLite file in the working directory, jobs run in-process, and every model is
+answered by the sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything pennyroute can be told; see README.md, section Settings."""
+
+    model_config = SettingsConfigDict(env_prefix="PENNYROUTE_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///pennyroute.db",
+        validation_alias=AliasChoices("PENNYROUTE_DATABASE_URL", "DATABASE_URL"),
+    )
+    broker_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PENNYROUTE_BROKER_URL", "BROKER_URL", "CELERY_BROKER_URL"),
+    )
+    catalog: Path | None = None  # a TOML catalog that extends (or, with catalog_replace, replaces) the default
+    catalog_replace: bool = False
+    # auto: simulate every model when no provider key is set; on: always; off: never.
+    sandbox: Literal["auto", "on", "off"] = "auto"
+    # Items per queue message. A message costs ~1 ms of worker CPU; 100 items amortize it to 10 us.
+    chunk_size: int = Field(default=100, ge=1, le=10_000)
+    # Provider calls in flight per chunk task; a worker runs several chunks at once (worker_threads).
+    calls_in_flight: int = Field(default=100, ge=1, le=2_000)
+    # Chunk tasks one worker process runs at once; with 100 calls each, 4 keeps 400 calls in flight.
+    worker_threads: int = Field(default=4, ge=1, le=64)
+    http_backend: Literal["aiohttp", "httpx"] = "aiohttp"
+    # LLM calls take 0.5 to 30 s; a call still silent after 120 s is treated as failed.
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    # An item claimed by a worker is its own for this long; after it, another worker may take it.
+    # It must exceed the longest chunk (100 calls of up to request_timeout_s, with retries).
+    lease_s: int = Field(default=900, ge=10)
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="after")
+    def _read_api_keys(self) -> Settings:
+        # Provider keys are named by the catalog (api_key_env), so they are read by name, here.
+        for name, value in os.environ.items():
+            if name.endswith("_API_KEY") and value and name not in self.api_keys:
+                self.api_keys[name] = SecretStr(value)
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg 3 driver named, as SQLAlchemy wants it."""
+        url = self.database_url
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def embedded(self) -> bool:
+        """No broker: jobs run in this process."""
+        return not self.broker_url
+
+    def api_key(self, env_name: str | None) -> str | None:
+        if not env_name:
+            return None
+        secret = self.api_keys.get(env_name)
+        return secret.get_secret_value() if secret else None
+
+    @property
+    def sandbox_active(self) -> bool:
+        """True when every model is answered by the sandbox."""
+        if self.sandbox == "on":
+            return True
+        if self.sandbox == "off":
+            return False
+        return not self.api_keys
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

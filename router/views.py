@@ -1,0 +1,98 @@
+"""How pennyroute shows things in a terminal: decisions, job status, models. Rendering only."""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from policies.types import Decision, Verdict
+from router.catalog import Catalog
+
+SIMULATED_BANNER = "[bold black on yellow] SIMULATED [/] sandbox provider: answers are simulated, costs are what the real models would charge"
+
+
+def usd(amount: Decimal | str | None, places: int = 4) -> str:
+    """Money for display: rounded here, and only here."""
+    if amount is None:
+        return "-"
+    value = Decimal(str(amount))
+    if value and abs(value) < Decimal(10) ** -places:
+        return f"${value:.2E}"
+    return f"${value:,.{places}f}"
+
+
+def decision_table(decision: Decision, catalog: Catalog, *, simulated: bool) -> Table:
+    title = "Routing decision" + (" (SIMULATED)" if simulated else "")
+    table = Table(title=title, title_justify="left")
+    for column in ("", "model", "region", "$/Mtok in/out", "quality", "expected cost"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("why", overflow="fold", ratio=1)
+    for verdict in decision.verdicts:
+        model = catalog.models.get(verdict.model_id)
+        price = catalog.price(verdict.model_id) if model else None
+        mark = "[green]->[/]" if verdict.model_id == decision.model_id else ("[dim]ok[/]" if verdict.qualifies else "[red]x[/]")
+        table.add_row(
+            mark,
+            verdict.model_id,
+            model.region if model else "",
+            f"{price.input.base} / {price.output.base}" if price else "",
+            f"{verdict.quality_bound:.3f}" if verdict.quality_bound is not None else "-",
+            usd(verdict.expected_cost_usd),
+            _why(verdict, decision),
+        )
+    return table
+
+
+def _why(verdict: Verdict, decision: Decision) -> str:
+    """The reasons that decided this row: its failures, or why it was or was not picked."""
+    if verdict.model_id == decision.model_id:
+        return "chosen: cheapest that qualifies"
+    if verdict.qualifies:
+        return "qualifies, costs more"
+    failing = [r for r in verdict.reasons if not _is_pass(r)]
+    return "; ".join(failing or verdict.reasons)
+
+
+def _is_pass(reason: str) -> bool:
+    return ">= bar" in reason or reason.startswith("context window unknown")
+
+
+def models_table(catalog: Catalog, *, task: str | None) -> Table:
+    table = Table(title="Model catalog (prices in force now, USD per million tokens)", title_justify="left")
+    for column in ("model", "provider", "region", "input", "cached in", "output", "context", "open", "quality prior", "price source"):
+        table.add_column(column, overflow="fold")
+    for model in sorted(catalog.models.values(), key=lambda m: (m.provider, m.model_id)):
+        price = catalog.price(model.model_id)
+        tasks = [task] if task else sorted(model.quality)
+        quality = ", ".join(f"{t} {model.quality[t].value:.2f}" for t in tasks if t in model.quality) or "-"
+        table.add_row(
+            model.model_id, model.provider, model.region, str(price.input), str(price.cached_input), str(price.output),
+            f"{model.context_window:,}" if model.context_window else "?", "yes" if model.open_weight else "",
+            quality, price.source,
+        )
+    return table
+
+
+def status_table(info: dict[str, Any]) -> Table:
+    table = Table(show_header=False, title=f"Job {info['job_id']}" + (" (SIMULATED)" if info["simulated"] else ""), title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in info["rows"]:
+        table.add_row(key, value)
+    return table
+
+
+# Piped or logged output has no terminal width; 120 columns keeps the decision table readable.
+PIPED_WIDTH = 120
+
+
+def console() -> Console:
+    return Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
+
+
+def error_console() -> Console:
+    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else PIPED_WIDTH)

@@ -1,0 +1,24 @@
+"""Thin tasks: they take ids, re-read their rows, call into router, and are safe to run twice."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from router.catalog import Catalog, load_catalog
+from router.dispatch import RUN_CHUNK_TASK
+from router.engine import run_chunk
+from router.settings import get_settings
+from workers.app import app
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> Catalog:
+    settings = get_settings()
+    return load_catalog(settings.catalog, replace_default=settings.catalog_replace)
+
+
+@app.task(name=RUN_CHUNK_TASK)
+def run_chunk_task(job_id: str, lo: int, hi: int) -> dict[str, int]:
+    """Run one chunk (items lo <= seq < hi) of a job; items already done or held elsewhere are skipped."""
+    outcome = run_chunk(get_settings(), _catalog(), job_id=job_id, lo=lo, hi=hi)
+    return {"claimed": outcome.claimed, "done": outcome.done, "failed": outcome.failed}
