@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         help="sandbox: simulated answers; echo: a fixed one-word answer, cheapest for benchmarks",
     )
     parser.add_argument("--api-key", default=None, help="require this key (Bearer or x-api-key)")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed; benches only)")
     args = parser.parse_args(argv)
     answer = echo_answer if args.answer == "echo" else None
 
@@ -369,7 +370,12 @@ def main(argv: list[str] | None = None) -> None:
             await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+        if args.uvloop:
+            import uvloop  # not a project dependency: only for measuring with it
+
+            uvloop.run(run())
+        else:
+            asyncio.run(run())
 
 
 def echo_answer(model: str, system: str, prompt: str, max_output_tokens: int) -> Completion:

@@ -49,10 +49,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _read_api_keys(self) -> Settings:
-        # Provider keys are named by the catalog (api_key_env), so they are read by name, here.
-        for name, value in os.environ.items():
-            if name.endswith("_API_KEY") and value and name not in self.api_keys:
-                self.api_keys[name] = SecretStr(value)
+        # Provider keys are named by the catalog (api_key_env), so they are read by name, here;
+        # keys given explicitly (tests) replace the environment's entirely.
+        if not self.api_keys:
+            for name, value in os.environ.items():
+                if name.endswith("_API_KEY") and value:
+                    self.api_keys[name] = SecretStr(value)
         return self
 
     @property

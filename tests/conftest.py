@@ -1,0 +1,133 @@
+"""Shared fixtures: real Postgres and Redis on 127.0.0.1, the local fake provider, a real Celery worker.
+
+Postgres: a database of its own (pennyroute_test), dropped and migrated once per session.
+Redis: database 15, flushed once per session. Override with PENNYROUTE_TEST_DATABASE_URL and
+PENNYROUTE_TEST_BROKER_URL. No test reaches the internet: providers are the fake server.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from router.catalog import Catalog, load_catalog
+from router.db import upgrade
+from router.fakeserver import start_in_thread
+from router.ledger import repo
+from router.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("PENNYROUTE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pennyroute_test")
+BROKER_URL = os.environ.get("PENNYROUTE_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+FAKE_KEY = "sk-test-fake"
+
+
+def _recreate_database(url: str) -> None:
+    base, name = url.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    _recreate_database(PG_URL)
+    upgrade(Settings(database_url=PG_URL, _env_file=None))  # type: ignore[call-arg]
+    return PG_URL
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    redis.Redis.from_url(BROKER_URL).flushdb()
+    return BROKER_URL
+
+
+@pytest.fixture(scope="session")
+def fake_provider() -> Iterator[str]:
+    """The fake provider's base URL (no /v1), one server for the session."""
+    url, stop = start_in_thread(api_key=FAKE_KEY)
+    yield url
+    stop()
+
+
+def write_catalog(path: Path, fake_url: str) -> Path:
+    """A catalog whose openai and anthropic providers answer at the fake server."""
+    path.write_text(
+        f'[providers.openai]\nbase_url = "{fake_url}/v1"\n\n'
+        f'[providers.anthropic]\nbase_url = "{fake_url}"\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def catalog_file(tmp_path_factory: pytest.TempPathFactory, fake_provider: str) -> Path:
+    return write_catalog(tmp_path_factory.mktemp("catalog") / "catalog.toml", fake_provider)
+
+
+@pytest.fixture(scope="session")
+def catalog(catalog_file: Path) -> Catalog:
+    return load_catalog(catalog_file)
+
+
+@pytest.fixture
+def live_settings(pg_url: str, catalog_file: Path) -> Settings:
+    """Postgres, no broker, live providers (the fake server; only OpenAI and Anthropic have keys)."""
+    return Settings(
+        database_url=pg_url, catalog=catalog_file, sandbox="off",
+        api_keys={"OPENAI_API_KEY": FAKE_KEY, "ANTHROPIC_API_KEY": FAKE_KEY},  # type: ignore[arg-type]
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+def team(live_settings: Settings) -> tuple[str, str]:
+    """A fresh tenant and team (names unique per test): (tenant, team)."""
+    from router.db import session_scope
+
+    tenant, name = f"t-{uuid.uuid4().hex[:8]}", f"team-{uuid.uuid4().hex[:8]}"
+    with session_scope(live_settings) as session:
+        repo.ensure_team(session, tenant=tenant, team=name)
+    return tenant, name
+
+
+def worker_env(*, pg_url: str, broker_url: str, catalog_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(
+        DATABASE_URL=pg_url, BROKER_URL=broker_url, PENNYROUTE_CATALOG=str(catalog_file),
+        PENNYROUTE_SANDBOX="off", OPENAI_API_KEY=FAKE_KEY, ANTHROPIC_API_KEY=FAKE_KEY,
+    )
+    return env
+
+
+@pytest.fixture
+def celery_worker(pg_url: str, broker_url: str, catalog_file: Path, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `celery -A workers.app worker` process, stopped after the test."""
+    log = tmp_path / "worker.log"
+    env = worker_env(pg_url=pg_url, broker_url=broker_url, catalog_file=catalog_file)
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel", "INFO",
+             "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60  # a cold start imports celery, sqlalchemy and aiohttp: seconds, not a minute
+    while b"ready." not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -1,0 +1,57 @@
+"""End to end: submit through the CLI code path, a real Celery worker process on Redis runs the job,
+and the ledger matches both the catalog prices and the fake provider's own bill."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from router.catalog import Catalog
+from router.db import session_scope
+from router.intake import JobRequest
+from router.jobs import dispatch_job, submit_job
+from router.ledger import repo
+from router.ledger.tables import CallStatus, ItemStatus
+from router.settings import Settings
+from tests.helpers import ledger, priced, tickets, write_jsonl
+
+
+def _wait_done(settings: Settings, job_id: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with session_scope(settings) as session:
+            if repo.get_job(session, job_id).status != "running":
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not done after {timeout_s} s")
+
+
+def test_job_runs_on_a_real_worker(live_settings: Settings, catalog: Catalog, broker_url: str, celery_worker: object,
+                                   fake_provider: str, tmp_path: Path, team: tuple[str, str]) -> None:
+    httpx.post(f"{fake_provider}/_reset")
+    settings = live_settings.model_copy(update={"broker_url": broker_url})
+    rows = tickets(1500) + [{"id": "bad"}, "not json"]
+    path = write_jsonl(tmp_path / "items.jsonl", rows)
+    request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=("billing", "bug", "other"),
+                         min_quality=0.9, providers=frozenset({"openai", "anthropic"}))
+    submitted = submit_job(settings, catalog, request)
+    assert submitted.n_items == 1500 and submitted.n_rejected == 2
+    assert dispatch_job(settings, submitted.job_id, submitted.n_items) == 15  # chunks of 100
+    _wait_done(settings, submitted.job_id, timeout_s=120)
+
+    calls, items = ledger(settings, submitted.job_id)
+    assert len(items) == 1500 and all(i.status in ItemStatus.TERMINAL for i in items)
+    assert sum(i.status == ItemStatus.DONE for i in items) > 1400
+    ok_calls = [c for c in calls if c.status == CallStatus.OK]
+    assert len(ok_calls) == len(calls) == 1500  # no errors injected: one call per item, none twice
+    assert len({c.item_id for c in calls}) == 1500
+    total = sum((c.cost_usd for c in calls), start=type(calls[0].cost_usd)(0))
+    assert total == sum(priced(catalog, c) for c in calls)
+    with session_scope(settings) as session:
+        assert repo.job_spend(session, submitted.job_id) == total
+    bill = httpx.get(f"{fake_provider}/_stats").json()
+    assert bill["calls"] == 1500
+    assert bill["input_tokens"] == sum(c.input_tokens for c in calls)
+    assert bill["output_tokens"] == sum(c.output_tokens for c in calls)

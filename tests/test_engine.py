@@ -1,0 +1,95 @@
+"""The chunk engine on real Postgres against the local fake provider (no worker process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router.catalog import Catalog
+from router.engine import run_chunk
+from router.intake import JobRequest
+from router.jobs import submit_job
+from router.ledger.tables import CallStatus, ItemStatus
+from router.settings import Settings
+from tests.helpers import ledger, priced, tickets, write_jsonl
+
+LABELS = ("billing", "bug", "other")
+
+
+def _submit(settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], n: int, **kw: object) -> str:
+    path = write_jsonl(tmp_path / "items.jsonl", tickets(n))
+    request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=LABELS, min_quality=0.9,
+                         providers=frozenset({"openai"}), **kw)  # type: ignore[arg-type]
+    return submit_job(settings, catalog, request).job_id
+
+
+@pytest.fixture(autouse=True)
+def _reset_fake(fake_provider: str) -> None:
+    httpx.post(f"{fake_provider}/_reset")
+
+
+def test_chunk_records_every_call_at_exact_cost(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
+    job_id = _submit(live_settings, catalog, tmp_path, team, 50)
+    outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=50)
+    assert (outcome.claimed, outcome.done + outcome.failed) == (50, 50)
+    calls, items = ledger(live_settings, job_id)
+    assert len(calls) == 50 and all(c.status == CallStatus.OK for c in calls)
+    assert all(i.status in ItemStatus.TERMINAL and i.final_call_id for i in items)
+    assert all(i.output in LABELS for i in items if i.status == ItemStatus.DONE)
+    for call in calls:
+        assert call.input_tokens > 0 and call.output_tokens > 0
+        assert call.cost_usd == priced(catalog, call) and call.cost_usd > 0
+    bill = httpx.get(f"{fake_provider}/_stats").json()
+    assert bill["calls"] == 50
+    assert bill["input_tokens"] == sum(c.input_tokens for c in calls)
+    assert bill["output_tokens"] == sum(c.output_tokens for c in calls)
+
+
+def test_chunk_delivered_twice_calls_once(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
+    job_id = _submit(live_settings, catalog, tmp_path, team, 30)
+    first = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=30)
+    second = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=30)
+    assert first.claimed == 30 and second.claimed == 0
+    calls, _ = ledger(live_settings, job_id)
+    assert len(calls) == 30
+    assert httpx.get(f"{fake_provider}/_stats").json()["calls"] == 30
+
+
+def test_retryable_error_is_retried_with_a_new_ledgered_call(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
+    job_id = _submit(live_settings, catalog, tmp_path, team, 5)
+    httpx.post(f"{fake_provider}/_fail", json={"status": 429, "count": 2, "retry_after": "0"})
+    outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=5)
+    assert outcome.done + outcome.failed == 5 and outcome.claimed == 5
+    calls, items = ledger(live_settings, job_id)
+    errors = [c for c in calls if c.status == CallStatus.ERROR]
+    assert len(errors) == 2 and all("429" in (c.error or "") and c.cost_usd == 0 for c in errors)
+    assert len(calls) == 7  # 5 first tries + 2 retries, each with its own row
+    assert all(i.status in ItemStatus.TERMINAL for i in items)
+    assert httpx.get(f"{fake_provider}/_stats").json()["calls"] == 5  # errors are not billed
+
+
+def test_non_retryable_error_fails_the_item_with_its_reason(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
+    job_id = _submit(live_settings, catalog, tmp_path, team, 3)
+    httpx.post(f"{fake_provider}/_fail", json={"status": 401, "count": 3})
+    outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=3)
+    assert outcome.failed == 3
+    calls, items = ledger(live_settings, job_id)
+    assert len(calls) == 3
+    assert all(i.status == ItemStatus.FAILED and "401" in (i.error or "") and "openai" in (i.error or "") for i in items)
+
+
+def test_job_is_done_when_every_chunk_is(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str]) -> None:
+    from router.db import session_scope
+    from router.ledger import repo
+
+    job_id = _submit(live_settings, catalog, tmp_path, team, 25)
+    run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=10)
+    with session_scope(live_settings) as session:
+        assert repo.get_job(session, job_id).status == "running"
+    run_chunk(live_settings, catalog, job_id=job_id, lo=10, hi=25)
+    with session_scope(live_settings) as session:
+        job = repo.get_job(session, job_id)
+        assert job.status == "done" and job.n_done + job.n_failed == 25 and job.finished_at is not None
+        assert repo.job_spend(session, job_id) == sum(c.cost_usd for c in ledger(live_settings, job_id)[0])
