@@ -29,12 +29,11 @@ class InputError(PennyrouteError):
     def __init__(self, message: str, *, line: int | None = None, field: str | None = None) -> None:
         self.line = line
         self.field = field
-        where = []
         if line is not None:
-            where.append(f"line {line}")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+            where = f"line {line}" + (f", field '{field}'" if field else "")
+        else:
+            where = field or ""  # a flag (--labels) or an argument (FILE) names itself
+        super().__init__(f"{where}: {message}" if where else message)
         self.reason = message
 
 

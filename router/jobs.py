@@ -95,9 +95,11 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
                 repo.insert_items(session, batch)
                 batch = []
         repo.insert_items(session, batch)
+        if n_items == 0 and n_rejected == 0:
+            raise InputError(f"{request.path} is empty: no items to run", field="FILE")
         if n_items == 0:
-            detail = "; ".join(str(e) for e in rejected[:5]) if rejected else "the file has no lines"
-            raise InputError(f"no valid items in {request.path} ({n_rejected} rejected): {detail}", field="FILE")
+            detail = "; ".join(str(e) for e in rejected[:5])
+            raise InputError(f"no valid items in {request.path}: all {n_rejected:,} lines were rejected: {detail}", field="FILE")
         profile = JobProfile(
             task=request.task, min_quality=request.min_quality, n_items=n_items, total_input_tokens=total_tokens,
             max_input_tokens=max_tokens, output_tokens_per_item=spec.expected_output_tokens,
