@@ -12,6 +12,11 @@ Setups:
     httpx-pool     ClientPool of 10 plain httpx clients (connections shared out between them)
     aiohttp        httpx over httpx_aiohttp's aiohttp transport (router's default backend)
     aiohttp-raw    aiohttp alone, no httpx (the reference: same body, same parsing)
+    httpx2         pydantic's httpx fork (installed with genai-prices), plain; for comparison only
+    httpx2-aiohttp httpx2 over httpx_aiohttp.httpx2's aiohttp transport; for comparison only
+
+The httpx2 rows drive OpenAIProvider with an httpx2 client: the success path is the same duck-typed
+`post`, but router's error mapping knows only httpx's exceptions, so they are not production setups.
 
 `bare_loop_rate` is the figure bench/throughput.py compares the whole pipeline against.
 """
@@ -39,7 +44,7 @@ from router.providers.base import ChatRequest, Completion  # noqa: E402
 from router.providers.http import ClientPool, build_client  # noqa: E402
 from router.providers.openai import OpenAIProvider, parse_completion, request_body  # noqa: E402
 
-SETUPS = ("httpx", "httpx-pool", "aiohttp", "aiohttp-raw")
+SETUPS = ("httpx", "httpx-pool", "aiohttp", "aiohttp-raw", "httpx2", "httpx2-aiohttp")
 # The figures asked for: (server latency ms, calls in flight).
 CASES = ((0, 50), (0, 200), (500, 200))
 # ClientPool size for the "several httpx clients" option.
@@ -101,10 +106,24 @@ def _make_setup(base_url: str, *, backend: str, in_flight: int) -> tuple[CallFn,
         client = build_client(
             base_url=openai_url, headers={}, timeout_s=TIMEOUT_S, max_connections=in_flight, backend=backend  # type: ignore[arg-type]
         )
+    elif backend in ("httpx2", "httpx2-aiohttp"):
+        client = _httpx2_client(openai_url, in_flight=in_flight, aiohttp_transport=backend == "httpx2-aiohttp")
     else:
         raise ValueError(f"unknown setup {backend!r}; expected one of {SETUPS}")
     provider = OpenAIProvider(name="bench", client=client, api_key="bench-key")
     return (lambda: provider.complete(REQUEST)), provider.aclose
+
+
+def _httpx2_client(base_url: str, *, in_flight: int, aiohttp_transport: bool) -> Any:
+    """An httpx2 client with the same limits as build_client's (comparison only, see the docstring)."""
+    import httpx2
+
+    limits = httpx2.Limits(max_connections=in_flight, max_keepalive_connections=in_flight, keepalive_expiry=30)
+    if aiohttp_transport:
+        from httpx_aiohttp.httpx2 import Httpx2AiohttpClient
+
+        return Httpx2AiohttpClient(base_url=base_url, limits=limits, timeout=TIMEOUT_S)
+    return httpx2.AsyncClient(base_url=base_url, limits=limits, timeout=TIMEOUT_S)
 
 
 async def _drive(call: CallFn, *, n_calls: int, in_flight: int, max_s: float) -> tuple[int, float]:
@@ -185,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     loop = "uvloop" if args.uvloop else "asyncio"
     print(f"calls/s (client CPU, server CPU); loop: {loop}; {os.cpu_count()} cores; bound: {args.calls} calls or {args.max_s} s")
     header = "".join(f"{f'{lat} ms, {n} in flight':>28}" for lat, n in CASES)
-    print(f"{'setup':<14}{header}")
+    print(f"{setup:<16}{header}")
     for setup in setups:
         cells = "".join(
             f"{rate:>10,.0f} ({client:4.0%}, {server:4.0%})"
