@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from router import runtime
@@ -65,47 +66,42 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         claimed = repo.claim_items(
             session, job_id=job_id, lo=lo, hi=hi, now=now, lease_until=now + timedelta(seconds=settings.lease_s)
         )
-    if not claimed:
-        return ChunkOutcome(0, 0, 0)
-    model = catalog.model(job.model_id)
+        if not claimed:
+            return ChunkOutcome(0, 0, 0)
+        model = catalog.model(job.model_id)
+        common = {
+            "job_id": job.id, "tenant_id": job.tenant_id, "team_id": job.team_id, "model_id": model.model_id,
+            "provider": model.provider, "purpose": "run", "status": CallStatus.IN_FLIGHT, "simulated": job.simulated,
+        }
+        # The first round's call rows are committed with the claim: one transaction before any call.
+        call_ids = _record_calls(session, catalog, common, [row.id for row in claimed])
     spec = prompt_spec(job)
     labels = tuple(job.labels or ())
-    base_row = {
-        "job_id": job.id, "tenant_id": job.tenant_id, "team_id": job.team_id, "model_id": model.model_id,
-        "provider": model.provider, "purpose": "run", "status": CallStatus.IN_FLIGHT, "simulated": job.simulated,
-    }
     texts = {row.id: row.text for row in claimed}
     pending = list(texts)
     item_rows: list[dict[str, Any]] = []
     call_updates: list[dict[str, Any]] = []
     for attempt in range(MAX_ATTEMPTS):
-        started = utcnow()
-        price = catalog.price(model.model_id, started)
-        rates = {
-            "input_usd_per_mtok": price.input.base, "cached_input_usd_per_mtok": price.cached_input.base,
-            "cache_write_usd_per_mtok": price.cache_write.base, "output_usd_per_mtok": price.output.base,
-        }
-        call_ids = {item_id: uuid.uuid4().hex for item_id in pending}
-        with session_scope(settings) as session:
-            repo.finish_calls(session, call_updates)  # the previous round's outcomes, if any
-            repo.insert_calls(session, [
-                {**base_row, **rates, "id": call_ids[i], "item_id": i, "started_at": started} for i in pending
-            ])
-        call_updates = []
+        if attempt:
+            with session_scope(settings) as session:
+                repo.finish_calls(session, call_updates)  # the previous round's outcomes
+                call_ids = _record_calls(session, catalog, common, pending)
+            call_updates = []
+        price = catalog.price(model.model_id, call_ids.started)
         requests = [
             (i, ChatRequest(model=model.api_model, system=spec.system, prompt=texts[i], max_output_tokens=spec.max_output_tokens))
             for i in pending
         ]
-        results = runtime.run(_call_all(catalog, settings, model.provider, job.simulated, requests, settings.calls_in_flight))
+        results = runtime.run(_call_all(catalog, settings, model.provider, job.simulated, requests))
         finished = utcnow()
         retry: list[int] = []
         waits: list[float] = []
         for item_id, result, latency_s in results:
-            call_id = call_ids[item_id]
+            call_id = call_ids.ids[item_id]
             update: dict[str, Any] = {
                 "id": call_id, "latency_ms": int(latency_s * 1000), "finished_at": finished,
                 "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
-                "usage_estimated": False, "cost_usd": 0, "error": None,
+                "usage_estimated": False, "cost_usd": Decimal(0), "error": None,
             }
             if isinstance(result, Completion):
                 usage = result.usage
@@ -136,6 +132,26 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
     return ChunkOutcome(len(claimed), done, failed)
 
 
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    ids: dict[int, str]  # item id -> call id
+    started: Any
+
+
+def _record_calls(session: Any, catalog: Catalog, common: dict[str, Any], item_ids: list[int]) -> _Recorded:
+    """Write one in-flight call row per item, priced at the rates in force now; return their ids."""
+    started = utcnow()
+    price = catalog.price(common["model_id"], started)
+    ids = {item_id: uuid.uuid4().hex for item_id in item_ids}
+    repo.insert_calls(session, common={
+        **common, "started_at": started, "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0,
+        "output_tokens": 0, "usage_estimated": False, "cost_usd": Decimal(0),
+        "input_usd_per_mtok": price.input.base, "cached_input_usd_per_mtok": price.cached_input.base,
+        "cache_write_usd_per_mtok": price.cache_write.base, "output_usd_per_mtok": price.output.base,
+    }, ids=list(ids.values()), item_ids=list(ids))
+    return _Recorded(ids, started)
+
+
 def _item_outcome(item_id: int, call_id: str, text: str, task: str, labels: tuple[str, ...], now: Any) -> dict[str, Any]:
     if task == "classify":
         label = parse_label(text, labels)
@@ -152,10 +168,10 @@ def _item_row(item_id: int, status: str, output: str | None, error: str | None, 
 
 async def _call_all(
     catalog: Catalog, settings: Settings, provider_name: str, simulated: bool,
-    requests: Sequence[tuple[int, ChatRequest]], in_flight: int,
+    requests: Sequence[tuple[int, ChatRequest]],
 ) -> list[tuple[int, Completion | ProviderError, float]]:
     provider = await get_provider(catalog, settings, provider_name, simulated=simulated)
-    gate = asyncio.Semaphore(in_flight)
+    gate = runtime.gate(settings.calls_in_flight)
     return await asyncio.gather(*(_call_one(provider, gate, key, request) for key, request in requests))
 
 

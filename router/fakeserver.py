@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import itertools
 import json
 import threading
@@ -371,9 +372,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         if args.uvloop:
-            import uvloop  # not a project dependency: only for measuring with it
-
-            uvloop.run(run())
+            # Not a project dependency: imported by name only when asked for, to measure with it.
+            importlib.import_module("uvloop").run(run())
         else:
             asyncio.run(run())
 
@@ -382,6 +382,7 @@ def echo_answer(model: str, system: str, prompt: str, max_output_tokens: int) ->
     """A fixed answer with length-based token counts: the cheapest answer function."""
     return Completion(
         text="ok",
+        # about four characters a token, like the sandbox; "ok" is one token
         usage=TokenUsage(input_tokens=(len(system) + len(prompt)) // 4 + 1, output_tokens=min(1, max_output_tokens)),
     )
 

@@ -18,6 +18,7 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _pid: int | None = None
+_gates: dict[tuple[int, int], asyncio.Semaphore] = {}
 
 
 def loop() -> asyncio.AbstractEventLoop:
@@ -42,3 +43,16 @@ def loop() -> asyncio.AbstractEventLoop:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` on the background loop and wait for its result (from any thread but the loop's)."""
     return asyncio.run_coroutine_threadsafe(coro, loop()).result()
+
+
+def gate(limit: int) -> asyncio.Semaphore:
+    """The process-wide limit on provider calls in flight; call inside the loop.
+
+    Every chunk's calls pass through the same gate, so while one chunk records its results the
+    others' calls take its slots: the process keeps `limit` calls in flight, not chunk by chunk.
+    """
+    key = (os.getpid(), limit)
+    semaphore = _gates.get(key)
+    if semaphore is None:
+        semaphore = _gates[key] = asyncio.Semaphore(limit)
+    return semaphore

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from email.utils import formatdate
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -26,10 +26,9 @@ from router.errors import (
 from router.fakeserver import ANTHROPIC_PATH, OPENAI_PATH, start_in_thread
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import ChatRequest, Completion, TokenUsage
-from router.providers.http import BACKENDS, ClientPool, build_client, retry_after_s
+from router.providers.http import BACKENDS, Backend, ClientPool, build_client, retry_after_s
 from router.providers.openai import OpenAIProvider
 
-T = TypeVar("T")
 KEY = "test-key"
 # Client timeout for ordinary calls: loopback answers take milliseconds.
 TIMEOUT_S = 1.0
@@ -65,11 +64,11 @@ def script(base_url: str, **fault: Any) -> None:
 
 
 def stats(base_url: str) -> dict[str, Any]:
-    return httpx.get(f"{base_url}/_stats").json()
+    bill: dict[str, Any] = httpx.get(f"{base_url}/_stats").json()
+    return bill
 
 
-Vendor = Callable[..., Any]
-VENDORS = {
+VENDORS: dict[str, tuple[type[OpenAIProvider] | type[AnthropicProvider], str, str]] = {
     "openai": (OpenAIProvider, "/v1", OPENAI_PATH),
     "anthropic": (AnthropicProvider, "", ANTHROPIC_PATH),
 }
@@ -78,7 +77,7 @@ VENDORS = {
 def call(
     base_url: str,
     vendor: str,
-    backend: str,
+    backend: Backend,
     *,
     api_key: str | None = KEY,
     timeout_s: float = TIMEOUT_S,
@@ -112,7 +111,7 @@ both_vendors = pytest.mark.parametrize("vendor", list(VENDORS))
 
 @both_backends
 @both_vendors
-def test_success_parses_text_and_tokens_and_is_billed(base_url: str, vendor: str, backend: str) -> None:
+def test_success_parses_text_and_tokens_and_is_billed(base_url: str, vendor: str, backend: Backend) -> None:
     done = call(base_url, vendor, backend)
     assert done == EXPECTED
     assert not done.usage.estimated
@@ -128,7 +127,7 @@ def test_success_parses_text_and_tokens_and_is_billed(base_url: str, vendor: str
 
 
 @both_backends
-def test_openai_cached_tokens_are_taken_out_of_prompt_tokens(base_url: str, backend: str) -> None:
+def test_openai_cached_tokens_are_taken_out_of_prompt_tokens(base_url: str, backend: Backend) -> None:
     body = {
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "B"}, "finish_reason": "stop"}],
         "usage": {
@@ -145,7 +144,7 @@ def test_openai_cached_tokens_are_taken_out_of_prompt_tokens(base_url: str, back
 
 
 @both_backends
-def test_anthropic_cache_reads_and_writes_are_apart_from_input(base_url: str, backend: str) -> None:
+def test_anthropic_cache_reads_and_writes_are_apart_from_input(base_url: str, backend: Backend) -> None:
     body = {
         "type": "message",
         "role": "assistant",
@@ -171,7 +170,7 @@ def test_anthropic_cache_reads_and_writes_are_apart_from_input(base_url: str, ba
 
 @both_backends
 @both_vendors
-def test_429_with_retry_after_is_retryable_with_the_wait(base_url: str, vendor: str, backend: str) -> None:
+def test_429_with_retry_after_is_retryable_with_the_wait(base_url: str, vendor: str, backend: Backend) -> None:
     script(base_url, status=429, retry_after="2")
     error = raises(ProviderStatusError, lambda: call(base_url, vendor, backend))
     assert (error.status_code, error.retry_after, error.retryable) == (429, 2.0, True)
@@ -180,7 +179,7 @@ def test_429_with_retry_after_is_retryable_with_the_wait(base_url: str, vendor: 
 
 @both_backends
 @both_vendors
-def test_401_is_not_retryable_and_names_the_provider(base_url: str, vendor: str, backend: str) -> None:
+def test_401_is_not_retryable_and_names_the_provider(base_url: str, vendor: str, backend: Backend) -> None:
     error = raises(ProviderStatusError, lambda: call(base_url, vendor, backend, api_key="wrong-key"))
     assert error.status_code == 401
     assert not error.retryable
@@ -191,7 +190,7 @@ def test_401_is_not_retryable_and_names_the_provider(base_url: str, vendor: str,
 
 
 @both_backends
-def test_529_overloaded_is_retryable(base_url: str, backend: str) -> None:
+def test_529_overloaded_is_retryable(base_url: str, backend: Backend) -> None:
     script(base_url, status=529, body={"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
     error = raises(ProviderStatusError, lambda: call(base_url, "anthropic", backend))
     assert (error.status_code, error.retryable) == (529, True)
@@ -200,7 +199,7 @@ def test_529_overloaded_is_retryable(base_url: str, backend: str) -> None:
 
 @both_backends
 @both_vendors
-def test_500_with_a_non_json_body_is_retryable_and_quotes_it(base_url: str, vendor: str, backend: str) -> None:
+def test_500_with_a_non_json_body_is_retryable_and_quotes_it(base_url: str, vendor: str, backend: Backend) -> None:
     script(base_url, status=500, body="<html>upstream exploded</html>")
     error = raises(ProviderStatusError, lambda: call(base_url, vendor, backend))
     assert (error.status_code, error.retryable) == (500, True)
@@ -209,7 +208,7 @@ def test_500_with_a_non_json_body_is_retryable_and_quotes_it(base_url: str, vend
 
 @both_backends
 @both_vendors
-def test_malformed_json_body_is_malformed_response(base_url: str, vendor: str, backend: str) -> None:
+def test_malformed_json_body_is_malformed_response(base_url: str, vendor: str, backend: Backend) -> None:
     script(base_url, body='{"choices": [')
     error = raises(MalformedResponse, lambda: call(base_url, vendor, backend))
     assert error.retryable
@@ -217,14 +216,14 @@ def test_malformed_json_body_is_malformed_response(base_url: str, vendor: str, b
 
 @both_backends
 @both_vendors
-def test_json_body_missing_fields_is_malformed_response(base_url: str, vendor: str, backend: str) -> None:
+def test_json_body_missing_fields_is_malformed_response(base_url: str, vendor: str, backend: Backend) -> None:
     script(base_url, body={"id": "x", "object": "nothing useful"})
     raises(MalformedResponse, lambda: call(base_url, vendor, backend))
 
 
 @both_backends
 @both_vendors
-def test_missing_usage_is_estimated(base_url: str, vendor: str, backend: str) -> None:
+def test_missing_usage_is_estimated(base_url: str, vendor: str, backend: Backend) -> None:
     bodies = {
         "openai": {"choices": [{"message": {"role": "assistant", "content": "four words of text"}}]},
         "anthropic": {"content": [{"type": "text", "text": "four words of text"}], "usage": None},
@@ -238,7 +237,7 @@ def test_missing_usage_is_estimated(base_url: str, vendor: str, backend: str) ->
 
 @both_backends
 @both_vendors
-def test_server_hanging_past_the_timeout_is_provider_timeout(base_url: str, vendor: str, backend: str) -> None:
+def test_server_hanging_past_the_timeout_is_provider_timeout(base_url: str, vendor: str, backend: Backend) -> None:
     script(base_url, hang_s=2.0)
     started = time.monotonic()
     error = raises(ProviderTimeout, lambda: call(base_url, vendor, backend, timeout_s=0.3))
@@ -247,7 +246,7 @@ def test_server_hanging_past_the_timeout_is_provider_timeout(base_url: str, vend
 
 
 @both_backends
-def test_connection_refused_is_a_connection_error_not_a_timeout(backend: str) -> None:
+def test_connection_refused_is_a_connection_error_not_a_timeout(backend: Backend) -> None:
     # httpx_aiohttp reports a refused connection as httpx.ConnectTimeout; we must not.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -257,7 +256,7 @@ def test_connection_refused_is_a_connection_error_not_a_timeout(backend: str) ->
 
 
 @both_backends
-def test_client_pool_spreads_calls_round_robin_and_works_with_a_provider(base_url: str, backend: str) -> None:
+def test_client_pool_spreads_calls_round_robin_and_works_with_a_provider(base_url: str, backend: Backend) -> None:
     hits: list[int] = []
 
     def handler(index: int) -> Callable[[httpx.Request], httpx.Response]:
@@ -287,7 +286,7 @@ def test_client_pool_spreads_calls_round_robin_and_works_with_a_provider(base_ur
 
 
 @both_backends
-def test_build_client_refuses_to_run_outside_an_event_loop(backend: str) -> None:
+def test_build_client_refuses_to_run_outside_an_event_loop(backend: Backend) -> None:
     with pytest.raises(RuntimeError):
         build_client(base_url="http://127.0.0.1:1", headers={}, timeout_s=1, max_connections=1, backend=backend)
 

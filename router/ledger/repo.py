@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, insert, or_, select, update
+from sqlalchemy import bindparam, case, func, insert, or_, select, text, update
 from sqlmodel import Session
 
 from router.errors import InputError, NotFoundError
@@ -121,48 +121,90 @@ def claim_items(session: Session, *, job_id: str, lo: int, hi: int, now: datetim
             ),
         )
         .values(status=ItemStatus.RUNNING, lease_until=lease_until, attempts=ITEM.c.attempts + 1)
-        .returning(ITEM.c.id, ITEM.c.seq, ITEM.c.text)
+        .returning(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.attempts)
     )
     rows = session.execute(stmt).all()
-    if rows:
-        # Calls still in flight for these items belong to a worker that died: their outcome is unknown.
+    retaken = [r.id for r in rows if r.attempts > 1]
+    if retaken:
+        # Calls still in flight for re-claimed items belong to a worker that died: their outcome is unknown.
         session.execute(
             update(CALL)
-            .where(CALL.c.item_id.in_([r.id for r in rows]), CALL.c.status == CallStatus.IN_FLIGHT)
+            .where(CALL.c.item_id.in_(retaken), CALL.c.status == CallStatus.IN_FLIGHT)
             .values(status=CallStatus.UNKNOWN, error="worker lost while the call was in flight", finished_at=now)
         )
     return sorted(rows, key=lambda r: r.seq)
 
 
-def insert_calls(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Record calls (status in_flight) before they are made: one executemany."""
-    if rows:
-        session.execute(insert(CALL), list(rows))
+def insert_calls(session: Session, *, common: dict[str, Any], ids: Sequence[str], item_ids: Sequence[int]) -> None:
+    """Record calls (status in_flight) before they are made. `common` holds the columns all share.
+
+    Postgres: one INSERT ... SELECT FROM unnest(ids, item_ids); elsewhere one executemany.
+    """
+    if not ids:
+        return
+    if _is_postgres(session):
+        columns = list(common)
+        select_list = ", ".join(f":{c}" for c in columns)
+        session.execute(
+            text(
+                f"INSERT INTO call (id, item_id, {', '.join(columns)}) "
+                f"SELECT v.id, v.item_id, {select_list} FROM unnest(CAST(:ids AS text[]), CAST(:item_ids AS bigint[])) AS v(id, item_id)"
+            ).bindparams(*(bindparam(c, type_=CALL.c[c].type) for c in columns)),
+            {"ids": list(ids), "item_ids": list(item_ids), **common},
+        )
+        return
+    session.execute(insert(CALL), [{**common, "id": i, "item_id": item} for i, item in zip(ids, item_ids, strict=True)])
 
 
-_CALL_FIELDS = ("status", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-                "usage_estimated", "cost_usd", "latency_ms", "error", "finished_at")
-_ITEM_FIELDS = ("status", "output", "error", "final_call_id", "finished_at", "lease_until")
+# Columns written when calls finish, with their Postgres array types for unnest.
+_CALL_OUTCOME = {
+    "status": "text", "input_tokens": "int", "cached_input_tokens": "int", "cache_write_tokens": "int",
+    "output_tokens": "int", "usage_estimated": "bool", "cost_usd": "numeric", "latency_ms": "int", "error": "text",
+    "finished_at": "timestamptz",
+}
+_ITEM_OUTCOME = {"status": "text", "output": "text", "error": "text", "final_call_id": "text", "finished_at": "timestamptz"}
 
 
 def finish_calls(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Write calls' outcomes: one executemany keyed by call id (only calls still in flight)."""
-    if not rows:
-        return
-    stmt = (
-        update(CALL)
-        .where(CALL.c.id == bindparam("b_id"), CALL.c.status == CallStatus.IN_FLIGHT)
-        .values({f: bindparam(f"b_{f}") for f in _CALL_FIELDS})
-    )
-    session.execute(stmt, [{f"b_{k}": v for k, v in row.items()} for row in rows])
+    """Write calls' outcomes onto their rows (only rows still in flight), in one statement on Postgres."""
+    _bulk_update(session, "call", CALL, _CALL_OUTCOME, rows, only_in_flight=True)
 
 
 def finish_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Write items' outcomes: one executemany keyed by item id."""
+    """Write items' outcomes (and release their lease), in one statement on Postgres."""
+    _bulk_update(session, "item", ITEM, _ITEM_OUTCOME, rows, only_in_flight=False)
+
+
+def _bulk_update(session: Session, name: str, table: Any, fields: dict[str, str], rows: Sequence[dict[str, Any]], *, only_in_flight: bool) -> None:
     if not rows:
         return
-    stmt = update(ITEM).where(ITEM.c.id == bindparam("b_id")).values({f: bindparam(f"b_{f}") for f in _ITEM_FIELDS})
-    session.execute(stmt, [{f"b_{k}": v for k, v in row.items()} for row in rows])
+    if _is_postgres(session):
+        id_type = "text" if name == "call" else "bigint"
+        arrays = ", ".join(f"CAST(:{f} AS {t}[])" for f, t in fields.items())
+        sets = ", ".join(f"{f} = v.{f}" for f in fields)
+        if name == "item":
+            sets += ", lease_until = NULL"
+        guard = f" AND {name}.status = '{CallStatus.IN_FLIGHT}'" if only_in_flight else ""
+        params: dict[str, Any] = {"ids": [r["id"] for r in rows]}
+        for f in fields:
+            params[f] = [r[f] for r in rows]
+        session.execute(
+            text(f"UPDATE {name} SET {sets} FROM unnest(CAST(:ids AS {id_type}[]), {arrays}) "
+                 f"AS v(id, {', '.join(fields)}) WHERE {name}.id = v.id{guard}"),
+            params,
+        )
+        return
+    values = {f: bindparam(f"b_{f}") for f in fields}
+    if name == "item":
+        values["lease_until"] = None  # type: ignore[assignment]
+    stmt = update(table).where(table.c.id == bindparam("b_id")).values(values)
+    if only_in_flight:
+        stmt = stmt.where(table.c.status == CallStatus.IN_FLIGHT)
+    session.execute(stmt, [{f"b_{k}": r[k] for k in ("id", *fields)} for r in rows])
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def count_finished(session: Session, *, job_id: str, done: int, failed: int, now: datetime) -> None:

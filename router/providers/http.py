@@ -192,8 +192,10 @@ async def post_json(
         # httpx_aiohttp maps every aiohttp ClientConnectionError (refused, reset, server gone) to
         # httpx.ConnectTimeout; only a real aiohttp timeout is a timeout.
         cause = exc.__cause__
-        if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, asyncio.TimeoutError):
+        if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, TimeoutError):
             raise ProviderConnectionError(_describe(cause), provider=provider) from exc
+        raise ProviderTimeout(f"no answer within the timeout ({_describe(exc)})", provider=provider) from exc
+    except TimeoutError as exc:  # a bare timeout leaking from aiohttp (TimeoutError is an OSError too)
         raise ProviderTimeout(f"no answer within the timeout ({_describe(exc)})", provider=provider) from exc
     except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
         # aiohttp errors outside httpx_aiohttp's map (e.g. an unparsable HTTP response) leak through.

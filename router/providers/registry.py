@@ -12,8 +12,7 @@ from router.providers.openai import OpenAIProvider
 from router.providers.sandbox import SandboxProvider
 from router.settings import Settings
 
-# Connections per provider and process: enough for every chunk a worker runs at once to keep all
-# its calls in flight (worker_threads x calls_in_flight), which is what the limit is derived from.
+# Connections per provider and process: one per call in flight (settings.calls_in_flight).
 _cache: dict[tuple[object, ...], Provider] = {}
 
 
@@ -42,7 +41,7 @@ def _build(catalog: Catalog, settings: Settings, info: ProviderInfo, *, simulate
         base_url=info.base_url,
         headers={},
         timeout_s=settings.request_timeout_s,
-        max_connections=settings.worker_threads * settings.calls_in_flight,
+        max_connections=settings.calls_in_flight,
         backend=settings.http_backend,
     )
     if info.kind == "anthropic":

@@ -1,0 +1,198 @@
+"""End-to-end throughput: submit until every item is done and recorded, on Postgres + Redis + a real
+Celery worker, against the local fake provider at 0 ms and at 500 ms latency; and, in the same run,
+the rate of a bare asyncio loop making the same calls with the fastest client setup.
+
+    python bench/throughput.py [--items 10000] [--slow-items 8000] [--threads 4] [--in-flight 100]
+
+Needs Postgres and Redis on 127.0.0.1 (as `bash .ci/run` ensures). It uses a database of its own
+(pennyroute_bench, recreated) and Redis database 14 (flushed). Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from bench.clients import _cpu_s, bare_loop_rate  # noqa: E402
+from router.catalog import load_catalog  # noqa: E402
+from router.db import session_scope, upgrade  # noqa: E402
+from router.intake import JobRequest  # noqa: E402
+from router.jobs import dispatch_job, submit_job  # noqa: E402
+from router.ledger import repo  # noqa: E402
+from router.ledger.tables import Call, Item, ItemStatus  # noqa: E402
+from router.providers.base import TokenUsage  # noqa: E402
+from router.settings import Settings  # noqa: E402
+
+PG_URL = os.environ.get("PENNYROUTE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pennyroute_bench")
+BROKER_URL = os.environ.get("PENNYROUTE_BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
+LABELS = ("billing", "bug", "account", "other")
+TEXTS = ("I was charged twice on my invoice", "The app crashes with an error on login", "Locked out: password reset fails",
+         "Hello, a question about your office hours")
+
+
+@contextmanager
+def fake_server(latency_ms: int) -> Iterator[tuple[str, int]]:
+    """The fake provider (sandbox answers) in a process of its own; yields (base URL, pid)."""
+    process = subprocess.Popen([sys.executable, "-m", "router.fakeserver", "--port", "0", "--latency-ms", str(latency_ms)],
+                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"fake server did not start: {line!r}")
+        yield line.split()[-1], process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def worker(env: dict[str, str], log: Path) -> Iterator[int]:
+    with log.open("wb") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel", "WARNING",
+                                    "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                                   cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(0.5)
+        _ping(env)
+        yield process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _ping(env: dict[str, str]) -> None:
+    """Wait until the worker answers a ping (it has connected to the broker)."""
+    from celery import Celery
+
+    app = Celery(broker=env["BROKER_URL"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if app.control.ping(timeout=1.0):
+            return
+    raise RuntimeError("worker did not answer a ping within 60 s")
+
+
+def write_items(path: Path, n: int) -> Path:
+    with path.open("w") as handle:
+        for i in range(n):
+            handle.write(json.dumps({"id": str(i), "text": f"{TEXTS[i % len(TEXTS)]} (ticket {i})"}) + "\n")
+    return path
+
+
+def run_job(settings: Settings, provider: str, n_items: int, tmp: Path, team: str) -> tuple[float, dict[str, object]]:
+    """Submit `n_items` for `provider`, wait until all are recorded; (items/s, checks)."""
+    catalog = load_catalog(settings.catalog)
+    path = write_items(tmp / f"{provider}.jsonl", n_items)
+    started = time.perf_counter()
+    submitted = submit_job(settings, catalog, JobRequest(path=path, team=team, task="classify", labels=LABELS,
+                                                         min_quality=0.5, providers=frozenset({provider})))
+    dispatch_job(settings, submitted.job_id, submitted.n_items)
+    while True:
+        with session_scope(settings) as session:
+            job = repo.get_job(session, submitted.job_id)
+        if job.status != "running":
+            break
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    with session_scope(settings) as session:
+        calls = list(session.execute(select(Call).where(Call.job_id == job.id)).scalars())
+        statuses = [s for (s,) in session.execute(select(Item.status).where(Item.job_id == job.id))]
+        spent = repo.job_spend(session, job.id)
+    expected = sum((catalog.price(c.model_id, c.started_at).cost_usd(TokenUsage(c.input_tokens, c.output_tokens)) for c in calls), Decimal(0))
+    checks = {
+        "items": len(statuses),
+        "terminal": sum(s in ItemStatus.TERMINAL for s in statuses),
+        "done": sum(s == ItemStatus.DONE for s in statuses),
+        "calls": len(calls),
+        "ledger_usd": spent,
+        "ledger_equals_tokens_x_prices": spent == expected,
+    }
+    return n_items / elapsed, checks
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=10_000, help="items in the 0 ms job")
+    parser.add_argument("--slow-items", type=int, default=8_000, help="items in the 500 ms job")
+    parser.add_argument("--latency-ms", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=6, help="chunks a worker holds at once (PENNYROUTE_WORKER_THREADS)")
+    parser.add_argument("--in-flight", type=int, default=400, help="calls in flight per worker process (PENNYROUTE_CALLS_IN_FLIGHT)")
+    parser.add_argument("--backend", default="aiohttp", choices=("aiohttp", "httpx"))
+    args = parser.parse_args(argv)
+
+    base, name = PG_URL.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    redis.Redis.from_url(BROKER_URL).flushdb()
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"pennyroute-bench-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir(parents=True)
+    in_flight = args.in_flight
+    rows = []
+    with fake_server(0) as (fast_url, fast_pid), fake_server(args.latency_ms) as (slow_url, _):
+        catalog_file = tmp / "catalog.toml"
+        price = 'price = { input_usd_per_mtok = "0.15", output_usd_per_mtok = "0.6" }'
+        catalog_file.write_text(
+            f'[providers.fast]\nkind = "openai"\nbase_url = "{fast_url}/v1"\nrequires_key = false\nregion = "local"\n\n'
+            f'[providers.slow]\nkind = "openai"\nbase_url = "{slow_url}/v1"\nrequires_key = false\nregion = "local"\n\n'
+            f'[[models]]\nid = "fast-model"\nprovider = "fast"\ncontext_window = 128000\n{price}\nquality = {{ classify = 0.95 }}\n\n'
+            f'[[models]]\nid = "slow-model"\nprovider = "slow"\ncontext_window = 128000\n{price}\nquality = {{ classify = 0.95 }}\n'
+        )
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        env.update(DATABASE_URL=PG_URL, BROKER_URL=BROKER_URL, PENNYROUTE_CATALOG=str(catalog_file), PENNYROUTE_SANDBOX="off",
+                   PENNYROUTE_WORKER_THREADS=str(args.threads), PENNYROUTE_CALLS_IN_FLIGHT=str(args.in_flight),
+                   PENNYROUTE_HTTP_BACKEND=args.backend, BENCH_KEY="x")
+        settings = Settings(database_url=PG_URL, broker_url=BROKER_URL, catalog=catalog_file, sandbox="off",
+                            api_keys={"BENCH_API_KEY": "x"}, _env_file=None)  # type: ignore[arg-type, call-arg]
+        upgrade(settings)
+        with session_scope(settings) as session:
+            repo.ensure_team(session, tenant="bench", team="bench")
+
+        # The bare loop first, on an idle machine: the fastest client setup, same server, same in-flight counts.
+        bare = {n: asyncio.run(bare_loop_rate(fast_url, n_calls=args.items, in_flight=n, backend="aiohttp", max_s=10))
+                for n in sorted({100, in_flight})}
+        bare_best = max(bare.values())
+        with worker(env, tmp / "worker.log") as worker_pid:
+            cpu0, server_cpu0, wall0 = _cpu_s(worker_pid), _cpu_s(fast_pid), time.perf_counter()
+            fast_rate, fast_checks = run_job(settings, "fast", args.items, tmp, "bench")
+            wall = time.perf_counter() - wall0
+            worker_cpu, server_cpu = (_cpu_s(worker_pid) - cpu0) / wall, (_cpu_s(fast_pid) - server_cpu0) / wall
+            slow_rate, slow_checks = run_job(settings, "slow", args.slow_items, tmp, "bench")
+
+    ideal = in_flight / (args.latency_ms / 1000)
+    rows.append(("bare asyncio loop, 0 ms (httpx over aiohttp)", f"{bare_best:,.0f} calls/s",
+                 ", ".join(f"{n} in flight: {r:,.0f}" for n, r in bare.items())))
+    rows.append((f"end to end, 0 ms, {args.items:,} items", f"{fast_rate:,.0f} items/s",
+                 f"{fast_rate / bare_best:.0%} of the bare loop (target >= 50%); worker CPU {worker_cpu:.0%}, fake server CPU {server_cpu:.0%}"))
+    rows.append((f"end to end, {args.latency_ms} ms, {args.slow_items:,} items", f"{slow_rate:,.0f} items/s",
+                 f"{slow_rate / ideal:.0%} of {in_flight} in flight / {args.latency_ms / 1000:g} s = {ideal:,.0f}/s (target >= 90%)"))
+    print(f"\npennyroute throughput: 1 worker process, {args.in_flight} calls in flight, {args.threads} chunks held at once, "
+          f"backend {args.backend}, chunks of 100, {os.cpu_count()} cores\n")
+    width = max(len(r[0]) for r in rows)
+    for label, figure, note in rows:
+        print(f"  {label:<{width}}  {figure:>14}  {note}")
+    for name, checks in (("0 ms job", fast_checks), (f"{args.latency_ms} ms job", slow_checks)):
+        print(f"  check {name}: {checks}")
+
+
+if __name__ == "__main__":
+    main()
