@@ -148,7 +148,7 @@ async def _drive(call: CallFn, *, n_calls: int, in_flight: int, max_s: float) ->
 @contextmanager
 def fake_server(latency_ms: int, *, uvloop: bool = False) -> Iterator[tuple[str, int]]:
     """Run `python -m router.fakeserver` on a free port; yields (base URL, pid)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "router.fakeserver", "--port", "0", "--latency-ms", str(latency_ms), "--answer", "echo"]
     if uvloop:
         command.append("--uvloop")

@@ -2,7 +2,7 @@
 Celery worker, against the local fake provider at 0 ms and at 500 ms latency; and, in the same run,
 the rate of a bare asyncio loop making the same calls with the fastest client setup.
 
-    python bench/throughput.py [--items 10000] [--slow-items 8000] [--threads 4] [--in-flight 100]
+    python bench/throughput.py [--items 10000] [--slow-items 20000] [--threads 8] [--in-flight 400]
 
 Needs Postgres and Redis on 127.0.0.1 (as `bash .ci/run` ensures). It uses a database of its own
 (pennyroute_bench, recreated) and Redis database 14 (flushed). Prints a table; asserts nothing.
@@ -132,9 +132,9 @@ def run_job(settings: Settings, provider: str, n_items: int, tmp: Path, team: st
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=10_000, help="items in the 0 ms job")
-    parser.add_argument("--slow-items", type=int, default=8_000, help="items in the 500 ms job")
+    parser.add_argument("--slow-items", type=int, default=20_000, help="items in the 500 ms job (25 s at ideal: long enough that submit and the last partial round weigh little)")
     parser.add_argument("--latency-ms", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=6, help="chunks a worker holds at once (PENNYROUTE_WORKER_THREADS)")
+    parser.add_argument("--threads", type=int, default=8, help="chunks a worker holds at once (PENNYROUTE_WORKER_THREADS)")
     parser.add_argument("--in-flight", type=int, default=400, help="calls in flight per worker process (PENNYROUTE_CALLS_IN_FLIGHT)")
     parser.add_argument("--backend", default="aiohttp", choices=("aiohttp", "httpx"))
     args = parser.parse_args(argv)

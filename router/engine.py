@@ -24,7 +24,7 @@ from router.catalog import Catalog
 from router.db import session_scope
 from router.errors import ProviderError
 from router.ledger import repo
-from router.ledger.tables import CallStatus, ItemStatus, Job, JobStatus, utcnow
+from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
 from router.prompts import PromptSpec, classify_spec, parse_label, summarize_spec
 from router.providers.base import ChatRequest, Completion, Provider
 from router.providers.registry import get_provider
@@ -45,7 +45,7 @@ class ChunkOutcome:
     failed: int
 
 
-def prompt_spec(job: Job) -> PromptSpec:
+def prompt_spec(job: Any) -> PromptSpec:
     if job.task == "classify":
         return classify_spec(tuple(job.labels or ()))
     return summarize_spec(job.max_words)
@@ -60,7 +60,7 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
     """Run the items of `job_id` with seq in [lo, hi) that nobody else holds. Safe to run twice."""
     now = utcnow()
     with session_scope(settings) as session:
-        job = session.get(Job, job_id)
+        job = repo.job_for_chunk(session, job_id)
         if job is None or job.status != JobStatus.RUNNING or job.model_id is None:
             return ChunkOutcome(0, 0, 0)
         claimed = repo.claim_items(

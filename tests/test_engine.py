@@ -93,3 +93,17 @@ def test_job_is_done_when_every_chunk_is(live_settings: Settings, catalog: Catal
         job = repo.get_job(session, job_id)
         assert job.status == "done" and job.n_done + job.n_failed == 25 and job.finished_at is not None
         assert repo.job_spend(session, job_id) == sum(c.cost_usd for c in ledger(live_settings, job_id)[0])
+
+
+def test_anthropic_model_runs_over_the_messages_api(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
+    path = write_jsonl(tmp_path / "items.jsonl", tickets(20))
+    request = JobRequest(path=path, team=team[1], tenant=team[0], task="summarize", max_words=10, min_quality=0.8,
+                         models=frozenset({"claude-haiku-4-5"}))
+    job_id = submit_job(live_settings, catalog, request).job_id
+    run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=20)
+    calls, items = ledger(live_settings, job_id)
+    assert {c.model_id for c in calls} == {"claude-haiku-4-5"} and {c.provider for c in calls} == {"anthropic"}
+    assert all(i.status == ItemStatus.DONE and i.output for i in items)
+    assert all(c.cost_usd == priced(catalog, c) > 0 for c in calls)
+    bill = httpx.get(f"{fake_provider}/_stats").json()["models"]["claude-haiku-4-5"]
+    assert bill["calls"] == 20 and bill["output_tokens"] == sum(c.output_tokens for c in calls)

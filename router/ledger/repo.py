@@ -98,6 +98,14 @@ def get_job(session: Session, job_id: str) -> Job:
     return job
 
 
+def job_for_chunk(session: Session, job_id: str) -> Any:
+    """The job columns a chunk needs, in one narrow Core query (no ORM object per chunk)."""
+    return session.execute(
+        select(JOB.c.id, JOB.c.status, JOB.c.model_id, JOB.c.tenant_id, JOB.c.team_id, JOB.c.task, JOB.c.labels,
+               JOB.c.max_words, JOB.c.simulated).where(JOB.c.id == job_id)
+    ).first()
+
+
 def insert_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Insert a batch of item rows in one executemany."""
     if rows:
