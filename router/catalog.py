@@ -152,7 +152,7 @@ def _genai_price(prices_id: str | None, api_model: str, when: datetime) -> Price
 
 def load_catalog(path: Path | None = None, *, replace_default: bool = False) -> Catalog:
     """The default catalog, extended (or replaced) by the TOML file at `path`."""
-    raw = {"providers": {}, "models": [], "defaults": {}}
+    raw: dict[str, Any] = {"providers": {}, "models": [], "defaults": {}}
     if not (path and replace_default):
         raw = tomllib.loads(files("router").joinpath("data/catalog.toml").read_text())
     if path is not None:

@@ -279,7 +279,8 @@ def demo(
 
 def _demo_summary(settings: Settings, submitted: Submitted) -> None:
     catalog = _catalog(settings)
-    sample, correct, graded = [], 0, 0
+    sample: list[dict[str, Any]] = []
+    correct = graded = 0
     tokens_in = tokens_out = 0
     with session_scope(settings) as session:
         for row, cost in repo.iter_results(session, submitted.job_id):

@@ -27,7 +27,7 @@ from router.ledger import repo
 from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
 from router.prompts import PromptSpec, classify_spec, parse_label, summarize_spec
 from router.providers.base import ChatRequest, Completion, Provider
-from router.providers.registry import get_provider
+from router.providers.registry import close_all, get_provider
 from router.settings import Settings
 
 # Tries per item within a chunk for retryable failures (429, 5xx, timeouts) before it is failed.
@@ -201,7 +201,10 @@ def run_job_inline(
             pool.submit(run_chunk, settings, catalog, job_id=job_id, lo=lo, hi=hi)
             for lo, hi in chunk_ranges(n_items, settings.chunk_size)
         ]
-        for future in futures:
-            outcome = future.result()
-            if progress:
-                progress(outcome)
+        try:
+            for future in futures:
+                outcome = future.result()
+                if progress:
+                    progress(outcome)
+        finally:
+            runtime.run(close_all())  # this process is done with providers: close their connections

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
+
+from celery.signals import worker_process_shutdown
 
 from router.catalog import Catalog, load_catalog
 from router.dispatch import RUN_CHUNK_TASK
+from router import runtime
 from router.engine import run_chunk
+from router.providers.registry import close_all
 from router.settings import get_settings
 from workers.app import app
 
@@ -22,3 +27,9 @@ def run_chunk_task(job_id: str, lo: int, hi: int) -> dict[str, int]:
     """Run one chunk (items lo <= seq < hi) of a job; items already done or held elsewhere are skipped."""
     outcome = run_chunk(get_settings(), _catalog(), job_id=job_id, lo=lo, hi=hi)
     return {"claimed": outcome.claimed, "done": outcome.done, "failed": outcome.failed}
+
+
+@worker_process_shutdown.connect
+def _close_providers(**_: Any) -> None:
+    """Close provider connections when the worker process stops."""
+    runtime.run(close_all())

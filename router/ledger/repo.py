@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, case, func, insert, or_, select, text, update
 from sqlmodel import Session
+from sqlmodel import select as sm_select
 
 from router.errors import InputError, NotFoundError
 from router.ledger.tables import Call, CallStatus, Item, ItemStatus, Job, JobStatus, Team, Tenant
@@ -29,7 +30,7 @@ def create_tenant(session: Session, *, name: str, timezone: str = "UTC") -> Tena
     name = name.strip()
     if not name:
         raise InputError("a tenant needs a name", field="name")
-    if session.exec(select(Tenant).where(Tenant.name == name)).first():  # type: ignore[call-overload]
+    if session.exec(sm_select(Tenant).where(Tenant.name == name)).first():
         raise InputError(f"tenant '{name}' already exists", field="name")
     tenant = Tenant(name=name, timezone=timezone)
     session.add(tenant)
@@ -43,9 +44,10 @@ def create_team(session: Session, *, tenant: str, name: str) -> Team:
     if not name:
         raise InputError("a team needs a name", field="name")
     owner = get_tenant(session, name=tenant)
-    if session.exec(select(Team).where(Team.tenant_id == owner.id, Team.name == name)).first():  # type: ignore[call-overload]
+    if session.exec(sm_select(Team).where(Team.tenant_id == owner.id, Team.name == name)).first():
         raise InputError(f"team '{name}' already exists in tenant '{tenant}'", field="name")
-    team = Team(tenant_id=owner.id, name=name)  # type: ignore[arg-type]
+    assert owner.id is not None  # flushed rows have their ids
+    team = Team(tenant_id=owner.id, name=name)
     session.add(team)
     session.flush()
     return team
@@ -53,28 +55,26 @@ def create_team(session: Session, *, tenant: str, name: str) -> Team:
 
 def ensure_team(session: Session, *, tenant: str, team: str) -> Team:
     """The team, created with its tenant if missing (the demo's own team)."""
-    owner = session.exec(select(Tenant).where(Tenant.name == tenant)).first()  # type: ignore[call-overload]
+    owner = session.exec(sm_select(Tenant).where(Tenant.name == tenant)).first()
     if owner is None:
         owner = create_tenant(session, name=tenant)
-    else:
-        owner = owner[0]
-    found = session.exec(select(Team).where(Team.tenant_id == owner.id, Team.name == team)).first()  # type: ignore[call-overload]
-    return found[0] if found else create_team(session, tenant=tenant, name=team)
+    found = session.exec(sm_select(Team).where(Team.tenant_id == owner.id, Team.name == team)).first()
+    return found if found is not None else create_team(session, tenant=tenant, name=team)
 
 
 def get_tenant(session: Session, *, name: str) -> Tenant:
-    row = session.exec(select(Tenant).where(Tenant.name == name)).first()  # type: ignore[call-overload]
-    if row is None:
+    tenant = session.exec(sm_select(Tenant).where(Tenant.name == name)).first()
+    if tenant is None:
         raise NotFoundError(f"unknown tenant '{name}': create it with `pennyroute tenant create {name}`")
-    return row[0]
+    return tenant
 
 
 def find_team(session: Session, *, name: str, tenant: str | None = None) -> Team:
     """The team called `name` (in `tenant` when given); a clear error if none or ambiguous."""
-    query = select(Team, Tenant.name).join(Tenant, Team.tenant_id == Tenant.id).where(Team.name == name)  # type: ignore[arg-type]
+    query = sm_select(Team, Tenant.name).join(Tenant, Team.tenant_id == Tenant.id).where(Team.name == name)  # type: ignore[arg-type]
     if tenant:
         query = query.where(Tenant.name == tenant)
-    rows = session.exec(query).all()  # type: ignore[call-overload]
+    rows = session.exec(query).all()
     if not rows:
         hint = f" --tenant {tenant}" if tenant else " --tenant TENANT"
         raise NotFoundError(f"unknown team '{name}': create it with `pennyroute team create {name}{hint}`")
@@ -85,8 +85,8 @@ def find_team(session: Session, *, name: str, tenant: str | None = None) -> Team
 
 
 def list_teams(session: Session) -> list[tuple[str, str]]:
-    rows = session.exec(select(Tenant.name, Team.name).join(Team, Team.tenant_id == Tenant.id).order_by(Tenant.name, Team.name)).all()  # type: ignore[call-overload]
-    return [(r[0], r[1]) for r in rows]
+    query = sm_select(Tenant.name, Team.name).join(Team, Team.tenant_id == Tenant.id).order_by(Tenant.name, Team.name)  # type: ignore[arg-type]
+    return [(row[0], row[1]) for row in session.exec(query).all()]
 
 
 # -- jobs and items --------------------------------------------------------------------------------
@@ -202,9 +202,9 @@ def _bulk_update(session: Session, name: str, table: Any, fields: dict[str, str]
             params,
         )
         return
-    values = {f: bindparam(f"b_{f}") for f in fields}
+    values: dict[str, Any] = {f: bindparam(f"b_{f}") for f in fields}
     if name == "item":
-        values["lease_until"] = None  # type: ignore[assignment]
+        values["lease_until"] = None
     stmt = update(table).where(table.c.id == bindparam("b_id")).values(values)
     if only_in_flight:
         stmt = stmt.where(table.c.status == CallStatus.IN_FLIGHT)
