@@ -146,10 +146,10 @@ async def _drive(call: CallFn, *, n_calls: int, in_flight: int, max_s: float) ->
 
 
 @contextmanager
-def fake_server(latency_ms: int, *, uvloop: bool = False) -> Iterator[tuple[str, int]]:
+def fake_server(latency_ms: int, *, uvloop: bool = False, answer: str = "echo") -> Iterator[tuple[str, int]]:
     """Run `python -m router.fakeserver` on a free port; yields (base URL, pid)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "router.fakeserver", "--port", "0", "--latency-ms", str(latency_ms), "--answer", "echo"]
+    command = [sys.executable, "-m", "router.fakeserver", "--port", "0", "--latency-ms", str(latency_ms), "--answer", answer]
     if uvloop:
         command.append("--uvloop")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)

@@ -31,7 +31,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from bench.clients import _cpu_s, bare_loop_rate  # noqa: E402
+from bench.clients import _cpu_s, bare_loop_rate, fake_server  # noqa: E402
 from router.catalog import load_catalog  # noqa: E402
 from router.db import session_scope, upgrade  # noqa: E402
 from router.intake import JobRequest  # noqa: E402
@@ -46,22 +46,6 @@ BROKER_URL = os.environ.get("PENNYROUTE_BENCH_BROKER_URL", "redis://127.0.0.1:63
 LABELS = ("billing", "bug", "account", "other")
 TEXTS = ("I was charged twice on my invoice", "The app crashes with an error on login", "Locked out: password reset fails",
          "Hello, a question about your office hours")
-
-
-@contextmanager
-def fake_server(latency_ms: int) -> Iterator[tuple[str, int]]:
-    """The fake provider (sandbox answers) in a process of its own; yields (base URL, pid)."""
-    process = subprocess.Popen([sys.executable, "-m", "router.fakeserver", "--port", "0", "--latency-ms", str(latency_ms)],
-                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"fake server did not start: {line!r}")
-        yield line.split()[-1], process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @contextmanager
@@ -148,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp.mkdir(parents=True)
     in_flight = args.in_flight
     rows = []
-    with fake_server(0) as (fast_url, fast_pid), fake_server(args.latency_ms) as (slow_url, _):
+    with fake_server(0, answer="sandbox") as (fast_url, fast_pid), fake_server(args.latency_ms, answer="sandbox") as (slow_url, _):
         catalog_file = tmp / "catalog.toml"
         price = 'price = { input_usd_per_mtok = "0.15", output_usd_per_mtok = "0.6" }'
         catalog_file.write_text(

@@ -6,12 +6,15 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlmodel import Session
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from router import views
@@ -56,6 +59,18 @@ def _settings() -> Settings:
     if State.catalog_path is not None:
         settings = settings.model_copy(update={"catalog": State.catalog_path})
     return settings
+
+
+@contextmanager
+def _ledger() -> Iterator[Session]:
+    """A ledger session for a command: schema checked, committed on success, errors shown plainly."""
+    settings = _settings()
+    try:
+        ensure_schema(settings)
+        with session_scope(settings) as session:
+            yield session
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
 
 
 def _catalog(settings: Settings) -> Catalog:
@@ -219,22 +234,17 @@ def results(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSONL here (default: standard output).")] = None,
 ) -> None:
     """Per item: output, model, tokens, cost, and the error if it failed (JSONL)."""
-    settings = _settings()
-    try:
-        ensure_schema(settings)
-        with session_scope(settings) as session:
-            repo.get_job(session, job_id)
-            handle = output.open("w") if output else sys.stdout
-            count = 0
-            try:
-                for row, cost in repo.iter_results(session, job_id):
-                    handle.write(json.dumps(result_record(row, cost)) + "\n")
-                    count += 1
-            finally:
-                if output:
-                    handle.close()
-    except PennyrouteError as exc:
-        raise _fail(exc) from None
+    with _ledger() as session:
+        repo.get_job(session, job_id)
+        handle = output.open("w") if output else sys.stdout
+        count = 0
+        try:
+            for row, cost in repo.iter_results(session, job_id):
+                handle.write(json.dumps(result_record(row, cost)) + "\n")
+                count += 1
+        finally:
+            if output:
+                handle.close()
     if output:
         err.print(f"wrote {count:,} results to {output}")
 
@@ -337,44 +347,29 @@ def tenant_create(
     """Create a tenant."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    settings = _settings()
     try:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise PennyrouteError(f"unknown time zone '{timezone}' (use an IANA name such as Europe/Paris)") from None
-        ensure_schema(settings)
-        with session_scope(settings) as session:
-            repo.create_tenant(session, name=name, timezone=timezone)
-    except PennyrouteError as exc:
-        raise _fail(exc) from None
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _fail(PennyrouteError(f"unknown time zone '{timezone}' (use an IANA name such as Europe/Paris)")) from None
+    with _ledger() as session:
+        repo.create_tenant(session, name=name, timezone=timezone)
     out.print(f"tenant {name} created")
 
 
 @team_app.command("create")
 def team_create(name: str, tenant: Annotated[str, typer.Option(help="The tenant it belongs to.")]) -> None:
     """Create a team in a tenant."""
-    settings = _settings()
-    try:
-        ensure_schema(settings)
-        with session_scope(settings) as session:
-            repo.create_team(session, tenant=tenant, name=name)
-    except PennyrouteError as exc:
-        raise _fail(exc) from None
+    with _ledger() as session:
+        repo.create_team(session, tenant=tenant, name=name)
     out.print(f"team {name} created in tenant {tenant}")
 
 
 @team_app.command("list")
 def team_list() -> None:
     """List tenants and their teams."""
-    settings = _settings()
-    try:
-        ensure_schema(settings)
-        with session_scope(settings) as session:
-            for tenant, team in repo.list_teams(session):
-                out.print(f"{tenant}/{team}")
-    except PennyrouteError as exc:
-        raise _fail(exc) from None
+    with _ledger() as session:
+        for tenant, team in repo.list_teams(session):
+            out.print(f"{tenant}/{team}")
 
 
 def main() -> None:

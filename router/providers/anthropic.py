@@ -17,18 +17,20 @@ from typing import Any
 
 import httpx
 
-from router.errors import MalformedResponse
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 from router.providers.base import ChatRequest, Completion, TokenUsage
-from router.providers.http import ClientPool, post_json
+from router.providers.http import ClientPool, JsonApiProvider
 
 PATH = "/v1/messages"
 # The Messages API version this module's mapping was written against; Anthropic requires the header.
 ANTHROPIC_VERSION = "2023-06-01"
 
 
-class AnthropicProvider:
+class AnthropicProvider(JsonApiProvider):
     """A provider speaking Anthropic's Messages API; it owns (and closes) the client it is given."""
+
+    path = PATH
+    what = "message"
 
     def __init__(
         self,
@@ -38,28 +40,16 @@ class AnthropicProvider:
         api_key: str | None,
         simulated: bool = False,
     ) -> None:
-        self.name = name
-        self.simulated = simulated
-        self._client = client
+        super().__init__(name=name, client=client, simulated=simulated)
         self._headers = {"anthropic-version": ANTHROPIC_VERSION}
         if api_key:  # None only for local stand-ins; the real API answers 401 without a key
             self._headers["x-api-key"] = api_key
 
-    async def complete(self, request: ChatRequest) -> Completion:
-        """Make one call; raise a ProviderError subclass (router.errors) on failure."""
-        body = await post_json(
-            self._client, PATH, body=request_body(request), headers=self._headers, provider=self.name
-        )
-        try:
-            return parse_message(body, request)
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise MalformedResponse(
-                f"unreadable message ({type(exc).__name__}: {exc})", provider=self.name
-            ) from exc
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        return request_body(request)
 
-    async def aclose(self) -> None:
-        """Close the client and its connections."""
-        await self._client.aclose()
+    def parse(self, body: Any, request: ChatRequest) -> Completion:
+        return parse_message(body, request)
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:

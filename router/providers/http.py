@@ -22,6 +22,7 @@ neither backend bounds the whole call. A server that trickles bytes can outlast 
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 import datetime
 import email.utils
 import itertools
@@ -36,6 +37,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
+from router.providers.base import ChatRequest, Completion
 from router.errors import (
     ConfigError,
     MalformedResponse,
@@ -171,6 +173,45 @@ class ClientPool:
     async def aclose(self) -> None:
         """Close every client."""
         await asyncio.gather(*(client.aclose() for client in self.clients))
+
+
+class JsonApiProvider(ABC):
+    """What every HTTP provider shares: post one JSON body, read one JSON answer, map failures.
+
+    A vendor module subclasses it and gives `path`, `what` (for error messages), `headers`,
+    `request_body` and `parse`; it knows endpoint, auth and mapping, nothing else.
+    """
+
+    path: str
+    what: str
+
+    def __init__(self, *, name: str, client: httpx.AsyncClient | ClientPool, simulated: bool = False) -> None:
+        self.name = name
+        self.simulated = simulated
+        self._client = client
+        self._headers: dict[str, str] = {}
+
+    @abstractmethod
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The vendor's JSON body for one call."""
+
+    @abstractmethod
+    def parse(self, body: Any, request: ChatRequest) -> Completion:
+        """The vendor's answer as a Completion (raise KeyError/TypeError/... when unreadable)."""
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """Make one call; raise a ProviderError subclass (router.errors) on failure."""
+        body = await post_json(
+            self._client, self.path, body=self.request_body(request), headers=self._headers, provider=self.name
+        )
+        try:
+            return self.parse(body, request)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise MalformedResponse(f"unreadable {self.what} ({type(exc).__name__}: {exc})", provider=self.name) from exc
+
+    async def aclose(self) -> None:
+        """Close the client and its connections."""
+        await self._client.aclose()
 
 
 async def post_json(

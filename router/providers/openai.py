@@ -21,16 +21,18 @@ from typing import Any
 
 import httpx
 
-from router.errors import MalformedResponse
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 from router.providers.base import ChatRequest, Completion, TokenUsage
-from router.providers.http import ClientPool, post_json
+from router.providers.http import ClientPool, JsonApiProvider
 
 PATH = "/chat/completions"
 
 
-class OpenAIProvider:
+class OpenAIProvider(JsonApiProvider):
     """A provider speaking OpenAI's chat completions; it owns (and closes) the client it is given."""
+
+    path = PATH
+    what = "chat completion"
 
     def __init__(
         self,
@@ -40,26 +42,14 @@ class OpenAIProvider:
         api_key: str | None,
         simulated: bool = False,
     ) -> None:
-        self.name = name
-        self.simulated = simulated
-        self._client = client
+        super().__init__(name=name, client=client, simulated=simulated)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    async def complete(self, request: ChatRequest) -> Completion:
-        """Make one call; raise a ProviderError subclass (router.errors) on failure."""
-        body = await post_json(
-            self._client, PATH, body=request_body(request), headers=self._headers, provider=self.name
-        )
-        try:
-            return parse_completion(body, request)
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise MalformedResponse(
-                f"unreadable chat completion ({type(exc).__name__}: {exc})", provider=self.name
-            ) from exc
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        return request_body(request)
 
-    async def aclose(self) -> None:
-        """Close the client and its connections."""
-        await self._client.aclose()
+    def parse(self, body: Any, request: ChatRequest) -> Completion:
+        return parse_completion(body, request)
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
