@@ -24,7 +24,8 @@ from router.demo import DEMO_LABELS, write_demo_file
 from router.engine import run_job_inline
 from router.errors import PennyrouteError
 from router.intake import JobRequest
-from router.jobs import NoModelError, Submitted, dispatch_job, submit_job
+from router import budgets
+from router.jobs import NoModelError, Submitted, dispatch_job, resume_job, submit_job
 from router.ledger import repo
 from router.ledger.tables import JobStatus
 from router.settings import Settings, get_settings
@@ -36,6 +37,10 @@ team_app = typer.Typer(no_args_is_help=True, help="Teams within a tenant.")
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(team_app, name="team")
+budget_app = typer.Typer(no_args_is_help=True, help="Team budgets: monthly limits that concurrent workers cannot overrun.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Jobs: resume.")
+app.add_typer(budget_app, name="budget")
+app.add_typer(jobs_app, name="jobs")
 
 out = views.console()
 err = views.error_console()
@@ -115,13 +120,14 @@ def submit(
     providers: Annotated[str | None, typer.Option(help="Allowed providers, comma-separated.")] = None,
     models: Annotated[str | None, typer.Option("--models", help="Allowed models, comma-separated.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job with a progress bar.")] = False,
+    on_budget: Annotated[str, typer.Option(help="When the team's budget cannot take the job: reject, downgrade or pause.")] = "reject",
 ) -> None:
     """Submit a batch job. Prints the job id, the routing decision, and rejected lines."""
     settings = _settings()
     request = JobRequest(
         path=file, team=team, tenant=tenant, task=task, min_quality=min_quality,
         labels=tuple(v.strip() for v in labels.split(",")) if labels else (), max_words=max_words,
-        regions=_split(region), providers=_split(providers), models=_split(models),
+        regions=_split(region), providers=_split(providers), models=_split(models), on_budget=on_budget,
     )
     _submit_and_run(settings, request, wait=wait)
 
@@ -145,31 +151,38 @@ def _submit_and_run(settings: Settings, request: JobRequest, *, wait: bool, quie
     if not quiet_decision:
         out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
     out.print(submitted.decision.summary)
-    if settings.embedded:
-        out.print("[dim]no broker configured (BROKER_URL): running the job in this process[/]")
-        _run_inline(settings, catalog, submitted)
-    else:
-        try:
-            sent = dispatch_job(settings, submitted.job_id, submitted.n_items)
-        except Exception as exc:  # the broker is down: the job is safe in the ledger
-            raise _fail(PennyrouteError(f"job {submitted.job_id} is saved, but the broker did not take it: {exc}")) from None
-        out.print(f"queued {sent:,} chunks for workers (`celery -A workers.app worker`)")
-        if wait:
-            _wait(settings, submitted.job_id)
+    _start(settings, catalog, submitted.job_id, submitted.n_items, wait=wait)
     out.print(f"next: pennyroute status {submitted.job_id} | pennyroute results {submitted.job_id} -o results.jsonl")
     return submitted
+
+
+def _start(settings: Settings, catalog: Catalog, job_id: str, n_items: int, *, wait: bool) -> None:
+    """Run a committed job's chunks: in this process without a broker, else on the workers."""
+    if settings.embedded:
+        out.print("[dim]no broker configured (BROKER_URL): running the job in this process[/]")
+        with _progress() as progress:
+            bar = progress.add_task("items", total=n_items)
+            with session_scope(settings) as session:
+                job = repo.get_job(session, job_id)
+                progress.update(bar, completed=job.n_done + job.n_failed)
+            run_job_inline(settings, catalog, job_id=job_id, n_items=n_items,
+                           progress=lambda outcome: progress.advance(bar, outcome.done + outcome.failed))
+    else:
+        try:
+            sent = dispatch_job(settings, job_id, n_items)
+        except Exception as exc:  # the broker is down: the job is safe in the ledger
+            raise _fail(PennyrouteError(f"job {job_id} is saved, but the broker did not take it: {exc}")) from None
+        out.print(f"queued {sent:,} chunks for workers (`celery -A workers.app worker`)")
+        if wait:
+            _wait(settings, job_id)
+    with session_scope(settings) as session:
+        if repo.get_job(session, job_id).status == JobStatus.PAUSED:
+            out.print(f"[yellow]job {job_id} is paused: its team's budget is spent[/] (`pennyroute budget set` raises it and resumes the job)")
 
 
 def _progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=out, transient=False)
-
-
-def _run_inline(settings: Settings, catalog: Catalog, submitted: Submitted) -> None:
-    with _progress() as progress:
-        bar = progress.add_task("items", total=submitted.n_items)
-        run_job_inline(settings, catalog, job_id=submitted.job_id, n_items=submitted.n_items,
-                       progress=lambda outcome: progress.advance(bar, outcome.done + outcome.failed))
 
 
 def _wait(settings: Settings, job_id: str) -> None:
@@ -181,7 +194,7 @@ def _wait(settings: Settings, job_id: str) -> None:
             if bar is None:
                 bar = progress.add_task("items", total=job.n_items)
             progress.update(bar, completed=job.n_done + job.n_failed)
-            if job.status != JobStatus.RUNNING:
+            if job.status != JobStatus.RUNNING:  # done, paused or cancelled
                 return
             time.sleep(POLL_S)
 
@@ -370,6 +383,67 @@ def team_list() -> None:
     with _ledger() as session:
         for tenant, team in repo.list_teams(session):
             out.print(f"{tenant}/{team}")
+
+
+@budget_app.command("set")
+def budget_set(
+    team: Annotated[str, typer.Option(help="The team.")],
+    monthly: Annotated[str, typer.Option(help="Monthly limit, e.g. 500 or 499.99.")],
+    tenant: Annotated[str | None, typer.Option(help="The team's tenant, when the team name is not unique.")] = None,
+    currency: Annotated[str, typer.Option(help="USD or EUR (EUR needs PENNYROUTE_USD_PER_EUR).")] = "USD",
+    soft: Annotated[str | None, typer.Option(help="Alert when spend crosses this share of the limit, e.g. 80%.")] = None,
+) -> None:
+    """Set a team's monthly budget (applies to this month at once, and to every month after). Paused jobs resume."""
+    settings = _settings()
+    with _ledger() as session:
+        amount = budgets.parse_amount(monthly, field="--monthly")
+        soft_pct = budgets.parse_soft(soft)
+        found = repo.find_team(session, name=team, tenant=tenant)
+        period = budgets.set_budget(session, team=found, monthly=amount, currency=currency, soft_pct=soft_pct, settings=settings)
+        paused = repo.paused_jobs(session, team_id=found.id)  # type: ignore[arg-type]
+    out.print(f"team {team}: {period.limit_amount.normalize()} {period.currency} a month"
+              + (f", alert at {soft_pct:g}%" if soft_pct else "") + f"; {period.period_start:%Y-%m} so far: "
+              f"settled {period.settled.normalize()}, reserved {period.reserved.normalize()}")
+    for job_id in paused:
+        _resume(settings, job_id)
+
+
+@budget_app.command("show")
+def budget_show(
+    month: Annotated[str | None, typer.Option(help="YYYY-MM (default: this month).")] = None,
+) -> None:
+    """Every team's budget for a month: limit, settled, reserved, used."""
+    from rich.table import Table
+
+    with _ledger() as session:
+        rows = repo.budget_rows(session, month=month)
+    table = Table(title=f"Budgets{' for ' + month if month else ' this month'}", title_justify="left")
+    for column in ("tenant", "team", "month", "limit", "currency", "settled", "reserved", "used", "soft alert"):
+        table.add_column(column)
+    for row in rows:
+        used = (row.settled / row.limit_amount) if row.limit_amount else Decimal(0)
+        table.add_row(row.tenant, row.team, f"{row.period_start:%Y-%m}", f"{row.limit_amount.normalize():,}", row.currency,
+                      f"{row.settled:,.6f}", f"{row.reserved:,.6f}", f"{used:.1%}",
+                      (f"{row.soft_pct:g}%" + (" (sent)" if row.soft_alerted_at else "")) if row.soft_pct else "-")
+    out.print(table if rows else "no budgets set: `pennyroute budget set --team T --monthly 500`")
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """Resume a paused job (e.g. after its budget was raised or a new month began)."""
+    _resume(_settings(), job_id)
+
+
+def _resume(settings: Settings, job_id: str) -> None:
+    try:
+        job = resume_job(settings, job_id)
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    if job.status != JobStatus.RUNNING:
+        out.print(f"job {job_id} is {job.status}: nothing to resume")
+        return
+    out.print(f"resuming job {job_id}")
+    _start(settings, _catalog(settings), job_id, job.n_items, wait=False)
 
 
 def main() -> None:

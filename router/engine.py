@@ -19,14 +19,16 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from router import runtime
+from policies.budget_fit import items_that_fit
+from router import budgets, runtime
 from router.catalog import Catalog
 from router.db import session_scope
 from router.errors import ProviderError
 from router.ledger import repo
+from router.ledger.rollup import CallFacts, rollup_rows, upsert_rollups
 from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
-from router.prompts import PromptSpec, classify_spec, parse_label, summarize_spec
-from router.providers.base import ChatRequest, Completion, Provider
+from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, classify_spec, parse_label, summarize_spec
+from router.providers.base import ChatRequest, Completion, Provider, TokenUsage
 from router.providers.registry import close_all, get_provider
 from router.settings import Settings
 
@@ -36,6 +38,8 @@ MAX_ATTEMPTS = 3
 BACKOFF_BASE_S = 1.0
 # A Retry-After longer than this is not waited for inside a chunk: the item fails with its reason.
 MAX_WAIT_S = 30.0
+# How often a chunk that fits no budget looks again while other chunks hold reservations.
+BUDGET_POLL_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,26 +72,117 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         )
         if not claimed:
             return ChunkOutcome(0, 0, 0)
+        chunk = _Chunk.build(catalog, job)
+        has_budget = budgets.current_period(session, team_id=job.team_id, now=now) is not None
+        if not has_budget:  # the common case: the call rows are committed with the claim
+            first: _Batch | None = _Batch(claimed, _record_calls(session, catalog, chunk.common, [r.id for r in claimed]), None)
+    if has_budget:
+        first = None
+    done = failed = 0
+    pending = list(claimed)
+    while pending:
+        batch = first or _reserve_batch(settings, catalog, chunk, pending)
+        first = None
+        if batch is None:  # the budget cannot take even one more item: hand the rest back and pause
+            _pause(settings, chunk, pending)
+            break
+        batch_done, batch_failed = _run_batch(settings, catalog, chunk, batch)
+        done, failed = done + batch_done, failed + batch_failed
+        pending = pending[len(batch.items):]
+    return ChunkOutcome(len(claimed), done, failed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """What every batch of a chunk shares: the job's fixed facts, model and prompt."""
+
+    job: Any
+    model: Any
+    spec: PromptSpec
+    labels: tuple[str, ...]
+    common: dict[str, Any]
+
+    @classmethod
+    def build(cls, catalog: Catalog, job: Any) -> _Chunk:
         model = catalog.model(job.model_id)
         common = {
             "job_id": job.id, "tenant_id": job.tenant_id, "team_id": job.team_id, "model_id": model.model_id,
             "provider": model.provider, "purpose": "run", "status": CallStatus.IN_FLIGHT, "simulated": job.simulated,
         }
-        # The first round's call rows are committed with the claim: one transaction before any call.
-        call_ids = _record_calls(session, catalog, common, [row.id for row in claimed])
-    spec = prompt_spec(job)
-    labels = tuple(job.labels or ())
-    texts = {row.id: row.text for row in claimed}
+        return cls(job, model, prompt_spec(job), tuple(job.labels or ()), common)
+
+    def worst_case_usd(self, catalog: Catalog, text: str, at: Any) -> Decimal:
+        """An upper bound on one call's cost: input tokens <= prompt bytes, output <= max_tokens."""
+        worst_input = len(self.spec.system.encode()) + len(text.encode()) + MESSAGE_OVERHEAD_TOKENS
+        usage = TokenUsage(input_tokens=worst_input, output_tokens=self.spec.max_output_tokens)
+        return catalog.price(self.model.model_id, at).cost_usd(usage)
+
+
+@dataclass(slots=True)
+class _Batch:
+    items: list[Any]
+    recorded: _Recorded
+    reservation_id: str | None
+
+
+def _reserve_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, items: list[Any]) -> _Batch | None:
+    """Reserve the worst case of as many leading items as the budget takes, and record their calls.
+
+    When none fit while other chunks hold reservations, wait for those to settle (they release
+    most of what they hold); None when nothing fits and nothing is held: the budget is spent.
+    """
+    deadline = time.monotonic() + settings.budget_wait_s
+    while True:
+        with session_scope(settings) as session:
+            now = utcnow()
+            period = budgets.current_period(session, team_id=chunk.job.team_id, now=now)
+            if period is None:  # the budget was removed meanwhile
+                return _Batch(items, _record_calls(session, catalog, chunk.common, [r.id for r in items]), None)
+            budgets.release_expired(session, period_id=period.id, now=now)  # type: ignore[arg-type]
+            session.refresh(period)
+            worst = [chunk.worst_case_usd(catalog, row.text, now) for row in items]
+            count = items_that_fit(worst, budgets.remaining_usd(period, settings))
+            if count:
+                held = budgets.reserve(session, period=period, amount_usd=sum(worst[:count], Decimal(0)),
+                                       job_id=chunk.job.id, settings=settings, now=now)
+                if held is not None:
+                    batch = items[:count]
+                    return _Batch(batch, _record_calls(session, catalog, chunk.common, [r.id for r in batch]), held.id)
+                continue  # another worker took it first: look again at once
+            others_hold = period.reserved > 0
+        if not others_hold or time.monotonic() > deadline:
+            return None
+        time.sleep(BUDGET_POLL_S * (1 + random.random()))
+
+
+def _pause(settings: Settings, chunk: _Chunk, items: list[Any]) -> None:
+    with session_scope(settings) as session:
+        repo.release_items(session, [row.id for row in items])
+        if repo.pause_job(session, chunk.job.id):
+            period = budgets.current_period(session, team_id=chunk.job.team_id)
+            budgets.record_event(session, team_id=chunk.job.team_id, period=period.period_start if period else utcnow().date(),
+                                 kind="paused", detail={"job_id": chunk.job.id, "items_waiting": len(items),
+                                                        "settled": str(period.settled) if period else None,
+                                                        "limit": str(period.limit_amount) if period else None})
+
+
+def _run_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch) -> tuple[int, int]:
+    """Make the batch's calls (retrying what may succeed), then record outcomes, settlement and
+    rollups in one transaction. Returns (done, failed) items."""
+    job, model, spec, labels = chunk.job, chunk.model, chunk.spec, chunk.labels
+    texts = {row.id: row.text for row in batch.items}
     pending = list(texts)
+    recorded = batch.recorded
     item_rows: list[dict[str, Any]] = []
     call_updates: list[dict[str, Any]] = []
+    facts: list[CallFacts] = []
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
             with session_scope(settings) as session:
                 repo.finish_calls(session, call_updates)  # the previous round's outcomes
-                call_ids = _record_calls(session, catalog, common, pending)
+                recorded = _record_calls(session, catalog, chunk.common, pending)
             call_updates = []
-        price = catalog.price(model.model_id, call_ids.started)
+        price = catalog.price(model.model_id, recorded.started)
         requests = [
             (i, ChatRequest(model=model.api_model, system=spec.system, prompt=texts[i], max_output_tokens=spec.max_output_tokens))
             for i in pending
@@ -97,7 +192,7 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         retry: list[int] = []
         waits: list[float] = []
         for item_id, result, latency_s in results:
-            call_id = call_ids.ids[item_id]
+            call_id = recorded.ids[item_id]
             update: dict[str, Any] = {
                 "id": call_id, "latency_ms": int(latency_s * 1000), "finished_at": finished,
                 "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
@@ -111,7 +206,9 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
                     usage_estimated=usage.estimated, cost_usd=price.cost_usd(usage),
                 )
                 item_rows.append(_item_outcome(item_id, call_id, result.text, job.task, labels, finished))
+                usable = item_rows[-1]["status"] == ItemStatus.DONE
             else:
+                usable = False
                 update.update(status=CallStatus.ERROR, error=str(result)[:2000])
                 if result.retryable and attempt + 1 < MAX_ATTEMPTS and (result.retry_after or 0) <= MAX_WAIT_S:
                     retry.append(item_id)
@@ -119,17 +216,32 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
                 else:
                     item_rows.append(_item_row(item_id, ItemStatus.FAILED, None, str(result)[:2000], call_id, finished))
             call_updates.append(update)
+            facts.append(CallFacts(recorded.started, not usable, update["input_tokens"], update["cached_input_tokens"],
+                                   update["output_tokens"], update["cost_usd"]))
         if not retry:
             break
         pending = retry
         time.sleep(min(max(waits), MAX_WAIT_S) * (1 + random.random() * 0.25))  # jitter spreads the herd
     done = sum(1 for row in item_rows if row["status"] == ItemStatus.DONE)
     failed = len(item_rows) - done
+    rollups = rollup_rows(
+        facts, tenant_id=job.tenant_id, team_id=job.team_id, job_id=job.id, model_id=model.model_id,
+        provider=model.provider, task=job.task, purpose="run", timezone=job.timezone,
+        baseline_rates=(job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok)
+        if job.baseline_input_usd_per_mtok is not None else None,
+    )
+    alert = None
     with session_scope(settings) as session:
         repo.finish_calls(session, call_updates)
         repo.finish_items(session, item_rows)
-        repo.count_finished(session, job_id=job_id, done=done, failed=failed, now=utcnow())
-    return ChunkOutcome(len(claimed), done, failed)
+        repo.count_finished(session, job_id=job.id, done=done, failed=failed, now=utcnow())
+        upsert_rollups(session, rollups)
+        if batch.reservation_id is not None:
+            alert = budgets.settle(session, reservation_id=batch.reservation_id,
+                                   actual_usd=sum((f.cost_usd for f in facts), Decimal(0)), now=utcnow())
+    if alert:
+        budgets.send_alert(alert, settings)
+    return done, failed
 
 
 @dataclass(frozen=True, slots=True)

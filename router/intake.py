@@ -33,10 +33,16 @@ class JobRequest:
     regions: frozenset[str] | None = None
     providers: frozenset[str] | None = None
     models: frozenset[str] | None = None
+    on_budget: str = "reject"
+
+
+ON_BUDGET = ("reject", "downgrade", "pause")
 
 
 def check_request(request: JobRequest) -> None:
     """Raise InputError naming the flag when the request itself is wrong (before any line is read)."""
+    if request.on_budget not in ON_BUDGET:
+        raise InputError(f"unknown --on-budget '{request.on_budget}': use one of {', '.join(ON_BUDGET)}", field="--on-budget")
     if request.task not in TASKS:
         raise InputError(f"unknown task '{request.task}': use one of {', '.join(TASKS)}", field="--task")
     if not 0.0 <= request.min_quality <= 1.0:

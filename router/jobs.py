@@ -10,15 +10,19 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
+from policies.budget_fit import fits
 from policies.cheapest_qualifying import choose_model
 from policies.types import Decision, JobProfile
+from sqlmodel import Session
+
+from router import budgets
 from router.catalog import Catalog
 from router.db import ensure_schema, session_scope
 from router.engine import chunk_ranges
 from router.errors import InputError, PennyrouteError
 from router.intake import JobRequest, LineError, ParsedItem, check_request, read_items
 from router.ledger import repo
-from router.ledger.tables import Job, JobStatus
+from router.ledger.tables import Job, JobStatus, Team
 from router.prompts import classify_spec, summarize_spec
 from router.routing import candidates, decision_as_json, max_context
 from router.settings import Settings
@@ -27,6 +31,10 @@ from router.settings import Settings
 INSERT_BATCH = 2000
 # Rejected lines kept on the job row (all are counted; the first ones are kept to show).
 KEPT_REJECTIONS = 100
+
+
+class BudgetError(PennyrouteError):
+    """Raised at submit when the job's expected cost does not fit its team's budget (--on-budget reject)."""
 
 
 class NoModelError(PennyrouteError):
@@ -108,6 +116,12 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         decision = choose_model(profile, pool)
         if not decision.ok:
             raise NoModelError(decision)  # rolls the whole job back
+        _check_budget(session, settings, request, team, decision)
+        baseline = catalog.price(decision.baseline_model_id) if decision.baseline_model_id else None
+        if baseline is not None:
+            job.baseline_input_usd_per_mtok = baseline.input.base
+            job.baseline_output_usd_per_mtok = baseline.output.base
+        job.on_budget = request.on_budget
         job.model_id = decision.model_id
         job.baseline_model_id = decision.baseline_model_id
         job.expected_cost_usd = decision.expected_cost_usd
@@ -119,6 +133,33 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         job.max_input_tokens = max_tokens
         job.status = JobStatus.RUNNING
     return Submitted(job_id, n_items, rejected, n_rejected, decision, simulated)
+
+
+def _check_budget(session: Session, settings: Settings, request: JobRequest, team: Team, decision: Decision) -> None:
+    """Refuse (reject) a job whose expected cost exceeds what its team's budget has left.
+
+    With pause, the job runs until the budget is spent and then waits. With downgrade, it runs on
+    the cheapest model that meets the bar, which is what routing already chose, and then pauses
+    like pause does.
+    """
+    period = budgets.current_period(session, team_id=team.id)  # type: ignore[arg-type]
+    if period is None or decision.expected_cost_usd is None:
+        return
+    remaining = budgets.remaining_usd(period, settings)
+    if fits(decision.expected_cost_usd, remaining) or request.on_budget != "reject":
+        return
+    raise BudgetError(
+        f"job's expected cost ${decision.expected_cost_usd:.6f} on {decision.model_id} exceeds team {team.name}'s "
+        f"remaining budget ${remaining:.6f} (limit {period.limit_amount.normalize()} {period.currency}, settled "
+        f"{period.settled.normalize()}, reserved {period.reserved.normalize()}) for {period.period_start:%Y-%m}: "
+        "raise it with `pennyroute budget set`, or submit with --on-budget pause"
+    )
+
+
+def resume_job(settings: Settings, job_id: str) -> Job:
+    """Mark a paused job running again (its chunks must then be dispatched or run)."""
+    with session_scope(settings) as session:
+        return repo.resume_job(session, job_id)
 
 
 def dispatch_job(settings: Settings, job_id: str, n_items: int) -> int:

@@ -8,6 +8,7 @@ answered by the sandbox.
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,13 @@ class Settings(BaseSettings):
     # An item claimed by a worker is its own for this long; after it, another worker may take it.
     # It must exceed the longest chunk (100 calls of up to request_timeout_s, with retries).
     lease_s: int = Field(default=900, ge=10)
+    # How long a chunk that fits no budget waits for other chunks' reservations to settle before
+    # its items are handed back and the job pauses. Below lease_s, so the chunk keeps its claim.
+    budget_wait_s: float = Field(default=120.0, ge=0)
+    # The configured exchange rate for EUR budgets: USD per EUR, recorded with every charge.
+    usd_per_eur: Decimal | None = Field(default=None, gt=0)
+    # Where a crossed soft budget limit is POSTed (JSON), besides the log line.
+    alert_webhook: str | None = None
     api_keys: dict[str, SecretStr] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="after")

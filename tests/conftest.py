@@ -108,26 +108,42 @@ def worker_env(*, pg_url: str, broker_url: str, catalog_file: Path) -> dict[str,
     return env
 
 
+def start_workers(count: int, env: dict[str, str], logs: Path, *, threads: int = 8) -> list[subprocess.Popen[bytes]]:
+    """Start `count` real `celery -A workers.app worker` processes and wait until each is ready."""
+    procs, log_files = [], []
+    for n in range(count):
+        log = logs / f"worker-{n}.log"
+        with log.open("wb") as handle:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel", "INFO", "--concurrency", str(threads),
+                 "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+            ))
+        log_files.append(log)
+    # A cold start imports celery, sqlalchemy and aiohttp: seconds each, more when many start at once.
+    deadline = time.monotonic() + 30 + 15 * count
+    for proc, log in zip(procs, log_files, strict=True):
+        while b"ready." not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_workers(procs)
+                raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.fixture
 def celery_worker(pg_url: str, broker_url: str, catalog_file: Path, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A real `celery -A workers.app worker` process, stopped after the test."""
-    log = tmp_path / "worker.log"
-    env = worker_env(pg_url=pg_url, broker_url=broker_url, catalog_file=catalog_file)
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel", "INFO",
-             "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60  # a cold start imports celery, sqlalchemy and aiohttp: seconds, not a minute
-    while b"ready." not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    procs = start_workers(1, worker_env(pg_url=pg_url, broker_url=broker_url, catalog_file=catalog_file), tmp_path)
+    yield procs[0]
+    stop_workers(procs)

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from sqlmodel import select as sm_select
 
 from router.errors import InputError, NotFoundError
-from router.ledger.tables import Call, CallStatus, Item, ItemStatus, Job, JobStatus, Team, Tenant
+from router.ledger.tables import BudgetPeriod, Call, CallStatus, Item, ItemStatus, Job, JobStatus, Team, Tenant
 
 ITEM = Item.__table__  # type: ignore[attr-defined]
 CALL = Call.__table__  # type: ignore[attr-defined]
@@ -99,11 +99,73 @@ def get_job(session: Session, job_id: str) -> Job:
 
 
 def job_for_chunk(session: Session, job_id: str) -> Any:
-    """The job columns a chunk needs, in one narrow Core query (no ORM object per chunk)."""
+    """The job columns a chunk needs (and its tenant's time zone), in one narrow Core query."""
+    tenant = Tenant.__table__  # type: ignore[attr-defined]
     return session.execute(
         select(JOB.c.id, JOB.c.status, JOB.c.model_id, JOB.c.tenant_id, JOB.c.team_id, JOB.c.task, JOB.c.labels,
-               JOB.c.max_words, JOB.c.simulated).where(JOB.c.id == job_id)
+               JOB.c.max_words, JOB.c.simulated, JOB.c.baseline_input_usd_per_mtok, JOB.c.baseline_output_usd_per_mtok,
+               tenant.c.timezone)
+        .join(tenant, tenant.c.id == JOB.c.tenant_id)
+        .where(JOB.c.id == job_id)
     ).first()
+
+
+def release_items(session: Session, item_ids: Sequence[int]) -> None:
+    """Hand claimed items back, untried (their budget did not fit): pending, no lease, try not counted."""
+    if item_ids:
+        session.execute(
+            update(ITEM).where(ITEM.c.id.in_(list(item_ids)), ITEM.c.status == ItemStatus.RUNNING)
+            .values(status=ItemStatus.PENDING, lease_until=None, attempts=ITEM.c.attempts - 1)
+        )
+
+
+def pause_job(session: Session, job_id: str) -> bool:
+    """Mark a running job paused (waiting for budget); True if this call paused it."""
+    row = session.execute(
+        update(JOB).where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING).values(status=JobStatus.PAUSED).returning(JOB.c.id)
+    ).first()
+    return row is not None
+
+
+def paused_jobs(session: Session, *, team_id: int) -> list[str]:
+    return [r[0] for r in session.execute(select(JOB.c.id).where(JOB.c.team_id == team_id, JOB.c.status == JobStatus.PAUSED))]
+
+
+def budget_rows(session: Session, *, month: str | None) -> list[Any]:
+    """Budget periods with their tenant and team names: the given month's, or each team's latest."""
+    from datetime import date
+
+    period = BudgetPeriod.__table__  # type: ignore[attr-defined]
+    team, tenant = Team.__table__, Tenant.__table__  # type: ignore[attr-defined]
+    query = (
+        select(tenant.c.name.label("tenant"), team.c.name.label("team"), period.c.period_start, period.c.limit_amount,
+               period.c.currency, period.c.settled, period.c.reserved, period.c.soft_pct, period.c.soft_alerted_at)
+        .join(team, team.c.id == period.c.team_id).join(tenant, tenant.c.id == team.c.tenant_id)
+        .order_by(tenant.c.name, team.c.name, period.c.period_start)
+    )
+    if month:
+        try:
+            year, mon = (int(part) for part in month.split("-"))
+            start = date(year, mon, 1)
+        except ValueError:
+            raise InputError(f"'{month}' is not a month: use YYYY-MM, e.g. 2026-11", field="--month") from None
+        query = query.where(period.c.period_start == start)
+    rows = session.execute(query).all()
+    if month:
+        return list(rows)
+    latest: dict[tuple[str, str], Any] = {}
+    for row in rows:
+        latest[(row.tenant, row.team)] = row
+    return list(latest.values())
+
+
+def resume_job(session: Session, job_id: str) -> Job:
+    """Mark a paused job running again; the caller dispatches its chunks."""
+    job = get_job(session, job_id)
+    if job.status == JobStatus.PAUSED:
+        job.status = JobStatus.RUNNING
+        session.add(job)
+    return job
 
 
 def insert_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:

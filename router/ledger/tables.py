@@ -5,7 +5,7 @@ Money columns are `Money` (NUMERIC on Postgres) and carry their unit in the name
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -48,6 +48,7 @@ class CallStatus:
 
 class JobStatus:
     RUNNING = "running"
+    PAUSED = "paused"  # waiting for budget (raised, or the next period)
     DONE = "done"
     NO_MODEL = "no_model"  # no model met the bar and constraints; nothing was run
     CANCELLED = "cancelled"
@@ -89,6 +90,9 @@ class Job(SQLModel, table=True):
     n_failed: int = 0
     n_rejected: int = 0  # input lines that were not taken
     rejected: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    on_budget: str = "reject"  # reject | downgrade | pause: what to do when the budget cannot take it
+    baseline_input_usd_per_mtok: Decimal | None = Field(default=None, sa_column=Column(Money()))
+    baseline_output_usd_per_mtok: Decimal | None = Field(default=None, sa_column=Column(Money()))
     total_input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     max_input_tokens: int = 0
     created_at: datetime | None = _ts(default=utcnow)
@@ -148,3 +152,86 @@ class Call(SQLModel, table=True):
     error: str | None = None
     started_at: datetime | None = _ts(default=utcnow, nullable=False)
     finished_at: datetime | None = _ts()
+
+
+class BudgetPolicy(SQLModel, table=True):
+    """A team's standing monthly budget; each calendar month gets its own BudgetPeriod from it."""
+
+    __tablename__ = "budget_policy"
+    team_id: int = Field(foreign_key="team.id", primary_key=True)
+    monthly_limit: Decimal = _money()  # in `currency`
+    currency: str = "USD"
+    soft_pct: float | None = None  # e.g. 80.0: alert when settled spend crosses 80% of the limit
+    updated_at: datetime | None = _ts(default=utcnow)
+
+
+class BudgetPeriod(SQLModel, table=True):
+    """One team's budget for one calendar month (in its tenant's time zone): limit, settled, reserved.
+
+    Invariant, kept by single conditional UPDATEs: settled + reserved <= limit_amount.
+    """
+
+    __tablename__ = "budget_period"
+    __table_args__ = (UniqueConstraint("team_id", "period_start"),)
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: int = Field(foreign_key="team.id")
+    period_start: date  # the 1st of the month, in the tenant's time zone
+    limit_amount: Decimal = _money()
+    currency: str = "USD"
+    soft_pct: float | None = None
+    settled: Decimal = _money()
+    reserved: Decimal = _money()
+    soft_alerted_at: datetime | None = _ts()
+
+
+class Reservation(SQLModel, table=True):
+    """The worst-case cost of a chunk's calls, held against a budget period until settled."""
+
+    __table_args__ = (Index("ix_reservation_open", "budget_period_id", "status", "expires_at"),)
+    id: str = Field(primary_key=True)
+    budget_period_id: int = Field(foreign_key="budget_period.id")
+    job_id: str = Field(foreign_key="job.id")
+    amount: Decimal = _money()  # in the budget's currency
+    settled_amount: Decimal | None = Field(default=None, sa_column=Column(Money()))
+    usd_per_unit: Decimal = _money()  # the exchange rate used (1 for USD budgets)
+    status: str = "held"  # held | settled | expired
+    created_at: datetime | None = _ts(default=utcnow)
+    expires_at: datetime | None = _ts()
+
+
+class BudgetEvent(SQLModel, table=True):
+    """Something a budget owner should know: soft limit crossed, work blocked or paused, limit changed."""
+
+    __tablename__ = "budget_event"
+    id: int | None = Field(default=None, primary_key=True)
+    team_id: int = Field(foreign_key="team.id", index=True)
+    period_start: date
+    kind: str  # soft_limit | rejected | paused | limit_set
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime | None = _ts(default=utcnow)
+
+
+class CallRollup(SQLModel, table=True):
+    """Daily sums of call rows, written in the same transaction as the calls' outcomes.
+
+    `day` is the call's start date in its tenant's time zone. Reports read these rows, so a month
+    of millions of calls reports in milliseconds; totals equal the call rows' sums exactly.
+    """
+
+    __tablename__ = "call_rollup"
+    tenant_id: int = Field(primary_key=True)
+    team_id: int = Field(primary_key=True)
+    job_id: str = Field(primary_key=True)
+    model_id: str = Field(primary_key=True)
+    purpose: str = Field(primary_key=True)
+    day: date = Field(primary_key=True)
+    provider: str
+    task: str
+    calls: int = 0
+    failed_calls: int = 0
+    input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    cached_input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    output_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    cost_usd: Decimal = _money()
+    failed_cost_usd: Decimal = _money()  # spend on calls that did not produce a usable answer
+    baseline_cost_usd: Decimal = _money()  # the same tokens at the job's baseline model's price

@@ -1,0 +1,238 @@
+"""Team budgets: monthly periods, atomic reservations, settlement, soft-limit alerts.
+
+Invariant, at every instant and whatever the number of workers: settled + reserved <= limit.
+A chunk reserves the worst-case cost of its calls before making them, in one conditional
+UPDATE; afterwards it settles to the actual cost and releases the rest. The worst case is a true
+upper bound: input tokens are bounded by the prompt's UTF-8 bytes (the tokenizers in use emit at
+least one byte per token) and output tokens by the call's max_tokens, so no settlement can exceed
+its reservation. Periods are calendar months in the tenant's time zone, created on first use from
+the team's standing budget: they roll over on the 1st with no cron job, and old ones stay as history.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import date, datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, text, update
+from sqlmodel import Session
+from sqlmodel import select as sm_select
+
+from router.errors import InputError
+from router.ledger.tables import BudgetEvent, BudgetPeriod, BudgetPolicy, Reservation, Team, Tenant, utcnow
+from router.settings import Settings
+
+log = logging.getLogger("pennyroute.budget")
+
+CURRENCIES = ("USD", "EUR")
+PERIOD = BudgetPeriod.__table__  # type: ignore[attr-defined]
+RESERVATION = Reservation.__table__  # type: ignore[attr-defined]
+# Amounts are stored with 10 decimal places: reservations round up, settlements to nearest.
+QUANTUM = Decimal("0.0000000001")
+
+
+def parse_amount(value: str, *, field: str) -> Decimal:
+    """A positive decimal amount from user text, or an InputError naming the flag."""
+    try:
+        amount = Decimal(value.strip().replace("_", ""))
+    except (InvalidOperation, AttributeError):
+        raise InputError(f"'{value}' is not a number (e.g. 500 or 499.99)", field=field) from None
+    if not amount.is_finite() or amount <= 0:
+        raise InputError(f"{value} must be a positive amount", field=field)
+    return amount
+
+
+def parse_soft(value: str | None) -> float | None:
+    """'80%' or '80' as a percentage in (0, 100]."""
+    if value is None:
+        return None
+    try:
+        pct = float(value.strip().rstrip("%"))
+    except ValueError:
+        raise InputError(f"'{value}' is not a percentage (e.g. 80%)", field="--soft") from None
+    if not 0 < pct <= 100:
+        raise InputError(f"{value} must be between 0% and 100%", field="--soft")
+    return pct
+
+
+def usd_per_unit(currency: str, settings: Settings) -> Decimal:
+    """The configured exchange rate into USD of one unit of `currency`."""
+    if currency == "USD":
+        return Decimal(1)
+    if currency == "EUR":
+        if settings.usd_per_eur is None:
+            raise InputError("EUR budgets need an exchange rate: set PENNYROUTE_USD_PER_EUR (e.g. 1.08)", field="--currency")
+        return settings.usd_per_eur
+    raise InputError(f"unknown currency '{currency}': use one of {', '.join(CURRENCIES)}", field="--currency")
+
+
+def period_start(moment: datetime, timezone: str) -> date:
+    """The 1st of the month `moment` falls in, in `timezone`."""
+    return moment.astimezone(ZoneInfo(timezone)).date().replace(day=1)
+
+
+def set_budget(session: Session, *, team: Team, monthly: Decimal, currency: str, soft_pct: float | None,
+               settings: Settings, now: datetime | None = None) -> BudgetPeriod:
+    """Set a team's standing monthly budget; it applies to the current period at once."""
+    currency = currency.upper()
+    usd_per_unit(currency, settings)  # validates the currency and its rate
+    policy = session.get(BudgetPolicy, team.id)
+    if policy is None:
+        policy = BudgetPolicy(team_id=team.id, monthly_limit=monthly, currency=currency, soft_pct=soft_pct)  # type: ignore[arg-type]
+    else:
+        policy.monthly_limit, policy.currency, policy.soft_pct, policy.updated_at = monthly, currency, soft_pct, utcnow()
+    session.add(policy)
+    session.flush()
+    period = current_period(session, team_id=team.id, now=now)  # type: ignore[arg-type]
+    assert period is not None
+    if period.currency != currency and (period.settled or period.reserved):
+        raise InputError(f"this month already has spend in {period.currency}; change the currency next month", field="--currency")
+    session.execute(update(PERIOD).where(PERIOD.c.id == period.id).values(limit_amount=monthly, currency=currency, soft_pct=soft_pct))
+    record_event(session, team_id=team.id, period=period.period_start, kind="limit_set",  # type: ignore[arg-type]
+                 detail={"monthly": str(monthly), "currency": currency, "soft_pct": soft_pct})
+    session.refresh(period)
+    return period
+
+
+def current_period(session: Session, *, team_id: int, now: datetime | None = None) -> BudgetPeriod | None:
+    """The team's budget period for the month of `now` (created from its standing budget on first
+    use), or None when the team has no budget."""
+    policy = session.get(BudgetPolicy, team_id)
+    if policy is None:
+        return None
+    timezone = session.exec(
+        sm_select(Tenant.timezone).join(Team, Team.tenant_id == Tenant.id).where(Team.id == team_id)  # type: ignore[arg-type]
+    ).one()
+    start = period_start(now or utcnow(), timezone)
+    values = {"team_id": team_id, "period_start": start, "limit_amount": policy.monthly_limit, "currency": policy.currency,
+              "soft_pct": policy.soft_pct, "settled": Decimal(0), "reserved": Decimal(0)}
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        session.execute(pg_insert(PERIOD).values(**values).on_conflict_do_nothing(index_elements=["team_id", "period_start"]))
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        session.execute(sqlite_insert(PERIOD).values(**values).on_conflict_do_nothing(index_elements=["team_id", "period_start"]))
+    return session.exec(
+        sm_select(BudgetPeriod).where(BudgetPeriod.team_id == team_id, BudgetPeriod.period_start == start)
+    ).one()
+
+
+def remaining_usd(period: BudgetPeriod, settings: Settings) -> Decimal:
+    """What the period can still take, in USD."""
+    left = period.limit_amount - period.settled - period.reserved
+    return left * usd_per_unit(period.currency, settings)
+
+
+def release_expired(session: Session, *, period_id: int, now: datetime) -> None:
+    """Give back the reservations of chunks whose worker died (their lease ran out)."""
+    expired = session.execute(
+        update(RESERVATION)
+        .where(RESERVATION.c.budget_period_id == period_id, RESERVATION.c.status == "held", RESERVATION.c.expires_at < now)
+        .values(status="expired")
+        .returning(RESERVATION.c.amount)
+    ).all()
+    if expired:
+        total = sum((row.amount for row in expired), Decimal(0))
+        _add(session, period_id, reserved=-total)
+
+
+def reserve(session: Session, *, period: BudgetPeriod, amount_usd: Decimal, job_id: str, settings: Settings,
+            now: datetime) -> Reservation | None:
+    """Hold `amount_usd` against the period, atomically; None (and nothing held) when it does not fit."""
+    rate = usd_per_unit(period.currency, settings)
+    amount = (amount_usd / rate).quantize(QUANTUM, rounding=ROUND_CEILING)
+    if session.get_bind().dialect.name == "postgresql":
+        row = session.execute(
+            text("UPDATE budget_period SET reserved = reserved + :amount "
+                 "WHERE id = :id AND settled + reserved + :amount <= limit_amount RETURNING id"),
+            {"amount": amount, "id": period.id},
+        ).first()
+        if row is None:
+            return None
+    else:  # SQLite: one writer at a time, so read-check-write is atomic enough
+        fresh = session.execute(select(PERIOD.c.settled, PERIOD.c.reserved, PERIOD.c.limit_amount).where(PERIOD.c.id == period.id)).one()
+        if fresh.settled + fresh.reserved + amount > fresh.limit_amount:
+            return None
+        _add(session, period.id, reserved=amount)  # type: ignore[arg-type]
+    reservation = Reservation(id=uuid.uuid4().hex, budget_period_id=period.id, job_id=job_id, amount=amount,  # type: ignore[arg-type]
+                              usd_per_unit=rate, expires_at=now + timedelta(seconds=settings.lease_s))
+    session.add(reservation)
+    session.flush()
+    return reservation
+
+
+def settle(session: Session, *, reservation_id: str, actual_usd: Decimal, now: datetime) -> dict[str, Any] | None:
+    """Turn a reservation into settled spend of `actual_usd`, releasing the rest; at most once.
+
+    Returns the soft-limit alert to send (once per period), or None.
+    """
+    # Conditional on the reservation's status, so a second settle of the same reservation is a no-op.
+    for status, releases in (("held", True), ("expired", False)):  # an expired one was already given back
+        row = session.execute(
+            update(RESERVATION).where(RESERVATION.c.id == reservation_id, RESERVATION.c.status == status)
+            .values(status="settled").returning(RESERVATION.c.amount, RESERVATION.c.usd_per_unit, RESERVATION.c.budget_period_id)
+        ).first()
+        if row is not None:
+            break
+    else:
+        return None
+    actual = (actual_usd / row.usd_per_unit).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+    session.execute(update(RESERVATION).where(RESERVATION.c.id == reservation_id).values(settled_amount=actual))
+    _add(session, row.budget_period_id, reserved=-row.amount if releases else Decimal(0), settled=actual)
+    return _soft_alert(session, row.budget_period_id, now)
+
+
+def _add(session: Session, period_id: int, *, reserved: Decimal = Decimal(0), settled: Decimal = Decimal(0)) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("UPDATE budget_period SET reserved = reserved + :r, settled = settled + :s WHERE id = :id"),
+            {"r": reserved, "s": settled, "id": period_id},
+        )
+        return
+    row = session.execute(select(PERIOD.c.settled, PERIOD.c.reserved).where(PERIOD.c.id == period_id)).one()
+    session.execute(update(PERIOD).where(PERIOD.c.id == period_id).values(reserved=row.reserved + reserved, settled=row.settled + settled))
+
+
+def _soft_alert(session: Session, period_id: int, now: datetime) -> dict[str, Any] | None:
+    period = session.get(BudgetPeriod, period_id)
+    session.refresh(period)  # type: ignore[arg-type]
+    assert period is not None
+    if period.soft_pct is None or period.soft_alerted_at is not None:
+        return None
+    threshold = period.limit_amount * Decimal(str(period.soft_pct)) / 100
+    if period.settled < threshold:
+        return None
+    claimed = session.execute(
+        update(PERIOD).where(PERIOD.c.id == period_id, PERIOD.c.soft_alerted_at.is_(None)).values(soft_alerted_at=now).returning(PERIOD.c.id)
+    ).first()
+    if claimed is None:  # another worker sent it
+        return None
+    detail = {"team_id": period.team_id, "period": f"{period.period_start:%Y-%m}", "soft_pct": period.soft_pct,
+              "settled": str(period.settled), "limit": str(period.limit_amount), "currency": period.currency}
+    record_event(session, team_id=period.team_id, period=period.period_start, kind="soft_limit", detail=detail)
+    return detail
+
+
+def record_event(session: Session, *, team_id: int, period: date, kind: str, detail: dict[str, Any]) -> None:
+    session.add(BudgetEvent(team_id=team_id, period_start=period, kind=kind, detail=detail))
+
+
+def send_alert(detail: dict[str, Any], settings: Settings) -> None:
+    """The soft-limit hook: a log line, and a POST to PENNYROUTE_ALERT_WEBHOOK when set (best effort)."""
+    log.warning("budget soft limit crossed: team %s spent %s of %s %s (%s%%) in %s", detail["team_id"], detail["settled"],
+                detail["limit"], detail["currency"], detail["soft_pct"], detail["period"])
+    if settings.alert_webhook:
+        import httpx
+
+        try:
+            # A webhook that does not answer in 5 s must not hold up the worker's next chunk.
+            httpx.post(settings.alert_webhook, json={"event": "budget.soft_limit", **detail}, timeout=5.0)
+        except httpx.HTTPError as exc:
+            log.error("budget alert webhook %s failed: %s", settings.alert_webhook, exc)

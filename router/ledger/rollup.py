@@ -1,0 +1,95 @@
+"""Daily rollups of call rows: what reports read.
+
+Written in the same transaction as the calls' outcomes, so a rollup never disagrees with the
+call rows it sums. One upsert per chunk (usually one row: one job, model, purpose and day).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, text
+from sqlmodel import Session
+
+from router.ledger.tables import CallRollup
+
+ROLLUP = CallRollup.__table__  # type: ignore[attr-defined]
+KEY = ("tenant_id", "team_id", "job_id", "model_id", "purpose", "day")
+SUMS = ("calls", "failed_calls", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd",
+        "failed_cost_usd", "baseline_cost_usd")
+MTOK = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What a rollup needs of one finished call."""
+
+    started_at: datetime
+    failed: bool  # no usable answer (an error, an unknown outcome, or an unreadable answer)
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+
+
+def local_day(moment: datetime, timezone: str) -> date:
+    """The calendar day of `moment` in `timezone` (a call at 23:59:59 local time belongs to that day)."""
+    return moment.astimezone(ZoneInfo(timezone)).date()
+
+
+def rollup_rows(
+    calls: Iterable[CallFacts], *, tenant_id: int, team_id: int, job_id: str, model_id: str, provider: str, task: str,
+    purpose: str, timezone: str, baseline_rates: tuple[Decimal, Decimal] | None,
+) -> list[dict[str, Any]]:
+    """Sum `calls` into one row per local day."""
+    rows: dict[date, dict[str, Any]] = {}
+    for call in calls:
+        day = local_day(call.started_at, timezone)
+        row = rows.get(day)
+        if row is None:
+            row = rows[day] = {
+                "tenant_id": tenant_id, "team_id": team_id, "job_id": job_id, "model_id": model_id, "purpose": purpose,
+                "day": day, "provider": provider, "task": task, **{k: 0 for k in SUMS[:5]},
+                "cost_usd": Decimal(0), "failed_cost_usd": Decimal(0), "baseline_cost_usd": Decimal(0),
+            }
+        row["calls"] += 1
+        row["input_tokens"] += call.input_tokens
+        row["cached_input_tokens"] += call.cached_input_tokens
+        row["output_tokens"] += call.output_tokens
+        row["cost_usd"] += call.cost_usd
+        if call.failed:
+            row["failed_calls"] += 1
+            row["failed_cost_usd"] += call.cost_usd
+        if baseline_rates is not None:
+            rate_in, rate_out = baseline_rates
+            row["baseline_cost_usd"] += ((call.input_tokens + call.cached_input_tokens) * rate_in + call.output_tokens * rate_out) / MTOK
+    return list(rows.values())
+
+
+def upsert_rollups(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Add `rows` to the rollup: one INSERT ... ON CONFLICT DO UPDATE on Postgres (exact NUMERIC
+    sums); on SQLite, where money is text, read-add-write in Python (SQLite has one writer)."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        columns = list(rows[0])
+        sets = ", ".join(f"{c} = call_rollup.{c} + excluded.{c}" for c in SUMS)
+        stmt = text(
+            f"INSERT INTO call_rollup ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)}) "
+            f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {sets}"
+        )
+        session.execute(stmt, list(rows))
+        return
+    for row in rows:
+        where = [ROLLUP.c[k] == row[k] for k in KEY]
+        found = session.execute(select(*(ROLLUP.c[s] for s in SUMS)).where(*where)).first()
+        if found is None:
+            session.execute(ROLLUP.insert().values(**row))
+        else:
+            merged = {s: getattr(found, s) + row[s] for s in SUMS}
+            session.execute(ROLLUP.update().where(*where).values(**merged))
