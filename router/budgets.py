@@ -12,6 +12,7 @@ the team's standing budget: they roll over on the 1st with no cron job, and old 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -68,6 +69,20 @@ def usd_per_unit(currency: str, settings: Settings) -> Decimal:
             raise InputError("EUR budgets need an exchange rate: set PENNYROUTE_USD_PER_EUR (e.g. 1.08)", field="--currency")
         return settings.usd_per_eur
     raise InputError(f"unknown currency '{currency}': use one of {', '.join(CURRENCIES)}", field="--currency")
+
+
+_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def parse_month(value: str, *, field: str = "--month") -> date:
+    """'2026-11' as date(2026, 11, 1), or an InputError naming the flag."""
+    match = _MONTH.match(value.strip())
+    if match:
+        try:
+            return date(int(match.group(1)), int(match.group(2)), 1)
+        except ValueError:
+            pass
+    raise InputError(f"'{value}' is not a month: use YYYY-MM, e.g. 2026-11", field=field)
 
 
 def period_start(moment: datetime, timezone: str) -> date:

@@ -133,7 +133,7 @@ def paused_jobs(session: Session, *, team_id: int) -> list[str]:
 
 def budget_rows(session: Session, *, month: str | None) -> list[Any]:
     """Budget periods with their tenant and team names: the given month's, or each team's latest."""
-    from datetime import date
+    from router.budgets import parse_month
 
     period = BudgetPeriod.__table__  # type: ignore[attr-defined]
     team, tenant = Team.__table__, Tenant.__table__  # type: ignore[attr-defined]
@@ -144,12 +144,7 @@ def budget_rows(session: Session, *, month: str | None) -> list[Any]:
         .order_by(tenant.c.name, team.c.name, period.c.period_start)
     )
     if month:
-        try:
-            year, mon = (int(part) for part in month.split("-"))
-            start = date(year, mon, 1)
-        except ValueError:
-            raise InputError(f"'{month}' is not a month: use YYYY-MM, e.g. 2026-11", field="--month") from None
-        query = query.where(period.c.period_start == start)
+        query = query.where(period.c.period_start == parse_month(month))
     rows = session.execute(query).all()
     if month:
         return list(rows)

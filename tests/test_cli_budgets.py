@@ -1,0 +1,116 @@
+"""Budgets through the CLI, as a new user meets them: on the embedded SQLite default (no servers),
+bad input that changes nothing, and a job that pauses when the budget is spent and resumes when raised."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from router.cli import app
+from router.db import session_scope
+from router.demo import write_demo_file
+from router.ledger.tables import BudgetEvent, BudgetPeriod, BudgetPolicy, Call, CallRollup, Job
+from router.settings import Settings, get_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def sqlite_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    for name in ("BROKER_URL", "PENNYROUTE_BROKER_URL", "CELERY_BROKER_URL", "PENNYROUTE_CATALOG", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PENNYROUTE_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    monkeypatch.setenv("PENNYROUTE_SANDBOX", "on")
+    get_settings.cache_clear()
+    settings = get_settings()
+    assert runner.invoke(app, ["tenant", "create", "acme"]).exit_code == 0
+    assert runner.invoke(app, ["team", "create", "growth", "--tenant", "acme"]).exit_code == 0
+    yield settings
+    get_settings.cache_clear()
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())
+
+
+def _policies(settings: Settings) -> list[tuple[object, ...]]:
+    with session_scope(settings) as session:
+        return [tuple(r) for r in session.execute(select(BudgetPolicy.team_id, BudgetPolicy.monthly_limit, BudgetPolicy.currency)).all()]  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--team", "growth", "--monthly", "-5"], "--monthly: -5 must be a positive amount"),
+        (["--team", "growth", "--monthly", "0"], "--monthly: 0 must be a positive amount"),
+        (["--team", "growth", "--monthly", "lots"], "--monthly: 'lots' is not a number"),
+        (["--team", "growth", "--monthly", "NaN"], "--monthly: NaN must be a positive amount"),
+        (["--team", "nobody", "--monthly", "5"], "unknown team 'nobody'"),
+        (["--team", "growth", "--tenant", "nowhere", "--monthly", "5"], "unknown team 'growth'"),
+        (["--team", "growth", "--monthly", "5", "--currency", "GBP"], "--currency: unknown currency 'GBP'"),
+        (["--team", "growth", "--monthly", "5", "--currency", "EUR"], "set PENNYROUTE_USD_PER_EUR"),
+        (["--team", "growth", "--monthly", "5", "--soft", "120%"], "--soft: 120% must be between 0% and 100%"),
+        (["--team", "growth", "--monthly", "5", "--soft", "most"], "--soft: 'most' is not a percentage"),
+    ],
+)
+def test_bad_budget_input_changes_nothing(sqlite_cli: Settings, args: list[str], expected: str) -> None:
+    assert _run("budget", "set", "--team", "growth", "--monthly", "7")[0] == 0
+    before = _policies(sqlite_cli)
+    code, output = _run("budget", "set", *args)
+    assert code == 2 and expected in output, output
+    assert _policies(sqlite_cli) == before
+
+
+@pytest.mark.parametrize("month", ["2026-13", "nov", "2026/11", "26-11"])
+def test_malformed_month(sqlite_cli: Settings, month: str) -> None:
+    code, output = _run("budget", "show", "--month", month)
+    assert code == 2 and f"'{month}' is not a month" in output
+
+
+def test_unknown_tenant_for_a_team(sqlite_cli: Settings) -> None:
+    code, output = _run("team", "create", "ops", "--tenant", "nowhere")
+    assert code == 2 and "unknown tenant 'nowhere'" in output
+
+
+def test_job_pauses_when_the_budget_is_spent_and_resumes_when_raised(sqlite_cli: Settings, tmp_path: Path) -> None:
+    path = write_demo_file(tmp_path / "tickets.jsonl", n=300)
+    assert _run("budget", "set", "--team", "growth", "--monthly", "0.001", "--soft", "50%")[0] == 0
+    labels = "billing,bug,account,other"
+    code, output = _run("submit", str(path), "--task", "classify", "--labels", labels, "--team", "growth")
+    assert code == 2 and "exceeds team growth's remaining budget $0.001000" in output  # reject is the default
+    code, output = _run("submit", str(path), "--task", "classify", "--labels", labels, "--team", "growth", "--on-budget", "pause")
+    assert code == 0 and "is paused: its team's budget is spent" in output, output
+    job_id = output.split("job ", 1)[1].split(":", 1)[0].strip()
+    with session_scope(sqlite_cli) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "paused" and 0 < job.n_done < 300
+        spent = sum((c for (c,) in session.execute(select(Call.cost_usd).where(Call.job_id == job_id))), start=Decimal(0))
+        kinds = {e.kind for e in session.execute(select(BudgetEvent)).scalars()}
+        assert {"limit_set", "soft_limit", "paused"} <= kinds
+    code, output = _run("budget", "show")
+    assert code == 0 and "growth" in output and "(sent)" in output
+    with session_scope(sqlite_cli) as session:
+        settled, reserved = session.execute(select(BudgetPeriod.settled, BudgetPeriod.reserved)).one()  # type: ignore[call-overload]
+    assert Decimal("0.00095") <= settled <= Decimal("0.001") and reserved == 0  # at least 95% spent, never over
+    assert settled == spent
+    code, output = _run("budget", "set", "--team", "growth", "--monthly", "1")
+    assert code == 0 and f"resuming job {job_id}" in output
+    with session_scope(sqlite_cli) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "done" and job.n_done + job.n_failed == 300
+        calls = session.execute(select(func.count()).select_from(Call).where(Call.job_id == job_id)).scalar_one()  # type: ignore[arg-type]
+        assert calls == 300  # paused items were handed back untried: nothing called twice
+        rolled = session.execute(select(CallRollup.calls, CallRollup.cost_usd).where(CallRollup.job_id == job_id)).all()  # type: ignore[call-overload]
+        ledger = sum((c for (c,) in session.execute(select(Call.cost_usd).where(Call.job_id == job_id))), start=Decimal(0))
+        assert sum(r[0] for r in rolled) == 300 and sum((r[1] for r in rolled), start=Decimal(0)) == ledger
+    assert spent > 0
+    results = tmp_path / "out.jsonl"
+    assert _run("results", job_id, "-o", str(results))[0] == 0
+    assert len([json.loads(line) for line in results.read_text().splitlines()]) == 300
