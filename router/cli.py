@@ -385,6 +385,39 @@ def team_list() -> None:
             out.print(f"{tenant}/{team}")
 
 
+@app.command()
+def report(
+    month: Annotated[str, typer.Option(help="YYYY-MM: a calendar month in each tenant's time zone.")],
+    tenant: Annotated[str | None, typer.Option(help="One tenant (default: all).")] = None,
+    by: Annotated[str, typer.Option(help="team, model, provider, task, job or day.")] = "team",
+    format: Annotated[str, typer.Option("--format", help="table, csv, json or html.")] = "table",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here (default: standard output).")] = None,
+) -> None:
+    """Monthly cost report from the ledger: spend, calls, tokens, failed and calibration spend,
+    budget used, and savings against each job's baseline model."""
+    from router import report_render
+    from router.reports import monthly_report
+
+    renderers = {"csv": report_render.render_csv, "json": report_render.render_json, "html": report_render.render_html}
+    if format not in (*renderers, "table"):
+        raise _fail(PennyrouteError(f"--format: unknown format '{format}': use table, csv, json or html"))
+    with _ledger() as session:
+        result = monthly_report(session, month=month, tenant=tenant, by=by)
+    if format == "table":
+        if output:
+            raise _fail(PennyrouteError("-o: a table prints to the terminal; use --format csv, json or html to write a file"))
+        out.print(report_render.render_table(result))
+        if result.budgets:
+            out.print(report_render.render_budget_table(result))
+        return
+    text = renderers[format](result)
+    if output:
+        output.write_text(text)
+        err.print(f"wrote the {format} report for {month} to {output}")
+    else:
+        sys.stdout.write(text)
+
+
 @budget_app.command("set")
 def budget_set(
     team: Annotated[str, typer.Option(help="The team.")],

@@ -217,7 +217,7 @@ def _run_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batc
                     item_rows.append(_item_row(item_id, ItemStatus.FAILED, None, str(result)[:2000], call_id, finished))
             call_updates.append(update)
             facts.append(CallFacts(recorded.started, not usable, update["input_tokens"], update["cached_input_tokens"],
-                                   update["output_tokens"], update["cost_usd"]))
+                                   update["output_tokens"], update["cost_usd"], job.simulated))
         if not retry:
             break
         pending = retry

@@ -58,14 +58,14 @@ def test_periods_are_calendar_months_in_the_tenant_zone(moment: datetime, timezo
 
 
 def test_periods_roll_over_without_a_cron_and_keep_history(live_settings: Settings) -> None:
-    team = _team(live_settings, "America/New_York")
+    team = _team(live_settings, "America/New_York")  # dates far from the months other tests report on
     with session_scope(live_settings) as session:
         budgets.set_budget(session, team=team, monthly=Decimal("10"), currency="USD", soft_pct=None, settings=live_settings,
-                           now=datetime(2026, 10, 15, tzinfo=UTC))
-        october = budgets.current_period(session, team_id=team.id, now=datetime(2026, 11, 1, 3, 59, 59, tzinfo=UTC))  # type: ignore[arg-type]
-        november = budgets.current_period(session, team_id=team.id, now=datetime(2026, 11, 1, 4, 0, 0, tzinfo=UTC))  # type: ignore[arg-type]
+                           now=datetime(2030, 10, 15, tzinfo=UTC))
+        october = budgets.current_period(session, team_id=team.id, now=datetime(2030, 11, 1, 3, 59, 59, tzinfo=UTC))  # type: ignore[arg-type]
+        november = budgets.current_period(session, team_id=team.id, now=datetime(2030, 11, 1, 4, 0, 0, tzinfo=UTC))  # type: ignore[arg-type]
         assert october is not None and november is not None
-        assert (october.period_start, november.period_start) == (date(2026, 10, 1), date(2026, 11, 1))
+        assert (october.period_start, november.period_start) == (date(2030, 10, 1), date(2030, 11, 1))
         assert october.id != november.id and november.limit_amount == Decimal("10") and november.settled == 0
         count = session.execute(select(func.count()).select_from(BudgetPeriod).where(BudgetPeriod.team_id == team.id)).scalar_one()  # type: ignore[arg-type]
         assert count == 2

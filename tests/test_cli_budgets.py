@@ -114,3 +114,27 @@ def test_job_pauses_when_the_budget_is_spent_and_resumes_when_raised(sqlite_cli:
     results = tmp_path / "out.jsonl"
     assert _run("results", job_id, "-o", str(results))[0] == 0
     assert len([json.loads(line) for line in results.read_text().splitlines()]) == 300
+
+
+def test_report_command_in_every_format(sqlite_cli: Settings, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    path = write_demo_file(tmp_path / "tickets.jsonl", n=120)
+    assert _run("submit", str(path), "--task", "classify", "--labels", "billing,bug,account,other", "--team", "growth")[0] == 0
+    month = datetime.now(UTC).strftime("%Y-%m")
+    with session_scope(sqlite_cli) as session:
+        ledger = sum((c for (c,) in session.execute(select(Call.cost_usd))), start=Decimal(0))
+    code, output = _run("report", "--month", month, "--by", "model")
+    assert code == 0 and "gpt-4o-mini" in output
+    assert "SIMULATED: all calls answered by the sandbox" in output  # sandbox spend is labelled
+    for fmt in ("csv", "json", "html"):
+        target = tmp_path / f"report.{fmt}"
+        code, output = _run("report", "--month", month, "--format", fmt, "-o", str(target))
+        assert code == 0, output
+        assert str(ledger) in target.read_text() or f"{ledger:.10f}" in target.read_text(), fmt  # exact, unrounded
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["totals"]["calls"] == 120 and report["totals"]["simulated_calls"] == 120
+    assert "SIMULATED" in (tmp_path / "report.html").read_text()
+    assert _run("report", "--month", "2026-13")[0] == 2
+    assert "unknown format" in _run("report", "--month", month, "--format", "pdf")[1]
+    assert "unknown tenant" in _run("report", "--month", month, "--tenant", "nowhere")[1]

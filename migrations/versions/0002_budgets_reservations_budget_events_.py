@@ -32,6 +32,7 @@ def upgrade() -> None:
     sa.Column('task', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('calls', sa.Integer(), nullable=False),
     sa.Column('failed_calls', sa.Integer(), nullable=False),
+    sa.Column('simulated_calls', sa.Integer(), nullable=False),
     sa.Column('input_tokens', sa.BigInteger(), nullable=False),
     sa.Column('cached_input_tokens', sa.BigInteger(), nullable=False),
     sa.Column('output_tokens', sa.BigInteger(), nullable=False),
@@ -40,6 +41,9 @@ def upgrade() -> None:
     sa.Column('baseline_cost_usd', Money(), nullable=False),
     sa.PrimaryKeyConstraint('tenant_id', 'team_id', 'job_id', 'model_id', 'purpose', 'day')
     )
+    with op.batch_alter_table('call_rollup', schema=None) as batch_op:
+        batch_op.create_index('ix_call_rollup_day', ['day'], unique=False)
+
     op.create_table('budget_event',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('team_id', sa.Integer(), nullable=False),
@@ -116,4 +120,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_budget_event_team_id'))
 
     op.drop_table('budget_event')
+    with op.batch_alter_table('call_rollup', schema=None) as batch_op:
+        batch_op.drop_index('ix_call_rollup_day')
+
     op.drop_table('call_rollup')

@@ -20,7 +20,7 @@ from router.ledger.tables import CallRollup
 
 ROLLUP = CallRollup.__table__  # type: ignore[attr-defined]
 KEY = ("tenant_id", "team_id", "job_id", "model_id", "purpose", "day")
-SUMS = ("calls", "failed_calls", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd",
+SUMS = ("calls", "failed_calls", "simulated_calls", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd",
         "failed_cost_usd", "baseline_cost_usd")
 MTOK = Decimal(1_000_000)
 
@@ -35,6 +35,7 @@ class CallFacts:
     cached_input_tokens: int
     output_tokens: int
     cost_usd: Decimal
+    simulated: bool = False  # answered by the sandbox
 
 
 def local_day(moment: datetime, timezone: str) -> date:
@@ -54,10 +55,11 @@ def rollup_rows(
         if row is None:
             row = rows[day] = {
                 "tenant_id": tenant_id, "team_id": team_id, "job_id": job_id, "model_id": model_id, "purpose": purpose,
-                "day": day, "provider": provider, "task": task, **{k: 0 for k in SUMS[:5]},
+                "day": day, "provider": provider, "task": task, **{k: 0 for k in SUMS[:6]},
                 "cost_usd": Decimal(0), "failed_cost_usd": Decimal(0), "baseline_cost_usd": Decimal(0),
             }
         row["calls"] += 1
+        row["simulated_calls"] += call.simulated
         row["input_tokens"] += call.input_tokens
         row["cached_input_tokens"] += call.cached_input_tokens
         row["output_tokens"] += call.output_tokens

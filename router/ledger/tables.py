@@ -219,6 +219,8 @@ class CallRollup(SQLModel, table=True):
     """
 
     __tablename__ = "call_rollup"
+    # Reports select one month of days; without this they scan every month ever kept.
+    __table_args__ = (Index("ix_call_rollup_day", "day"),)
     tenant_id: int = Field(primary_key=True)
     team_id: int = Field(primary_key=True)
     job_id: str = Field(primary_key=True)
@@ -229,6 +231,7 @@ class CallRollup(SQLModel, table=True):
     task: str
     calls: int = 0
     failed_calls: int = 0
+    simulated_calls: int = 0  # answered by the sandbox: reports label such spend SIMULATED
     input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     cached_input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     output_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
