@@ -115,9 +115,10 @@ def fill_calls(conn: psycopg.Connection[Any], first: date, days: int, calls: int
 # usable answer (status not ok); the baseline is the call's tokens at its job's baseline rates, for
 # run calls (calibration spend has no baseline to save against).
 ROLLUP_SQL = """INSERT INTO call_rollup (tenant_id, team_id, job_id, model_id, purpose, day, provider, task, calls,
-        failed_calls, input_tokens, cached_input_tokens, output_tokens, cost_usd, failed_cost_usd, baseline_cost_usd)
+        failed_calls, simulated_calls, input_tokens, cached_input_tokens, output_tokens, cost_usd, failed_cost_usd, baseline_cost_usd)
     SELECT c.tenant_id, c.team_id, c.job_id, c.model_id, c.purpose, (c.started_at AT TIME ZONE t.timezone)::date,
-        c.provider, j.task, count(*), count(*) FILTER (WHERE c.status <> 'ok'), sum(c.input_tokens),
+        c.provider, j.task, count(*), count(*) FILTER (WHERE c.status <> 'ok'), count(*) FILTER (WHERE c.simulated),
+        sum(c.input_tokens),
         sum(c.cached_input_tokens), sum(c.output_tokens), sum(c.cost_usd),
         coalesce(sum(c.cost_usd) FILTER (WHERE c.status <> 'ok'), 0),
         coalesce(sum(((c.input_tokens + c.cached_input_tokens) * j.baseline_input_usd_per_mtok

@@ -11,6 +11,10 @@ from typing import Any
 from router.settings import Settings
 
 RUN_CHUNK_TASK = "pennyroute.run_chunk"
+RESUME_PAUSED_TASK = "pennyroute.resume_paused_jobs"
+# How often beat looks for paused jobs whose budget has room again: a paused job waits at most
+# this long after the 1st of the month (or after a limit is raised outside `budget set`).
+RESUME_EVERY_S = 300
 QUEUE = "pennyroute"
 # The broker re-delivers an unacknowledged message after this long (Redis transport). It must
 # exceed the longest chunk, or a slow chunk would be handed to a second worker while still running
@@ -34,6 +38,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_hijack_root_logger": False,
+        "beat_schedule": {"resume-paused-jobs": {"task": RESUME_PAUSED_TASK, "schedule": RESUME_EVERY_S}},
     }
 
 

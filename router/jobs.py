@@ -7,12 +7,14 @@ no model can serve, leaves nothing behind. Chunks are enqueued only after the co
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from dataclasses import dataclass
 from decimal import Decimal
 
 from policies.budget_fit import fits
 from policies.cheapest_qualifying import choose_model
 from policies.types import Decision, JobProfile
+from sqlalchemy import select
 from sqlmodel import Session
 
 from router import budgets
@@ -160,6 +162,19 @@ def resume_job(settings: Settings, job_id: str) -> Job:
     """Mark a paused job running again (its chunks must then be dispatched or run)."""
     with session_scope(settings) as session:
         return repo.resume_job(session, job_id)
+
+
+def resumable_jobs(settings: Settings, *, now: datetime | None = None) -> list[tuple[str, int]]:
+    """Paused jobs whose team's budget has room again (raised, or a new month began), marked
+    running: (job id, items) for the caller to dispatch."""
+    out: list[tuple[str, int]] = []
+    with session_scope(settings) as session:
+        for job_id, team_id in session.execute(select(Job.id, Job.team_id).where(Job.status == JobStatus.PAUSED)).all():  # type: ignore[call-overload]
+            period = budgets.current_period(session, team_id=team_id, now=now)
+            if period is None or period.limit_amount > period.settled + period.reserved:
+                job = repo.resume_job(session, job_id)
+                out.append((job.id, job.n_items))
+    return out
 
 
 def dispatch_job(settings: Settings, job_id: str, n_items: int) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlmodel import Session
 
 from router import budgets
 from router.catalog import Catalog
@@ -21,7 +22,7 @@ from router.intake import JobRequest
 from router.jobs import BudgetError, dispatch_job, submit_job
 from router.ledger import repo
 from router.ledger.rollup import local_day
-from router.ledger.tables import BudgetEvent, BudgetPeriod, BudgetPolicy, Call, Job, Team, Tenant
+from router.ledger.tables import BudgetEvent, BudgetPeriod, Call, Job, Team, Tenant
 from router.settings import Settings
 from tests.conftest import start_workers, stop_workers, worker_env
 from tests.helpers import tickets, write_jsonl
@@ -35,11 +36,12 @@ def _team(settings: Settings, timezone: str = "UTC") -> Team:
         return repo.create_team(session, tenant=tenant.name, name="growth")
 
 
-def _period(settings: Settings, team: Team) -> BudgetPeriod:
-    with session_scope(settings) as session:
-        period = budgets.current_period(session, team_id=team.id)  # type: ignore[arg-type]
-        assert period is not None
-        return period
+def _job(session: Session, team: Team) -> Job:
+    """A bare job row for reservations to point at."""
+    job = Job(id=uuid.uuid4().hex[:12], tenant_id=team.tenant_id, team_id=team.id, task="classify", min_quality=0.9)  # type: ignore[arg-type]
+    session.add(job)
+    session.flush()
+    return job
 
 
 @pytest.mark.parametrize(
@@ -76,9 +78,7 @@ def test_reservations_are_atomic_and_settle_to_actual(live_settings: Settings) -
     now = datetime.now(UTC)
     with session_scope(live_settings) as session:
         period = budgets.set_budget(session, team=team, monthly=Decimal("1"), currency="USD", soft_pct=50.0, settings=live_settings)
-        job = Job(id=uuid.uuid4().hex[:12], tenant_id=team.tenant_id, team_id=team.id, task="classify", min_quality=0.9)  # type: ignore[arg-type]
-        session.add(job)
-        session.flush()
+        job = _job(session, team)
         first = budgets.reserve(session, period=period, amount_usd=Decimal("0.7"), job_id=job.id, settings=live_settings, now=now)
         assert first is not None
         assert budgets.reserve(session, period=period, amount_usd=Decimal("0.31"), job_id=job.id, settings=live_settings, now=now) is None
@@ -101,9 +101,7 @@ def test_a_crashed_workers_reservation_expires(live_settings: Settings) -> None:
     now = datetime.now(UTC)
     with session_scope(live_settings) as session:
         period = budgets.set_budget(session, team=team, monthly=Decimal("1"), currency="USD", soft_pct=None, settings=live_settings)
-        job = Job(id=uuid.uuid4().hex[:12], tenant_id=team.tenant_id, team_id=team.id, task="classify", min_quality=0.9)  # type: ignore[arg-type]
-        session.add(job)
-        session.flush()
+        job = _job(session, team)
         assert budgets.reserve(session, period=period, amount_usd=Decimal("0.9"), job_id=job.id, settings=live_settings, now=now)
         later = datetime.fromtimestamp(now.timestamp() + live_settings.lease_s + 1, UTC)
         budgets.release_expired(session, period_id=period.id, now=later)  # type: ignore[arg-type]
@@ -117,9 +115,7 @@ def test_eur_budget_records_the_exchange_rate(live_settings: Settings) -> None:
     now = datetime.now(UTC)
     with session_scope(settings) as session:
         period = budgets.set_budget(session, team=team, monthly=Decimal("10"), currency="EUR", soft_pct=None, settings=settings)
-        job = Job(id=uuid.uuid4().hex[:12], tenant_id=team.tenant_id, team_id=team.id, task="classify", min_quality=0.9)  # type: ignore[arg-type]
-        session.add(job)
-        session.flush()
+        job = _job(session, team)
         held = budgets.reserve(session, period=period, amount_usd=Decimal("2.5"), job_id=job.id, settings=settings, now=now)
         assert held is not None and held.amount == Decimal("2") and held.usd_per_unit == Decimal("1.25")
         budgets.settle(session, reservation_id=held.id, actual_usd=Decimal("1.25"), now=now)
@@ -201,3 +197,58 @@ def _settled_reserved(settings: Settings, team: Team) -> tuple[Decimal, Decimal]
         period = budgets.current_period(session, team_id=team.id)  # type: ignore[arg-type]
         assert period is not None
         return period.settled, period.reserved
+
+
+def test_paused_job_resumes_when_a_new_month_begins(live_settings: Settings, catalog: Catalog, tmp_path: Path) -> None:
+    from router.jobs import resumable_jobs
+
+    team = _team(live_settings, "Europe/Paris")
+    with session_scope(live_settings) as session:
+        tenant = session.get(Tenant, team.tenant_id)
+        budgets.set_budget(session, team=team, monthly=Decimal("0.0002"), currency="USD", soft_pct=None, settings=live_settings)
+    path = write_jsonl(tmp_path / "in.jsonl", tickets(50))
+    submitted = submit_job(live_settings, catalog, JobRequest(
+        path=path, team="growth", tenant=tenant.name, task="classify", labels=LABELS, min_quality=0.9,  # type: ignore[union-attr]
+        providers=frozenset({"openai"}), on_budget="pause"))
+    with session_scope(live_settings) as session:  # spend the month, as a finished chunk would, and pause
+        period = budgets.current_period(session, team_id=team.id)  # type: ignore[arg-type]
+        assert period is not None
+        period.settled = period.limit_amount
+        session.add(period)
+        repo.pause_job(session, submitted.job_id)
+    assert submitted.job_id not in [j for j, _ in resumable_jobs(live_settings)]  # still no room this month
+    next_month = datetime(2031, 1, 1, 0, 30, tzinfo=UTC)  # any later month: a new period, untouched
+    assert (submitted.job_id, 50) in resumable_jobs(live_settings, now=next_month)
+    with session_scope(live_settings) as session:
+        assert repo.get_job(session, submitted.job_id).status == "running"
+
+
+def test_soft_limit_alert_posts_to_the_webhook(live_settings: Settings) -> None:
+    import json as jsonlib
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict[str, object]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            received.append(jsonlib.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    settings = live_settings.model_copy(update={"alert_webhook": f"http://127.0.0.1:{server.server_port}/hook"})
+    team = _team(settings)
+    with session_scope(settings) as session:
+        period = budgets.set_budget(session, team=team, monthly=Decimal("1"), currency="USD", soft_pct=80.0, settings=settings)
+        held = budgets.reserve(session, period=period, amount_usd=Decimal("0.9"), job_id=_job(session, team).id,
+                               settings=settings, now=datetime.now(UTC))
+        assert held is not None
+        alert = budgets.settle(session, reservation_id=held.id, actual_usd=Decimal("0.85"), now=datetime.now(UTC))
+    assert alert is not None
+    budgets.send_alert(alert, settings)
+    server.server_close()
+    assert received and received[0]["event"] == "budget.soft_limit" and received[0]["settled"] == "0.8500000000"

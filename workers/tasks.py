@@ -8,9 +8,10 @@ from typing import Any
 from celery.signals import worker_process_shutdown
 
 from router.catalog import Catalog, load_catalog
-from router.dispatch import RUN_CHUNK_TASK
+from router.dispatch import RESUME_PAUSED_TASK, RUN_CHUNK_TASK
 from router import runtime
 from router.engine import run_chunk
+from router.jobs import dispatch_job, resumable_jobs
 from router.providers.registry import close_all
 from router.settings import get_settings
 from workers.app import app
@@ -27,6 +28,16 @@ def run_chunk_task(job_id: str, lo: int, hi: int) -> dict[str, int]:
     """Run one chunk (items lo <= seq < hi) of a job; items already done or held elsewhere are skipped."""
     outcome = run_chunk(get_settings(), _catalog(), job_id=job_id, lo=lo, hi=hi)
     return {"claimed": outcome.claimed, "done": outcome.done, "failed": outcome.failed}
+
+
+@app.task(name=RESUME_PAUSED_TASK)
+def resume_paused_jobs_task() -> int:
+    """Resume paused jobs whose team has budget again (a new month, or a raised limit); run by beat."""
+    settings = get_settings()
+    resumed = resumable_jobs(settings)
+    for job_id, n_items in resumed:
+        dispatch_job(settings, job_id, n_items)
+    return len(resumed)
 
 
 @worker_process_shutdown.connect

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from sqlmodel import select as sm_select
 
 from router.errors import InputError, NotFoundError
-from router.ledger.tables import BudgetPeriod, Call, CallStatus, Item, ItemStatus, Job, JobStatus, Team, Tenant
+from router.ledger.tables import BudgetPeriod, BudgetPolicy, Call, CallStatus, Item, ItemStatus, Job, JobStatus, Team, Tenant
 
 ITEM = Item.__table__  # type: ignore[attr-defined]
 CALL = Call.__table__  # type: ignore[attr-defined]
@@ -99,13 +99,16 @@ def get_job(session: Session, job_id: str) -> Job:
 
 
 def job_for_chunk(session: Session, job_id: str) -> Any:
-    """The job columns a chunk needs (and its tenant's time zone), in one narrow Core query."""
+    """The job columns a chunk needs, its tenant's time zone, and whether its team has a budget:
+    one narrow Core query per chunk."""
     tenant = Tenant.__table__  # type: ignore[attr-defined]
+    policy = BudgetPolicy.__table__  # type: ignore[attr-defined]
     return session.execute(
         select(JOB.c.id, JOB.c.status, JOB.c.model_id, JOB.c.tenant_id, JOB.c.team_id, JOB.c.task, JOB.c.labels,
                JOB.c.max_words, JOB.c.simulated, JOB.c.baseline_input_usd_per_mtok, JOB.c.baseline_output_usd_per_mtok,
-               tenant.c.timezone)
+               tenant.c.timezone, policy.c.team_id.is_not(None).label("has_budget"))
         .join(tenant, tenant.c.id == JOB.c.tenant_id)
+        .outerjoin(policy, policy.c.team_id == JOB.c.team_id)
         .where(JOB.c.id == job_id)
     ).first()
 
