@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import importlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,16 +65,18 @@ CallFn = Callable[[], Awaitable[Any]]
 
 
 async def bare_loop_rate(
-    base_url: str, *, n_calls: int, in_flight: int, backend: str, max_s: float = 5.0
+    base_url: str, *, n_calls: int, in_flight: int, backend: str, max_s: float = 5.0,
+    requests: Sequence[ChatRequest] | None = None,
 ) -> float:
     """Calls/s of a bare asyncio loop making OpenAI chat completions against `base_url`.
 
     `base_url` is the fake server's root (as `start_in_thread`/`serve` give it, without /v1);
     `backend` is one of SETUPS ("aiohttp" is the router's default and the fastest httpx setup).
-    Stops after `n_calls` calls or `max_s` seconds, whichever comes first; one warm-up call per
-    slot in flight opens the connections first and is not counted.
+    `requests` are sent in turn (default: one short fixed request), so a caller can make the same
+    calls its pipeline makes. Stops after `n_calls` calls or `max_s` seconds, whichever comes
+    first; one warm-up call per slot in flight opens the connections first and is not counted.
     """
-    call, close = _make_setup(base_url, backend=backend, in_flight=in_flight)
+    call, close = _make_setup(base_url, backend=backend, in_flight=in_flight, requests=requests)
     try:
         await asyncio.gather(*(call() for _ in range(in_flight)))  # warm-up: open every connection
         done, elapsed = await _drive(call, n_calls=n_calls, in_flight=in_flight, max_s=max_s)
@@ -82,20 +85,24 @@ async def bare_loop_rate(
     return done / elapsed
 
 
-def _make_setup(base_url: str, *, backend: str, in_flight: int) -> tuple[CallFn, Callable[[], Awaitable[None]]]:
+def _make_setup(
+    base_url: str, *, backend: str, in_flight: int, requests: Sequence[ChatRequest] | None = None,
+) -> tuple[CallFn, Callable[[], Awaitable[None]]]:
     """A call function and a close function for one setup; run inside the loop that will use them."""
     openai_url = base_url.rstrip("/") + "/v1"
+    turn = itertools.cycle(requests or (REQUEST,))
     if backend == "aiohttp-raw":
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=in_flight),
             timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
         )
-        url, body = openai_url + "/chat/completions", request_body(REQUEST)
+        url = openai_url + "/chat/completions"
 
         async def raw_call() -> Completion:
-            async with session.post(url, json=body) as response:
+            request = next(turn)
+            async with session.post(url, json=request_body(request)) as response:
                 response.raise_for_status()
-                return parse_completion(await response.json(), REQUEST)
+                return parse_completion(await response.json(), request)
 
         return raw_call, session.close
     client: Any
@@ -112,7 +119,7 @@ def _make_setup(base_url: str, *, backend: str, in_flight: int) -> tuple[CallFn,
     else:
         raise ValueError(f"unknown setup {backend!r}; expected one of {SETUPS}")
     provider = OpenAIProvider(name="bench", client=client, api_key="bench-key")
-    return (lambda: provider.complete(REQUEST)), provider.aclose
+    return (lambda: provider.complete(next(turn))), provider.aclose
 
 
 def _httpx2_client(base_url: str, *, in_flight: int, aiohttp_transport: bool) -> Any:

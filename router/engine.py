@@ -25,7 +25,7 @@ from router.catalog import Catalog
 from router.db import session_scope
 from router.errors import ProviderError
 from router.ledger import repo
-from router.ledger.rollup import CallFacts, rollup_rows, upsert_rollups
+from router.ledger.rollup import CallFacts, rollup_rows
 from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, classify_spec, parse_label, summarize_spec
 from router.providers.base import ChatRequest, Completion, Provider, TokenUsage
@@ -232,10 +232,8 @@ def _run_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batc
     )
     alert = None
     with session_scope(settings) as session:
-        repo.finish_calls(session, call_updates)
-        repo.finish_items(session, item_rows)
-        repo.count_finished(session, job_id=job.id, done=done, failed=failed, now=utcnow())
-        upsert_rollups(session, rollups)
+        repo.finish_batch(session, job_id=job.id, calls=call_updates, items=item_rows, done=done, failed=failed,
+                          rollups=rollups, now=utcnow())
         if batch.reservation_id is not None:
             alert = budgets.settle(session, reservation_id=batch.reservation_id,
                                    actual_usd=sum((f.cost_usd for f in facts), Decimal(0)), now=utcnow())

@@ -53,7 +53,7 @@ def _policies(settings: Settings) -> list[tuple[object, ...]]:
         (["--team", "growth", "--monthly", "lots"], "--monthly: 'lots' is not a number"),
         (["--team", "growth", "--monthly", "NaN"], "--monthly: NaN must be a positive amount"),
         (["--team", "nobody", "--monthly", "5"], "unknown team 'nobody'"),
-        (["--team", "growth", "--tenant", "nowhere", "--monthly", "5"], "unknown team 'growth'"),
+        (["--team", "growth", "--tenant", "nowhere", "--monthly", "5"], "unknown tenant 'nowhere'"),
         (["--team", "growth", "--monthly", "5", "--currency", "GBP"], "--currency: unknown currency 'GBP'"),
         (["--team", "growth", "--monthly", "5", "--currency", "EUR"], "set PENNYROUTE_USD_PER_EUR"),
         (["--team", "growth", "--monthly", "5", "--soft", "120%"], "--soft: 120% must be between 0% and 100%"),

@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy import select
 
 from router.catalog import Catalog
 from router.db import session_scope
 from router.intake import JobRequest
 from router.jobs import dispatch_job, submit_job
 from router.ledger import repo
-from router.ledger.tables import CallStatus, ItemStatus
+from router.ledger.tables import CallRollup, CallStatus, ItemStatus
 from router.settings import Settings
 from tests.helpers import ledger, priced, tickets, write_jsonl
 
@@ -51,6 +52,11 @@ def test_job_runs_on_a_real_worker(live_settings: Settings, catalog: Catalog, br
     assert total == sum(priced(catalog, c) for c in calls)
     with session_scope(settings) as session:
         assert repo.job_spend(session, submitted.job_id) == total
+        rolled = session.execute(select(CallRollup.calls, CallRollup.cost_usd, CallRollup.input_tokens)
+                                 .where(CallRollup.job_id == submitted.job_id)).all()  # type: ignore[call-overload]
+    # The daily rollups reports read agree with the call rows exactly.
+    assert sum(r[0] for r in rolled) == 1500 and sum(r[1] for r in rolled) == total
+    assert sum(r[2] for r in rolled) == sum(c.input_tokens for c in calls)
     bill = httpx.get(f"{fake_provider}/_stats").json()
     assert bill["calls"] == 1500
     assert bill["input_tokens"] == sum(c.input_tokens for c in calls)

@@ -71,6 +71,8 @@ def get_tenant(session: Session, *, name: str) -> Tenant:
 
 def find_team(session: Session, *, name: str, tenant: str | None = None) -> Team:
     """The team called `name` (in `tenant` when given); a clear error if none or ambiguous."""
+    if tenant:
+        get_tenant(session, name=tenant)  # an unknown tenant is named as such, not as an unknown team
     query = sm_select(Team, Tenant.name).join(Tenant, Team.tenant_id == Tenant.id).where(Team.name == name)  # type: ignore[arg-type]
     if tenant:
         query = query.where(Tenant.name == tenant)
@@ -269,6 +271,53 @@ def _bulk_update(session: Session, name: str, table: Any, fields: dict[str, str]
     if only_in_flight:
         stmt = stmt.where(table.c.status == CallStatus.IN_FLIGHT)
     session.execute(stmt, [{f"b_{k}": r[k] for k in ("id", *fields)} for r in rows])
+
+
+def finish_batch(session: Session, *, job_id: str, calls: Sequence[dict[str, Any]], items: Sequence[dict[str, Any]],
+                 done: int, failed: int, rollups: Sequence[dict[str, Any]], now: datetime) -> None:
+    """Record a batch's outcome: call rows, item rows, the job's counts and the daily rollups.
+
+    Postgres: one statement (data-modifying CTEs), one round trip. Elsewhere: one statement each.
+    """
+    from router.ledger.rollup import upsert_rollups
+
+    if not _is_postgres(session):
+        finish_calls(session, calls)
+        finish_items(session, items)
+        count_finished(session, job_id=job_id, done=done, failed=failed, now=now)
+        upsert_rollups(session, rollups)
+        return
+    params: dict[str, Any] = {"job_id": job_id, "done": done, "failed": failed, "now": now}
+    parts = []
+    for name, table_name, fields, rows, id_type, extra, guard in (
+        ("c", "call", _CALL_OUTCOME, calls, "text", "", f" AND call.status = '{CallStatus.IN_FLIGHT}'"),
+        ("i", "item", _ITEM_OUTCOME, items, "bigint", ", lease_until = NULL", ""),
+    ):
+        if not rows:
+            continue
+        params[f"{name}_ids"] = [r["id"] for r in rows]
+        arrays = ", ".join(f"CAST(:{name}_{f} AS {t}[])" for f, t in fields.items())
+        for f in fields:
+            params[f"{name}_{f}"] = [r[f] for r in rows]
+        sets = ", ".join(f"{f} = v.{f}" for f in fields) + extra
+        parts.append(f"{name} AS (UPDATE {table_name} SET {sets} FROM unnest(CAST(:{name}_ids AS {id_type}[]), {arrays}) "
+                     f"AS v(id, {', '.join(fields)}) WHERE {table_name}.id = v.id{guard} RETURNING 1)")
+    if done or failed:
+        total = "n_done + n_failed + :done + :failed"
+        parts.append(f"j AS (UPDATE job SET n_done = n_done + :done, n_failed = n_failed + :failed, "
+                     f"status = CASE WHEN {total} >= n_items THEN '{JobStatus.DONE}' ELSE status END, "
+                     f"finished_at = CASE WHEN {total} >= n_items THEN CAST(:now AS timestamptz) ELSE finished_at END "
+                     f"WHERE id = :job_id RETURNING 1)")
+    for k, row in enumerate(rollups):
+        from router.ledger.rollup import KEY, SUMS
+
+        columns = list(row)
+        params.update({f"r{k}_{c}": v for c, v in row.items()})
+        sets = ", ".join(f"{c} = call_rollup.{c} + excluded.{c}" for c in SUMS)
+        parts.append(f"r{k} AS (INSERT INTO call_rollup ({', '.join(columns)}) VALUES ({', '.join(f':r{k}_{c}' for c in columns)}) "
+                     f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {sets} RETURNING 1)")
+    if parts:
+        session.execute(text(f"WITH {', '.join(parts)} SELECT 1"), params)
 
 
 def _is_postgres(session: Session) -> bool:
