@@ -84,7 +84,7 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         )
         session.add(job)
         session.flush()
-        batch: list[dict[str, object]] = []
+        batch: list[tuple[object, ...]] = []
         for parsed in read_items(request.path, task=request.task, labels=request.labels):
             if isinstance(parsed, ParsedItem):
                 tokens = spec.input_tokens(parsed.text)
@@ -96,8 +96,7 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
                 if len(rejected) < KEPT_REJECTIONS:
                     rejected.append(parsed)
                 continue
-            batch.append({"job_id": job_id, "seq": n_items, "ext_id": parsed.ext_id, "text": parsed.text,
-                          "gold": parsed.gold, "status": "pending", "attempts": 0})
+            batch.append((job_id, n_items, parsed.ext_id, parsed.text, parsed.gold, "pending", 0))  # repo.ITEM_COLUMNS
             n_items += 1
             total_tokens += tokens
             max_tokens = max(max_tokens, tokens)

@@ -107,3 +107,20 @@ def test_anthropic_model_runs_over_the_messages_api(live_settings: Settings, cat
     assert all(c.cost_usd == priced(catalog, c) > 0 for c in calls)
     bill = httpx.get(f"{fake_provider}/_stats").json()["models"]["claude-haiku-4-5"]
     assert bill["calls"] == 20 and bill["output_tokens"] == sum(c.output_tokens for c in calls)
+
+
+def test_awkward_texts_survive_intake_exactly(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str]) -> None:
+    from sqlalchemy import select
+
+    from router.db import session_scope
+    from router.ledger.tables import Item
+
+    texts = ["tab\there", "new\nline", "back\\slash", "\\N is not NULL", "quote \" and ' both", "emoji 🧾 ünïcödé",
+             "x" * 200_000, "  leading and trailing  "]
+    path = write_jsonl(tmp_path / "awkward.jsonl", [{"id": f"a{k}", "text": t, "gold": "bug"} for k, t in enumerate(texts)])
+    request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=LABELS, min_quality=0.9,
+                         providers=frozenset({"openai"}))
+    job_id = submit_job(live_settings, catalog, request).job_id
+    with session_scope(live_settings) as session:
+        rows = session.execute(select(Item.ext_id, Item.text, Item.gold).where(Item.job_id == job_id).order_by(Item.seq)).all()  # type: ignore[call-overload, arg-type]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(f"a{k}", t, "bug") for k, t in enumerate(texts)]

@@ -168,10 +168,25 @@ def resume_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def insert_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert a batch of item rows in one executemany."""
-    if rows:
-        session.execute(insert(ITEM), list(rows))
+ITEM_COLUMNS = ("job_id", "seq", "ext_id", "text", "gold", "status", "attempts")
+
+
+def insert_items(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert a batch of item rows (tuples in ITEM_COLUMNS order), inside the session's transaction.
+
+    Postgres: COPY, several times faster than INSERT for the millions of rows a big job has.
+    Elsewhere: one executemany.
+    """
+    if not rows:
+        return
+    if _is_postgres(session):
+        raw = session.connection().connection.driver_connection
+        assert raw is not None  # a live psycopg connection inside the session's transaction
+        with raw.cursor() as cursor, cursor.copy(f"COPY item ({', '.join(ITEM_COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    session.execute(insert(ITEM), [dict(zip(ITEM_COLUMNS, row, strict=True)) for row in rows])
 
 
 def claim_items(session: Session, *, job_id: str, lo: int, hi: int, now: datetime, lease_until: datetime) -> list[Any]:
