@@ -260,24 +260,28 @@ def finish_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     _bulk_update(session, "item", ITEM, _ITEM_OUTCOME, rows, only_in_flight=False)
 
 
+def _unnest_update(table_name: str, fields: dict[str, str], rows: Sequence[dict[str, Any]], *, prefix: str) -> tuple[str, dict[str, Any]]:
+    """One Postgres UPDATE setting `fields` on many rows from parallel arrays (unnest), and its
+    parameters (named with `prefix`, so several can share one statement). Call rows are only
+    written while in flight; item rows also give up their lease."""
+    id_type = "text" if table_name == "call" else "bigint"
+    arrays = ", ".join(f"CAST(:{prefix}_{f} AS {t}[])" for f, t in fields.items())
+    sets = ", ".join(f"{f} = v.{f}" for f in fields) + (", lease_until = NULL" if table_name == "item" else "")
+    guard = f" AND call.status = '{CallStatus.IN_FLIGHT}'" if table_name == "call" else ""
+    params: dict[str, Any] = {f"{prefix}_ids": [r["id"] for r in rows]}
+    for f in fields:
+        params[f"{prefix}_{f}"] = [r[f] for r in rows]
+    sql = (f"UPDATE {table_name} SET {sets} FROM unnest(CAST(:{prefix}_ids AS {id_type}[]), {arrays}) "
+           f"AS v(id, {', '.join(fields)}) WHERE {table_name}.id = v.id{guard}")
+    return sql, params
+
+
 def _bulk_update(session: Session, name: str, table: Any, fields: dict[str, str], rows: Sequence[dict[str, Any]], *, only_in_flight: bool) -> None:
     if not rows:
         return
     if _is_postgres(session):
-        id_type = "text" if name == "call" else "bigint"
-        arrays = ", ".join(f"CAST(:{f} AS {t}[])" for f, t in fields.items())
-        sets = ", ".join(f"{f} = v.{f}" for f in fields)
-        if name == "item":
-            sets += ", lease_until = NULL"
-        guard = f" AND {name}.status = '{CallStatus.IN_FLIGHT}'" if only_in_flight else ""
-        params: dict[str, Any] = {"ids": [r["id"] for r in rows]}
-        for f in fields:
-            params[f] = [r[f] for r in rows]
-        session.execute(
-            text(f"UPDATE {name} SET {sets} FROM unnest(CAST(:ids AS {id_type}[]), {arrays}) "
-                 f"AS v(id, {', '.join(fields)}) WHERE {name}.id = v.id{guard}"),
-            params,
-        )
+        sql, params = _unnest_update(name, fields, rows, prefix="u")
+        session.execute(text(sql), params)
         return
     values: dict[str, Any] = {f: bindparam(f"b_{f}") for f in fields}
     if name == "item":
@@ -294,7 +298,7 @@ def finish_batch(session: Session, *, job_id: str, calls: Sequence[dict[str, Any
 
     Postgres: one statement (data-modifying CTEs), one round trip. Elsewhere: one statement each.
     """
-    from router.ledger.rollup import upsert_rollups
+    from router.ledger.rollup import upsert_rollups, upsert_sql
 
     if not _is_postgres(session):
         finish_calls(session, calls)
@@ -304,19 +308,11 @@ def finish_batch(session: Session, *, job_id: str, calls: Sequence[dict[str, Any
         return
     params: dict[str, Any] = {"job_id": job_id, "done": done, "failed": failed, "now": now}
     parts = []
-    for name, table_name, fields, rows, id_type, extra, guard in (
-        ("c", "call", _CALL_OUTCOME, calls, "text", "", f" AND call.status = '{CallStatus.IN_FLIGHT}'"),
-        ("i", "item", _ITEM_OUTCOME, items, "bigint", ", lease_until = NULL", ""),
-    ):
-        if not rows:
-            continue
-        params[f"{name}_ids"] = [r["id"] for r in rows]
-        arrays = ", ".join(f"CAST(:{name}_{f} AS {t}[])" for f, t in fields.items())
-        for f in fields:
-            params[f"{name}_{f}"] = [r[f] for r in rows]
-        sets = ", ".join(f"{f} = v.{f}" for f in fields) + extra
-        parts.append(f"{name} AS (UPDATE {table_name} SET {sets} FROM unnest(CAST(:{name}_ids AS {id_type}[]), {arrays}) "
-                     f"AS v(id, {', '.join(fields)}) WHERE {table_name}.id = v.id{guard} RETURNING 1)")
+    for name, table_name, fields, rows in (("c", "call", _CALL_OUTCOME, calls), ("i", "item", _ITEM_OUTCOME, items)):
+        if rows:
+            sql, update_params = _unnest_update(table_name, fields, rows, prefix=name)
+            params.update(update_params)
+            parts.append(f"{name} AS ({sql} RETURNING 1)")
     if done or failed:
         total = "n_done + n_failed + :done + :failed"
         parts.append(f"j AS (UPDATE job SET n_done = n_done + :done, n_failed = n_failed + :failed, "
@@ -324,13 +320,9 @@ def finish_batch(session: Session, *, job_id: str, calls: Sequence[dict[str, Any
                      f"finished_at = CASE WHEN {total} >= n_items THEN CAST(:now AS timestamptz) ELSE finished_at END "
                      f"WHERE id = :job_id RETURNING 1)")
     for k, row in enumerate(rollups):
-        from router.ledger.rollup import KEY, SUMS
-
-        columns = list(row)
-        params.update({f"r{k}_{c}": v for c, v in row.items()})
-        sets = ", ".join(f"{c} = call_rollup.{c} + excluded.{c}" for c in SUMS)
-        parts.append(f"r{k} AS (INSERT INTO call_rollup ({', '.join(columns)}) VALUES ({', '.join(f':r{k}_{c}' for c in columns)}) "
-                     f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {sets} RETURNING 1)")
+        sql, rollup_params = upsert_sql(row, prefix=f"r{k}")
+        params.update(rollup_params)
+        parts.append(f"r{k} AS ({sql} RETURNING 1)")
     if parts:
         session.execute(text(f"WITH {', '.join(parts)} SELECT 1"), params)
 

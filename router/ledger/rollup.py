@@ -73,19 +73,25 @@ def rollup_rows(
     return list(rows.values())
 
 
+def upsert_sql(row: dict[str, Any], *, prefix: str) -> tuple[str, dict[str, Any]]:
+    """Postgres: add one rollup row (INSERT ... ON CONFLICT DO UPDATE, exact NUMERIC sums) and its
+    parameters, named with `prefix` so several can share one statement."""
+    columns = list(row)
+    sets = ", ".join(f"{c} = call_rollup.{c} + excluded.{c}" for c in SUMS)
+    sql = (f"INSERT INTO call_rollup ({', '.join(columns)}) VALUES ({', '.join(f':{prefix}_{c}' for c in columns)}) "
+           f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {sets}")
+    return sql, {f"{prefix}_{c}": v for c, v in row.items()}
+
+
 def upsert_rollups(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Add `rows` to the rollup: one INSERT ... ON CONFLICT DO UPDATE on Postgres (exact NUMERIC
     sums); on SQLite, where money is text, read-add-write in Python (SQLite has one writer)."""
     if not rows:
         return
     if session.get_bind().dialect.name == "postgresql":
-        columns = list(rows[0])
-        sets = ", ".join(f"{c} = call_rollup.{c} + excluded.{c}" for c in SUMS)
-        stmt = text(
-            f"INSERT INTO call_rollup ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)}) "
-            f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {sets}"
-        )
-        session.execute(stmt, list(rows))
+        for row in rows:
+            sql, params = upsert_sql(row, prefix="r")
+            session.execute(text(sql), params)
         return
     for row in rows:
         where = [ROLLUP.c[k] == row[k] for k in KEY]
