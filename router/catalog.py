@@ -8,7 +8,7 @@ that price, and stored on the call's ledger row.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -248,10 +248,3 @@ def _price_override(entry: dict[str, Any] | None, model_id: str, where: str) -> 
     if any(r.base < 0 for r in (price.input, price.output, price.cached_input, price.cache_write)):
         raise ConfigError(f"{where}: model {model_id}: prices cannot be negative")
     return price
-
-
-def with_provider_base_url(catalog: Catalog, provider: str, base_url: str) -> Catalog:
-    """A copy of `catalog` whose `provider` answers at `base_url` (tests and local servers)."""
-    providers = dict(catalog.providers)
-    providers[provider] = replace(providers[provider], base_url=base_url.rstrip("/"))
-    return Catalog(providers, catalog.models)

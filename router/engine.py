@@ -73,11 +73,8 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         if not claimed:
             return ChunkOutcome(0, 0, 0)
         chunk = _Chunk.build(catalog, job)
-        has_budget = bool(job.has_budget)
-        if not has_budget:  # the common case: the call rows are committed with the claim
-            first: _Batch | None = _Batch(claimed, _record_calls(session, catalog, chunk.common, [r.id for r in claimed]), None)
-    if has_budget:
-        first = None
+        # No budget (the common case): the call rows are committed with the claim.
+        first = None if job.has_budget else _Batch(claimed, _record_calls(session, catalog, chunk.common, [r.id for r in claimed]), None)
     done = failed = 0
     pending = list(claimed)
     while pending:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from dataclasses import dataclass
-from decimal import Decimal
 
 from policies.budget_fit import fits
 from policies.cheapest_qualifying import choose_model
@@ -191,8 +190,3 @@ def _constraints(request: JobRequest) -> dict[str, list[str]]:
         if value:
             out[key] = sorted(value)
     return out
-
-
-def baseline_cost(decision_json: dict[str, object]) -> Decimal | None:
-    value = decision_json.get("baseline_cost_usd")
-    return Decimal(str(value)) if value is not None else None
