@@ -95,6 +95,14 @@ class Job(SQLModel, table=True):
     baseline_output_usd_per_mtok: Decimal | None = Field(default=None, sa_column=Column(Money()))
     total_input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     max_input_tokens: int = 0
+    # How items run (router.strategy.Route as data): one model or a cascade, fallbacks, drift checks.
+    route: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    quality_mode: str = "prior"  # prior | gold | reference: where the quality estimates came from
+    calibration: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # per-model estimates, n, spend
+    stopped_providers: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))  # provider -> why
+    pause_reason: str | None = None  # budget | provider: why a paused job waits
+    n_drift_checked: int = 0  # production items also answered by the reference model
+    n_drift_agreed: int = 0
     created_at: datetime | None = _ts(default=utcnow)
     finished_at: datetime | None = _ts()
 
@@ -142,6 +150,7 @@ class Call(SQLModel, table=True):
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     output_tokens: int = 0
+    reasoning_tokens: int = 0  # thinking tokens, already counted in output_tokens
     usage_estimated: bool = False
     input_usd_per_mtok: Decimal = _money()
     cached_input_usd_per_mtok: Decimal = _money()
@@ -238,3 +247,43 @@ class CallRollup(SQLModel, table=True):
     cost_usd: Decimal = _money()
     failed_cost_usd: Decimal = _money()  # spend on calls that did not produce a usable answer
     baseline_cost_usd: Decimal = _money()  # the same tokens at the job's baseline model's price
+
+
+class JobEvent(SQLModel, table=True):
+    """Something that happened to a job that its owner should see: drift, a provider stopped, a fallback."""
+
+    __tablename__ = "job_event"
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", index=True)
+    kind: str  # drift | provider_stopped | rerouted | cancelled | calibrated
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime | None = _ts(default=utcnow)
+
+
+class QualityEstimate(SQLModel, table=True):
+    """A measured quality of one model on one tenant's kind of task, reused by later jobs of that kind.
+
+    `signature` identifies the task (kind, labels or length, prompt version); an estimate is stale when
+    it expired, drifted, or the model's price changed since it was measured.
+    """
+
+    __tablename__ = "quality_estimate"
+    __table_args__ = (UniqueConstraint("tenant_id", "signature", "model_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(foreign_key="tenant.id")
+    signature: str
+    task: str
+    model_id: str
+    source: str  # gold | reference | judge
+    n: int
+    successes: float  # correct answers (or summed judged scores)
+    mean: float
+    lower: float  # bounds at `confidence`
+    upper: float
+    confidence: float = 0.95
+    input_usd_per_mtok: Decimal = _money()  # the price when measured: a price change re-tests the model
+    output_usd_per_mtok: Decimal = _money()
+    job_id: str | None = None  # the job whose sample measured it
+    measured_at: datetime | None = _ts(default=utcnow)
+    expires_at: datetime | None = _ts()
+    drifted_at: datetime | None = _ts()
