@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from policies.budget_fit import items_that_fit
-from router import budgets, runtime
+from router import budgets, drift, runtime
 from router.catalog import Catalog
 from router.db import session_scope
 from router.errors import ProviderError
@@ -31,6 +31,7 @@ from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, classify_spec, p
 from router.providers.base import ChatRequest, Completion, Provider, TokenUsage
 from router.providers.registry import close_all, get_provider
 from router.settings import Settings
+from router.strategy import Route
 
 # Tries per item within a chunk for retryable failures (429, 5xx, timeouts) before it is failed.
 MAX_ATTEMPTS = 3
@@ -74,7 +75,7 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
             return ChunkOutcome(0, 0, 0)
         chunk = _Chunk.build(catalog, job)
         # No budget (the common case): the call rows are committed with the claim.
-        first = None if job.has_budget else _Batch(claimed, _record_calls(session, catalog, chunk.common, [r.id for r in claimed]), None)
+        first = None if job.has_budget else _unbudgeted_batch(session, catalog, chunk, list(claimed))
     done = failed = 0
     pending = list(claimed)
     while pending:
@@ -91,35 +92,78 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
 
 @dataclass(frozen=True, slots=True)
 class _Chunk:
-    """What every batch of a chunk shares: the job's fixed facts, model and prompt."""
+    """What every batch of a chunk shares: the job's fixed facts, route, prompt and stopped providers."""
 
     job: Any
-    model: Any
+    route: Route
     spec: PromptSpec
     labels: tuple[str, ...]
     common: dict[str, Any]
+    stopped: dict[str, str]  # provider -> why it takes no more calls for this job
 
     @classmethod
     def build(cls, catalog: Catalog, job: Any) -> _Chunk:
-        model = catalog.model(job.model_id)
-        common = {
-            "job_id": job.id, "tenant_id": job.tenant_id, "team_id": job.team_id, "model_id": model.model_id,
-            "provider": model.provider, "purpose": "run", "status": CallStatus.IN_FLIGHT, "simulated": job.simulated,
-        }
-        return cls(job, model, prompt_spec(job), tuple(job.labels or ()), common)
+        common = {"job_id": job.id, "tenant_id": job.tenant_id, "team_id": job.team_id,
+                  "status": CallStatus.IN_FLIGHT, "simulated": job.simulated}
+        route = Route.from_json(job.route, model_id=job.model_id)
+        return cls(job, route, prompt_spec(job), tuple(job.labels or ()), common, dict(job.stopped_providers or {}))
 
-    def worst_case_usd(self, catalog: Catalog, text: str, at: Any) -> Decimal:
+    def callable(self, catalog: Catalog, model_id: str, stopped: dict[str, str]) -> bool:
+        return model_id in catalog.models and catalog.model(model_id).provider not in stopped
+
+    def first_tries(self, catalog: Catalog, item: Any, stopped: dict[str, str]) -> tuple[int, list[_Try]]:
+        """An item's first calls: the first stage whose models can be called, plus a drift check."""
+        stages = self.route.stages()
+        tries: list[_Try] = []
+        stage_index = len(stages)
+        for index, stage in enumerate(stages):
+            if all(self.callable(catalog, m, stopped) for m in stage):
+                stage_index, tries = index, [_Try(item.id, m, "run") for m in stage]
+                break
+        reference = self.route.reference_id
+        if (tries and reference and reference not in {t.model_id for t in tries} and self.callable(catalog, reference, stopped)
+                and self.route.in_drift_sample(self.job.id, item.seq)):
+            tries.append(_Try(item.id, reference, "drift"))
+        return stage_index, tries
+
+    def worst_case_usd(self, catalog: Catalog, model_id: str, text: str, at: Any) -> Decimal:
         """An upper bound on one call's cost: input tokens <= prompt bytes, output <= max_tokens."""
         worst_input = len(self.spec.system.encode()) + len(text.encode()) + MESSAGE_OVERHEAD_TOKENS
         usage = TokenUsage(input_tokens=worst_input, output_tokens=self.spec.max_output_tokens)
-        return catalog.price(self.model.model_id, at).cost_usd(usage)
+        return catalog.price(model_id, at).cost_usd(usage)
+
+
+@dataclass(frozen=True, slots=True)
+class _Try:
+    """One planned call: an item, a model, why (run or drift), and which try of that pair it is."""
+
+    item_id: int
+    model_id: str
+    purpose: str  # run | drift
+    attempt: int = 0
 
 
 @dataclass(slots=True)
 class _Batch:
     items: list[Any]
+    stage: dict[int, int]  # item id -> the stage its first tries belong to
+    tries: list[_Try]
     recorded: _Recorded
-    reservation_id: str | None
+    reservation_ids: list[str]
+
+
+def _plan(catalog: Catalog, chunk: _Chunk, items: list[Any]) -> tuple[dict[int, int], dict[int, list[_Try]]]:
+    stage: dict[int, int] = {}
+    tries: dict[int, list[_Try]] = {}
+    for item in items:
+        stage[item.id], tries[item.id] = chunk.first_tries(catalog, item, chunk.stopped)
+    return stage, tries
+
+
+def _unbudgeted_batch(session: Any, catalog: Catalog, chunk: _Chunk, items: list[Any]) -> _Batch:
+    stage, tries = _plan(catalog, chunk, items)
+    flat = [t for row in items for t in tries[row.id]]
+    return _Batch(items, stage, flat, _record_calls(session, catalog, chunk.common, flat), [])
 
 
 def _reserve_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, items: list[Any]) -> _Batch | None:
@@ -129,22 +173,26 @@ def _reserve_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, items: l
     most of what they hold); None when nothing fits and nothing is held: the budget is spent.
     """
     deadline = time.monotonic() + settings.budget_wait_s
+    stage, tries = _plan(catalog, chunk, items)
     while True:
         with session_scope(settings) as session:
             now = utcnow()
             period = budgets.current_period(session, team_id=chunk.job.team_id, now=now)
             if period is None:  # the budget was removed meanwhile
-                return _Batch(items, _record_calls(session, catalog, chunk.common, [r.id for r in items]), None)
+                return _unbudgeted_batch(session, catalog, chunk, items)
             budgets.release_expired(session, period_id=period.id, now=now)  # type: ignore[arg-type]
             session.refresh(period)
-            worst = [chunk.worst_case_usd(catalog, row.text, now) for row in items]
+            texts = {row.id: row.text for row in items}
+            worst = [sum((chunk.worst_case_usd(catalog, t.model_id, texts[t.item_id], now) for t in tries[row.id]), Decimal(0))
+                     for row in items]
             count = items_that_fit(worst, budgets.remaining_usd(period, settings))
             if count:
                 held = budgets.reserve(session, period=period, amount_usd=sum(worst[:count], Decimal(0)),
                                        job_id=chunk.job.id, settings=settings, now=now)
                 if held is not None:
                     batch = items[:count]
-                    return _Batch(batch, _record_calls(session, catalog, chunk.common, [r.id for r in batch]), held.id)
+                    flat = [t for row in batch for t in tries[row.id]]
+                    return _Batch(batch, stage, flat, _record_calls(session, catalog, chunk.common, flat), [held.id])
                 continue  # another worker took it first: look again at once
             others_hold = period.reserved > 0
         if not others_hold or time.monotonic() > deadline:
@@ -152,120 +200,268 @@ def _reserve_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, items: l
         time.sleep(BUDGET_POLL_S * (1 + random.random()))
 
 
-def _pause(settings: Settings, chunk: _Chunk, items: list[Any]) -> None:
+def _reserve_more(settings: Settings, catalog: Catalog, chunk: _Chunk, session: Any, tries: list[_Try],
+                  texts: dict[int, str]) -> str | None:
+    """Hold the worst case of calls beyond a batch's first (escalations, fallbacks); None when it does not fit."""
+    now = utcnow()
+    period = budgets.current_period(session, team_id=chunk.job.team_id, now=now)
+    if period is None:
+        return ""
+    amount = sum((chunk.worst_case_usd(catalog, t.model_id, texts[t.item_id], now) for t in tries), Decimal(0))
+    held = budgets.reserve(session, period=period, amount_usd=amount, job_id=chunk.job.id, settings=settings, now=now)
+    return None if held is None else held.id
+
+
+def _pause(settings: Settings, chunk: _Chunk, items: list[Any], *, reason: str = "budget", detail: str | None = None) -> None:
     with session_scope(settings) as session:
         repo.release_items(session, [row.id for row in items])
-        if repo.pause_job(session, chunk.job.id):
-            period = budgets.current_period(session, team_id=chunk.job.team_id)
-            budgets.record_event(session, team_id=chunk.job.team_id, period=period.period_start if period else utcnow().date(),
-                                 kind="paused", detail={"job_id": chunk.job.id, "items_waiting": len(items),
-                                                        "settled": str(period.settled) if period else None,
-                                                        "limit": str(period.limit_amount) if period else None})
+        if repo.pause_job(session, chunk.job.id, reason=reason):
+            if reason == "budget":
+                period = budgets.current_period(session, team_id=chunk.job.team_id)
+                budgets.record_event(session, team_id=chunk.job.team_id, period=period.period_start if period else utcnow().date(),
+                                     kind="paused", detail={"job_id": chunk.job.id, "items_waiting": len(items),
+                                                            "settled": str(period.settled) if period else None,
+                                                            "limit": str(period.limit_amount) if period else None})
+            else:
+                repo.add_job_event(session, job_id=chunk.job.id, kind="paused",
+                                   detail={"reason": reason, "why": detail, "items_waiting": len(items)})
+
+
+@dataclass(slots=True)
+class _Answer:
+    output: str | None  # the parsed answer; None when the call failed or its answer was unusable
+    call_id: str
+    error: str | None
 
 
 def _run_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch) -> tuple[int, int]:
-    """Make the batch's calls (retrying what may succeed), then record outcomes, settlement and
-    rollups in one transaction. Returns (done, failed) items."""
-    job, model, spec, labels = chunk.job, chunk.model, chunk.spec, chunk.labels
+    """Make the batch's calls, stage by stage, then record outcomes, settlement and rollups.
+
+    Each round makes the calls planned so far, concurrently. A retryable failure is tried again
+    (up to MAX_ATTEMPTS, with backoff) on the same model; a final failure, or two cheap models that
+    disagree in a cascade, moves the item to its next stage (the strong model, then fallbacks). A
+    provider that refuses us (bad key, quota spent) takes no more calls for this job. Returns
+    (done, failed) items.
+    """
+    job, route = chunk.job, chunk.route
     texts = {row.id: row.text for row in batch.items}
-    pending = list(texts)
-    recorded = batch.recorded
-    item_rows: list[dict[str, Any]] = []
-    call_updates: list[dict[str, Any]] = []
-    facts: list[CallFacts] = []
-    for attempt in range(MAX_ATTEMPTS):
-        if attempt:
-            with session_scope(settings) as session:
-                repo.finish_calls(session, call_updates)  # the previous round's outcomes
-                recorded = _record_calls(session, catalog, chunk.common, pending)
-            call_updates = []
-        price = catalog.price(model.model_id, recorded.started)
+    stages = route.stages()
+    stage = dict(batch.stage)
+    answers: dict[int, dict[str, _Answer]] = {item_id: {} for item_id in texts}
+    references: dict[int, str | None] = {}
+    finished_items: dict[int, dict[str, Any]] = {}
+    held_back: list[int] = []  # items handed back, to run later (budget, or every provider stopped)
+    blocked = False  # some were handed back because the providers left to them are stopped
+    stopped = dict(chunk.stopped)
+    newly_stopped: dict[str, str] = {}
+    tries, recorded = batch.tries, batch.recorded
+    reservation_ids = list(batch.reservation_ids)
+    unwritten: list[dict[str, Any]] = []
+    facts: dict[tuple[str, str], list[CallFacts]] = {}
+    last_error: dict[int, str] = {}
+    for item_id in texts:  # items with nothing to call at all (every provider stopped)
+        if stage[item_id] >= len(stages):
+            held_back.append(item_id)
+            blocked = True
+    while tries:
         requests = [
-            (i, ChatRequest(model=model.api_model, system=spec.system, prompt=texts[i], max_output_tokens=spec.max_output_tokens))
-            for i in pending
+            (k, catalog.model(t.model_id).provider, ChatRequest(
+                model=catalog.model(t.model_id).api_model, system=chunk.spec.system, prompt=texts[t.item_id],
+                max_output_tokens=chunk.spec.max_output_tokens, request_id=recorded.ids[k]))
+            for k, t in enumerate(tries)
         ]
-        results = runtime.run(_call_all(catalog, settings, model.provider, job.simulated, requests))
+        results = runtime.run(_call_all(catalog, settings, job.simulated, requests))
         finished = utcnow()
-        retry: list[int] = []
+        retry: list[_Try] = []
         waits: list[float] = []
-        for item_id, result, latency_s in results:
-            call_id = recorded.ids[item_id]
+        for k, result, latency_s in results:
+            t, call_id = tries[k], recorded.ids[k]
+            provider = catalog.model(t.model_id).provider
             update: dict[str, Any] = {
                 "id": call_id, "latency_ms": int(latency_s * 1000), "finished_at": finished,
                 "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
                 "usage_estimated": False, "cost_usd": Decimal(0), "error": None,
             }
+            output: str | None = None
+            error: str | None = None
             if isinstance(result, Completion):
                 usage = result.usage
                 update.update(
                     status=CallStatus.OK, input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
                     cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
-                    usage_estimated=usage.estimated, cost_usd=price.cost_usd(usage),
+                    usage_estimated=usage.estimated, cost_usd=catalog.price(t.model_id, recorded.started).cost_usd(usage),
                 )
-                item_rows.append(_item_outcome(item_id, call_id, result.text, job.task, labels, finished))
-                usable = item_rows[-1]["status"] == ItemStatus.DONE
+                output, error = _parse(result.text, job.task, chunk.labels)
             else:
-                usable = False
-                update.update(status=CallStatus.ERROR, error=str(result)[:2000])
-                if result.retryable and attempt + 1 < MAX_ATTEMPTS and (result.retry_after or 0) <= MAX_WAIT_S:
-                    retry.append(item_id)
-                    waits.append(result.retry_after or BACKOFF_BASE_S * 2**attempt)
-                else:
-                    item_rows.append(_item_row(item_id, ItemStatus.FAILED, None, str(result)[:2000], call_id, finished))
-            call_updates.append(update)
-            facts.append(CallFacts(recorded.started, not usable, update["input_tokens"], update["cached_input_tokens"],
-                                   update["output_tokens"], update["cost_usd"], job.simulated))
-        if not retry:
-            break
-        pending = retry
-        time.sleep(min(max(waits), MAX_WAIT_S) * (1 + random.random() * 0.25))  # jitter spreads the herd
-    done = sum(1 for row in item_rows if row["status"] == ItemStatus.DONE)
-    failed = len(item_rows) - done
-    rollups = rollup_rows(
-        facts, tenant_id=job.tenant_id, team_id=job.team_id, job_id=job.id, model_id=model.model_id,
-        provider=model.provider, task=job.task, purpose="run", timezone=job.timezone,
-        baseline_rates=(job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok)
-        if job.baseline_input_usd_per_mtok is not None else None,
-    )
-    alert = None
+                error = str(result)[:2000]
+                update.update(status=CallStatus.ERROR, error=error)
+                if getattr(result, "stops_provider", False):
+                    why = _stop_message(provider, result, catalog)
+                    if provider not in stopped:
+                        stopped[provider] = newly_stopped[provider] = why
+                elif (result.retryable and t.attempt + 1 < MAX_ATTEMPTS and (result.retry_after or 0) <= MAX_WAIT_S
+                      and provider not in stopped):
+                    retry.append(_Try(t.item_id, t.model_id, t.purpose, t.attempt + 1))
+                    waits.append(result.retry_after or BACKOFF_BASE_S * 2**t.attempt)
+            unwritten.append(update)
+            facts.setdefault((t.model_id, t.purpose), []).append(CallFacts(
+                recorded.started, output is None, update["input_tokens"], update["cached_input_tokens"],
+                update["output_tokens"], update["cost_usd"], job.simulated))
+            if retry and retry[-1].item_id == t.item_id and retry[-1].model_id == t.model_id and retry[-1].purpose == t.purpose:
+                continue  # another try of this call follows: its answer is not in yet
+            if t.purpose == "drift":
+                references[t.item_id] = output
+            else:
+                answers[t.item_id][t.model_id] = _Answer(output, call_id, error)
+                if error:
+                    last_error[t.item_id] = error
+        # Move every item whose current stage has all its answers: accept, or go to the next stage.
+        waiting = {t.item_id for t in retry if t.purpose == "run"}
+        advance: list[_Try] = []
+        for item_id in texts:
+            if item_id in finished_items or item_id in waiting or item_id in held_back:
+                continue
+            models = stages[stage[item_id]]
+            got = answers[item_id]
+            if any(m not in got for m in models):
+                continue
+            outputs = [got[m].output for m in models]
+            if outputs[0] is not None and all(o == outputs[0] for o in outputs):
+                finished_items[item_id] = _item_row(item_id, ItemStatus.DONE, outputs[0], None, got[models[0]].call_id, finished)
+                continue
+            nxt = next((i for i in range(stage[item_id] + 1, len(stages))
+                        if all(chunk.callable(catalog, m, stopped) and m not in got for m in stages[i])), None)
+            if nxt is not None:
+                stage[item_id] = nxt
+                advance.extend(_Try(item_id, m, "run") for m in stages[nxt])
+            elif _only_stopped_left(catalog, stages, stage[item_id], got, stopped):
+                held_back.append(item_id)  # a stopped provider, not the item, is at fault: keep it for later
+                blocked = True
+            else:
+                reason = last_error.get(item_id) or (f"models disagreed ({', '.join(f'{m}: {got[m].output}' for m in models)}) "
+                                                     "and no stronger model is left")
+                finished_items[item_id] = _item_row(item_id, ItemStatus.FAILED, None, reason, got[models[-1]].call_id, finished)
+        if advance and reservation_ids:
+            with session_scope(settings) as session:
+                extra = _reserve_more(settings, catalog, chunk, session, advance, texts)
+            if extra is None:  # the budget cannot take the escalation: hand those items back
+                held_back.extend(sorted({t.item_id for t in advance}))
+                advance = []
+            elif extra:
+                reservation_ids.append(extra)
+        tries = retry + advance
+        if tries:
+            with session_scope(settings) as session:
+                repo.finish_calls(session, unwritten)  # this round's outcomes, with the next round's rows
+                unwritten = []
+                recorded = _record_calls(session, catalog, chunk.common, tries)
+            if retry:
+                time.sleep(min(max(waits), MAX_WAIT_S) * (1 + random.random() * 0.25))  # jitter spreads the herd
+    return _finish(settings, catalog, chunk, finished_items, held_back, unwritten, facts, references, reservation_ids,
+                   newly_stopped, blocked=blocked)
+
+
+def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, finished_items: dict[int, dict[str, Any]],
+            held_back: list[int], unwritten: list[dict[str, Any]], facts: dict[tuple[str, str], list[CallFacts]],
+            references: dict[int, str | None], reservation_ids: list[str], newly_stopped: dict[str, str],
+            *, blocked: bool) -> tuple[int, int]:
+    """Write the batch's outcome in one transaction: calls, items, counts, rollups, drift counts, settlement."""
+    job = chunk.job
+    rows = list(finished_items.values())
+    done = sum(1 for row in rows if row["status"] == ItemStatus.DONE)
+    failed = len(rows) - done
+    baseline = ((job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok)
+                if job.baseline_input_usd_per_mtok is not None else None)
+    rollups = [
+        row
+        for (model_id, purpose), group in facts.items()
+        for row in rollup_rows(group, tenant_id=job.tenant_id, team_id=job.team_id, job_id=job.id, model_id=model_id,
+                               provider=catalog.model(model_id).provider, task=job.task, purpose=purpose,
+                               timezone=job.timezone, baseline_rates=baseline if purpose == "run" else None)
+    ]
+    checked = agreed = 0
+    for item_id, reference in references.items():
+        row = finished_items.get(item_id)
+        if reference is not None and row is not None and row["status"] == ItemStatus.DONE:
+            checked += 1
+            agreed += row["output"] == reference
+    alerts = []
     with session_scope(settings) as session:
-        repo.finish_batch(session, job_id=job.id, calls=call_updates, items=item_rows, done=done, failed=failed,
+        repo.finish_batch(session, job_id=job.id, calls=unwritten, items=rows, done=done, failed=failed,
                           rollups=rollups, now=utcnow())
-        if batch.reservation_id is not None:
-            alert = budgets.settle(session, reservation_id=batch.reservation_id,
-                                   actual_usd=sum((f.cost_usd for f in facts), Decimal(0)), now=utcnow())
-    if alert:
+        if held_back:
+            repo.release_items(session, held_back)
+        if checked:
+            repo.add_drift_counts(session, job_id=job.id, checked=checked, agreed=agreed)
+        for provider, why in newly_stopped.items():
+            repo.stop_provider(session, job_id=job.id, provider=provider, why=why)
+        actual = sum((f.cost_usd for group in facts.values() for f in group), Decimal(0))
+        for reservation_id in reservation_ids:
+            alert = budgets.settle(session, reservation_id=reservation_id, actual_usd=actual, now=utcnow())
+            actual = Decimal(0)  # the first reservation takes the spend; the others are released
+            if alert:
+                alerts.append(alert)
+    for alert in alerts:
         budgets.send_alert(alert, settings)
+    chunk.stopped.update(newly_stopped)  # the chunk's next batches skip them too
+    if blocked:
+        _pause(settings, chunk, [], reason="provider", detail="; ".join(chunk.stopped.values()))
+    if checked:
+        drift.check(settings, catalog, job_id=job.id)
     return done, failed
+
+
+def _only_stopped_left(catalog: Catalog, stages: list[tuple[str, ...]], current: int, got: dict[str, _Answer],
+                       stopped: dict[str, str]) -> bool:
+    """True when the item failed only because providers were stopped: its answers all errored on a
+    stopped provider, so a later resume (after the key is fixed) can still run it."""
+    return bool(stopped) and all(a.output is None and a.error is not None for a in got.values()) and any(
+        catalog.model(m).provider in stopped for m in got)
+
+
+def _stop_message(provider: str, error: ProviderError, catalog: Catalog) -> str:
+    hint = getattr(error, "hint", None)
+    if not hint:
+        env = catalog.providers[provider].api_key_env if provider in catalog.providers else None
+        hint = f"check {env}" if env else "check the provider's settings"
+    return f"{error} ({hint})"[:500]
 
 
 @dataclass(frozen=True, slots=True)
 class _Recorded:
-    ids: dict[int, str]  # item id -> call id
+    ids: list[str]  # call id per try, in order
     started: Any
 
 
-def _record_calls(session: Any, catalog: Catalog, common: dict[str, Any], item_ids: list[int]) -> _Recorded:
-    """Write one in-flight call row per item, priced at the rates in force now; return their ids."""
+def _record_calls(session: Any, catalog: Catalog, common: dict[str, Any], tries: list[_Try]) -> _Recorded:
+    """Write one in-flight call row per try, priced at the rates in force now; return their ids.
+
+    One insert per (model, purpose): usually one per batch."""
     started = utcnow()
-    price = catalog.price(common["model_id"], started)
-    ids = {item_id: uuid.uuid4().hex for item_id in item_ids}
-    repo.insert_calls(session, common={
-        **common, "started_at": started, "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0,
-        "output_tokens": 0, "usage_estimated": False, "cost_usd": Decimal(0),
-        "input_usd_per_mtok": price.input.base, "cached_input_usd_per_mtok": price.cached_input.base,
-        "cache_write_usd_per_mtok": price.cache_write.base, "output_usd_per_mtok": price.output.base,
-    }, ids=list(ids.values()), item_ids=list(ids))
+    ids = [uuid.uuid4().hex for _ in tries]
+    groups: dict[tuple[str, str], list[int]] = {}
+    for k, t in enumerate(tries):
+        groups.setdefault((t.model_id, t.purpose), []).append(k)
+    for (model_id, purpose), members in groups.items():
+        price = catalog.price(model_id, started)
+        repo.insert_calls(session, common={
+            **common, "model_id": model_id, "provider": catalog.model(model_id).provider, "purpose": purpose,
+            "started_at": started, "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0,
+            "output_tokens": 0, "usage_estimated": False, "cost_usd": Decimal(0),
+            "input_usd_per_mtok": price.input.base, "cached_input_usd_per_mtok": price.cached_input.base,
+            "cache_write_usd_per_mtok": price.cache_write.base, "output_usd_per_mtok": price.output.base,
+        }, ids=[ids[k] for k in members], item_ids=[tries[k].item_id for k in members])
     return _Recorded(ids, started)
 
 
-def _item_outcome(item_id: int, call_id: str, text: str, task: str, labels: tuple[str, ...], now: Any) -> dict[str, Any]:
+def _parse(text: str, task: str, labels: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(answer, None) when the answer is usable, else (None, why)."""
     if task == "classify":
         label = parse_label(text, labels)
         if label is None:
-            return _item_row(item_id, ItemStatus.FAILED, None, f"answer {text[:80]!r} names no single label", call_id, now)
-        return _item_row(item_id, ItemStatus.DONE, label, None, call_id, now)
-    return _item_row(item_id, ItemStatus.DONE, text.strip(), None, call_id, now)
+            return None, f"answer {text[:80]!r} names no single label"
+        return label, None
+    return text.strip(), None
 
 
 def _item_row(item_id: int, status: str, output: str | None, error: str | None, call_id: str, now: Any) -> dict[str, Any]:
@@ -274,12 +470,11 @@ def _item_row(item_id: int, status: str, output: str | None, error: str | None, 
 
 
 async def _call_all(
-    catalog: Catalog, settings: Settings, provider_name: str, simulated: bool,
-    requests: Sequence[tuple[int, ChatRequest]],
+    catalog: Catalog, settings: Settings, simulated: bool, requests: Sequence[tuple[int, str, ChatRequest]],
 ) -> list[tuple[int, Completion | ProviderError, float]]:
-    provider = await get_provider(catalog, settings, provider_name, simulated=simulated)
+    providers = {name: await get_provider(catalog, settings, name, simulated=simulated) for name in {p for _, p, _ in requests}}
     gate = runtime.gate(settings.calls_in_flight)
-    return await asyncio.gather(*(_call_one(provider, gate, key, request) for key, request in requests))
+    return await asyncio.gather(*(_call_one(providers[name], gate, key, request) for key, name, request in requests))
 
 
 async def _call_one(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from policies.budget_fit import fits
 from policies.cheapest_qualifying import choose_model
 from policies.types import Decision, JobProfile
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlmodel import Session
 
 from router import budgets
@@ -27,6 +27,7 @@ from router.ledger.tables import Job, JobStatus, Team
 from router.prompts import classify_spec, summarize_spec
 from router.routing import candidates, decision_as_json, max_context
 from router.settings import Settings
+from router.strategy import single_route
 
 # Items per INSERT batch: large enough to amortize round trips, small enough to keep memory flat.
 INSERT_BATCH = 2000
@@ -123,6 +124,7 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             job.baseline_output_usd_per_mtok = baseline.output.base
         job.on_budget = request.on_budget
         job.model_id = decision.model_id
+        job.route = single_route(decision).as_json()
         job.baseline_model_id = decision.baseline_model_id
         job.expected_cost_usd = decision.expected_cost_usd
         job.decision = decision_as_json(decision)
@@ -167,7 +169,7 @@ def resumable_jobs(settings: Settings, *, now: datetime | None = None) -> list[t
     running: (job id, items) for the caller to dispatch."""
     out: list[tuple[str, int]] = []
     with session_scope(settings) as session:
-        for job_id, team_id in session.execute(select(Job.id, Job.team_id).where(Job.status == JobStatus.PAUSED)).all():  # type: ignore[call-overload]
+        for job_id, team_id in session.execute(select(Job.id, Job.team_id).where(Job.status == JobStatus.PAUSED, or_(Job.pause_reason.is_(None), Job.pause_reason != "provider"))).all():  # type: ignore[call-overload]
             period = budgets.current_period(session, team_id=team_id, now=now)
             if period is None or period.limit_amount > period.settled + period.reserved:
                 job = repo.resume_job(session, job_id)

@@ -8,9 +8,11 @@ import httpx
 import pytest
 
 from router.catalog import Catalog
+from router.db import session_scope
 from router.engine import run_chunk
 from router.intake import JobRequest
 from router.jobs import submit_job
+from router.ledger import repo
 from router.ledger.tables import CallStatus, ItemStatus
 from router.settings import Settings
 from tests.helpers import ledger, priced, tickets, write_jsonl
@@ -20,8 +22,9 @@ LABELS = ("billing", "bug", "other")
 
 def _submit(settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], n: int, **kw: object) -> str:
     path = write_jsonl(tmp_path / "items.jsonl", tickets(n))
+    kw.setdefault("providers", frozenset({"openai"}))
     request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=LABELS, min_quality=0.9,
-                         providers=frozenset({"openai"}), **kw)  # type: ignore[arg-type]
+                         **kw)  # type: ignore[arg-type]
     return submit_job(settings, catalog, request).job_id
 
 
@@ -70,14 +73,30 @@ def test_retryable_error_is_retried_with_a_new_ledgered_call(live_settings: Sett
     assert httpx.get(f"{fake_provider}/_stats").json()["calls"] == 5  # errors are not billed
 
 
-def test_non_retryable_error_fails_the_item_with_its_reason(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
-    job_id = _submit(live_settings, catalog, tmp_path, team, 3)
-    httpx.post(f"{fake_provider}/_fail", json={"status": 401, "count": 3})
+def test_non_retryable_error_without_fallback_fails_the_item_with_its_reason(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
+    job_id = _submit(live_settings, catalog, tmp_path, team, 3, models=frozenset({"gpt-4o-mini"}), providers=None)
+    httpx.post(f"{fake_provider}/_fail", json={"status": 400, "count": 3})
     outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=3)
     assert outcome.failed == 3
     calls, items = ledger(live_settings, job_id)
-    assert len(calls) == 3
-    assert all(i.status == ItemStatus.FAILED and "401" in (i.error or "") and "openai" in (i.error or "") for i in items)
+    assert len(calls) == 3  # not retried: a 400 will not change
+    assert all(i.status == ItemStatus.FAILED and "400" in (i.error or "") and "openai" in (i.error or "") for i in items)
+
+
+def test_non_retryable_error_falls_back_to_the_next_cheapest_qualifying_model(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
+    job_id = _submit(live_settings, catalog, tmp_path, team, 3)
+    with session_scope(live_settings) as session:
+        route = repo.get_job(session, job_id).route
+    assert route and route["model_id"] == "gpt-4o-mini" and route["fallbacks"][0] == "gpt-4o"
+    httpx.post(f"{fake_provider}/_fail", json={"status": 400, "count": 3})
+    outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=3)
+    assert (outcome.done, outcome.failed) == (3, 0)
+    calls, items = ledger(live_settings, job_id)
+    assert sorted((c.model_id, c.status) for c in calls) == [("gpt-4o", "ok")] * 3 + [("gpt-4o-mini", "error")] * 3
+    by_id = {c.id: c for c in calls}
+    assert all(by_id[i.final_call_id].model_id == "gpt-4o" for i in items)
+    bill = httpx.get(f"{fake_provider}/_stats").json()["models"]
+    assert list(bill) == ["gpt-4o"] and bill["gpt-4o"]["calls"] == 3
 
 
 def test_job_is_done_when_every_chunk_is(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str]) -> None:

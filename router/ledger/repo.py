@@ -16,11 +16,15 @@ from sqlmodel import Session
 from sqlmodel import select as sm_select
 
 from router.errors import InputError, NotFoundError
-from router.ledger.tables import BudgetPeriod, BudgetPolicy, Call, CallStatus, Item, ItemStatus, Job, JobStatus, Team, Tenant
+from router.ledger.tables import (
+    BudgetPeriod, BudgetPolicy, Call, CallStatus, Item, ItemStatus, Job, JobEvent, JobStatus, QualityEstimate, Team,
+    Tenant,
+)
 
 ITEM = Item.__table__  # type: ignore[attr-defined]
 CALL = Call.__table__  # type: ignore[attr-defined]
 JOB = Job.__table__  # type: ignore[attr-defined]
+QE = QualityEstimate.__table__  # type: ignore[attr-defined]
 
 
 # -- tenants and teams ---------------------------------------------------------------------------
@@ -108,7 +112,7 @@ def job_for_chunk(session: Session, job_id: str) -> Any:
     return session.execute(
         select(JOB.c.id, JOB.c.status, JOB.c.model_id, JOB.c.tenant_id, JOB.c.team_id, JOB.c.task, JOB.c.labels,
                JOB.c.max_words, JOB.c.simulated, JOB.c.baseline_input_usd_per_mtok, JOB.c.baseline_output_usd_per_mtok,
-               tenant.c.timezone, policy.c.team_id.is_not(None).label("has_budget"))
+               JOB.c.route, JOB.c.stopped_providers, JOB.c.min_quality, tenant.c.timezone, policy.c.team_id.is_not(None).label("has_budget"))
         .join(tenant, tenant.c.id == JOB.c.tenant_id)
         .outerjoin(policy, policy.c.team_id == JOB.c.team_id)
         .where(JOB.c.id == job_id)
@@ -124,12 +128,48 @@ def release_items(session: Session, item_ids: Sequence[int]) -> None:
         )
 
 
-def pause_job(session: Session, job_id: str) -> bool:
-    """Mark a running job paused (waiting for budget); True if this call paused it."""
+def pause_job(session: Session, job_id: str, *, reason: str = "budget") -> bool:
+    """Mark a running job paused, waiting for `reason` (budget | provider); True if this call paused it."""
     row = session.execute(
-        update(JOB).where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING).values(status=JobStatus.PAUSED).returning(JOB.c.id)
+        update(JOB).where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING)
+        .values(status=JobStatus.PAUSED, pause_reason=reason).returning(JOB.c.id)
     ).first()
     return row is not None
+
+
+def add_job_event(session: Session, *, job_id: str, kind: str, detail: dict[str, Any]) -> None:
+    """Record something the job's owner should see (drift, a provider stopped, a pause, a re-route)."""
+    session.add(JobEvent(job_id=job_id, kind=kind, detail=detail))
+    session.flush()
+
+
+def job_events(session: Session, job_id: str) -> list[JobEvent]:
+    return list(session.exec(sm_select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all())  # type: ignore[arg-type]
+
+
+def add_drift_counts(session: Session, *, job_id: str, checked: int, agreed: int) -> None:
+    """Add a batch's drift checks (items also answered by the reference model) to the job's counts."""
+    session.execute(update(JOB).where(JOB.c.id == job_id).values(
+        n_drift_checked=JOB.c.n_drift_checked + checked, n_drift_agreed=JOB.c.n_drift_agreed + agreed))
+
+
+def mark_drifted(session: Session, *, tenant_id: int, model_ids: Sequence[str], now: datetime,
+                 signature: str | None = None) -> None:
+    """Mark a tenant's quality estimates of `model_ids` as drifted: later jobs re-measure them."""
+    stmt = update(QE).where(QE.c.tenant_id == tenant_id, QE.c.model_id.in_(list(model_ids)), QE.c.drifted_at.is_(None))
+    if signature is not None:
+        stmt = stmt.where(QE.c.signature == signature)
+    session.execute(stmt.values(drifted_at=now))
+
+
+def stop_provider(session: Session, *, job_id: str, provider: str, why: str) -> None:
+    """Take no more calls to `provider` for this job (a bad key, a spent quota), and say why."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or provider in (job.stopped_providers or {}):
+        return
+    job.stopped_providers = {**(job.stopped_providers or {}), provider: why}
+    session.add(job)
+    add_job_event(session, job_id=job_id, kind="provider_stopped", detail={"provider": provider, "why": why})
 
 
 def paused_jobs(session: Session, *, team_id: int) -> list[str]:
@@ -164,6 +204,8 @@ def resume_job(session: Session, job_id: str) -> Job:
     job = get_job(session, job_id)
     if job.status == JobStatus.PAUSED:
         job.status = JobStatus.RUNNING
+        job.pause_reason = None
+        job.stopped_providers = None  # resuming says the provider was fixed: try it again
         session.add(job)
     return job
 

@@ -15,6 +15,7 @@ class ChatRequest:
     prompt: str
     max_output_tokens: int
     temperature: float = 0.0
+    request_id: str | None = None  # the ledger's call id, sent as X-Client-Request-Id where a provider takes it
 
 
 @dataclass(frozen=True, slots=True)
