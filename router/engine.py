@@ -100,13 +100,14 @@ class _Chunk:
     labels: tuple[str, ...]
     common: dict[str, Any]
     stopped: dict[str, str]  # provider -> why it takes no more calls for this job
+    purpose: str = "run"  # run | calibration: what the route's calls are for (drift checks are "drift")
 
     @classmethod
-    def build(cls, catalog: Catalog, job: Any) -> _Chunk:
+    def build(cls, catalog: Catalog, job: Any, *, route: Route | None = None, purpose: str = "run") -> _Chunk:
         common = {"job_id": job.id, "tenant_id": job.tenant_id, "team_id": job.team_id,
                   "status": CallStatus.IN_FLIGHT, "simulated": job.simulated}
-        route = Route.from_json(job.route, model_id=job.model_id)
-        return cls(job, route, prompt_spec(job), tuple(job.labels or ()), common, dict(job.stopped_providers or {}))
+        route = route or Route.from_json(job.route, model_id=job.model_id)
+        return cls(job, route, prompt_spec(job), tuple(job.labels or ()), common, dict(job.stopped_providers or {}), purpose)
 
     def callable(self, catalog: Catalog, model_id: str, stopped: dict[str, str]) -> bool:
         return model_id in catalog.models and catalog.model(model_id).provider not in stopped
@@ -118,7 +119,7 @@ class _Chunk:
         stage_index = len(stages)
         for index, stage in enumerate(stages):
             if all(self.callable(catalog, m, stopped) for m in stage):
-                stage_index, tries = index, [_Try(item.id, m, "run") for m in stage]
+                stage_index, tries = index, [_Try(item.id, m, self.purpose) for m in stage]
                 break
         reference = self.route.reference_id
         if (tries and reference and reference not in {t.model_id for t in tries} and self.callable(catalog, reference, stopped)
@@ -235,13 +236,33 @@ class _Answer:
 
 
 def _run_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch) -> tuple[int, int]:
-    """Make the batch's calls, stage by stage, then record outcomes, settlement and rollups.
+    """Make the batch's calls, then record outcomes, settlement and rollups. Returns (done, failed) items."""
+    return _finish(settings, catalog, chunk, _execute(settings, catalog, chunk, batch), write_items=True)
+
+
+@dataclass(slots=True)
+class _Executed:
+    """What a batch's calls gave: finished item rows, answers per item and model, and what to write."""
+
+    finished_items: dict[int, dict[str, Any]]
+    answers: dict[int, dict[str, _Answer]]
+    held_back: list[int]
+    unwritten: list[dict[str, Any]]
+    facts: dict[tuple[str, str], list[CallFacts]]
+    references: dict[int, str | None]
+    reservation_ids: list[str]
+    newly_stopped: dict[str, str]
+    blocked: bool
+
+
+def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch) -> _Executed:
+    """Make the batch's calls, stage by stage, recording each round's call rows before it is made.
 
     Each round makes the calls planned so far, concurrently. A retryable failure is tried again
     (up to MAX_ATTEMPTS, with backoff) on the same model; a final failure, or two cheap models that
     disagree in a cascade, moves the item to its next stage (the strong model, then fallbacks). A
     provider that refuses us (bad key, quota spent) takes no more calls for this job. Returns
-    (done, failed) items.
+    what happened, for `_finish` to write.
     """
     job, route = chunk.job, chunk.route
     texts = {row.id: row.text for row in batch.items}
@@ -316,7 +337,7 @@ def _run_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batc
                 if error:
                     last_error[t.item_id] = error
         # Move every item whose current stage has all its answers: accept, or go to the next stage.
-        waiting = {t.item_id for t in retry if t.purpose == "run"}
+        waiting = {t.item_id for t in retry if t.purpose != "drift"}
         advance: list[_Try] = []
         for item_id in texts:
             if item_id in finished_items or item_id in waiting or item_id in held_back:
@@ -333,7 +354,7 @@ def _run_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batc
                         if all(chunk.callable(catalog, m, stopped) and m not in got for m in stages[i])), None)
             if nxt is not None:
                 stage[item_id] = nxt
-                advance.extend(_Try(item_id, m, "run") for m in stages[nxt])
+                advance.extend(_Try(item_id, m, chunk.purpose) for m in stages[nxt])
             elif _only_stopped_left(catalog, stages, stage[item_id], got, stopped):
                 held_back.append(item_id)  # a stopped provider, not the item, is at fault: keep it for later
                 blocked = True
@@ -357,17 +378,18 @@ def _run_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batc
                 recorded = _record_calls(session, catalog, chunk.common, tries)
             if retry:
                 time.sleep(min(max(waits), MAX_WAIT_S) * (1 + random.random() * 0.25))  # jitter spreads the herd
-    return _finish(settings, catalog, chunk, finished_items, held_back, unwritten, facts, references, reservation_ids,
-                   newly_stopped, blocked=blocked)
+    return _Executed(finished_items, answers, held_back, unwritten, facts, references, reservation_ids, newly_stopped, blocked)
 
 
-def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, finished_items: dict[int, dict[str, Any]],
-            held_back: list[int], unwritten: list[dict[str, Any]], facts: dict[tuple[str, str], list[CallFacts]],
-            references: dict[int, str | None], reservation_ids: list[str], newly_stopped: dict[str, str],
-            *, blocked: bool) -> tuple[int, int]:
-    """Write the batch's outcome in one transaction: calls, items, counts, rollups, drift counts, settlement."""
+def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Executed, *, write_items: bool) -> tuple[int, int]:
+    """Write the batch's outcome in one transaction: calls, items and counts (unless `write_items` is
+    false: calibration writes only its calls), rollups, drift counts, settlement."""
     job = chunk.job
-    rows = list(finished_items.values())
+    finished_items, held_back, facts = executed.finished_items, executed.held_back, executed.facts
+    references, newly_stopped = executed.references, executed.newly_stopped
+    rows = list(finished_items.values()) if write_items else []
+    if not write_items:
+        held_back = []
     done = sum(1 for row in rows if row["status"] == ItemStatus.DONE)
     failed = len(rows) - done
     baseline = ((job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok)
@@ -387,7 +409,7 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, finished_items:
             agreed += row["output"] == reference
     alerts = []
     with session_scope(settings) as session:
-        repo.finish_batch(session, job_id=job.id, calls=unwritten, items=rows, done=done, failed=failed,
+        repo.finish_batch(session, job_id=job.id, calls=executed.unwritten, items=rows, done=done, failed=failed,
                           rollups=rollups, now=utcnow())
         if held_back:
             repo.release_items(session, held_back)
@@ -396,7 +418,7 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, finished_items:
         for provider, why in newly_stopped.items():
             repo.stop_provider(session, job_id=job.id, provider=provider, why=why)
         actual = sum((f.cost_usd for group in facts.values() for f in group), Decimal(0))
-        for reservation_id in reservation_ids:
+        for reservation_id in executed.reservation_ids:
             alert = budgets.settle(session, reservation_id=reservation_id, actual_usd=actual, now=utcnow())
             actual = Decimal(0)  # the first reservation takes the spend; the others are released
             if alert:
@@ -404,7 +426,7 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, finished_items:
     for alert in alerts:
         budgets.send_alert(alert, settings)
     chunk.stopped.update(newly_stopped)  # the chunk's next batches skip them too
-    if blocked:
+    if executed.blocked and write_items:
         _pause(settings, chunk, [], reason="provider", detail="; ".join(chunk.stopped.values()))
     if checked:
         drift.check(settings, catalog, job_id=job.id)
