@@ -20,6 +20,7 @@ from router import views
 from router.catalog import Catalog, load_catalog
 from router.db import current_revision, ensure_schema, session_scope, upgrade
 from router.demo import DEMO_LABELS, write_demo_file
+from router.calibrate import calibrate_job
 from router.engine import run_job_inline
 from router.errors import PennyrouteError
 from router.intake import JobRequest
@@ -120,13 +121,16 @@ def submit(
     models: Annotated[str | None, typer.Option("--models", help="Allowed models, comma-separated.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job with a progress bar.")] = False,
     on_budget: Annotated[str, typer.Option(help="When the team's budget cannot take the job: reject, downgrade or pause.")] = "reject",
+    quality: Annotated[str, typer.Option(help="Quality estimates from: auto (calibrate on gold labels if the file has them, "
+                                         "else stored estimates), gold, reference (the strongest model's answers on a "
+                                         "sample), or prior.")] = "auto",
 ) -> None:
     """Submit a batch job. Prints the job id, the routing decision, and rejected lines."""
     settings = _settings()
     request = JobRequest(
         path=file, team=team, tenant=tenant, task=task, min_quality=min_quality,
         labels=tuple(v.strip() for v in labels.split(",")) if labels else (), max_words=max_words,
-        regions=_split(region), providers=_split(providers), models=_split(models), on_budget=on_budget,
+        regions=_split(region), providers=_split(providers), models=_split(models), on_budget=on_budget, quality=quality,
     )
     _submit_and_run(settings, request, wait=wait)
 
@@ -150,15 +154,20 @@ def _submit_and_run(settings: Settings, request: JobRequest, *, wait: bool, quie
     if not quiet_decision:
         out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
     out.print(submitted.decision.summary)
-    _start(settings, catalog, submitted.job_id, submitted.n_items, wait=wait)
+    if submitted.calibrating:
+        out.print("[bold]calibrating[/]: candidate models answer a sample of this job's items first, cheapest first; "
+                  "the model (or cascade) is chosen on what they score")
+    _start(settings, catalog, submitted.job_id, submitted.n_items, wait=wait, calibrating=submitted.calibrating)
     out.print(f"next: pennyroute status {submitted.job_id} | pennyroute results {submitted.job_id} -o results.jsonl")
     return submitted
 
 
-def _start(settings: Settings, catalog: Catalog, job_id: str, n_items: int, *, wait: bool) -> None:
+def _start(settings: Settings, catalog: Catalog, job_id: str, n_items: int, *, wait: bool, calibrating: bool = False) -> None:
     """Run a committed job's chunks: in this process without a broker, else on the workers."""
     if settings.embedded:
         out.print("[dim]no broker configured (BROKER_URL): running the job in this process[/]")
+        if calibrating and not _calibrate_inline(settings, catalog, job_id):
+            return
         with _progress() as progress:
             bar = progress.add_task("items", total=n_items)
             with session_scope(settings) as session:
@@ -168,15 +177,32 @@ def _start(settings: Settings, catalog: Catalog, job_id: str, n_items: int, *, w
                            progress=lambda outcome: progress.advance(bar, outcome.done + outcome.failed))
     else:
         try:
-            sent = dispatch_job(settings, job_id, n_items)
+            if calibrating:
+                from router.dispatch import CeleryDispatcher
+
+                CeleryDispatcher(settings).send_calibrate(job_id)
+                sent = 1
+            else:
+                sent = dispatch_job(settings, job_id, n_items)
         except Exception as exc:  # the broker is down: the job is safe in the ledger
             raise _fail(PennyrouteError(f"job {job_id} is saved, but the broker did not take it: {exc}")) from None
-        out.print(f"queued {sent:,} chunks for workers (`celery -A workers.app worker`)")
+        out.print(f"queued {'its calibration (then its chunks)' if calibrating else f'{sent:,} chunks'} for workers (`celery -A workers.app worker`)")
         if wait:
             _wait(settings, job_id)
     with session_scope(settings) as session:
         if repo.get_job(session, job_id).status == JobStatus.PAUSED:
             out.print(f"[yellow]job {job_id} is paused: its team's budget is spent[/] (`pennyroute budget set` raises it and resumes the job)")
+
+
+def _calibrate_inline(settings: Settings, catalog: Catalog, job_id: str) -> bool:
+    """Calibrate in this process; show what was measured. True when the bulk should run."""
+    with out.status("calibrating: candidate models answer the sample..."):
+        summary = calibrate_job(settings, catalog, job_id=job_id)
+    out.print(views.calibration_table(summary))
+    if summary.get("outcome") != "chosen":
+        out.print(f"[bold red]job {job_id} stopped before the bulk:[/] {summary.get('message')}")
+        return False
+    return True
 
 
 def _progress() -> Progress:
@@ -193,7 +219,7 @@ def _wait(settings: Settings, job_id: str) -> None:
             if bar is None:
                 bar = progress.add_task("items", total=job.n_items)
             progress.update(bar, completed=job.n_done + job.n_failed)
-            if job.status != JobStatus.RUNNING:  # done, paused or cancelled
+            if job.status not in (JobStatus.RUNNING, JobStatus.CALIBRATING):  # done, paused, cancelled, no model
                 return
             time.sleep(POLL_S)
 

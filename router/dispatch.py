@@ -11,6 +11,7 @@ from typing import Any
 from router.settings import Settings
 
 RUN_CHUNK_TASK = "pennyroute.run_chunk"
+CALIBRATE_TASK = "pennyroute.calibrate_job"
 RESUME_PAUSED_TASK = "pennyroute.resume_paused_jobs"
 # How often beat looks for paused jobs whose budget has room again: a paused job waits at most
 # this long after the 1st of the month (or after a limit is raised outside `budget set`).
@@ -50,6 +51,9 @@ class CeleryDispatcher:
 
         self._app = Celery("pennyroute-client")
         self._app.conf.update(celery_config(settings))
+
+    def send_calibrate(self, job_id: str) -> None:
+        self._app.send_task(CALIBRATE_TASK, args=[job_id], queue=QUEUE)
 
     def send(self, job_id: str, ranges: list[tuple[int, int]]) -> None:
         with self._app.producer_or_acquire() as producer:

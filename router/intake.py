@@ -34,15 +34,21 @@ class JobRequest:
     providers: frozenset[str] | None = None
     models: frozenset[str] | None = None
     on_budget: str = "reject"
+    # Where quality estimates come from: auto (calibrate on gold labels when the file has them, else
+    # use estimates measured by earlier jobs of this kind, else priors), gold, reference, or prior.
+    quality: str = "auto"
 
 
 ON_BUDGET = ("reject", "downgrade", "pause")
+QUALITY_MODES = ("auto", "gold", "reference", "prior")
 
 
 def check_request(request: JobRequest) -> None:
     """Raise InputError naming the flag when the request itself is wrong (before any line is read)."""
     if request.on_budget not in ON_BUDGET:
         raise InputError(f"unknown --on-budget '{request.on_budget}': use one of {', '.join(ON_BUDGET)}", field="--on-budget")
+    if request.quality not in QUALITY_MODES:
+        raise InputError(f"unknown --quality '{request.quality}': use one of {', '.join(QUALITY_MODES)}", field="--quality")
     if request.task not in TASKS:
         raise InputError(f"unknown task '{request.task}': use one of {', '.join(TASKS)}", field="--task")
     if not 0.0 <= request.min_quality <= 1.0:

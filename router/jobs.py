@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from policies.budget_fit import fits
 from policies.cheapest_qualifying import choose_model
@@ -16,7 +16,7 @@ from policies.types import Decision, JobProfile
 from sqlalchemy import or_, select
 from sqlmodel import Session
 
-from router import budgets
+from router import budgets, quality
 from router.catalog import Catalog
 from router.db import ensure_schema, session_scope
 from router.engine import chunk_ranges
@@ -55,6 +55,7 @@ class Submitted:
     n_rejected: int
     decision: Decision
     simulated: bool
+    calibrating: bool = False
 
 
 def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Submitted:
@@ -74,9 +75,11 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         raise NoModelError(choose_model(base_profile, pool))
     job_id = uuid.uuid4().hex[:12]
     rejected: list[LineError] = []
-    n_rejected = n_items = total_tokens = max_tokens = 0
+    n_rejected = n_items = total_tokens = max_tokens = n_gold = 0
     with session_scope(settings) as session:
         team = repo.find_team(session, name=request.team, tenant=request.tenant)
+        measured = quality.fresh_estimates(session, catalog, tenant_id=team.tenant_id, signature=quality.signature_of(request))
+        pool = quality.with_estimates(pool, measured)
         job = Job(
             id=job_id, tenant_id=team.tenant_id, team_id=team.id, task=request.task,  # type: ignore[arg-type]
             labels=list(request.labels) or None, max_words=request.max_words, min_quality=request.min_quality,
@@ -98,6 +101,7 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
                 continue
             batch.append((job_id, n_items, parsed.ext_id, parsed.text, parsed.gold, "pending", 0))  # repo.ITEM_COLUMNS
             n_items += 1
+            n_gold += parsed.gold is not None
             total_tokens += tokens
             max_tokens = max(max_tokens, tokens)
             if len(batch) >= INSERT_BATCH:
@@ -114,7 +118,10 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             max_input_tokens=max_tokens, output_tokens_per_item=spec.expected_output_tokens,
             allowed_providers=request.providers, allowed_models=request.models, regions=request.regions,
         )
-        decision = choose_model(profile, pool)
+        mode, sample_job = quality.mode_for(session, request, n_gold=n_gold, tenant_id=team.tenant_id, pool=pool,
+                                            measured=measured, profile=profile)
+        # A job that calibrates first is routed on its measurements, later; now only its constraints count.
+        decision = choose_model(replace(profile, min_quality=0.0) if mode != "prior" else profile, pool)
         if not decision.ok:
             raise NoModelError(decision)  # rolls the whole job back
         _check_budget(session, settings, request, team, decision)
@@ -133,8 +140,11 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         job.rejected = [e.as_dict() for e in rejected]
         job.total_input_tokens = total_tokens
         job.max_input_tokens = max_tokens
-        job.status = JobStatus.RUNNING
-    return Submitted(job_id, n_items, rejected, n_rejected, decision, simulated)
+        job.quality_mode = "prior" if mode == "prior" else mode
+        job.status = JobStatus.RUNNING if mode == "prior" else JobStatus.CALIBRATING
+        if sample_job:
+            job.calibration = {"sample_job_id": sample_job}
+    return Submitted(job_id, n_items, rejected, n_rejected, decision, simulated, calibrating=mode != "prior")
 
 
 def _check_budget(session: Session, settings: Settings, request: JobRequest, team: Team, decision: Decision) -> None:
@@ -169,7 +179,9 @@ def resumable_jobs(settings: Settings, *, now: datetime | None = None) -> list[t
     running: (job id, items) for the caller to dispatch."""
     out: list[tuple[str, int]] = []
     with session_scope(settings) as session:
-        for job_id, team_id in session.execute(select(Job.id, Job.team_id).where(Job.status == JobStatus.PAUSED, or_(Job.pause_reason.is_(None), Job.pause_reason != "provider"))).all():  # type: ignore[call-overload]
+        waiting = select(Job.id, Job.team_id).where(  # type: ignore[call-overload]
+            Job.status == JobStatus.PAUSED, or_(Job.pause_reason.is_(None), Job.pause_reason != "provider"))  # type: ignore[union-attr, arg-type]
+        for job_id, team_id in session.execute(waiting).all():
             period = budgets.current_period(session, team_id=team_id, now=now)
             if period is None or period.limit_amount > period.settled + period.reserved:
                 job = repo.resume_job(session, job_id)

@@ -86,6 +86,22 @@ def status_table(info: dict[str, Any]) -> Table:
     return table
 
 
+def calibration_table(summary: dict[str, Any]) -> Table:
+    """What a calibration measured: per model, items judged, right, the interval, and the outcome."""
+    mode = summary.get("mode")
+    truth = "gold labels" if mode == "gold" else f"agreement with {summary.get('reference_id')}"
+    title = f"Calibration on {summary.get('sample', 0)} items ({truth}); spent {usd(summary.get('spent_usd'), 6)}"
+    table = Table(title=title, title_justify="left")
+    for column in ("model", "n", "right", "mean", "95% interval"):
+        table.add_column(column, no_wrap=True)
+    for model_id, est in (summary.get("estimates") or {}).items():
+        table.add_row(model_id, str(est["n"]), str(est["right"]), f"{est['mean']:.3f}", f"[{est['lower']:.3f}, {est['upper']:.3f}]")
+    cascade = summary.get("cascade")
+    if cascade:
+        table.caption = ("[green]cascade chosen[/]: " if cascade["use_cascade"] else "cascade not chosen: ") + "; ".join(cascade["reasons"])
+    return table
+
+
 # Piped or logged output has no terminal width; 120 columns keeps the decision table readable.
 PIPED_WIDTH = 120
 

@@ -83,9 +83,10 @@ def test_job_pauses_when_the_budget_is_spent_and_resumes_when_raised(sqlite_cli:
     path = write_demo_file(tmp_path / "tickets.jsonl", n=300)
     assert _run("budget", "set", "--team", "growth", "--monthly", "0.001", "--soft", "50%")[0] == 0
     labels = "billing,bug,account,other"
-    code, output = _run("submit", str(path), "--task", "classify", "--labels", labels, "--team", "growth")
+    code, output = _run("submit", str(path), "--task", "classify", "--labels", labels, "--team", "growth", "--quality", "prior")
     assert code == 2 and "exceeds team growth's remaining budget $0.001000" in output  # reject is the default
-    code, output = _run("submit", str(path), "--task", "classify", "--labels", labels, "--team", "growth", "--on-budget", "pause")
+    code, output = _run("submit", str(path), "--task", "classify", "--labels", labels, "--team", "growth", "--on-budget", "pause",
+                        "--quality", "prior")
     assert code == 0 and "is paused: its team's budget is spent" in output, output
     job_id = output.split("job ", 1)[1].split(":", 1)[0].strip()
     with session_scope(sqlite_cli) as session:
@@ -120,7 +121,8 @@ def test_report_command_in_every_format(sqlite_cli: Settings, tmp_path: Path) ->
     from datetime import UTC, datetime
 
     path = write_demo_file(tmp_path / "tickets.jsonl", n=120)
-    assert _run("submit", str(path), "--task", "classify", "--labels", "billing,bug,account,other", "--team", "growth")[0] == 0
+    assert _run("submit", str(path), "--task", "classify", "--labels", "billing,bug,account,other", "--team", "growth",
+                "--quality", "prior")[0] == 0
     month = datetime.now(UTC).strftime("%Y-%m")
     with session_scope(sqlite_cli) as session:
         ledger = sum((c for (c,) in session.execute(select(Call.cost_usd))), start=Decimal(0))

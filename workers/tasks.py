@@ -8,9 +8,12 @@ from typing import Any
 from celery.signals import worker_process_shutdown
 
 from router.catalog import Catalog, load_catalog
-from router.dispatch import RESUME_PAUSED_TASK, RUN_CHUNK_TASK
+from router.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_TASK
 from router import runtime
+from router.calibrate import calibrate_job
+from router.db import session_scope
 from router.engine import run_chunk
+from router.ledger import repo
 from router.jobs import dispatch_job, resumable_jobs
 from router.providers.registry import close_all
 from router.settings import get_settings
@@ -28,6 +31,18 @@ def run_chunk_task(job_id: str, lo: int, hi: int) -> dict[str, int]:
     """Run one chunk (items lo <= seq < hi) of a job; items already done or held elsewhere are skipped."""
     outcome = run_chunk(get_settings(), _catalog(), job_id=job_id, lo=lo, hi=hi)
     return {"claimed": outcome.claimed, "done": outcome.done, "failed": outcome.failed}
+
+
+@app.task(name=CALIBRATE_TASK)
+def calibrate_job_task(job_id: str) -> str:
+    """Calibrate a job on a sample, then hand its chunks to workers (if a model was chosen)."""
+    settings = get_settings()
+    summary = calibrate_job(settings, _catalog(), job_id=job_id)
+    if summary.get("outcome") == "chosen":
+        with session_scope(settings) as session:
+            n_items = repo.get_job(session, job_id).n_items
+        dispatch_job(settings, job_id, n_items)
+    return str(summary.get("outcome"))
 
 
 @app.task(name=RESUME_PAUSED_TASK)

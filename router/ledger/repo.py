@@ -153,6 +153,27 @@ def add_drift_counts(session: Session, *, job_id: str, checked: int, agreed: int
         n_drift_checked=JOB.c.n_drift_checked + checked, n_drift_agreed=JOB.c.n_drift_agreed + agreed))
 
 
+def upsert_quality_estimate(session: Session, *, values: dict[str, Any]) -> None:
+    """Keep the newest estimate per (tenant, signature, model)."""
+    key = (QE.c.tenant_id == values["tenant_id"]) & (QE.c.signature == values["signature"]) & (QE.c.model_id == values["model_id"])
+    found = session.execute(select(QE.c.id).where(key)).first()
+    if found is None:
+        session.execute(insert(QE).values(**values))
+    else:
+        session.execute(update(QE).where(QE.c.id == found.id).values(**values))
+
+
+def quality_estimates(session: Session, *, tenant_id: int | None = None, signature: str | None = None) -> list[Any]:
+    """Stored estimates with their tenant's name, newest first."""
+    tenant = Tenant.__table__  # type: ignore[attr-defined]
+    query = select(QE, tenant.c.name.label("tenant")).join(tenant, tenant.c.id == QE.c.tenant_id)
+    if tenant_id is not None:
+        query = query.where(QE.c.tenant_id == tenant_id)
+    if signature is not None:
+        query = query.where(QE.c.signature == signature)
+    return list(session.execute(query.order_by(tenant.c.name, QE.c.signature, QE.c.mean.desc())).all())
+
+
 def mark_drifted(session: Session, *, tenant_id: int, model_ids: Sequence[str], now: datetime,
                  signature: str | None = None) -> None:
     """Mark a tenant's quality estimates of `model_ids` as drifted: later jobs re-measure them."""

@@ -47,10 +47,11 @@ class CallStatus:
 
 
 class JobStatus:
+    CALIBRATING = "calibrating"  # candidate models answer a sample before the bulk runs
     RUNNING = "running"
-    PAUSED = "paused"  # waiting for budget (raised, or the next period)
+    PAUSED = "paused"  # waiting for budget (raised, or the next period), or for a stopped provider to be fixed
     DONE = "done"
-    NO_MODEL = "no_model"  # no model met the bar and constraints; nothing was run
+    NO_MODEL = "no_model"  # no model met the bar and constraints (or calibration could not decide); the bulk did not run
     CANCELLED = "cancelled"
 
 

@@ -1,0 +1,436 @@
+"""Calibration: measure candidate models on a sample of the job's own items before the bulk runs.
+
+    gold       the job's labelled items (`gold`) are the sample; a model's score is its accuracy on them.
+    reference  no labels: the strongest eligible model answers a sample first, and a model's score is
+               its agreement with those answers.
+
+Candidates answer the sample cheapest first, a slice at a time, and the search stops as soon as the
+choice is decided (policies.calibration). Every call is ledgered with purpose "calibration". The
+measured estimates are kept per (tenant, task signature, model) and reused by later jobs of the same
+kind. A gold item answered by the chosen model keeps that answer as its result: it is not charged twice.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, text, update
+
+from policies.confidence import wilson_lower_bound, wilson_upper_bound
+from policies.cheapest_qualifying import choose_model
+from policies.types import Candidate, JobProfile, QualityEstimate
+from router import engine, quality
+from router.catalog import Catalog
+from router.db import get_engine, session_scope
+from router.ledger import repo
+from router.ledger.tables import CallStatus, Item, ItemStatus, Job, JobStatus, utcnow
+from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
+from router.routing import candidates, decision_as_json
+from router.settings import Settings
+from router.strategy import DEFAULT_DRIFT_SHARE, Route, fallbacks_from
+
+# At most this many items are used to calibrate: at 200 items a Wilson bound is within about +-4
+# points of the mean at 90% accuracy, enough to separate models, and cheap next to a batch.
+MAX_SAMPLE = 200
+# A model answers the sample a slice at a time, so a clearly good or bad model is decided early.
+SLICE = 50
+# Measured estimates are reused this long; older ones are measured again.
+ESTIMATE_TTL = timedelta(days=30)
+
+
+@dataclass
+class Calibration:
+    """What a calibration found: per model, the items it answered and which it got right."""
+
+    mode: str  # gold | reference
+    sample: list[Any]  # item rows (id, seq, text, gold)
+    truth: dict[int, str]  # item id -> the right answer (gold, or the reference's answer)
+    answers: dict[str, dict[int, str | None]] = field(default_factory=dict)  # model -> item id -> answer
+    calls: dict[str, dict[int, str]] = field(default_factory=dict)  # model -> item id -> call id
+    spent_usd: Decimal = Decimal(0)
+    reference_id: str | None = None
+    steps: list[str] = field(default_factory=list)
+
+    def counts(self, model_id: str) -> tuple[int, int]:
+        """(items judged, items right) for a model: items with a truth and an answer attempt."""
+        got = self.answers.get(model_id, {})
+        judged = [i for i in got if i in self.truth]
+        return len(judged), sum(1 for i in judged if got[i] == self.truth[i])
+
+
+def signature(job: Any) -> str:
+    return quality.signature(job.task, job.labels, job.max_words)
+
+
+def calibrate_job(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[str, Any]:
+    """Calibrate a job whose status is calibrating, then set its route; safe to run twice (the
+    second finds the job no longer calibrating, or waits on the first's lock). Returns the summary
+    kept on the job row."""
+    with _job_lock(settings, job_id) as locked:
+        if not locked:
+            return {}
+        with session_scope(settings) as session:
+            job = repo.job_for_chunk(session, job_id)
+            full = session.get(Job, job_id)
+            if job is None or full is None or full.status != JobStatus.CALIBRATING:
+                return {}
+            mode = full.quality_mode
+            # A run cut short left calls in flight: their outcome is unknown (never charged twice).
+            session.execute(update(repo.CALL).where(repo.CALL.c.job_id == job_id, repo.CALL.c.purpose == "calibration",
+                                                    repo.CALL.c.status == CallStatus.IN_FLIGHT)
+                            .values(status=CallStatus.UNKNOWN, error="calibration interrupted", finished_at=utcnow()))
+            sample_job = (full.calibration or {}).get("sample_job_id") or job_id
+            sample = _sample(session, sample_job, mode)
+            decision = full.decision or {}
+            profile = _profile(full)
+        pool = candidates(catalog, settings, task=job.task, simulated=job.simulated)
+        eligible = _eligible(decision)
+        cal = Calibration(mode=mode, sample=sample, truth={})
+        try:
+            return _search(settings, catalog, full, job, profile, pool, cal, eligible, sample)
+        except CalibrationBudgetError as exc:
+            return _stop(settings, full.id, {"mode": mode, "outcome": "budget", "estimates": {},
+                                             "message": f"{exc}: raise it with `pennyroute budget set`, or submit with --quality prior"})
+
+
+def _search(settings: Settings, catalog: Catalog, full: Job, job: Any, profile: JobProfile, pool: list[Candidate],
+            cal: Calibration, eligible: list[str], sample: list[Any]) -> dict[str, Any]:
+    """Test candidates cheapest first until the choice is decided, then conclude."""
+    if cal.mode == "gold":
+        cal.truth = {row.id: row.gold for row in sample}
+    else:
+        cal.reference_id = _strongest(eligible, pool)
+        _answer(settings, catalog, job, cal, cal.reference_id, sample)
+        cal.truth = {i: a for i, a in cal.answers[cal.reference_id].items() if a is not None}
+    tested = [m for m in eligible if m != cal.reference_id]
+    costs = {m: _per_item_cost(catalog, job, m, sample) for m in eligible}
+    step = next_step(models=tuple(tested), counts={m: cal.counts(m) for m in cal.answers}, sample_size=len(cal.truth),
+                     bar=profile.min_quality, confidence=profile.confidence, slice_size=SLICE)
+    while step.kind == "test":
+        assert step.model_id is not None
+        done = set(cal.answers.get(step.model_id, {}))
+        batch = [row for row in sample if row.id in cal.truth and row.id not in done][:step.n_items]
+        cal.steps.append(f"{step.model_id}: {len(batch)} items")
+        _answer(settings, catalog, job, cal, step.model_id, batch)
+        step = next_step(models=tuple(tested), counts={m: cal.counts(m) for m in cal.answers}, sample_size=len(cal.truth),
+                         bar=profile.min_quality, confidence=profile.confidence, slice_size=SLICE)
+    return _conclude(settings, catalog, full, job, profile, pool, cal, step, costs)
+
+
+def _conclude(settings: Settings, catalog: Catalog, full: Job, job: Any, profile: JobProfile, pool: list[Candidate],
+              cal: Calibration, step: CalibrationStep, costs: dict[str, Decimal]) -> dict[str, Any]:
+    measured = {m: cal.counts(m) for m in cal.answers if m != cal.reference_id}
+    source = "gold labels" if cal.mode == "gold" else f"agreement with {cal.reference_id}"
+    measured_pool = [
+        _with_estimate(c, measured[c.model_id], source) if c.model_id in measured else c for c in pool
+    ]
+    decision = choose_model(profile, measured_pool)
+    cascade: CascadeChoice | None = None
+    if step.kind == "chosen" and job.task == "classify":
+        cascade = choose_cascade(answers=cal.answers, truth=cal.truth, costs=costs, single=step.model_id,
+                                 bar=profile.min_quality, confidence=profile.confidence)
+    summary: dict[str, Any] = {
+        "mode": cal.mode, "reference_id": cal.reference_id, "sample": len(cal.truth), "steps": cal.steps,
+        "signature": signature(job), "outcome": step.kind, "message": step.reason,
+        "sample_job_id": (full.calibration or {}).get("sample_job_id"),
+        "estimates": {m: _estimate_json(n, k, profile.confidence) for m, (n, k) in measured.items()},
+        "cascade": cascade.as_json() if cascade else None,
+    }
+    now = utcnow()
+    with session_scope(settings) as session:
+        row = session.get(Job, full.id, with_for_update=True)
+        assert row is not None
+        summary["spent_usd"] = str(repo.job_spend(session, full.id))
+        _store_estimates(session, catalog, job, measured, cal, profile.confidence, now)
+        if step.kind != "chosen" or not decision.ok:
+            row.status = JobStatus.NO_MODEL
+            row.decision = decision_as_json(decision)
+            row.calibration = summary
+            row.finished_at = now
+            session.add(row)
+            repo.add_job_event(session, job_id=full.id, kind="calibrated", detail={"outcome": step.kind, "message": step.reason})
+            return summary
+        route = _route(decision, cascade, cal, row)
+        row.route = route.as_json()
+        row.model_id = route.model_id
+        row.decision = decision_as_json(decision)
+        row.expected_cost_usd = decision.expected_cost_usd
+        row.calibration = summary
+        row.status = JobStatus.RUNNING
+        session.add(row)
+        kept = _keep_answers(session, row, cal, route) if not (full.calibration or {}).get("sample_job_id") else 0
+        summary["kept_answers"] = kept
+        row.calibration = dict(summary)
+        repo.add_job_event(session, job_id=full.id, kind="calibrated",
+                           detail={"outcome": "chosen", "route": route.kind, "model_id": route.model_id, "kept_answers": kept})
+    return summary
+
+
+def _stop(settings: Settings, job_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """End a job before its bulk, keeping why on the job row (it spends nothing more)."""
+    with session_scope(settings) as session:
+        row = session.get(Job, job_id, with_for_update=True)
+        assert row is not None
+        summary["spent_usd"] = str(repo.job_spend(session, job_id))
+        row.status = JobStatus.NO_MODEL
+        row.calibration = summary
+        row.finished_at = utcnow()
+        session.add(row)
+        repo.add_job_event(session, job_id=job_id, kind="calibrated", detail={"outcome": summary["outcome"], "message": summary["message"]})
+    return summary
+
+
+def _route(decision: Any, cascade: CascadeChoice | None, cal: Calibration, job: Job) -> Route:
+    chosen = decision.model_id
+    reference = cal.reference_id or decision.baseline_model_id
+    drift_share = DEFAULT_DRIFT_SHARE if job.task == "classify" and reference and reference != chosen else 0.0
+    fallbacks = fallbacks_from(decision, exclude={chosen})
+    if cascade is not None and cascade.use_cascade:
+        return Route(kind="cascade", model_id=cascade.first_id, second_id=cascade.second_id, strong_id=cascade.strong_id,
+                     fallbacks=fallbacks, reference_id=reference, drift_share=drift_share, reasons=tuple(cascade.reasons))
+    return Route(kind="single", model_id=chosen, fallbacks=fallbacks, reference_id=reference, drift_share=drift_share,
+                 reasons=(decision.summary,))
+
+
+def _keep_answers(session: Any, job: Job, cal: Calibration, route: Route) -> int:
+    """Gold items the chosen single model already answered keep that answer: not charged twice."""
+    if route.kind != "single" or cal.mode != "gold":
+        return 0
+    answers = cal.answers.get(route.model_id, {})
+    calls = cal.calls.get(route.model_id, {})
+    rows = [{"id": i, "status": ItemStatus.DONE, "output": a, "error": None, "final_call_id": calls[i],
+             "finished_at": utcnow(), "lease_until": None} for i, a in answers.items() if a is not None and i in calls]
+    if rows:
+        repo.finish_items(session, rows)
+        repo.count_finished(session, job_id=job.id, done=len(rows), failed=0, now=utcnow())
+    return len(rows)
+
+
+def _answer(settings: Settings, catalog: Catalog, job: Any, cal: Calibration, model_id: str, rows: list[Any]) -> None:
+    """Have `model_id` answer `rows` (purpose calibration), ledgered like any call."""
+    if not rows:
+        return
+    chunk = engine._Chunk.build(catalog, job, route=Route(kind="single", model_id=model_id), purpose="calibration")
+    if job.has_budget:
+        batch = engine._reserve_batch(settings, catalog, chunk, rows)
+        if batch is None:
+            raise CalibrationBudgetError("the team's budget cannot take the calibration calls")
+    else:
+        with session_scope(settings) as session:
+            batch = engine._unbudgeted_batch(session, catalog, chunk, rows)
+    executed = engine._execute(settings, catalog, chunk, batch)
+    engine._finish(settings, catalog, chunk, executed, write_items=False)
+    got = cal.answers.setdefault(model_id, {})
+    calls = cal.calls.setdefault(model_id, {})
+    for item_id, by_model in executed.answers.items():
+        answer = by_model.get(model_id)
+        if answer is not None:
+            got[item_id] = answer.output
+            calls[item_id] = answer.call_id
+
+
+class CalibrationBudgetError(Exception):
+    """Raised when a team's budget cannot take a calibration's calls."""
+
+
+def _sample(session: Any, job_id: str, mode: str) -> list[Any]:
+    item = Item.__table__  # type: ignore[attr-defined]
+    query = select(item.c.id, item.c.seq, item.c.text, item.c.gold).where(item.c.job_id == job_id)
+    if mode == "gold":
+        query = query.where(item.c.gold.is_not(None)).order_by(item.c.seq).limit(MAX_SAMPLE)
+        return list(session.execute(query).all())
+    # Reference mode: a spread sample (every k-th item), not just the file's first lines.
+    n_items = session.get(Job, job_id).n_items
+    step = max(1, n_items // MAX_SAMPLE)
+    rows = session.execute(query.where(item.c.seq % step == 0).order_by(item.c.seq).limit(MAX_SAMPLE)).all()
+    return list(rows)
+
+
+def _profile(job: Job) -> JobProfile:
+    constraints = job.constraints or {}
+    output = 8 if job.task == "classify" else int((job.max_words or 60) * 1.5)
+    return JobProfile(task=job.task, min_quality=job.min_quality, n_items=job.n_items, total_input_tokens=job.total_input_tokens,
+                      max_input_tokens=job.max_input_tokens, output_tokens_per_item=output,
+                      allowed_providers=frozenset(constraints["providers"]) if constraints.get("providers") else None,
+                      allowed_models=frozenset(constraints["models"]) if constraints.get("models") else None,
+                      regions=frozenset(constraints["regions"]) if constraints.get("regions") else None)
+
+
+def _eligible(decision: dict[str, Any]) -> list[str]:
+    """Models meeting the job's constraints, cheapest expected cost first."""
+    verdicts = [v for v in decision.get("verdicts", []) if v.get("meets_constraints") and v.get("expected_cost_usd") is not None]
+    verdicts.sort(key=lambda v: Decimal(v["expected_cost_usd"]))
+    return [v["model_id"] for v in verdicts]
+
+
+def _strongest(eligible: list[str], pool: list[Candidate]) -> str:
+    """The reference: the eligible model with the best quality prior (then the dearest)."""
+    by_id = {c.model_id: c for c in pool}
+    def strength(model_id: str) -> tuple[float, int]:
+        quality = by_id[model_id].quality
+        return (quality.value if quality is not None else 0.0), eligible.index(model_id)
+
+    return max(eligible, key=strength)
+
+
+def _per_item_cost(catalog: Catalog, job: Any, model_id: str, sample: list[Any]) -> Decimal:
+    """Expected cost of one item on `model_id`, from the sample's lengths."""
+    spec = engine.prompt_spec(job)
+    if not sample:
+        return Decimal(0)
+    tokens = sum(estimate_tokens(row.text) for row in sample) / len(sample) + estimate_tokens(spec.system) + MESSAGE_OVERHEAD_TOKENS
+    price = catalog.price(model_id)
+    return (Decimal(int(tokens)) * price.input.base + Decimal(spec.expected_output_tokens) * price.output.base) / Decimal(1_000_000)
+
+
+def _with_estimate(candidate: Candidate, counts: tuple[int, int], source: str) -> Candidate:
+    n, k = counts
+    from dataclasses import replace
+
+    return replace(candidate, quality=QualityEstimate(value=k / n if n else 0.0, n=n, source=source))
+
+
+def _estimate_json(n: int, k: int, confidence: float) -> dict[str, Any]:
+    mean = k / n if n else 0.0
+    return {"n": n, "right": k, "mean": round(mean, 4), "lower": round(wilson_lower_bound(mean, n, confidence), 4),
+            "upper": round(wilson_upper_bound(mean, n, confidence), 4)}
+
+
+def _store_estimates(session: Any, catalog: Catalog, job: Any, measured: dict[str, tuple[int, int]], cal: Calibration,
+                     confidence: float, now: datetime) -> None:
+    for model_id, (n, k) in measured.items():
+        if not n:
+            continue
+        estimate = _estimate_json(n, k, confidence)
+        price = catalog.price(model_id, now)
+        repo.upsert_quality_estimate(session, values={
+            "tenant_id": job.tenant_id, "signature": signature(job), "task": job.task, "model_id": model_id,
+            "source": "gold" if cal.mode == "gold" else "reference", "n": n, "successes": float(k),
+            "mean": estimate["mean"], "lower": estimate["lower"], "upper": estimate["upper"], "confidence": confidence,
+            "input_usd_per_mtok": price.input.base, "output_usd_per_mtok": price.output.base, "job_id": job.id,
+            "measured_at": now, "expires_at": now + ESTIMATE_TTL, "drifted_at": None,
+        })
+
+
+# -- decisions (to move to policies/) -------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CalibrationStep:
+    kind: str  # test | chosen | need_more | none
+    model_id: str | None
+    n_items: int
+    reason: str
+
+
+def next_step(*, models: tuple[str, ...], counts: dict[str, tuple[int, int]], sample_size: int, bar: float,
+              confidence: float, slice_size: int) -> CalibrationStep:
+    """Cheapest first: test a model a slice at a time until its bound clears the bar (chosen) or its
+    upper bound falls below it (dropped); a model undecided on the whole sample is passed over."""
+    undecided: list[tuple[str, int, int]] = []
+    for model_id in models:
+        n, k = counts.get(model_id, (0, 0))
+        mean = k / n if n else 0.0
+        lower, upper = wilson_lower_bound(mean, n, confidence), wilson_upper_bound(mean, n, confidence)
+        if n and lower >= bar:
+            return CalibrationStep("chosen", model_id, 0, f"{model_id}: {k}/{n} right, lower bound {lower:.3f} >= bar {bar:.3f}")
+        if n and upper < bar:
+            continue
+        if n < sample_size:
+            return CalibrationStep("test", model_id, min(slice_size, sample_size - n), f"{model_id}: undecided at {k}/{n}")
+        undecided.append((model_id, n, k))
+    if undecided:
+        model_id, n, k = max(undecided, key=lambda u: u[2] / u[1])
+        more = _items_needed(k / n, n, bar, confidence)
+        return CalibrationStep("need_more", model_id, more, (
+            f"the sample of {sample_size} items cannot decide: {model_id} got {k}/{n} right "
+            f"(bound {wilson_lower_bound(k / n, n, confidence):.3f} < bar {bar:.3f} <= {wilson_upper_bound(k / n, n, confidence):.3f}); "
+            f"about {more} more labelled items would decide it"))
+    detail = "; ".join(f"{m}: {counts[m][1]}/{counts[m][0]}" for m in models if m in counts) or "no model could be tested"
+    return CalibrationStep("none", None, 0, f"no model meets the bar {bar:.3f} on this job's sample ({detail})")
+
+
+def _items_needed(mean: float, n: int, bar: float, confidence: float) -> int:
+    """More items at the same rate for the lower bound to reach the bar (0 if it never would)."""
+    if mean <= bar:
+        return 0
+    total = n
+    while wilson_lower_bound(mean, total, confidence) < bar and total < 1_000_000:
+        total = int(total * 1.2) + 1
+    return max(0, total - n)
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeChoice:
+    use_cascade: bool
+    first_id: str
+    second_id: str
+    strong_id: str
+    expected_cost_usd: Decimal
+    single_cost_usd: Decimal
+    n: int
+    right: int
+    escalated: int
+    reasons: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"use_cascade": self.use_cascade, "first_id": self.first_id, "second_id": self.second_id,
+                "strong_id": self.strong_id, "expected_cost_usd": str(self.expected_cost_usd),
+                "single_cost_usd": str(self.single_cost_usd), "n": self.n, "right": self.right,
+                "escalated": self.escalated, "reasons": list(self.reasons)}
+
+
+def choose_cascade(*, answers: dict[str, dict[int, str | None]], truth: dict[int, str], costs: dict[str, Decimal],
+                   single: str | None, bar: float, confidence: float) -> CascadeChoice | None:
+    """Two cheap models answer; if they agree that answer stands, else the single choice answers.
+    The cascade wins when its bound meets the bar at a lower expected cost than the single model."""
+    if single is None or single not in answers:
+        return None
+    cheap = [m for m in answers if m != single and costs.get(m, Decimal(0)) < costs[single]]
+    best: CascadeChoice | None = None
+    for a_index, first in enumerate(cheap):
+        for second in cheap[a_index + 1:]:
+            items = [i for i in truth if i in answers[first] and i in answers[second] and i in answers[single]]
+            if not items:
+                continue
+            right = escalated = 0
+            for i in items:
+                a, b = answers[first][i], answers[second][i]
+                if a is not None and a == b:
+                    right += a == truth[i]
+                else:
+                    escalated += 1
+                    right += answers[single][i] == truth[i]
+            n = len(items)
+            lower = wilson_lower_bound(right / n, n, confidence)
+            cost = costs[first] + costs[second] + costs[single] * Decimal(escalated) / Decimal(n)
+            use = lower >= bar and cost < costs[single]
+            reasons = (f"cascade {first} + {second} -> {single}: {right}/{n} right, bound {lower:.3f} "
+                       f"({'meets' if lower >= bar else 'misses'} bar {bar:.3f}), {escalated}/{n} escalated, "
+                       f"${cost:.8f}/item vs ${costs[single]:.8f} on {single} alone",)
+            choice = CascadeChoice(use, first, second, single, cost, costs[single], n, right, escalated, reasons)
+            if best is None or (use, -cost) > (best.use_cascade, -best.expected_cost_usd):
+                best = choice
+    return best
+
+
+@contextmanager
+def _job_lock(settings: Settings, job_id: str) -> Iterator[bool]:
+    """Hold a Postgres advisory lock on the job for the calibration (SQLite: one process, no lock)."""
+    if settings.is_sqlite:
+        yield True
+        return
+    key = zlib.crc32(f"calibrate:{job_id}".encode())
+    with get_engine(settings).connect() as conn:
+        locked = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        try:
+            yield locked
+        finally:
+            if locked:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
