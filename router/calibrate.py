@@ -160,7 +160,8 @@ def _conclude(settings: Settings, catalog: Catalog, full: Job, job: Any, profile
         row.route = route.as_json()
         row.model_id = route.model_id
         row.decision = decision_as_json(decision)
-        row.expected_cost_usd = decision.expected_cost_usd
+        row.expected_cost_usd = (cascade.expected_cost_usd * row.n_items if route.kind == "cascade" and cascade
+                                 else decision.expected_cost_usd)
         row.calibration = summary
         row.status = JobStatus.RUNNING
         session.add(row)
@@ -199,17 +200,41 @@ def _route(decision: Any, cascade: CascadeChoice | None, cal: Calibration, job: 
 
 
 def _keep_answers(session: Any, job: Job, cal: Calibration, route: Route) -> int:
-    """Gold items the chosen single model already answered keep that answer: not charged twice."""
-    if route.kind != "single" or cal.mode != "gold":
+    """Gold items whose answer under the chosen route is already known keep it: not charged twice.
+
+    Single model: its calibration answer. Cascade: the two cheap models' shared answer, or, where
+    they disagreed, the strong model's answer when it was asked."""
+    if cal.mode != "gold":
         return 0
-    answers = cal.answers.get(route.model_id, {})
-    calls = cal.calls.get(route.model_id, {})
-    rows = [{"id": i, "status": ItemStatus.DONE, "output": a, "error": None, "final_call_id": calls[i],
-             "finished_at": utcnow(), "lease_until": None} for i, a in answers.items() if a is not None and i in calls]
+    rows = []
+    for item_id in cal.truth:
+        found = _route_answer(cal, route, item_id)
+        if found is not None:
+            answer, call_id = found
+            rows.append({"id": item_id, "status": ItemStatus.DONE, "output": answer, "error": None,
+                         "final_call_id": call_id, "finished_at": utcnow(), "lease_until": None})
     if rows:
         repo.finish_items(session, rows)
         repo.count_finished(session, job_id=job.id, done=len(rows), failed=0, now=utcnow())
     return len(rows)
+
+
+def _route_answer(cal: Calibration, route: Route, item_id: int) -> tuple[str, str] | None:
+    def known(model_id: str | None) -> tuple[str | None, str] | None:
+        if model_id is None or item_id not in cal.calls.get(model_id, {}):
+            return None
+        return cal.answers[model_id].get(item_id), cal.calls[model_id][item_id]
+
+    if route.kind == "cascade":
+        first, second = known(route.model_id), known(route.second_id)
+        if first is not None and second is not None and first[0] is not None and first[0] == second[0]:
+            return first[0], first[1]
+        if first is None or second is None:
+            return None
+        strong = known(route.strong_id)
+        return (strong[0], strong[1]) if strong is not None and strong[0] is not None else None
+    single = known(route.model_id)
+    return (single[0], single[1]) if single is not None and single[0] is not None else None
 
 
 def _answer(settings: Settings, catalog: Catalog, job: Any, cal: Calibration, model_id: str, rows: list[Any]) -> None:

@@ -25,13 +25,24 @@ _OPENERS = ["", "Hi team, ", "Good morning. ", "Urgent: ", "Quick one: ", "Hello
 _NAMES = ["Ana", "Ben", "Chloe", "Dmitri", "Eva", "Farid", "Greta", "Hugo", "Ines", "Jon"]
 
 
-def write_demo_file(path: Path, n: int = 400, seed: int = 7) -> Path:
-    """Write `n` labelled tickets as JSONL to `path`."""
+def write_demo_file(path: Path, n: int = 400, seed: int = 7, labelled: int | None = None) -> Path:
+    """Write `n` tickets as JSONL to `path`; the first `labelled` (default: all) carry their gold label."""
+    write_demo_tickets(path, n=n, seed=seed, labelled=labelled)
+    return path
+
+
+def write_demo_tickets(path: Path, *, n: int, seed: int = 7, labelled: int | None = None) -> dict[str, str]:
+    """Write `n` tickets to `path`; return every ticket's right label by id (to score the results)."""
     rng = random.Random(seed)
+    truth: dict[str, str] = {}
     with path.open("w") as handle:
         for i in range(n):
             label = rng.choice(DEMO_LABELS)
             text = (f"{rng.choice(_OPENERS)}{rng.choice(_TEMPLATES[label])} "
                     f"Customer {rng.choice(_NAMES)}, ref {rng.randint(10000, 99999)}.")
-            handle.write(json.dumps({"id": f"t{i:05d}", "text": text, "gold": label}) + "\n")
-    return path
+            line: dict[str, str] = {"id": f"t{i:05d}", "text": text}
+            if labelled is None or i < labelled:
+                line["gold"] = label
+            truth[line["id"]] = label
+            handle.write(json.dumps(line) + "\n")
+    return truth

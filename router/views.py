@@ -86,6 +86,66 @@ def status_table(info: dict[str, Any]) -> Table:
     return table
 
 
+def route_text(job: Any) -> str:
+    """How a job's items run, in a line: the model or cascade, and where its quality figure came from."""
+    route = job.route or {}
+    if job.status == "calibrating":
+        return "calibrating: candidates are answering the sample"
+    if route.get("kind") == "cascade":
+        text = f"cascade: {route['model_id']} + {route['second_id']} agree, else {route['strong_id']}"
+    else:
+        text = f"{job.model_id or '-'}"
+    if route.get("fallbacks"):
+        text += f"; fallback {', '.join(route['fallbacks'][:2])}" + ("..." if len(route["fallbacks"]) > 2 else "")
+    if route.get("reference_id") and route.get("drift_share"):
+        text += f"; drift checks {route['drift_share']:.0%} against {route['reference_id']}"
+    mode = {"gold": "calibrated on gold labels", "reference": "calibrated against a reference model",
+            "prior": "quality from priors or stored estimates"}.get(job.quality_mode, job.quality_mode)
+    return f"{text} ({mode})"
+
+
+def quality_report(job: Any, facts: dict[str, Any], events: list[tuple[str, dict[str, Any]]]) -> Table:
+    """`status --quality`: the bar, the measured estimate, who answered, escalations, drift, cost vs baseline."""
+    table = Table(show_header=False, title=f"Quality report, job {job.id}", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    route = job.route or {}
+    calibration = job.calibration or {}
+    estimates = calibration.get("estimates") or {}
+    table.add_row("bar", f"{job.min_quality:.3f} (95% lower bound must meet it)")
+    cascade = calibration.get("cascade")
+    if route.get("kind") == "cascade" and cascade:
+        n, right = cascade["n"], cascade["right"]
+        table.add_row("measured", f"cascade {right}/{n} right on the sample; {cascade['escalated']}/{n} escalated")
+    elif job.model_id in estimates:
+        est = estimates[job.model_id]
+        table.add_row("measured", f"{job.model_id}: {est['mean']:.3f} in [{est['lower']:.3f}, {est['upper']:.3f}], n = {est['n']}")
+    else:
+        table.add_row("measured", "not measured on this job (priors or stored estimates: see the routing decision)")
+    total = sum(facts["answered"].values())
+    shares = ", ".join(f"{m} {k:,} ({k / total:.0%})" for m, k in sorted(facts["answered"].items(), key=lambda x: -x[1])) if total else "none yet"
+    table.add_row("answered by", shares)
+    if route.get("kind") == "cascade":
+        escalated = sum(k for purpose, m, k, _ in facts["calls"] if purpose == "run" and m == route.get("strong_id"))
+        table.add_row("escalations", f"{escalated:,} items went to {route.get('strong_id')}")
+    if job.n_drift_checked or route.get("drift_share"):
+        table.add_row("drift checks", f"{job.n_drift_agreed:,}/{job.n_drift_checked:,} agreed with {route.get('reference_id')}")
+    spend: dict[str, Decimal] = {}
+    for purpose, _model, _count, cost in facts["calls"]:
+        spend[purpose] = spend.get(purpose, Decimal(0)) + cost
+    table.add_row("spend", ", ".join(f"{p} {usd(c, 6)}" for p, c in sorted(spend.items())) or "-")
+    run = spend.get("run", Decimal(0))
+    baseline = facts["baseline_usd"]
+    if baseline:
+        total_spend = sum(spend.values(), Decimal(0))
+        table.add_row("vs baseline", f"{usd(total_spend, 6)} all in, against {usd(baseline, 6)} for the run calls' tokens on "
+                      f"{job.baseline_model_id}: {1 - total_spend / baseline:.0%} saved ({1 - run / baseline:.0%} before calibration and drift checks)")
+    for kind, detail in events:
+        if kind in ("drift", "provider_stopped", "paused"):
+            table.add_row(kind, ", ".join(f"{k}: {v}" for k, v in detail.items()))
+    return table
+
+
 def calibration_table(summary: dict[str, Any]) -> Table:
     """What a calibration measured: per model, items judged, right, the interval, and the outcome."""
     mode = summary.get("mode")

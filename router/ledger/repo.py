@@ -433,6 +433,28 @@ def job_models(session: Session, job_id: str) -> list[tuple[str, int]]:
     return [(r[0], r[1]) for r in rows]
 
 
+def job_quality_facts(session: Session, job_id: str) -> dict[str, Any]:
+    """What a job's quality report needs from the ledger: who answered the items, calls and spend
+    by purpose and model, and the baseline cost of its run calls (from the rollups)."""
+    from router.ledger.tables import CallRollup
+
+    answered = session.execute(
+        select(CALL.c.model_id, func.count()).select_from(ITEM.join(CALL, CALL.c.id == ITEM.c.final_call_id))
+        .where(ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.DONE).group_by(CALL.c.model_id)
+    ).all()
+    by_purpose = session.execute(
+        select(CALL.c.purpose, CALL.c.model_id, func.count(), func.coalesce(func.sum(CALL.c.cost_usd), 0))
+        .where(CALL.c.job_id == job_id).group_by(CALL.c.purpose, CALL.c.model_id)
+    ).all()
+    rollup = CallRollup.__table__  # type: ignore[attr-defined]
+    baseline = sum_money(session, rollup.c.baseline_cost_usd, rollup.c.job_id == job_id, rollup.c.purpose == "run")
+    return {
+        "answered": {r[0]: r[1] for r in answered},
+        "calls": [(r[0], r[1], r[2], Decimal(str(r[3]))) for r in by_purpose],
+        "baseline_usd": baseline,
+    }
+
+
 def iter_results(session: Session, job_id: str, batch: int = 2000) -> Iterable[tuple[Any, Decimal]]:
     """Items in order with their final call and their total cost (retries included), streamed in
     batches: a job can hold millions of items."""
