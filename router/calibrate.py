@@ -92,8 +92,12 @@ def calibrate_job(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[
         pool = candidates(catalog, settings, task=job.task, simulated=job.simulated)
         eligible = _eligible(decision)
         cal = Calibration(mode=mode, sample=sample, truth={})
+        only = bool((full.calibration or {}).get("only"))
         try:
-            return _search(settings, catalog, full, job, profile, pool, cal, eligible, sample)
+            summary = _search(settings, catalog, full, job, profile, pool, cal, eligible, sample)
+            if only:
+                _close_without_bulk(settings, job_id)
+            return summary
         except CalibrationBudgetError as exc:
             return _stop(settings, full.id, {"mode": mode, "outcome": "budget", "estimates": {},
                                              "message": f"{exc}: raise it with `pennyroute budget set`, or submit with --quality prior"})
@@ -171,6 +175,23 @@ def _conclude(settings: Settings, catalog: Catalog, full: Job, job: Any, profile
         repo.add_job_event(session, job_id=full.id, kind="calibrated",
                            detail={"outcome": "chosen", "route": route.kind, "model_id": route.model_id, "kept_answers": kept})
     return summary
+
+
+def _close_without_bulk(settings: Settings, job_id: str) -> None:
+    """`pennyroute calibrate`: the items calibration did not answer are not run; the job ends."""
+    now = utcnow()
+    with session_scope(settings) as session:
+        row = session.get(Job, job_id, with_for_update=True)
+        if row is None or row.status != JobStatus.RUNNING:
+            return
+        item = Item.__table__  # type: ignore[attr-defined]
+        left = session.execute(update(item).where(item.c.job_id == job_id, item.c.status == ItemStatus.PENDING)
+                               .values(status=ItemStatus.FAILED, error="not run: calibration only", finished_at=now)).rowcount
+        if left:
+            row.n_failed += left
+        row.status = JobStatus.DONE
+        row.finished_at = now
+        session.add(row)
 
 
 def _stop(settings: Settings, job_id: str, summary: dict[str, Any]) -> dict[str, Any]:

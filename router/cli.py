@@ -27,7 +27,7 @@ from router.intake import JobRequest
 from router import budgets
 from router.jobs import NoModelError, Submitted, dispatch_job, resume_job, submit_job
 from router.ledger import repo
-from router.ledger.tables import JobStatus
+from router.ledger.tables import JobStatus, utcnow
 from router.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Route batch LLM work to the cheapest model that meets your bar; ledger every cent.")
@@ -309,6 +309,65 @@ def result_record(row: Any, cost: Decimal) -> dict[str, Any]:
     if row.simulated:
         record["simulated"] = True
     return record
+
+
+# -- quality ---------------------------------------------------------------------------------------
+
+@app.command("quality")
+def quality_cmd(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's estimates.")] = None,
+) -> None:
+    """List measured quality estimates (per tenant, kind of task and model) with their intervals."""
+    from router.quality import is_fresh
+
+    settings = _settings()
+    catalog = _catalog(settings)
+    with _ledger() as session:
+        tenant_id = repo.get_tenant(session, name=tenant).id if tenant else None
+        rows = repo.quality_estimates(session, tenant_id=tenant_id)
+        now = utcnow()
+        out.print(views.estimates_table(rows, fresh={r.id: is_fresh(r, catalog, now) for r in rows}))
+
+
+@app.command()
+def calibrate(
+    file: Annotated[Path, typer.Argument(help="JSONL with labelled lines ({\"id\", \"text\", \"gold\"}), or unlabelled with --reference.")],
+    task: Annotated[str, typer.Option(help="classify or summarize.")],
+    team: Annotated[str, typer.Option(help="The team the calibration calls are billed to.")],
+    min_quality: Annotated[float, typer.Option(help="Quality bar in 0..1.")] = 0.9,
+    labels: Annotated[str | None, typer.Option(help="classify: comma-separated labels.")] = None,
+    max_words: Annotated[int | None, typer.Option(help="summarize: target length in words.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="The team's tenant, when the team name is not unique.")] = None,
+    region: Annotated[str | None, typer.Option(help="Allowed model regions.")] = None,
+    providers: Annotated[str | None, typer.Option(help="Allowed providers, comma-separated.")] = None,
+    models: Annotated[str | None, typer.Option("--models", help="Allowed models, comma-separated.")] = None,
+    reference: Annotated[bool, typer.Option(help="No labels: score models by agreement with the strongest model.")] = False,
+) -> None:
+    """Measure the candidate models on a labelled sample now, and keep the estimates for later jobs of this kind."""
+    settings = _settings()
+    request = JobRequest(
+        path=file, team=team, tenant=tenant, task=task, min_quality=min_quality,
+        labels=tuple(v.strip() for v in labels.split(",")) if labels else (), max_words=max_words,
+        regions=_split(region), providers=_split(providers), models=_split(models),
+        quality="reference" if reference else "gold", calibrate_only=True,
+    )
+    try:
+        catalog = _catalog(settings)
+        submitted = submit_job(settings, catalog, request)
+        if submitted.simulated:
+            out.print(views.SIMULATED_BANNER)
+        with out.status("calibrating: candidate models answer the sample..."):
+            summary = calibrate_job(settings, catalog, job_id=submitted.job_id)
+    except NoModelError as exc:
+        out.print(views.decision_table(exc.decision, _catalog(settings), simulated=settings.sandbox_active))
+        raise _fail(exc) from None
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    out.print(views.calibration_table(summary))
+    out.print(f"{summary.get('outcome')}: {summary.get('message')}")
+    out.print(f"estimates kept for {summary.get('signature')}: `pennyroute quality` lists them; job {submitted.job_id}")
+    if summary.get("outcome") != "chosen":
+        raise typer.Exit(code=1)
 
 
 # -- demo ------------------------------------------------------------------------------------------

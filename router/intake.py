@@ -37,6 +37,7 @@ class JobRequest:
     # Where quality estimates come from: auto (calibrate on gold labels when the file has them, else
     # use estimates measured by earlier jobs of this kind, else priors), gold, reference, or prior.
     quality: str = "auto"
+    calibrate_only: bool = False  # `pennyroute calibrate`: measure the models, keep the estimates, run no bulk
 
 
 ON_BUDGET = ("reject", "downgrade", "pause")

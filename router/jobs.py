@@ -118,6 +118,8 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             max_input_tokens=max_tokens, output_tokens_per_item=spec.expected_output_tokens,
             allowed_providers=request.providers, allowed_models=request.models, regions=request.regions,
         )
+        if request.calibrate_only and request.quality in ("auto", "prior"):
+            request = replace(request, quality="gold" if n_gold else "reference")
         mode, sample_job = quality.mode_for(session, request, n_gold=n_gold, tenant_id=team.tenant_id, pool=pool,
                                             measured=measured, profile=profile)
         # A job that calibrates first is routed on its measurements, later; now only its constraints count.
@@ -142,8 +144,8 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         job.max_input_tokens = max_tokens
         job.quality_mode = "prior" if mode == "prior" else mode
         job.status = JobStatus.RUNNING if mode == "prior" else JobStatus.CALIBRATING
-        if sample_job:
-            job.calibration = {"sample_job_id": sample_job}
+        if sample_job or request.calibrate_only:
+            job.calibration = {"sample_job_id": sample_job, "only": request.calibrate_only}
     return Submitted(job_id, n_items, rejected, n_rejected, decision, simulated, calibrating=mode != "prior")
 
 

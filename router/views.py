@@ -146,6 +146,20 @@ def quality_report(job: Any, facts: dict[str, Any], events: list[tuple[str, dict
     return table
 
 
+def estimates_table(rows: list[Any], *, fresh: dict[int, bool]) -> Table:
+    """Stored quality estimates: per tenant, kind of task and model, with the interval and n."""
+    table = Table(title="Measured quality estimates (95% intervals)", title_justify="left")
+    for column in ("tenant", "task", "model", "mean", "interval", "n", "source", "measured", "state"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        state = "drifted" if r.drifted_at else ("fresh" if fresh.get(r.id) else "stale (expired or re-priced)")
+        table.add_row(r.tenant, r.signature, r.model_id, f"{r.mean:.3f}", f"[{r.lower:.3f}, {r.upper:.3f}]", str(r.n),
+                      r.source, f"{r.measured_at:%Y-%m-%d %H:%M}" if r.measured_at else "-", state)
+    if not rows:
+        table.caption = "none yet: jobs with gold labels, `--quality reference`, or `pennyroute calibrate` measure them"
+    return table
+
+
 def calibration_table(summary: dict[str, Any]) -> Table:
     """What a calibration measured: per model, items judged, right, the interval, and the outcome."""
     mode = summary.get("mode")
