@@ -81,11 +81,10 @@ def mode_for(session: Any, request: JobRequest, *, n_gold: int, tenant_id: int, 
     # Earlier jobs of this kind measured some models: a cheaper model they did not measure (new in
     # the catalog, or re-priced) is tested on the labelled items of the job that measured them.
     decision = choose_model(profile, pool)
-    chosen_cost = next((v.expected_cost_usd for v in decision.verdicts if v.model_id == decision.model_id), None)
-    by_id = {c.model_id: c for c in pool}
+    proven = choose_model(profile, [c for c in pool if c.model_id in measured])
+    proven_cost = proven.expected_cost_usd if proven.ok else None
     untested = [v.model_id for v in decision.verdicts if v.meets_constraints and v.model_id not in measured
-                and (chosen_cost is None or (v.expected_cost_usd is not None and v.expected_cost_usd < chosen_cost))
-                and by_id[v.model_id].quality is not None and by_id[v.model_id].quality.n is None]  # type: ignore[union-attr]
+                and v.expected_cost_usd is not None and (proven_cost is None or v.expected_cost_usd < proven_cost)]
     if not untested:
         return "prior", None
     item = Item.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,144 @@
+"""Calibration on the job's own items, on Postgres, with the sandbox answering (model-dependent quality)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from router.calibrate import calibrate_job
+from router.catalog import Catalog, load_catalog
+from router.db import session_scope
+from router.demo import DEMO_LABELS, write_demo_tickets
+from router.engine import run_job_inline
+from router.intake import JobRequest
+from router.jobs import submit_job
+from router.ledger import repo
+from router.ledger.tables import Call, Item, Job, JobStatus, QualityEstimate
+from router.settings import Settings
+
+
+@pytest.fixture
+def sandbox(pg_url: str) -> tuple[Settings, Catalog]:
+    settings = Settings(database_url=pg_url, sandbox="on", _env_file=None)  # type: ignore[call-arg]
+    return settings, load_catalog(None)
+
+
+def _job(settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], *, n: int, labelled: int,
+         bar: float = 0.9, **kw: object) -> tuple[str, dict[str, str]]:
+    path = tmp_path / f"t{n}-{labelled}.jsonl"
+    truth = write_demo_tickets(path, n=n, labelled=labelled)
+    request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=DEMO_LABELS, min_quality=bar, **kw)  # type: ignore[arg-type]
+    submitted = submit_job(settings, catalog, request)
+    return submitted.job_id, truth
+
+
+def _calls(settings: Settings, job_id: str) -> list[Call]:
+    with session_scope(settings) as session:
+        return list(session.execute(select(Call).where(Call.job_id == job_id)).scalars())
+
+
+def test_gold_calibration_chooses_a_model_whose_bound_meets_the_bar_and_charges_gold_items_once(
+        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    settings, catalog = sandbox
+    job_id, truth = _job(settings, catalog, tmp_path, team, n=1000, labelled=200)
+    with session_scope(settings) as session:
+        assert repo.get_job(session, job_id).status == JobStatus.CALIBRATING
+    summary = calibrate_job(settings, catalog, job_id=job_id)
+    assert summary["outcome"] == "chosen" and summary["sample"] == 200
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+    assert job.status == JobStatus.RUNNING and job.route
+    estimates = summary["estimates"]
+    if job.route["kind"] == "single":
+        assert estimates[job.model_id]["lower"] >= 0.9
+    else:
+        assert summary["cascade"]["use_cascade"] and summary["cascade"]["right"] / summary["cascade"]["n"] >= 0.9
+    # Every estimate is Wilson on its own counts; models dropped or undecided are shown too.
+    assert all(e["lower"] <= e["mean"] <= e["upper"] and e["n"] > 0 for e in estimates.values())
+    run_job_inline(settings, catalog, job_id=job_id, n_items=1000)
+    calls = _calls(settings, job_id)
+    calibration = [c for c in calls if c.purpose == "calibration"]
+    assert calibration and all(c.simulated for c in calibration)
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+        items = list(session.execute(select(Item).where(Item.job_id == job_id)).scalars())
+        stored = session.execute(select(func.count()).select_from(QualityEstimate).where(QualityEstimate.job_id == job_id)).scalar()
+    assert job.status == JobStatus.DONE and job.n_done + job.n_failed == 1000
+    assert stored == len(estimates)
+    gold_ids = {i.id for i in items if i.gold is not None}
+    kept = summary["kept_answers"]
+    assert kept > 100  # most gold items' answers under the chosen route were already known
+    run_on_gold = {c.item_id for c in calls if c.purpose == "run" and c.item_id in gold_ids}
+    assert len(run_on_gold) <= len(gold_ids) - kept  # the kept ones were not called again
+    accuracy = sum(i.output == truth[i.ext_id] for i in items if i.status == "done") / len(items)
+    assert accuracy >= 0.9
+
+
+def test_a_sample_too_small_says_how_many_more_items_are_needed_and_runs_nothing(
+        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    settings, catalog = sandbox
+    job_id, _ = _job(settings, catalog, tmp_path, team, n=300, labelled=12, bar=0.9, models=frozenset({"gpt-4o-mini"}))
+    summary = calibrate_job(settings, catalog, job_id=job_id)
+    assert summary["outcome"] == "need_more", summary
+    assert "more labelled items would decide it" in summary["message"]
+    needed = int(summary["message"].split("about ")[1].split(" more")[0])
+    assert needed > 12
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+    assert job.status == JobStatus.NO_MODEL and job.n_done == 0
+    assert {c.purpose for c in _calls(settings, job_id)} == {"calibration"}  # the bulk never ran
+
+
+def test_a_bar_no_model_can_meet_stops_before_the_bulk_with_each_estimate(
+        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    settings, catalog = sandbox
+    job_id, _ = _job(settings, catalog, tmp_path, team, n=400, labelled=200, bar=0.995)
+    summary = calibrate_job(settings, catalog, job_id=job_id)
+    assert summary["outcome"] in ("none", "need_more")
+    assert len(summary["estimates"]) >= 3 and all(e["upper"] < 1.0 or e["lower"] < 0.995 for e in summary["estimates"].values())
+    before = len(_calls(settings, job_id))
+    run_job_inline(settings, catalog, job_id=job_id, n_items=400)  # a stopped job claims nothing
+    assert len(_calls(settings, job_id)) == before
+
+
+def test_estimates_are_reused_by_the_next_job_of_the_kind_and_a_price_change_retests(
+        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    settings, catalog = sandbox
+    job_id, _ = _job(settings, catalog, tmp_path, team, n=300, labelled=200)
+    first = calibrate_job(settings, catalog, job_id=job_id)
+    assert first["outcome"] == "chosen"
+    # The next job of the same kind has no labels: it routes on the stored estimates, no calibration.
+    second, _ = _job(settings, catalog, tmp_path / "..", team, n=50, labelled=0)
+    with session_scope(settings) as session:
+        job = repo.get_job(session, second)
+    assert job.status == JobStatus.RUNNING and job.quality_mode == "prior"
+    sources = [v for v in job.decision["verdicts"] if v["model_id"] in first["estimates"]]
+    assert sources and all(v["quality_bound"] is not None for v in sources)
+    # A cheaper model's price changes: its estimate goes stale, and the next job re-tests on the first job's labels.
+    cheapest = min(first["estimates"], key=lambda m: catalog.price(m).input.base)
+    with session_scope(settings) as session:
+        row = session.execute(select(QualityEstimate).where(QualityEstimate.model_id == cheapest,
+                                                            QualityEstimate.job_id == job_id)).scalar_one()
+        row.input_usd_per_mtok = row.input_usd_per_mtok + Decimal("0.01")
+        session.add(row)
+    third, _ = _job(settings, catalog, tmp_path / "..", team, n=60, labelled=0)
+    with session_scope(settings) as session:
+        job = repo.get_job(session, third)
+    assert job.status == JobStatus.CALIBRATING and job.calibration["sample_job_id"] == job_id
+    summary = calibrate_job(settings, catalog, job_id=third)
+    assert cheapest in summary["estimates"]
+
+
+def test_reference_mode_scores_models_against_the_strongest(
+        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    settings, catalog = sandbox
+    job_id, _ = _job(settings, catalog, tmp_path, team, n=400, labelled=0, bar=0.85, quality="reference")
+    summary = calibrate_job(settings, catalog, job_id=job_id)
+    reference = summary["reference_id"]
+    assert reference and reference not in summary["estimates"]
+    calls = _calls(settings, job_id)
+    assert sum(1 for c in calls if c.model_id == reference and c.purpose == "calibration") == summary["sample"]
+    assert summary["outcome"] == "chosen"
