@@ -142,3 +142,38 @@ def test_reference_mode_scores_models_against_the_strongest(
     calls = _calls(settings, job_id)
     assert sum(1 for c in calls if c.model_id == reference and c.purpose == "calibration") == summary["sample"]
     assert summary["outcome"] == "chosen"
+
+
+def test_drift_checks_reroute_the_rest_of_the_job_upward(
+        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    from router import runtime
+    from router.providers.registry import close_all
+    from router.ledger.tables import JobEvent
+
+    settings, catalog = sandbox
+    job_id, _ = _job(settings, catalog, tmp_path, team, n=4000, labelled=200, bar=0.85,
+                     models=frozenset({"gpt-4o", "claude-sonnet-4-5"}))
+    summary = calibrate_job(settings, catalog, job_id=job_id)
+    with session_scope(settings) as session:
+        route = repo.get_job(session, job_id).route
+    assert summary["outcome"] == "chosen" and route["model_id"] == "gpt-4o" and route["reference_id"] == "claude-sonnet-4-5"
+    assert route["drift_share"] == 0.02
+    # The chosen model gets worse after calibration (the sandbox answers by the catalog's quality).
+    worse = tmp_path / "worse.toml"
+    worse.write_text('[[models]]\nid = "gpt-4o"\nquality = { classify = 0.40 }\n')
+    runtime.run(close_all())
+    try:
+        run_job_inline(settings, load_catalog(worse), job_id=job_id, n_items=4000)
+    finally:
+        runtime.run(close_all())
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+        events = list(session.execute(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "drift")).scalars())
+        last_gpt4o = session.execute(select(func.max(Item.seq)).join(Call, Call.id == Item.final_call_id)
+                                     .where(Item.job_id == job_id, Call.model_id == "gpt-4o", Call.purpose == "run")).scalar()
+        stale = session.execute(select(QualityEstimate.drifted_at).where(QualityEstimate.job_id == job_id,
+                                                                         QualityEstimate.model_id == "gpt-4o")).scalar()
+    assert len(events) == 1 and events[0].detail["rerouted_to"] == "claude-sonnet-4-5", events
+    assert job.model_id == "claude-sonnet-4-5" and job.status == JobStatus.DONE
+    assert last_gpt4o is not None and last_gpt4o < 3000  # the rest of the job ran on the stronger model
+    assert stale is not None  # later jobs of this kind re-measure gpt-4o
