@@ -57,11 +57,41 @@ class Calibration:
     reference_id: str | None = None
     steps: list[str] = field(default_factory=list)
 
+    task: str = "classify"
+
     def counts(self, model_id: str) -> tuple[int, int]:
         """(items judged, items right) for a model: items with a truth and an answer attempt."""
         got = self.answers.get(model_id, {})
         judged = [i for i in got if i in self.truth]
-        return len(judged), sum(1 for i in judged if got[i] == self.truth[i])
+        return len(judged), sum(1 for i in judged if agrees(self.task, got[i], self.truth[i]))
+
+
+# A summary passes when its words overlap the reference summary's with an F1 of at least this
+# (ROUGE-1 F1): two faithful summaries of the same text share most content words; a summary that
+# misses the point or runs off the length shares few.
+SUMMARY_PASS_F1 = 0.5
+
+
+def agrees(task: str, answer: str | None, truth: str) -> bool:
+    """Whether an answer counts as right: the same label, or a summary close to the reference."""
+    if answer is None:
+        return False
+    if task == "classify":
+        return answer == truth
+    return overlap_f1(answer, truth) >= SUMMARY_PASS_F1
+
+
+def overlap_f1(answer: str, reference: str) -> float:
+    """Word-overlap F1 (ROUGE-1) between two texts, case-insensitive, counting repeats."""
+    from collections import Counter
+
+    a = Counter(answer.lower().split())
+    b = Counter(reference.lower().split())
+    common = sum((a & b).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(a.values()), common / sum(b.values())
+    return 2 * precision * recall / (precision + recall)
 
 
 def signature(job: Any) -> str:
@@ -91,7 +121,7 @@ def calibrate_job(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[
             profile = _profile(full)
         pool = candidates(catalog, settings, task=job.task, simulated=job.simulated)
         eligible = _eligible(decision)
-        cal = Calibration(mode=mode, sample=sample, truth={})
+        cal = Calibration(mode=mode, sample=sample, truth={}, task=job.task)
         only = bool((full.calibration or {}).get("only"))
         try:
             summary = _search(settings, catalog, full, job, profile, pool, cal, eligible, sample)
@@ -186,7 +216,7 @@ def _close_without_bulk(settings: Settings, job_id: str) -> None:
             return
         item = Item.__table__  # type: ignore[attr-defined]
         left = session.execute(update(item).where(item.c.job_id == job_id, item.c.status == ItemStatus.PENDING)
-                               .values(status=ItemStatus.FAILED, error="not run: calibration only", finished_at=now)).rowcount
+                               .values(status=ItemStatus.FAILED, error="not run: calibration only", finished_at=now)).rowcount  # type: ignore[attr-defined]
         if left:
             row.n_failed += left
         row.status = JobStatus.DONE

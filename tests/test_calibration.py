@@ -177,3 +177,25 @@ def test_drift_checks_reroute_the_rest_of_the_job_upward(
     assert job.model_id == "claude-sonnet-4-5" and job.status == JobStatus.DONE
     assert last_gpt4o is not None and last_gpt4o < 3000  # the rest of the job ran on the stronger model
     assert stale is not None  # later jobs of this kind re-measure gpt-4o
+
+
+def test_summaries_are_scored_by_overlap_with_the_reference(sandbox: tuple[Settings, Catalog], tmp_path: Path,
+                                                             team: tuple[str, str]) -> None:
+    from router.calibrate import agrees, overlap_f1
+    from tests.helpers import write_jsonl
+
+    assert overlap_f1("the cat sat", "the cat sat") == 1.0 and overlap_f1("a b", "c d") == 0.0
+    assert agrees("summarize", "refund for a double charge", "customer asks a refund for a double charge")
+    assert not agrees("summarize", "login fails", "customer asks a refund for a double charge")
+    settings, catalog = sandbox
+    texts = [f"Customer {k} reports that the invoice for March charged the card twice and asks for a refund of one "
+             f"payment before the end of the month, citing order {k}." for k in range(120)]
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"id": f"d{k}", "text": t} for k, t in enumerate(texts)])
+    job_id = submit_job(settings, catalog, JobRequest(path=path, team=team[1], tenant=team[0], task="summarize",
+                                                       max_words=30, min_quality=0.8, quality="reference")).job_id
+    summary = calibrate_job(settings, catalog, job_id=job_id)
+    assert summary["outcome"] == "chosen" and summary["reference_id"]
+    assert all(e["n"] > 0 for e in summary["estimates"].values())
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+    assert job.route["kind"] == "single" and job.route["drift_share"] == 0.0  # no cascade or drift checks for summaries
