@@ -316,7 +316,7 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
             else:
                 error = str(result)[:2000]
                 update.update(status=CallStatus.ERROR, error=error)
-                if getattr(result, "stops_provider", False):
+                if result.stops_provider:
                     why = _stop_message(provider, result, catalog)
                     if provider not in stopped:
                         stopped[provider] = newly_stopped[provider] = why
@@ -442,11 +442,16 @@ def _only_stopped_left(catalog: Catalog, stages: list[tuple[str, ...]], current:
 
 
 def _stop_message(provider: str, error: ProviderError, catalog: Catalog) -> str:
-    hint = getattr(error, "hint", None)
-    if not hint:
-        env = catalog.providers[provider].api_key_env if provider in catalog.providers else None
-        hint = f"check {env}" if env else "check the provider's settings"
-    return f"{error} ({hint})"[:500]
+    """Why a provider takes no more calls for the job, naming the setting to fix."""
+    info = catalog.providers.get(provider)
+    env = info.api_key_env if info is not None else None
+    if getattr(error, "quota_exhausted", False):
+        fix = f"the {provider} account's quota or credit is spent: add credit or raise its spend limit"
+    elif env:
+        fix = f"the key was refused: check {env}"
+    else:
+        fix = f"the key was refused: check provider {provider}'s settings in the catalog"
+    return f"{str(error)[:300]} ({fix}; then `pennyroute jobs resume JOB`)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,11 @@
         ├── ProviderStatusError     the provider answered with a non-2xx status
         └── MalformedResponse       a 2xx answer whose body cannot be read as the wire format says
 
+Two properties say what a caller should do: `retryable` (another try may succeed: connection
+errors, timeouts, 408, 409, 429 for a rate, 5xx, 529) and `stops_provider` (no call to this provider
+can succeed for now: 401 or 403, the key is refused; or the account's quota or credit is spent, which
+providers report as a 429 or 400 that another try will not fix).
+
 Expected outcomes of a decision (no model qualifies) are values, not exceptions: see policies/.
 """
 
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 # Statuses worth another try: timeouts, conflicts, rate limits, server faults, Anthropic's 529.
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+# The key is missing, wrong or not allowed: every call to this provider will fail the same way.
+AUTH_STATUSES = frozenset({401, 403})
 
 
 class PennyrouteError(Exception):
@@ -65,6 +72,10 @@ class ProviderError(PennyrouteError):
     def retryable(self) -> bool:
         return self.status_code in RETRYABLE_STATUSES
 
+    @property
+    def stops_provider(self) -> bool:
+        return False
+
 
 class ProviderTimeout(ProviderError):
     """Raised when the provider did not answer within the timeout."""
@@ -83,7 +94,21 @@ class ProviderConnectionError(ProviderError):
 
 
 class ProviderStatusError(ProviderError):
-    """Raised when the provider answered with a non-2xx status."""
+    """Raised when the provider answered with a non-2xx status; `quota_exhausted` when its body says
+    the account's quota or credit is spent (not a rate limit: waiting a minute will not help)."""
+
+    def __init__(self, message: str, *, provider: str, status_code: int | None = None, retry_after: float | None = None,
+                 quota_exhausted: bool = False) -> None:
+        super().__init__(message, provider=provider, status_code=status_code, retry_after=retry_after)
+        self.quota_exhausted = quota_exhausted
+
+    @property
+    def retryable(self) -> bool:
+        return self.status_code in RETRYABLE_STATUSES and not self.quota_exhausted
+
+    @property
+    def stops_provider(self) -> bool:
+        return self.status_code in AUTH_STATUSES or self.quota_exhausted
 
 
 class MalformedResponse(ProviderError):

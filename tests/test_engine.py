@@ -143,3 +143,34 @@ def test_awkward_texts_survive_intake_exactly(live_settings: Settings, catalog: 
     with session_scope(live_settings) as session:
         rows = session.execute(select(Item.ext_id, Item.text, Item.gold).where(Item.job_id == job_id).order_by(Item.seq)).all()  # type: ignore[call-overload, arg-type]
     assert [(r[0], r[1], r[2]) for r in rows] == [(f"a{k}", t, "bug") for k, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [({"status": 401}, "check OPENAI_API_KEY"),
+     ({"status": 429, "body": {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                                         "code": "insufficient_quota"}}}, "quota or credit is spent")],
+)
+def test_a_refused_key_or_spent_quota_stops_the_provider_for_the_job_at_once(
+        live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], fake_provider: str,
+        fault: dict[str, object], says: str) -> None:
+    job_id = _submit(live_settings, catalog, tmp_path, team, 20)
+    httpx.post(f"{fake_provider}/_fail", json={**fault, "count": 1000})
+    outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=20)
+    assert (outcome.done, outcome.failed) == (0, 0)  # nothing failed for good: the items wait
+    calls, items = ledger(live_settings, job_id)
+    assert len(calls) == 20  # each item tried once, in parallel; no retries, no fallback on the same provider
+    assert all(i.status == "pending" for i in items)
+    with session_scope(live_settings) as session:
+        job = repo.get_job(session, job_id)
+        events = [e for e in repo.job_events(session, job_id) if e.kind == "provider_stopped"]
+    assert job.status == "paused" and job.pause_reason == "provider"
+    assert set(job.stopped_providers or {}) == {"openai"} and says in job.stopped_providers["openai"]
+    assert len(events) == 1 and "openai" in events[0].detail["why"]
+    # Fixed: resuming clears the stop, and the items run.
+    httpx.post(f"{fake_provider}/_reset")
+    from router.jobs import resume_job
+
+    resume_job(live_settings, job_id)
+    outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=20)
+    assert outcome.done == 20

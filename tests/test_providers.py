@@ -323,3 +323,47 @@ NOW = 1_700_000_000.0
 )
 def test_retry_after_parsing(headers: dict[str, str], expected: float | None) -> None:
     assert retry_after_s(httpx.Headers(headers), now=NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "quota"),
+    [
+        (429, b'{"error": {"message": "You exceeded your current quota, please check your plan and billing details.", "type": "insufficient_quota", "code": "insufficient_quota"}}', True),
+        (429, b'{"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}}', False),
+        (400, b'{"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance is too low to access the Anthropic API."}}', True),
+        (429, b'{"type": "error", "error": {"type": "rate_limit_error", "message": "Number of request tokens has exceeded your per-minute rate limit"}}', False),
+        (429, b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded for quota metric generate_content_requests, limit: GenerateRequestsPerDayPerProjectPerModel"}}', True),
+        (429, b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Resource has been exhausted (e.g. check quota)."}}', False),
+        (402, b'{"error": {"message": "Insufficient credits"}}', True),
+        (500, b'{"error": {"message": "billing service down"}}', False),
+    ],
+)
+def test_quota_exhausted_is_told_apart_from_a_rate_limit(status: int, body: bytes, quota: bool) -> None:
+    from router.errors import ProviderStatusError
+    from router.providers.http import quota_exhausted
+
+    assert quota_exhausted(status, body) is quota
+    error = ProviderStatusError("x", provider="p", status_code=status, quota_exhausted=quota)
+    assert error.stops_provider is (quota or status in (401, 403))
+    assert error.retryable is (status in (429, 500) and not quota)
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after-ms": "250", "retry-after": "3"}, 0.25),
+        ({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}, 360.0),
+        ({"x-ratelimit-reset-tokens": "20ms"}, 0.02),
+        ({"anthropic-ratelimit-requests-reset": "2026-11-22T10:00:05Z"}, 5.0),
+        ({"x-ratelimit-reset-requests": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_a_429_waits_as_the_provider_says(headers: dict[str, str], wait: float | None) -> None:
+    from datetime import UTC, datetime
+
+    from router.providers.http import rate_limit_wait_s
+
+    now = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC).timestamp()
+    assert rate_limit_wait_s(headers, now=now) == wait

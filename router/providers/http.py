@@ -255,12 +255,69 @@ async def post_json(
 
 def status_error(response: httpx.Response, *, provider: str) -> ProviderError:
     """A ProviderStatusError for a non-2xx response, quoting the provider's own error message."""
+    message = error_message(response.content)
     return ProviderStatusError(
-        f"HTTP {response.status_code}: {error_message(response.content)}",
+        f"HTTP {response.status_code}: {message}",
         provider=provider,
         status_code=response.status_code,
-        retry_after=retry_after_s(response.headers),
+        retry_after=retry_after_s(response.headers) if response.status_code != 429 else rate_limit_wait_s(response.headers),
+        quota_exhausted=quota_exhausted(response.status_code, response.content),
     )
+
+
+# What providers say when the account (not the minute) has run out. OpenAI: 429 with type/code
+# "insufficient_quota". Anthropic: 400 "Your credit balance is too low..." and workspace spend
+# limits. Gemini: 429 RESOURCE_EXHAUSTED naming a per-day quota. Mistral: 429 with "quota" or
+# "billing" (a rate limit there says "Requests rate limit exceeded").
+_QUOTA_MARKERS = ("insufficient_quota", "credit balance", "spend limit", "spending limit", "billing",
+                  "exceeded your current quota", "perday", "per_day", "per day", "quota exceeded for quota metric")
+
+
+def quota_exhausted(status: int, content: bytes) -> bool:
+    """Whether a 400, 402, 403 or 429 says the account's quota or credit is spent."""
+    if status not in (400, 402, 403, 429):
+        return False
+    if status == 402:  # Payment Required: some gateways (OpenRouter) say it this way
+        return True
+    text = content[:4000].decode("utf-8", errors="replace").lower().replace("-", "_")
+    return any(marker.replace("-", "_") in text for marker in _QUOTA_MARKERS)
+
+
+def rate_limit_wait_s(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """How long a 429 asks us to wait: Retry-After (or retry-after-ms) when given, else the latest
+    of the rate-limit reset headers: OpenAI's x-ratelimit-reset-requests / -tokens ("1s", "6m0s",
+    "20ms") and Anthropic's anthropic-ratelimit-*-reset (RFC 3339 times)."""
+    explicit = retry_after_s(headers, now=now)
+    if explicit is not None:
+        return explicit
+    waits = []
+    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        if (value := headers.get(name)) is not None and (seconds := _go_duration_s(value)) is not None:
+            waits.append(seconds)
+    for name in ("anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-reset",
+                 "anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-output-tokens-reset"):
+        if (value := headers.get(name)) is not None:
+            try:
+                when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.timezone.utc)
+            waits.append(max(0.0, when.timestamp() - (time.time() if now is None else now)))
+    return max(waits) if waits else None
+
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def _go_duration_s(value: str) -> float | None:
+    """Seconds in a Go-style duration such as "1h2m3.5s", "6m0s" or "20ms"; None if unreadable."""
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)", value.strip())
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        return None
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
 def error_message(content: bytes) -> str:
