@@ -24,7 +24,7 @@ from router.errors import ConfigError, NotFoundError
 from router.providers.base import TokenUsage
 
 TASKS = ("classify", "summarize")
-PROVIDER_KINDS = ("openai", "anthropic")
+PROVIDER_KINDS = ("openai", "anthropic", "gemini", "mistral")
 MTOK = Decimal(1_000_000)
 
 

@@ -23,7 +23,7 @@ from policies.budget_fit import items_that_fit
 from router import budgets, drift, runtime
 from router.catalog import Catalog
 from router.db import session_scope
-from router.errors import ProviderError
+from router.errors import ProviderError, ProviderStatusError
 from router.ledger import repo
 from router.ledger.rollup import CallFacts, rollup_rows
 from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
@@ -445,7 +445,7 @@ def _stop_message(provider: str, error: ProviderError, catalog: Catalog) -> str:
     """Why a provider takes no more calls for the job, naming the setting to fix."""
     info = catalog.providers.get(provider)
     env = info.api_key_env if info is not None else None
-    if getattr(error, "quota_exhausted", False):
+    if isinstance(error, ProviderStatusError) and error.quota_exhausted:
         fix = f"the {provider} account's quota or credit is spent: add credit or raise its spend limit"
     elif env:
         fix = f"the key was refused: check {env}"

@@ -98,9 +98,11 @@ class ProviderStatusError(ProviderError):
     the account's quota or credit is spent (not a rate limit: waiting a minute will not help)."""
 
     def __init__(self, message: str, *, provider: str, status_code: int | None = None, retry_after: float | None = None,
-                 quota_exhausted: bool = False) -> None:
+                 quota_exhausted: bool = False, key_refused: bool = False) -> None:
         super().__init__(message, provider=provider, status_code=status_code, retry_after=retry_after)
         self.quota_exhausted = quota_exhausted
+        # Gemini refuses a bad key with 400 INVALID_ARGUMENT (API_KEY_INVALID), not 401.
+        self.key_refused = key_refused or status_code in AUTH_STATUSES
 
     @property
     def retryable(self) -> bool:
@@ -108,7 +110,7 @@ class ProviderStatusError(ProviderError):
 
     @property
     def stops_provider(self) -> bool:
-        return self.status_code in AUTH_STATUSES or self.quota_exhausted
+        return self.key_refused or self.quota_exhausted
 
 
 class MalformedResponse(ProviderError):

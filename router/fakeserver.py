@@ -1,9 +1,13 @@
-"""A local fake provider: OpenAI's and Anthropic's wire formats on aiohttp.web, for tests and benches.
+"""A local fake provider: OpenAI's, Anthropic's and Gemini's wire formats on aiohttp.web, for tests and benches.
 
-    POST /v1/chat/completions   OpenAI chat completions (so an OpenAI client's base_url is <url>/v1)
+    POST /v1/chat/completions   OpenAI chat completions (so an OpenAI client's base_url is <url>/v1);
+                                Mistral's own API speaks the same format
     POST /v1/messages           Anthropic Messages (an Anthropic client's base_url is <url>)
+    POST /v1beta/models/M:generateContent   Gemini (a Gemini client's base_url is <url>)
     GET  /_stats                the server's own bill: calls answered and tokens, per model
-    POST /_reset                zero the bill and drop scripted faults
+    GET  /_bill                 the bill call by call: {"calls": {X-Client-Request-Id: {...}}, "unidentified": N}
+    POST /_faults               a seeded fault mix for every call from now on (see router/fakefaults.py)
+    POST /_reset                zero the bill and drop scripted faults and the fault mix
     POST /_fail                 script the next answers: {"status": 429, "count": 1, "retry_after": "2",
                                 "retry_after_ms": null, "body": <JSON or text>, "hang_s": null,
                                 "path": null, "headers": {}}
@@ -37,12 +41,19 @@ from typing import Any
 
 from aiohttp import web
 
+from router.fakefaults import HANG_S, FaultMix
 from router.providers.base import Completion, TokenUsage
 
 AnswerFn = Callable[[str, str, str, int], Completion]
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
+GEMINI_PATH = "/v1beta/models/{model_action}"
+# Gemini's thinking models report thoughts apart from the answer; the fake gives models named
+# "*pro*" this many thinking tokens per answer token, so thinking pricing is exercised.
+GEMINI_THOUGHTS_PER_TOKEN = 3
+GEMINI_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                   429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 # What a chat completion gets when it names no output cap: OpenAI's own default is "the model's
 # maximum"; 4096 is a common one and keeps the sandbox's answers unchanged.
 DEFAULT_MAX_TOKENS = 4096
@@ -98,6 +109,9 @@ class FakeProvider:
         self.bills: dict[str, Bill] = {}
         self.faults: list[Fault] = []
         self.faults_served = 0
+        self.mix: FaultMix | None = None
+        self.calls_by_id: dict[str, dict[str, Any]] = {}
+        self.unidentified = 0
         self._ids = itertools.count(1)
 
     def app(self) -> web.Application:
@@ -105,7 +119,10 @@ class FakeProvider:
         app = web.Application()
         app.router.add_post(OPENAI_PATH, self.openai)
         app.router.add_post(ANTHROPIC_PATH, self.anthropic)
+        app.router.add_post(GEMINI_PATH, self.gemini)
         app.router.add_get("/_stats", self.stats)
+        app.router.add_get("/_bill", self.bill)
+        app.router.add_post("/_faults", self.faults_mix)
         app.router.add_post("/_reset", self.reset)
         app.router.add_post("/_fail", self.fail)
         return app
@@ -126,9 +143,11 @@ class FakeProvider:
             cap = int(body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS)
         except (ValueError, KeyError, TypeError) as exc:
             return _error("openai", 400, f"Invalid request: {exc!r}")
+        if (faulty := await self._mixed(request, vendor="openai")) is not None:
+            return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        done = self._answer(model, system, prompt, cap)
+        done = self._answer(model, system, prompt, cap, request)
         usage = done.usage
         prompt_tokens = usage.input_tokens + usage.cached_input_tokens  # OpenAI counts cached inside
         return _json(
@@ -170,9 +189,11 @@ class FakeProvider:
             prompt = "\n".join(_text(m["content"]) for m in body["messages"] if m["role"] == "user")
         except (ValueError, KeyError, TypeError) as exc:
             return _error("anthropic", 400, f"Invalid request: {exc!r}")
+        if (faulty := await self._mixed(request, vendor="anthropic")) is not None:
+            return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        done = self._answer(model, system, prompt, cap)
+        done = self._answer(model, system, prompt, cap, request)
         usage = done.usage
         return _json(
             200,
@@ -193,8 +214,57 @@ class FakeProvider:
             },
         )
 
-    def _answer(self, model: str, system: str, prompt: str, cap: int) -> Completion:
+    async def gemini(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1beta/models/{model}:generateContent."""
+        model, _, action = request.match_info["model_action"].partition(":")
+        if action != "generateContent":
+            return _error("gemini", 404, f"unknown method {action!r}")
+        if (scripted := await self._scripted(request, vendor="gemini")) is not None:
+            return scripted
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if self.api_key and key != self.api_key:
+            return _error("gemini", 400, "API key not valid. Please pass a valid API key.")
+        try:
+            body = json.loads(await request.read())
+            system = "".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts", []))
+            prompt = "\n".join(p.get("text", "") for c in body["contents"] if c.get("role", "user") == "user" for p in c["parts"])
+            cap = int((body.get("generationConfig") or {}).get("maxOutputTokens") or DEFAULT_MAX_TOKENS)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return _error("gemini", 400, f"Invalid JSON payload received: {exc!r}")
+        if (faulty := await self._mixed(request, vendor="gemini")) is not None:
+            return faulty
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        thoughts_per_token = GEMINI_THOUGHTS_PER_TOKEN if "pro" in model else 0
+        done = self._answer(model, system, prompt, cap, request, thoughts_per_token=thoughts_per_token)
+        usage = done.usage
+        answer_tokens = usage.output_tokens - usage.reasoning_tokens
+        metadata: dict[str, Any] = {
+            "promptTokenCount": usage.input_tokens + usage.cached_input_tokens,  # Gemini counts cached inside
+            "candidatesTokenCount": answer_tokens,  # thoughts are reported apart
+            "totalTokenCount": usage.input_tokens + usage.cached_input_tokens + usage.output_tokens,
+        }
+        if usage.reasoning_tokens:
+            metadata["thoughtsTokenCount"] = usage.reasoning_tokens
+        if usage.cached_input_tokens:
+            metadata["cachedContentTokenCount"] = usage.cached_input_tokens
+        return _json(200, {
+            "candidates": [{"content": {"parts": [{"text": done.text}], "role": "model"},
+                            "finishReason": "MAX_TOKENS" if answer_tokens >= cap else "STOP", "index": 0}],
+            "usageMetadata": metadata,
+            "modelVersion": model,
+            "responseId": f"fake-{next(self._ids)}",
+        })
+
+    def _answer(self, model: str, system: str, prompt: str, cap: int, request: web.Request, *,
+                thoughts_per_token: int = 0) -> Completion:
         done = self.answer(model, system, prompt, cap)
+        if thoughts_per_token:
+            thoughts = done.usage.output_tokens * thoughts_per_token
+            done = Completion(done.text, TokenUsage(
+                input_tokens=done.usage.input_tokens, output_tokens=done.usage.output_tokens + thoughts,
+                cached_input_tokens=done.usage.cached_input_tokens, cache_write_tokens=done.usage.cache_write_tokens,
+                reasoning_tokens=thoughts))
         bill = self.bills.get(model)
         if bill is None:
             bill = self.bills[model] = Bill()
@@ -202,7 +272,46 @@ class FakeProvider:
         bill.input_tokens += done.usage.input_tokens
         bill.output_tokens += done.usage.output_tokens
         bill.cached_input_tokens += done.usage.cached_input_tokens
+        request_id = request.headers.get("X-Client-Request-Id")
+        if request_id:
+            # A call id billed twice would be a double charge: the ledger sends each try under a new id.
+            repeats = self.calls_by_id[request_id]["repeats"] + 1 if request_id in self.calls_by_id else 0
+            self.calls_by_id[request_id] = {
+                "model": model, "input_tokens": done.usage.input_tokens, "output_tokens": done.usage.output_tokens,
+                "cached_input_tokens": done.usage.cached_input_tokens, "cache_write_tokens": done.usage.cache_write_tokens,
+                "reasoning_tokens": done.usage.reasoning_tokens, "repeats": repeats,
+            }
+        else:
+            self.unidentified += 1
         return done
+
+    async def _mixed(self, request: web.Request, *, vendor: str) -> web.StreamResponse | None:
+        """Apply the fault mix, if one is set: a fault's response, or None to answer (after its latency)."""
+        if self.mix is None:
+            return None
+        kind, delay = self.mix.decide()
+        if delay:
+            await asyncio.sleep(delay)
+        if kind is None:
+            return None
+        if kind == "hang":
+            await asyncio.sleep(HANG_S)
+            return _error(vendor, 504, "hung")
+        if kind == "truncated":
+            cut = {"openai": '{"id": "chatcmpl-fake", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assis',
+                   "anthropic": '{"id": "msg_fake", "type": "message", "content": [{"type": "text", "text": "B',
+                   "gemini": '{"candidates": [{"content": {"parts": [{"text": "B'}[vendor]
+            return web.Response(status=200, text=cut, content_type="application/json")
+        if kind == "malformed":
+            return _json(200, {"object": "list", "data": [], "note": "not a chat answer"})
+        status = int(kind)
+        if vendor == "anthropic" and status == 529:
+            response = _error(vendor, 529, "Overloaded")
+        else:
+            response = _error(vendor, status, "Rate limit reached for requests" if status == 429 else f"fault mix: HTTP {status}")
+        if status in (429, 503, 529):
+            response.headers.update(self.mix.retry_after_headers())
+        return response
 
     async def _scripted(self, request: web.Request, *, vendor: str) -> web.StreamResponse | None:
         """Serve the first scripted fault that matches this call, if any; None to answer normally."""
@@ -236,11 +345,28 @@ class FakeProvider:
         totals = {key: sum(b[key] for b in models.values()) for key in vars(Bill())}
         return _json(200, {**totals, "faults_served": self.faults_served, "models": models})
 
+    async def bill(self, request: web.Request) -> web.Response:
+        """GET /_bill: every billed call by its X-Client-Request-Id, and how many came without one."""
+        served = dict(self.mix.served) if self.mix else {}
+        return _json(200, {"calls": self.calls_by_id, "unidentified": self.unidentified, "faults_served": served})
+
+    async def faults_mix(self, request: web.Request) -> web.Response:
+        """POST /_faults: set the fault mix (router/fakefaults.py); an empty body clears it."""
+        spec = await request.json()
+        try:
+            self.mix = FaultMix.from_json(spec) if spec else None
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            return _json(400, {"error": str(exc)})
+        return _json(200, {"ok": True})
+
     async def reset(self, request: web.Request) -> web.Response:
-        """POST /_reset: zero the bill, drop scripted faults."""
+        """POST /_reset: zero the bill, drop scripted faults and the fault mix."""
         self.bills.clear()
         self.faults.clear()
         self.faults_served = 0
+        self.mix = None
+        self.calls_by_id.clear()
+        self.unidentified = 0
         return _json(200, {"ok": True})
 
     async def fail(self, request: web.Request) -> web.Response:
@@ -276,6 +402,8 @@ def _json(status: int, body: Any) -> web.Response:
 
 def _error(vendor: str, status: int, message: str) -> web.Response:
     """An error body shaped as the vendor shapes it."""
+    if vendor == "gemini":
+        return _json(status, {"error": {"code": status, "message": message, "status": GEMINI_STATUSES.get(status, "UNKNOWN")}})
     if vendor == "anthropic":
         kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
         return _json(status, {"type": "error", "error": {"type": kind, "message": message}})
@@ -283,9 +411,12 @@ def _error(vendor: str, status: int, message: str) -> web.Response:
     return _json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
 
 
-def make_app(*, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None) -> web.Application:
+def make_app(*, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None,
+             mix: FaultMix | None = None) -> web.Application:
     """A fresh fake provider application (each has its own bill)."""
-    return FakeProvider(latency_ms=latency_ms, answer=answer, api_key=api_key).app()
+    state = FakeProvider(latency_ms=latency_ms, answer=answer, api_key=api_key)
+    state.mix = mix
+    return state.app()
 
 
 @contextlib.asynccontextmanager
@@ -296,10 +427,11 @@ async def serve(
     latency_ms: float = 0,
     answer: AnswerFn | None = None,
     api_key: str | None = None,
+    mix: FaultMix | None = None,
 ) -> AsyncIterator[str]:
     """Serve on the running loop; yields the base URL ("http://127.0.0.1:<port>", no /v1)."""
     runner = web.AppRunner(
-        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key),
+        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key, mix=mix),
         access_log=None,  # an access log line per call would cost more than the answer itself
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
@@ -362,11 +494,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--api-key", default=None, help="require this key (Bearer or x-api-key)")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed; benches only)")
+    parser.add_argument("--faults", default=None, help='a fault mix as JSON, e.g. \'{"seed": 1, "rates": {"429": 0.05}}\'')
     args = parser.parse_args(argv)
+    mix = FaultMix.from_json(json.loads(args.faults)) if args.faults else None
     answer = echo_answer if args.answer == "echo" else None
 
     async def run() -> None:
-        async with serve(host=args.host, port=args.port, latency_ms=args.latency_ms, answer=answer, api_key=args.api_key) as url:
+        async with serve(host=args.host, port=args.port, latency_ms=args.latency_ms, answer=answer, api_key=args.api_key,
+                         mix=mix) as url:
             print(f"listening on {url}", flush=True)
             await asyncio.Event().wait()
 

@@ -60,10 +60,12 @@ def fake_provider() -> Iterator[str]:
 
 
 def write_catalog(path: Path, fake_url: str) -> Path:
-    """A catalog whose openai and anthropic providers answer at the fake server."""
+    """A catalog whose openai, anthropic, google (Gemini) and mistral providers answer at the fake server."""
     path.write_text(
         f'[providers.openai]\nbase_url = "{fake_url}/v1"\n\n'
-        f'[providers.anthropic]\nbase_url = "{fake_url}"\n'
+        f'[providers.anthropic]\nbase_url = "{fake_url}"\n\n'
+        f'[providers.google]\nbase_url = "{fake_url}"\n\n'
+        f'[providers.mistral]\nbase_url = "{fake_url}/v1"\n'
     )
     return path
 

@@ -27,6 +27,8 @@ from router.fakeserver import ANTHROPIC_PATH, OPENAI_PATH, start_in_thread
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import ChatRequest, Completion, TokenUsage
 from router.providers.http import BACKENDS, Backend, ClientPool, build_client, retry_after_s
+from router.providers.gemini import GeminiProvider
+from router.providers.mistral import MistralProvider
 from router.providers.openai import OpenAIProvider
 
 KEY = "test-key"
@@ -68,9 +70,12 @@ def stats(base_url: str) -> dict[str, Any]:
     return bill
 
 
-VENDORS: dict[str, tuple[type[OpenAIProvider] | type[AnthropicProvider], str, str]] = {
+GEMINI_CALL_PATH = f"/v1beta/models/{REQUEST.model}:generateContent"
+VENDORS: dict[str, tuple[type[OpenAIProvider] | type[AnthropicProvider] | type[GeminiProvider], str, str]] = {
     "openai": (OpenAIProvider, "/v1", OPENAI_PATH),
     "anthropic": (AnthropicProvider, "", ANTHROPIC_PATH),
+    "gemini": (GeminiProvider, "", GEMINI_CALL_PATH),
+    "mistral": (MistralProvider, "/v1", OPENAI_PATH),
 }
 
 
@@ -181,10 +186,10 @@ def test_429_with_retry_after_is_retryable_with_the_wait(base_url: str, vendor: 
 @both_vendors
 def test_401_is_not_retryable_and_names_the_provider(base_url: str, vendor: str, backend: Backend) -> None:
     error = raises(ProviderStatusError, lambda: call(base_url, vendor, backend, api_key="wrong-key"))
-    assert error.status_code == 401
-    assert not error.retryable
+    assert error.status_code == (400 if vendor == "gemini" else 401)  # Gemini: 400 API key not valid
+    assert not error.retryable and error.stops_provider
     assert error.retry_after is None
-    assert str(error).startswith(f"{vendor}-test: HTTP 401")
+    assert str(error).startswith(f"{vendor}-test: HTTP {error.status_code}")
     assert "key" in str(error)  # the server's message ("Incorrect API key" / "invalid x-api-key")
     assert stats(base_url)["calls"] == 0
 
@@ -227,6 +232,8 @@ def test_missing_usage_is_estimated(base_url: str, vendor: str, backend: Backend
     bodies = {
         "openai": {"choices": [{"message": {"role": "assistant", "content": "four words of text"}}]},
         "anthropic": {"content": [{"type": "text", "text": "four words of text"}], "usage": None},
+        "gemini": {"candidates": [{"content": {"parts": [{"text": "four words of text"}], "role": "model"}}]},
+        "mistral": {"choices": [{"message": {"role": "assistant", "content": "four words of text"}}]},
     }
     script(base_url, body=bodies[vendor])
     done = call(base_url, vendor, backend)
@@ -367,3 +374,46 @@ def test_a_429_waits_as_the_provider_says(headers: dict[str, str], wait: float |
 
     now = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC).timestamp()
     assert rate_limit_wait_s(headers, now=now) == wait
+
+
+@both_backends
+def test_gemini_cached_tokens_are_inside_the_prompt_and_thoughts_are_billed_as_output(base_url: str, backend: Backend) -> None:
+    body = {
+        "candidates": [{"content": {"parts": [{"text": "thinking...", "thought": True}, {"text": "B"}], "role": "model"},
+                        "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 1000, "cachedContentTokenCount": 600, "candidatesTokenCount": 2,
+                          "thoughtsTokenCount": 50, "totalTokenCount": 1052},
+    }
+    script(base_url, path=GEMINI_CALL_PATH, body=body)
+    done = call(base_url, "gemini", backend)
+    assert done == Completion(text="B", usage=TokenUsage(input_tokens=400, output_tokens=52, cached_input_tokens=600,
+                                                          reasoning_tokens=50))
+
+
+def test_costs_follow_each_providers_token_rules() -> None:
+    """Hand-computed: the same catalog price applied to each vendor's usage as its parser reads it."""
+    from decimal import Decimal
+
+    from router.catalog import Price, Rate
+    from router.providers.anthropic import parse_message
+    from router.providers.gemini import parse_generate_content
+    from router.providers.openai import parse_completion
+
+    price = Price(input=Rate(Decimal("1.00")), cached_input=Rate(Decimal("0.10")), cache_write=Rate(Decimal("1.25")),
+                  output=Rate(Decimal("4.00")), source="test")
+    openai = parse_completion({"choices": [{"message": {"content": "B"}}], "usage": {
+        "prompt_tokens": 1000, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 800},
+        "completion_tokens_details": {"reasoning_tokens": 20}}}, REQUEST).usage
+    # 200 fresh input at $1, 800 cached at $0.10, 30 output (reasoning included) at $4 per million.
+    assert price.cost_usd(openai) == (Decimal(200) * 1 + Decimal(800) * Decimal("0.10") + Decimal(30) * 4) / 1_000_000
+    anthropic = parse_message({"content": [{"type": "text", "text": "B"}], "usage": {
+        "input_tokens": 200, "output_tokens": 30, "cache_read_input_tokens": 800, "cache_creation_input_tokens": 100}},
+        REQUEST).usage
+    # Anthropic reports reads and writes apart from input: 200 + 800 read + 100 written.
+    assert price.cost_usd(anthropic) == (Decimal(200) + Decimal(800) * Decimal("0.10") + Decimal(100) * Decimal("1.25")
+                                         + Decimal(30) * 4) / 1_000_000
+    gemini = parse_generate_content({"candidates": [{"content": {"parts": [{"text": "B"}]}}], "usageMetadata": {
+        "promptTokenCount": 1000, "cachedContentTokenCount": 800, "candidatesTokenCount": 10, "thoughtsTokenCount": 20}},
+        REQUEST).usage
+    # Gemini: cached inside the prompt count; thoughts apart from candidates, billed as output.
+    assert price.cost_usd(gemini) == (Decimal(200) + Decimal(800) * Decimal("0.10") + Decimal(30) * 4) / 1_000_000

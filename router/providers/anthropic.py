@@ -17,9 +17,8 @@ from typing import Any
 
 import httpx
 
-from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 from router.providers.base import ChatRequest, Completion, TokenUsage
-from router.providers.http import ClientPool, JsonApiProvider
+from router.providers.http import ClientPool, JsonApiProvider, estimated_usage
 
 PATH = "/v1/messages"
 # The Messages API version this module's mapping was written against; Anthropic requires the header.
@@ -73,14 +72,7 @@ def parse_message(body: Any, request: ChatRequest) -> Completion:
     text = "".join(block["text"] for block in blocks if block.get("type") == "text")
     usage = body.get("usage")
     if not usage:
-        return Completion(
-            text=text,
-            usage=TokenUsage(
-                input_tokens=estimate_tokens(request.system) + estimate_tokens(request.prompt) + MESSAGE_OVERHEAD_TOKENS,
-                output_tokens=estimate_tokens(text),
-                estimated=True,
-            ),
-        )
+        return Completion(text=text, usage=estimated_usage(request, text))
     return Completion(
         text=text,
         usage=TokenUsage(

@@ -26,6 +26,7 @@ class TokenUsage:
     output_tokens: int
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    reasoning_tokens: int = 0  # thinking tokens; already counted in output_tokens (billed as output)
     estimated: bool = False  # true when the response lacked usage and it was estimated
 
 

@@ -37,7 +37,8 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
-from router.providers.base import ChatRequest, Completion
+from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
+from router.providers.base import ChatRequest, Completion, TokenUsage
 from router.errors import (
     ConfigError,
     MalformedResponse,
@@ -191,6 +192,10 @@ class JsonApiProvider(ABC):
         self._client = client
         self._headers: dict[str, str] = {}
 
+    def url(self, request: ChatRequest) -> str:
+        """The path this call posts to (most vendors: one path for every model)."""
+        return self.path
+
     @abstractmethod
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The vendor's JSON body for one call."""
@@ -201,9 +206,8 @@ class JsonApiProvider(ABC):
 
     async def complete(self, request: ChatRequest) -> Completion:
         """Make one call; raise a ProviderError subclass (router.errors) on failure."""
-        body = await post_json(
-            self._client, self.path, body=self.request_body(request), headers=self._headers, provider=self.name
-        )
+        headers = self._headers if request.request_id is None else {**self._headers, "X-Client-Request-Id": request.request_id}
+        body = await post_json(self._client, self.url(request), body=self.request_body(request), headers=headers, provider=self.name)
         try:
             return self.parse(body, request)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
@@ -212,6 +216,15 @@ class JsonApiProvider(ABC):
     async def aclose(self) -> None:
         """Close the client and its connections."""
         await self._client.aclose()
+
+
+def estimated_usage(request: ChatRequest, text: str) -> TokenUsage:
+    """Usage for an answer whose body reported none: estimated from lengths, and flagged so."""
+    return TokenUsage(
+        input_tokens=estimate_tokens(request.system) + estimate_tokens(request.prompt) + MESSAGE_OVERHEAD_TOKENS,
+        output_tokens=estimate_tokens(text),
+        estimated=True,
+    )
 
 
 async def post_json(
@@ -262,6 +275,8 @@ def status_error(response: httpx.Response, *, provider: str) -> ProviderError:
         status_code=response.status_code,
         retry_after=retry_after_s(response.headers) if response.status_code != 429 else rate_limit_wait_s(response.headers),
         quota_exhausted=quota_exhausted(response.status_code, response.content),
+        key_refused=response.status_code == 400 and any(
+            marker in response.content[:2000] for marker in (b"API_KEY_INVALID", b"API key not valid")),
     )
 
 

@@ -21,9 +21,8 @@ from typing import Any
 
 import httpx
 
-from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 from router.providers.base import ChatRequest, Completion, TokenUsage
-from router.providers.http import ClientPool, JsonApiProvider
+from router.providers.http import ClientPool, JsonApiProvider, estimated_usage
 
 PATH = "/chat/completions"
 
@@ -75,23 +74,18 @@ def parse_completion(body: Any, request: ChatRequest) -> Completion:
         raise TypeError("message.content is not a string")
     usage = body.get("usage")
     if not usage:
-        return Completion(text=text, usage=_estimated_usage(request, text))
+        return Completion(text=text, usage=estimated_usage(request, text))
     prompt_tokens = int(usage["prompt_tokens"])
     details = usage.get("prompt_tokens_details") or {}
     cached = min(int(details.get("cached_tokens") or 0), prompt_tokens)
+    # Reasoning tokens are counted inside completion_tokens and billed as output.
+    reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
     return Completion(
         text=text,
         usage=TokenUsage(
             input_tokens=prompt_tokens - cached,
             output_tokens=int(usage["completion_tokens"]),
             cached_input_tokens=cached,
+            reasoning_tokens=reasoning,
         ),
-    )
-
-
-def _estimated_usage(request: ChatRequest, text: str) -> TokenUsage:
-    return TokenUsage(
-        input_tokens=estimate_tokens(request.system) + estimate_tokens(request.prompt) + MESSAGE_OVERHEAD_TOKENS,
-        output_tokens=estimate_tokens(text),
-        estimated=True,
     )

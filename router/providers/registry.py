@@ -7,7 +7,9 @@ import os
 from router.catalog import Catalog, ProviderInfo
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
+from router.providers.gemini import GeminiProvider
 from router.providers.http import build_client
+from router.providers.mistral import MistralProvider
 from router.providers.openai import OpenAIProvider
 from router.providers.sandbox import SandboxProvider
 from router.settings import Settings
@@ -46,6 +48,10 @@ def _build(catalog: Catalog, settings: Settings, info: ProviderInfo, *, simulate
     )
     if info.kind == "anthropic":
         return AnthropicProvider(name=info.name, client=client, api_key=api_key)
+    if info.kind == "gemini":
+        return GeminiProvider(name=info.name, client=client, api_key=api_key)
+    if info.kind == "mistral":
+        return MistralProvider(name=info.name, client=client, api_key=api_key)
     return OpenAIProvider(name=info.name, client=client, api_key=api_key)
 
 

@@ -1,0 +1,85 @@
+"""The fake provider's fault mix: what a real provider does to a batch, on a seed, at chosen rates.
+
+    POST /_faults {"seed": 1,
+                   "rates": {"429": 0.05, "500": 0.03, "503": 0.02, "529": 0.03,
+                             "truncated": 0.02, "malformed": 0.02, "hang": 0.01},
+                   "retry_after_s": 1.0,
+                   "burst_429": {"every_s": 10, "length_s": 1},
+                   "latency_ms": [0, 50]}
+
+Each call draws one number from the seeded generator: below the cumulative rates, it gets that fault.
+Statuses are served as the vendor serves them (429 with Retry-After and retry-after-ms; 529 as
+Anthropic's overloaded_error; Gemini's RESOURCE_EXHAUSTED). "truncated" is a 200 whose JSON body
+is cut off mid-way; "malformed" a 200 whose JSON has the wrong shape; "hang" accepts the call and
+never answers (the client's timeout ends it). A 429 burst answers every call with 429 for
+`length_s` seconds out of every `every_s`. `latency_ms` delays every answer by a uniform draw.
+
+Only well-formed 200 answers are billed: a fault is the provider's failure, and providers do not
+bill calls they failed to answer. (A call that the provider answered but the client gave up on, a
+timeout on our side, is billed: see fakeserver.)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# A hang lasts this long: far beyond any client timeout a test uses, and short enough that a
+# stopping server's cleanup (which cancels open calls) is never held up by one in practice.
+HANG_S = 3600.0
+KINDS = ("408", "409", "429", "500", "502", "503", "504", "529", "truncated", "malformed", "hang")
+
+
+@dataclass
+class FaultMix:
+    """Fault rates per kind, drawn on a seed; `decide` says what the next call gets."""
+
+    rates: dict[str, float]
+    seed: int = 0
+    retry_after_s: float = 1.0
+    burst_every_s: float | None = None
+    burst_length_s: float = 0.0
+    latency_ms: tuple[float, float] = (0.0, 0.0)
+    served: dict[str, int] = field(default_factory=dict)
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+    _t0: float = field(default_factory=time.monotonic, repr=False)
+
+    @classmethod
+    def from_json(cls, spec: dict[str, Any]) -> FaultMix:
+        """Read the /_faults body; ValueError names what is wrong."""
+        rates = {str(k): float(v) for k, v in (spec.get("rates") or {}).items()}
+        unknown = set(rates) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+        if any(r < 0 for r in rates.values()) or sum(rates.values()) > 1:
+            raise ValueError("rates must be >= 0 and sum to at most 1")
+        burst = spec.get("burst_429") or {}
+        latency = spec.get("latency_ms") or [0, 0]
+        mix = cls(rates=rates, seed=int(spec.get("seed", 0)), retry_after_s=float(spec.get("retry_after_s", 1.0)),
+                  burst_every_s=float(burst["every_s"]) if burst.get("every_s") else None,
+                  burst_length_s=float(burst.get("length_s", 0)), latency_ms=(float(latency[0]), float(latency[1])))
+        mix._rng.seed(mix.seed)
+        return mix
+
+    def decide(self) -> tuple[str | None, float]:
+        """(fault kind or None, extra latency in seconds) for the next call."""
+        lo, hi = self.latency_ms
+        delay = self._rng.uniform(lo, hi) / 1000 if hi else 0.0
+        if self.burst_every_s and (time.monotonic() - self._t0) % self.burst_every_s < self.burst_length_s:
+            return self._count("429"), delay
+        draw = self._rng.random()
+        edge = 0.0
+        for kind in KINDS:
+            edge += self.rates.get(kind, 0.0)
+            if draw < edge:
+                return self._count(kind), delay
+        return None, delay
+
+    def _count(self, kind: str) -> str:
+        self.served[kind] = self.served.get(kind, 0) + 1
+        return kind
+
+    def retry_after_headers(self) -> dict[str, str]:
+        return {"Retry-After": f"{max(1, round(self.retry_after_s))}", "retry-after-ms": f"{int(self.retry_after_s * 1000)}"}
