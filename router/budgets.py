@@ -158,6 +158,46 @@ def release_expired(session: Session, *, period_id: int, now: datetime) -> None:
         _add(session, period_id, reserved=-total)
 
 
+def release(session: Session, *, period_id: int, amount: Decimal) -> None:
+    """Give back `amount` (budget currency) of a period's reserved total (a cancelled job's holds)."""
+    _add(session, period_id, reserved=-amount)
+
+
+def settle_unknown(session: Session, *, job_id: str, team_id: int, amount_usd: Decimal, settings: Settings,
+                   now: datetime) -> None:
+    """Settle the worst case of calls whose worker died mid-call, out of the job's reservations.
+
+    The dead worker's reservation still holds that worst case (it expires only after twice the item
+    lease, see `reserve`), so the amount moves from reserved to settled and the invariant holds. If
+    the reservation is gone, the amount is settled anyway (the provider may have billed it), and an
+    `overshoot` event is recorded when that passes the limit.
+    """
+    period = current_period(session, team_id=team_id, now=now)
+    if period is None or amount_usd <= 0:
+        return
+    amount = (amount_usd / usd_per_unit(period.currency, settings)).quantize(QUANTUM, rounding=ROUND_CEILING)
+    left = amount
+    held = session.execute(
+        select(RESERVATION.c.id, RESERVATION.c.amount).where(RESERVATION.c.job_id == job_id, RESERVATION.c.status == "held",
+                                                             RESERVATION.c.budget_period_id == period.id)
+        .order_by(RESERVATION.c.created_at).with_for_update()
+    ).all()
+    for row in held:
+        if left <= 0:
+            break
+        take = min(left, row.amount)
+        session.execute(update(RESERVATION).where(RESERVATION.c.id == row.id).values(amount=RESERVATION.c.amount - take))
+        _add(session, period.id, reserved=-take, settled=take)  # type: ignore[arg-type]
+        left -= take
+    if left > 0:
+        _add(session, period.id, settled=left)  # type: ignore[arg-type]
+        session.refresh(period)
+        if period.settled + period.reserved > period.limit_amount:
+            record_event(session, team_id=team_id, period=period.period_start, kind="overshoot",
+                         detail={"job_id": job_id, "unknown_calls_usd": str(amount_usd), "settled": str(period.settled),
+                                 "limit": str(period.limit_amount)})
+
+
 def reserve(session: Session, *, period: BudgetPeriod, amount_usd: Decimal, job_id: str, settings: Settings,
             now: datetime) -> Reservation | None:
     """Hold `amount_usd` against the period, atomically; None (and nothing held) when it does not fit."""
@@ -176,8 +216,10 @@ def reserve(session: Session, *, period: BudgetPeriod, amount_usd: Decimal, job_
         if fresh.settled + fresh.reserved + amount > fresh.limit_amount:
             return None
         _add(session, period.id, reserved=amount)  # type: ignore[arg-type]
+    # Twice the item lease: a dead worker's items are taken over (and its lost calls settled out of
+    # this reservation) at one lease, before the reservation could be given back to others.
     reservation = Reservation(id=uuid.uuid4().hex, budget_period_id=period.id, job_id=job_id, amount=amount,  # type: ignore[arg-type]
-                              usd_per_unit=rate, expires_at=now + timedelta(seconds=settings.lease_s))
+                              usd_per_unit=rate, expires_at=now + timedelta(seconds=2 * settings.lease_s))
     session.add(reservation)
     session.flush()
     return reservation

@@ -25,7 +25,7 @@ from router.engine import run_job_inline
 from router.errors import PennyrouteError
 from router.intake import JobRequest
 from router import budgets
-from router.jobs import NoModelError, Submitted, dispatch_job, resume_job, submit_job
+from router.jobs import NoModelError, Submitted, cancel_job, dispatch_job, resume_job, submit_job
 from router.ledger import repo
 from router.ledger.tables import JobStatus, utcnow
 from router.settings import Settings, get_settings
@@ -38,7 +38,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(team_app, name="team")
 budget_app = typer.Typer(no_args_is_help=True, help="Team budgets: monthly limits that concurrent workers cannot overrun.")
-jobs_app = typer.Typer(no_args_is_help=True, help="Jobs: resume.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Jobs: resume, cancel.")
 app.add_typer(budget_app, name="budget")
 app.add_typer(jobs_app, name="jobs")
 
@@ -570,6 +570,24 @@ def _resume(settings: Settings, job_id: str) -> None:
         return
     out.print(f"resuming job {job_id}")
     _start(settings, _catalog(settings), job_id, job.n_items, wait=False)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """Cancel a job: stop dispatch, end its pending items, give back its budget reservations, and
+    record calls whose worker died (calls in flight in live workers are recorded when they return)."""
+    settings = _settings()
+    try:
+        ensure_schema(settings)
+        done = cancel_job(settings, _catalog(settings), job_id)
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    if done["cancelled"] == 0 and done["status"] != JobStatus.CANCELLED:
+        out.print(f"job {job_id} is {done['status']}: nothing to cancel")
+        return
+    out.print(f"job {job_id} cancelled: {done['cancelled']:,} items will not run; {done['in_flight']:,} in flight are "
+              f"recorded as their calls return; budget given back {done['released']}; calls of dead workers "
+              f"charged at their worst case ${done['lost_calls_usd']}")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from router.settings import Settings
 RUN_CHUNK_TASK = "pennyroute.run_chunk"
 CALIBRATE_TASK = "pennyroute.calibrate_job"
 RESUME_PAUSED_TASK = "pennyroute.resume_paused_jobs"
+SWEEP_TASK = "pennyroute.sweep"
 # How often beat looks for paused jobs whose budget has room again: a paused job waits at most
 # this long after the 1st of the month (or after a limit is raised outside `budget set`).
 RESUME_EVERY_S = 300
@@ -39,7 +40,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_hijack_root_logger": False,
-        "beat_schedule": {"resume-paused-jobs": {"task": RESUME_PAUSED_TASK, "schedule": RESUME_EVERY_S}},
+        "beat_schedule": {
+            "resume-paused-jobs": {"task": RESUME_PAUSED_TASK, "schedule": RESUME_EVERY_S},
+            "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_every_s},
+        },
     }
 
 

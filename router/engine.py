@@ -9,6 +9,7 @@ one batched insert of call rows, one batched write of outcomes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -17,7 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from policies.budget_fit import items_that_fit
 from router import budgets, drift, runtime
@@ -25,13 +28,15 @@ from router.catalog import Catalog
 from router.db import session_scope
 from router.errors import ProviderError, ProviderStatusError
 from router.ledger import repo
-from router.ledger.rollup import CallFacts, rollup_rows
+from router.ledger.rollup import CallFacts, rollup_rows, upsert_rollups
 from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, classify_spec, parse_label, summarize_spec
 from router.providers.base import ChatRequest, Completion, Provider, TokenUsage
 from router.providers.registry import close_all, get_provider
 from router.settings import Settings
 from router.strategy import Route
+
+log = logging.getLogger("pennyroute.engine")
 
 # Tries per item within a chunk for retryable failures (429, 5xx, timeouts) before it is failed.
 MAX_ATTEMPTS = 3
@@ -74,11 +79,17 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         if not claimed:
             return ChunkOutcome(0, 0, 0)
         chunk = _Chunk.build(catalog, job)
+        retaken = [row for row in claimed if row.attempts > 1]
+        if retaken:  # a worker died holding these: its calls in flight are recorded as unknown
+            _charge_lost(session, settings, catalog, chunk, retaken, now)
         # No budget (the common case): the call rows are committed with the claim.
         first = None if job.has_budget else _unbudgeted_batch(session, catalog, chunk, list(claimed))
     done = failed = 0
     pending = list(claimed)
     while pending:
+        if first is None and _cancelled(settings, job_id, pending):
+            failed += len(pending)
+            break
         batch = first or _reserve_batch(settings, catalog, chunk, pending)
         first = None
         if batch is None:  # the budget cannot take even one more item: hand the rest back and pause
@@ -88,6 +99,55 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         done, failed = done + batch_done, failed + batch_failed
         pending = pending[len(batch.items):]
     return ChunkOutcome(len(claimed), done, failed)
+
+
+def _cancelled(settings: Settings, job_id: str, items: list[Any]) -> bool:
+    """Between batches: if the job was cancelled, its claimed items not yet tried end as cancelled."""
+    with session_scope(settings) as session:
+        if repo.job_status(session, job_id) != JobStatus.CANCELLED:
+            return False
+        repo.fail_items(session, job_id=job_id, item_ids=[row.id for row in items], error="cancelled", now=utcnow())
+    return True
+
+
+def _charge_lost(session: Any, settings: Settings, catalog: Catalog, chunk: _Chunk, items: list[Any], now: Any) -> Decimal:
+    """Record the in-flight calls of items taken over from a dead worker as `unknown`, at their
+    worst case (the provider may have answered and billed them; we cannot know): tokens at their
+    bounds, cost at the call's recorded prices, in the rollups, and settled against the budget."""
+    texts = {row.id: row.text for row in items}
+    lost = repo.lost_calls(session, list(texts))
+    if not lost:
+        return Decimal(0)
+    updates: list[dict[str, Any]] = []
+    facts: dict[tuple[str, str], list[CallFacts]] = {}
+    for call in lost:
+        worst_input = len(chunk.spec.system.encode()) + len(texts[call.item_id].encode()) + MESSAGE_OVERHEAD_TOKENS
+        usage = TokenUsage(input_tokens=worst_input, output_tokens=chunk.spec.max_output_tokens, estimated=True)
+        if call.model_id in catalog.models:
+            cost = catalog.price(call.model_id, call.started_at).cost_usd(usage)
+        else:
+            cost = (worst_input * call.input_usd_per_mtok + usage.output_tokens * call.output_usd_per_mtok) / Decimal(1_000_000)
+        updates.append({"id": call.id, "status": CallStatus.UNKNOWN, "input_tokens": worst_input, "cached_input_tokens": 0,
+                        "cache_write_tokens": 0, "output_tokens": usage.output_tokens, "usage_estimated": True,
+                        "cost_usd": cost, "latency_ms": None, "finished_at": now,
+                        "error": "worker lost while the call was in flight: outcome unknown, charged at its worst case"})
+        facts.setdefault((call.model_id, call.purpose), []).append(
+            CallFacts(call.started_at, True, worst_input, 0, usage.output_tokens, cost, chunk.job.simulated))
+    repo.finish_calls(session, updates)
+    job = chunk.job
+    baseline = ((job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok)
+                if job.baseline_input_usd_per_mtok is not None else None)
+    upsert_rollups(session, [
+        row for (model_id, purpose), group in facts.items()
+        for row in rollup_rows(group, tenant_id=job.tenant_id, team_id=job.team_id, job_id=job.id, model_id=model_id,
+                               provider=catalog.model(model_id).provider if model_id in catalog.models else "unknown",
+                               task=job.task, purpose=purpose, timezone=job.timezone,
+                               baseline_rates=baseline if purpose == "run" else None)
+    ])
+    total = sum((u["cost_usd"] for u in updates), Decimal(0))
+    if job.has_budget:
+        budgets.settle_unknown(session, job_id=job.id, team_id=job.team_id, amount_usd=total, settings=settings, now=now)
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,10 +432,12 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
                 reservation_ids.append(extra)
         tries = retry + advance
         if tries:
-            with session_scope(settings) as session:
-                repo.finish_calls(session, unwritten)  # this round's outcomes, with the next round's rows
-                unwritten = []
-                recorded = _record_calls(session, catalog, chunk.common, tries)
+            def next_round(session: Any, done_calls: list[dict[str, Any]] = unwritten, planned: list[_Try] = tries) -> _Recorded:
+                repo.finish_calls(session, done_calls)  # this round's outcomes, with the next round's rows
+                return _record_calls(session, catalog, chunk.common, planned)
+
+            recorded = _write_retrying(settings, next_round)
+            unwritten = []
             if retry:
                 time.sleep(min(max(waits), MAX_WAIT_S) * (1 + random.random() * 0.25))  # jitter spreads the herd
     return _Executed(finished_items, answers, held_back, unwritten, facts, references, reservation_ids, newly_stopped, blocked)
@@ -407,8 +469,9 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Exec
         if reference is not None and row is not None and row["status"] == ItemStatus.DONE:
             checked += 1
             agreed += row["output"] == reference
-    alerts = []
-    with session_scope(settings) as session:
+    actual = sum((f.cost_usd for group in facts.values() for f in group), Decimal(0))
+
+    def write(session: Any) -> list[dict[str, Any]]:
         repo.finish_batch(session, job_id=job.id, calls=executed.unwritten, items=rows, done=done, failed=failed,
                           rollups=rollups, now=utcnow())
         if held_back:
@@ -417,12 +480,16 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Exec
             repo.add_drift_counts(session, job_id=job.id, checked=checked, agreed=agreed)
         for provider, why in newly_stopped.items():
             repo.stop_provider(session, job_id=job.id, provider=provider, why=why)
-        actual = sum((f.cost_usd for group in facts.values() for f in group), Decimal(0))
+        alerts = []
+        spend = actual
         for reservation_id in executed.reservation_ids:
-            alert = budgets.settle(session, reservation_id=reservation_id, actual_usd=actual, now=utcnow())
-            actual = Decimal(0)  # the first reservation takes the spend; the others are released
+            alert = budgets.settle(session, reservation_id=reservation_id, actual_usd=spend, now=utcnow())
+            spend = Decimal(0)  # the first reservation takes the spend; the others are released
             if alert:
                 alerts.append(alert)
+        return alerts
+
+    alerts = _write_retrying(settings, write)
     for alert in alerts:
         budgets.send_alert(alert, settings)
     chunk.stopped.update(newly_stopped)  # the chunk's next batches skip them too
@@ -431,6 +498,30 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Exec
     if checked:
         drift.check(settings, catalog, job_id=job.id)
     return done, failed
+
+
+# While Postgres is unreachable, a write of calls already made is tried again after 0.5 s, 1 s, 2 s ...
+# (at most 10 s apart) until half the lease has passed: the calls were made, so their record must
+# land; if it cannot, the items are taken over after the lease and their calls charged as unknown.
+DB_RETRY_FIRST_S = 0.5
+DB_RETRY_MAX_S = 10.0
+T = TypeVar("T")
+
+
+def _write_retrying(settings: Settings, write: Callable[[Any], T]) -> T:
+    """Run `write` in one transaction, trying again while the database is unreachable."""
+    deadline = time.monotonic() + settings.lease_s / 2
+    delay = DB_RETRY_FIRST_S
+    while True:
+        try:
+            with session_scope(settings) as session:
+                return write(session)
+        except (OperationalError, InterfaceError):
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unreachable while recording a batch; trying again in %.1f s", delay)
+            time.sleep(delay * (1 + random.random() * 0.25))
+            delay = min(delay * 2, DB_RETRY_MAX_S)
 
 
 def _only_stopped_left(catalog: Catalog, stages: list[tuple[str, ...]], current: int, got: dict[str, _Answer],

@@ -9,18 +9,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from dataclasses import dataclass, replace
+from decimal import Decimal
 
 from policies.budget_fit import fits
 from policies.cheapest_qualifying import choose_model
 from policies.types import Decision, JobProfile
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlmodel import Session
 
 from router import budgets, quality
 from router.catalog import Catalog
 from router.db import ensure_schema, session_scope
 from router.engine import chunk_ranges
-from router.errors import InputError, PennyrouteError
+from router.errors import InputError, NotFoundError, PennyrouteError
 from router.intake import JobRequest, LineError, ParsedItem, check_request, read_items
 from router.ledger import repo
 from router.ledger.tables import Job, JobStatus, Team
@@ -206,3 +207,47 @@ def _constraints(request: JobRequest) -> dict[str, list[str]]:
         if value:
             out[key] = sorted(value)
     return out
+
+
+def cancel_job(settings: Settings, catalog: Catalog, job_id: str) -> dict[str, int | str]:
+    """Stop a job: no more chunks run; its pending items end as cancelled; the calls of items whose
+    worker died are recorded as unknown (at their worst case); its budget reservations are given
+    back. Calls in flight in live workers finish and are recorded as usual. Returns what happened."""
+    from sqlalchemy import update
+
+    from router.engine import _Chunk, _charge_lost
+    from router.ledger.tables import Item, ItemStatus, Reservation, utcnow
+
+    now = utcnow()
+    item, reservation = Item.__table__, Reservation.__table__  # type: ignore[attr-defined]
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise NotFoundError(f"unknown job '{job_id}'")
+        if job.status in (JobStatus.DONE, JobStatus.CANCELLED, JobStatus.NO_MODEL):
+            return {"status": job.status, "cancelled": 0, "lost_calls_usd": "0", "in_flight": 0, "released": "0"}
+        job.status = JobStatus.CANCELLED
+        job.finished_at = now
+        session.add(job)
+        session.flush()
+        dead = session.execute(select(item.c.id, item.c.seq, item.c.text, item.c.attempts).where(
+            item.c.job_id == job_id, item.c.status == ItemStatus.RUNNING, item.c.lease_until < now)).all()
+        lost = Decimal(0)
+        row = repo.job_for_chunk(session, job_id)
+        if dead and row is not None and row.model_id:
+            lost = _charge_lost(session, settings, catalog, _Chunk.build(catalog, row), list(dead), now)
+        cancelled = repo.fail_items(session, job_id=job_id, item_ids=None, error="cancelled", now=now,
+                                    only_status=(ItemStatus.PENDING,))
+        cancelled += repo.fail_items(session, job_id=job_id, item_ids=[r.id for r in dead], error="cancelled", now=now)
+        in_flight = session.execute(select(func.count()).where(item.c.job_id == job_id, item.c.status == ItemStatus.RUNNING)).scalar()
+        # Give back what the job holds; a batch still in flight settles its actual spend when it ends.
+        held = session.execute(update(reservation).where(reservation.c.job_id == job_id, reservation.c.status == "held")
+                               .values(status="expired").returning(reservation.c.amount, reservation.c.budget_period_id)).all()
+        released = Decimal(0)
+        for amount, period_id in held:
+            budgets.release(session, period_id=period_id, amount=amount)
+            released += amount
+        repo.add_job_event(session, job_id=job_id, kind="cancelled", detail={
+            "cancelled_items": cancelled, "in_flight_items": in_flight, "lost_calls_usd": str(lost), "released": str(released)})
+    return {"status": JobStatus.CANCELLED, "cancelled": cancelled, "lost_calls_usd": str(lost), "in_flight": int(in_flight or 0),
+            "released": str(released)}

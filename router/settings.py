@@ -48,7 +48,13 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=120.0, gt=0)
     # An item claimed by a worker is its own for this long; after it, another worker may take it.
     # It must exceed the longest chunk (100 calls of up to request_timeout_s, with retries).
-    lease_s: int = Field(default=900, ge=10)
+    lease_s: int = Field(default=900, ge=2)
+    # Beat's sweeper looks this often for work that lost its queue message (a Redis restart, a
+    # worker killed before acknowledging) and re-enqueues it; the DB, not the queue, says what is left.
+    sweep_every_s: float = Field(default=60.0, gt=0)
+    # A running job none of whose calls started for this long, yet has pending items, is stalled:
+    # the sweeper re-enqueues its pending items. (Expired leases are re-enqueued at once.)
+    sweep_idle_s: float = Field(default=120.0, gt=0)
     # How long a chunk that fits no budget waits for other chunks' reservations to settle before
     # its items are handed back and the job pauses. Below lease_s, so the chunk keeps its claim.
     budget_wait_s: float = Field(default=120.0, ge=0)

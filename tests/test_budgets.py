@@ -103,8 +103,14 @@ def test_a_crashed_workers_reservation_expires(live_settings: Settings) -> None:
         period = budgets.set_budget(session, team=team, monthly=Decimal("1"), currency="USD", soft_pct=None, settings=live_settings)
         job = _job(session, team)
         assert budgets.reserve(session, period=period, amount_usd=Decimal("0.9"), job_id=job.id, settings=live_settings, now=now)
-        later = datetime.fromtimestamp(now.timestamp() + live_settings.lease_s + 1, UTC)
-        budgets.release_expired(session, period_id=period.id, now=later)  # type: ignore[arg-type]
+        # Held through one lease (the dead worker's items are taken over then, and its lost calls
+        # settled out of this reservation), given back after two.
+        one_lease = datetime.fromtimestamp(now.timestamp() + live_settings.lease_s + 1, UTC)
+        budgets.release_expired(session, period_id=period.id, now=one_lease)  # type: ignore[arg-type]
+        session.refresh(period)
+        assert period.reserved == Decimal("0.9")
+        two_leases = datetime.fromtimestamp(now.timestamp() + 2 * live_settings.lease_s + 1, UTC)
+        budgets.release_expired(session, period_id=period.id, now=two_leases)  # type: ignore[arg-type]
         session.refresh(period)
         assert period.reserved == 0
 

@@ -6,9 +6,10 @@ from functools import lru_cache
 from typing import Any
 
 from celery.signals import worker_process_shutdown
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from router.catalog import Catalog, load_catalog
-from router.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_TASK
+from router.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_TASK, SWEEP_TASK
 from router import runtime
 from router.calibrate import calibrate_job
 from router.db import session_scope
@@ -16,6 +17,7 @@ from router.engine import run_chunk
 from router.ledger import repo
 from router.jobs import dispatch_job, resumable_jobs
 from router.providers.registry import close_all
+from router.sweeper import sweep
 from router.settings import get_settings
 from workers.app import app
 
@@ -26,14 +28,26 @@ def _catalog() -> Catalog:
     return load_catalog(settings.catalog, replace_default=settings.catalog_replace)
 
 
-@app.task(name=RUN_CHUNK_TASK)
+# Postgres unreachable (restarting, failing over): the task is tried again later with a growing
+# delay (1 s, 2 s, 4 s ... up to 60 s), for about an hour, well within the broker's visibility timeout.
+DB_DOWN = (OperationalError, InterfaceError)
+DB_RETRY = {"autoretry_for": DB_DOWN, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True, "max_retries": 60}
+
+
+@app.task(name=RUN_CHUNK_TASK, **DB_RETRY)
 def run_chunk_task(job_id: str, lo: int, hi: int) -> dict[str, int]:
     """Run one chunk (items lo <= seq < hi) of a job; items already done or held elsewhere are skipped."""
     outcome = run_chunk(get_settings(), _catalog(), job_id=job_id, lo=lo, hi=hi)
     return {"claimed": outcome.claimed, "done": outcome.done, "failed": outcome.failed}
 
 
-@app.task(name=CALIBRATE_TASK)
+@app.task(name=SWEEP_TASK)
+def sweep_task() -> int:
+    """Re-enqueue work whose queue message was lost (run by beat); the DB says what is left."""
+    return sweep(get_settings())
+
+
+@app.task(name=CALIBRATE_TASK, **DB_RETRY)
 def calibrate_job_task(job_id: str) -> str:
     """Calibrate a job on a sample, then hand its chunks to workers (if a model was chosen)."""
     settings = get_settings()

@@ -272,15 +272,36 @@ def claim_items(session: Session, *, job_id: str, lo: int, hi: int, now: datetim
         .returning(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.attempts)
     )
     rows = session.execute(stmt).all()
-    retaken = [r.id for r in rows if r.attempts > 1]
-    if retaken:
-        # Calls still in flight for re-claimed items belong to a worker that died: their outcome is unknown.
-        session.execute(
-            update(CALL)
-            .where(CALL.c.item_id.in_(retaken), CALL.c.status == CallStatus.IN_FLIGHT)
-            .values(status=CallStatus.UNKNOWN, error="worker lost while the call was in flight", finished_at=now)
-        )
     return sorted(rows, key=lambda r: r.seq)
+
+
+def job_status(session: Session, job_id: str) -> str | None:
+    return session.execute(select(JOB.c.status).where(JOB.c.id == job_id)).scalar()
+
+
+def fail_items(session: Session, *, job_id: str, item_ids: Sequence[int] | None, error: str, now: datetime,
+               only_status: Sequence[str] = (ItemStatus.PENDING, ItemStatus.RUNNING)) -> int:
+    """Mark items failed with `error` (all of the job's items in `only_status` when `item_ids` is None)
+    and count them on the job; returns how many."""
+    stmt = update(ITEM).where(ITEM.c.job_id == job_id, ITEM.c.status.in_(list(only_status)))
+    if item_ids is not None:
+        stmt = stmt.where(ITEM.c.id.in_(list(item_ids)))
+    count = session.execute(stmt.values(status=ItemStatus.FAILED, error=error, finished_at=now, lease_until=None)).rowcount  # type: ignore[attr-defined]
+    if count:
+        session.execute(update(JOB).where(JOB.c.id == job_id).values(n_failed=JOB.c.n_failed + count))
+    return int(count)
+
+
+def lost_calls(session: Session, item_ids: Sequence[int]) -> list[Any]:
+    """Calls still in flight for items being taken over: their worker died mid-call (the caller
+    records them as unknown, at their worst case)."""
+    if not item_ids:
+        return []
+    return list(session.execute(
+        select(CALL.c.id, CALL.c.item_id, CALL.c.model_id, CALL.c.provider, CALL.c.purpose, CALL.c.started_at,
+               CALL.c.input_usd_per_mtok, CALL.c.output_usd_per_mtok)
+        .where(CALL.c.item_id.in_(list(item_ids)), CALL.c.status == CallStatus.IN_FLIGHT)
+    ).all())
 
 
 def insert_calls(session: Session, *, common: dict[str, Any], ids: Sequence[str], item_ids: Sequence[int]) -> None:
@@ -379,8 +400,9 @@ def finish_batch(session: Session, *, job_id: str, calls: Sequence[dict[str, Any
     if done or failed:
         total = "n_done + n_failed + :done + :failed"
         parts.append(f"j AS (UPDATE job SET n_done = n_done + :done, n_failed = n_failed + :failed, "
-                     f"status = CASE WHEN {total} >= n_items THEN '{JobStatus.DONE}' ELSE status END, "
-                     f"finished_at = CASE WHEN {total} >= n_items THEN CAST(:now AS timestamptz) ELSE finished_at END "
+                     f"status = CASE WHEN {total} >= n_items AND status IN ('{JobStatus.RUNNING}', '{JobStatus.PAUSED}') "
+                     f"THEN '{JobStatus.DONE}' ELSE status END, "
+                     f"finished_at = CASE WHEN {total} >= n_items AND finished_at IS NULL THEN CAST(:now AS timestamptz) ELSE finished_at END "
                      f"WHERE id = :job_id RETURNING 1)")
     for k, row in enumerate(rollups):
         sql, rollup_params = upsert_sql(row, prefix=f"r{k}")
@@ -405,8 +427,9 @@ def count_finished(session: Session, *, job_id: str, done: int, failed: int, now
         .values(
             n_done=JOB.c.n_done + done,
             n_failed=JOB.c.n_failed + failed,
-            status=case((total >= JOB.c.n_items, JobStatus.DONE), else_=JOB.c.status),
-            finished_at=case((total >= JOB.c.n_items, now), else_=JOB.c.finished_at),
+            status=case(((total >= JOB.c.n_items) & JOB.c.status.in_([JobStatus.RUNNING, JobStatus.PAUSED]), JobStatus.DONE),
+                        else_=JOB.c.status),
+            finished_at=case(((total >= JOB.c.n_items) & JOB.c.finished_at.is_(None), now), else_=JOB.c.finished_at),
         )
     )
 
