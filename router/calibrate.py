@@ -263,11 +263,10 @@ def _keep_answers(session: Any, job: Job, cal: Calibration, route: Route) -> int
         if found is not None:
             answer, call_id = found
             rows.append({"id": item_id, "status": ItemStatus.DONE, "output": answer, "error": None,
-                         "final_call_id": call_id, "finished_at": utcnow(), "lease_until": None})
-    if rows:
-        repo.finish_items(session, rows)
-        repo.count_finished(session, job_id=job.id, done=len(rows), failed=0, now=utcnow())
-    return len(rows)
+                         "final_call_id": call_id, "finished_at": utcnow(), "lease_until": None, "held": 0})
+    done, _ = repo.finish_items(session, rows)  # still pending, never claimed: held with 0 tries
+    repo.count_finished(session, job_id=job.id, done=done, failed=0, now=utcnow())
+    return done
 
 
 def _route_answer(cal: Calibration, route: Route, item_id: int) -> tuple[str, str] | None:
@@ -317,7 +316,7 @@ class CalibrationBudgetError(Exception):
 
 def _sample(session: Any, job_id: str, mode: str) -> list[Any]:
     item = Item.__table__  # type: ignore[attr-defined]
-    query = select(item.c.id, item.c.seq, item.c.text, item.c.gold).where(item.c.job_id == job_id)
+    query = select(item.c.id, item.c.seq, item.c.text, item.c.gold, item.c.attempts).where(item.c.job_id == job_id)
     if mode == "gold":
         query = query.where(item.c.gold.is_not(None)).order_by(item.c.seq).limit(MAX_SAMPLE)
         return list(session.execute(query).all())

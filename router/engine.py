@@ -275,7 +275,7 @@ def _reserve_more(settings: Settings, catalog: Catalog, chunk: _Chunk, session: 
 
 def _pause(settings: Settings, chunk: _Chunk, items: list[Any], *, reason: str = "budget", detail: str | None = None) -> None:
     with session_scope(settings) as session:
-        repo.release_items(session, [row.id for row in items])
+        repo.release_items(session, [(row.id, row.attempts) for row in items])
         if repo.pause_job(session, chunk.job.id, reason=reason):
             if reason == "budget":
                 period = budgets.current_period(session, team_id=chunk.job.team_id)
@@ -313,6 +313,7 @@ class _Executed:
     reservation_ids: list[str]
     newly_stopped: dict[str, str]
     blocked: bool
+    held: dict[int, int]  # item id -> its try count when claimed: only that holder may write it
 
 
 def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch) -> _Executed:
@@ -440,7 +441,8 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
             unwritten = []
             if retry:
                 time.sleep(min(max(waits), MAX_WAIT_S) * (1 + random.random() * 0.25))  # jitter spreads the herd
-    return _Executed(finished_items, answers, held_back, unwritten, facts, references, reservation_ids, newly_stopped, blocked)
+    return _Executed(finished_items, answers, held_back, unwritten, facts, references, reservation_ids, newly_stopped, blocked,
+                     {row.id: row.attempts for row in batch.items})
 
 
 def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Executed, *, write_items: bool) -> tuple[int, int]:
@@ -449,7 +451,7 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Exec
     job = chunk.job
     finished_items, held_back, facts = executed.finished_items, executed.held_back, executed.facts
     references, newly_stopped = executed.references, executed.newly_stopped
-    rows = list(finished_items.values()) if write_items else []
+    rows = [{**row, "held": executed.held[item_id]} for item_id, row in finished_items.items()] if write_items else []
     if not write_items:
         held_back = []
     done = sum(1 for row in rows if row["status"] == ItemStatus.DONE)
@@ -472,10 +474,9 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Exec
     actual = sum((f.cost_usd for group in facts.values() for f in group), Decimal(0))
 
     def write(session: Any) -> list[dict[str, Any]]:
-        repo.finish_batch(session, job_id=job.id, calls=executed.unwritten, items=rows, done=done, failed=failed,
-                          rollups=rollups, now=utcnow())
+        repo.finish_batch(session, job_id=job.id, calls=executed.unwritten, items=rows, rollups=rollups, now=utcnow())
         if held_back:
-            repo.release_items(session, held_back)
+            repo.release_items(session, [(item_id, executed.held[item_id]) for item_id in held_back])
         if checked:
             repo.add_drift_counts(session, job_id=job.id, checked=checked, agreed=agreed)
         for provider, why in newly_stopped.items():

@@ -119,12 +119,16 @@ def job_for_chunk(session: Session, job_id: str) -> Any:
     ).first()
 
 
-def release_items(session: Session, item_ids: Sequence[int]) -> None:
-    """Hand claimed items back, untried (their budget did not fit): pending, no lease, try not counted."""
-    if item_ids:
+def release_items(session: Session, items: Sequence[tuple[int, int]]) -> None:
+    """Hand claimed items back, untried (budget, stopped provider): pending, no lease, try not
+    counted. `items` are (id, tries when claimed): an item taken over since is left alone."""
+    if items:
+        held = {item_id: attempts for item_id, attempts in items}
         session.execute(
-            update(ITEM).where(ITEM.c.id.in_(list(item_ids)), ITEM.c.status == ItemStatus.RUNNING)
-            .values(status=ItemStatus.PENDING, lease_until=None, attempts=ITEM.c.attempts - 1)
+            update(ITEM).where(ITEM.c.id == bindparam("b_id"), ITEM.c.attempts == bindparam("b_held"),
+                               ITEM.c.status == ItemStatus.RUNNING)
+            .values(status=ItemStatus.PENDING, lease_until=None, attempts=ITEM.c.attempts - 1),
+            [{"b_id": item_id, "b_held": attempts} for item_id, attempts in held.items()],
         )
 
 
@@ -339,45 +343,63 @@ def finish_calls(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     _bulk_update(session, "call", CALL, _CALL_OUTCOME, rows, only_in_flight=True)
 
 
-def finish_items(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Write items' outcomes (and release their lease), in one statement on Postgres."""
-    _bulk_update(session, "item", ITEM, _ITEM_OUTCOME, rows, only_in_flight=False)
+def finish_items(session: Session, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """Write items' outcomes (and release their lease), only where the writer still holds them;
+    returns (done, failed) as written."""
+    done_rows = [r for r in rows if r["status"] == ItemStatus.DONE]
+    failed_rows = [r for r in rows if r["status"] != ItemStatus.DONE]
+    return (_bulk_update(session, "item", ITEM, _ITEM_OUTCOME, done_rows, only_in_flight=False),
+            _bulk_update(session, "item", ITEM, _ITEM_OUTCOME, failed_rows, only_in_flight=False))
 
 
 def _unnest_update(table_name: str, fields: dict[str, str], rows: Sequence[dict[str, Any]], *, prefix: str) -> tuple[str, dict[str, Any]]:
     """One Postgres UPDATE setting `fields` on many rows from parallel arrays (unnest), and its
-    parameters (named with `prefix`, so several can share one statement). Call rows are only
-    written while in flight; item rows also give up their lease."""
+    parameters (named with `prefix`, so several can share one statement).
+
+    Call rows are only written while in flight. Item rows are only written by their holder: the
+    item must still be pending or running with the try count (`held`) it was claimed with, so a
+    worker whose lease ran out (its items taken over) cannot write over the new holder's outcome;
+    they also give up their lease."""
     id_type = "text" if table_name == "call" else "bigint"
-    arrays = ", ".join(f"CAST(:{prefix}_{f} AS {t}[])" for f, t in fields.items())
+    columns = {**fields, "held": "int"} if table_name == "item" else fields
+    arrays = ", ".join(f"CAST(:{prefix}_{f} AS {t}[])" for f, t in columns.items())
     sets = ", ".join(f"{f} = v.{f}" for f in fields) + (", lease_until = NULL" if table_name == "item" else "")
-    guard = f" AND call.status = '{CallStatus.IN_FLIGHT}'" if table_name == "call" else ""
+    if table_name == "call":
+        guard = f" AND call.status = '{CallStatus.IN_FLIGHT}'"
+    else:
+        guard = f" AND item.attempts = v.held AND item.status IN ('{ItemStatus.PENDING}', '{ItemStatus.RUNNING}')"
     params: dict[str, Any] = {f"{prefix}_ids": [r["id"] for r in rows]}
-    for f in fields:
+    for f in columns:
         params[f"{prefix}_{f}"] = [r[f] for r in rows]
     sql = (f"UPDATE {table_name} SET {sets} FROM unnest(CAST(:{prefix}_ids AS {id_type}[]), {arrays}) "
-           f"AS v(id, {', '.join(fields)}) WHERE {table_name}.id = v.id{guard}")
+           f"AS v(id, {', '.join(columns)}) WHERE {table_name}.id = v.id{guard}")
     return sql, params
 
 
-def _bulk_update(session: Session, name: str, table: Any, fields: dict[str, str], rows: Sequence[dict[str, Any]], *, only_in_flight: bool) -> None:
+def _bulk_update(session: Session, name: str, table: Any, fields: dict[str, str], rows: Sequence[dict[str, Any]], *, only_in_flight: bool) -> int:
+    """Write rows as `_unnest_update` says (same guards); returns how many rows were written."""
     if not rows:
-        return
+        return 0
     if _is_postgres(session):
         sql, params = _unnest_update(name, fields, rows, prefix="u")
-        session.execute(text(sql), params)
-        return
+        return int(session.execute(text(sql), params).rowcount)  # type: ignore[attr-defined]
     values: dict[str, Any] = {f: bindparam(f"b_{f}") for f in fields}
+    stmt = update(table).where(table.c.id == bindparam("b_id"))
+    keys: tuple[str, ...] = ("id", *fields)
     if name == "item":
         values["lease_until"] = None
-    stmt = update(table).where(table.c.id == bindparam("b_id")).values(values)
+        stmt = stmt.where(table.c.attempts == bindparam("b_held"), table.c.status.in_([ItemStatus.PENDING, ItemStatus.RUNNING]))
+        keys = (*keys, "held")
     if only_in_flight:
         stmt = stmt.where(table.c.status == CallStatus.IN_FLIGHT)
-    session.execute(stmt, [{f"b_{k}": r[k] for k in ("id", *fields)} for r in rows])
+    written = 0
+    for row in rows:  # one by one: SQLite's executemany does not report how many rows matched
+        written += int(session.execute(stmt.values(values), {f"b_{k}": row[k] for k in keys}).rowcount)  # type: ignore[attr-defined]
+    return written
 
 
 def finish_batch(session: Session, *, job_id: str, calls: Sequence[dict[str, Any]], items: Sequence[dict[str, Any]],
-                 done: int, failed: int, rollups: Sequence[dict[str, Any]], now: datetime) -> None:
+                 rollups: Sequence[dict[str, Any]], now: datetime) -> None:
     """Record a batch's outcome: call rows, item rows, the job's counts and the daily rollups.
 
     Postgres: one statement (data-modifying CTEs), one round trip. Elsewhere: one statement each.
@@ -386,20 +408,23 @@ def finish_batch(session: Session, *, job_id: str, calls: Sequence[dict[str, Any
 
     if not _is_postgres(session):
         finish_calls(session, calls)
-        finish_items(session, items)
-        count_finished(session, job_id=job_id, done=done, failed=failed, now=now)
+        written_done, written_failed = finish_items(session, items)
+        count_finished(session, job_id=job_id, done=written_done, failed=written_failed, now=now)
         upsert_rollups(session, rollups)
         return
-    params: dict[str, Any] = {"job_id": job_id, "done": done, "failed": failed, "now": now}
+    params: dict[str, Any] = {"job_id": job_id, "now": now}
     parts = []
     for name, table_name, fields, rows in (("c", "call", _CALL_OUTCOME, calls), ("i", "item", _ITEM_OUTCOME, items)):
         if rows:
             sql, update_params = _unnest_update(table_name, fields, rows, prefix=name)
             params.update(update_params)
-            parts.append(f"{name} AS ({sql} RETURNING 1)")
-    if done or failed:
-        total = "n_done + n_failed + :done + :failed"
-        parts.append(f"j AS (UPDATE job SET n_done = n_done + :done, n_failed = n_failed + :failed, "
+            parts.append(f"{name} AS ({sql} RETURNING {'item.status' if name == 'i' else '1'})")
+    if items:
+        # The job counts what was written: an item its writer no longer held is not counted twice.
+        done_sql = f"(SELECT count(*) FROM i WHERE status = '{ItemStatus.DONE}')"
+        failed_sql = f"(SELECT count(*) FROM i WHERE status <> '{ItemStatus.DONE}')"
+        total = f"n_done + n_failed + {done_sql} + {failed_sql}"
+        parts.append(f"j AS (UPDATE job SET n_done = n_done + {done_sql}, n_failed = n_failed + {failed_sql}, "
                      f"status = CASE WHEN {total} >= n_items AND status IN ('{JobStatus.RUNNING}', '{JobStatus.PAUSED}') "
                      f"THEN '{JobStatus.DONE}' ELSE status END, "
                      f"finished_at = CASE WHEN {total} >= n_items AND finished_at IS NULL THEN CAST(:now AS timestamptz) ELSE finished_at END "
