@@ -110,15 +110,17 @@ def worker_env(*, pg_url: str, broker_url: str, catalog_file: Path) -> dict[str,
     return env
 
 
-def start_workers(count: int, env: dict[str, str], logs: Path, *, threads: int = 8) -> list[subprocess.Popen[bytes]]:
+def start_workers(count: int, env: dict[str, str], logs: Path, *, threads: int = 8,
+                  extra: tuple[str, ...] = (), name: str = "worker") -> list[subprocess.Popen[bytes]]:
     """Start `count` real `celery -A workers.app worker` processes and wait until each is ready."""
     procs, log_files = [], []
     for n in range(count):
-        log = logs / f"worker-{n}.log"
+        log = logs / f"{name}-{n}.log"
         with log.open("wb") as handle:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel", "INFO", "--concurrency", str(threads),
-                 "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                 "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                 *extra],
                 cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
             ))
         log_files.append(log)
