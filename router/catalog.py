@@ -93,6 +93,9 @@ class ModelInfo:
     open_weight: bool
     quality: dict[str, QualityEstimate] = field(default_factory=dict)
     price_override: Price | None = None
+    # The account's limits for this model, shared by every worker (router/ratelimit.py); None: no limit.
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens per minute (input + output)
 
 
 class Catalog:
@@ -222,11 +225,22 @@ def _build(raw: dict[str, Any], where: str) -> Catalog:
             open_weight=bool(entry.get("open_weight", False)),
             quality=quality,
             price_override=_price_override(entry.get("price"), model_id, where),
+            rpm=_limit(entry, "rpm", model_id, where),
+            tpm=_limit(entry, "tpm", model_id, where),
         )
     catalog = Catalog(providers, models)
     for model_id in models:  # fail at load, not mid-job, when a price cannot be found
         catalog.price(model_id)
     return catalog
+
+
+def _limit(entry: dict[str, Any], key: str, model_id: str, where: str) -> int | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{where}: model {model_id}: {key} must be a positive whole number, not {value!r}")
+    return value
 
 
 def _price_override(entry: dict[str, Any] | None, model_id: str, where: str) -> Price | None:

@@ -26,13 +26,14 @@ from policies.budget_fit import items_that_fit
 from router import budgets, drift, runtime
 from router.catalog import Catalog
 from router.db import session_scope
-from router.errors import ProviderError, ProviderStatusError
+from router.errors import CircuitOpen, ProviderError, ProviderStatusError
 from router.ledger import repo
 from router.ledger.rollup import CallFacts, rollup_rows, upsert_rollups
 from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, classify_spec, parse_label, summarize_spec
 from router.providers.base import ChatRequest, Completion, Provider, TokenUsage
-from router.providers.registry import close_all, get_provider
+from router.providers.registry import close_all, get_provider, shared_limits
+from router.ratelimit import SharedLimits
 from router.settings import Settings
 from router.strategy import Route
 
@@ -593,13 +594,24 @@ async def _call_all(
 ) -> list[tuple[int, Completion | ProviderError, float]]:
     providers = {name: await get_provider(catalog, settings, name, simulated=simulated) for name in {p for _, p, _ in requests}}
     gate = runtime.gate(settings.calls_in_flight)
-    return await asyncio.gather(*(_call_one(providers[name], gate, key, request) for key, name, request in requests))
+    limits = None if simulated else shared_limits(settings)
+    models = {(m.provider, m.api_model): m for m in catalog.models.values()}
+    return await asyncio.gather(*(_call_one(providers[name], gate, key, request, limits, models.get((name, request.model)))
+                                  for key, name, request in requests))
 
 
 async def _call_one(
-    provider: Provider, gate: asyncio.Semaphore, key: int, request: ChatRequest
+    provider: Provider, gate: asyncio.Semaphore, key: int, request: ChatRequest, limits: SharedLimits | None = None,
+    model: Any = None,
 ) -> tuple[int, Completion | ProviderError, float]:
     async with gate:
+        if limits is not None:
+            breaker = await limits.breaker(provider.name)
+            if not breaker.allowed:
+                return key, CircuitOpen(breaker.reason, provider=provider.name), 0.0
+            if model is not None and (model.rpm or model.tpm):
+                tokens = (len(request.system) + len(request.prompt)) // 4 + request.max_output_tokens
+                await limits.acquire(model.model_id, rpm=model.rpm, tpm=model.tpm, tokens=tokens)
         started = time.perf_counter()
         try:
             result: Completion | ProviderError = await provider.complete(request)
@@ -607,7 +619,16 @@ async def _call_one(
             result = exc
         except Exception as exc:  # a bug or an unmapped client error must fail the item, not the chunk
             result = ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=provider.name)
-        return key, result, time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        if limits is not None:
+            failing = isinstance(result, ProviderError)
+            rate_limited = failing and result.status_code == 429  # type: ignore[union-attr]
+            # A 5xx, a timeout or a broken connection counts against the provider; a 429 slows the model.
+            await limits.record(provider.name, failed=failing and result.retryable and not rate_limited)  # type: ignore[union-attr]
+            if model is not None:
+                await limits.observe(model.model_id, rpm=model.rpm, tpm=model.tpm, rate_limited=rate_limited,
+                                     retry_after=result.retry_after if rate_limited else None)  # type: ignore[union-attr]
+        return key, result, elapsed
 
 
 def run_job_inline(

@@ -8,7 +8,8 @@
         ├── ProviderTimeout         no answer within the timeout
         ├── ProviderConnectionError the connection failed or broke
         ├── ProviderStatusError     the provider answered with a non-2xx status
-        └── MalformedResponse       a 2xx answer whose body cannot be read as the wire format says
+        ├── MalformedResponse       a 2xx answer whose body cannot be read as the wire format says
+        └── CircuitOpen             not called: the provider failed too often in a row (router/ratelimit.py)
 
 Two properties say what a caller should do: `retryable` (another try may succeed: connection
 errors, timeouts, 408, 409, 429 for a rate, 5xx, 529) and `stops_provider` (no call to this provider
@@ -119,3 +120,12 @@ class MalformedResponse(ProviderError):
     @property
     def retryable(self) -> bool:
         return True
+
+
+class CircuitOpen(ProviderError):
+    """Raised (without calling) while a provider's circuit breaker is open; the item moves on to its
+    fallback model rather than waiting on a provider that keeps failing."""
+
+    @property
+    def retryable(self) -> bool:
+        return False

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # Beat's sweeper looks this often for work that lost its queue message (a Redis restart, a
     # worker killed before acknowledging) and re-enqueues it; the DB, not the queue, says what is left.
     sweep_every_s: float = Field(default=60.0, gt=0)
+    # Where rate limits and circuit breakers are shared between workers (PENNYROUTE_REDIS_URL);
+    # by default the broker's Redis. Without one they are kept per process.
+    redis_url: str | None = None
     # A running job none of whose calls started for this long, yet has pending items, is stalled:
     # the sweeper re-enqueues its pending items. (Expired leases are re-enqueued at once.)
     sweep_idle_s: float = Field(default=120.0, gt=0)
@@ -86,6 +89,15 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def shared_state_url(self) -> str | None:
+        """The Redis that rate limits and breakers live in, if any."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
 
     @property
     def embedded(self) -> bool:

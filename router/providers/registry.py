@@ -12,6 +12,7 @@ from router.providers.http import build_client
 from router.providers.mistral import MistralProvider
 from router.providers.openai import OpenAIProvider
 from router.providers.sandbox import SandboxProvider
+from router.ratelimit import SharedLimits
 from router.settings import Settings
 
 # Connections per provider and process: one per call in flight (settings.calls_in_flight).
@@ -55,9 +56,25 @@ def _build(catalog: Catalog, settings: Settings, info: ProviderInfo, *, simulate
     return OpenAIProvider(name=info.name, client=client, api_key=api_key)
 
 
+_limits: dict[tuple[int, str | None], SharedLimits] = {}
+
+
+def shared_limits(settings: Settings) -> SharedLimits:
+    """This process's rate gates and breakers (shared through Redis when there is one); call inside the I/O loop."""
+    key = (os.getpid(), settings.shared_state_url)
+    limits = _limits.get(key)
+    if limits is None:
+        limits = _limits[key] = SharedLimits(settings.shared_state_url)
+    return limits
+
+
 async def close_all() -> None:
-    """Close every cached provider's connections (tests and shutdown)."""
+    """Close every cached provider's connections, and the shared limits' Redis (tests and shutdown)."""
     providers = list(_cache.values())
     _cache.clear()
     for provider in providers:
         await provider.aclose()
+    limits = list(_limits.values())
+    _limits.clear()
+    for shared in limits:
+        await shared.aclose()
