@@ -606,12 +606,15 @@ async def _call_one(
 ) -> tuple[int, Completion | ProviderError, float]:
     async with gate:
         if limits is not None:
-            breaker = await limits.breaker(provider.name)
-            if not breaker.allowed:
-                return key, CircuitOpen(breaker.reason, provider=provider.name), 0.0
-            if model is not None and (model.rpm or model.tpm):
-                tokens = (len(request.system) + len(request.prompt)) // 4 + request.max_output_tokens
-                await limits.acquire(model.model_id, rpm=model.rpm, tpm=model.tpm, tokens=tokens)
+            try:
+                breaker = await limits.breaker(provider.name)
+                if not breaker.allowed:
+                    return key, CircuitOpen(breaker.reason, provider=provider.name), 0.0
+                if model is not None and (model.rpm or model.tpm):
+                    tokens = (len(request.system) + len(request.prompt)) // 4 + request.max_output_tokens
+                    await limits.acquire(model.model_id, rpm=model.rpm, tpm=model.tpm, tokens=tokens)
+            except Exception as exc:  # shared limits unreachable: call anyway; the provider's 429s still hold us back
+                log.warning("shared rate limits unavailable (%s); calling without them", exc)
         started = time.perf_counter()
         try:
             result: Completion | ProviderError = await provider.complete(request)
@@ -623,11 +626,14 @@ async def _call_one(
         if limits is not None:
             failing = isinstance(result, ProviderError)
             rate_limited = failing and result.status_code == 429  # type: ignore[union-attr]
-            # A 5xx, a timeout or a broken connection counts against the provider; a 429 slows the model.
-            await limits.record(provider.name, failed=failing and result.retryable and not rate_limited)  # type: ignore[union-attr]
-            if model is not None:
-                await limits.observe(model.model_id, rpm=model.rpm, tpm=model.tpm, rate_limited=rate_limited,
-                                     retry_after=result.retry_after if rate_limited else None)  # type: ignore[union-attr]
+            try:
+                # A 5xx, a timeout or a broken connection counts against the provider; a 429 slows the model.
+                await limits.record(provider.name, failed=failing and result.retryable and not rate_limited)  # type: ignore[union-attr]
+                if model is not None:
+                    await limits.observe(model.model_id, rpm=model.rpm, tpm=model.tpm, rate_limited=rate_limited,
+                                         retry_after=result.retry_after if rate_limited else None)  # type: ignore[union-attr]
+            except Exception as exc:  # the call is made and will be recorded; losing one observation is harmless
+                log.warning("shared rate limits unavailable (%s)", exc)
         return key, result, elapsed
 
 

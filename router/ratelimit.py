@@ -32,6 +32,8 @@ MAX_SLEEP_S = 1.0
 BREAKER_CACHE_S = 1.0
 # Redis keys expire when unused for this long, so dropped models leave nothing behind.
 KEY_TTL_S = 600
+# Connections to Redis per process: calls queue for one (up to 5 s) rather than opening hundreds.
+REDIS_CONNECTIONS = 16
 
 # KEYS: request bucket, token bucket, factor, pause-until. ARGV: rps, tps, tokens.
 # Returns "0" when both buckets had room (and takes from both), else the seconds to wait.
@@ -80,6 +82,7 @@ class SharedLimits:
         self._script: Any = None
         self._factor: dict[str, float] = {}  # this process's view of each model's factor
         self._breakers: dict[str, tuple[float, BreakerState]] = {}  # provider -> (read at, state)
+        self._refreshing: set[str] = set()  # providers whose breaker state is being read now
         self._buckets: dict[str, _Bucket] = {}  # in-memory mode only
         self._pause: dict[str, float] = {}  # in-memory mode only
 
@@ -87,7 +90,8 @@ class SharedLimits:
         if self._redis is None and self._url:
             import redis.asyncio as aioredis
 
-            self._redis = aioredis.from_url(self._url)
+            pool = aioredis.BlockingConnectionPool.from_url(self._url, max_connections=REDIS_CONNECTIONS, timeout=5)
+            self._redis = aioredis.Redis(connection_pool=pool)
             self._script = self._redis.register_script(TAKE)
         return self._redis
 
@@ -184,7 +188,13 @@ class SharedLimits:
             return cached[1]
         if client is None:
             return BreakerState()
-        raw = await client.hgetall(f"pennyroute:cb:{provider}")
+        if provider in self._refreshing:  # one read at a time: the others go on with what is known
+            return cached[1] if cached is not None else BreakerState()
+        self._refreshing.add(provider)
+        try:
+            raw = await client.hgetall(f"pennyroute:cb:{provider}")
+        finally:
+            self._refreshing.discard(provider)
         state = BreakerState(failures=int(raw.get(b"failures", 0)), open_until=float(raw.get(b"open_until", 0)),
                              half_open=bool(int(raw.get(b"half_open", 0)))) if raw else BreakerState()
         self._breakers[provider] = (time.monotonic(), state)
