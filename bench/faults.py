@@ -1,0 +1,154 @@
+"""A 10,000-item job under a 20% fault mix, against the same job without faults, on Postgres + Redis
++ a real Celery worker and the local fake provider.
+
+    python bench/faults.py [--items 10000] [--latency-ms 50] [--timeout-s 5]
+
+Prints, for each run: completion (items done / items), calls per item, wall time, and the
+ledger against the fake provider's own bill, call by call (billed calls missing from the ledger,
+ledger `ok` calls the provider did not bill, token mismatches, and the money on each side). Target:
+zero mismatches. It uses a database of its own (pennyroute_bench_faults, recreated) and Redis
+database 13 (flushed). The fault mix: 429 5%, 500 3%, 503 3%, 529 2%, truncated bodies 3%, malformed
+bodies 3%, hung connections 1% (the call times out after --timeout-s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from bench.clients import fake_server  # noqa: E402
+from bench.throughput import worker  # noqa: E402
+from router.catalog import load_catalog  # noqa: E402
+from router.db import session_scope, upgrade  # noqa: E402
+from router.intake import JobRequest  # noqa: E402
+from router.jobs import dispatch_job, submit_job  # noqa: E402
+from router.ledger import repo  # noqa: E402
+from router.ledger.tables import Call, Item  # noqa: E402
+from router.providers.base import TokenUsage  # noqa: E402
+from router.settings import Settings  # noqa: E402
+
+PG_URL = os.environ.get("PENNYROUTE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pennyroute_bench_faults")
+BROKER_URL = os.environ.get("PENNYROUTE_BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
+MIX = {"seed": 11, "rates": {"429": 0.05, "500": 0.03, "503": 0.03, "529": 0.02, "truncated": 0.03, "malformed": 0.03,
+                            "hang": 0.01}, "retry_after_s": 0.5}
+LABELS = ("billing", "bug", "other")
+TEXTS = ("I was charged twice on my invoice", "The app crashes with an error on login", "hello, a question about hiring")
+
+
+def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, faults: bool) -> dict[str, Any]:
+    catalog = load_catalog(settings.catalog)
+    httpx.post(f"{fake_url}/_reset").raise_for_status()
+    if faults:
+        httpx.post(f"{fake_url}/_faults", json=MIX).raise_for_status()
+    path = tmp / f"items-{faults}.jsonl"
+    with path.open("w") as handle:
+        for i in range(n):
+            handle.write(json.dumps({"id": str(i), "text": f"{TEXTS[i % 3]} (ticket {i})"}) + "\n")
+    started = time.perf_counter()
+    submitted = submit_job(settings, catalog, JobRequest(path=path, team="bench", tenant="bench", task="classify",
+                                                         labels=LABELS, min_quality=0.5, quality="prior"))
+    dispatch_job(settings, submitted.job_id, submitted.n_items)
+    while True:
+        with session_scope(settings) as session:
+            if repo.get_job(session, submitted.job_id).status != "running":
+                break
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - started
+    bill = httpx.get(f"{fake_url}/_bill").json()
+    with session_scope(settings) as session:
+        calls = list(session.execute(select(Call).where(Call.job_id == submitted.job_id)).scalars())
+        statuses = [s for (s,) in session.execute(select(Item.status).where(Item.job_id == submitted.job_id))]
+    by_id = {c.id: c for c in calls}
+    billed: dict[str, Any] = bill["calls"]
+    missing = [i for i in billed if i not in by_id]
+    unbilled_ok = [c.id for c in calls if c.status == "ok" and c.id not in billed]
+    token_mismatch = [i for i, b in billed.items() if i in by_id and by_id[i].status == "ok"
+                      and (by_id[i].input_tokens, by_id[i].output_tokens) != (b["input_tokens"], b["output_tokens"])]
+    billed_usd = sum((catalog.price(b["model"]).cost_usd(TokenUsage(b["input_tokens"], b["output_tokens"]))
+                      for b in billed.values()), Decimal(0))
+    ledger_usd = sum((c.cost_usd for c in calls), Decimal(0))
+    return {
+        "items": n, "done": sum(s == "done" for s in statuses), "terminal": sum(s in ("done", "failed") for s in statuses),
+        "calls": len(calls), "calls_per_item": len(calls) / n, "seconds": elapsed,
+        "billed_calls": len(billed), "missing_from_ledger": len(missing), "ok_not_billed": len(unbilled_ok),
+        "token_mismatches": len(token_mismatch), "unknown": sum(c.status == "unknown" for c in calls),
+        "billed_usd": billed_usd, "ledger_usd": ledger_usd, "faults_served": bill.get("faults_served", {}),
+        "by_model": sorted({(c.model_id, c.status) for c in calls}),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument("--timeout-s", type=float, default=5.0, help="per-call timeout: what a hung connection costs")
+    args = parser.parse_args(argv)
+
+    base, name = PG_URL.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    redis.Redis.from_url(BROKER_URL).flushdb()
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"pennyroute-faults-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir(parents=True)
+    with fake_server(args.latency_ms, answer="sandbox") as (url, _pid):
+        catalog_file = tmp / "catalog.toml"
+        # Two providers (two wire formats) at the fake server: the cheap model and its fallback.
+        catalog_file.write_text(
+            f'[providers.one]\nkind = "openai"\nbase_url = "{url}/v1"\nrequires_key = false\nregion = "local"\n\n'
+            f'[providers.two]\nkind = "anthropic"\nbase_url = "{url}"\nrequires_key = false\nregion = "local"\n\n'
+            '[[models]]\nid = "cheap-model"\nprovider = "one"\ncontext_window = 128000\n'
+            'price = { input_usd_per_mtok = "0.15", output_usd_per_mtok = "0.6" }\nquality = { classify = 0.95 }\n\n'
+            '[[models]]\nid = "fallback-model"\nprovider = "two"\ncontext_window = 128000\n'
+            'price = { input_usd_per_mtok = "1", output_usd_per_mtok = "5" }\nquality = { classify = 0.97 }\n'
+        )
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        env.update(DATABASE_URL=PG_URL, BROKER_URL=BROKER_URL, PENNYROUTE_CATALOG=str(catalog_file), PENNYROUTE_SANDBOX="off",
+                   PENNYROUTE_REQUEST_TIMEOUT_S=str(args.timeout_s))
+        settings = Settings(database_url=PG_URL, broker_url=BROKER_URL, catalog=catalog_file, sandbox="off",
+                            request_timeout_s=args.timeout_s, _env_file=None)  # type: ignore[call-arg]
+        upgrade(settings)
+        with session_scope(settings) as session:
+            repo.ensure_team(session, tenant="bench", team="bench")
+        with worker(env, tmp / "worker.log"):
+            clean = run(settings, url, args.items, tmp, faults=False)
+            faulty = run(settings, url, args.items, tmp, faults=True)
+
+    print(f"\npennyroute faults: {args.items:,} items, 1 worker, fake provider at {args.latency_ms} ms, "
+          f"call timeout {args.timeout_s:g} s, {os.cpu_count()} cores\n")
+    rows = [
+        ("completion (items done / items)", lambda r: f"{r['done'] / r['items']:.2%}  ({r['done']:,}; all ended: {r['terminal'] == r['items']})"),
+        ("calls per item", lambda r: f"{r['calls_per_item']:.3f}  ({r['calls']:,} calls)"),
+        ("wall time", lambda r: f"{r['seconds']:.1f} s"),
+        ("billed calls missing from the ledger", lambda r: str(r["missing_from_ledger"])),
+        ("ledger ok calls the provider did not bill", lambda r: str(r["ok_not_billed"])),
+        ("token mismatches, call by call", lambda r: str(r["token_mismatches"])),
+        ("money: provider's bill / ledger", lambda r: f"${r['billed_usd']:.6f} / ${r['ledger_usd']:.6f}"),
+    ]
+    print(f"  {'':<42} {'no faults':<34} 20% fault mix")
+    for label, show in rows:
+        print(f"  {label:<42} {show(clean):<34} {show(faulty)}")
+    print(f"\n  time under faults: {faulty['seconds'] / clean['seconds']:.2f}x the fault-free run")
+    print(f"  faults served: {faulty['faults_served']}")
+    mismatch = faulty["missing_from_ledger"] + faulty["ok_not_billed"] + faulty["token_mismatches"] + (faulty["billed_usd"] != faulty["ledger_usd"])
+    print(f"  ledger-vs-provider mismatches under faults: {mismatch} (target 0)")
+
+
+if __name__ == "__main__":
+    main()
