@@ -22,7 +22,10 @@ from typing import Any
 
 from sqlalchemy import select, text, update
 
+from policies.calibration import CalibrationStep, next_step
+from policies.cascade import CascadeChoice, choose_cascade
 from policies.confidence import wilson_lower_bound, wilson_upper_bound
+from policies.scoring import agrees
 from policies.cheapest_qualifying import choose_model
 from policies.types import Candidate, JobProfile, QualityEstimate
 from router import engine, quality
@@ -64,34 +67,6 @@ class Calibration:
         got = self.answers.get(model_id, {})
         judged = [i for i in got if i in self.truth]
         return len(judged), sum(1 for i in judged if agrees(self.task, got[i], self.truth[i]))
-
-
-# A summary passes when its words overlap the reference summary's with an F1 of at least this
-# (ROUGE-1 F1): two faithful summaries of the same text share most content words; a summary that
-# misses the point or runs off the length shares few.
-SUMMARY_PASS_F1 = 0.5
-
-
-def agrees(task: str, answer: str | None, truth: str) -> bool:
-    """Whether an answer counts as right: the same label, or a summary close to the reference."""
-    if answer is None:
-        return False
-    if task == "classify":
-        return answer == truth
-    return overlap_f1(answer, truth) >= SUMMARY_PASS_F1
-
-
-def overlap_f1(answer: str, reference: str) -> float:
-    """Word-overlap F1 (ROUGE-1) between two texts, case-insensitive, counting repeats."""
-    from collections import Counter
-
-    a = Counter(answer.lower().split())
-    b = Counter(reference.lower().split())
-    common = sum((a & b).values())
-    if not common:
-        return 0.0
-    precision, recall = common / sum(a.values()), common / sum(b.values())
-    return 2 * precision * recall / (precision + recall)
 
 
 def signature(job: Any) -> str:
@@ -391,107 +366,6 @@ def _store_estimates(session: Any, catalog: Catalog, job: Any, measured: dict[st
             "input_usd_per_mtok": price.input.base, "output_usd_per_mtok": price.output.base, "job_id": job.id,
             "measured_at": now, "expires_at": now + ESTIMATE_TTL, "drifted_at": None,
         })
-
-
-# -- decisions (to move to policies/) -------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class CalibrationStep:
-    kind: str  # test | chosen | need_more | none
-    model_id: str | None
-    n_items: int
-    reason: str
-
-
-def next_step(*, models: tuple[str, ...], counts: dict[str, tuple[int, int]], sample_size: int, bar: float,
-              confidence: float, slice_size: int) -> CalibrationStep:
-    """Cheapest first: test a model a slice at a time until its bound clears the bar (chosen) or its
-    upper bound falls below it (dropped); a model undecided on the whole sample is passed over."""
-    undecided: list[tuple[str, int, int]] = []
-    for model_id in models:
-        n, k = counts.get(model_id, (0, 0))
-        mean = k / n if n else 0.0
-        lower, upper = wilson_lower_bound(mean, n, confidence), wilson_upper_bound(mean, n, confidence)
-        if n and lower >= bar:
-            return CalibrationStep("chosen", model_id, 0, f"{model_id}: {k}/{n} right, lower bound {lower:.3f} >= bar {bar:.3f}")
-        if n and upper < bar:
-            continue
-        if n < sample_size:
-            return CalibrationStep("test", model_id, min(slice_size, sample_size - n), f"{model_id}: undecided at {k}/{n}")
-        undecided.append((model_id, n, k))
-    if undecided:
-        model_id, n, k = max(undecided, key=lambda u: u[2] / u[1])
-        more = _items_needed(k / n, n, bar, confidence)
-        return CalibrationStep("need_more", model_id, more, (
-            f"the sample of {sample_size} items cannot decide: {model_id} got {k}/{n} right "
-            f"(bound {wilson_lower_bound(k / n, n, confidence):.3f} < bar {bar:.3f} <= {wilson_upper_bound(k / n, n, confidence):.3f}); "
-            f"about {more} more labelled items would decide it"))
-    detail = "; ".join(f"{m}: {counts[m][1]}/{counts[m][0]}" for m in models if m in counts) or "no model could be tested"
-    return CalibrationStep("none", None, 0, f"no model meets the bar {bar:.3f} on this job's sample ({detail})")
-
-
-def _items_needed(mean: float, n: int, bar: float, confidence: float) -> int:
-    """More items at the same rate for the lower bound to reach the bar (0 if it never would)."""
-    if mean <= bar:
-        return 0
-    total = n
-    while wilson_lower_bound(mean, total, confidence) < bar and total < 1_000_000:
-        total = int(total * 1.2) + 1
-    return max(0, total - n)
-
-
-@dataclass(frozen=True, slots=True)
-class CascadeChoice:
-    use_cascade: bool
-    first_id: str
-    second_id: str
-    strong_id: str
-    expected_cost_usd: Decimal
-    single_cost_usd: Decimal
-    n: int
-    right: int
-    escalated: int
-    reasons: tuple[str, ...]
-
-    def as_json(self) -> dict[str, Any]:
-        return {"use_cascade": self.use_cascade, "first_id": self.first_id, "second_id": self.second_id,
-                "strong_id": self.strong_id, "expected_cost_usd": str(self.expected_cost_usd),
-                "single_cost_usd": str(self.single_cost_usd), "n": self.n, "right": self.right,
-                "escalated": self.escalated, "reasons": list(self.reasons)}
-
-
-def choose_cascade(*, answers: dict[str, dict[int, str | None]], truth: dict[int, str], costs: dict[str, Decimal],
-                   single: str | None, bar: float, confidence: float) -> CascadeChoice | None:
-    """Two cheap models answer; if they agree that answer stands, else the single choice answers.
-    The cascade wins when its bound meets the bar at a lower expected cost than the single model."""
-    if single is None or single not in answers:
-        return None
-    cheap = [m for m in answers if m != single and costs.get(m, Decimal(0)) < costs[single]]
-    best: CascadeChoice | None = None
-    for a_index, first in enumerate(cheap):
-        for second in cheap[a_index + 1:]:
-            items = [i for i in truth if i in answers[first] and i in answers[second] and i in answers[single]]
-            if not items:
-                continue
-            right = escalated = 0
-            for i in items:
-                a, b = answers[first][i], answers[second][i]
-                if a is not None and a == b:
-                    right += a == truth[i]
-                else:
-                    escalated += 1
-                    right += answers[single][i] == truth[i]
-            n = len(items)
-            lower = wilson_lower_bound(right / n, n, confidence)
-            cost = costs[first] + costs[second] + costs[single] * Decimal(escalated) / Decimal(n)
-            use = lower >= bar and cost < costs[single]
-            reasons = (f"cascade {first} + {second} -> {single}: {right}/{n} right, bound {lower:.3f} "
-                       f"({'meets' if lower >= bar else 'misses'} bar {bar:.3f}), {escalated}/{n} escalated, "
-                       f"${cost:.8f}/item vs ${costs[single]:.8f} on {single} alone",)
-            choice = CascadeChoice(use, first, second, single, cost, costs[single], n, right, escalated, reasons)
-            if best is None or (use, -cost) > (best.use_cascade, -best.expected_cost_usd):
-                best = choice
-    return best
 
 
 @contextmanager

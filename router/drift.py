@@ -9,35 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataclasses import dataclass
-
-from policies.confidence import wilson_upper_bound
+from policies.drift import DriftVerdict, judge_drift
 from router.catalog import Catalog
 from router.db import session_scope
 from router.ledger import repo
 from router.ledger.tables import Job, JobStatus, utcnow
 from router.settings import Settings
 from router.strategy import Route
-
-
-@dataclass(frozen=True, slots=True)
-class DriftVerdict:
-    drifted: bool
-    reason: str
-
-
-# Fewer checks than this say too little to re-route a job on.
-MIN_CHECKS = 20
-
-
-def judge_drift(*, n: int, agree: int, bar: float, confidence: float = 0.95) -> DriftVerdict:
-    """Drifted when even the upper bound of the agreement with the reference is below the bar."""
-    if n < MIN_CHECKS:
-        return DriftVerdict(False, f"{n} checks so far: fewer than {MIN_CHECKS}")
-    upper = wilson_upper_bound(agree / n, n, confidence)
-    if upper < bar:
-        return DriftVerdict(True, f"agreement {agree}/{n}: upper bound {upper:.3f} < bar {bar:.3f}")
-    return DriftVerdict(False, f"agreement {agree}/{n}: upper bound {upper:.3f} >= bar {bar:.3f}")
 
 
 def check(settings: Settings, catalog: Catalog, *, job_id: str) -> DriftVerdict | None:

@@ -16,7 +16,7 @@ from router.engine import run_job_inline
 from router.intake import JobRequest
 from router.jobs import submit_job
 from router.ledger import repo
-from router.ledger.tables import Call, Item, Job, JobStatus, QualityEstimate
+from router.ledger.tables import Call, Item, JobStatus, QualityEstimate
 from router.settings import Settings
 
 
@@ -181,7 +181,7 @@ def test_drift_checks_reroute_the_rest_of_the_job_upward(
 
 def test_summaries_are_scored_by_overlap_with_the_reference(sandbox: tuple[Settings, Catalog], tmp_path: Path,
                                                              team: tuple[str, str]) -> None:
-    from router.calibrate import agrees, overlap_f1
+    from policies.scoring import agrees, overlap_f1
     from tests.helpers import write_jsonl
 
     assert overlap_f1("the cat sat", "the cat sat") == 1.0 and overlap_f1("a b", "c d") == 0.0

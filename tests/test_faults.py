@@ -33,7 +33,7 @@ from router.fakeserver import start_in_thread
 from router.intake import JobRequest
 from router.jobs import dispatch_job, submit_job
 from router.ledger import repo
-from router.ledger.tables import BudgetPeriod, Call, CallStatus, ItemStatus
+from router.ledger.tables import BudgetPeriod, CallStatus, ItemStatus
 from router.providers.base import TokenUsage
 from router.settings import Settings
 from tests.conftest import FAKE_KEY, start_workers, stop_workers, worker_env, write_catalog
