@@ -25,7 +25,14 @@ class CalibrationStep:
 def next_step(*, models: tuple[str, ...], counts: dict[str, tuple[int, int]], sample_size: int, bar: float,
               confidence: float, slice_size: int) -> CalibrationStep:
     """Cheapest first: test a model a slice at a time until its bound clears the bar (chosen) or its
-    upper bound falls below it (dropped); a model undecided on the whole sample is passed over."""
+    upper bound falls below it (dropped); a model undecided on the whole sample is passed over.
+
+    Looking after every slice gives chance more than one try; so the error allowed, 1 - confidence,
+    is shared out over the looks a model can get (Bonferroni): with a 200-item sample in slices of 50,
+    each look uses a 98.75% interval, and stopping early does not weaken the 95% the user asked for.
+    """
+    looks = max(1, -(-sample_size // slice_size))
+    confidence = 1 - (1 - confidence) / looks
     undecided: list[tuple[str, int, int]] = []
     for model_id in models:
         n, k = counts.get(model_id, (0, 0))

@@ -17,7 +17,8 @@ MODELS = ("cheap", "mid", "dear")
     ("counts", "sample", "kind", "model"),
     [
         ({}, 200, "test", "cheap"),  # nothing measured: the cheapest answers first
-        ({"cheap": (50, 50)}, 200, "chosen", "cheap"),  # 50/50: lower bound 0.929 >= 0.9
+        ({"cheap": (100, 100)}, 200, "chosen", "cheap"),  # 100/100: lower bound 0.941 >= 0.9 (98.75% per look)
+        ({"cheap": (50, 50)}, 200, "test", "cheap"),  # 50/50 is not yet proof at 98.75% per look: 0.889
         ({"cheap": (50, 30)}, 200, "test", "mid"),  # 30/50: upper bound 0.73 < 0.9, dropped
         ({"cheap": (50, 46)}, 200, "test", "cheap"),  # 46/50 undecided: next slice
         ({"cheap": (200, 184), "mid": (200, 30), "dear": (200, 40)}, 200, "need_more", "cheap"),
@@ -56,3 +57,17 @@ def test_cascade_loses_when_cheap_models_agree_on_wrong_answers() -> None:
 @pytest.mark.parametrize(("n", "agree", "drifted"), [(MIN_CHECKS - 1, 0, False), (40, 38, False), (40, 20, True), (200, 170, True)])
 def test_drift(n: int, agree: int, drifted: bool) -> None:
     assert judge_drift(n=n, agree=agree, bar=0.9).drifted is drifted
+
+
+def test_on_held_out_sandbox_items_the_chosen_configuration_meets_the_bar() -> None:
+    """A small run of bench/quality.py: at 0.90 and 0.95 of the best model's accuracy, the policy's
+    choice meets the bar on held-out items in >= 95% of the runs, and cascades cost less than the
+    single model they escalate to."""
+    from bench.quality import evaluate, sandbox_table
+
+    results = evaluate(sandbox_table(1500), sample_size=200, runs=40, quiet=True)
+    for fraction in (0.90, 0.95):
+        chosen = results[fraction]["policy's choice"]
+        assert chosen[2] >= 0.95, (fraction, chosen)
+        cheaper_share, _, _, cascades = results[fraction]["cascade cheaper than its single"]
+        assert cascades == 0 or cheaper_share >= 0.8  # on held-out items, run by run

@@ -67,13 +67,45 @@ def simulate(model: str, system: str, prompt: str, max_output_tokens: int, quali
     return Completion(text=text, usage=TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens))
 
 
+# Errors correlate across models, as real ones do: each item has a difficulty every model shares,
+# and a model's answer is right when a mix of that difficulty (this weight) and its own luck is
+# below its quality. The mix is mapped through its own distribution, so a model's accuracy over
+# many items stays its quality; strong models miss only the hardest items, weak ones more.
+DIFFICULTY_WEIGHT = 0.6
+# A wrong answer is, this often, the item's one plausible wrong label (models then err alike);
+# otherwise a label of the model's own.
+SHARED_MISTAKE = 0.5
+
+
+def _mix_cdf(x: float, a: float = DIFFICULTY_WEIGHT) -> float:
+    """P(a*U1 + (1-a)*U2 <= x) for independent uniforms (a >= 1/2): a trapezoid's distribution."""
+    b = 1 - a
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    if x < b:
+        return x * x / (2 * a * b)
+    if x <= a:
+        return (x - b / 2) / a
+    return 1 - (1 - x) ** 2 / (2 * a * b)
+
+
+def is_right(model: str, prompt: str, quality: float) -> bool:
+    """Whether `model` answers `prompt` right in the sandbox (correlated with other models' errors)."""
+    mix = DIFFICULTY_WEIGHT * _unit("difficulty", prompt) + (1 - DIFFICULTY_WEIGHT) * _unit("correct", model, prompt)
+    return _mix_cdf(mix) < quality
+
+
 def _classify_answer(model: str, prompt: str, labels: tuple[str, ...], quality: float) -> str:
     truth = true_label(prompt, labels)
-    if _unit("correct", model, prompt) < quality or len(labels) == 1:
+    if len(labels) == 1 or is_right(model, prompt, quality):
         chosen = truth
     else:
         others = [label for label in labels if label != truth]
-        chosen = others[int(_unit("wrong", model, prompt) * len(others))]
+        shared = _unit("mistake", model, prompt) < SHARED_MISTAKE
+        pick = _unit("wrong", prompt) if shared else _unit("wrong", model, prompt)
+        chosen = others[int(pick * len(others))]
     index = labels.index(chosen)
     letter = chr(ord("A") + index) if index < 26 else chosen
     # Real models answer in several shapes; the parser must read them all.
