@@ -151,12 +151,14 @@ def _submit_and_run(settings: Settings, request: JobRequest, *, wait: bool, quie
         err.print(f"  [yellow]rejected[/] {request.path}: {line_error}")
     if submitted.n_rejected > 20:
         err.print(f"  ... and {submitted.n_rejected - 20:,} more (`pennyroute status {submitted.job_id}` lists them)")
-    if not quiet_decision:
-        out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
-    out.print(submitted.decision.summary)
     if submitted.calibrating:
-        out.print("[bold]calibrating[/]: candidate models answer a sample of this job's items first, cheapest first; "
-                  "the model (or cascade) is chosen on what they score")
+        eligible = [v.model_id for v in submitted.decision.verdicts if v.meets_constraints]
+        out.print(f"[bold]calibrating[/]: {len(eligible)} eligible models ({', '.join(eligible)}) answer a sample of this "
+                  "job's own items first, cheapest first; the model (or cascade) is chosen on what they score, not on priors")
+    else:
+        if not quiet_decision:
+            out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
+        out.print(submitted.decision.summary)
     _start(settings, catalog, submitted.job_id, submitted.n_items, wait=wait, calibrating=submitted.calibrating)
     out.print(f"next: pennyroute status {submitted.job_id} | pennyroute results {submitted.job_id} -o results.jsonl")
     return submitted
@@ -202,6 +204,9 @@ def _calibrate_inline(settings: Settings, catalog: Catalog, job_id: str) -> bool
     if summary.get("outcome") != "chosen":
         out.print(f"[bold red]job {job_id} stopped before the bulk:[/] {summary.get('message')}")
         return False
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+    out.print(f"[bold]route[/]: {views.route_text(job)}")
     return True
 
 

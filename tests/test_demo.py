@@ -16,7 +16,7 @@ def test_demo_runs_with_no_configuration(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
     assert "SIMULATED" in out and "200/200" in out
-    assert "is the cheapest of" in out and "saved" in out
+    assert "Calibration on 200 items (gold labels)" in out and "route:" in out and "saved" in out
     assert (tmp_path / "pennyroute.db").exists()
     # A second run reuses the same ledger file (schema already current, demo team already there).
     again = subprocess.run([sys.executable, "-m", "router.cli", "demo", "--items", "50"], cwd=tmp_path, env=env,
