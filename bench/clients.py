@@ -171,6 +171,23 @@ def fake_server(latency_ms: int, *, uvloop: bool = False, answer: str = "echo") 
         process.wait(timeout=10)
 
 
+def fresh_bench_state(pg_url: str, broker_url: str, prefix: str) -> Path:
+    """Recreate the bench's own database, flush its Redis database, and make a scratch directory."""
+    import uuid
+
+    import psycopg
+    import redis
+
+    base, name = pg_url.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    redis.Redis.from_url(broker_url).flushdb()
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"{prefix}-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by process `pid` (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

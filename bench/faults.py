@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-import psycopg  # noqa: E402
-import redis  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from bench.clients import fake_server  # noqa: E402
+from bench.clients import fake_server, fresh_bench_state  # noqa: E402
 from bench.throughput import worker  # noqa: E402
 from router.catalog import load_catalog  # noqa: E402
 from router.db import session_scope, upgrade  # noqa: E402
@@ -100,13 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout-s", type=float, default=5.0, help="per-call timeout: what a hung connection costs")
     args = parser.parse_args(argv)
 
-    base, name = PG_URL.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    redis.Redis.from_url(BROKER_URL).flushdb()
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"pennyroute-faults-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir(parents=True)
+    tmp = fresh_bench_state(PG_URL, BROKER_URL, "pennyroute-faults")
     with fake_server(args.latency_ms, answer="sandbox") as (url, _pid):
         catalog_file = tmp / "catalog.toml"
         # Two providers (two wire formats) at the fake server: the cheap model and its fallback.

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -27,11 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
-import redis  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from bench.clients import _cpu_s, bare_loop_rate, fake_server  # noqa: E402
+from bench.clients import _cpu_s, bare_loop_rate, fake_server, fresh_bench_state  # noqa: E402
 from router.catalog import load_catalog  # noqa: E402
 from router.db import session_scope, upgrade  # noqa: E402
 from router.intake import JobRequest  # noqa: E402
@@ -124,13 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default="aiohttp", choices=("aiohttp", "httpx"))
     args = parser.parse_args(argv)
 
-    base, name = PG_URL.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    redis.Redis.from_url(BROKER_URL).flushdb()
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"pennyroute-bench-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir(parents=True)
+    tmp = fresh_bench_state(PG_URL, BROKER_URL, "pennyroute-bench")
     in_flight = args.in_flight
     rows = []
     with fake_server(0, answer="sandbox") as (fast_url, fast_pid), fake_server(args.latency_ms, answer="sandbox") as (slow_url, _):

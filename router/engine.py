@@ -607,9 +607,10 @@ async def _call_one(
     async with gate:
         if limits is not None:
             try:
-                breaker = await limits.breaker(provider.name)
-                if not breaker.allowed:
-                    return key, CircuitOpen(breaker.reason, provider=provider.name), 0.0
+                if not limits.known_clean(provider.name):
+                    breaker = await limits.breaker(provider.name)
+                    if not breaker.allowed:
+                        return key, CircuitOpen(breaker.reason, provider=provider.name), 0.0
                 if model is not None and (model.rpm or model.tpm):
                     tokens = (len(request.system) + len(request.prompt)) // 4 + request.max_output_tokens
                     await limits.acquire(model.model_id, rpm=model.rpm, tpm=model.tpm, tokens=tokens)
@@ -623,7 +624,8 @@ async def _call_one(
         except Exception as exc:  # a bug or an unmapped client error must fail the item, not the chunk
             result = ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=provider.name)
         elapsed = time.perf_counter() - started
-        if limits is not None:
+        if limits is not None and (isinstance(result, ProviderError) or not limits.known_clean(provider.name)
+                                   or (model is not None and (model.rpm or model.tpm))):
             failing = isinstance(result, ProviderError)
             rate_limited = failing and result.status_code == 429  # type: ignore[union-attr]
             try:

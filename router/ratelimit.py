@@ -67,6 +67,9 @@ return '0'
 """.replace("BURST", str(BURST_S)).replace("TTL", str(KEY_TTL_S))
 
 
+CLEAN = BreakerState()
+
+
 @dataclass
 class _Bucket:
     level: float | None = None
@@ -163,6 +166,14 @@ class SharedLimits:
             await client.set(f"pennyroute:rl:{key}:pause", until, ex=max(1, int(retry_after) + 1))
 
     # -- circuit breakers ---------------------------------------------------------------------------
+
+    def known_clean(self, provider: str) -> bool:
+        """True, without awaiting, when this process's fresh view of the breaker is closed with no
+        failures counted: the call may go through and a success needs no recording (the hot path)."""
+        cached = self._breakers.get(provider)
+        if cached is None:
+            return self._url is None  # in memory: nothing recorded means clean
+        return cached[1] == CLEAN and (self._url is None or time.monotonic() - cached[0] < BREAKER_CACHE_S)
 
     async def breaker(self, provider: str) -> BreakerDecision:
         """Whether calls to `provider` may go through now."""
