@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -145,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
 
         # The bare loops send the very calls the pipeline makes: same model, prompt, texts and cap.
         spec = classify_spec(LABELS)
+        # ... each with a call id, as the pipeline sends every call's ledger id (X-Client-Request-Id).
         same_calls = [ChatRequest(model="fast-model", system=spec.system, prompt=f"{TEXTS[i % len(TEXTS)]} (ticket {i})",
-                                  max_output_tokens=spec.max_output_tokens) for i in range(1000)]
+                                  max_output_tokens=spec.max_output_tokens, request_id=uuid.uuid4().hex) for i in range(1000)]
         # The client setups first, on an idle machine, as bare asyncio loops against the same servers:
         # one plain httpx client, calls spread over 10 httpx clients, httpx over the aiohttp transport.
         # Each run is bounded (5 s); the fastest at 0 ms is the figure the pipeline is compared with.

@@ -13,6 +13,7 @@ import logging
 import random
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -347,10 +348,14 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
             held_back.append(item_id)
             blocked = True
     while tries:
+        # Looked up once a round, not once a call: the round's models and their prices at its start.
+        infos = {m: catalog.model(m) for m in {t.model_id for t in tries}}
+        prices = {m: catalog.price(m, recorded.started) for m in infos}
+        system, max_output = chunk.spec.system, chunk.spec.max_output_tokens
         requests = [
-            (k, catalog.model(t.model_id).provider, ChatRequest(
-                model=catalog.model(t.model_id).api_model, system=chunk.spec.system, prompt=texts[t.item_id],
-                max_output_tokens=chunk.spec.max_output_tokens, request_id=recorded.ids[k]))
+            (k, infos[t.model_id].provider, ChatRequest(model=infos[t.model_id].api_model, system=system,
+                                                       prompt=texts[t.item_id], max_output_tokens=max_output,
+                                                       request_id=recorded.ids[k]))
             for k, t in enumerate(tries)
         ]
         results = runtime.run(_call_all(catalog, settings, job.simulated, requests))
@@ -359,7 +364,7 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
         waits: list[float] = []
         for k, result, latency_s in results:
             t, call_id = tries[k], recorded.ids[k]
-            provider = catalog.model(t.model_id).provider
+            provider = infos[t.model_id].provider
             update: dict[str, Any] = {
                 "id": call_id, "latency_ms": int(latency_s * 1000), "finished_at": finished,
                 "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
@@ -372,7 +377,7 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
                 update.update(
                     status=CallStatus.OK, input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
                     cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
-                    usage_estimated=usage.estimated, cost_usd=catalog.price(t.model_id, recorded.started).cost_usd(usage),
+                    usage_estimated=usage.estimated, cost_usd=prices[t.model_id].cost_usd(usage),
                 )
                 output, error = _parse(result.text, job.task, chunk.labels)
             else:
@@ -595,9 +600,20 @@ async def _call_all(
     providers = {name: await get_provider(catalog, settings, name, simulated=simulated) for name in {p for _, p, _ in requests}}
     gate = runtime.gate(settings.calls_in_flight)
     limits = None if simulated else shared_limits(settings)
-    models = {(m.provider, m.api_model): m for m in catalog.models.values()}
+    models = _models_by_wire_name(catalog)
     return await asyncio.gather(*(_call_one(providers[name], gate, key, request, limits, models.get((name, request.model)))
                                   for key, name, request in requests))
+
+
+_WIRE_NAMES: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
+
+
+def _models_by_wire_name(catalog: Catalog) -> dict[tuple[str, str], Any]:
+    """(provider, API model name) -> model, built once per catalog."""
+    found = _WIRE_NAMES.get(catalog)
+    if found is None:
+        found = _WIRE_NAMES[catalog] = {(m.provider, m.api_model): m for m in catalog.models.values()}
+    return found
 
 
 async def _call_one(
