@@ -75,6 +75,14 @@ def test_gold_calibration_chooses_a_model_whose_bound_meets_the_bar_and_charges_
     assert len(run_on_gold) <= len(gold_ids) - kept  # the kept ones were not called again
     accuracy = sum(i.output == truth[i.ext_id] for i in items if i.status == "done") / len(items)
     assert accuracy >= 0.9
+    # Calibration spend shows as such in the month report, to the last digit of the ledger.
+    from datetime import UTC, datetime
+
+    from router.reports import monthly_report
+
+    with session_scope(settings) as session:
+        report = monthly_report(session, month=datetime.now(UTC).strftime("%Y-%m"), tenant=team[0], by="team")
+    assert report.totals.calibration_spend_usd == sum((c.cost_usd for c in calibration), Decimal(0)) > 0
 
 
 def test_a_sample_too_small_says_how_many_more_items_are_needed_and_runs_nothing(
