@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+
 from policies.drift import DriftVerdict, judge_drift
 from router.catalog import Catalog
 from router.db import session_scope
@@ -17,9 +19,18 @@ from router.ledger.tables import Job, JobStatus, utcnow
 from router.settings import Settings
 from router.strategy import Route
 
+JOB = Job.__table__  # type: ignore[attr-defined]
+
 
 def check(settings: Settings, catalog: Catalog, *, job_id: str) -> DriftVerdict | None:
     """Judge a job's drift checks so far; re-route it upward when its quality no longer holds."""
+    with session_scope(settings) as session:  # most batches: a plain read, no lock on the job row
+        counts = session.execute(select(JOB.c.status, JOB.c.n_drift_checked, JOB.c.n_drift_agreed, JOB.c.min_quality)
+                                 .where(JOB.c.id == job_id)).first()
+    if counts is None or counts.status != JobStatus.RUNNING or not counts.n_drift_checked:
+        return None
+    if not judge_drift(n=counts.n_drift_checked, agree=counts.n_drift_agreed, bar=counts.min_quality).drifted:
+        return None
     with session_scope(settings) as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.status != JobStatus.RUNNING or not job.n_drift_checked:
