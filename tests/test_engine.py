@@ -174,3 +174,39 @@ def test_a_refused_key_or_spent_quota_stops_the_provider_for_the_job_at_once(
     resume_job(live_settings, job_id)
     outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=20)
     assert outcome.done == 20
+
+
+def test_outcomes_with_awkward_text_are_written_exactly(live_settings: Settings, catalog: Catalog, tmp_path: Path,
+                                                        team: tuple[str, str]) -> None:
+    """Outcomes travel to Postgres as array literals: quotes, backslashes, braces, commas, NULL-like
+    words, newlines and non-ASCII must come back unchanged."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from sqlalchemy import select
+
+    from router.ledger.tables import Call
+
+    job_id = _submit(live_settings, catalog, tmp_path, team, 6)
+    awkward = ['say "B"', "back\\slash \\\"", "{a,b}", "NULL", "line\nbreak, tab\t", "ünï 🧾", ""]
+    now = datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC)
+    with session_scope(live_settings) as session:
+        ids = [f"awk{k}-{job_id}" for k in range(len(awkward))]
+        zero = Decimal(0)
+        repo.insert_calls(session, common={"job_id": job_id, "tenant_id": 1, "team_id": 1, "model_id": "m", "provider": "p",
+                                           "purpose": "run", "status": "in_flight", "simulated": False, "started_at": now,
+                                           "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0,
+                                           "output_tokens": 0, "usage_estimated": False, "cost_usd": zero,
+                                           "input_usd_per_mtok": zero, "cached_input_usd_per_mtok": zero,
+                                           "cache_write_usd_per_mtok": zero, "output_usd_per_mtok": zero},
+                          ids=ids, item_ids=list(range(len(awkward))))
+        repo.finish_calls(session, [{"id": i, "status": "error", "input_tokens": k, "cached_input_tokens": 0,
+                                     "cache_write_tokens": 0, "output_tokens": 2**31 - 1, "usage_estimated": k % 2 == 0,
+                                     "cost_usd": Decimal("0.0000000001") * k, "latency_ms": None, "error": text,
+                                     "finished_at": now} for k, (i, text) in enumerate(zip(ids, awkward))])
+    with session_scope(live_settings) as session:
+        rows = {c.id: c for c in session.execute(select(Call).where(Call.id.in_(ids))).scalars()}  # type: ignore[attr-defined]
+    for k, (i, text) in enumerate(zip(ids, awkward)):
+        row = rows[i]
+        assert (row.error, row.input_tokens, row.usage_estimated, row.cost_usd, row.finished_at, row.latency_ms) == (
+            text, k, k % 2 == 0, Decimal("0.0000000001") * k, now, None)
