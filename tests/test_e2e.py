@@ -61,3 +61,33 @@ def test_job_runs_on_a_real_worker(live_settings: Settings, catalog: Catalog, br
     assert bill["calls"] == 1500
     assert bill["input_tokens"] == sum(c.input_tokens for c in calls)
     assert bill["output_tokens"] == sum(c.output_tokens for c in calls)
+
+
+def test_a_labelled_job_calibrates_on_a_worker_then_runs(live_settings: Settings, catalog: Catalog, broker_url: str,
+                                                         celery_worker: object, fake_provider: str, tmp_path: Path,
+                                                         team: tuple[str, str]) -> None:
+    """The broker path of calibration: submit sends one calibrate message; the worker calibrates,
+    sets the route, and hands out the chunks."""
+    from router.dispatch import CeleryDispatcher
+    from router.providers.sandbox import true_label
+
+    labels = ("billing", "bug", "other")
+    settings = live_settings.model_copy(update={"broker_url": broker_url})
+    rows = [{**row, "gold": true_label(row["text"], labels)} if k < 150 else row for k, row in enumerate(tickets(600))]
+    path = write_jsonl(tmp_path / "labelled.jsonl", rows)
+    submitted = submit_job(settings, catalog, JobRequest(path=path, team=team[1], tenant=team[0], task="classify",
+                                                         labels=labels, min_quality=0.6,
+                                                         providers=frozenset({"openai", "anthropic"})))
+    assert submitted.calibrating
+    CeleryDispatcher(settings).send_calibrate(submitted.job_id)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with session_scope(settings) as session:
+            job = repo.get_job(session, submitted.job_id)
+        if job.status not in ("calibrating", "running"):
+            break
+        time.sleep(0.2)
+    calls, items = ledger(settings, submitted.job_id)
+    assert job.status == "done" and job.calibration and job.calibration["outcome"] == "chosen", job.calibration
+    assert all(i.status in ItemStatus.TERMINAL for i in items) and len(items) == 600
+    assert {c.purpose for c in calls} >= {"calibration", "run"}
