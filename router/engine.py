@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -563,7 +563,7 @@ def _record_calls(session: Any, catalog: Catalog, common: dict[str, Any], tries:
 
     One insert per (model, purpose): usually one per batch."""
     started = utcnow()
-    ids = [uuid.uuid4().hex for _ in tries]
+    ids = _call_ids(len(tries))
     groups: dict[tuple[str, str], list[int]] = {}
     for k, t in enumerate(tries):
         groups.setdefault((t.model_id, t.purpose), []).append(k)
@@ -577,6 +577,13 @@ def _record_calls(session: Any, catalog: Catalog, common: dict[str, Any], tries:
             "cache_write_usd_per_mtok": price.cache_write.base, "output_usd_per_mtok": price.output.base,
         }, ids=[ids[k] for k in members], item_ids=[tries[k].item_id for k in members])
     return _Recorded(ids, started)
+
+
+def _call_ids(n: int) -> list[str]:
+    """`n` fresh random call ids (128 bits, as hex): one read of the OS's randomness for the lot,
+    where uuid4() per call made one system call each (5% of a worker's time at 0 ms, profiled)."""
+    raw = os.urandom(16 * n)
+    return [raw[i:i + 16].hex() for i in range(0, 16 * n, 16)]
 
 
 def _parse(text: str, task: str, labels: tuple[str, ...]) -> tuple[str | None, str | None]:
