@@ -8,6 +8,7 @@ first use and rebuilt in a forked child, never at import.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 from collections.abc import Coroutine
@@ -56,3 +57,18 @@ def gate(limit: int) -> asyncio.Semaphore:
     if semaphore is None:
         semaphore = _gates[key] = asyncio.Semaphore(limit)
     return semaphore
+
+
+def tune_gc(gen0_threshold: int) -> None:
+    """Freeze what a started worker holds, and collect the young generation less often.
+
+    Everything alive now (modules, Celery, SQLAlchemy's compiled caches, the catalog) lives as long
+    as the process; `gc.freeze` takes it out of every later collection, so the full collections
+    that allocation-heavy HTTP traffic triggers stop walking it. A larger young-generation threshold
+    then trades a little memory for fewer collections. `gen0_threshold` 0 leaves the thresholds alone.
+    """
+    gc.collect()
+    gc.freeze()
+    if gen0_threshold:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0_threshold, gen1, gen2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from router.catalog import Catalog, load_catalog
@@ -73,3 +73,11 @@ def resume_paused_jobs_task() -> int:
 def _close_providers(**_: Any) -> None:
     """Close provider connections when the worker process stops."""
     runtime.run(close_all())
+
+
+@worker_ready.connect
+def _tune_gc(**_: Any) -> None:
+    """Once the worker has loaded everything it keeps, freeze it and collect less often."""
+    settings = get_settings()
+    _catalog()  # loaded now, so that it is frozen with the rest
+    runtime.tune_gc(settings.gc_gen0_threshold)
