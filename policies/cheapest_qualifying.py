@@ -72,7 +72,7 @@ def expected_cost_usd(profile: JobProfile, candidate: Candidate) -> Decimal:
         ctx.prec = _MONEY_PRECISION
         ctx.traps[Inexact] = True  # rounding money silently would be a bug; make it loud
         input_usd = profile.total_input_tokens * candidate.input_usd_per_mtok
-        output_tokens = profile.n_items * profile.output_tokens_per_item
+        output_tokens = profile.n_items * (profile.output_tokens_per_item + candidate.thinking_tokens_per_item)
         output_usd = output_tokens * candidate.output_usd_per_mtok
         return (input_usd + output_usd) / _TOKENS_PER_MTOK
 
@@ -120,15 +120,19 @@ def _judge(profile: JobProfile, candidate: Candidate) -> tuple[Verdict, frozense
             f"region {candidate.region} not in allowed regions {_listing(profile.regions)}",
         )
 
-    needed = profile.max_input_tokens + profile.output_tokens_per_item
+    output_per_item = profile.output_tokens_per_item + candidate.thinking_tokens_per_item
+    needed = profile.max_input_tokens + output_per_item
     if candidate.context_window is None:
         reasons.append(f"context window unknown; assumed to fit the longest item ({needed:,} tokens)")
     elif candidate.context_window < needed:
+        thinking = f", {candidate.thinking_tokens_per_item:,} of it thinking" if candidate.thinking_tokens_per_item else ""
         exclude(
             _Exclusion.CONTEXT,
             f"context window {candidate.context_window:,} tokens < longest item {needed:,} tokens "
-            f"({profile.max_input_tokens:,} input + {profile.output_tokens_per_item:,} output)",
+            f"({profile.max_input_tokens:,} input + {output_per_item:,} output{thinking})",
         )
+    if candidate.thinking_tokens_per_item:
+        reasons.append(f"thinks up to {candidate.thinking_tokens_per_item:,} tokens per item, billed as output and counted in its cost")
 
     bound, quality_reason, clears_bar = _quality(profile, candidate)
     if clears_bar:

@@ -28,6 +28,7 @@ class Candidate:
     open_weight: bool
     quality: QualityEstimate | None  # for the job's task kind; None: unknown
     unavailable_reason: str | None = None  # e.g. "no API key: set MISTRAL_API_KEY"
+    thinking_tokens_per_item: int = 0  # a thinking model's reasoning, billed as output, on top of the answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -336,7 +336,8 @@ def _per_item_cost(catalog: Catalog, job: Any, model_id: str, sample: list[Any])
         return Decimal(0)
     tokens = sum(estimate_tokens(row.text) for row in sample) / len(sample) + estimate_tokens(spec.system) + MESSAGE_OVERHEAD_TOKENS
     price = catalog.price(model_id)
-    return (Decimal(int(tokens)) * price.input.base + Decimal(spec.expected_output_tokens) * price.output.base) / Decimal(1_000_000)
+    output = catalog.model(model_id).output_cap(spec.expected_output_tokens)  # thinking is billed as output
+    return (Decimal(int(tokens)) * price.input.base + Decimal(output) * price.output.base) / Decimal(1_000_000)
 
 
 def _with_estimate(candidate: Candidate, counts: tuple[int, int], source: str) -> Candidate:

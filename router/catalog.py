@@ -25,6 +25,7 @@ from router.providers.base import TokenUsage
 
 TASKS = ("classify", "summarize")
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "mistral")
+REASONING_EFFORTS = ("minimal", "low", "medium", "high")
 MTOK = Decimal(1_000_000)
 
 
@@ -96,6 +97,14 @@ class ModelInfo:
     # The account's limits for this model, shared by every worker (router/ratelimit.py); None: no limit.
     rpm: int | None = None  # requests per minute
     tpm: int | None = None  # tokens per minute (input + output)
+    # A thinking model's reasoning counts inside its output cap (router.providers.base.ChatRequest):
+    # None, it does not think; 0, switch thinking off; N, let it think up to N tokens per call.
+    thinking: int | None = None
+    reasoning_effort: str | None = None  # OpenAI reasoning models: "minimal", "low", "medium", "high"
+
+    def output_cap(self, answer_tokens: int) -> int:
+        """The most output tokens one call can be billed for: the answer's cap plus any thinking allowed."""
+        return answer_tokens + (self.thinking or 0)
 
 
 class Catalog:
@@ -227,6 +236,8 @@ def _build(raw: dict[str, Any], where: str) -> Catalog:
             price_override=_price_override(entry.get("price"), model_id, where),
             rpm=_limit(entry, "rpm", model_id, where),
             tpm=_limit(entry, "tpm", model_id, where),
+            thinking=_thinking(entry, providers[provider].kind, model_id, where),
+            reasoning_effort=_reasoning_effort(entry, providers[provider].kind, model_id, where),
         )
     catalog = Catalog(providers, models)
     for model_id in models:  # fail at load, not mid-job, when a price cannot be found
@@ -241,6 +252,34 @@ def _limit(entry: dict[str, Any], key: str, model_id: str, where: str) -> int | 
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{where}: model {model_id}: {key} must be a positive whole number, not {value!r}")
     return value
+
+
+def _thinking(entry: dict[str, Any], kind: str, model_id: str, where: str) -> int | None:
+    value = entry.get("thinking")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{where}: model {model_id}: thinking must be 0 (off) or the most thinking tokens "
+                          f"per call, not {value!r}")
+    if kind not in ("openai", "gemini"):
+        # Claude thinks only when asked, and Mistral's reasoning models take the usual max_tokens:
+        # there is nothing to switch off and no other cap to send.
+        raise ConfigError(f"{where}: model {model_id}: thinking applies to openai and gemini providers, not {kind}; "
+                          "leave it unset")
+    return value
+
+
+def _reasoning_effort(entry: dict[str, Any], kind: str, model_id: str, where: str) -> str | None:
+    value = entry.get("reasoning_effort")
+    if value is None:
+        return None
+    if kind != "openai" or entry.get("thinking") is None:
+        raise ConfigError(f"{where}: model {model_id}: reasoning_effort is for OpenAI reasoning models, "
+                          "which also set thinking")
+    if value not in REASONING_EFFORTS:
+        raise ConfigError(f"{where}: model {model_id}: reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
+                          f"not {value!r}")
+    return str(value)
 
 
 def _price_override(entry: dict[str, Any] | None, model_id: str, where: str) -> Price | None:

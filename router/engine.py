@@ -124,13 +124,15 @@ def _charge_lost(session: Any, settings: Settings, catalog: Catalog, chunk: _Chu
     facts: dict[tuple[str, str], list[CallFacts]] = {}
     for call in lost:
         worst_input = len(chunk.spec.system.encode()) + len(texts[call.item_id].encode()) + MESSAGE_OVERHEAD_TOKENS
-        usage = TokenUsage(input_tokens=worst_input, output_tokens=chunk.spec.max_output_tokens, estimated=True)
-        if call.model_id in catalog.models:
+        known = catalog.models.get(call.model_id)
+        output_cap = known.output_cap(chunk.spec.max_output_tokens) if known else chunk.spec.max_output_tokens
+        usage = TokenUsage(input_tokens=worst_input, output_tokens=output_cap, estimated=True)
+        if known:
             cost = catalog.price(call.model_id, call.started_at).cost_usd(usage)
         else:
             cost = (worst_input * call.input_usd_per_mtok + usage.output_tokens * call.output_usd_per_mtok) / Decimal(1_000_000)
         updates.append({"id": call.id, "status": CallStatus.UNKNOWN, "input_tokens": worst_input, "cached_input_tokens": 0,
-                        "cache_write_tokens": 0, "output_tokens": usage.output_tokens, "usage_estimated": True,
+                        "cache_write_tokens": 0, "output_tokens": usage.output_tokens, "reasoning_tokens": 0, "usage_estimated": True,
                         "cost_usd": cost, "latency_ms": None, "finished_at": now,
                         "error": "worker lost while the call was in flight: outcome unknown, charged at its worst case"})
         facts.setdefault((call.model_id, call.purpose), []).append(
@@ -190,9 +192,9 @@ class _Chunk:
         return stage_index, tries
 
     def worst_case_usd(self, catalog: Catalog, model_id: str, text: str, at: Any) -> Decimal:
-        """An upper bound on one call's cost: input tokens <= prompt bytes, output <= max_tokens."""
+        """An upper bound on one call's cost: input tokens <= prompt bytes, output <= its cap (thinking included)."""
         worst_input = len(self.spec.system.encode()) + len(text.encode()) + MESSAGE_OVERHEAD_TOKENS
-        usage = TokenUsage(input_tokens=worst_input, output_tokens=self.spec.max_output_tokens)
+        usage = TokenUsage(input_tokens=worst_input, output_tokens=catalog.model(model_id).output_cap(self.spec.max_output_tokens))
         return catalog.price(model_id, at).cost_usd(usage)
 
 
@@ -355,7 +357,8 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
         requests = [
             (k, infos[t.model_id].provider, ChatRequest(model=infos[t.model_id].api_model, system=system,
                                                        prompt=texts[t.item_id], max_output_tokens=max_output,
-                                                       request_id=recorded.ids[k]))
+                                                       request_id=recorded.ids[k], thinking_tokens=infos[t.model_id].thinking,
+                                                       reasoning_effort=infos[t.model_id].reasoning_effort))
             for k, t in enumerate(tries)
         ]
         results = runtime.run(_call_all(catalog, settings, job.simulated, requests))
@@ -368,7 +371,7 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
             update: dict[str, Any] = {
                 "id": call_id, "latency_ms": int(latency_s * 1000), "finished_at": finished,
                 "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
-                "usage_estimated": False, "cost_usd": Decimal(0), "error": None,
+                "reasoning_tokens": 0, "usage_estimated": False, "cost_usd": Decimal(0), "error": None,
             }
             output: str | None = None
             error: str | None = None
@@ -377,7 +380,7 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
                 update.update(
                     status=CallStatus.OK, input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
                     cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
-                    usage_estimated=usage.estimated, cost_usd=prices[t.model_id].cost_usd(usage),
+                    reasoning_tokens=usage.reasoning_tokens, usage_estimated=usage.estimated, cost_usd=prices[t.model_id].cost_usd(usage),
                 )
                 output, error = _parse(result.text, job.task, chunk.labels)
             else:
@@ -635,7 +638,7 @@ async def _call_one(
                     if not breaker.allowed:
                         return key, CircuitOpen(breaker.reason, provider=provider.name), 0.0
                 if model is not None and (model.rpm or model.tpm):
-                    tokens = (len(request.system) + len(request.prompt)) // 4 + request.max_output_tokens
+                    tokens = (len(request.system) + len(request.prompt)) // 4 + request.output_cap
                     await limits.acquire(model.model_id, rpm=model.rpm, tpm=model.tpm, tokens=tokens)
             except Exception as exc:  # shared limits unreachable: call anyway; the provider's 429s still hold us back
                 log.warning("shared rate limits unavailable (%s); calling without them", exc)

@@ -21,6 +21,12 @@ A scripted fault applies to the next `count` API calls (on `path` if given, else
 is a string serves that string as is, which is how a test gets a malformed body. A fault with only
 `hang_s` delays a normal, billed answer.
 
+Thinking models are played as their vendors ship them. OpenAI's reasoning models (o1, o3, o4-mini,
+gpt-5; not gpt-5-chat) refuse `max_tokens` and any temperature but 1 with OpenAI's own 400s, and
+spend reasoning tokens (by `reasoning_effort`) inside `max_completion_tokens`. Gemini 2.5 models think
+unless thinkingBudget is 0 (Pro refuses 0), their thoughts inside maxOutputTokens. A cap that the
+thinking uses up gives an empty, billed answer, as the real APIs do.
+
 Run it: `python -m router.fakeserver --port 8765 --latency-ms 0`. In tests: `start_in_thread()`, or
 `async with serve() as base_url`. It listens on 127.0.0.1 only, unless told otherwise.
 """
@@ -33,6 +39,7 @@ import contextlib
 import importlib
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -49,9 +56,12 @@ AnswerFn = Callable[[str, str, str, int], Completion]
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
 GEMINI_PATH = "/v1beta/models/{model_action}"
-# Gemini's thinking models report thoughts apart from the answer; the fake gives models named
-# "*pro*" this many thinking tokens per answer token, so thinking pricing is exercised.
-GEMINI_THOUGHTS_PER_TOKEN = 3
+# Thinking tokens a thinking model spends per call when nothing bounds it lower: a few hundred is
+# what Gemini 2.5 spends on its own ("dynamic" thinking) even on a one-word classification.
+GEMINI_DYNAMIC_THOUGHTS = 200
+# OpenAI reasoning tokens per call by reasoning_effort (None: the API's default, medium).
+OPENAI_REASONING_TOKENS = {"minimal": 0, "low": 64, "medium": 192, "high": 512, None: 192}
+OPENAI_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(?!.*chat)")
 GEMINI_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                    429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 # What a chat completion gets when it names no output cap: OpenAI's own default is "the model's
@@ -143,11 +153,23 @@ class FakeProvider:
             cap = int(body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS)
         except (ValueError, KeyError, TypeError) as exc:
             return _error("openai", 400, f"Invalid request: {exc!r}")
+        thoughts = 0
+        if OPENAI_REASONING_MODEL.match(model.rsplit("/", 1)[-1]):
+            if "max_tokens" in body:
+                return _error("openai", 400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                             "Use 'max_completion_tokens' instead.")
+            if body.get("temperature", 1) != 1:
+                return _error("openai", 400, f"Unsupported value: 'temperature' does not support {body['temperature']} "
+                                             "with this model. Only the default (1) value is supported.")
+            if body.get("reasoning_effort") not in OPENAI_REASONING_TOKENS:
+                return _error("openai", 400, f"Unsupported value: 'reasoning_effort' does not support "
+                                             f"{body['reasoning_effort']!r} with this model.")
+            thoughts = OPENAI_REASONING_TOKENS[body.get("reasoning_effort")]
         if (faulty := await self._mixed(request, vendor="openai")) is not None:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        done = self._answer(model, system, prompt, cap, request)
+        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts)
         usage = done.usage
         prompt_tokens = usage.input_tokens + usage.cached_input_tokens  # OpenAI counts cached inside
         return _json(
@@ -169,6 +191,7 @@ class FakeProvider:
                     "completion_tokens": usage.output_tokens,
                     "total_tokens": prompt_tokens + usage.output_tokens,
                     "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+                    "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
                 },
             },
         )
@@ -228,15 +251,24 @@ class FakeProvider:
             body = json.loads(await request.read())
             system = "".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts", []))
             prompt = "\n".join(p.get("text", "") for c in body["contents"] if c.get("role", "user") == "user" for p in c["parts"])
-            cap = int((body.get("generationConfig") or {}).get("maxOutputTokens") or DEFAULT_MAX_TOKENS)
+            config = body.get("generationConfig") or {}
+            cap = int(config.get("maxOutputTokens") or DEFAULT_MAX_TOKENS)
+            budget = (config.get("thinkingConfig") or {}).get("thinkingBudget")
+            budget = None if budget is None else int(budget)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return _error("gemini", 400, f"Invalid JSON payload received: {exc!r}")
+        thinks = "2.5" in model or model.startswith("gemini-3")
+        if budget is not None and not thinks:
+            return _error("gemini", 400, "Thinking is not supported for this model.")
+        if budget == 0 and "pro" in model:
+            return _error("gemini", 400, "Budget 0 is invalid. This model only works in thinking mode.")
+        # -1 (or nothing) is dynamic thinking; a budget bounds it.
+        thoughts = 0 if not thinks else GEMINI_DYNAMIC_THOUGHTS if budget in (None, -1) else min(budget, GEMINI_DYNAMIC_THOUGHTS)
         if (faulty := await self._mixed(request, vendor="gemini")) is not None:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        thoughts_per_token = GEMINI_THOUGHTS_PER_TOKEN if "pro" in model else 0
-        done = self._answer(model, system, prompt, cap, request, thoughts_per_token=thoughts_per_token)
+        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts)
         usage = done.usage
         answer_tokens = usage.output_tokens - usage.reasoning_tokens
         metadata: dict[str, Any] = {
@@ -249,20 +281,24 @@ class FakeProvider:
         if usage.cached_input_tokens:
             metadata["cachedContentTokenCount"] = usage.cached_input_tokens
         return _json(200, {
-            "candidates": [{"content": {"parts": [{"text": done.text}], "role": "model"},
-                            "finishReason": "MAX_TOKENS" if answer_tokens >= cap else "STOP", "index": 0}],
+            # A cap that thinking used up leaves a candidate with no content at all, as Gemini gives it.
+            "candidates": [{**({"content": {"parts": [{"text": done.text}], "role": "model"}} if done.text else {}),
+                            "finishReason": "MAX_TOKENS" if usage.output_tokens >= cap else "STOP", "index": 0}],
             "usageMetadata": metadata,
             "modelVersion": model,
             "responseId": f"fake-{next(self._ids)}",
         })
 
     def _answer(self, model: str, system: str, prompt: str, cap: int, request: web.Request, *,
-                thoughts_per_token: int = 0) -> Completion:
-        done = self.answer(model, system, prompt, cap)
-        if thoughts_per_token:
-            thoughts = done.usage.output_tokens * thoughts_per_token
-            done = Completion(done.text, TokenUsage(
-                input_tokens=done.usage.input_tokens, output_tokens=done.usage.output_tokens + thoughts,
+                thoughts: int = 0) -> Completion:
+        """The answer function's answer, with `thoughts` thinking tokens spent first inside `cap`."""
+        thoughts = min(thoughts, cap)
+        done = self.answer(model, system, prompt, max(cap - thoughts, 1))
+        if thoughts:
+            left = cap - thoughts  # thinking used up the cap: nothing is left for the answer
+            text, answer_tokens = (done.text, done.usage.output_tokens) if left > 0 else ("", 0)
+            done = Completion(text, TokenUsage(
+                input_tokens=done.usage.input_tokens, output_tokens=answer_tokens + thoughts,
                 cached_input_tokens=done.usage.cached_input_tokens, cache_write_tokens=done.usage.cache_write_tokens,
                 reasoning_tokens=thoughts))
         bill = self.bills.get(model)

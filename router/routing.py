@@ -41,6 +41,7 @@ def candidates(catalog: Catalog, settings: Settings, *, task: str, simulated: bo
                 open_weight=model.open_weight,
                 quality=model.quality.get(task),
                 unavailable_reason=unavailable_reason(catalog, settings, model.provider, simulated=simulated),
+                thinking_tokens_per_item=model.thinking or 0,
             )
         )
     return out

@@ -139,7 +139,8 @@ def quality_report(job: Any, facts: dict[str, Any], events: list[tuple[str, dict
     if baseline:
         total_spend = sum(spend.values(), Decimal(0))
         table.add_row("vs baseline", f"{usd(total_spend, 6)} all in, against {usd(baseline, 6)} for the run calls' tokens on "
-                      f"{job.baseline_model_id}: {1 - total_spend / baseline:.0%} saved ({1 - run / baseline:.0%} before calibration and drift checks)")
+                      f"{job.baseline_model_id}: {_saved(total_spend, baseline)} ({_saved(run, baseline)} before calibration "
+                      "and drift checks)" + ("; calibration pays for itself on larger jobs" if total_spend > baseline > run else ""))
     for kind, detail in events:
         if kind in ("drift", "provider_stopped", "paused"):
             table.add_row(kind, ", ".join(f"{k}: {v}" for k, v in detail.items()))
@@ -186,3 +187,10 @@ def console() -> Console:
 
 def error_console() -> Console:
     return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else PIPED_WIDTH)
+
+
+def _saved(spent: Decimal, baseline: Decimal) -> str:
+    """"80% saved", or "3.1x the baseline" where more was spent (a small job's calibration can cost more than it saves)."""
+    if spent <= baseline:
+        return f"{1 - spent / baseline:.0%} saved"
+    return f"{spent / baseline:.1f}x the baseline"

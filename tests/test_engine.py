@@ -201,12 +201,12 @@ def test_outcomes_with_awkward_text_are_written_exactly(live_settings: Settings,
                                            "cache_write_usd_per_mtok": zero, "output_usd_per_mtok": zero},
                           ids=ids, item_ids=list(range(len(awkward))))
         repo.finish_calls(session, [{"id": i, "status": "error", "input_tokens": k, "cached_input_tokens": 0,
-                                     "cache_write_tokens": 0, "output_tokens": 2**31 - 1, "usage_estimated": k % 2 == 0,
+                                     "cache_write_tokens": 0, "output_tokens": 2**31 - 1, "reasoning_tokens": k, "usage_estimated": k % 2 == 0,
                                      "cost_usd": Decimal("0.0000000001") * k, "latency_ms": None, "error": text,
                                      "finished_at": now} for k, (i, text) in enumerate(zip(ids, awkward))])
     with session_scope(live_settings) as session:
         rows = {c.id: c for c in session.execute(select(Call).where(Call.id.in_(ids))).scalars()}  # type: ignore[attr-defined]
     for k, (i, text) in enumerate(zip(ids, awkward)):
         row = rows[i]
-        assert (row.error, row.input_tokens, row.usage_estimated, row.cost_usd, row.finished_at, row.latency_ms) == (
-            text, k, k % 2 == 0, Decimal("0.0000000001") * k, now, None)
+        assert (row.error, row.input_tokens, row.reasoning_tokens, row.usage_estimated, row.cost_usd, row.finished_at,
+                row.latency_ms) == (text, k, k, k % 2 == 0, Decimal("0.0000000001") * k, now, None)

@@ -332,7 +332,7 @@ def insert_calls(session: Session, *, common: dict[str, Any], ids: Sequence[str]
 # Columns written when calls finish, with their Postgres array types for unnest.
 _CALL_OUTCOME = {
     "status": "text", "input_tokens": "int", "cached_input_tokens": "int", "cache_write_tokens": "int",
-    "output_tokens": "int", "usage_estimated": "bool", "cost_usd": "numeric", "latency_ms": "int", "error": "text",
+    "output_tokens": "int", "reasoning_tokens": "int", "usage_estimated": "bool", "cost_usd": "numeric", "latency_ms": "int", "error": "text",
     "finished_at": "timestamptz",
 }
 _ITEM_OUTCOME = {"status": "text", "output": "text", "error": "text", "final_call_id": "text", "finished_at": "timestamptz"}

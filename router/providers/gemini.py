@@ -4,6 +4,11 @@ Wire format: POST {base_url}/v1beta/models/{model}:generateContent with header `
 body {systemInstruction: {parts: [{text}]}, contents: [{role: "user", parts: [{text}]}],
 generationConfig: {maxOutputTokens, temperature}}. The answer is candidates[0].content.parts[*].text.
 
+Gemini 2.5 models think unless told not to, and their thoughts count inside maxOutputTokens: with a
+classification's cap of a few tokens the answer comes back empty. A catalog entry with `thinking = 0`
+sends thinkingConfig.thinkingBudget 0 (Flash, Flash-Lite); `thinking = N` sends a budget of N and a
+cap of the answer's plus N (Pro cannot stop thinking; its smallest budget is 128).
+
 Usage (usageMetadata): promptTokenCount INCLUDES cachedContentTokenCount (so input = prompt - cached);
 candidatesTokenCount EXCLUDES thoughtsTokenCount, and thinking is billed at the output price, so
 output = candidates + thoughts (reasoning_tokens = thoughts). A body without usage gets an estimate,
@@ -39,8 +44,10 @@ class GeminiProvider(JsonApiProvider):
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "contents": [{"role": "user", "parts": [{"text": request.prompt}]}],
-            "generationConfig": {"maxOutputTokens": request.max_output_tokens, "temperature": request.temperature},
+            "generationConfig": {"maxOutputTokens": request.output_cap, "temperature": request.temperature},
         }
+        if request.thinking_tokens is not None:
+            body["generationConfig"]["thinkingConfig"] = {"thinkingBudget": request.thinking_tokens}
         if request.system:
             body["systemInstruction"] = {"parts": [{"text": request.system}]}
         return body

@@ -7,8 +7,9 @@ The client's base_url ends with the API version, as in the OpenAI SDK: "https://
 
 `max_tokens` is sent, not OpenAI's newer `max_completion_tokens`: every compatible server reads
 `max_tokens`, while many reject or ignore the newer name. OpenAI's reasoning models (o-series,
-gpt-5) refuse `max_tokens` (and any temperature but 1) with HTTP 400; they need a provider that
-sends `max_completion_tokens`.
+gpt-5) refuse `max_tokens` and any temperature but 1 with HTTP 400, and count their reasoning inside
+the cap; a catalog entry marks them with `thinking = N` (and optionally `reasoning_effort`), and their
+body carries `max_completion_tokens` = answer cap + N, the effort, and no temperature.
 
 Usage: OpenAI counts cached input INSIDE prompt_tokens (prompt_tokens_details.cached_tokens is a
 part of it), so input_tokens = prompt_tokens - cached_tokens. Servers that omit usage get an
@@ -56,12 +57,17 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     messages = [{"role": "user", "content": request.prompt}]
     if request.system:
         messages.insert(0, {"role": "system", "content": request.system})
-    return {
-        "model": request.model,
-        "messages": messages,
-        "max_tokens": request.max_output_tokens,
-        "temperature": request.temperature,
-    }
+    if request.thinking_tokens is None:
+        return {
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": request.max_output_tokens,
+            "temperature": request.temperature,
+        }
+    body: dict[str, Any] = {"model": request.model, "messages": messages, "max_completion_tokens": request.output_cap}
+    if request.reasoning_effort:
+        body["reasoning_effort"] = request.reasoning_effort
+    return body
 
 
 def parse_completion(body: Any, request: ChatRequest) -> Completion:
