@@ -159,3 +159,14 @@ def test_a_job_on_a_default_gemini_model_gets_its_labels(gemini_settings: Settin
     assert all(c.status == CallStatus.OK and c.model_id == model_id for c in calls)
     assert [(c.reasoning_tokens, c.output_tokens > thinking) for c in calls] == [(thinking, True)] * len(calls)
     assert all(c.cost_usd == priced(catalog, c) for c in calls)  # thoughts billed at the output price
+
+
+def test_the_sandbox_bills_thinking_as_output() -> None:
+    from router.providers.sandbox import SandboxProvider
+
+    sandbox = SandboxProvider()
+    plain = asyncio.run(sandbox.complete(ask("gemini-2.5-flash", thinking_tokens=0)))
+    pro = asyncio.run(sandbox.complete(ask("gemini-2.5-pro", thinking_tokens=128)))
+    assert plain.usage.reasoning_tokens == 0 and pro.usage.reasoning_tokens == 128
+    unbounded = asyncio.run(sandbox.complete(ask("gemini-2.5-pro")))  # the same answer, without thinking
+    assert (pro.text, pro.usage.output_tokens) == (unbounded.text, unbounded.usage.output_tokens + 128)

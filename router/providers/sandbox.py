@@ -12,6 +12,7 @@ written with the same words, so a simulated model's accuracy on it is close to i
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 import re
 
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, labels_from_system
@@ -133,13 +134,20 @@ class SandboxProvider:
 
     async def complete(self, request: ChatRequest) -> Completion:
         task = "classify" if labels_from_system(request.system) else "summarize"
-        return simulate(
+        done = simulate(
             request.model,
             request.system,
             request.prompt,
             request.max_output_tokens,
             self._qualities.get((request.model, task)),
         )
+        if not request.thinking_tokens:
+            return done
+        # A thinking model is taken to use all the thinking it is allowed (Gemini 2.5 Pro at a small
+        # budget does), billed as output like the real ones.
+        thoughts = request.thinking_tokens
+        return Completion(text=done.text, usage=replace(done.usage, output_tokens=done.usage.output_tokens + thoughts,
+                                                        reasoning_tokens=thoughts))
 
     async def aclose(self) -> None:
         return None
