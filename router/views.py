@@ -21,7 +21,8 @@ def usd(amount: Decimal | str | None, places: int = 4) -> str:
         return "-"
     value = Decimal(str(amount))
     if value and abs(value) < Decimal(10) ** -places:
-        return f"${value:.2E}"
+        # A tiny amount keeps two significant digits, in plain decimals: $0.000013, not $1.30E-5.
+        return f"${value:,.{-value.adjusted() + 1}f}"
     return f"${value:,.{places}f}"
 
 
