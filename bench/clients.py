@@ -153,10 +153,15 @@ async def _drive(call: CallFn, *, n_calls: int, in_flight: int, max_s: float) ->
 
 
 @contextmanager
-def fake_server(latency_ms: int, *, uvloop: bool = False, answer: str = "echo") -> Iterator[tuple[str, int]]:
-    """Run `python -m router.fakeserver` on a free port; yields (base URL, pid)."""
+def fake_server(latency_ms: int, *, uvloop: bool = False, answer: str = "echo",
+                faults: dict[str, Any] | None = None) -> Iterator[tuple[str, int]]:
+    """Run `python -m router.fakeserver` on a free port (with a fault mix, if given); yields (base URL, pid)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "router.fakeserver", "--port", "0", "--latency-ms", str(latency_ms), "--answer", answer]
+    if faults is not None:
+        import json
+
+        command += ["--faults", json.dumps(faults)]
     if uvloop:
         command.append("--uvloop")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)

@@ -2,7 +2,11 @@
 Celery worker, against the local fake provider at 0 ms and at 500 ms latency; and, in the same run,
 the rate of a bare asyncio loop making the same calls with the fastest client setup.
 
-    python bench/throughput.py [--items 10000] [--slow-items 20000] [--threads 8] [--in-flight 400]
+    python bench/throughput.py [--items 10000] [--slow-items 20000] [--tail-items 15000] [--threads 32] [--in-flight 400]
+
+A third job runs against a server whose latency is heavy-tailed, as LLM latencies are (lognormal:
+median 1 s, sigma 0.8, mean 1.38 s, 1% of calls beyond 6.4 s): its rate is compared with calls in
+flight / mean latency, which only a pipeline that does not wait on its stragglers could reach.
 
 Needs Postgres and Redis on 127.0.0.1 (as `bash .ci/run` ensures). It uses a database of its own
 (pennyroute_bench, recreated) and Redis database 14 (flushed). Prints a table; asserts nothing.
@@ -40,6 +44,10 @@ from router.prompts import classify_spec  # noqa: E402
 from router.providers.base import ChatRequest, TokenUsage  # noqa: E402
 from router.settings import Settings  # noqa: E402
 
+# The heavy-tailed server: every answer delayed by a lognormal draw (median 1 s, sigma 0.8, at most
+# 30 s), whose mean is exp(sigma^2 / 2) = 1.377 s.
+TAIL_MIX = {"seed": 1, "rates": {}, "latency_ms": {"median": 1000, "sigma": 0.8, "max": 30000}}
+TAIL_MEAN_S = 1.377
 PG_URL = os.environ.get("PENNYROUTE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pennyroute_bench")
 BROKER_URL = os.environ.get("PENNYROUTE_BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
 LABELS = ("billing", "bug", "account", "other")
@@ -117,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=10_000, help="items in the 0 ms job")
     parser.add_argument("--slow-items", type=int, default=20_000, help="items in the 500 ms job (25 s at ideal: long enough that submit and the last partial round weigh little)")
     parser.add_argument("--latency-ms", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=8, help="chunks a worker holds at once (PENNYROUTE_WORKER_THREADS)")
+    parser.add_argument("--tail-items", type=int, default=15_000, help="items in the heavy-tailed latency job (0: skip it)")
+    parser.add_argument("--threads", type=int, default=Settings.model_fields["worker_threads"].default,
+                        help="chunks a worker holds at once (PENNYROUTE_WORKER_THREADS; default: its default)")
     parser.add_argument("--in-flight", type=int, default=400, help="calls in flight per worker process (PENNYROUTE_CALLS_IN_FLIGHT)")
     parser.add_argument("--backend", default="aiohttp", choices=("aiohttp", "httpx"))
     args = parser.parse_args(argv)
@@ -125,12 +135,15 @@ def main(argv: list[str] | None = None) -> None:
     tmp = fresh_bench_state(PG_URL, BROKER_URL, "pennyroute-bench")
     in_flight = args.in_flight
     rows = []
-    with fake_server(0, answer="sandbox") as (fast_url, fast_pid), fake_server(args.latency_ms, answer="sandbox") as (slow_url, _):
+    with fake_server(0, answer="sandbox") as (fast_url, fast_pid), fake_server(args.latency_ms, answer="sandbox") as (slow_url, _), \
+            fake_server(0, answer="sandbox", faults=TAIL_MIX) as (tail_url, _):
         catalog_file = tmp / "catalog.toml"
         price = 'price = { input_usd_per_mtok = "0.15", output_usd_per_mtok = "0.6" }'
         catalog_file.write_text(
             f'[providers.fast]\nkind = "openai"\nbase_url = "{fast_url}/v1"\nrequires_key = false\nregion = "local"\n\n'
             f'[providers.slow]\nkind = "openai"\nbase_url = "{slow_url}/v1"\nrequires_key = false\nregion = "local"\n\n'
+            f'[providers.tail]\nkind = "openai"\nbase_url = "{tail_url}/v1"\nrequires_key = false\nregion = "local"\n\n'
+            f'[[models]]\nid = "tail-model"\nprovider = "tail"\ncontext_window = 128000\n{price}\nquality = {{ classify = 0.95 }}\n\n'
             f'[[models]]\nid = "fast-model"\nprovider = "fast"\ncontext_window = 128000\n{price}\nquality = {{ classify = 0.95 }}\n\n'
             f'[[models]]\nid = "slow-model"\nprovider = "slow"\ncontext_window = 128000\n{price}\nquality = {{ classify = 0.95 }}\n'
         )
@@ -173,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             wall = time.perf_counter() - wall0
             worker_cpu, server_cpu = (_cpu_s(worker_pid) - cpu0) / wall, (_cpu_s(fast_pid) - server_cpu0) / wall
             slow_rate, slow_checks = run_job(settings, "slow", args.slow_items, tmp, "bench")
+            tail = run_job(settings, "tail", args.tail_items, tmp, "bench") if args.tail_items else None
 
     ideal = in_flight / (args.latency_ms / 1000)
     rows.append(("bare asyncio loop, 0 ms, same calls (httpx over aiohttp)", f"{bare_best:,.0f} calls/s",
@@ -183,6 +197,11 @@ def main(argv: list[str] | None = None) -> None:
                  f"{bare_slow / ideal:.0%} of {in_flight} in flight / {args.latency_ms / 1000:g} s: the stack's own ceiling"))
     rows.append((f"end to end, {args.latency_ms} ms, {args.slow_items:,} items", f"{slow_rate:,.0f} items/s",
                  f"{slow_rate / ideal:.0%} of {in_flight} in flight / {args.latency_ms / 1000:g} s = {ideal:,.0f}/s (target >= 90%)"))
+    if tail is not None:
+        tail_ideal = in_flight / TAIL_MEAN_S
+        rows.append((f"end to end, heavy-tailed latency, {args.tail_items:,} items", f"{tail[0]:,.0f} items/s",
+                     f"{tail[0] / tail_ideal:.0%} of {in_flight} in flight / {TAIL_MEAN_S:g} s mean latency = {tail_ideal:,.0f}/s "
+                     "(no target; the job also waits for its slowest call)"))
     print(f"\npennyroute throughput: 1 worker process, {args.in_flight} calls in flight, {args.threads} chunks held at once, "
           f"backend {args.backend}, chunks of 100, {os.cpu_count()} cores\n")
     print("  client setups, bare loop (calls/s):")
@@ -192,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     width = max(len(r[0]) for r in rows)
     for label, figure, note in rows:
         print(f"  {label:<{width}}  {figure:>14}  {note}")
-    for name, checks in (("0 ms job", fast_checks), (f"{args.latency_ms} ms job", slow_checks)):
+    jobs = [("0 ms job", fast_checks), (f"{args.latency_ms} ms job", slow_checks)] + ([("heavy-tailed job", tail[1])] if tail else [])
+    for name, checks in jobs:
         print(f"  check {name}: {checks}")
 
 

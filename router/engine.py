@@ -487,7 +487,7 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Exec
         if held_back:
             repo.release_items(session, [(item_id, executed.held[item_id]) for item_id in held_back])
         if checked:
-            repo.add_drift_counts(session, job_id=job.id, checked=checked, agreed=agreed)
+            repo.add_drift_counts(session, job_id=job.id, model_id=chunk.route.model_id, checked=checked, agreed=agreed)
         for provider, why in newly_stopped.items():
             repo.stop_provider(session, job_id=job.id, provider=provider, why=why)
         alerts = []

@@ -12,7 +12,9 @@ Statuses are served as the vendor serves them (429 with Retry-After and retry-af
 Anthropic's overloaded_error; Gemini's RESOURCE_EXHAUSTED). "truncated" is a 200 whose JSON body
 is cut off mid-way; "malformed" a 200 whose JSON has the wrong shape; "hang" accepts the call and
 never answers (the client's timeout ends it). A 429 burst answers every call with 429 for
-`length_s` seconds out of every `every_s`. `latency_ms` delays every answer by a uniform draw.
+`length_s` seconds out of every `every_s`. `latency_ms` delays every answer by a uniform draw from
+[lo, hi], or, given as {"median": 1000, "sigma": 0.8, "max": 30000}, by a lognormal draw: the heavy
+tail of real LLM latencies, where a few calls take ten times the median.
 
 Only well-formed 200 answers are billed: a fault is the provider's failure, and providers do not
 bill calls they failed to answer. (A call that the provider answered but the client gave up on, a
@@ -21,6 +23,7 @@ timeout on our side, is billed: see fakeserver.)
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ class FaultMix:
     burst_every_s: float | None = None
     burst_length_s: float = 0.0
     latency_ms: tuple[float, float] = (0.0, 0.0)
+    lognormal_ms: tuple[float, float, float] | None = None  # (median, sigma, max)
     served: dict[str, int] = field(default_factory=dict)
     _rng: random.Random = field(default_factory=random.Random, repr=False)
     _t0: float = field(default_factory=time.monotonic, repr=False)
@@ -57,9 +61,16 @@ class FaultMix:
             raise ValueError("rates must be >= 0 and sum to at most 1")
         burst = spec.get("burst_429") or {}
         latency = spec.get("latency_ms") or [0, 0]
+        lognormal = None
+        if isinstance(latency, dict):
+            if float(latency.get("median", 0)) <= 0 or float(latency.get("sigma", -1)) < 0:
+                raise ValueError("latency_ms as a lognormal needs median > 0 and sigma >= 0 (and optionally max)")
+            lognormal = (float(latency["median"]), float(latency["sigma"]), float(latency.get("max", 3_600_000)))
+            latency = [0, 0]
         mix = cls(rates=rates, seed=int(spec.get("seed", 0)), retry_after_s=float(spec.get("retry_after_s", 1.0)),
                   burst_every_s=float(burst["every_s"]) if burst.get("every_s") else None,
-                  burst_length_s=float(burst.get("length_s", 0)), latency_ms=(float(latency[0]), float(latency[1])))
+                  burst_length_s=float(burst.get("length_s", 0)), latency_ms=(float(latency[0]), float(latency[1])),
+                  lognormal_ms=lognormal)
         mix._rng.seed(mix.seed)
         return mix
 
@@ -67,6 +78,9 @@ class FaultMix:
         """(fault kind or None, extra latency in seconds) for the next call."""
         lo, hi = self.latency_ms
         delay = self._rng.uniform(lo, hi) / 1000 if hi else 0.0
+        if self.lognormal_ms is not None:
+            median, sigma, most = self.lognormal_ms
+            delay = min(most, self._rng.lognormvariate(math.log(median), sigma)) / 1000
         if self.burst_every_s and (time.monotonic() - self._t0) % self.burst_every_s < self.burst_length_s:
             return self._count("429"), delay
         draw = self._rng.random()

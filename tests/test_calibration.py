@@ -170,8 +170,11 @@ def test_drift_checks_reroute_the_rest_of_the_job_upward(
     worse = tmp_path / "worse.toml"
     worse.write_text('[[models]]\nid = "gpt-4o"\nquality = { classify = 0.40 }\n')
     runtime.run(close_all())
+    # A re-route reaches only chunks claimed after it: what is already held runs on. Hold 4 chunks
+    # (400 items) at once, so that most of this 4,000-item job is claimed after drift shows.
+    held = Settings(database_url=settings.database_url, sandbox="on", worker_threads=4, _env_file=None)  # type: ignore[call-arg]
     try:
-        run_job_inline(settings, load_catalog(worse), job_id=job_id, n_items=4000)
+        run_job_inline(held, load_catalog(worse), job_id=job_id, n_items=4000)
     finally:
         runtime.run(close_all())
     with session_scope(settings) as session:
@@ -207,3 +210,18 @@ def test_summaries_are_scored_by_overlap_with_the_reference(sandbox: tuple[Setti
     with session_scope(settings) as session:
         job = repo.get_job(session, job_id)
     assert job.route["kind"] == "single" and job.route["drift_share"] == 0.0  # no cascade or drift checks for summaries
+
+
+def test_drift_counts_from_before_a_reroute_are_not_charged_to_the_new_model(
+        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    """Many chunks run at once: those that started on the old model finish after the re-route."""
+    settings, catalog = sandbox
+    job_id, _ = _job(settings, catalog, tmp_path, team, n=300, labelled=0, bar=0.5)
+    with session_scope(settings) as session:
+        running_on = repo.get_job(session, job_id).model_id
+        assert running_on is not None
+        repo.add_drift_counts(session, job_id=job_id, model_id=running_on, checked=5, agreed=4)
+        repo.add_drift_counts(session, job_id=job_id, model_id="a-model-it-left", checked=50, agreed=0)
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+    assert (job.n_drift_checked, job.n_drift_agreed) == (5, 4)

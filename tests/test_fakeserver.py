@@ -36,7 +36,17 @@ def test_the_mix_is_reproducible_under_a_seed_and_near_its_rates() -> None:
     assert abs(seen[None] / 4000 - 0.85) < 0.02
 
 
-@pytest.mark.parametrize("spec", [{"rates": {"418": 0.1}}, {"rates": {"429": 0.7, "500": 0.5}}, {"rates": {"429": -0.1}}])
+def test_a_lognormal_latency_has_the_heavy_tail_of_llm_calls() -> None:
+    mix = FaultMix.from_json({"seed": 1, "latency_ms": {"median": 1000, "sigma": 0.8, "max": 5000}})
+    delays = sorted(mix.decide()[1] for _ in range(20_000))
+    assert 0.95 < delays[10_000] < 1.05  # the median
+    at_cap = sum(d == 5.0 for d in delays) / len(delays)
+    assert 0.015 < at_cap < 0.03 and delays[-1] == 5.0  # 2.2% would take over 5x the median: capped there
+    assert 1.28 < sum(delays) / len(delays) < 1.38  # the mean: exp(sigma^2 / 2) = 1.377 s, a little less under the cap
+
+
+@pytest.mark.parametrize("spec", [{"rates": {"418": 0.1}}, {"rates": {"429": 0.7, "500": 0.5}}, {"rates": {"429": -0.1}},
+                                  {"latency_ms": {"median": 0, "sigma": 1}}])
 def test_a_bad_mix_is_refused(server: str, spec: dict[str, object]) -> None:
     response = httpx.post(f"{server}/_faults", json=spec)
     assert response.status_code == 400 and response.json()["error"]

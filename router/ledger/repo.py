@@ -151,9 +151,11 @@ def job_events(session: Session, job_id: str) -> list[JobEvent]:
     return list(session.exec(sm_select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all())  # type: ignore[arg-type]
 
 
-def add_drift_counts(session: Session, *, job_id: str, checked: int, agreed: int) -> None:
-    """Add a batch's drift checks (items also answered by the reference model) to the job's counts."""
-    session.execute(update(JOB).where(JOB.c.id == job_id).values(
+def add_drift_counts(session: Session, *, job_id: str, model_id: str, checked: int, agreed: int) -> None:
+    """Add a batch's drift checks (items also answered by the reference model) to the job's counts,
+    only while the job still runs on `model_id`, the model the batch ran on: a batch that started
+    before the job was re-routed must not charge the old model's disagreements to the new one."""
+    session.execute(update(JOB).where(JOB.c.id == job_id, JOB.c.model_id == model_id).values(
         n_drift_checked=JOB.c.n_drift_checked + checked, n_drift_agreed=JOB.c.n_drift_agreed + agreed))
 
 
