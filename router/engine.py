@@ -29,7 +29,7 @@ from router.catalog import Catalog
 from router.db import session_scope
 from router.errors import CircuitOpen, ProviderError, ProviderStatusError
 from router.ledger import repo
-from router.ledger.rollup import CallFacts, rollup_rows, upsert_rollups
+from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows, upsert_rollups
 from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, classify_spec, parse_label, summarize_spec
 from router.providers.base import ChatRequest, Completion, Provider, TokenUsage
@@ -139,14 +139,13 @@ def _charge_lost(session: Any, settings: Settings, catalog: Catalog, chunk: _Chu
             CallFacts(call.started_at, True, worst_input, 0, usage.output_tokens, cost, chunk.job.simulated))
     repo.finish_calls(session, updates)
     job = chunk.job
-    baseline = ((job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok)
-                if job.baseline_input_usd_per_mtok is not None else None)
+    baseline = _baseline_rates(catalog, job)
     upsert_rollups(session, [
         row for (model_id, purpose), group in facts.items()
         for row in rollup_rows(group, tenant_id=job.tenant_id, team_id=job.team_id, job_id=job.id, model_id=model_id,
                                provider=catalog.model(model_id).provider if model_id in catalog.models else "unknown",
                                task=job.task, purpose=purpose, timezone=job.timezone,
-                               baseline_rates=baseline if purpose == "run" else None)
+                               baseline_rates=baseline if purpose == "run" else None, baseline_calls=())  # lost: no answer
     ])
     total = sum((u["cost_usd"] for u in updates), Decimal(0))
     if job.has_budget:
@@ -397,7 +396,7 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
             unwritten.append(update)
             facts.setdefault((t.model_id, t.purpose), []).append(CallFacts(
                 recorded.started, output is None, update["input_tokens"], update["cached_input_tokens"],
-                update["output_tokens"], update["cost_usd"], job.simulated))
+                update["output_tokens"], update["cost_usd"], job.simulated, update["reasoning_tokens"], call_id))
             if retry and retry[-1].item_id == t.item_id and retry[-1].model_id == t.model_id and retry[-1].purpose == t.purpose:
                 continue  # another try of this call follows: its answer is not in yet
             if t.purpose == "drift":
@@ -465,14 +464,15 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Exec
         held_back = []
     done = sum(1 for row in rows if row["status"] == ItemStatus.DONE)
     failed = len(rows) - done
-    baseline = ((job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok)
-                if job.baseline_input_usd_per_mtok is not None else None)
+    baseline = _baseline_rates(catalog, job)
+    final_calls = {row["final_call_id"] for row in finished_items.values()}  # one per item, for the baseline
     rollups = [
         row
         for (model_id, purpose), group in facts.items()
         for row in rollup_rows(group, tenant_id=job.tenant_id, team_id=job.team_id, job_id=job.id, model_id=model_id,
                                provider=catalog.model(model_id).provider, task=job.task, purpose=purpose,
-                               timezone=job.timezone, baseline_rates=baseline if purpose == "run" else None)
+                               timezone=job.timezone, baseline_rates=baseline if purpose == "run" else None,
+                               baseline_calls=final_calls)
     ]
     checked = agreed = 0
     for item_id, reference in references.items():
@@ -516,6 +516,15 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Exec
 DB_RETRY_FIRST_S = 0.5
 DB_RETRY_MAX_S = 10.0
 T = TypeVar("T")
+
+
+def _baseline_rates(catalog: Catalog, job: Any) -> BaselineRates | None:
+    """How the job's rollups price its run calls on its baseline model (None: it has none)."""
+    if job.baseline_input_usd_per_mtok is None:
+        return None
+    known = catalog.models.get(job.baseline_model_id or "")
+    return BaselineRates(job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok,
+                         (known.thinking or 0) if known else 0)
 
 
 def _write_retrying(settings: Settings, write: Callable[[Any], T]) -> T:

@@ -408,7 +408,8 @@ footer {{ color:var(--muted); font-size:12px; margin-top:8px; }}
 <section class="panel"><h2>By {by}</h2><div class="scroll">{table}</div></section>
 <section class="panel"><h2>Budgets</h2>{budgets}</section>
 <footer>Sums are exact; figures are rounded for display (hover a figure for its exact value). Savings compare
-each call with the same tokens at its job's baseline model (the most expensive model that met the job's constraints).
+each item's final answer, at the same tokens, with its job's baseline model (the most expensive model that met the job's
+constraints), its thinking included.
 Each tenant's month runs on its own time zone.</footer>
 </main></body></html>
 """

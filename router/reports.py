@@ -54,7 +54,7 @@ class ReportRow:
     output_tokens: int = 0
     failed_spend_usd: Decimal = Decimal(0)  # spend on calls that gave no usable answer
     calibration_spend_usd: Decimal = Decimal(0)  # spend on calls whose purpose is calibration
-    baseline_usd: Decimal = Decimal(0)  # the same tokens at each job's baseline model's price
+    baseline_usd: Decimal = Decimal(0)  # each item once, its final call's tokens, at its job's baseline model's price
     simulated_calls: int = 0  # answered by the sandbox, not a real provider
 
     @property

@@ -139,7 +139,7 @@ def quality_report(job: Any, facts: dict[str, Any], events: list[tuple[str, dict
     baseline = facts["baseline_usd"]
     if baseline:
         total_spend = sum(spend.values(), Decimal(0))
-        table.add_row("vs baseline", f"{usd(total_spend, 6)} all in, against {usd(baseline, 6)} for the run calls' tokens on "
+        table.add_row("vs baseline", f"{usd(total_spend, 6)} all in, against {usd(baseline, 6)} for the run items on "
                       f"{job.baseline_model_id}: {_saved(total_spend, baseline)} ({_saved(run, baseline)} before calibration "
                       "and drift checks)" + ("; calibration pays for itself on larger jobs" if total_spend > baseline > run else ""))
     for kind, detail in events:

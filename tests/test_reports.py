@@ -26,7 +26,7 @@ from sqlmodel import Session
 from router.db import get_engine, upgrade
 from router.errors import InputError, NotFoundError
 from router.ledger import repo
-from router.ledger.rollup import CallFacts, local_day, rollup_rows, upsert_rollups
+from router.ledger.rollup import BaselineRates, CallFacts, local_day, rollup_rows, upsert_rollups
 from router.ledger.tables import BudgetPeriod, Call, CallStatus, Job, Team
 from router.report_render import plain, render_csv, render_html, render_json, render_table
 from router.reports import Report, ReportRow, monthly_report
@@ -121,7 +121,7 @@ def build_ledger(session: Session) -> None:
         session.flush()
         upsert_rollups(session, rollup_rows(
             facts, tenant_id=row.tenant_id, team_id=row.id, job_id=job_id, model_id=model, provider=provider, task=task,
-            purpose=purpose, timezone=zones[tenant], baseline_rates=rates,
+            purpose=purpose, timezone=zones[tenant], baseline_rates=BaselineRates(*rates) if rates else None,
         ))
     for tenant, team, start, limit, currency, settled, reserved in BUDGETS:
         session.add(BudgetPeriod(team_id=ids[tenant, team], period_start=start, limit_amount=limit,

@@ -170,3 +170,17 @@ def test_the_sandbox_bills_thinking_as_output() -> None:
     assert plain.usage.reasoning_tokens == 0 and pro.usage.reasoning_tokens == 128
     unbounded = asyncio.run(sandbox.complete(ask("gemini-2.5-pro")))  # the same answer, without thinking
     assert (pro.text, pro.usage.output_tokens) == (unbounded.text, unbounded.usage.output_tokens + 128)
+
+
+def test_a_thinking_baseline_is_priced_with_its_thinking() -> None:
+    from datetime import UTC, datetime
+
+    from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows
+
+    at = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    calls = [CallFacts(at, False, 1_000, 0, 10, Decimal("0.0001"), reasoning_tokens=4),  # 6 answer tokens + 4 thinking
+             CallFacts(at, True, 0, 0, 0, Decimal(0))]  # failed unanswered: no baseline thinking either
+    rows = rollup_rows(calls, tenant_id=1, team_id=1, job_id="j", model_id="m", provider="p", task="classify",
+                       purpose="run", timezone="UTC", baseline_rates=BaselineRates(Decimal("1.25"), Decimal("10"), 128))
+    # Baseline: the same 1,000 input and 6-token answer, plus its own 128 thinking tokens: (1250 + 1340) / 1M.
+    assert rows[0]["baseline_cost_usd"] == Decimal("0.00259")

@@ -111,7 +111,8 @@ def job_for_chunk(session: Session, job_id: str) -> Any:
     policy = BudgetPolicy.__table__  # type: ignore[attr-defined]
     return session.execute(
         select(JOB.c.id, JOB.c.status, JOB.c.model_id, JOB.c.tenant_id, JOB.c.team_id, JOB.c.task, JOB.c.labels,
-               JOB.c.max_words, JOB.c.simulated, JOB.c.baseline_input_usd_per_mtok, JOB.c.baseline_output_usd_per_mtok,
+               JOB.c.max_words, JOB.c.simulated, JOB.c.baseline_model_id, JOB.c.baseline_input_usd_per_mtok,
+               JOB.c.baseline_output_usd_per_mtok,
                JOB.c.route, JOB.c.stopped_providers, JOB.c.min_quality, tenant.c.timezone, policy.c.team_id.is_not(None).label("has_budget"))
         .join(tenant, tenant.c.id == JOB.c.tenant_id)
         .outerjoin(policy, policy.c.team_id == JOB.c.team_id)

@@ -6,7 +6,7 @@ call rows it sums. One upsert per chunk (usually one row: one job, model, purpos
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -36,6 +36,18 @@ class CallFacts:
     output_tokens: int
     cost_usd: Decimal
     simulated: bool = False  # answered by the sandbox
+    reasoning_tokens: int = 0  # thinking, inside output_tokens
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineRates:
+    """The job's baseline model as its rollups price run calls: its rates at submit, and the thinking
+    it would add to every answered call (router.catalog.ModelInfo.thinking), billed as output."""
+
+    input_usd_per_mtok: Decimal
+    output_usd_per_mtok: Decimal
+    thinking_tokens: int = 0
 
 
 def local_day(moment: datetime, timezone: str) -> date:
@@ -45,9 +57,14 @@ def local_day(moment: datetime, timezone: str) -> date:
 
 def rollup_rows(
     calls: Iterable[CallFacts], *, tenant_id: int, team_id: int, job_id: str, model_id: str, provider: str, task: str,
-    purpose: str, timezone: str, baseline_rates: tuple[Decimal, Decimal] | None,
+    purpose: str, timezone: str, baseline_rates: BaselineRates | None, baseline_calls: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Sum `calls` into one row per local day."""
+    """Sum `calls` into one row per local day.
+
+    The baseline is what the job would have cost on its baseline model alone: one call per item. A
+    cascade or a retry makes several calls for one item, so `baseline_calls`, when given, names the
+    calls that stand for their items (each item's final call); the others add nothing to it.
+    """
     rows: dict[date, dict[str, Any]] = {}
     for call in calls:
         day = local_day(call.started_at, timezone)
@@ -67,9 +84,11 @@ def rollup_rows(
         if call.failed:
             row["failed_calls"] += 1
             row["failed_cost_usd"] += call.cost_usd
-        if baseline_rates is not None:
-            rate_in, rate_out = baseline_rates
-            row["baseline_cost_usd"] += ((call.input_tokens + call.cached_input_tokens) * rate_in + call.output_tokens * rate_out) / MTOK
+        if baseline_rates is not None and (baseline_calls is None or call.call_id in baseline_calls):
+            # The same input, the same answer, and the baseline's own thinking in place of this call's.
+            output = call.output_tokens - call.reasoning_tokens + (0 if call.failed else baseline_rates.thinking_tokens)
+            row["baseline_cost_usd"] += ((call.input_tokens + call.cached_input_tokens) * baseline_rates.input_usd_per_mtok
+                                         + output * baseline_rates.output_usd_per_mtok) / MTOK
     return list(rows.values())
 
 

@@ -247,7 +247,7 @@ class CallRollup(SQLModel, table=True):
     output_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     cost_usd: Decimal = _money()
     failed_cost_usd: Decimal = _money()  # spend on calls that did not produce a usable answer
-    baseline_cost_usd: Decimal = _money()  # the same tokens at the job's baseline model's price
+    baseline_cost_usd: Decimal = _money()  # items' final calls' tokens (plus its thinking) at the job's baseline model's price
 
 
 class JobEvent(SQLModel, table=True):
