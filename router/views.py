@@ -70,8 +70,9 @@ def models_table(catalog: Catalog, *, task: str | None) -> Table:
         price = catalog.price(model.model_id)
         tasks = [task] if task else sorted(model.quality)
         quality = ", ".join(f"{t} {model.quality[t].value:.2f}" for t in tasks if t in model.quality) or "-"
+        output = str(price.output) + ("" if not model.thinking else f" (+ up to {model.thinking:,} thinking/call)")
         table.add_row(
-            model.model_id, model.provider, model.region, str(price.input), str(price.cached_input), str(price.output),
+            model.model_id, model.provider, model.region, str(price.input), str(price.cached_input), output,
             f"{model.context_window:,}" if model.context_window else "?", "yes" if model.open_weight else "",
             quality, price.source,
         )
