@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # Chunks one worker process holds at once. A chunk is done when its slowest call is, and LLM
     # latencies are heavy-tailed (a few calls take ten times the median), so the items held must far
     # exceed calls_in_flight to keep its slots busy while chunks wait for their stragglers. With a
-    # lognormal latency (median 1 s, sigma 0.8), 8 chunks kept 32% of the ideal rate, 32 kept 84%;
+    # lognormal latency (median 1 s, sigma 0.8), 8 chunks kept 34% of the ideal rate, 32 kept 84%;
     # at a constant latency 32 costs ~1 point at 500 ms and ~5% at 0 ms (bench/throughput.py).
     worker_threads: int = Field(default=32, ge=1, le=64)
     http_backend: Literal["aiohttp", "httpx"] = "aiohttp"
