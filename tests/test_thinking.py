@@ -184,3 +184,24 @@ def test_a_thinking_baseline_is_priced_with_its_thinking() -> None:
                        purpose="run", timezone="UTC", baseline_rates=BaselineRates(Decimal("1.25"), Decimal("10"), 128))
     # Baseline: the same 1,000 input and 6-token answer, plus its own 128 thinking tokens: (1250 + 1340) / 1M.
     assert rows[0]["baseline_cost_usd"] == Decimal("0.00259")
+
+
+def test_budgets_reserve_a_thinking_models_thinking(gemini_settings: Settings, catalog: Catalog, tmp_path: Path,
+                                                    team: tuple[str, str]) -> None:
+    from router.db import session_scope
+    from router.engine import _Chunk
+    from router.ledger import repo
+    from router.ledger.tables import utcnow
+    from router.prompts import MESSAGE_OVERHEAD_TOKENS
+    from router.providers.base import TokenUsage
+
+    path = write_jsonl(tmp_path / "items.jsonl", tickets(3))
+    request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=LABELS, min_quality=0.5,
+                         models=frozenset({"gemini-2.5-pro"}))
+    job_id = submit_job(gemini_settings, catalog, request).job_id
+    with session_scope(gemini_settings) as session:
+        chunk = _Chunk.build(catalog, repo.job_for_chunk(session, job_id))
+    now, text = utcnow(), "I was charged twice"
+    worst_input = len(chunk.spec.system.encode()) + len(text.encode()) + MESSAGE_OVERHEAD_TOKENS
+    bound = catalog.price("gemini-2.5-pro", now).cost_usd(TokenUsage(worst_input, chunk.spec.max_output_tokens + 128))
+    assert chunk.worst_case_usd(catalog, "gemini-2.5-pro", text, now) == bound
