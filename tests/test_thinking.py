@@ -22,12 +22,10 @@ from router.intake import JobRequest
 from router.jobs import submit_job
 from router.ledger.tables import CallStatus, ItemStatus
 from router.providers.base import ChatRequest, Completion
-from router.providers.gemini import GeminiProvider
-from router.providers.http import build_client
-from router.providers.openai import OpenAIProvider
 from router.settings import Settings
 from tests.conftest import FAKE_KEY
 from tests.helpers import ledger, priced, tickets, write_jsonl
+from tests.test_providers import call
 
 LABELS = ("billing", "bug", "other")
 # A classification's cap: a label is a few tokens.
@@ -35,17 +33,7 @@ CAP = 8
 
 
 def complete(fake_provider: str, vendor: str, request: ChatRequest) -> Completion:
-    async def go() -> Completion:
-        suffix = "/v1" if vendor == "openai" else ""
-        client = build_client(base_url=fake_provider + suffix, headers={}, timeout_s=5.0, max_connections=2)
-        cls = OpenAIProvider if vendor == "openai" else GeminiProvider
-        provider = cls(name=vendor, client=client, api_key=FAKE_KEY)
-        try:
-            return await provider.complete(request)
-        finally:
-            await provider.aclose()
-
-    return asyncio.run(go())
+    return call(fake_provider, vendor, "aiohttp", api_key=FAKE_KEY, timeout_s=5.0, request=request)
 
 
 def ask(model: str, **kw: object) -> ChatRequest:
