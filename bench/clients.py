@@ -2,7 +2,7 @@
 
     python bench/clients.py [--calls 3000] [--max-s 5] [--uvloop]
 
-Starts `python -m router.fakeserver` in a subprocess (once per latency), then for each setup makes
+Starts `python -m tests.fakes.server` in a subprocess (once per latency), then for each setup makes
 OpenAI chat completions with a fixed number in flight and prints a table. Every run is bounded:
 at most --calls calls or --max-s seconds, whichever comes first. The columns "client CPU" and
 "server CPU" say which side was the bottleneck (100% = one core busy all along).
@@ -155,9 +155,9 @@ async def _drive(call: CallFn, *, n_calls: int, in_flight: int, max_s: float) ->
 @contextmanager
 def fake_server(latency_ms: int, *, uvloop: bool = False, answer: str = "echo",
                 faults: dict[str, Any] | None = None) -> Iterator[tuple[str, int]]:
-    """Run `python -m router.fakeserver` on a free port (with a fault mix, if given); yields (base URL, pid)."""
+    """Run `python -m tests.fakes.server` on a free port (with a fault mix, if given); yields (base URL, pid)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "router.fakeserver", "--port", "0", "--latency-ms", str(latency_ms), "--answer", answer]
+    command = [sys.executable, "-m", "tests.fakes.server", "--port", "0", "--latency-ms", str(latency_ms), "--answer", answer]
     if faults is not None:
         import json
 

@@ -60,7 +60,7 @@ class Table:
 
 def sandbox_table(n: int) -> Table:
     from router.catalog import load_catalog
-    from router.demo import write_demo_tickets
+    from router.cli.demo import write_demo_tickets
     from router.prompts import classify_spec, parse_label
     from router.providers.sandbox import simulate, true_label
 

@@ -30,8 +30,8 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 
 from router.db import session_scope, upgrade  # noqa: E402
-from router.report_render import render_html  # noqa: E402
-from router.reports import Report, ReportRow, monthly_report, parse_month  # noqa: E402
+from router.reports.render import render_html  # noqa: E402
+from router.reports.monthly import Report, ReportRow, monthly_report, parse_month  # noqa: E402
 from router.settings import Settings  # noqa: E402
 
 PG_URL = os.environ.get("PENNYROUTE_REPORT_BENCH_DATABASE_URL",

@@ -36,12 +36,13 @@ from sqlalchemy import select  # noqa: E402
 from bench.clients import _cpu_s, bare_loop_rate, fake_server, fresh_bench_state  # noqa: E402
 from router.catalog import load_catalog  # noqa: E402
 from router.db import session_scope, upgrade  # noqa: E402
-from router.intake import JobRequest  # noqa: E402
-from router.jobs import dispatch_job, submit_job  # noqa: E402
+from router.jobs.intake import JobRequest  # noqa: E402
+from router.jobs.submit import dispatch_job, submit_job  # noqa: E402
 from router.ledger import repo  # noqa: E402
 from router.ledger.tables import Call, Item, ItemStatus  # noqa: E402
 from router.prompts import classify_spec  # noqa: E402
-from router.providers.base import ChatRequest, TokenUsage  # noqa: E402
+from router.providers.base import ChatRequest# noqa: E402
+from router.usage import TokenUsage# noqa: E402
 from router.settings import Settings  # noqa: E402
 
 # The heavy-tailed server: every answer delayed by a lognormal draw (median 1 s, sigma 0.8, at most

@@ -21,7 +21,7 @@ from genai_prices import types as gp
 
 from policies.types import QualityEstimate
 from router.errors import ConfigError, NotFoundError
-from router.providers.base import TokenUsage
+from router.usage import TokenUsage
 
 TASKS = ("classify", "summarize")
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "mistral")

@@ -21,14 +21,14 @@ import redis
 
 from router.catalog import Catalog, load_catalog
 from router.db import upgrade
-from router.fakeserver import start_in_thread
+from tests.fakes.server import start_in_thread
 from router.ledger import repo
 from router.settings import Settings
+from tests.helpers import FAKE_KEY, start_workers, stop_workers, worker_env, write_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("PENNYROUTE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pennyroute_test")
 BROKER_URL = os.environ.get("PENNYROUTE_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
-FAKE_KEY = "sk-test-fake"
 
 
 def _recreate_database(url: str) -> None:
@@ -57,17 +57,6 @@ def fake_provider() -> Iterator[str]:
     url, stop = start_in_thread(api_key=FAKE_KEY)
     yield url
     stop()
-
-
-def write_catalog(path: Path, fake_url: str) -> Path:
-    """A catalog whose openai, anthropic, google (Gemini) and mistral providers answer at the fake server."""
-    path.write_text(
-        f'[providers.openai]\nbase_url = "{fake_url}/v1"\n\n'
-        f'[providers.anthropic]\nbase_url = "{fake_url}"\n\n'
-        f'[providers.google]\nbase_url = "{fake_url}"\n\n'
-        f'[providers.mistral]\nbase_url = "{fake_url}/v1"\n'
-    )
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -99,50 +88,6 @@ def team(live_settings: Settings) -> tuple[str, str]:
     with session_scope(live_settings) as session:
         repo.ensure_team(session, tenant=tenant, team=name)
     return tenant, name
-
-
-def worker_env(*, pg_url: str, broker_url: str, catalog_file: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env.update(
-        DATABASE_URL=pg_url, BROKER_URL=broker_url, PENNYROUTE_CATALOG=str(catalog_file),
-        PENNYROUTE_SANDBOX="off", OPENAI_API_KEY=FAKE_KEY, ANTHROPIC_API_KEY=FAKE_KEY,
-    )
-    return env
-
-
-def start_workers(count: int, env: dict[str, str], logs: Path, *, threads: int = 8,
-                  extra: tuple[str, ...] = (), name: str = "worker") -> list[subprocess.Popen[bytes]]:
-    """Start `count` real `celery -A workers.app worker` processes and wait until each is ready."""
-    procs, log_files = [], []
-    for n in range(count):
-        log = logs / f"{name}-{n}.log"
-        with log.open("wb") as handle:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel", "INFO", "--concurrency", str(threads),
-                 "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                 *extra],
-                cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-            ))
-        log_files.append(log)
-    # A cold start imports celery, sqlalchemy and aiohttp: seconds each, more when many start at once.
-    deadline = time.monotonic() + 30 + 15 * count
-    for proc, log in zip(procs, log_files, strict=True):
-        while b"ready." not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop_workers(procs)
-                raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-    return procs
-
-
-def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture

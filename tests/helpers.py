@@ -1,8 +1,14 @@
-"""Small helpers shared by tests."""
+"""Helpers shared by tests: input files, ledger reads, catalogs that point at the fake provider,
+and real Celery worker processes. Fixtures live in conftest.py; everything else lives here."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,8 +18,12 @@ from sqlalchemy import select
 from router.catalog import Catalog
 from router.db import session_scope
 from router.ledger.tables import Call, Item
-from router.providers.base import TokenUsage
+from router.usage import TokenUsage
 from router.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+# The key the fake provider accepts; providers given any other key get its 401.
+FAKE_KEY = "sk-test-fake"
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -41,3 +51,58 @@ def priced(catalog: Catalog, call: Call) -> Decimal:
     price = catalog.price(call.model_id, call.started_at)
     return price.cost_usd(TokenUsage(input_tokens=call.input_tokens, output_tokens=call.output_tokens,
                                      cached_input_tokens=call.cached_input_tokens, cache_write_tokens=call.cache_write_tokens))
+
+
+def write_catalog(path: Path, fake_url: str) -> Path:
+    """A catalog whose openai, anthropic, google (Gemini) and mistral providers answer at the fake server."""
+    path.write_text(
+        f'[providers.openai]\nbase_url = "{fake_url}/v1"\n\n'
+        f'[providers.anthropic]\nbase_url = "{fake_url}"\n\n'
+        f'[providers.google]\nbase_url = "{fake_url}"\n\n'
+        f'[providers.mistral]\nbase_url = "{fake_url}/v1"\n'
+    )
+    return path
+
+
+def worker_env(*, pg_url: str, broker_url: str, catalog_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(
+        DATABASE_URL=pg_url, BROKER_URL=broker_url, PENNYROUTE_CATALOG=str(catalog_file),
+        PENNYROUTE_SANDBOX="off", OPENAI_API_KEY=FAKE_KEY, ANTHROPIC_API_KEY=FAKE_KEY,
+    )
+    return env
+
+
+def start_workers(count: int, env: dict[str, str], logs: Path, *, threads: int = 8,
+                  extra: tuple[str, ...] = (), name: str = "worker") -> list[subprocess.Popen[bytes]]:
+    """Start `count` real `celery -A workers.app worker` processes and wait until each is ready."""
+    procs, log_files = [], []
+    for n in range(count):
+        log = logs / f"{name}-{n}.log"
+        with log.open("wb") as handle:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel", "INFO", "--concurrency", str(threads),
+                 "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                 *extra],
+                cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+            ))
+        log_files.append(log)
+    # A cold start imports celery, sqlalchemy and aiohttp: seconds each, more when many start at once.
+    deadline = time.monotonic() + 30 + 15 * count
+    for proc, log in zip(procs, log_files, strict=True):
+        while b"ready." not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_workers(procs)
+                raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

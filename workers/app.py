@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from router.dispatch import celery_config
+from router.jobs.dispatch import celery_config
 from router.settings import get_settings
 
 app = Celery("pennyroute", include=["workers.tasks"])

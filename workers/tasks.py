@@ -9,15 +9,15 @@ from celery.signals import worker_process_shutdown, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from router.catalog import Catalog, load_catalog
-from router.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_TASK, SWEEP_TASK
-from router import runtime
-from router.calibrate import calibrate_job
+from router.jobs.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_TASK, SWEEP_TASK
+from router.engine import runtime
+from router.jobs.calibrate import calibrate_job
 from router.db import session_scope
-from router.engine import run_chunk
+from router.engine.batch import run_chunk
 from router.ledger import repo
-from router.jobs import dispatch_job, resumable_jobs
+from router.jobs.submit import dispatch_job, resumable_jobs
 from router.providers.registry import close_all
-from router.sweeper import sweep
+from router.jobs.sweeper import sweep
 from router.settings import get_settings
 from workers.app import app
 

@@ -206,7 +206,7 @@ def paused_jobs(session: Session, *, team_id: int) -> list[str]:
 
 def budget_rows(session: Session, *, month: str | None) -> list[Any]:
     """Budget periods with their tenant and team names: the given month's, or each team's latest."""
-    from router.budgets import parse_month
+    from router.ledger.budgets import parse_month
 
     period = BudgetPeriod.__table__  # type: ignore[attr-defined]
     team, tenant = Team.__table__, Tenant.__table__  # type: ignore[attr-defined]

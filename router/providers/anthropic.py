@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 
-from router.providers.base import ChatRequest, Completion, TokenUsage
+from router.providers.base import ChatRequest, Completion
+
+from router.usage import TokenUsage
 from router.providers.http import ClientPool, JsonApiProvider, estimated_usage
 
 PATH = "/v1/messages"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.usage import TokenUsage
+
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
@@ -29,18 +31,6 @@ class ChatRequest:
     def output_cap(self) -> int:
         """The most output tokens this call can be billed for: the answer's cap plus any thinking allowed."""
         return self.max_output_tokens + (self.thinking_tokens or 0)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    """Tokens as the provider reported them (input excludes cached input)."""
-
-    input_tokens: int
-    output_tokens: int
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0  # thinking tokens; already counted in output_tokens (billed as output)
-    estimated: bool = False  # true when the response lacked usage and it was estimated
 
 
 @dataclass(frozen=True, slots=True)

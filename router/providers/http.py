@@ -38,7 +38,8 @@ import httpx
 from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
-from router.providers.base import ChatRequest, Completion, TokenUsage
+from router.providers.base import ChatRequest, Completion
+from router.usage import TokenUsage
 from router.errors import (
     ConfigError,
     MalformedResponse,

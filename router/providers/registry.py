@@ -12,7 +12,7 @@ from router.providers.http import build_client
 from router.providers.mistral import MistralProvider
 from router.providers.openai import OpenAIProvider
 from router.providers.sandbox import SandboxProvider
-from router.ratelimit import SharedLimits
+from router.providers.limits import SharedLimits
 from router.settings import Settings
 
 # Connections per provider and process: one per call in flight (settings.calls_in_flight).

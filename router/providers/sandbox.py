@@ -16,7 +16,8 @@ from dataclasses import replace
 import re
 
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, labels_from_system
-from router.providers.base import ChatRequest, Completion, TokenUsage
+from router.providers.base import ChatRequest, Completion
+from router.usage import TokenUsage
 
 SIMULATED_LABEL = "SIMULATED"
 

@@ -16,16 +16,16 @@ import pytest
 from policies.cheapest_qualifying import choose_model
 from policies.types import Candidate, JobProfile, QualityEstimate
 from router.catalog import Catalog, load_catalog
-from router.engine import run_chunk
+from router.engine.batch import run_chunk
 from router.errors import ConfigError, ProviderStatusError
-from router.intake import JobRequest
-from router.jobs import submit_job
+from router.jobs.intake import JobRequest
+from router.jobs.submit import submit_job
 from router.ledger.tables import CallStatus, ItemStatus
 from router.providers.base import ChatRequest, Completion
 from router.settings import Settings
-from tests.conftest import FAKE_KEY
+from tests.helpers import FAKE_KEY
 from tests.helpers import ledger, priced, tickets, write_jsonl
-from tests.test_providers import call
+from tests.unit.test_providers import call
 
 LABELS = ("billing", "bug", "other")
 # A classification's cap: a label is a few tokens.
@@ -177,11 +177,11 @@ def test_a_thinking_baseline_is_priced_with_its_thinking() -> None:
 def test_budgets_reserve_a_thinking_models_thinking(gemini_settings: Settings, catalog: Catalog, tmp_path: Path,
                                                     team: tuple[str, str]) -> None:
     from router.db import session_scope
-    from router.engine import _Chunk
+    from router.engine.batch import _Chunk
     from router.ledger import repo
     from router.ledger.tables import utcnow
     from router.prompts import MESSAGE_OVERHEAD_TOKENS
-    from router.providers.base import TokenUsage
+    from router.usage import TokenUsage
 
     path = write_jsonl(tmp_path / "items.jsonl", tickets(3))
     request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=LABELS, min_quality=0.5,

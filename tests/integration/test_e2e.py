@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from router.catalog import Catalog
 from router.db import session_scope
-from router.intake import JobRequest
-from router.jobs import dispatch_job, submit_job
+from router.jobs.intake import JobRequest
+from router.jobs.submit import dispatch_job, submit_job
 from router.ledger import repo
 from router.ledger.tables import CallRollup, CallStatus, ItemStatus
 from router.settings import Settings
@@ -68,7 +68,7 @@ def test_a_labelled_job_calibrates_on_a_worker_then_runs(live_settings: Settings
                                                          team: tuple[str, str]) -> None:
     """The broker path of calibration: submit sends one calibrate message; the worker calibrates,
     sets the route, and hands out the chunks."""
-    from router.dispatch import CeleryDispatcher
+    from router.jobs.dispatch import CeleryDispatcher
     from router.providers.sandbox import true_label
 
     labels = ("billing", "bug", "other")

@@ -17,18 +17,20 @@ from policies.types import Decision, JobProfile
 from sqlalchemy import func, or_, select
 from sqlmodel import Session
 
-from router import budgets, quality
+from router.ledger import budgets
+
+from router.jobs import estimates as quality
 from router.catalog import Catalog
 from router.db import ensure_schema, session_scope
-from router.engine import chunk_ranges
+from router.engine.batch import chunk_ranges
 from router.errors import InputError, NotFoundError, PennyrouteError
-from router.intake import JobRequest, LineError, ParsedItem, check_request, read_items
+from router.jobs.intake import JobRequest, LineError, ParsedItem, check_request, read_items
 from router.ledger import repo
 from router.ledger.tables import Job, JobStatus, Team
 from router.prompts import classify_spec, summarize_spec
-from router.routing import candidates, decision_as_json, max_context
+from router.candidates import candidates, decision_as_json, max_context
 from router.settings import Settings
-from router.strategy import single_route
+from router.route import single_route
 
 # Items per INSERT batch: large enough to amortize round trips, small enough to keep memory flat.
 INSERT_BATCH = 2000
@@ -194,7 +196,7 @@ def resumable_jobs(settings: Settings, *, now: datetime | None = None) -> list[t
 
 def dispatch_job(settings: Settings, job_id: str, n_items: int) -> int:
     """Send a committed job's chunks to the broker; return how many messages were sent."""
-    from router.dispatch import CeleryDispatcher
+    from router.jobs.dispatch import CeleryDispatcher
 
     ranges = chunk_ranges(n_items, settings.chunk_size)
     CeleryDispatcher(settings).send(job_id, ranges)
@@ -215,7 +217,7 @@ def cancel_job(settings: Settings, catalog: Catalog, job_id: str) -> dict[str, i
     back. Calls in flight in live workers finish and are recorded as usual. Returns what happened."""
     from sqlalchemy import update
 
-    from router.engine import _Chunk, _charge_lost
+    from router.engine.batch import _Chunk, _charge_lost
     from router.ledger.tables import Item, ItemStatus, Reservation, utcnow
 
     now = utcnow()

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlmodel import Session, col
 
-from router import budgets
+from router.ledger import budgets
 from router.errors import InputError
 from router.ledger import repo
 from router.ledger.tables import BudgetPeriod, CallRollup, Team, Tenant

@@ -29,14 +29,14 @@ from sqlalchemy import select
 
 from router.catalog import Catalog, load_catalog
 from router.db import session_scope
-from router.fakeserver import start_in_thread
-from router.intake import JobRequest
-from router.jobs import dispatch_job, submit_job
+from tests.fakes.server import start_in_thread
+from router.jobs.intake import JobRequest
+from router.jobs.submit import dispatch_job, submit_job
 from router.ledger import repo
 from router.ledger.tables import BudgetPeriod, Call, CallStatus, ItemStatus
-from router.providers.base import TokenUsage
+from router.usage import TokenUsage
 from router.settings import Settings
-from tests.conftest import FAKE_KEY, start_workers, stop_workers, worker_env, write_catalog
+from tests.helpers import FAKE_KEY, start_workers, stop_workers, worker_env, write_catalog
 from tests.helpers import ledger, tickets, write_jsonl
 
 LABELS = ("billing", "bug", "other")
@@ -66,7 +66,7 @@ def setup(slow_fake: str, pg_url: str, broker_url: str, tmp_path: Path) -> tuple
 
 def _submit(settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], n: int, *,
             budget_usd: str | None = "5") -> str:
-    from router import budgets
+    from router.ledger import budgets
 
     if budget_usd is not None:
         with session_scope(settings) as session:

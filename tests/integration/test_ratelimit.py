@@ -13,7 +13,7 @@ import redis
 
 from policies.circuit_breaker import THRESHOLD, BreakerState, allows, on_failure, on_success
 from policies.rate_adapt import MIN_FACTOR, after_rate_limited, after_success, limits_now
-from router.ratelimit import SharedLimits
+from router.providers.limits import SharedLimits
 
 
 @pytest.mark.parametrize(("factor", "after_429", "after_ok"), [(1.0, 0.5, 1.0), (0.5, 0.25, 0.505), (0.06, MIN_FACTOR, 0.065)])
@@ -131,11 +131,11 @@ def test_an_open_breaker_is_seen_by_every_process(shared: str) -> None:
 
 def test_a_failing_provider_trips_the_breaker_and_items_move_to_their_fallback(
         live_settings: object, catalog: object, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
-    from router import runtime
-    from router.engine import run_chunk
-    from router.fakeserver import OPENAI_PATH
-    from router.intake import JobRequest
-    from router.jobs import submit_job
+    from router.engine import runtime
+    from router.engine.batch import run_chunk
+    from tests.fakes.server import OPENAI_PATH
+    from router.jobs.intake import JobRequest
+    from router.jobs.submit import submit_job
     from router.providers.registry import close_all
     from tests.helpers import ledger, tickets, write_jsonl
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from router import runtime
+from router.engine import runtime
 
 
 @pytest.fixture

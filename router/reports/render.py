@@ -19,7 +19,7 @@ from typing import Any
 from rich.table import Table
 
 from router.ledger.types import MONEY_SCALE
-from router.reports import BudgetRow, Report, ReportRow
+from router.reports.monthly import BudgetRow, Report, ReportRow
 
 COLUMNS = ("spend_usd", "calls", "failed_calls", "input_tokens", "cached_input_tokens", "output_tokens",
            "failed_spend_usd", "calibration_spend_usd", "baseline_usd", "savings_usd", "savings_pct", "simulated_calls")

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from router.cli import app
+from router.cli.app import app
 from router.db import session_scope
 from router.ledger import repo
 from router.ledger.tables import Item, Job

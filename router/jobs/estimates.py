@@ -16,7 +16,7 @@ from policies.cheapest_qualifying import choose_model
 from policies.types import Candidate, JobProfile, QualityEstimate
 from router.catalog import Catalog
 from router.errors import InputError
-from router.intake import JobRequest
+from router.jobs.intake import JobRequest
 from router.ledger import repo
 from router.ledger.tables import Item, utcnow
 

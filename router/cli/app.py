@@ -16,16 +16,16 @@ import typer
 from sqlmodel import Session
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from router import views
+from router.cli import views
 from router.catalog import Catalog, load_catalog
 from router.db import current_revision, ensure_schema, session_scope, upgrade
-from router.demo import DEMO_LABELS, write_demo_tickets
-from router.calibrate import calibrate_job
-from router.engine import run_job_inline
+from router.cli.demo import DEMO_LABELS, write_demo_tickets
+from router.jobs.calibrate import calibrate_job
+from router.engine.batch import run_job_inline
 from router.errors import PennyrouteError
-from router.intake import JobRequest
-from router import budgets
-from router.jobs import NoModelError, Submitted, cancel_job, dispatch_job, resume_job, submit_job
+from router.jobs.intake import JobRequest
+from router.ledger import budgets
+from router.jobs.submit import NoModelError, Submitted, cancel_job, dispatch_job, resume_job, submit_job
 from router.ledger import repo
 from router.ledger.tables import JobStatus, utcnow
 from router.settings import Settings, get_settings
@@ -180,7 +180,7 @@ def _start(settings: Settings, catalog: Catalog, job_id: str, n_items: int, *, w
     else:
         try:
             if calibrating:
-                from router.dispatch import CeleryDispatcher
+                from router.jobs.dispatch import CeleryDispatcher
 
                 CeleryDispatcher(settings).send_calibrate(job_id)
                 sent = 1
@@ -323,7 +323,7 @@ def quality_cmd(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's estimates.")] = None,
 ) -> None:
     """List measured quality estimates (per tenant, kind of task and model) with their intervals."""
-    from router.quality import is_fresh
+    from router.jobs.estimates import is_fresh
 
     settings = _settings()
     catalog = _catalog(settings)
@@ -493,8 +493,8 @@ def report(
 ) -> None:
     """Monthly cost report from the ledger: spend, calls, tokens, failed and calibration spend,
     budget used, and savings against each job's baseline model."""
-    from router import report_render
-    from router.reports import monthly_report
+    from router.reports import render as report_render
+    from router.reports.monthly import monthly_report
 
     renderers = {"csv": report_render.render_csv, "json": report_render.render_json, "html": report_render.render_html}
     if format not in (*renderers, "table"):

@@ -9,9 +9,9 @@ import pytest
 
 from router.catalog import Catalog
 from router.db import session_scope
-from router.engine import run_chunk
-from router.intake import JobRequest
-from router.jobs import submit_job
+from router.engine.batch import run_chunk
+from router.jobs.intake import JobRequest
+from router.jobs.submit import submit_job
 from router.ledger import repo
 from router.ledger.tables import CallStatus, ItemStatus
 from router.settings import Settings
@@ -169,7 +169,7 @@ def test_a_refused_key_or_spent_quota_stops_the_provider_for_the_job_at_once(
     assert len(events) == 1 and "openai" in events[0].detail["why"]
     # Fixed: resuming clears the stop, and the items run.
     httpx.post(f"{fake_provider}/_reset")
-    from router.jobs import resume_job
+    from router.jobs.submit import resume_job
 
     resume_job(live_settings, job_id)
     outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=20)

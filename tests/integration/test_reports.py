@@ -28,8 +28,8 @@ from router.errors import InputError, NotFoundError
 from router.ledger import repo
 from router.ledger.rollup import BaselineRates, CallFacts, local_day, rollup_rows, upsert_rollups
 from router.ledger.tables import BudgetPeriod, Call, CallStatus, Job, Team
-from router.report_render import plain, render_csv, render_html, render_json, render_table
-from router.reports import Report, ReportRow, monthly_report
+from router.reports.render import plain, render_csv, render_html, render_json, render_table
+from router.reports.monthly import Report, ReportRow, monthly_report
 from router.settings import Settings
 
 D = Decimal

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from router.fakefaults import FaultMix
-from router.fakeserver import start_in_thread
+from tests.fakes.faults import FaultMix
+from tests.fakes.server import start_in_thread
 from router.providers.base import ChatRequest
 from router.providers.http import build_client
 from router.providers.openai import OpenAIProvider

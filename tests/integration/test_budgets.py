@@ -15,16 +15,16 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from router import budgets
+from router.ledger import budgets
 from router.catalog import Catalog
 from router.db import session_scope
-from router.intake import JobRequest
-from router.jobs import BudgetError, dispatch_job, submit_job
+from router.jobs.intake import JobRequest
+from router.jobs.submit import BudgetError, dispatch_job, submit_job
 from router.ledger import repo
 from router.ledger.rollup import local_day
 from router.ledger.tables import BudgetEvent, BudgetPeriod, Call, Job, Team, Tenant
 from router.settings import Settings
-from tests.conftest import start_workers, stop_workers, worker_env
+from tests.helpers import start_workers, stop_workers, worker_env
 from tests.helpers import tickets, write_jsonl
 
 LABELS = ("billing", "bug", "other")
@@ -206,7 +206,7 @@ def _settled_reserved(settings: Settings, team: Team) -> tuple[Decimal, Decimal]
 
 
 def test_paused_job_resumes_when_a_new_month_begins(live_settings: Settings, catalog: Catalog, tmp_path: Path) -> None:
-    from router.jobs import resumable_jobs
+    from router.jobs.submit import resumable_jobs
 
     team = _team(live_settings, "Europe/Paris")
     with session_scope(live_settings) as session:

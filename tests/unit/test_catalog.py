@@ -11,7 +11,7 @@ from genai_prices import Usage, calc_price
 
 from router.catalog import load_catalog
 from router.errors import ConfigError
-from router.providers.base import TokenUsage
+from router.usage import TokenUsage
 
 CATALOG = load_catalog()
 

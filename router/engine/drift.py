@@ -17,7 +17,7 @@ from router.db import session_scope
 from router.ledger import repo
 from router.ledger.tables import Job, JobStatus, utcnow
 from router.settings import Settings
-from router.strategy import Route
+from router.route import Route
 
 JOB = Job.__table__  # type: ignore[attr-defined]
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from router.calibrate import calibrate_job
+from router.jobs.calibrate import calibrate_job
 from router.catalog import Catalog, load_catalog
 from router.db import session_scope
-from router.demo import DEMO_LABELS, write_demo_tickets
-from router.engine import run_job_inline
-from router.intake import JobRequest
-from router.jobs import submit_job
+from router.cli.demo import DEMO_LABELS, write_demo_tickets
+from router.engine.batch import run_job_inline
+from router.jobs.intake import JobRequest
+from router.jobs.submit import submit_job
 from router.ledger import repo
 from router.ledger.tables import Call, Item, JobStatus, QualityEstimate
 from router.settings import Settings
@@ -78,7 +78,7 @@ def test_gold_calibration_chooses_a_model_whose_bound_meets_the_bar_and_charges_
     # Calibration spend shows as such in the month report, to the last digit of the ledger.
     from datetime import UTC, datetime
 
-    from router.reports import monthly_report
+    from router.reports.monthly import monthly_report
 
     with session_scope(settings) as session:
         report = monthly_report(session, month=datetime.now(UTC).strftime("%Y-%m"), tenant=team[0], by="team")
@@ -154,7 +154,7 @@ def test_reference_mode_scores_models_against_the_strongest(
 
 def test_drift_checks_reroute_the_rest_of_the_job_upward(
         sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
-    from router import runtime
+    from router.engine import runtime
     from router.providers.registry import close_all
     from router.ledger.tables import JobEvent
 

@@ -24,7 +24,9 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from policies.budget_fit import items_that_fit
-from router import budgets, drift, runtime
+from router.ledger import budgets
+from router.engine import drift
+from router.engine import runtime
 from router.catalog import Catalog
 from router.db import session_scope
 from router.errors import CircuitOpen, ProviderError, ProviderStatusError
@@ -32,11 +34,12 @@ from router.ledger import repo
 from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows, upsert_rollups
 from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, classify_spec, parse_label, summarize_spec
-from router.providers.base import ChatRequest, Completion, Provider, TokenUsage
+from router.providers.base import ChatRequest, Completion, Provider
+from router.usage import TokenUsage
 from router.providers.registry import close_all, get_provider, shared_limits
-from router.ratelimit import SharedLimits
+from router.providers.limits import SharedLimits
 from router.settings import Settings
-from router.strategy import Route
+from router.route import Route
 
 log = logging.getLogger("pennyroute.engine")
 

@@ -1,4 +1,4 @@
-"""Providers against the local fake server (router.fakeserver), over both HTTP backends.
+"""Providers against the local fake server (tests.fakes.server), over both HTTP backends.
 
 The server runs in a daemon thread on 127.0.0.1; each test runs its calls with `asyncio.run`, building
 its clients inside that loop, as production code must. Faults are scripted through POST /_fail.
@@ -23,9 +23,10 @@ from router.errors import (
     ProviderStatusError,
     ProviderTimeout,
 )
-from router.fakeserver import ANTHROPIC_PATH, OPENAI_PATH, start_in_thread
+from tests.fakes.server import ANTHROPIC_PATH, OPENAI_PATH, start_in_thread
 from router.providers.anthropic import AnthropicProvider
-from router.providers.base import ChatRequest, Completion, TokenUsage
+from router.providers.base import ChatRequest, Completion
+from router.usage import TokenUsage
 from router.providers.http import BACKENDS, Backend, ClientPool, build_client, retry_after_s
 from router.providers.gemini import GeminiProvider
 from router.providers.mistral import MistralProvider

@@ -27,7 +27,7 @@ spend reasoning tokens (by `reasoning_effort`) inside `max_completion_tokens`. G
 unless thinkingBudget is 0 (Pro refuses 0), their thoughts inside maxOutputTokens. A cap that the
 thinking uses up gives an empty, billed answer, as the real APIs do.
 
-Run it: `python -m router.fakeserver --port 8765 --latency-ms 0`. In tests: `start_in_thread()`, or
+Run it: `python -m tests.fakes.server --port 8765 --latency-ms 0`. In tests: `start_in_thread()`, or
 `async with serve() as base_url`. It listens on 127.0.0.1 only, unless told otherwise.
 """
 
@@ -48,8 +48,9 @@ from typing import Any
 
 from aiohttp import web
 
-from router.fakefaults import HANG_S, FaultMix
-from router.providers.base import Completion, TokenUsage
+from tests.fakes.faults import HANG_S, FaultMix
+from router.providers.base import Completion
+from router.usage import TokenUsage
 
 AnswerFn = Callable[[str, str, str, int], Completion]
 
@@ -518,7 +519,7 @@ def start_in_thread(
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: serve until interrupted; prints "listening on <url>" once ready."""
-    parser = argparse.ArgumentParser(prog="python -m router.fakeserver", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.server", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (see the printed URL)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
