@@ -193,7 +193,7 @@ def fresh_bench_state(pg_url: str, broker_url: str, prefix: str) -> Path:
     return tmp
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by process `pid` (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -201,7 +201,7 @@ def _cpu_s(pid: int) -> float:
 
 def measure(base_url: str, server_pid: int, *, setup: str, in_flight: int, n_calls: int, max_s: float, uvloop: bool) -> tuple[float, float, float]:
     """(calls/s, client CPU share, server CPU share) of one bounded run in a fresh loop."""
-    server_cpu, client_cpu, wall = _cpu_s(server_pid), time.process_time(), time.perf_counter()
+    server_cpu, client_cpu, wall = cpu_s(server_pid), time.process_time(), time.perf_counter()
     coro = bare_loop_rate(base_url, n_calls=n_calls, in_flight=in_flight, backend=setup, max_s=max_s)
     if uvloop:
         # Not a project dependency: imported by name only when asked for, to measure with it.
@@ -209,7 +209,7 @@ def measure(base_url: str, server_pid: int, *, setup: str, in_flight: int, n_cal
     else:
         rate = asyncio.run(coro)
     wall = time.perf_counter() - wall
-    return rate, (time.process_time() - client_cpu) / wall, (_cpu_s(server_pid) - server_cpu) / wall
+    return rate, (time.process_time() - client_cpu) / wall, (cpu_s(server_pid) - server_cpu) / wall
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import select  # noqa: E402
 
-from bench.clients import _cpu_s, bare_loop_rate, fake_server, fresh_bench_state  # noqa: E402
+from bench.clients import cpu_s, bare_loop_rate, fake_server, fresh_bench_state  # noqa: E402
 from router.catalog import load_catalog  # noqa: E402
 from router.db import session_scope, upgrade  # noqa: E402
 from router.jobs.intake import JobRequest  # noqa: E402
@@ -182,10 +182,10 @@ def main(argv: list[str] | None = None) -> None:
         bare_slow = asyncio.run(bare_loop_rate(slow_url, n_calls=100 * in_flight, in_flight=in_flight, backend="aiohttp",
                                                max_s=20, requests=same_calls))
         with worker(env, tmp / "worker.log") as worker_pid:
-            cpu0, server_cpu0, wall0 = _cpu_s(worker_pid), _cpu_s(fast_pid), time.perf_counter()
+            cpu0, server_cpu0, wall0 = cpu_s(worker_pid), cpu_s(fast_pid), time.perf_counter()
             fast_rate, fast_checks = run_job(settings, "fast", args.items, tmp, "bench")
             wall = time.perf_counter() - wall0
-            worker_cpu, server_cpu = (_cpu_s(worker_pid) - cpu0) / wall, (_cpu_s(fast_pid) - server_cpu0) / wall
+            worker_cpu, server_cpu = (cpu_s(worker_pid) - cpu0) / wall, (cpu_s(fast_pid) - server_cpu0) / wall
             slow_rate, slow_checks = run_job(settings, "slow", args.slow_items, tmp, "bench")
             tail = run_job(settings, "tail", args.tail_items, tmp, "bench") if args.tail_items else None
 

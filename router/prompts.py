@@ -114,3 +114,10 @@ def parse_label(answer: str, labels: tuple[str, ...]) -> str | None:
 def labels_from_system(system: str) -> tuple[str, ...]:
     """Recover the labels from a classification system prompt (the sandbox reads its own prompts)."""
     return tuple(m.group(1) for m in re.finditer(r"^(?:[A-Z]|\d+)\) (.+)$", system, re.MULTILINE))
+
+
+def spec_for(task: str, labels: tuple[str, ...] | list[str] | None, max_words: int | None) -> PromptSpec:
+    """The prompt of a job's task: a classification over `labels`, or a summary of `max_words`."""
+    if task == "classify":
+        return classify_spec(tuple(labels or ()))
+    return summarize_spec(max_words)

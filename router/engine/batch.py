@@ -33,7 +33,8 @@ from router.errors import CircuitOpen, ProviderError, ProviderStatusError
 from router.ledger import repo
 from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows, upsert_rollups
 from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
-from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, classify_spec, parse_label, summarize_spec
+from router.ledger.types import JobSnapshot
+from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, parse_label, spec_for
 from router.providers.base import ChatRequest, Completion, Provider
 from router.usage import TokenUsage
 from router.providers.registry import close_all, get_provider, shared_limits
@@ -60,12 +61,6 @@ class ChunkOutcome:
     failed: int
 
 
-def prompt_spec(job: Any) -> PromptSpec:
-    if job.task == "classify":
-        return classify_spec(tuple(job.labels or ()))
-    return summarize_spec(job.max_words)
-
-
 def chunk_ranges(n_items: int, chunk_size: int) -> list[tuple[int, int]]:
     """The seq ranges [lo, hi) that split a job into chunks."""
     return [(lo, min(lo + chunk_size, n_items)) for lo in range(0, n_items, chunk_size)]
@@ -83,24 +78,24 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         )
         if not claimed:
             return ChunkOutcome(0, 0, 0)
-        chunk = _Chunk.build(catalog, job)
+        chunk = ChunkContext.build(catalog, job)
         retaken = [row for row in claimed if row.attempts > 1]
         if retaken:  # a worker died holding these: its calls in flight are recorded as unknown
-            _charge_lost(session, settings, catalog, chunk, retaken, now)
+            charge_lost(session, settings, catalog, chunk, retaken, now)
         # No budget (the common case): the call rows are committed with the claim.
-        first = None if job.has_budget else _unbudgeted_batch(session, catalog, chunk, list(claimed))
+        first = None if job.has_budget else unbudgeted_batch(session, catalog, chunk, list(claimed))
     done = failed = 0
     pending = list(claimed)
     while pending:
         if first is None and _cancelled(settings, job_id, pending):
             failed += len(pending)
             break
-        batch = first or _reserve_batch(settings, catalog, chunk, pending)
+        batch = first or reserve_batch(settings, catalog, chunk, pending)
         first = None
         if batch is None:  # the budget cannot take even one more item: hand the rest back and pause
-            _pause(settings, chunk, pending)
+            pause(settings, chunk, pending)
             break
-        batch_done, batch_failed = _run_batch(settings, catalog, chunk, batch)
+        batch_done, batch_failed = run_batch(settings, catalog, chunk, batch)
         done, failed = done + batch_done, failed + batch_failed
         pending = pending[len(batch.items):]
     return ChunkOutcome(len(claimed), done, failed)
@@ -115,7 +110,7 @@ def _cancelled(settings: Settings, job_id: str, items: list[Any]) -> bool:
     return True
 
 
-def _charge_lost(session: Any, settings: Settings, catalog: Catalog, chunk: _Chunk, items: list[Any], now: Any) -> Decimal:
+def charge_lost(session: Any, settings: Settings, catalog: Catalog, chunk: ChunkContext, items: list[Any], now: Any) -> Decimal:
     """Record the in-flight calls of items taken over from a dead worker as `unknown`, at their
     worst case (the provider may have answered and billed them; we cannot know): tokens at their
     bounds, cost at the call's recorded prices, in the rollups, and settled against the budget."""
@@ -157,10 +152,10 @@ def _charge_lost(session: Any, settings: Settings, catalog: Catalog, chunk: _Chu
 
 
 @dataclass(frozen=True, slots=True)
-class _Chunk:
+class ChunkContext:
     """What every batch of a chunk shares: the job's fixed facts, route, prompt and stopped providers."""
 
-    job: Any
+    job: JobSnapshot
     route: Route
     spec: PromptSpec
     labels: tuple[str, ...]
@@ -169,28 +164,28 @@ class _Chunk:
     purpose: str = "run"  # run | calibration: what the route's calls are for (drift checks are "drift")
 
     @classmethod
-    def build(cls, catalog: Catalog, job: Any, *, route: Route | None = None, purpose: str = "run") -> _Chunk:
+    def build(cls, catalog: Catalog, job: JobSnapshot, *, route: Route | None = None, purpose: str = "run") -> ChunkContext:
         common = {"job_id": job.id, "tenant_id": job.tenant_id, "team_id": job.team_id,
                   "status": CallStatus.IN_FLIGHT, "simulated": job.simulated}
         route = route or Route.from_json(job.route, model_id=job.model_id)
-        return cls(job, route, prompt_spec(job), tuple(job.labels or ()), common, dict(job.stopped_providers or {}), purpose)
+        return cls(job, route, spec_for(job.task, job.labels, job.max_words), tuple(job.labels), common, dict(job.stopped_providers or {}), purpose)
 
     def callable(self, catalog: Catalog, model_id: str, stopped: dict[str, str]) -> bool:
         return model_id in catalog.models and catalog.model(model_id).provider not in stopped
 
-    def first_tries(self, catalog: Catalog, item: Any, stopped: dict[str, str]) -> tuple[int, list[_Try]]:
+    def first_tries(self, catalog: Catalog, item: Any, stopped: dict[str, str]) -> tuple[int, list[PlannedCall]]:
         """An item's first calls: the first stage whose models can be called, plus a drift check."""
         stages = self.route.stages()
-        tries: list[_Try] = []
+        tries: list[PlannedCall] = []
         stage_index = len(stages)
         for index, stage in enumerate(stages):
             if all(self.callable(catalog, m, stopped) for m in stage):
-                stage_index, tries = index, [_Try(item.id, m, self.purpose) for m in stage]
+                stage_index, tries = index, [PlannedCall(item.id, m, self.purpose) for m in stage]
                 break
         reference = self.route.reference_id
         if (tries and reference and reference not in {t.model_id for t in tries} and self.callable(catalog, reference, stopped)
                 and self.route.in_drift_sample(self.job.id, item.seq)):
-            tries.append(_Try(item.id, reference, "drift"))
+            tries.append(PlannedCall(item.id, reference, "drift"))
         return stage_index, tries
 
     def worst_case_usd(self, catalog: Catalog, model_id: str, text: str, at: Any) -> Decimal:
@@ -201,7 +196,7 @@ class _Chunk:
 
 
 @dataclass(frozen=True, slots=True)
-class _Try:
+class PlannedCall:
     """One planned call: an item, a model, why (run or drift), and which try of that pair it is."""
 
     item_id: int
@@ -211,42 +206,42 @@ class _Try:
 
 
 @dataclass(slots=True)
-class _Batch:
+class Batch:
     items: list[Any]
     stage: dict[int, int]  # item id -> the stage its first tries belong to
-    tries: list[_Try]
-    recorded: _Recorded
+    tries: list[PlannedCall]
+    recorded: Recorded
     reservation_ids: list[str]
 
 
-def _plan(catalog: Catalog, chunk: _Chunk, items: list[Any]) -> tuple[dict[int, int], dict[int, list[_Try]]]:
+def plan(catalog: Catalog, chunk: ChunkContext, items: list[Any]) -> tuple[dict[int, int], dict[int, list[PlannedCall]]]:
     stage: dict[int, int] = {}
-    tries: dict[int, list[_Try]] = {}
+    tries: dict[int, list[PlannedCall]] = {}
     for item in items:
         stage[item.id], tries[item.id] = chunk.first_tries(catalog, item, chunk.stopped)
     return stage, tries
 
 
-def _unbudgeted_batch(session: Any, catalog: Catalog, chunk: _Chunk, items: list[Any]) -> _Batch:
-    stage, tries = _plan(catalog, chunk, items)
+def unbudgeted_batch(session: Any, catalog: Catalog, chunk: ChunkContext, items: list[Any]) -> Batch:
+    stage, tries = plan(catalog, chunk, items)
     flat = [t for row in items for t in tries[row.id]]
-    return _Batch(items, stage, flat, _record_calls(session, catalog, chunk.common, flat), [])
+    return Batch(items, stage, flat, record_calls(session, catalog, chunk.common, flat), [])
 
 
-def _reserve_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, items: list[Any]) -> _Batch | None:
+def reserve_batch(settings: Settings, catalog: Catalog, chunk: ChunkContext, items: list[Any]) -> Batch | None:
     """Reserve the worst case of as many leading items as the budget takes, and record their calls.
 
     When none fit while other chunks hold reservations, wait for those to settle (they release
     most of what they hold); None when nothing fits and nothing is held: the budget is spent.
     """
     deadline = time.monotonic() + settings.budget_wait_s
-    stage, tries = _plan(catalog, chunk, items)
+    stage, tries = plan(catalog, chunk, items)
     while True:
         with session_scope(settings) as session:
             now = utcnow()
             period = budgets.current_period(session, team_id=chunk.job.team_id, now=now)
             if period is None:  # the budget was removed meanwhile
-                return _unbudgeted_batch(session, catalog, chunk, items)
+                return unbudgeted_batch(session, catalog, chunk, items)
             budgets.release_expired(session, period_id=period.id, now=now)  # type: ignore[arg-type]
             session.refresh(period)
             texts = {row.id: row.text for row in items}
@@ -259,7 +254,7 @@ def _reserve_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, items: l
                 if held is not None:
                     batch = items[:count]
                     flat = [t for row in batch for t in tries[row.id]]
-                    return _Batch(batch, stage, flat, _record_calls(session, catalog, chunk.common, flat), [held.id])
+                    return Batch(batch, stage, flat, record_calls(session, catalog, chunk.common, flat), [held.id])
                 continue  # another worker took it first: look again at once
             others_hold = period.reserved > 0
         if not others_hold or time.monotonic() > deadline:
@@ -267,7 +262,7 @@ def _reserve_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, items: l
         time.sleep(BUDGET_POLL_S * (1 + random.random()))
 
 
-def _reserve_more(settings: Settings, catalog: Catalog, chunk: _Chunk, session: Any, tries: list[_Try],
+def reserve_more(settings: Settings, catalog: Catalog, chunk: ChunkContext, session: Any, tries: list[PlannedCall],
                   texts: dict[int, str]) -> str | None:
     """Hold the worst case of calls beyond a batch's first (escalations, fallbacks); None when it does not fit."""
     now = utcnow()
@@ -279,7 +274,7 @@ def _reserve_more(settings: Settings, catalog: Catalog, chunk: _Chunk, session: 
     return None if held is None else held.id
 
 
-def _pause(settings: Settings, chunk: _Chunk, items: list[Any], *, reason: str = "budget", detail: str | None = None) -> None:
+def pause(settings: Settings, chunk: ChunkContext, items: list[Any], *, reason: str = "budget", detail: str | None = None) -> None:
     with session_scope(settings) as session:
         repo.release_items(session, [(row.id, row.attempts) for row in items])
         if repo.pause_job(session, chunk.job.id, reason=reason):
@@ -295,23 +290,41 @@ def _pause(settings: Settings, chunk: _Chunk, items: list[Any], *, reason: str =
 
 
 @dataclass(slots=True)
-class _Answer:
+class Answer:
     output: str | None  # the parsed answer; None when the call failed or its answer was unusable
     call_id: str
     error: str | None
 
 
-def _run_batch(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch) -> tuple[int, int]:
+def answer_items(settings: Settings, catalog: Catalog, job: JobSnapshot, *, model_id: str, items: list[Any],
+                 purpose: str = "calibration") -> dict[int, Answer] | None:
+    """Have `model_id` answer `items` outside the job's route (calibration), reserving, recording and
+    settling like any batch, without writing the items' outcomes. Returns each item's answer (retries
+    and the model's fallbacks excluded), or None when the team's budget cannot take the calls."""
+    chunk = ChunkContext.build(catalog, job, route=Route(kind="single", model_id=model_id), purpose=purpose)
+    if job.has_budget:
+        batch = reserve_batch(settings, catalog, chunk, items)
+        if batch is None:
+            return None
+    else:
+        with session_scope(settings) as session:
+            batch = unbudgeted_batch(session, catalog, chunk, items)
+    executed = execute(settings, catalog, chunk, batch)
+    finish(settings, catalog, chunk, executed, write_items=False)
+    return {item_id: by_model[model_id] for item_id, by_model in executed.answers.items() if model_id in by_model}
+
+
+def run_batch(settings: Settings, catalog: Catalog, chunk: ChunkContext, batch: Batch) -> tuple[int, int]:
     """Make the batch's calls, then record outcomes, settlement and rollups. Returns (done, failed) items."""
-    return _finish(settings, catalog, chunk, _execute(settings, catalog, chunk, batch), write_items=True)
+    return finish(settings, catalog, chunk, execute(settings, catalog, chunk, batch), write_items=True)
 
 
 @dataclass(slots=True)
-class _Executed:
+class Executed:
     """What a batch's calls gave: finished item rows, answers per item and model, and what to write."""
 
     finished_items: dict[int, dict[str, Any]]
-    answers: dict[int, dict[str, _Answer]]
+    answers: dict[int, dict[str, Answer]]
     held_back: list[int]
     unwritten: list[dict[str, Any]]
     facts: dict[tuple[str, str], list[CallFacts]]
@@ -322,20 +335,20 @@ class _Executed:
     held: dict[int, int]  # item id -> its try count when claimed: only that holder may write it
 
 
-def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch) -> _Executed:
+def execute(settings: Settings, catalog: Catalog, chunk: ChunkContext, batch: Batch) -> Executed:
     """Make the batch's calls, stage by stage, recording each round's call rows before it is made.
 
     Each round makes the calls planned so far, concurrently. A retryable failure is tried again
     (up to MAX_ATTEMPTS, with backoff) on the same model; a final failure, or two cheap models that
     disagree in a cascade, moves the item to its next stage (the strong model, then fallbacks). A
     provider that refuses us (bad key, quota spent) takes no more calls for this job. Returns
-    what happened, for `_finish` to write.
+    what happened, for `finish` to write.
     """
     job, route = chunk.job, chunk.route
     texts = {row.id: row.text for row in batch.items}
     stages = route.stages()
     stage = dict(batch.stage)
-    answers: dict[int, dict[str, _Answer]] = {item_id: {} for item_id in texts}
+    answers: dict[int, dict[str, Answer]] = {item_id: {} for item_id in texts}
     references: dict[int, str | None] = {}
     finished_items: dict[int, dict[str, Any]] = {}
     held_back: list[int] = []  # items handed back, to run later (budget, or every provider stopped)
@@ -363,9 +376,9 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
                                                        reasoning_effort=infos[t.model_id].reasoning_effort))
             for k, t in enumerate(tries)
         ]
-        results = runtime.run(_call_all(catalog, settings, job.simulated, requests))
+        results = runtime.run(call_all(catalog, settings, job.simulated, requests))
         finished = utcnow()
-        retry: list[_Try] = []
+        retry: list[PlannedCall] = []
         waits: list[float] = []
         for k, result, latency_s in results:
             t, call_id = tries[k], recorded.ids[k]
@@ -394,7 +407,7 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
                         stopped[provider] = newly_stopped[provider] = why
                 elif (result.retryable and t.attempt + 1 < MAX_ATTEMPTS and (result.retry_after or 0) <= MAX_WAIT_S
                       and provider not in stopped):
-                    retry.append(_Try(t.item_id, t.model_id, t.purpose, t.attempt + 1))
+                    retry.append(PlannedCall(t.item_id, t.model_id, t.purpose, t.attempt + 1))
                     waits.append(result.retry_after or BACKOFF_BASE_S * 2**t.attempt)
             unwritten.append(update)
             facts.setdefault((t.model_id, t.purpose), []).append(CallFacts(
@@ -405,12 +418,12 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
             if t.purpose == "drift":
                 references[t.item_id] = output
             else:
-                answers[t.item_id][t.model_id] = _Answer(output, call_id, error)
+                answers[t.item_id][t.model_id] = Answer(output, call_id, error)
                 if error:
                     last_error[t.item_id] = error
         # Move every item whose current stage has all its answers: accept, or go to the next stage.
         waiting = {t.item_id for t in retry if t.purpose != "drift"}
-        advance: list[_Try] = []
+        advance: list[PlannedCall] = []
         for item_id in texts:
             if item_id in finished_items or item_id in waiting or item_id in held_back:
                 continue
@@ -426,7 +439,7 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
                         if all(chunk.callable(catalog, m, stopped) and m not in got for m in stages[i])), None)
             if nxt is not None:
                 stage[item_id] = nxt
-                advance.extend(_Try(item_id, m, chunk.purpose) for m in stages[nxt])
+                advance.extend(PlannedCall(item_id, m, chunk.purpose) for m in stages[nxt])
             elif _only_stopped_left(catalog, stages, stage[item_id], got, stopped):
                 held_back.append(item_id)  # a stopped provider, not the item, is at fault: keep it for later
                 blocked = True
@@ -436,7 +449,7 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
                 finished_items[item_id] = _item_row(item_id, ItemStatus.FAILED, None, reason, got[models[-1]].call_id, finished)
         if advance and reservation_ids:
             with session_scope(settings) as session:
-                extra = _reserve_more(settings, catalog, chunk, session, advance, texts)
+                extra = reserve_more(settings, catalog, chunk, session, advance, texts)
             if extra is None:  # the budget cannot take the escalation: hand those items back
                 held_back.extend(sorted({t.item_id for t in advance}))
                 advance = []
@@ -444,19 +457,19 @@ def _execute(settings: Settings, catalog: Catalog, chunk: _Chunk, batch: _Batch)
                 reservation_ids.append(extra)
         tries = retry + advance
         if tries:
-            def next_round(session: Any, done_calls: list[dict[str, Any]] = unwritten, planned: list[_Try] = tries) -> _Recorded:
+            def next_round(session: Any, done_calls: list[dict[str, Any]] = unwritten, planned: list[PlannedCall] = tries) -> Recorded:
                 repo.finish_calls(session, done_calls)  # this round's outcomes, with the next round's rows
-                return _record_calls(session, catalog, chunk.common, planned)
+                return record_calls(session, catalog, chunk.common, planned)
 
             recorded = _write_retrying(settings, next_round)
             unwritten = []
             if retry:
                 time.sleep(min(max(waits), MAX_WAIT_S) * (1 + random.random() * 0.25))  # jitter spreads the herd
-    return _Executed(finished_items, answers, held_back, unwritten, facts, references, reservation_ids, newly_stopped, blocked,
+    return Executed(finished_items, answers, held_back, unwritten, facts, references, reservation_ids, newly_stopped, blocked,
                      {row.id: row.attempts for row in batch.items})
 
 
-def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Executed, *, write_items: bool) -> tuple[int, int]:
+def finish(settings: Settings, catalog: Catalog, chunk: ChunkContext, executed: Executed, *, write_items: bool) -> tuple[int, int]:
     """Write the batch's outcome in one transaction: calls, items and counts (unless `write_items` is
     false: calibration writes only its calls), rollups, drift counts, settlement."""
     job = chunk.job
@@ -507,7 +520,7 @@ def _finish(settings: Settings, catalog: Catalog, chunk: _Chunk, executed: _Exec
         budgets.send_alert(alert, settings)
     chunk.stopped.update(newly_stopped)  # the chunk's next batches skip them too
     if executed.blocked and write_items:
-        _pause(settings, chunk, [], reason="provider", detail="; ".join(chunk.stopped.values()))
+        pause(settings, chunk, [], reason="provider", detail="; ".join(chunk.stopped.values()))
     if checked:
         drift.check(settings, catalog, job_id=job.id)
     return done, failed
@@ -521,7 +534,7 @@ DB_RETRY_MAX_S = 10.0
 T = TypeVar("T")
 
 
-def _baseline_rates(catalog: Catalog, job: Any) -> BaselineRates | None:
+def _baseline_rates(catalog: Catalog, job: JobSnapshot) -> BaselineRates | None:
     """How the job's rollups price its run calls on its baseline model (None: it has none)."""
     if job.baseline_input_usd_per_mtok is None:
         return None
@@ -546,7 +559,7 @@ def _write_retrying(settings: Settings, write: Callable[[Any], T]) -> T:
             delay = min(delay * 2, DB_RETRY_MAX_S)
 
 
-def _only_stopped_left(catalog: Catalog, stages: list[tuple[str, ...]], current: int, got: dict[str, _Answer],
+def _only_stopped_left(catalog: Catalog, stages: list[tuple[str, ...]], current: int, got: dict[str, Answer],
                        stopped: dict[str, str]) -> bool:
     """True when the item failed only because providers were stopped: its answers all errored on a
     stopped provider, so a later resume (after the key is fixed) can still run it."""
@@ -568,12 +581,12 @@ def _stop_message(provider: str, error: ProviderError, catalog: Catalog) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Recorded:
+class Recorded:
     ids: list[str]  # call id per try, in order
     started: Any
 
 
-def _record_calls(session: Any, catalog: Catalog, common: dict[str, Any], tries: list[_Try]) -> _Recorded:
+def record_calls(session: Any, catalog: Catalog, common: dict[str, Any], tries: list[PlannedCall]) -> Recorded:
     """Write one in-flight call row per try, priced at the rates in force now; return their ids.
 
     One insert per (model, purpose): usually one per batch."""
@@ -591,7 +604,7 @@ def _record_calls(session: Any, catalog: Catalog, common: dict[str, Any], tries:
             "input_usd_per_mtok": price.input.base, "cached_input_usd_per_mtok": price.cached_input.base,
             "cache_write_usd_per_mtok": price.cache_write.base, "output_usd_per_mtok": price.output.base,
         }, ids=[ids[k] for k in members], item_ids=[tries[k].item_id for k in members])
-    return _Recorded(ids, started)
+    return Recorded(ids, started)
 
 
 def _call_ids(n: int) -> list[str]:
@@ -616,14 +629,14 @@ def _item_row(item_id: int, status: str, output: str | None, error: str | None, 
             "finished_at": now, "lease_until": None}
 
 
-async def _call_all(
+async def call_all(
     catalog: Catalog, settings: Settings, simulated: bool, requests: Sequence[tuple[int, str, ChatRequest]],
 ) -> list[tuple[int, Completion | ProviderError, float]]:
     providers = {name: await get_provider(catalog, settings, name, simulated=simulated) for name in {p for _, p, _ in requests}}
     gate = runtime.gate(settings.calls_in_flight)
     limits = None if simulated else shared_limits(settings)
     models = _models_by_wire_name(catalog)
-    return await asyncio.gather(*(_call_one(providers[name], gate, key, request, limits, models.get((name, request.model)))
+    return await asyncio.gather(*(call_one(providers[name], gate, key, request, limits, models.get((name, request.model)))
                                   for key, name, request in requests))
 
 
@@ -638,7 +651,7 @@ def _models_by_wire_name(catalog: Catalog) -> dict[tuple[str, str], Any]:
     return found
 
 
-async def _call_one(
+async def call_one(
     provider: Provider, gate: asyncio.Semaphore, key: int, request: ChatRequest, limits: SharedLimits | None = None,
     model: Any = None,
 ) -> tuple[int, Completion | ProviderError, float]:

@@ -28,13 +28,13 @@ from policies.confidence import wilson_lower_bound, wilson_upper_bound
 from policies.scoring import agrees
 from policies.cheapest_qualifying import choose_model
 from policies.types import Candidate, JobProfile, QualityEstimate
-from router.engine import batch as engine
+from router.engine.batch import answer_items
 from router.jobs import estimates as quality
 from router.catalog import Catalog
 from router.db import get_engine, session_scope
 from router.ledger import repo
 from router.ledger.tables import CallStatus, Item, ItemStatus, Job, JobStatus, utcnow
-from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
+from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, spec_for
 from router.candidates import candidates, decision_as_json
 from router.settings import Settings
 from router.route import DEFAULT_DRIFT_SHARE, Route, fallbacks_from
@@ -267,23 +267,14 @@ def _answer(settings: Settings, catalog: Catalog, job: Any, cal: Calibration, mo
     """Have `model_id` answer `rows` (purpose calibration), ledgered like any call."""
     if not rows:
         return
-    chunk = engine._Chunk.build(catalog, job, route=Route(kind="single", model_id=model_id), purpose="calibration")
-    if job.has_budget:
-        batch = engine._reserve_batch(settings, catalog, chunk, rows)
-        if batch is None:
-            raise CalibrationBudgetError("the team's budget cannot take the calibration calls")
-    else:
-        with session_scope(settings) as session:
-            batch = engine._unbudgeted_batch(session, catalog, chunk, rows)
-    executed = engine._execute(settings, catalog, chunk, batch)
-    engine._finish(settings, catalog, chunk, executed, write_items=False)
+    answers = answer_items(settings, catalog, job, model_id=model_id, items=rows)
+    if answers is None:
+        raise CalibrationBudgetError("the team's budget cannot take the calibration calls")
     got = cal.answers.setdefault(model_id, {})
     calls = cal.calls.setdefault(model_id, {})
-    for item_id, by_model in executed.answers.items():
-        answer = by_model.get(model_id)
-        if answer is not None:
-            got[item_id] = answer.output
-            calls[item_id] = answer.call_id
+    for item_id, answer in answers.items():
+        got[item_id] = answer.output
+        calls[item_id] = answer.call_id
 
 
 class CalibrationBudgetError(Exception):
@@ -332,7 +323,7 @@ def _strongest(eligible: list[str], pool: list[Candidate]) -> str:
 
 def _per_item_cost(catalog: Catalog, job: Any, model_id: str, sample: list[Any]) -> Decimal:
     """Expected cost of one item on `model_id`, from the sample's lengths."""
-    spec = engine.prompt_spec(job)
+    spec = spec_for(job.task, job.labels, job.max_words)
     if not sample:
         return Decimal(0)
     tokens = sum(estimate_tokens(row.text) for row in sample) / len(sample) + estimate_tokens(spec.system) + MESSAGE_OVERHEAD_TOKENS

@@ -27,7 +27,7 @@ from router.errors import InputError, NotFoundError, PennyrouteError
 from router.jobs.intake import JobRequest, LineError, ParsedItem, check_request, read_items
 from router.ledger import repo
 from router.ledger.tables import Job, JobStatus, Team
-from router.prompts import classify_spec, summarize_spec
+from router.prompts import spec_for
 from router.candidates import candidates, decision_as_json, max_context
 from router.settings import Settings
 from router.route import single_route
@@ -66,7 +66,7 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
     check_request(request)
     ensure_schema(settings)
     simulated = settings.sandbox_active
-    spec = classify_spec(request.labels) if request.task == "classify" else summarize_spec(request.max_words)
+    spec = spec_for(request.task, request.labels, request.max_words)
     pool = candidates(catalog, settings, task=request.task, simulated=simulated)
     base_profile = JobProfile(
         task=request.task, min_quality=request.min_quality, n_items=0, total_input_tokens=0, max_input_tokens=0,
@@ -217,7 +217,7 @@ def cancel_job(settings: Settings, catalog: Catalog, job_id: str) -> dict[str, i
     back. Calls in flight in live workers finish and are recorded as usual. Returns what happened."""
     from sqlalchemy import update
 
-    from router.engine.batch import _Chunk, _charge_lost
+    from router.engine.batch import ChunkContext, charge_lost
     from router.ledger.tables import Item, ItemStatus, Reservation, utcnow
 
     now = utcnow()
@@ -237,7 +237,7 @@ def cancel_job(settings: Settings, catalog: Catalog, job_id: str) -> dict[str, i
         lost = Decimal(0)
         row = repo.job_for_chunk(session, job_id)
         if dead and row is not None and row.model_id:
-            lost = _charge_lost(session, settings, catalog, _Chunk.build(catalog, row), list(dead), now)
+            lost = charge_lost(session, settings, catalog, ChunkContext.build(catalog, row), list(dead), now)
         cancelled = repo.fail_items(session, job_id=job_id, item_ids=None, error="cancelled", now=now,
                                     only_status=(ItemStatus.PENDING,))
         cancelled += repo.fail_items(session, job_id=job_id, item_ids=[r.id for r in dead], error="cancelled", now=now)

@@ -16,6 +16,7 @@ from sqlmodel import Session
 from sqlmodel import select as sm_select
 
 from router.errors import InputError, NotFoundError
+from router.ledger.types import JobSnapshot
 from router.ledger.tables import (
     BudgetPeriod, BudgetPolicy, Call, CallStatus, Item, ItemStatus, Job, JobEvent, JobStatus, QualityEstimate, Team,
     Tenant,
@@ -104,20 +105,29 @@ def get_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def job_for_chunk(session: Session, job_id: str) -> Any:
+def job_for_chunk(session: Session, job_id: str) -> JobSnapshot | None:
     """The job columns a chunk needs, its tenant's time zone, and whether its team has a budget:
-    one narrow Core query per chunk."""
+    one narrow Core query per chunk. None for an unknown job."""
     tenant = Tenant.__table__  # type: ignore[attr-defined]
     policy = BudgetPolicy.__table__  # type: ignore[attr-defined]
-    return session.execute(
+    row = session.execute(
         select(JOB.c.id, JOB.c.status, JOB.c.model_id, JOB.c.tenant_id, JOB.c.team_id, JOB.c.task, JOB.c.labels,
-               JOB.c.max_words, JOB.c.simulated, JOB.c.baseline_model_id, JOB.c.baseline_input_usd_per_mtok,
-               JOB.c.baseline_output_usd_per_mtok,
-               JOB.c.route, JOB.c.stopped_providers, JOB.c.min_quality, tenant.c.timezone, policy.c.team_id.is_not(None).label("has_budget"))
+               JOB.c.max_words, JOB.c.min_quality, JOB.c.simulated, JOB.c.route, JOB.c.stopped_providers,
+               JOB.c.baseline_model_id, JOB.c.baseline_input_usd_per_mtok, JOB.c.baseline_output_usd_per_mtok,
+               tenant.c.timezone, policy.c.team_id.is_not(None).label("has_budget"))
         .join(tenant, tenant.c.id == JOB.c.tenant_id)
         .outerjoin(policy, policy.c.team_id == JOB.c.team_id)
         .where(JOB.c.id == job_id)
     ).first()
+    if row is None:
+        return None
+    return JobSnapshot(
+        id=row.id, status=row.status, model_id=row.model_id, tenant_id=row.tenant_id, team_id=row.team_id, task=row.task,
+        labels=tuple(row.labels or ()), max_words=row.max_words, min_quality=row.min_quality, simulated=row.simulated,
+        route=row.route, stopped_providers=dict(row.stopped_providers or {}), baseline_model_id=row.baseline_model_id,
+        baseline_input_usd_per_mtok=row.baseline_input_usd_per_mtok,
+        baseline_output_usd_per_mtok=row.baseline_output_usd_per_mtok, timezone=row.timezone, has_budget=bool(row.has_budget),
+    )
 
 
 def release_items(session: Session, items: Sequence[tuple[int, int]]) -> None:

@@ -1,7 +1,9 @@
-"""Column types the ledger needs beyond SQLModel's defaults."""
+"""Column types the ledger needs beyond SQLModel's defaults, and plain values the repository returns."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -34,3 +36,27 @@ class Money(TypeDecorator[Decimal]):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         return None if value is None else Decimal(value)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """What a chunk (or a calibration) reads of its job, once: fixed facts, the route as stored, the
+    providers stopped so far, the tenant's time zone and whether the team has a budget."""
+
+    id: str
+    status: str
+    model_id: str | None
+    tenant_id: int
+    team_id: int
+    task: str
+    labels: tuple[str, ...]
+    max_words: int | None
+    min_quality: float
+    simulated: bool
+    route: Mapping[str, Any] | None
+    stopped_providers: Mapping[str, str]
+    baseline_model_id: str | None
+    baseline_input_usd_per_mtok: Decimal | None
+    baseline_output_usd_per_mtok: Decimal | None
+    timezone: str
+    has_budget: bool

@@ -89,7 +89,7 @@ class SharedLimits:
         self._buckets: dict[str, _Bucket] = {}  # in-memory mode only
         self._pause: dict[str, float] = {}  # in-memory mode only
 
-    def _client(self) -> Any:
+    def client(self) -> Any:
         if self._redis is None and self._url:
             import redis.asyncio as aioredis
 
@@ -114,7 +114,7 @@ class SharedLimits:
             waited += pause
 
     async def _take(self, key: str, rpm: int | None, tpm: int | None, tokens: int) -> float:
-        if self._client() is not None:
+        if self.client() is not None:
             keys = [f"pennyroute:rl:{key}:req", f"pennyroute:rl:{key}:tok", f"pennyroute:rl:{key}:factor",
                     f"pennyroute:rl:{key}:pause"]
             result = await self._script(keys=keys, args=[(rpm or 0) / 60, (tpm or 0) / 60, tokens])
@@ -151,7 +151,7 @@ class SharedLimits:
             return  # the common case: nothing to change, no round trip
         new = after_rate_limited(factor).factor if rate_limited else after_success(factor).factor
         self._factor[key] = new
-        client = self._client()
+        client = self.client()
         if client is None:
             if rate_limited and retry_after:
                 self._pause[key] = max(self._pause.get(key, 0.0), time.monotonic() + retry_after)
@@ -186,7 +186,7 @@ class SharedLimits:
             return  # closed and clean: nothing to write
         new = on_failure(state, time.time()) if failed else on_success(state)
         self._breakers[provider] = (time.monotonic(), new)
-        client = self._client()
+        client = self.client()
         if client is not None:
             await client.hset(f"pennyroute:cb:{provider}", mapping={
                 "failures": new.failures, "open_until": new.open_until, "half_open": int(new.half_open)})
@@ -194,7 +194,7 @@ class SharedLimits:
 
     async def _state(self, provider: str) -> BreakerState:
         cached = self._breakers.get(provider)
-        client = self._client()
+        client = self.client()
         if cached is not None and (client is None or time.monotonic() - cached[0] < BREAKER_CACHE_S):
             return cached[1]
         if client is None:

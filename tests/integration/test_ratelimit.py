@@ -102,7 +102,7 @@ def test_a_429_slows_and_pauses_the_model_for_every_process(shared: str) -> None
     async def go() -> tuple[float, float]:
         first, second = SharedLimits(shared), SharedLimits(shared)
         await first.observe("m-429", rpm=600, tpm=None, rate_limited=True, retry_after=1.0)
-        factor = float(await second._client().get("pennyroute:rl:m-429:factor"))
+        factor = float(await second.client().get("pennyroute:rl:m-429:factor"))
         started = time.monotonic()
         await second.acquire("m-429", rpm=600, tpm=None, tokens=1)  # waits out the pause the other one saw
         waited = time.monotonic() - started

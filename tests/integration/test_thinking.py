@@ -177,7 +177,7 @@ def test_a_thinking_baseline_is_priced_with_its_thinking() -> None:
 def test_budgets_reserve_a_thinking_models_thinking(gemini_settings: Settings, catalog: Catalog, tmp_path: Path,
                                                     team: tuple[str, str]) -> None:
     from router.db import session_scope
-    from router.engine.batch import _Chunk
+    from router.engine.batch import ChunkContext
     from router.ledger import repo
     from router.ledger.tables import utcnow
     from router.prompts import MESSAGE_OVERHEAD_TOKENS
@@ -188,7 +188,7 @@ def test_budgets_reserve_a_thinking_models_thinking(gemini_settings: Settings, c
                          models=frozenset({"gemini-2.5-pro"}))
     job_id = submit_job(gemini_settings, catalog, request).job_id
     with session_scope(gemini_settings) as session:
-        chunk = _Chunk.build(catalog, repo.job_for_chunk(session, job_id))
+        chunk = ChunkContext.build(catalog, repo.job_for_chunk(session, job_id))
     now, text = utcnow(), "I was charged twice"
     worst_input = len(chunk.spec.system.encode()) + len(text.encode()) + MESSAGE_OVERHEAD_TOKENS
     bound = catalog.price("gemini-2.5-pro", now).cost_usd(TokenUsage(worst_input, chunk.spec.max_output_tokens + 128))
