@@ -32,9 +32,11 @@ from sqlalchemy import select  # noqa: E402
 from bench.clients import fake_server, fresh_bench_state  # noqa: E402
 from bench.throughput import worker  # noqa: E402
 from router.catalog import load_catalog  # noqa: E402
-from router.db import session_scope, upgrade  # noqa: E402
+from router.ledger.db import session_scope, upgrade  # noqa: E402
 from router.jobs.intake import JobRequest  # noqa: E402
-from router.jobs.submit import dispatch_job, submit_job  # noqa: E402
+from router.jobs import lifecycle
+from router.jobs.dispatch import CeleryDispatcher
+from router.jobs.submit import submit_job  # noqa: E402
 from router.ledger import repo  # noqa: E402
 from router.ledger.tables import Call, Item  # noqa: E402
 from router.usage import TokenUsage# noqa: E402
@@ -60,7 +62,7 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, faults: bool) -
     started = time.perf_counter()
     submitted = submit_job(settings, catalog, JobRequest(path=path, team="bench", tenant="bench", task="classify",
                                                          labels=LABELS, min_quality=0.5, quality="prior"))
-    dispatch_job(settings, submitted.job_id, submitted.n_items)
+    lifecycle.start(settings, job_id=submitted.job_id, dispatcher=CeleryDispatcher(settings))
     while True:
         with session_scope(settings) as session:
             if repo.get_job(session, submitted.job_id).status != "running":

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 import psycopg  # noqa: E402
 
-from router.db import session_scope, upgrade  # noqa: E402
+from router.ledger.db import session_scope, upgrade  # noqa: E402
 from router.reports.render import render_html  # noqa: E402
 from router.reports.monthly import Report, ReportRow, monthly_report, parse_month  # noqa: E402
 from router.settings import Settings  # noqa: E402

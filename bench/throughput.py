@@ -35,9 +35,11 @@ from sqlalchemy import select  # noqa: E402
 
 from bench.clients import cpu_s, bare_loop_rate, fake_server, fresh_bench_state  # noqa: E402
 from router.catalog import load_catalog  # noqa: E402
-from router.db import session_scope, upgrade  # noqa: E402
+from router.ledger.db import session_scope, upgrade  # noqa: E402
 from router.jobs.intake import JobRequest  # noqa: E402
-from router.jobs.submit import dispatch_job, submit_job  # noqa: E402
+from router.jobs import lifecycle
+from router.jobs.dispatch import CeleryDispatcher
+from router.jobs.submit import submit_job  # noqa: E402
 from router.ledger import repo  # noqa: E402
 from router.ledger.tables import Call, Item, ItemStatus  # noqa: E402
 from router.prompts import classify_spec  # noqa: E402
@@ -97,7 +99,7 @@ def run_job(settings: Settings, provider: str, n_items: int, tmp: Path, team: st
     started = time.perf_counter()
     submitted = submit_job(settings, catalog, JobRequest(path=path, team=team, task="classify", labels=LABELS,
                                                          min_quality=0.5, providers=frozenset({provider})))
-    dispatch_job(settings, submitted.job_id, submitted.n_items)
+    lifecycle.start(settings, job_id=submitted.job_id, dispatcher=CeleryDispatcher(settings))
     while True:
         with session_scope(settings) as session:
             job = repo.get_job(session, submitted.job_id)

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from router settings (or the Config that router.db builds)."""
+"""Alembic environment: the URL comes from router settings (or the Config that router.ledger.db builds)."""
 
 from __future__ import annotations
 

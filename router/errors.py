@@ -4,12 +4,15 @@
     ├── InputError                  user input is wrong (a file, a line, a flag); names where
     ├── ConfigError                 settings or catalog are wrong or incomplete
     ├── NotFoundError               a named tenant, team, job or model does not exist
+    ├── NoModelError                no model meets a job's bar and constraints; carries the decision
+    ├── BudgetError                 a job's expected cost does not fit its team's budget (--on-budget reject)
+    │   └── CalibrationBudgetError  the team's budget cannot take a calibration's calls
     └── ProviderError               a provider call failed; carries status_code and retry_after
         ├── ProviderTimeout         no answer within the timeout
         ├── ProviderConnectionError the connection failed or broke
         ├── ProviderStatusError     the provider answered with a non-2xx status
         ├── MalformedResponse       a 2xx answer whose body cannot be read as the wire format says
-        └── CircuitOpen             not called: the provider failed too often in a row (router/ratelimit.py)
+        └── CircuitOpen             not called: the provider failed too often in a row (providers/limits.py)
 
 Two properties say what a caller should do: `retryable` (another try may succeed: connection
 errors, timeouts, 408, 409, 429 for a rate, 5xx, 529) and `stops_provider` (no call to this provider
@@ -17,9 +20,12 @@ can succeed for now: 401 or 403, the key is refused; or the account's quota or c
 providers report as a 429 or 400 that another try will not fix).
 
 Expected outcomes of a decision (no model qualifies) are values, not exceptions: see policies/.
+A shell turns one into NoModelError only where it must refuse a request.
 """
 
 from __future__ import annotations
+
+from policies.types import Decision
 
 # Statuses worth another try: timeouts, conflicts, rate limits, server faults, Anthropic's 529.
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -51,6 +57,22 @@ class ConfigError(PennyrouteError):
 
 class NotFoundError(PennyrouteError):
     """Raised when a named tenant, team, job or model does not exist."""
+
+
+class NoModelError(PennyrouteError):
+    """Raised at submit when no model meets the job's bar and constraints; `decision` has every reason."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.summary)
+        self.decision = decision
+
+
+class BudgetError(PennyrouteError):
+    """Raised at submit when the job's expected cost does not fit its team's budget (--on-budget reject)."""
+
+
+class CalibrationBudgetError(BudgetError):
+    """Raised during calibration when the team's budget cannot take its calls (the job stops, saying so)."""
 
 
 class ProviderError(PennyrouteError):

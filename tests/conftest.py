@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from router.catalog import Catalog, load_catalog
-from router.db import upgrade
+from router.ledger.db import upgrade
 from tests.fakes.server import start_in_thread
 from router.ledger import repo
 from router.settings import Settings
@@ -82,7 +82,7 @@ def live_settings(pg_url: str, catalog_file: Path) -> Settings:
 @pytest.fixture
 def team(live_settings: Settings) -> tuple[str, str]:
     """A fresh tenant and team (names unique per test): (tenant, team)."""
-    from router.db import session_scope
+    from router.ledger.db import session_scope
 
     tenant, name = f"t-{uuid.uuid4().hex[:8]}", f"team-{uuid.uuid4().hex[:8]}"
     with session_scope(live_settings) as session:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from router.catalog import Catalog
-from router.db import session_scope
+from router.ledger.db import session_scope
 from router.ledger.tables import Call, Item
 from router.usage import TokenUsage
 from router.settings import Settings

@@ -9,15 +9,12 @@ from celery.signals import worker_process_shutdown, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from router.catalog import Catalog, load_catalog
-from router.jobs.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_TASK, SWEEP_TASK
 from router.engine import runtime
-from router.jobs.calibrate import calibrate_job
-from router.db import session_scope
 from router.engine.batch import run_chunk
-from router.ledger import repo
-from router.jobs.submit import dispatch_job, resumable_jobs
-from router.providers.registry import close_all
+from router.jobs import lifecycle
+from router.jobs.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_TASK, SWEEP_TASK, Dispatcher
 from router.jobs.sweeper import sweep
+from router.providers.registry import close_all
 from router.settings import get_settings
 from workers.app import app
 
@@ -26,6 +23,12 @@ from workers.app import app
 def _catalog() -> Catalog:
     settings = get_settings()
     return load_catalog(settings.catalog, replace_default=settings.catalog_replace)
+
+
+@lru_cache(maxsize=1)
+def _dispatcher() -> Dispatcher:
+    """How this worker hands work on (a worker has a broker: its chunks go back to the queue)."""
+    return lifecycle.dispatcher_for(get_settings(), _catalog())
 
 
 # Postgres unreachable (restarting, failing over): the task is tried again later with a growing
@@ -44,29 +47,20 @@ def run_chunk_task(job_id: str, lo: int, hi: int) -> dict[str, int]:
 @app.task(name=SWEEP_TASK)
 def sweep_task() -> int:
     """Re-enqueue work whose queue message was lost (run by beat); the DB says what is left."""
-    return sweep(get_settings())
+    return sweep(get_settings(), dispatcher=_dispatcher())
 
 
 @app.task(name=CALIBRATE_TASK, **DB_RETRY)
 def calibrate_job_task(job_id: str) -> str:
     """Calibrate a job on a sample, then hand its chunks to workers (if a model was chosen)."""
-    settings = get_settings()
-    summary = calibrate_job(settings, _catalog(), job_id=job_id)
-    if summary.get("outcome") == "chosen":
-        with session_scope(settings) as session:
-            n_items = repo.get_job(session, job_id).n_items
-        dispatch_job(settings, job_id, n_items)
+    summary = lifecycle.calibrate_then_run(get_settings(), _catalog(), job_id=job_id, dispatcher=_dispatcher())
     return str(summary.get("outcome"))
 
 
 @app.task(name=RESUME_PAUSED_TASK)
 def resume_paused_jobs_task() -> int:
     """Resume paused jobs whose team has budget again (a new month, or a raised limit); run by beat."""
-    settings = get_settings()
-    resumed = resumable_jobs(settings)
-    for job_id, n_items in resumed:
-        dispatch_job(settings, job_id, n_items)
-    return len(resumed)
+    return len(lifecycle.resume_paused(get_settings(), dispatcher=_dispatcher()))
 
 
 @worker_process_shutdown.connect

@@ -6,28 +6,32 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from sqlmodel import Session
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from router.cli import views
 from router.catalog import Catalog, load_catalog
-from router.db import current_revision, ensure_schema, session_scope, upgrade
+from router.cli import views
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
+from router.errors import NoModelError, PennyrouteError
+from router.jobs import lifecycle
 from router.jobs.calibrate import calibrate_job
-from router.engine.batch import run_job_inline
-from router.errors import PennyrouteError
+from router.jobs.estimates import is_fresh
 from router.jobs.intake import JobRequest
-from router.ledger import budgets
-from router.jobs.submit import NoModelError, Submitted, cancel_job, dispatch_job, resume_job, submit_job
+from router.jobs.submit import Submitted, submit_job
 from router.ledger import repo
-from router.ledger.tables import JobStatus, utcnow
+from router.ledger.db import current_revision, ensure_schema, session_scope, upgrade
+from router.ledger.tables import BudgetPeriod, JobStatus, utcnow
+from router.reports import render as report_render
+from router.reports.monthly import monthly_report
 from router.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Route batch LLM work to the cheapest model that meets your bar; ledger every cent.")
@@ -159,55 +163,56 @@ def _submit_and_run(settings: Settings, request: JobRequest, *, wait: bool, quie
         if not quiet_decision:
             out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
         out.print(submitted.decision.summary)
-    _start(settings, catalog, submitted.job_id, submitted.n_items, wait=wait, calibrating=submitted.calibrating)
+    _start(settings, catalog, submitted.job_id, wait=wait)
     out.print(f"next: pennyroute status {submitted.job_id} | pennyroute results {submitted.job_id} -o results.jsonl")
     return submitted
 
 
-def _start(settings: Settings, catalog: Catalog, job_id: str, n_items: int, *, wait: bool, calibrating: bool = False) -> None:
-    """Run a committed job's chunks: in this process without a broker, else on the workers."""
+def _start(settings: Settings, catalog: Catalog, job_id: str, *, wait: bool) -> None:
+    """Start a committed job: in this process without a broker (drawing its progress), else on the workers."""
+    dispatcher = lifecycle.dispatcher_for(settings, catalog, watcher=_Watcher(settings))
     if settings.embedded:
         out.print("[dim]no broker configured (BROKER_URL): running the job in this process[/]")
-        if calibrating and not _calibrate_inline(settings, catalog, job_id):
-            return
-        with _progress() as progress:
-            bar = progress.add_task("items", total=n_items)
-            with session_scope(settings) as session:
-                job = repo.get_job(session, job_id)
-                progress.update(bar, completed=job.n_done + job.n_failed)
-            run_job_inline(settings, catalog, job_id=job_id, n_items=n_items,
-                           progress=lambda outcome: progress.advance(bar, outcome.done + outcome.failed))
+        lifecycle.start(settings, job_id=job_id, dispatcher=dispatcher)
     else:
         try:
-            if calibrating:
-                from router.jobs.dispatch import CeleryDispatcher
-
-                CeleryDispatcher(settings).send_calibrate(job_id)
-                sent = 1
-            else:
-                sent = dispatch_job(settings, job_id, n_items)
+            sent = lifecycle.start(settings, job_id=job_id, dispatcher=dispatcher)
         except Exception as exc:  # the broker is down: the job is safe in the ledger
             raise _fail(PennyrouteError(f"job {job_id} is saved, but the broker did not take it: {exc}")) from None
-        out.print(f"queued {'its calibration (then its chunks)' if calibrating else f'{sent:,} chunks'} for workers (`celery -A workers.app worker`)")
+        what = f"{sent:,} chunks" if sent else "its calibration (then its chunks)"
+        out.print(f"queued {what} for workers (`celery -A workers.app worker`)")
         if wait:
             _wait(settings, job_id)
     with session_scope(settings) as session:
-        if repo.get_job(session, job_id).status == JobStatus.PAUSED:
-            out.print(f"[yellow]job {job_id} is paused: its team's budget is spent[/] (`pennyroute budget set` raises it and resumes the job)")
+        status = repo.get_job(session, job_id).status
+    if status == JobStatus.PAUSED:
+        out.print(f"[yellow]job {job_id} is paused: its team's budget is spent[/] (`pennyroute budget set` raises it and resumes the job)")
 
 
-def _calibrate_inline(settings: Settings, catalog: Catalog, job_id: str) -> bool:
-    """Calibrate in this process; show what was measured. True when the bulk should run."""
-    with out.status("calibrating: candidate models answer the sample..."):
-        summary = calibrate_job(settings, catalog, job_id=job_id)
-    out.print(views.calibration_table(summary))
-    if summary.get("outcome") != "chosen":
-        out.print(f"[bold red]job {job_id} stopped before the bulk:[/] {summary.get('message')}")
-        return False
-    with session_scope(settings) as session:
-        job = repo.get_job(session, job_id)
-    out.print(f"[bold]route[/]: {views.route_text(job)}")
-    return True
+class _Watcher:
+    """Draws an in-process run: a spinner while calibrating, what it measured, then a progress bar."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def calibrating(self) -> AbstractContextManager[Any]:
+        return out.status("calibrating: candidate models answer the sample...")
+
+    def calibrated(self, job_id: str, summary: dict[str, Any]) -> None:
+        out.print(views.calibration_table(summary))
+        if summary.get("outcome") != "chosen":
+            out.print(f"[bold red]job {job_id} stopped before the bulk:[/] {summary.get('message')}")
+            return
+        with session_scope(self._settings) as session:
+            job = repo.get_job(session, job_id)
+        out.print(f"[bold]route[/]: {views.route_text(job)}")
+
+    @contextmanager
+    def running(self, *, total: int, finished: int) -> Iterator[Callable[[int], None]]:
+        with _progress() as progress:
+            bar = progress.add_task("items", total=total)
+            progress.update(bar, completed=finished)
+            yield lambda n: progress.advance(bar, n)
 
 
 def _progress() -> Progress:
@@ -323,8 +328,6 @@ def quality_cmd(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's estimates.")] = None,
 ) -> None:
     """List measured quality estimates (per tenant, kind of task and model) with their intervals."""
-    from router.jobs.estimates import is_fresh
-
     settings = _settings()
     catalog = _catalog(settings)
     with _ledger() as session:
@@ -456,8 +459,6 @@ def tenant_create(
     timezone: Annotated[str, typer.Option(help="IANA time zone for monthly periods.")] = "UTC",
 ) -> None:
     """Create a tenant."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -493,9 +494,6 @@ def report(
 ) -> None:
     """Monthly cost report from the ledger: spend, calls, tokens, failed and calibration spend,
     budget used, and savings against each job's baseline model."""
-    from router.reports import render as report_render
-    from router.reports.monthly import monthly_report
-
     renderers = {"csv": report_render.render_csv, "json": report_render.render_json, "html": report_render.render_html}
     if format not in (*renderers, "table"):
         raise _fail(PennyrouteError(f"--format: unknown format '{format}': use table, csv, json or html"))
@@ -526,17 +524,20 @@ def budget_set(
 ) -> None:
     """Set a team's monthly budget (applies to this month at once, and to every month after). Paused jobs resume."""
     settings = _settings()
-    with _ledger() as session:
-        amount = budgets.parse_amount(monthly, field="--monthly")
-        soft_pct = budgets.parse_soft(soft)
-        found = repo.find_team(session, name=team, tenant=tenant)
-        period = budgets.set_budget(session, team=found, monthly=amount, currency=currency, soft_pct=soft_pct, settings=settings)
-        paused = repo.paused_jobs(session, team_id=found.id)  # type: ignore[arg-type]
-    out.print(f"team {team}: {period.limit_amount.normalize()} {period.currency} a month"
-              + (f", alert at {soft_pct:g}%" if soft_pct else "") + f"; {period.period_start:%Y-%m} so far: "
-              f"settled {period.settled.normalize()}, reserved {period.reserved.normalize()}")
-    for job_id in paused:
-        _resume(settings, job_id)
+
+    def show(period: BudgetPeriod) -> None:
+        out.print(f"team {team}: {period.limit_amount.normalize()} {period.currency} a month"
+                  + (f", alert at {period.soft_pct:g}%" if period.soft_pct else "") + f"; {period.period_start:%Y-%m} so far: "
+                  f"settled {period.settled.normalize()}, reserved {period.reserved.normalize()}")
+
+    try:
+        ensure_schema(settings)
+        catalog = _catalog(settings)
+        lifecycle.set_budget(settings, team=team, tenant=tenant, monthly=monthly, currency=currency, soft=soft,
+                             dispatcher=lifecycle.dispatcher_for(settings, catalog, watcher=_Watcher(settings)),
+                             on_set=show, on_resumed=_resuming)
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
 
 
 @budget_app.command("show")
@@ -544,8 +545,6 @@ def budget_show(
     month: Annotated[str | None, typer.Option(help="YYYY-MM (default: this month).")] = None,
 ) -> None:
     """Every team's budget for a month: limit, settled, reserved, used."""
-    from rich.table import Table
-
     with _ledger() as session:
         rows = repo.budget_rows(session, month=month)
     table = Table(title=f"Budgets{' for ' + month if month else ' this month'}", title_justify="left")
@@ -567,14 +566,17 @@ def jobs_resume(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> N
 
 def _resume(settings: Settings, job_id: str) -> None:
     try:
-        job = resume_job(settings, job_id)
+        ensure_schema(settings)
+        dispatcher = lifecycle.dispatcher_for(settings, _catalog(settings), watcher=_Watcher(settings))
+        job = lifecycle.resume(settings, job_id=job_id, dispatcher=dispatcher, on_resumed=_resuming)
     except PennyrouteError as exc:
         raise _fail(exc) from None
     if job.status != JobStatus.RUNNING:
         out.print(f"job {job_id} is {job.status}: nothing to resume")
-        return
-    out.print(f"resuming job {job_id}")
-    _start(settings, _catalog(settings), job_id, job.n_items, wait=False)
+
+
+def _resuming(job: Any) -> None:
+    out.print(f"resuming job {job.id}")
 
 
 @jobs_app.command("cancel")
@@ -584,7 +586,7 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> N
     settings = _settings()
     try:
         ensure_schema(settings)
-        done = cancel_job(settings, _catalog(settings), job_id)
+        done = lifecycle.cancel(settings, _catalog(settings), job_id=job_id)
     except PennyrouteError as exc:
         raise _fail(exc) from None
     if done["cancelled"] == 0 and done["status"] != JobStatus.CANCELLED:

@@ -28,7 +28,7 @@ from router.ledger import budgets
 from router.engine import drift
 from router.engine import runtime
 from router.catalog import Catalog
-from router.db import session_scope
+from router.ledger.db import session_scope
 from router.errors import CircuitOpen, ProviderError, ProviderStatusError
 from router.ledger import repo
 from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows, upsert_rollups
@@ -691,16 +691,16 @@ async def call_one(
 
 
 def run_job_inline(
-    settings: Settings, catalog: Catalog, *, job_id: str, n_items: int,
+    settings: Settings, catalog: Catalog, *, job_id: str, ranges: list[tuple[int, int]],
     progress: Callable[[ChunkOutcome], None] | None = None,
 ) -> None:
-    """Run every chunk of a job in this process (the embedded default: no broker, no worker)."""
+    """Run the chunks of a job in `ranges` in this process (the embedded default: no broker, no worker)."""
     # SQLite takes one writer at a time; a server database takes as many chunks as a worker would.
     threads = 1 if settings.is_sqlite else settings.worker_threads
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pennyroute-chunk") as pool:
         futures = [
             pool.submit(run_chunk, settings, catalog, job_id=job_id, lo=lo, hi=hi)
-            for lo, hi in chunk_ranges(n_items, settings.chunk_size)
+            for lo, hi in ranges
         ]
         try:
             for future in futures:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from policies.drift import DriftVerdict, judge_drift
 from router.catalog import Catalog
-from router.db import session_scope
+from router.ledger.db import session_scope
 from router.ledger import repo
 from router.ledger.tables import Job, JobStatus, utcnow
 from router.settings import Settings

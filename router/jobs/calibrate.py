@@ -12,15 +12,12 @@ kind. A gold item answered by the chosen model keeps that answer as its result: 
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
-
-from sqlalchemy import select, text, update
 
 from policies.calibration import CalibrationStep, next_step
 from policies.cascade import CascadeChoice, choose_cascade
@@ -29,9 +26,10 @@ from policies.scoring import agrees
 from policies.cheapest_qualifying import choose_model
 from policies.types import Candidate, JobProfile, QualityEstimate
 from router.engine.batch import answer_items
-from router.jobs import estimates as quality
+from router.errors import CalibrationBudgetError
+from router.jobs import estimates
 from router.catalog import Catalog
-from router.db import get_engine, session_scope
+from router.ledger.db import get_engine, session_scope
 from router.ledger import repo
 from router.ledger.tables import CallStatus, Item, ItemStatus, Job, JobStatus, utcnow
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, spec_for
@@ -71,7 +69,7 @@ class Calibration:
 
 
 def signature(job: Any) -> str:
-    return quality.signature(job.task, job.labels, job.max_words)
+    return estimates.signature(job.task, job.labels, job.max_words)
 
 
 def calibrate_job(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[str, Any]:
@@ -83,16 +81,14 @@ def calibrate_job(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[
             return {}
         with session_scope(settings) as session:
             job = repo.job_for_chunk(session, job_id)
-            full = session.get(Job, job_id)
+            full = repo.find_job(session, job_id)
             if job is None or full is None or full.status != JobStatus.CALIBRATING:
                 return {}
             mode = full.quality_mode
             # A run cut short left calls in flight: their outcome is unknown (never charged twice).
-            session.execute(update(repo.CALL).where(repo.CALL.c.job_id == job_id, repo.CALL.c.purpose == "calibration",
-                                                    repo.CALL.c.status == CallStatus.IN_FLIGHT)
-                            .values(status=CallStatus.UNKNOWN, error="calibration interrupted", finished_at=utcnow()))
+            repo.interrupt_calibration_calls(session, job_id=job_id, now=utcnow())
             sample_job = (full.calibration or {}).get("sample_job_id") or job_id
-            sample = _sample(session, sample_job, mode)
+            sample = repo.calibration_sample(session, job_id=sample_job, mode=mode, limit=MAX_SAMPLE)
             decision = full.decision or {}
             profile = _profile(full)
         pool = candidates(catalog, settings, task=job.task, simulated=job.simulated)
@@ -154,30 +150,22 @@ def _conclude(settings: Settings, catalog: Catalog, full: Job, job: Any, profile
     }
     now = utcnow()
     with session_scope(settings) as session:
-        row = session.get(Job, full.id, with_for_update=True)
-        assert row is not None
+        repo.find_job(session, full.id, for_update=True)  # one conclusion at a time
         summary["spent_usd"] = str(repo.job_spend(session, full.id))
         _store_estimates(session, catalog, job, measured, cal, profile.confidence, now)
         if step.kind != "chosen" or not decision.ok:
-            row.status = JobStatus.NO_MODEL
-            row.decision = decision_as_json(decision)
-            row.calibration = summary
-            row.finished_at = now
-            session.add(row)
+            repo.update_job(session, full.id, status=JobStatus.NO_MODEL, decision=decision_as_json(decision),
+                            calibration=summary, finished_at=now)
             repo.add_job_event(session, job_id=full.id, kind="calibrated", detail={"outcome": step.kind, "message": step.reason})
             return summary
-        route = _route(decision, cascade, cal, row)
-        row.route = route.as_json()
-        row.model_id = route.model_id
-        row.decision = decision_as_json(decision)
-        row.expected_cost_usd = (cascade.expected_cost_usd * row.n_items if route.kind == "cascade" and cascade
-                                 else decision.expected_cost_usd)
-        row.calibration = summary
-        row.status = JobStatus.RUNNING
-        session.add(row)
-        kept = _keep_answers(session, row, cal, route) if not (full.calibration or {}).get("sample_job_id") else 0
+        route = _route(decision, cascade, cal, full)
+        repo.update_job(session, full.id, route=route.as_json(), model_id=route.model_id, decision=decision_as_json(decision),
+                        expected_cost_usd=(cascade.expected_cost_usd * full.n_items if route.kind == "cascade" and cascade
+                                           else decision.expected_cost_usd),
+                        calibration=summary, status=JobStatus.RUNNING)
+        kept = _keep_answers(session, full, cal, route) if not (full.calibration or {}).get("sample_job_id") else 0
         summary["kept_answers"] = kept
-        row.calibration = dict(summary)
+        repo.update_job(session, full.id, calibration=dict(summary))
         repo.add_job_event(session, job_id=full.id, kind="calibrated",
                            detail={"outcome": "chosen", "route": route.kind, "model_id": route.model_id, "kept_answers": kept})
     return summary
@@ -185,31 +173,19 @@ def _conclude(settings: Settings, catalog: Catalog, full: Job, job: Any, profile
 
 def _close_without_bulk(settings: Settings, job_id: str) -> None:
     """`pennyroute calibrate`: the items calibration did not answer are not run; the job ends."""
-    now = utcnow()
     with session_scope(settings) as session:
-        row = session.get(Job, job_id, with_for_update=True)
+        row = repo.find_job(session, job_id, for_update=True)
         if row is None or row.status != JobStatus.RUNNING:
             return
-        item = Item.__table__  # type: ignore[attr-defined]
-        left = session.execute(update(item).where(item.c.job_id == job_id, item.c.status == ItemStatus.PENDING)
-                               .values(status=ItemStatus.FAILED, error="not run: calibration only", finished_at=now)).rowcount  # type: ignore[attr-defined]
-        if left:
-            row.n_failed += left
-        row.status = JobStatus.DONE
-        row.finished_at = now
-        session.add(row)
+        repo.close_job(session, job_id=job_id, pending_error="not run: calibration only", now=utcnow())
 
 
 def _stop(settings: Settings, job_id: str, summary: dict[str, Any]) -> dict[str, Any]:
     """End a job before its bulk, keeping why on the job row (it spends nothing more)."""
     with session_scope(settings) as session:
-        row = session.get(Job, job_id, with_for_update=True)
-        assert row is not None
+        repo.find_job(session, job_id, for_update=True)
         summary["spent_usd"] = str(repo.job_spend(session, job_id))
-        row.status = JobStatus.NO_MODEL
-        row.calibration = summary
-        row.finished_at = utcnow()
-        session.add(row)
+        repo.update_job(session, job_id, status=JobStatus.NO_MODEL, calibration=summary, finished_at=utcnow())
         repo.add_job_event(session, job_id=job_id, kind="calibrated", detail={"outcome": summary["outcome"], "message": summary["message"]})
     return summary
 
@@ -277,23 +253,6 @@ def _answer(settings: Settings, catalog: Catalog, job: Any, cal: Calibration, mo
         calls[item_id] = answer.call_id
 
 
-class CalibrationBudgetError(Exception):
-    """Raised when a team's budget cannot take a calibration's calls."""
-
-
-def _sample(session: Any, job_id: str, mode: str) -> list[Any]:
-    item = Item.__table__  # type: ignore[attr-defined]
-    query = select(item.c.id, item.c.seq, item.c.text, item.c.gold, item.c.attempts).where(item.c.job_id == job_id)
-    if mode == "gold":
-        query = query.where(item.c.gold.is_not(None)).order_by(item.c.seq).limit(MAX_SAMPLE)
-        return list(session.execute(query).all())
-    # Reference mode: a spread sample (every k-th item), not just the file's first lines.
-    n_items = session.get(Job, job_id).n_items
-    step = max(1, n_items // MAX_SAMPLE)
-    rows = session.execute(query.where(item.c.seq % step == 0).order_by(item.c.seq).limit(MAX_SAMPLE)).all()
-    return list(rows)
-
-
 def _profile(job: Job) -> JobProfile:
     constraints = job.constraints or {}
     output = 8 if job.task == "classify" else int((job.max_words or 60) * 1.5)
@@ -334,8 +293,6 @@ def _per_item_cost(catalog: Catalog, job: Any, model_id: str, sample: list[Any])
 
 def _with_estimate(candidate: Candidate, counts: tuple[int, int], source: str) -> Candidate:
     n, k = counts
-    from dataclasses import replace
-
     return replace(candidate, quality=QualityEstimate(value=k / n if n else 0.0, n=n, source=source))
 
 
@@ -367,12 +324,5 @@ def _job_lock(settings: Settings, job_id: str) -> Iterator[bool]:
     if settings.is_sqlite:
         yield True
         return
-    key = zlib.crc32(f"calibrate:{job_id}".encode())
-    with get_engine(settings).connect() as conn:
-        locked = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
-        try:
-            yield locked
-        finally:
-            if locked:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+    with repo.try_lock(get_engine(settings), f"calibrate:{job_id}") as locked:
+        yield locked

@@ -1,12 +1,20 @@
-"""Handing chunks to workers. A queue message is a hint: it names a job and a seq range, no more.
+"""The one seam between deciding what runs and running it: a Dispatcher hands a job's work over.
 
-The CLI and the engine send by task name, so router never imports workers; workers/ builds its
-Celery app from the same constants and settings.
+    Dispatcher           what every runner takes: calibrate a job, run ranges of its items
+    ├── CeleryDispatcher sends queue messages; workers on any machine do the work (a broker is set)
+    └── InlineDispatcher does the work in this process (the embedded default; jobs/lifecycle.py)
+
+Which one is chosen once per process, from settings (`lifecycle.dispatcher_for`), and nothing
+branches on it afterwards. A queue message is a hint: it names a job and a seq range, no more;
+the database says what is left. router never imports workers/: messages go by task name, and
+workers/ builds its Celery app from the same constants and `celery_config`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
+
+from celery import Celery
 
 from router.settings import Settings
 
@@ -22,6 +30,18 @@ QUEUE = "pennyroute"
 # exceed the longest chunk, or a slow chunk would be handed to a second worker while still running
 # (harmless for money, since items are claimed in the DB, but wasted work).
 VISIBILITY_TIMEOUT_S = 3600
+
+
+class Dispatcher(Protocol):
+    """Hands a committed job's work to whoever runs it. Call only after the job's rows are committed."""
+
+    def calibrate(self, job_id: str) -> None:
+        """Calibrate the job (status calibrating), then run its chunks if a route was chosen."""
+        ...
+
+    def run(self, job_id: str, ranges: list[tuple[int, int]]) -> None:
+        """Run the job's items with seq in each [lo, hi) range that nobody holds."""
+        ...
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -48,18 +68,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 class CeleryDispatcher:
-    """Sends chunk messages to the broker, after the job's rows are committed."""
+    """Sends calibration and chunk messages to the broker, by task name."""
 
     def __init__(self, settings: Settings) -> None:
-        from celery import Celery
-
         self._app = Celery("pennyroute-client")
         self._app.conf.update(celery_config(settings))
 
-    def send_calibrate(self, job_id: str) -> None:
+    def calibrate(self, job_id: str) -> None:
         self._app.send_task(CALIBRATE_TASK, args=[job_id], queue=QUEUE)
 
-    def send(self, job_id: str, ranges: list[tuple[int, int]]) -> None:
+    def run(self, job_id: str, ranges: list[tuple[int, int]]) -> None:
         with self._app.producer_or_acquire() as producer:
             for lo, hi in ranges:
                 self._app.send_task(RUN_CHUNK_TASK, args=[job_id, lo, hi], queue=QUEUE, producer=producer)

@@ -10,15 +10,13 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
-
 from policies.cheapest_qualifying import choose_model
 from policies.types import Candidate, JobProfile, QualityEstimate
 from router.catalog import Catalog
 from router.errors import InputError
 from router.jobs.intake import JobRequest
 from router.ledger import repo
-from router.ledger.tables import Item, utcnow
+from router.ledger.tables import utcnow
 
 
 def signature(task: str, labels: Any, max_words: int | None) -> str:
@@ -87,8 +85,7 @@ def mode_for(session: Any, request: JobRequest, *, n_gold: int, tenant_id: int, 
                 and v.expected_cost_usd is not None and (proven_cost is None or v.expected_cost_usd < proven_cost)]
     if not untested:
         return "prior", None
-    item = Item.__table__  # type: ignore[attr-defined]
     for row in sorted(measured.values(), key=lambda r: r.measured_at, reverse=True):
-        if row.job_id and session.execute(select(func.count()).where(item.c.job_id == row.job_id, item.c.gold.is_not(None))).scalar():
+        if row.job_id and repo.count_gold(session, row.job_id):
             return "gold", row.job_id
     return "prior", None

@@ -20,6 +20,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session
 from sqlmodel import select as sm_select
 
@@ -127,12 +129,8 @@ def current_period(session: Session, *, team_id: int, now: datetime | None = Non
               "soft_pct": policy.soft_pct, "settled": Decimal(0), "reserved": Decimal(0)}
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
         session.execute(pg_insert(PERIOD).values(**values).on_conflict_do_nothing(index_elements=["team_id", "period_start"]))
     else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
         session.execute(sqlite_insert(PERIOD).values(**values).on_conflict_do_nothing(index_elements=["team_id", "period_start"]))
     return session.exec(
         sm_select(BudgetPeriod).where(BudgetPeriod.team_id == team_id, BudgetPeriod.period_start == start)
@@ -161,6 +159,18 @@ def release_expired(session: Session, *, period_id: int, now: datetime) -> None:
 def release(session: Session, *, period_id: int, amount: Decimal) -> None:
     """Give back `amount` (budget currency) of a period's reserved total (a cancelled job's holds)."""
     _add(session, period_id, reserved=-amount)
+
+
+def release_job(session: Session, *, job_id: str) -> Decimal:
+    """Give back every reservation a job holds (it was cancelled); returns the amount released, in
+    the budgets' currencies. A batch still in flight settles its actual spend when it ends."""
+    held = session.execute(
+        update(RESERVATION).where(RESERVATION.c.job_id == job_id, RESERVATION.c.status == "held")
+        .values(status="expired").returning(RESERVATION.c.amount, RESERVATION.c.budget_period_id)
+    ).all()
+    for amount, period_id in held:
+        release(session, period_id=period_id, amount=amount)
+    return sum((amount for amount, _ in held), Decimal(0))
 
 
 def settle_unknown(session: Session, *, job_id: str, team_id: int, amount_usd: Decimal, settings: Settings,

@@ -6,7 +6,9 @@ batches: one round trip per chunk, never one per item.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+import zlib
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -16,9 +18,11 @@ from sqlmodel import Session
 from sqlmodel import select as sm_select
 
 from router.errors import InputError, NotFoundError
+from router.ledger.budgets import parse_month
+from router.ledger.rollup import upsert_rollups, upsert_sql
 from router.ledger.types import JobSnapshot
 from router.ledger.tables import (
-    BudgetPeriod, BudgetPolicy, Call, CallStatus, Item, ItemStatus, Job, JobEvent, JobStatus, QualityEstimate, Team,
+    BudgetPeriod, BudgetPolicy, Call, CallRollup, CallStatus, Item, ItemStatus, Job, JobEvent, JobStatus, QualityEstimate, Team,
     Tenant,
 )
 
@@ -216,8 +220,6 @@ def paused_jobs(session: Session, *, team_id: int) -> list[str]:
 
 def budget_rows(session: Session, *, month: str | None) -> list[Any]:
     """Budget periods with their tenant and team names: the given month's, or each team's latest."""
-    from router.ledger.budgets import parse_month
-
     period = BudgetPeriod.__table__  # type: ignore[attr-defined]
     team, tenant = Team.__table__, Tenant.__table__  # type: ignore[attr-defined]
     query = (
@@ -440,8 +442,6 @@ def finish_batch(session: Session, *, job_id: str, calls: Sequence[dict[str, Any
 
     Postgres: one statement (data-modifying CTEs), one round trip. Elsewhere: one statement each.
     """
-    from router.ledger.rollup import upsert_rollups, upsert_sql
-
     if not _is_postgres(session):
         finish_calls(session, calls)
         written_done, written_failed = finish_items(session, items)
@@ -520,8 +520,6 @@ def job_models(session: Session, job_id: str) -> list[tuple[str, int]]:
 def job_quality_facts(session: Session, job_id: str) -> dict[str, Any]:
     """What a job's quality report needs from the ledger: who answered the items, calls and spend
     by purpose and model, and the baseline cost of its run calls (from the rollups)."""
-    from router.ledger.tables import CallRollup
-
     answered = session.execute(
         select(CALL.c.model_id, func.count()).select_from(ITEM.join(CALL, CALL.c.id == ITEM.c.final_call_id))
         .where(ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.DONE).group_by(CALL.c.model_id)
@@ -565,3 +563,106 @@ def iter_results(session: Session, job_id: str, batch: int = 2000) -> Iterable[t
         for row in rows:
             yield row, costs.get(row.id, Decimal(0))
         last = rows[-1].seq
+
+
+# -- job lifecycle: submit, calibration, resume, cancel, sweep -------------------------------------
+
+def add_job(session: Session, job: Job) -> Job:
+    """Add a new job row and flush it, so its items can reference it in the same transaction."""
+    session.add(job)
+    session.flush()
+    return job
+
+
+def find_job(session: Session, job_id: str, *, for_update: bool = False) -> Job | None:
+    """The job row, or None; `for_update` locks it until the transaction ends."""
+    return session.get(Job, job_id, with_for_update=for_update)
+
+
+def update_job(session: Session, job_id: str, **values: Any) -> None:
+    """Set columns of one job row (keyword names are Job's columns)."""
+    session.execute(update(JOB).where(JOB.c.id == job_id).values(**values))
+
+
+def interrupt_calibration_calls(session: Session, *, job_id: str, now: datetime) -> None:
+    """Calibration calls a cut-short run left in flight: their outcome is unknown (never charged twice)."""
+    session.execute(update(CALL).where(CALL.c.job_id == job_id, CALL.c.purpose == "calibration",
+                                       CALL.c.status == CallStatus.IN_FLIGHT)
+                    .values(status=CallStatus.UNKNOWN, error="calibration interrupted", finished_at=now))
+
+
+def calibration_sample(session: Session, *, job_id: str, mode: str, limit: int) -> list[Any]:
+    """The items a calibration measures on: the first `limit` labelled items (gold), or an evenly
+    spread sample of `limit` items, every k-th (reference), not just the file's first lines."""
+    query = select(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.gold, ITEM.c.attempts).where(ITEM.c.job_id == job_id)
+    if mode == "gold":
+        return list(session.execute(query.where(ITEM.c.gold.is_not(None)).order_by(ITEM.c.seq).limit(limit)).all())
+    n_items = session.execute(select(JOB.c.n_items).where(JOB.c.id == job_id)).scalar() or 0
+    step = max(1, n_items // limit)
+    return list(session.execute(query.where(ITEM.c.seq % step == 0).order_by(ITEM.c.seq).limit(limit)).all())
+
+
+def count_gold(session: Session, job_id: str) -> int:
+    """How many of the job's items carry a gold label."""
+    return int(session.execute(select(func.count()).where(ITEM.c.job_id == job_id, ITEM.c.gold.is_not(None))).scalar() or 0)
+
+
+def close_job(session: Session, *, job_id: str, pending_error: str, now: datetime) -> None:
+    """End a running job now: its pending items fail with `pending_error`, and it is done."""
+    left = session.execute(update(ITEM).where(ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.PENDING)
+                           .values(status=ItemStatus.FAILED, error=pending_error, finished_at=now)).rowcount  # type: ignore[attr-defined]
+    session.execute(update(JOB).where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING)
+                    .values(status=JobStatus.DONE, finished_at=now, n_failed=JOB.c.n_failed + int(left or 0)))
+
+
+@contextmanager
+def try_lock(engine: Any, name: str) -> Iterator[bool]:
+    """Hold a Postgres advisory lock named `name` on a connection of its own while the block runs;
+    yields False (and holds nothing) when another session holds it."""
+    key = zlib.crc32(name.encode())
+    with engine.connect() as conn:
+        locked = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        try:
+            yield locked
+        finally:
+            if locked:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+
+
+def budget_paused_jobs(session: Session, *, team_id: int | None = None) -> list[tuple[str, int]]:
+    """(job id, team id) of paused jobs waiting for budget (not for a stopped provider), of one team or all."""
+    query = select(JOB.c.id, JOB.c.team_id).where(
+        JOB.c.status == JobStatus.PAUSED, or_(JOB.c.pause_reason.is_(None), JOB.c.pause_reason != "provider"))
+    if team_id is not None:
+        query = query.where(JOB.c.team_id == team_id)
+    return [(row.id, row.team_id) for row in session.execute(query)]
+
+
+def expired_items(session: Session, *, job_id: str, now: datetime) -> list[Any]:
+    """The job's claimed items whose holder's lease ran out (its worker died): id, seq, text, attempts."""
+    return list(session.execute(select(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.attempts).where(
+        ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.RUNNING, ITEM.c.lease_until < now)).all())
+
+
+def count_items(session: Session, *, job_id: str, status: str) -> int:
+    return int(session.execute(select(func.count()).where(ITEM.c.job_id == job_id, ITEM.c.status == status)).scalar() or 0)
+
+
+def stalled_chunks(session: Session, *, now: datetime, idle_since: datetime, chunk_size: int) -> dict[str, list[int]]:
+    """Per running job, the chunk numbers (seq // chunk_size) holding items to re-enqueue: items
+    whose lease expired, and, for a job with no call started since `idle_since`, pending items."""
+    out: dict[str, list[int]] = {}
+    jobs = session.execute(select(JOB.c.id, JOB.c.created_at).where(JOB.c.status == JobStatus.RUNNING)).all()
+    for job_id, created_at in jobs:
+        last_call = session.execute(select(func.max(CALL.c.started_at)).where(CALL.c.job_id == job_id)).scalar()
+        idle = (last_call or created_at) is None or (last_call or created_at) < idle_since
+        expired = (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now)
+        wanted = (expired | (ITEM.c.status == ItemStatus.PENDING)) if idle else expired
+        # Floor division: SQLAlchemy 2's `/` is true division, which would give one "chunk" per item.
+        chunks = session.execute(
+            select((ITEM.c.seq // chunk_size).label("chunk")).where(ITEM.c.job_id == job_id, wanted).group_by("chunk")
+        ).scalars().all()
+        if chunks:
+            out[job_id] = sorted(int(c) for c in chunks)
+    return out

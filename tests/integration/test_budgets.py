@@ -17,9 +17,12 @@ from sqlmodel import Session
 
 from router.ledger import budgets
 from router.catalog import Catalog
-from router.db import session_scope
+from router.ledger.db import session_scope
 from router.jobs.intake import JobRequest
-from router.jobs.submit import BudgetError, dispatch_job, submit_job
+from router.errors import BudgetError
+from router.jobs import lifecycle
+from router.jobs.dispatch import CeleryDispatcher
+from router.jobs.submit import submit_job
 from router.ledger import repo
 from router.ledger.rollup import local_day
 from router.ledger.tables import BudgetEvent, BudgetPeriod, Call, Job, Team, Tenant
@@ -172,7 +175,7 @@ def test_budget_holds_under_eight_concurrent_workers(pg_url: str, broker_url: st
     watcher.start()
     try:
         for submitted in jobs:
-            dispatch_job(settings, submitted.job_id, submitted.n_items)
+            lifecycle.start(settings, job_id=submitted.job_id, dispatcher=CeleryDispatcher(settings))
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             with session_scope(settings) as session:
@@ -206,8 +209,6 @@ def _settled_reserved(settings: Settings, team: Team) -> tuple[Decimal, Decimal]
 
 
 def test_paused_job_resumes_when_a_new_month_begins(live_settings: Settings, catalog: Catalog, tmp_path: Path) -> None:
-    from router.jobs.submit import resumable_jobs
-
     team = _team(live_settings, "Europe/Paris")
     with session_scope(live_settings) as session:
         tenant = session.get(Tenant, team.tenant_id)
@@ -222,9 +223,9 @@ def test_paused_job_resumes_when_a_new_month_begins(live_settings: Settings, cat
         period.settled = period.limit_amount
         session.add(period)
         repo.pause_job(session, submitted.job_id)
-    assert submitted.job_id not in [j for j, _ in resumable_jobs(live_settings)]  # still no room this month
+    assert submitted.job_id not in lifecycle.resumable(live_settings)  # still no room this month
     next_month = datetime(2031, 1, 1, 0, 30, tzinfo=UTC)  # any later month: a new period, untouched
-    assert (submitted.job_id, 50) in resumable_jobs(live_settings, now=next_month)
+    assert submitted.job_id in lifecycle.resumable(live_settings, now=next_month)
     with session_scope(live_settings) as session:
         assert repo.get_job(session, submitted.job_id).status == "running"
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from router.cli.app import app
-from router.db import session_scope
+from router.ledger.db import session_scope
 from router.cli.demo import write_demo_file
 from router.ledger.tables import BudgetEvent, BudgetPeriod, BudgetPolicy, Call, CallRollup, Job
 from router.settings import Settings, get_settings

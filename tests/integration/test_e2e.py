@@ -10,9 +10,11 @@ import httpx
 from sqlalchemy import select
 
 from router.catalog import Catalog
-from router.db import session_scope
+from router.ledger.db import session_scope
 from router.jobs.intake import JobRequest
-from router.jobs.submit import dispatch_job, submit_job
+from router.jobs import lifecycle
+from router.jobs.dispatch import CeleryDispatcher
+from router.jobs.submit import submit_job
 from router.ledger import repo
 from router.ledger.tables import CallRollup, CallStatus, ItemStatus
 from router.settings import Settings
@@ -39,7 +41,7 @@ def test_job_runs_on_a_real_worker(live_settings: Settings, catalog: Catalog, br
                          min_quality=0.9, providers=frozenset({"openai", "anthropic"}))
     submitted = submit_job(settings, catalog, request)
     assert submitted.n_items == 1500 and submitted.n_rejected == 2
-    assert dispatch_job(settings, submitted.job_id, submitted.n_items) == 15  # chunks of 100
+    assert lifecycle.start(settings, job_id=submitted.job_id, dispatcher=CeleryDispatcher(settings)) == 15  # chunks of 100
     _wait_done(settings, submitted.job_id, timeout_s=120)
 
     calls, items = ledger(settings, submitted.job_id)
@@ -79,7 +81,7 @@ def test_a_labelled_job_calibrates_on_a_worker_then_runs(live_settings: Settings
                                                          labels=labels, min_quality=0.6,
                                                          providers=frozenset({"openai", "anthropic"})))
     assert submitted.calibrating
-    CeleryDispatcher(settings).send_calibrate(submitted.job_id)
+    CeleryDispatcher(settings).calibrate(submitted.job_id)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with session_scope(settings) as session:

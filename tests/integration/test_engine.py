@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from router.catalog import Catalog
-from router.db import session_scope
+from router.ledger.db import session_scope
 from router.engine.batch import run_chunk
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
@@ -100,7 +100,7 @@ def test_non_retryable_error_falls_back_to_the_next_cheapest_qualifying_model(li
 
 
 def test_job_is_done_when_every_chunk_is(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str]) -> None:
-    from router.db import session_scope
+    from router.ledger.db import session_scope
     from router.ledger import repo
 
     job_id = _submit(live_settings, catalog, tmp_path, team, 25)
@@ -131,7 +131,7 @@ def test_anthropic_model_runs_over_the_messages_api(live_settings: Settings, cat
 def test_awkward_texts_survive_intake_exactly(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str]) -> None:
     from sqlalchemy import select
 
-    from router.db import session_scope
+    from router.ledger.db import session_scope
     from router.ledger.tables import Item
 
     texts = ["tab\there", "new\nline", "back\\slash", "\\N is not NULL", "quote \" and ' both", "emoji 🧾 ünïcödé",
@@ -169,9 +169,8 @@ def test_a_refused_key_or_spent_quota_stops_the_provider_for_the_job_at_once(
     assert len(events) == 1 and "openai" in events[0].detail["why"]
     # Fixed: resuming clears the stop, and the items run.
     httpx.post(f"{fake_provider}/_reset")
-    from router.jobs.submit import resume_job
-
-    resume_job(live_settings, job_id)
+    with session_scope(live_settings) as session:
+        repo.resume_job(session, job_id)
     outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=20)
     assert outcome.done == 20
 

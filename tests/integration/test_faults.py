@@ -28,10 +28,12 @@ import redis
 from sqlalchemy import select
 
 from router.catalog import Catalog, load_catalog
-from router.db import session_scope
+from router.ledger.db import session_scope
 from tests.fakes.server import start_in_thread
 from router.jobs.intake import JobRequest
-from router.jobs.submit import dispatch_job, submit_job
+from router.jobs import lifecycle
+from router.jobs.dispatch import CeleryDispatcher
+from router.jobs.submit import submit_job
 from router.ledger import repo
 from router.ledger.tables import BudgetPeriod, Call, CallStatus, ItemStatus
 from router.usage import TokenUsage
@@ -76,7 +78,7 @@ def _submit(settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[st
     request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=LABELS, min_quality=0.9,
                          providers=frozenset({"openai"}))
     submitted = submit_job(settings, catalog, request)
-    dispatch_job(settings, submitted.job_id, submitted.n_items)
+    lifecycle.start(settings, job_id=submitted.job_id, dispatcher=CeleryDispatcher(settings))
     return submitted.job_id
 
 

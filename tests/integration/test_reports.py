@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from router.db import get_engine, upgrade
+from router.ledger.db import get_engine, upgrade
 from router.errors import InputError, NotFoundError
 from router.ledger import repo
 from router.ledger.rollup import BaselineRates, CallFacts, local_day, rollup_rows, upsert_rollups

@@ -176,7 +176,7 @@ def test_a_thinking_baseline_is_priced_with_its_thinking() -> None:
 
 def test_budgets_reserve_a_thinking_models_thinking(gemini_settings: Settings, catalog: Catalog, tmp_path: Path,
                                                     team: tuple[str, str]) -> None:
-    from router.db import session_scope
+    from router.ledger.db import session_scope
     from router.engine.batch import ChunkContext
     from router.ledger import repo
     from router.ledger.tables import utcnow

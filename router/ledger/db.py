@@ -9,6 +9,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
@@ -62,12 +65,10 @@ def session_scope(settings: Settings) -> Iterator[Session]:
 
 
 def migrations_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "migrations"
+    return Path(__file__).resolve().parents[2] / "migrations"  # router/ledger/db.py -> the project root
 
 
-def alembic_config(settings: Settings) -> Any:
-    from alembic.config import Config
-
+def alembic_config(settings: Settings) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
@@ -76,8 +77,6 @@ def alembic_config(settings: Settings) -> Any:
 
 def upgrade(settings: Settings) -> str:
     """Run migrations up to head; return the revision the database is at."""
-    from alembic import command
-
     command.upgrade(alembic_config(settings), "head")
     return current_revision(settings) or "base"
 
@@ -92,8 +91,6 @@ def current_revision(settings: Settings) -> str | None:
 
 
 def head_revision(settings: Settings) -> str | None:
-    from alembic.script import ScriptDirectory
-
     return ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
 
 

@@ -1,0 +1,204 @@
+"""A job's life after submit: every rule about what follows what, in one place.
+
+    submit --> calibrating --calibrate_then_run--> running --> done
+           \\-----------------------------------> running
+    running --(budget spent | every provider refused)--> paused
+    paused --(resume | on_budget_raised | resume_paused, beat)--> running
+    calibrating | running | paused --cancel--> cancelled
+
+Each shell (the CLI, the Celery tasks, the coming HTTP API) calls one function here and gets the
+same behaviour. Work is handed over through a Dispatcher (jobs/dispatch.py), chosen once per process
+by `dispatcher_for`: Celery when a broker is set, else `InlineDispatcher`, which does the work in
+this process and reports progress to a Watcher (the CLI draws it; other callers pass none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from router.catalog import Catalog
+from router.engine.batch import ChunkContext, charge_lost, chunk_ranges, run_job_inline
+from router.errors import NotFoundError
+from router.jobs.calibrate import calibrate_job
+from router.jobs.dispatch import CeleryDispatcher, Dispatcher
+from router.ledger import budgets, repo
+from router.ledger.db import session_scope
+from router.ledger.tables import BudgetPeriod, ItemStatus, Job, JobStatus, utcnow
+from router.settings import Settings
+
+# A job in one of these states has ended: nothing resumes or cancels it.
+ENDED = (JobStatus.DONE, JobStatus.CANCELLED, JobStatus.NO_MODEL)
+
+
+class Watcher(Protocol):
+    """What an in-process run shows as it goes. The CLI draws it; other callers pass none."""
+
+    def calibrating(self) -> AbstractContextManager[None]:
+        """Held while candidate models answer the calibration sample."""
+        ...
+
+    def calibrated(self, job_id: str, summary: dict[str, Any]) -> None:
+        """Calibration ended (`summary` as calibrate_job returns it)."""
+        ...
+
+    def running(self, *, total: int, finished: int) -> AbstractContextManager[Callable[[int], None]]:
+        """Held while chunks run; yields a function called with how many more items finished."""
+        ...
+
+
+class _Unwatched:
+    """The Watcher of callers that show nothing."""
+
+    @contextmanager
+    def calibrating(self) -> Iterator[None]:
+        yield
+
+    def calibrated(self, job_id: str, summary: dict[str, Any]) -> None:
+        return None
+
+    @contextmanager
+    def running(self, *, total: int, finished: int) -> Iterator[Callable[[int], None]]:
+        yield lambda _: None
+
+
+class InlineDispatcher:
+    """Does a job's work in this process, on the same code path as the workers (the embedded default)."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, watcher: Watcher | None = None) -> None:
+        self._settings, self._catalog = settings, catalog
+        self._watcher: Watcher = watcher or _Unwatched()
+
+    def calibrate(self, job_id: str) -> None:
+        calibrate_then_run(self._settings, self._catalog, job_id=job_id, dispatcher=self, watcher=self._watcher)
+
+    def run(self, job_id: str, ranges: list[tuple[int, int]]) -> None:
+        with session_scope(self._settings) as session:
+            job = repo.get_job(session, job_id)
+            total, finished = job.n_items, job.n_done + job.n_failed
+        with self._watcher.running(total=total, finished=finished) as advance:
+            run_job_inline(self._settings, self._catalog, job_id=job_id, ranges=ranges,
+                           progress=lambda outcome: advance(outcome.done + outcome.failed))
+
+
+def dispatcher_for(settings: Settings, catalog: Catalog, *, watcher: Watcher | None = None) -> Dispatcher:
+    """The process's dispatcher: the broker's workers when one is configured, else this process."""
+    if settings.embedded:
+        return InlineDispatcher(settings, catalog, watcher)
+    return CeleryDispatcher(settings)
+
+
+def start(settings: Settings, *, job_id: str, dispatcher: Dispatcher) -> int:
+    """Hand a committed job to its runner: its calibration first when it calibrates, else its
+    chunks. Returns how many chunks were handed over (0 when calibration goes first, or when the
+    job is not running)."""
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+        status, n_items = job.status, job.n_items
+    if status == JobStatus.CALIBRATING:
+        dispatcher.calibrate(job_id)
+        return 0
+    if status != JobStatus.RUNNING:
+        return 0
+    ranges = chunk_ranges(n_items, settings.chunk_size)
+    dispatcher.run(job_id, ranges)
+    return len(ranges)
+
+
+def calibrate_then_run(settings: Settings, catalog: Catalog, *, job_id: str, dispatcher: Dispatcher,
+                       watcher: Watcher | None = None) -> dict[str, Any]:
+    """Calibrate a job on a sample of its items; when a route was chosen (and the job was not a
+    calibration only), hand its chunks over. Safe to run twice. Returns the calibration summary."""
+    watcher = watcher or _Unwatched()
+    with watcher.calibrating():
+        summary = calibrate_job(settings, catalog, job_id=job_id)
+    watcher.calibrated(job_id, summary)
+    if summary.get("outcome") == "chosen":
+        start(settings, job_id=job_id, dispatcher=dispatcher)  # runs nothing if the job has ended
+    return summary
+
+
+def resume(settings: Settings, *, job_id: str, dispatcher: Dispatcher,
+           on_resumed: Callable[[Job], None] | None = None) -> Job:
+    """Resume a paused job (after its budget was raised, a new month began, or a refused key was
+    fixed: its stopped providers are tried again), and hand its remaining chunks over. A running job
+    is handed over again (a hint costs nothing: only items nobody holds are claimed). Returns the
+    job; `on_resumed` is told just before its work is handed over."""
+    with session_scope(settings) as session:
+        job = repo.resume_job(session, job_id)
+    if job.status != JobStatus.RUNNING:
+        return job
+    if on_resumed is not None:
+        on_resumed(job)
+    start(settings, job_id=job_id, dispatcher=dispatcher)
+    return job
+
+
+def set_budget(settings: Settings, *, team: str, tenant: str | None, monthly: str, currency: str, soft: str | None,
+               dispatcher: Dispatcher, on_set: Callable[[BudgetPeriod], None] | None = None,
+               on_resumed: Callable[[Job], None] | None = None) -> BudgetPeriod:
+    """Set a team's monthly budget (this month at once, and every month after), then resume the
+    team's paused jobs. Returns this month's period; `on_set` is told it before any job resumes."""
+    amount = budgets.parse_amount(monthly, field="--monthly")
+    soft_pct = budgets.parse_soft(soft)
+    with session_scope(settings) as session:
+        found = repo.find_team(session, name=team, tenant=tenant)
+        period = budgets.set_budget(session, team=found, monthly=amount, currency=currency, soft_pct=soft_pct,
+                                    settings=settings)
+        paused = repo.paused_jobs(session, team_id=found.id)  # type: ignore[arg-type]
+    if on_set is not None:
+        on_set(period)
+    for job_id in paused:
+        resume(settings, job_id=job_id, dispatcher=dispatcher, on_resumed=on_resumed)
+    return period
+
+
+def resume_paused(settings: Settings, *, dispatcher: Dispatcher, now: datetime | None = None) -> list[str]:
+    """Resume the jobs paused for budget whose team has room again (a raised limit, or a new month
+    began), and hand them over; run by beat. Returns their ids."""
+    resumed = resumable(settings, now=now)
+    for job_id in resumed:
+        start(settings, job_id=job_id, dispatcher=dispatcher)
+    return resumed
+
+
+def resumable(settings: Settings, *, now: datetime | None = None) -> list[str]:
+    """Mark running the jobs paused for budget whose team's budget has room again; returns their ids."""
+    out: list[str] = []
+    with session_scope(settings) as session:
+        for job_id, team_id in repo.budget_paused_jobs(session):
+            period = budgets.current_period(session, team_id=team_id, now=now)
+            if period is None or period.limit_amount > period.settled + period.reserved:
+                out.append(repo.resume_job(session, job_id).id)
+    return out
+
+
+def cancel(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[str, int | str]:
+    """Stop a job: no more chunks run; its pending items end as cancelled; the calls of items whose
+    worker died are recorded as unknown (at their worst case); its budget reservations are given
+    back. Calls in flight in live workers finish and are recorded as usual. Returns what happened."""
+    now = utcnow()
+    with session_scope(settings) as session:
+        job = repo.find_job(session, job_id, for_update=True)
+        if job is None:
+            raise NotFoundError(f"unknown job '{job_id}'")
+        if job.status in ENDED:
+            return {"status": job.status, "cancelled": 0, "lost_calls_usd": "0", "in_flight": 0, "released": "0"}
+        repo.update_job(session, job_id, status=JobStatus.CANCELLED, finished_at=now)
+        dead = repo.expired_items(session, job_id=job_id, now=now)
+        lost = Decimal(0)
+        snapshot = repo.job_for_chunk(session, job_id)
+        if dead and snapshot is not None and snapshot.model_id:
+            lost = charge_lost(session, settings, catalog, ChunkContext.build(catalog, snapshot), dead, now)
+        cancelled = repo.fail_items(session, job_id=job_id, item_ids=None, error="cancelled", now=now,
+                                    only_status=(ItemStatus.PENDING,))
+        cancelled += repo.fail_items(session, job_id=job_id, item_ids=[r.id for r in dead], error="cancelled", now=now)
+        in_flight = repo.count_items(session, job_id=job_id, status=ItemStatus.RUNNING)
+        released = budgets.release_job(session, job_id=job_id)
+        repo.add_job_event(session, job_id=job_id, kind="cancelled", detail={
+            "cancelled_items": cancelled, "in_flight_items": in_flight, "lost_calls_usd": str(lost), "released": str(released)})
+    return {"status": JobStatus.CANCELLED, "cancelled": cancelled, "lost_calls_usd": str(lost), "in_flight": in_flight,
+            "released": str(released)}

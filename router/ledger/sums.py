@@ -1,0 +1,124 @@
+"""The month's sums, read from the daily call rollups (never the call rows), for reports/monthly.py.
+
+Postgres sums money in SQL (NUMERIC, exact), in one scan with GROUPING SETS; SQLite stores money as
+text, so there the month's rollup rows are summed here, as Decimal. Nothing is rounded. Sums come
+back as plain mappings of the SUMS names; reports/ turns them into rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlmodel import Session, col
+
+from router.ledger.tables import BudgetPeriod, CallRollup, Team, Tenant
+
+# The rollup column each grouping reads.
+COLUMN = {"team": "team_id", "model": "model_id", "provider": "provider", "task": "task", "job": "job_id", "day": "day"}
+ROLLUP = CallRollup.__table__  # type: ignore[attr-defined]
+_SUMS = (
+    "SUM(calls) AS calls, SUM(failed_calls) AS failed_calls, SUM(simulated_calls) AS simulated_calls, "
+    "SUM(input_tokens) AS input_tokens, "
+    "SUM(cached_input_tokens) AS cached_input_tokens, SUM(output_tokens) AS output_tokens, "
+    "SUM(cost_usd) AS spend_usd, SUM(failed_cost_usd) AS failed_spend_usd, "
+    "SUM(CASE WHEN purpose = 'calibration' THEN cost_usd ELSE 0 END) AS calibration_spend_usd, "
+    "SUM(baseline_cost_usd) AS baseline_usd"
+)
+INT_FIELDS = ("calls", "failed_calls", "simulated_calls", "input_tokens", "cached_input_tokens", "output_tokens")
+MONEY_FIELDS = ("spend_usd", "failed_spend_usd", "calibration_spend_usd", "baseline_usd")
+Sums = dict[str, Any]
+
+
+def month_sums(session: Session, *, dims: tuple[str, ...], first: date, last: date,
+               tenant_id: int | None) -> tuple[dict[str, dict[Any, Sums]], Sums]:
+    """Per dimension in `dims`, the sums of each of its keys (a team id, a model, a day...) over the
+    days [first, last], one tenant's or (None) every tenant's; and the sums of all of it."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _sums_in_sql(session, dims, first, last, tenant_id)
+    return _sums_in_python(session, dims, first, last, tenant_id)
+
+
+def _where(first: date, last: date, tenant_id: int | None) -> tuple[str, dict[str, Any]]:
+    params: dict[str, Any] = {"first": first, "last": last}
+    clause = "day BETWEEN :first AND :last"
+    if tenant_id is not None:
+        clause += " AND tenant_id = :tenant_id"
+        params["tenant_id"] = tenant_id
+    return clause, params
+
+
+def _sums_in_sql(
+    session: Session, dims: tuple[str, ...], first: date, last: date, tenant_id: int | None,
+) -> tuple[dict[str, dict[Any, Sums]], Sums]:
+    """One scan of the month's rollups, one grouping set per dimension plus () for the totals.
+    Grouped columns are NOT NULL, so the one column that is not NULL in a result row names its set."""
+    columns = [COLUMN[d] for d in dims]
+    where, params = _where(first, last, tenant_id)
+    sets = ", ".join(f"({c})" for c in columns)
+    sql = f"SELECT {', '.join(columns)}, {_SUMS} FROM call_rollup WHERE {where} GROUP BY GROUPING SETS ({sets}, ())"
+    groups: dict[str, dict[Any, Sums]] = {d: {} for d in dims}
+    totals: Sums = _zero()
+    for row in session.execute(text(sql), params).mappings():
+        sums = dict(row)
+        dim = next((d for d in dims if row[COLUMN[d]] is not None), None)
+        if dim is None:
+            totals = sums
+        else:
+            groups[dim][row[COLUMN[dim]]] = sums
+    return groups, totals
+
+
+def _sums_in_python(
+    session: Session, dims: tuple[str, ...], first: date, last: date, tenant_id: int | None,
+) -> tuple[dict[str, dict[Any, Sums]], Sums]:
+    """SQLite: read the month's rollup rows (Money turns their text into Decimal) and add them up."""
+    query = select(ROLLUP).where(ROLLUP.c.day >= first, ROLLUP.c.day <= last)
+    if tenant_id is not None:
+        query = query.where(ROLLUP.c.tenant_id == tenant_id)
+    acc: dict[str, dict[Any, dict[str, Any]]] = {d: {} for d in dims}
+    total: dict[str, Any] = _zero()
+    for rollup in session.execute(query).mappings():
+        values = {
+            "calls": rollup["calls"], "failed_calls": rollup["failed_calls"], "simulated_calls": rollup["simulated_calls"],
+            "input_tokens": rollup["input_tokens"],
+            "cached_input_tokens": rollup["cached_input_tokens"], "output_tokens": rollup["output_tokens"],
+            "spend_usd": rollup["cost_usd"], "failed_spend_usd": rollup["failed_cost_usd"],
+            "calibration_spend_usd": rollup["cost_usd"] if rollup["purpose"] == "calibration" else Decimal(0),
+            "baseline_usd": rollup["baseline_cost_usd"],
+        }
+        for target in [total, *(acc[d].setdefault(rollup[COLUMN[d]], _zero()) for d in dims)]:
+            for name, value in values.items():
+                target[name] += value
+    return acc, total
+
+
+def _zero() -> Sums:
+    return {**{f: 0 for f in INT_FIELDS}, **{f: Decimal(0) for f in MONEY_FIELDS}}
+
+
+def team_names(session: Session, team_ids: Iterable[int], *, qualified: bool) -> dict[int, str]:
+    """Team names by id; `qualified` gives 'tenant/team' (a report across tenants)."""
+    ids = list(team_ids)
+    if not ids:
+        return {}
+    query = select(col(Team.id), col(Team.name), col(Tenant.name)).join(Tenant, col(Tenant.id) == col(Team.tenant_id))
+    rows = session.execute(query.where(col(Team.id).in_(ids))).all()
+    return {team_id: f"{tenant}/{team}" if qualified else team for team_id, team, tenant in rows}
+
+
+def month_budgets(session: Session, *, first: date, tenant_id: int | None) -> list[tuple[str, str, BudgetPeriod]]:
+    """(tenant name, team name, period) of every team budget for the month starting `first`."""
+    query = (
+        select(col(Tenant.name), col(Team.name), BudgetPeriod)
+        .join(Team, col(Team.id) == col(BudgetPeriod.team_id))
+        .join(Tenant, col(Tenant.id) == col(Team.tenant_id))
+        .where(col(BudgetPeriod.period_start) == first)
+        .order_by(col(Tenant.name), col(Team.name))
+    )
+    if tenant_id is not None:
+        query = query.where(col(Team.tenant_id) == tenant_id)
+    return [(tenant, team, period) for tenant, team, period in session.execute(query).all()]
