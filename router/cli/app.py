@@ -26,6 +26,7 @@ from router.jobs import lifecycle
 from router.jobs.calibrate import calibrate_job
 from router.jobs.estimates import is_fresh
 from router.jobs.intake import JobRequest
+from router.jobs import results
 from router.jobs.submit import Submitted, submit_job
 from router.ledger import repo
 from router.ledger.db import current_revision, ensure_schema, session_scope, upgrade
@@ -254,24 +255,18 @@ def status(
         out.print(views.SIMULATED_BANNER)
     out.print(views.status_table(info))
     if quality:
-        with session_scope(settings) as session:
-            job = repo.get_job(session, job_id)
-            facts = repo.job_quality_facts(session, job_id)
-            events = [(e.kind, e.detail) for e in repo.job_events(session, job_id)]
-        out.print(views.quality_report(job, facts, events))
-        if job.calibration and job.calibration.get("estimates"):
-            out.print(views.calibration_table(job.calibration))
+        report = results.job_quality(settings, job_id)
+        out.print(views.quality_report(report.job, report.facts, report.events))
+        if report.job.calibration and report.job.calibration.get("estimates"):
+            out.print(views.calibration_table(report.job.calibration))
     for line_error in info["rejected"][:20]:
         out.print(f"  [yellow]rejected[/] line {line_error['line']}" + (f", field '{line_error['field']}'" if line_error["field"] else "") + f": {line_error['reason']}")
 
 
 def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
     """A job's status as rows to show (also used by the demo)."""
-    with session_scope(settings) as session:
-        job = repo.get_job(session, job_id)
-        spent = repo.job_spend(session, job_id)
-        used = repo.job_models(session, job_id)
-    open_items = job.n_items - job.n_done - job.n_failed
+    state = results.job_state(settings, job_id)
+    job, spent, used, open_items = state.job, state.spent_usd, state.calls_by_model, state.open_items
     rows = [
         ("status", job.status),
         ("task", job.task + (f" ({', '.join(job.labels)})" if job.labels else "") + f", bar {job.min_quality:.2f}"),
@@ -293,32 +288,23 @@ def results(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSONL here (default: standard output).")] = None,
 ) -> None:
     """Per item: output, model, tokens, cost, and the error if it failed (JSONL)."""
-    with _ledger() as session:
-        repo.get_job(session, job_id)
-        handle = output.open("w") if output else sys.stdout
-        count = 0
-        try:
-            for row, cost in repo.iter_results(session, job_id):
-                handle.write(json.dumps(result_record(row, cost)) + "\n")
-                count += 1
-        finally:
-            if output:
-                handle.close()
+    settings = _settings()
+    try:
+        ensure_schema(settings)
+        results.job_state(settings, job_id)  # an unknown job is an error before any file is written
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    handle = output.open("w") if output else sys.stdout
+    count = 0
+    try:
+        for record in results.result_records(settings, job_id):
+            handle.write(json.dumps(record) + "\n")
+            count += 1
+    finally:
+        if output:
+            handle.close()
     if output:
         err.print(f"wrote {count:,} results to {output}")
-
-
-def result_record(row: Any, cost: Decimal) -> dict[str, Any]:
-    record = {
-        "id": row.ext_id, "status": row.status, "output": row.output, "model": row.model_id,
-        "input_tokens": (row.input_tokens or 0) + (row.cached_input_tokens or 0), "output_tokens": row.output_tokens,
-        "cost_usd": str(cost), "attempts": row.attempts, "error": row.error,
-    }
-    if row.gold is not None:
-        record["gold"] = row.gold
-    if row.simulated:
-        record["simulated"] = True
-    return record
 
 
 # -- quality ---------------------------------------------------------------------------------------
@@ -413,17 +399,14 @@ def demo(
 def _demo_summary(settings: Settings, submitted: Submitted, truth: dict[str, str]) -> None:
     sample: list[dict[str, Any]] = []
     correct = graded = 0
-    with session_scope(settings) as session:
-        for row, cost in repo.iter_results(session, submitted.job_id):
-            record = result_record(row, cost)
-            if len(sample) < 5:
-                sample.append(record)
-            if row.status == "done" and row.ext_id in truth:
-                graded += 1
-                correct += row.output == truth[row.ext_id]
-        job = repo.get_job(session, submitted.job_id)
-        facts = repo.job_quality_facts(session, submitted.job_id)
-        events = [(e.kind, e.detail) for e in repo.job_events(session, submitted.job_id)]
+    for record in results.result_records(settings, submitted.job_id):
+        if len(sample) < 5:
+            sample.append(record)
+        if record["status"] == "done" and record["id"] in truth:
+            graded += 1
+            correct += record["output"] == truth[record["id"]]
+    report = results.job_quality(settings, submitted.job_id)
+    job, facts, events = report.job, report.facts, report.events
     label = " [SIMULATED]" if submitted.simulated else ""
     out.print(f"[bold]Sample results{label}[/]")
     for record in sample:

@@ -11,19 +11,9 @@ from rich.table import Table
 
 from policies.types import Decision, Verdict
 from router.catalog import Catalog
+from router.reports.render import usd
 
 SIMULATED_BANNER = "[bold black on yellow] SIMULATED [/] sandbox provider: answers are simulated, costs are what the real models would charge"
-
-
-def usd(amount: Decimal | str | None, places: int = 4) -> str:
-    """Money for display: rounded here, and only here."""
-    if amount is None:
-        return "-"
-    value = Decimal(str(amount))
-    if value and abs(value) < Decimal(10) ** -places:
-        # A tiny amount keeps two significant digits, in plain decimals: $0.000013, not $1.30E-5.
-        return f"${value:,.{-value.adjusted() + 1}f}"
-    return f"${value:,.{places}f}"
 
 
 def decision_table(decision: Decision, catalog: Catalog, *, simulated: bool) -> Table:

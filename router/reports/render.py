@@ -30,7 +30,7 @@ MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augus
           "November", "December")
 
 
-# -- numbers for reading ---------------------------------------------------------------------------
+# -- numbers for reading: the one place money is rounded for display (the CLI uses these too) ------
 
 def plain(amount: Decimal) -> str:
     """A Decimal as a plain string at full precision ('0.0000000012', never '1.2E-9'), with at least the
@@ -38,6 +38,17 @@ def plain(amount: Decimal) -> str:
     if amount.as_tuple().exponent > -MONEY_SCALE:  # type: ignore[operator]
         amount = amount.quantize(LEDGER_PLACES, context=WIDE)
     return format(amount, "f")
+
+
+def usd(amount: Decimal | str | None, places: int = 4) -> str:
+    """Money for display: rounded here, and only here."""
+    if amount is None:
+        return "-"
+    value = Decimal(str(amount))
+    if value and abs(value) < Decimal(10) ** -places:
+        # A tiny amount keeps two significant digits, in plain decimals: $0.000013, not $1.30E-5.
+        return f"${value:,.{-value.adjusted() + 1}f}"
+    return f"${value:,.{places}f}"
 
 
 def money(amount: Decimal) -> str:

@@ -1,0 +1,75 @@
+"""What a job is and what it gave, as values every shell shows the same way: its state (counts,
+spend, models so far), its quality facts and events, and one result record per item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from router.ledger import repo
+from router.ledger.db import session_scope
+from router.ledger.tables import Job
+from router.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A job row with what the ledger says of it so far."""
+
+    job: Job
+    spent_usd: Decimal  # every call of the job, retries, calibration and drift checks included
+    calls_by_model: list[tuple[str, int]]  # (model id, calls), most calls first
+
+    @property
+    def open_items(self) -> int:
+        return self.job.n_items - self.job.n_done - self.job.n_failed
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuality:
+    """What the quality report reads: the job, its per-model facts, and its events in order."""
+
+    job: Job
+    facts: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]]  # (kind, detail)
+
+
+def job_state(settings: Settings, job_id: str) -> JobState:
+    """The job's state; NotFoundError for an unknown job."""
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+        return JobState(job=job, spent_usd=repo.job_spend(session, job_id), calls_by_model=repo.job_models(session, job_id))
+
+
+def job_quality(settings: Settings, job_id: str) -> JobQuality:
+    """The job's quality facts and events; NotFoundError for an unknown job."""
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+        facts = repo.job_quality_facts(session, job_id)
+        events = [(e.kind, e.detail) for e in repo.job_events(session, job_id)]
+    return JobQuality(job=job, facts=facts, events=events)
+
+
+def result_records(settings: Settings, job_id: str) -> Iterator[dict[str, Any]]:
+    """One record per item, in input order, streamed (a job of millions is never held whole)."""
+    with session_scope(settings) as session:
+        repo.get_job(session, job_id)
+        for row, cost in repo.iter_results(session, job_id):
+            yield result_record(row, cost)
+
+
+def result_record(row: Any, cost: Decimal) -> dict[str, Any]:
+    """An item's result: id, status, output, model, tokens, exact cost (retries included), tries, error."""
+    record = {
+        "id": row.ext_id, "status": row.status, "output": row.output, "model": row.model_id,
+        "input_tokens": (row.input_tokens or 0) + (row.cached_input_tokens or 0), "output_tokens": row.output_tokens,
+        "cost_usd": str(cost), "attempts": row.attempts, "error": row.error,
+    }
+    if row.gold is not None:
+        record["gold"] = row.gold
+    if row.simulated:
+        record["simulated"] = True
+    return record
