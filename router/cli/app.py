@@ -26,7 +26,7 @@ from router.jobs import lifecycle
 from router.jobs.calibrate import calibrate_job
 from router.jobs.estimates import is_fresh
 from router.jobs.intake import JobRequest
-from router.jobs import results
+from router.jobs.results import job_quality, job_state, result_records
 from router.jobs.submit import Submitted, submit_job
 from router.ledger import repo
 from router.ledger.db import current_revision, ensure_schema, session_scope, upgrade
@@ -255,7 +255,7 @@ def status(
         out.print(views.SIMULATED_BANNER)
     out.print(views.status_table(info))
     if quality:
-        report = results.job_quality(settings, job_id)
+        report = job_quality(settings, job_id)
         out.print(views.quality_report(report.job, report.facts, report.events))
         if report.job.calibration and report.job.calibration.get("estimates"):
             out.print(views.calibration_table(report.job.calibration))
@@ -265,7 +265,7 @@ def status(
 
 def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
     """A job's status as rows to show (also used by the demo)."""
-    state = results.job_state(settings, job_id)
+    state = job_state(settings, job_id)
     job, spent, used, open_items = state.job, state.spent_usd, state.calls_by_model, state.open_items
     rows = [
         ("status", job.status),
@@ -291,13 +291,13 @@ def results(
     settings = _settings()
     try:
         ensure_schema(settings)
-        results.job_state(settings, job_id)  # an unknown job is an error before any file is written
+        job_state(settings, job_id)  # an unknown job is an error before any file is written
     except PennyrouteError as exc:
         raise _fail(exc) from None
     handle = output.open("w") if output else sys.stdout
     count = 0
     try:
-        for record in results.result_records(settings, job_id):
+        for record in result_records(settings, job_id):
             handle.write(json.dumps(record) + "\n")
             count += 1
     finally:
@@ -399,13 +399,13 @@ def demo(
 def _demo_summary(settings: Settings, submitted: Submitted, truth: dict[str, str]) -> None:
     sample: list[dict[str, Any]] = []
     correct = graded = 0
-    for record in results.result_records(settings, submitted.job_id):
+    for record in result_records(settings, submitted.job_id):
         if len(sample) < 5:
             sample.append(record)
         if record["status"] == "done" and record["id"] in truth:
             graded += 1
             correct += record["output"] == truth[record["id"]]
-    report = results.job_quality(settings, submitted.job_id)
+    report = job_quality(settings, submitted.job_id)
     job, facts, events = report.job, report.facts, report.events
     label = " [SIMULATED]" if submitted.simulated else ""
     out.print(f"[bold]Sample results{label}[/]")

@@ -14,7 +14,6 @@ from decimal import Decimal
 from policies.budget_fit import fits
 from policies.cheapest_qualifying import choose_model
 from policies.types import Decision, JobProfile
-from sqlalchemy import func, or_, select
 from sqlmodel import Session
 
 from router.ledger import budgets

@@ -27,6 +27,7 @@ import datetime
 import email.utils
 import itertools
 import json
+import re
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -323,14 +324,13 @@ def rate_limit_wait_s(headers: Mapping[str, str], *, now: float | None = None) -
     return max(waits) if waits else None
 
 
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
 def _go_duration_s(value: str) -> float | None:
     """Seconds in a Go-style duration such as "1h2m3.5s", "6m0s" or "20ms"; None if unreadable."""
-    import re
-
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)", value.strip())
+    parts = _GO_DURATION.findall(value.strip())
     if not parts or "".join(n + u for n, u in parts) != value.strip():
         return None
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)

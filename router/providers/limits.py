@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from policies.circuit_breaker import BreakerDecision, BreakerState, allows, on_failure, on_success
 from policies.rate_adapt import after_rate_limited, after_success, limits_now
 
@@ -91,8 +93,6 @@ class SharedLimits:
 
     def client(self) -> Any:
         if self._redis is None and self._url:
-            import redis.asyncio as aioredis
-
             pool = aioredis.BlockingConnectionPool.from_url(self._url, max_connections=REDIS_CONNECTIONS, timeout=5)
             self._redis = aioredis.Redis(connection_pool=pool)
             self._script = self._redis.register_script(TAKE)
