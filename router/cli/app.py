@@ -509,9 +509,9 @@ def budget_set(
     settings = _settings()
 
     def show(period: BudgetPeriod) -> None:
-        out.print(f"team {team}: {period.limit_amount.normalize()} {period.currency} a month"
+        out.print(f"team {team}: {period.limit_amount.normalize():f} {period.currency} a month"
                   + (f", alert at {period.soft_pct:g}%" if period.soft_pct else "") + f"; {period.period_start:%Y-%m} so far: "
-                  f"settled {period.settled.normalize()}, reserved {period.reserved.normalize()}")
+                  f"settled {period.settled.normalize():f}, reserved {period.reserved.normalize():f}")
 
     try:
         ensure_schema(settings)

@@ -147,8 +147,8 @@ def _check_budget(session: Session, settings: Settings, request: JobRequest, tea
         return
     raise BudgetError(
         f"job's expected cost ${decision.expected_cost_usd:.6f} on {decision.model_id} exceeds team {team.name}'s "
-        f"remaining budget ${remaining:.6f} (limit {period.limit_amount.normalize()} {period.currency}, settled "
-        f"{period.settled.normalize()}, reserved {period.reserved.normalize()}) for {period.period_start:%Y-%m}: "
+        f"remaining budget ${remaining:.6f} (limit {period.limit_amount.normalize():f} {period.currency}, settled "
+        f"{period.settled.normalize():f}, reserved {period.reserved.normalize():f}) for {period.period_start:%Y-%m}: "
         "raise it with `pennyroute budget set`, or submit with --on-budget pause"
     )
 
