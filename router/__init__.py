@@ -1,1 +1,24 @@
-"""pennyroute: route batch LLM work to the cheapest model that meets its bar, and ledger every cent."""
+"""pennyroute: route batch LLM work to the cheapest model that meets its bar, and ledger every cent.
+
+The map. One folder per stage of the data path, submit -> queue -> worker -> provider -> ledger ->
+report; imports flow one way, down this list (tests/unit/test_layout.py checks it):
+
+    cli/ (api/)   shells: parse input, call jobs/ and reports/, show the answer; no rules of their own
+    jobs/         intake (read and check a JSONL file), submit (load, route, commit), estimates (stored
+                  quality), calibrate (measure models on the job's own items), lifecycle (start, calibrate
+                  then run, pause, resume, cancel: every rule about what follows what), dispatch (the one
+                  seam: Celery or in-process), results (what a job is and gave), sweeper (lost messages)
+    engine/       a worker's work: chunk (claim a range of items), batch (plan, reserve, record, finish,
+                  charge lost calls), calls (the gate, shared limits, breakers), drift, alerts, runtime
+    providers/    one module per vendor over one HTTP client builder (http.py); limits (shared rate
+                  limits and breakers in Redis); sandbox (the simulated provider of the demo)
+    ledger/       tables, repo (every query), sums (report sums), rollup, budgets (reservations), db
+    reports/      monthly (the month's report from the rollups), render (table, csv, json, html; money)
+    ground floor  settings, errors (the tree), usage (TokenUsage), catalog (models, prices), prompts,
+                  route (a job's route as data), candidates (the catalog as routing candidates)
+    policies/     (beside router/) pure decisions: frozen values in, a decision with its reasons out
+
+Reading order for a newcomer: policies/types.py and policies/cheapest_qualifying.py (what a decision
+is), router/route.py, router/jobs/submit.py, router/jobs/lifecycle.py, router/engine/chunk.py and
+router/engine/batch.py (exactly-once money), router/ledger/repo.py, then workers/tasks.py.
+"""

@@ -269,8 +269,8 @@ def _add(session: Session, period_id: int, *, reserved: Decimal = Decimal(0), se
 
 def _soft_alert(session: Session, period_id: int, now: datetime) -> dict[str, Any] | None:
     period = session.get(BudgetPeriod, period_id)
-    session.refresh(period)  # type: ignore[arg-type]
     assert period is not None
+    session.refresh(period)
     if period.soft_pct is None or period.soft_alerted_at is not None:
         return None
     threshold = period.limit_amount * Decimal(str(period.soft_pct)) / 100
