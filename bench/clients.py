@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import uuid
 import itertools
 import importlib
 import os
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -124,7 +128,7 @@ def _make_setup(
 
 def _httpx2_client(base_url: str, *, in_flight: int, aiohttp_transport: bool) -> Any:
     """An httpx2 client with the same limits as build_client's (comparison only, see the docstring)."""
-    import httpx2
+    import httpx2  # an optional package, installed only to compare clients (see the docstring)
 
     limits = httpx2.Limits(max_connections=in_flight, max_keepalive_connections=in_flight, keepalive_expiry=30)
     if aiohttp_transport:
@@ -159,8 +163,6 @@ def fake_server(latency_ms: int, *, uvloop: bool = False, answer: str = "echo",
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "tests.fakes.server", "--port", "0", "--latency-ms", str(latency_ms), "--answer", answer]
     if faults is not None:
-        import json
-
         command += ["--faults", json.dumps(faults)]
     if uvloop:
         command.append("--uvloop")
@@ -178,11 +180,6 @@ def fake_server(latency_ms: int, *, uvloop: bool = False, answer: str = "echo",
 
 def fresh_bench_state(pg_url: str, broker_url: str, prefix: str) -> Path:
     """Recreate the bench's own database, flush its Redis database, and make a scratch directory."""
-    import uuid
-
-    import psycopg
-    import redis
-
     base, name = pg_url.rsplit("/", 1)
     with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

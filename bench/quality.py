@@ -22,6 +22,7 @@ import csv
 import json
 import random
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
@@ -33,6 +34,10 @@ if str(ROOT) not in sys.path:
 
 from policies.calibration import next_step  # noqa: E402
 from policies.cascade import choose_cascade  # noqa: E402
+from router.catalog import load_catalog  # noqa: E402
+from router.cli.demo import write_demo_tickets  # noqa: E402
+from router.prompts import classify_spec, parse_label  # noqa: E402
+from router.providers.sandbox import simulate, true_label  # noqa: E402
 
 BARS = (0.90, 0.95, 0.98)
 SLICE = 50
@@ -59,13 +64,6 @@ class Table:
 
 
 def sandbox_table(n: int) -> Table:
-    from router.catalog import load_catalog
-    from router.cli.demo import write_demo_tickets
-    from router.prompts import classify_spec, parse_label
-    from router.providers.sandbox import simulate, true_label
-
-    import tempfile
-
     labels = ("billing", "bug", "account", "other")
     path = Path(tempfile.mkdtemp(prefix="pennyroute-quality-")) / "t.jsonl"
     write_demo_tickets(path, n=n, seed=20261122)

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from celery import Celery  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from bench.clients import cpu_s, bare_loop_rate, fake_server, fresh_bench_state  # noqa: E402
@@ -75,8 +76,6 @@ def worker(env: dict[str, str], log: Path) -> Iterator[int]:
 
 def _ping(env: dict[str, str]) -> None:
     """Wait until the worker answers a ping (it has connected to the broker)."""
-    from celery import Celery
-
     app = Celery(broker=env["BROKER_URL"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -49,6 +49,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.faults import HANG_S, FaultMix
+from router.providers.sandbox import simulate
 from router.providers.base import Completion
 from router.usage import TokenUsage
 
@@ -110,11 +111,7 @@ class FakeProvider:
     """The server's state: answer function, latency, bill and scripted faults."""
 
     def __init__(self, *, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None) -> None:
-        if answer is None:  # lazy: the sandbox is only needed when no answer function is given
-            from router.providers.sandbox import simulate
-
-            answer = simulate
-        self.answer = answer
+        self.answer = answer or simulate
         self.latency_s = latency_ms / 1000
         self.api_key = api_key
         self.bills: dict[str, Bill] = {}
