@@ -26,6 +26,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from policies.budget_fit import items_that_fit
 from router.ledger import budgets
 from router.engine import drift
+from router.engine import alerts
 from router.engine import runtime
 from router.catalog import Catalog
 from router.db import session_scope
@@ -517,7 +518,7 @@ def finish(settings: Settings, catalog: Catalog, chunk: ChunkContext, executed: 
 
     alerts = _write_retrying(settings, write)
     for alert in alerts:
-        budgets.send_alert(alert, settings)
+        alerts.send_alert(alert, settings)
     chunk.stopped.update(newly_stopped)  # the chunk's next batches skip them too
     if executed.blocked and write_items:
         pause(settings, chunk, [], reason="provider", detail="; ".join(chunk.stopped.values()))
