@@ -155,6 +155,17 @@ def release_expired(session: Session, *, period_id: int, now: datetime) -> None:
         _add(session, period_id, reserved=-total)
 
 
+def fresh_period(session: Session, *, team_id: int, now: datetime) -> BudgetPeriod | None:
+    """The team's current period (current_period) after giving back expired reservations
+    (release_expired), reloaded so that its totals are the database's; None when the team has no budget."""
+    period = current_period(session, team_id=team_id, now=now)
+    if period is None:
+        return None
+    release_expired(session, period_id=period.id, now=now)  # type: ignore[arg-type]
+    session.refresh(period)
+    return period
+
+
 def release(session: Session, *, period_id: int, amount: Decimal) -> None:
     """Give back `amount` (budget currency) of a period's reserved total (a cancelled job's holds)."""
     _add(session, period_id, reserved=-amount)
