@@ -13,7 +13,7 @@ from router.jobs.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_T
 from router.engine import runtime
 from router.jobs.calibrate import calibrate_job
 from router.db import session_scope
-from router.engine.batch import run_chunk
+from router.engine.chunk import run_chunk
 from router.ledger import repo
 from router.jobs.submit import dispatch_job, resumable_jobs
 from router.providers.registry import close_all

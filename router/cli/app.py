@@ -21,7 +21,7 @@ from router.catalog import Catalog, load_catalog
 from router.db import current_revision, ensure_schema, session_scope, upgrade
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
 from router.jobs.calibrate import calibrate_job
-from router.engine.batch import run_job_inline
+from router.engine.chunk import chunk_ranges, run_job_inline
 from router.errors import PennyrouteError
 from router.jobs.intake import JobRequest
 from router.ledger import budgets
@@ -175,7 +175,7 @@ def _start(settings: Settings, catalog: Catalog, job_id: str, n_items: int, *, w
             with session_scope(settings) as session:
                 job = repo.get_job(session, job_id)
                 progress.update(bar, completed=job.n_done + job.n_failed)
-            run_job_inline(settings, catalog, job_id=job_id, n_items=n_items,
+            run_job_inline(settings, catalog, job_id=job_id, ranges=chunk_ranges(n_items, settings.chunk_size),
                            progress=lambda outcome: progress.advance(bar, outcome.done + outcome.failed))
     else:
         try:

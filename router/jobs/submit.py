@@ -22,7 +22,7 @@ from router.ledger import budgets
 from router.jobs import estimates as quality
 from router.catalog import Catalog
 from router.db import ensure_schema, session_scope
-from router.engine.batch import chunk_ranges
+from router.engine.chunk import chunk_ranges
 from router.errors import InputError, NotFoundError, PennyrouteError
 from router.jobs.intake import JobRequest, LineError, ParsedItem, check_request, read_items
 from router.ledger import repo

@@ -12,7 +12,7 @@ from router.jobs.calibrate import calibrate_job
 from router.catalog import Catalog, load_catalog
 from router.db import session_scope
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
-from router.engine.batch import run_job_inline
+from router.engine.chunk import chunk_ranges, run_job_inline
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
 from router.ledger import repo
@@ -58,7 +58,7 @@ def test_gold_calibration_chooses_a_model_whose_bound_meets_the_bar_and_charges_
         assert summary["cascade"]["use_cascade"] and summary["cascade"]["right"] / summary["cascade"]["n"] >= 0.9
     # Every estimate is Wilson on its own counts; models dropped or undecided are shown too.
     assert all(e["lower"] <= e["mean"] <= e["upper"] and e["n"] > 0 for e in estimates.values())
-    run_job_inline(settings, catalog, job_id=job_id, n_items=1000)
+    run_job_inline(settings, catalog, job_id=job_id, ranges=chunk_ranges(1000, settings.chunk_size))
     calls = _calls(settings, job_id)
     calibration = [c for c in calls if c.purpose == "calibration"]
     assert calibration and all(c.simulated for c in calibration)
@@ -108,7 +108,7 @@ def test_a_bar_no_model_can_meet_stops_before_the_bulk_with_each_estimate(
     assert summary["outcome"] in ("none", "need_more")
     assert len(summary["estimates"]) >= 3 and all(e["upper"] < 1.0 or e["lower"] < 0.995 for e in summary["estimates"].values())
     before = len(_calls(settings, job_id))
-    run_job_inline(settings, catalog, job_id=job_id, n_items=400)  # a stopped job claims nothing
+    run_job_inline(settings, catalog, job_id=job_id, ranges=chunk_ranges(400, settings.chunk_size))  # a stopped job claims nothing
     assert len(_calls(settings, job_id)) == before
 
 
@@ -174,7 +174,7 @@ def test_drift_checks_reroute_the_rest_of_the_job_upward(
     # (400 items) at once, so that most of this 4,000-item job is claimed after drift shows.
     held = Settings(database_url=settings.database_url, sandbox="on", worker_threads=4, _env_file=None)  # type: ignore[call-arg]
     try:
-        run_job_inline(held, load_catalog(worse), job_id=job_id, n_items=4000)
+        run_job_inline(held, load_catalog(worse), job_id=job_id, ranges=chunk_ranges(4000, held.chunk_size))
     finally:
         runtime.run(close_all())
     with session_scope(settings) as session:
