@@ -15,7 +15,8 @@ whose provider is stopped. The caller applies the decision: the engine (router/e
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -101,7 +102,7 @@ _HELD = StageDecision(HOLD, "only stopped providers failed it: kept for a resume
 
 
 def after_stage(*, stages: Sequence[tuple[str, ...]], current: int, answers: Mapping[str, Answered],
-                callable_models: Set[str], stopped_models: Set[str]) -> StageDecision:
+                callable_models: AbstractSet[str], stopped_models: AbstractSet[str]) -> StageDecision:
     """What an item does once its current stage (`stages[current]`) has answered.
 
     `answers` are the item's answers so far, per model, from every stage it went through, in the

@@ -277,7 +277,7 @@ def execute(settings: Settings, catalog: Catalog, chunk: ChunkContext, batch: Ba
         if tries:
             recorded = _record_next_round(settings, catalog, chunk, progress, tries)
             if round_.retry:
-                time.sleep(min(max(round_.waits), MAX_WAIT_S) * (1 + random.random() * 0.25))  # jitter spreads the herd
+                time.sleep(min(max(round_.waits), MAX_WAIT_S) * (1 + random.random() * 0.25))  # up to 25% jitter spreads the herd
     return progress.executed(batch)
 
 
