@@ -10,7 +10,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from router.catalog import Catalog, load_catalog
 from router.engine import runtime
-from router.engine.batch import run_chunk
+from router.engine.chunk import run_chunk
 from router.jobs import lifecycle
 from router.jobs.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_TASK, SWEEP_TASK, Dispatcher
 from router.jobs.sweeper import sweep

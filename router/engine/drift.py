@@ -9,30 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from policies.drift import DriftVerdict, judge_drift
 from router.catalog import Catalog
 from router.ledger.db import session_scope
 from router.ledger import repo
-from router.ledger.tables import Job, JobStatus, utcnow
-from router.settings import Settings
+from router.ledger.tables import JobStatus, utcnow
 from router.route import Route
-
-JOB = Job.__table__  # type: ignore[attr-defined]
+from router.settings import Settings
 
 
 def check(settings: Settings, catalog: Catalog, *, job_id: str) -> DriftVerdict | None:
     """Judge a job's drift checks so far; re-route it upward when its quality no longer holds."""
     with session_scope(settings) as session:  # most batches: a plain read, no lock on the job row
-        counts = session.execute(select(JOB.c.status, JOB.c.n_drift_checked, JOB.c.n_drift_agreed, JOB.c.min_quality)
-                                 .where(JOB.c.id == job_id)).first()
+        counts = repo.drift_counts(session, job_id=job_id)
     if counts is None or counts.status != JobStatus.RUNNING or not counts.n_drift_checked:
         return None
     if not judge_drift(n=counts.n_drift_checked, agree=counts.n_drift_agreed, bar=counts.min_quality).drifted:
         return None
     with session_scope(settings) as session:
-        job = session.get(Job, job_id, with_for_update=True)
+        job = repo.lock_job_for_reroute(session, job_id=job_id)
         if job is None or job.status != JobStatus.RUNNING or not job.n_drift_checked:
             return None
         verdict = judge_drift(n=job.n_drift_checked, agree=job.n_drift_agreed, bar=job.min_quality)
@@ -45,10 +40,7 @@ def check(settings: Settings, catalog: Catalog, *, job_id: str) -> DriftVerdict 
             "bar": job.min_quality, "reason": verdict.reason, "rerouted_to": upward.model_id if upward else None,
         }
         if upward is not None:
-            job.route = upward.as_json()
-            job.model_id = upward.model_id
-            job.n_drift_checked = job.n_drift_agreed = 0  # the new route earns its own record
-        session.add(job)
+            repo.reroute_job(session, job_id=job_id, route=upward.as_json(), model_id=upward.model_id)
         repo.add_job_event(session, job_id=job_id, kind="drift", detail=detail)
         repo.mark_drifted(session, tenant_id=job.tenant_id, model_ids=[route.model_id], now=utcnow())
     return verdict

@@ -21,7 +21,6 @@ from router.ledger import budgets
 from router.jobs import estimates
 from router.catalog import Catalog
 from router.ledger.db import ensure_schema, session_scope
-from router.engine.batch import chunk_ranges
 from router.errors import BudgetError, InputError, NoModelError, NotFoundError, PennyrouteError
 from router.jobs.intake import JobRequest, LineError, ParsedItem, check_request, read_items
 from router.ledger import repo

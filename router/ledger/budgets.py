@@ -11,7 +11,6 @@ the team's standing budget: they roll over on the 1st with no cron job, and old 
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 from datetime import date, datetime, timedelta
@@ -28,8 +27,6 @@ from sqlmodel import select as sm_select
 from router.errors import InputError
 from router.ledger.tables import BudgetEvent, BudgetPeriod, BudgetPolicy, Reservation, Team, Tenant, utcnow
 from router.settings import Settings
-
-log = logging.getLogger("pennyroute.budget")
 
 CURRENCIES = ("USD", "EUR")
 PERIOD = BudgetPeriod.__table__  # type: ignore[attr-defined]
@@ -154,6 +151,17 @@ def release_expired(session: Session, *, period_id: int, now: datetime) -> None:
     if expired:
         total = sum((row.amount for row in expired), Decimal(0))
         _add(session, period_id, reserved=-total)
+
+
+def fresh_period(session: Session, *, team_id: int, now: datetime) -> BudgetPeriod | None:
+    """The team's current period (current_period) after giving back expired reservations
+    (release_expired), reloaded so that its totals are the database's; None when the team has no budget."""
+    period = current_period(session, team_id=team_id, now=now)
+    if period is None:
+        return None
+    release_expired(session, period_id=period.id, now=now)  # type: ignore[arg-type]
+    session.refresh(period)
+    return period
 
 
 def release(session: Session, *, period_id: int, amount: Decimal) -> None:
@@ -289,17 +297,3 @@ def _soft_alert(session: Session, period_id: int, now: datetime) -> dict[str, An
 
 def record_event(session: Session, *, team_id: int, period: date, kind: str, detail: dict[str, Any]) -> None:
     session.add(BudgetEvent(team_id=team_id, period_start=period, kind=kind, detail=detail))
-
-
-def send_alert(detail: dict[str, Any], settings: Settings) -> None:
-    """The soft-limit hook: a log line, and a POST to PENNYROUTE_ALERT_WEBHOOK when set (best effort)."""
-    log.warning("budget soft limit crossed: team %s spent %s of %s %s (%s%%) in %s", detail["team_id"], detail["settled"],
-                detail["limit"], detail["currency"], detail["soft_pct"], detail["period"])
-    if settings.alert_webhook:
-        import httpx
-
-        try:
-            # A webhook that does not answer in 5 s must not hold up the worker's next chunk.
-            httpx.post(settings.alert_webhook, json={"event": "budget.soft_limit", **detail}, timeout=5.0)
-        except httpx.HTTPError as exc:
-            log.error("budget alert webhook %s failed: %s", settings.alert_webhook, exc)

@@ -14,6 +14,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, create_engine
 
 from router.errors import ConfigError
@@ -21,6 +22,9 @@ from router.settings import Settings
 
 # Workers keep a few connections each: one per chunk thread plus one for the sweeper and status.
 POOL_SIZE = 8
+# What a statement raises while the database cannot be reached (restarting, failing over): worth
+# trying again later, unlike an error in the statement or the data.
+UNREACHABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 
 
 @lru_cache(maxsize=8)
@@ -32,7 +36,7 @@ def _engine(url: str, pid: int) -> Engine:
     else:
         # No pre-ping: it costs a round trip on every checkout (7% of a worker's time at 0 ms). A
         # connection Postgres dropped (a restart) fails its first statement instead; SQLAlchemy then
-        # discards the whole pool, and callers retry (engine._write_retrying, Celery's autoretry).
+        # discards the whole pool, and callers retry (engine.batch.write_retrying, Celery's autoretry).
         kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):

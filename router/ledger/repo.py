@@ -174,6 +174,30 @@ def add_drift_counts(session: Session, *, job_id: str, model_id: str, checked: i
         n_drift_checked=JOB.c.n_drift_checked + checked, n_drift_agreed=JOB.c.n_drift_agreed + agreed))
 
 
+def drift_counts(session: Session, *, job_id: str) -> Any | None:
+    """The job's status, drift counts (n_drift_checked, n_drift_agreed) and bar (min_quality), read
+    without a lock: most batches only look. None for an unknown job."""
+    return session.execute(select(JOB.c.status, JOB.c.n_drift_checked, JOB.c.n_drift_agreed, JOB.c.min_quality)
+                           .where(JOB.c.id == job_id)).first()
+
+
+def lock_job_for_reroute(session: Session, *, job_id: str) -> Any | None:
+    """What re-routing a job reads (status, drift counts, bar, route, model, tenant), with its row
+    locked until the transaction ends, so that two batches cannot both re-route it. None for an
+    unknown job."""
+    return session.execute(
+        select(JOB.c.id, JOB.c.status, JOB.c.tenant_id, JOB.c.model_id, JOB.c.route, JOB.c.n_drift_checked,
+               JOB.c.n_drift_agreed, JOB.c.min_quality).where(JOB.c.id == job_id).with_for_update()
+    ).first()
+
+
+def reroute_job(session: Session, *, job_id: str, route: dict[str, Any], model_id: str) -> None:
+    """Run the rest of the job on `route` (whose first model is `model_id`); call with its row locked
+    (lock_job_for_reroute). Its drift counts restart at zero: the new route earns its own record."""
+    session.execute(update(JOB).where(JOB.c.id == job_id).values(route=route, model_id=model_id, n_drift_checked=0,
+                                                                 n_drift_agreed=0))
+
+
 def upsert_quality_estimate(session: Session, *, values: dict[str, Any]) -> None:
     """Keep the newest estimate per (tenant, signature, model)."""
     key = (QE.c.tenant_id == values["tenant_id"]) & (QE.c.signature == values["signature"]) & (QE.c.model_id == values["model_id"])

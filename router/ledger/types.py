@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Numeric, String
 from sqlalchemy.engine import Dialect
@@ -60,3 +60,20 @@ class JobSnapshot:
     baseline_output_usd_per_mtok: Decimal | None
     timezone: str
     has_budget: bool
+
+
+class ClaimedItem(Protocol):
+    """An item row as a chunk reads it (repo.claim_items returns rows of this shape): for type hints
+    only, the rows themselves are the query's, not copies."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def attempts(self) -> int: ...  # tries so far, this claim included

@@ -18,6 +18,7 @@ from sqlmodel import Session
 from router.ledger import budgets
 from router.catalog import Catalog
 from router.ledger.db import session_scope
+from router.engine import alerts
 from router.jobs.intake import JobRequest
 from router.errors import BudgetError
 from router.jobs import lifecycle
@@ -256,6 +257,6 @@ def test_soft_limit_alert_posts_to_the_webhook(live_settings: Settings) -> None:
         assert held is not None
         alert = budgets.settle(session, reservation_id=held.id, actual_usd=Decimal("0.85"), now=datetime.now(UTC))
     assert alert is not None
-    budgets.send_alert(alert, settings)
+    alerts.send_alert(alert, settings)
     server.server_close()
     assert received and received[0]["event"] == "budget.soft_limit" and received[0]["settled"] == "0.8500000000"

@@ -12,7 +12,7 @@ from router.jobs.calibrate import calibrate_job
 from router.catalog import Catalog, load_catalog
 from router.ledger.db import session_scope
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
-from router.engine.batch import chunk_ranges, run_job_inline
+from router.engine.chunk import chunk_ranges, run_job_inline
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
 from router.ledger import repo

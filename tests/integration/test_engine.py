@@ -9,7 +9,7 @@ import pytest
 
 from router.catalog import Catalog
 from router.ledger.db import session_scope
-from router.engine.batch import run_chunk
+from router.engine.chunk import run_chunk
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
 from router.ledger import repo

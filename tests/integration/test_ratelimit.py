@@ -132,7 +132,7 @@ def test_an_open_breaker_is_seen_by_every_process(shared: str) -> None:
 def test_a_failing_provider_trips_the_breaker_and_items_move_to_their_fallback(
         live_settings: object, catalog: object, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
     from router.engine import runtime
-    from router.engine.batch import run_chunk
+    from router.engine.chunk import run_chunk
     from tests.fakes.server import OPENAI_PATH
     from router.jobs.intake import JobRequest
     from router.jobs.submit import submit_job

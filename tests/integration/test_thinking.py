@@ -16,7 +16,7 @@ import pytest
 from policies.cheapest_qualifying import choose_model
 from policies.types import Candidate, JobProfile, QualityEstimate
 from router.catalog import Catalog, load_catalog
-from router.engine.batch import run_chunk
+from router.engine.chunk import run_chunk
 from router.errors import ConfigError, ProviderStatusError
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job

@@ -13,7 +13,7 @@ import pytest
 
 from router.catalog import Catalog, load_catalog
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
-from router.engine.batch import chunk_ranges
+from router.engine.chunk import chunk_ranges
 from router.jobs import lifecycle
 from router.jobs.dispatch import CeleryDispatcher
 from router.jobs.intake import JobRequest

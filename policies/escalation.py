@@ -1,0 +1,140 @@
+"""Escalation, as decisions: after a failed call, try the same model again or not; after a round,
+what each item whose current stage has answered does next.
+
+A route runs an item through stages (router.route.Route.stages): one model, or two cheap models
+that must agree (a cascade), then the strong model, then fallbacks one at a time. A stage's answers
+stand when they agree and are usable; otherwise the item goes to the next stage whose models can all
+be called and none has answered it yet. When no stage is left, the item is held back if only stopped
+providers (a refused key, a spent quota) are at fault, so that a resume can run it once they are
+fixed, and fails otherwise, with the last error or the disagreement as its reason.
+
+Inputs are plain values: attempt counts, the stages as tuples, an item's answers per model (the
+parsed output, or None, and the error, or None), the models that can be called now, and the models
+whose provider is stopped. The caller applies the decision: the engine (router/engine/batch.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+# Tries per item within a chunk for retryable failures (429, 5xx, timeouts) before it is failed.
+MAX_ATTEMPTS = 3
+# Backoff between tries when the provider gave no Retry-After: 1 s, then 2 s, plus jitter.
+BACKOFF_BASE_S = 1.0
+# A Retry-After longer than this is not waited for inside a chunk: the item fails with its reason.
+MAX_WAIT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    """Whether a failed call is tried again on the same model, after how long, and why."""
+
+    retry: bool
+    wait_s: float  # 0.0 when not retried
+    reason: str
+
+
+_STOPPED = RetryDecision(False, 0.0, "the provider is stopped for this job")
+_NOT_RETRYABLE = RetryDecision(False, 0.0, "the failure is not retryable")
+_EXHAUSTED = RetryDecision(False, 0.0, f"all {MAX_ATTEMPTS} tries used")
+
+
+def after_failure(*, attempt: int, retryable: bool, retry_after: float | None, provider_stopped: bool) -> RetryDecision:
+    """After a failed call (its `attempt`-th retry, 0 for the first try): retry on the same model while
+    the failure is retryable, tries are left, the provider's Retry-After (if any) is at most
+    MAX_WAIT_S and the provider is not stopped. The wait is the provider's Retry-After, else
+    BACKOFF_BASE_S * 2**attempt (a Retry-After of 0 counts as none)."""
+    if provider_stopped:
+        return _STOPPED
+    if not retryable:
+        return _NOT_RETRYABLE
+    if attempt + 1 >= MAX_ATTEMPTS:
+        return _EXHAUSTED
+    if (retry_after or 0) > MAX_WAIT_S:
+        return RetryDecision(False, 0.0, f"Retry-After of {retry_after:g} s is beyond the {MAX_WAIT_S:g} s a chunk waits")
+    wait_s = retry_after or BACKOFF_BASE_S * 2**attempt
+    return RetryDecision(True, wait_s, f"try {attempt + 2} of {MAX_ATTEMPTS} in {wait_s:g} s")
+
+
+class Answered(Protocol):
+    """One model's answer to an item: the parsed output (None when it failed or was unusable) and
+    the error (None when it answered usably)."""
+
+    @property
+    def output(self) -> str | None: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAnswer:
+    """A plain `Answered`, for callers that hold no richer answer (and for tests)."""
+
+    output: str | None
+    error: str | None = None
+
+
+StageKind = Literal["wait", "accept", "escalate", "hold", "fail"]
+WAIT: StageKind = "wait"  # some model of the current stage has not answered yet
+ACCEPT: StageKind = "accept"  # the stage's answers agree and are usable: the first model's answer stands
+ESCALATE: StageKind = "escalate"  # go to `stage`
+HOLD: StageKind = "hold"  # only stopped providers are at fault: keep the item for a later resume
+FAIL: StageKind = "fail"  # nothing is left to try: `reason` says why
+
+
+@dataclass(frozen=True, slots=True)
+class StageDecision:
+    """What an item does after its current stage answered, and why; `stage` only for ESCALATE."""
+
+    kind: StageKind
+    reason: str
+    stage: int | None = None
+
+
+# Shared values: the common outcomes allocate nothing (this runs once per item on the worker's hot path).
+_WAITING = StageDecision(WAIT, "the stage's answers are not all in")
+_ACCEPTED = StageDecision(ACCEPT, "the stage's answers agree and are usable")
+_HELD = StageDecision(HOLD, "only stopped providers failed it: kept for a resume once they are fixed")
+
+
+def after_stage(*, stages: Sequence[tuple[str, ...]], current: int, answers: Mapping[str, Answered],
+                callable_models: AbstractSet[str], stopped_models: AbstractSet[str]) -> StageDecision:
+    """What an item does once its current stage (`stages[current]`) has answered.
+
+    `answers` are the item's answers so far, per model, from every stage it went through, in the
+    order they came in; each model answers an item at most once. `callable_models` are the models
+    that can be called now (known, provider not stopped); `stopped_models` those whose provider is
+    stopped for the job. In order: WAIT while the stage is incomplete; ACCEPT when its answers are
+    all usable and equal; ESCALATE to the next stage whose models are all callable and none has
+    answered the item; HOLD when every answer failed and one came from a stopped provider; else FAIL
+    with the last error, or the disagreement when every answer was usable.
+    """
+    models = stages[current]
+    for model_id in models:
+        if model_id not in answers:
+            return _WAITING
+    first = answers[models[0]].output
+    if first is not None:
+        for model_id in models[1:]:
+            if answers[model_id].output != first:
+                break
+        else:
+            return _ACCEPTED
+    for index in range(current + 1, len(stages)):
+        if all(m in callable_models and m not in answers for m in stages[index]):
+            return StageDecision(ESCALATE, f"stage {current} gave no agreed answer: on to stage {index} ({', '.join(stages[index])})",
+                                 index)
+    if all(a.output is None and a.error is not None for a in answers.values()) and any(m in stopped_models for m in answers):
+        return _HELD
+    last_error = None
+    for answer in answers.values():
+        if answer.error:
+            last_error = answer.error
+    if last_error:
+        return StageDecision(FAIL, last_error)
+    outputs = ", ".join(f"{m}: {answers[m].output}" for m in models)
+    return StageDecision(FAIL, f"models disagreed ({outputs}) and no stronger model is left")

@@ -1,0 +1,107 @@
+"""Running a chunk of a job: claim its items, then run them batch by batch (router/engine/batch.py).
+
+A chunk is the items of one job with seq in [lo, hi). Running it is safe to repeat: a chunk
+delivered twice claims nothing the first delivery still holds, so nothing is called or charged
+twice. Items a dead worker held (their lease ran out) are claimed again, and that worker's calls
+in flight are charged as unknown first. Without a budget the whole chunk is one batch, its call rows
+committed with the claim; under a budget it runs in as many batches as the budget takes at a time,
+and the job pauses when it takes no more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from router.catalog import Catalog
+from router.ledger.db import session_scope
+from router.engine import runtime
+from router.engine.batch import ChunkContext, charge_lost, execute, finish, pause, reserve_batch, unbudgeted_batch
+from router.ledger import repo
+from router.ledger.tables import JobStatus, utcnow
+from router.ledger.types import ClaimedItem
+from router.providers.registry import close_all
+from router.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkOutcome:
+    """How many items a run of a chunk claimed, and how many of them it finished done or failed
+    (the rest were handed back: budget spent, providers stopped)."""
+
+    claimed: int
+    done: int
+    failed: int
+
+
+NOTHING = ChunkOutcome(claimed=0, done=0, failed=0)
+
+
+def chunk_ranges(n_items: int, chunk_size: int) -> list[tuple[int, int]]:
+    """The seq ranges [lo, hi) that split a job into chunks."""
+    return [(lo, min(lo + chunk_size, n_items)) for lo in range(0, n_items, chunk_size)]
+
+
+def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi: int) -> ChunkOutcome:
+    """Run the items of `job_id` with seq in [lo, hi) that nobody else holds. Safe to run twice."""
+    now = utcnow()
+    with session_scope(settings) as session:
+        job = repo.job_for_chunk(session, job_id)
+        if job is None or job.status != JobStatus.RUNNING or job.model_id is None:
+            return NOTHING
+        claimed = repo.claim_items(
+            session, job_id=job_id, lo=lo, hi=hi, now=now, lease_until=now + timedelta(seconds=settings.lease_s)
+        )
+        if not claimed:
+            return NOTHING
+        chunk = ChunkContext.build(catalog, job)
+        retaken = [row for row in claimed if row.attempts > 1]
+        if retaken:  # a worker died holding these: its calls in flight are recorded as unknown
+            charge_lost(session, settings, catalog, chunk, retaken, now)
+        # No budget (the common case): the call rows are committed with the claim.
+        first = None if job.has_budget else unbudgeted_batch(session, catalog=catalog, chunk=chunk, items=list(claimed))
+    done = failed = 0
+    pending: list[ClaimedItem] = list(claimed)
+    while pending:
+        if first is None and _cancelled(settings, job_id, pending):
+            failed += len(pending)
+            break
+        batch = first or reserve_batch(settings, catalog, chunk, pending)
+        first = None
+        if batch is None:  # the budget cannot take even one more item: hand the rest back and pause
+            pause(settings, chunk, pending)
+            break
+        batch_done, batch_failed = finish(settings, catalog, chunk, execute(settings, catalog, chunk, batch), write_items=True)
+        done, failed = done + batch_done, failed + batch_failed
+        pending = pending[len(batch.items):]
+    return ChunkOutcome(claimed=len(claimed), done=done, failed=failed)
+
+
+def _cancelled(settings: Settings, job_id: str, items: Sequence[ClaimedItem]) -> bool:
+    """Between batches: if the job was cancelled, its claimed items not yet tried end as cancelled."""
+    with session_scope(settings) as session:
+        if repo.job_status(session, job_id) != JobStatus.CANCELLED:
+            return False
+        repo.fail_items(session, job_id=job_id, item_ids=[row.id for row in items], error="cancelled", now=utcnow())
+    return True
+
+
+def run_job_inline(
+    settings: Settings, catalog: Catalog, *, job_id: str, ranges: Sequence[tuple[int, int]],
+    progress: Callable[[ChunkOutcome], None] | None = None,
+) -> None:
+    """Run the chunks `ranges` of a job in this process (the embedded default: no broker, no worker);
+    `progress` hears each chunk's outcome, in order. Usually `ranges` is chunk_ranges(n_items, settings.chunk_size)."""
+    # SQLite takes one writer at a time; a server database takes as many chunks as a worker would.
+    threads = 1 if settings.is_sqlite else settings.worker_threads
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pennyroute-chunk") as pool:
+        futures = [pool.submit(run_chunk, settings, catalog, job_id=job_id, lo=lo, hi=hi) for lo, hi in ranges]
+        try:
+            for future in futures:
+                outcome = future.result()
+                if progress:
+                    progress(outcome)
+        finally:
+            runtime.run(close_all())  # this process is done with providers: close their connections
