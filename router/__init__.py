@@ -8,8 +8,10 @@ report; imports flow one way, down this list (tests/unit/test_layout.py checks i
                   quality), calibrate (measure models on the job's own items), lifecycle (start, calibrate
                   then run, pause, resume, cancel: every rule about what follows what), dispatch (the one
                   seam: Celery or in-process), results (what a job is and gave), sweeper (lost messages)
-    engine/       a worker's work: chunk (claim a range of items), batch (plan, reserve, record, finish,
-                  charge lost calls), calls (the gate, shared limits, breakers), drift, alerts, runtime
+    engine/       a worker's work: chunk (claim a range of items and run it), batch (plan, reserve the
+                  worst case, record call rows before the calls), rounds (call, parse, retry, escalate),
+                  settle (write outcomes, rollups, settlement; charge lost calls), calls (the gate,
+                  shared limits, breakers), drift, alerts (soft-limit webhook), runtime (the I/O loop)
     providers/    one module per vendor over one HTTP client builder (http.py); limits (shared rate
                   limits and breakers in Redis); sandbox (the simulated provider of the demo)
     ledger/       tables, repo (every query), sums (report sums), rollup, budgets (reservations), db
@@ -19,6 +21,6 @@ report; imports flow one way, down this list (tests/unit/test_layout.py checks i
     policies/     (beside router/) pure decisions: frozen values in, a decision with its reasons out
 
 Reading order for a newcomer: policies/types.py and policies/cheapest_qualifying.py (what a decision
-is), router/route.py, router/jobs/submit.py, router/jobs/lifecycle.py, router/engine/chunk.py and
-router/engine/batch.py (exactly-once money), router/ledger/repo.py, then workers/tasks.py.
+is), router/route.py, router/jobs/submit.py, router/jobs/lifecycle.py, router/engine/chunk.py, batch.py,
+rounds.py and settle.py (exactly-once money), router/ledger/repo.py, then workers/tasks.py.
 """

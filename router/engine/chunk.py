@@ -1,4 +1,5 @@
-"""Running a chunk of a job: claim its items, then run them batch by batch (router/engine/batch.py).
+"""Running a chunk of a job: claim its items, then run them batch by batch (batch.py reserves and
+records, rounds.py calls, settle.py writes what came back); and answering a calibration sample.
 
 A chunk is the items of one job with seq in [lo, hi). Running it is safe to repeat: a chunk
 delivered twice claims nothing the first delivery still holds, so nothing is called or charged
@@ -16,13 +17,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from router.catalog import Catalog
-from router.ledger.db import session_scope
 from router.engine import runtime
-from router.engine.batch import ChunkContext, charge_lost, execute, finish, pause, reserve_batch, unbudgeted_batch
+from router.engine.batch import ChunkContext, pause, reserve_batch, unbudgeted_batch
+from router.engine.rounds import Answer, execute
+from router.engine.settle import charge_lost, finish
 from router.ledger import repo
+from router.ledger.db import session_scope
 from router.ledger.tables import JobStatus, utcnow
-from router.ledger.types import ClaimedItem
+from router.ledger.types import ClaimedItem, JobSnapshot
 from router.providers.registry import close_all
+from router.route import Route
 from router.settings import Settings
 
 
@@ -105,3 +109,21 @@ def run_job_inline(
                     progress(outcome)
         finally:
             runtime.run(close_all())  # this process is done with providers: close their connections
+
+
+def answer_items(settings: Settings, catalog: Catalog, job: JobSnapshot, *, model_id: str, items: list[ClaimedItem],
+                 purpose: str = "calibration") -> dict[int, Answer] | None:
+    """Have `model_id` answer `items` outside the job's route (calibration), reserving, recording and
+    settling like any batch, without writing the items' outcomes. Returns each item's answer (retries
+    and the model's fallbacks excluded), or None when the team's budget cannot take the calls."""
+    chunk = ChunkContext.build(catalog, job, route=Route(kind="single", model_id=model_id), purpose=purpose)
+    if job.has_budget:
+        batch = reserve_batch(settings, catalog, chunk, items)
+        if batch is None:
+            return None
+    else:
+        with session_scope(settings) as session:
+            batch = unbudgeted_batch(session, catalog=catalog, chunk=chunk, items=items)
+    executed = execute(settings, catalog, chunk, batch)
+    finish(settings, catalog, chunk, executed, write_items=False)
+    return {item_id: by_model[model_id] for item_id, by_model in executed.answers.items() if model_id in by_model}

@@ -11,8 +11,8 @@ from typing import Any
 
 from policies.drift import DriftVerdict, judge_drift
 from router.catalog import Catalog
-from router.ledger.db import session_scope
 from router.ledger import repo
+from router.ledger.db import session_scope
 from router.ledger.tables import JobStatus, utcnow
 from router.route import Route
 from router.settings import Settings

@@ -25,7 +25,7 @@ from policies.confidence import wilson_lower_bound, wilson_upper_bound
 from policies.scoring import agrees
 from policies.cheapest_qualifying import choose_model
 from policies.types import Candidate, JobProfile, QualityEstimate
-from router.engine.batch import answer_items
+from router.engine.chunk import answer_items
 from router.errors import CalibrationBudgetError
 from router.jobs import estimates
 from router.catalog import Catalog

@@ -21,7 +21,8 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from router.catalog import Catalog
-from router.engine.batch import ChunkContext, charge_lost
+from router.engine.batch import ChunkContext
+from router.engine.settle import charge_lost
 from router.engine.chunk import chunk_ranges, run_job_inline
 from router.errors import NotFoundError
 from router.jobs.calibrate import calibrate_job

@@ -1,0 +1,142 @@
+"""Writing what a batch's calls gave, in one transaction: call outcomes, item outcomes and counts,
+rollups, drift counts, stopped providers, and the settlement of its reservations; and charging the
+calls of a dead worker at their worst case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlmodel import Session
+
+from router.catalog import Catalog
+from router.engine import alerts, drift
+from router.engine.batch import ChunkContext, pause, write_retrying
+from router.engine.rounds import Executed
+from router.ledger import budgets, repo
+from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows, upsert_rollups
+from router.ledger.tables import CallStatus, ItemStatus, utcnow
+from router.ledger.types import ClaimedItem, JobSnapshot
+from router.prompts import MESSAGE_OVERHEAD_TOKENS
+from router.settings import Settings
+from router.usage import TokenUsage
+
+
+def finish(settings: Settings, catalog: Catalog, chunk: ChunkContext, executed: Executed, *, write_items: bool) -> tuple[int, int]:
+    """Write the batch's outcome in one transaction: calls, items and counts (unless `write_items` is
+    false: calibration writes only its calls), rollups, drift counts, settlement. Then send any
+    soft-limit alert, pause the job if stopped providers blocked items, and judge drift."""
+    job = chunk.job
+    rows = [{**row, "held": executed.held[item_id]} for item_id, row in executed.finished_items.items()] if write_items else []
+    held_back = executed.held_back if write_items else []
+    done = sum(1 for row in rows if row["status"] == ItemStatus.DONE)
+    failed = len(rows) - done
+    final_calls = {row["final_call_id"] for row in executed.finished_items.values()}  # one per item, for the baseline
+    rollups = _rollups(catalog, job, executed.facts, baseline_calls=final_calls)
+    checked, agreed = _drift_tally(executed)
+    actual = sum((f.cost_usd for group in executed.facts.values() for f in group), Decimal(0))
+
+    def write(session: Session) -> list[dict[str, Any]]:
+        repo.finish_batch(session, job_id=job.id, calls=executed.unwritten, items=rows, rollups=rollups, now=utcnow())
+        if held_back:
+            repo.release_items(session, [(item_id, executed.held[item_id]) for item_id in held_back])
+        if checked:
+            repo.add_drift_counts(session, job_id=job.id, model_id=chunk.route.model_id, checked=checked, agreed=agreed)
+        for provider, why in executed.newly_stopped.items():
+            repo.stop_provider(session, job_id=job.id, provider=provider, why=why)
+        return _settle(session, reservation_ids=executed.reservation_ids, actual_usd=actual)
+
+    for alert in write_retrying(settings, write):
+        alerts.send_alert(alert, settings)
+    chunk.stopped.update(executed.newly_stopped)  # the chunk's next batches skip them too
+    if executed.blocked and write_items:
+        pause(settings, chunk, [], reason="provider", detail="; ".join(chunk.stopped.values()))
+    if checked:
+        drift.check(settings, catalog, job_id=job.id)
+    return done, failed
+
+
+def _drift_tally(executed: Executed) -> tuple[int, int]:
+    """(checked, agreed): the batch's items done whose reference model answered, and how many of
+    those answers match the item's."""
+    checked = agreed = 0
+    for item_id, reference in executed.references.items():
+        row = executed.finished_items.get(item_id)
+        if reference is not None and row is not None and row["status"] == ItemStatus.DONE:
+            checked += 1
+            agreed += row["output"] == reference
+    return checked, agreed
+
+
+def _settle(session: Session, *, reservation_ids: list[str], actual_usd: Decimal) -> list[dict[str, Any]]:
+    """Settle the batch's reservations: the first takes the whole actual spend, the others are
+    released. Returns the soft-limit alerts to send."""
+    found = []
+    spend = actual_usd
+    for reservation_id in reservation_ids:
+        alert = budgets.settle(session, reservation_id=reservation_id, actual_usd=spend, now=utcnow())
+        spend = Decimal(0)
+        if alert:
+            found.append(alert)
+    return found
+
+
+def _rollups(catalog: Catalog, job: JobSnapshot, facts: dict[tuple[str, str], list[CallFacts]], *,
+             baseline_calls: Collection[str]) -> list[dict[str, Any]]:
+    """The rollup rows of a batch's calls, per (model, purpose) and day; `baseline_calls` are the calls
+    that stand for their items in the baseline (run calls only carry one)."""
+    baseline = _baseline_rates(catalog, job)
+    return [
+        row
+        for (model_id, purpose), group in facts.items()
+        for row in rollup_rows(group, tenant_id=job.tenant_id, team_id=job.team_id, job_id=job.id, model_id=model_id,
+                               provider=catalog.model(model_id).provider if model_id in catalog.models else "unknown",
+                               task=job.task, purpose=purpose, timezone=job.timezone,
+                               baseline_rates=baseline if purpose == "run" else None, baseline_calls=baseline_calls)
+    ]
+
+
+def _baseline_rates(catalog: Catalog, job: JobSnapshot) -> BaselineRates | None:
+    """How the job's rollups price its run calls on its baseline model (None: it has none)."""
+    if job.baseline_input_usd_per_mtok is None or job.baseline_output_usd_per_mtok is None:  # submit sets both or neither
+        return None
+    known = catalog.models.get(job.baseline_model_id or "")
+    return BaselineRates(job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok, (known.thinking or 0) if known else 0)
+
+
+def charge_lost(session: Session, settings: Settings, catalog: Catalog, chunk: ChunkContext, items: Sequence[ClaimedItem],
+                now: datetime) -> Decimal:
+    """Record the in-flight calls of items taken over from a dead worker as `unknown`, at their
+    worst case (the provider may have answered and billed them; we cannot know): tokens at their
+    bounds, cost at the call's recorded prices, in the rollups, and settled against the budget."""
+    texts = {row.id: row.text for row in items}
+    lost = repo.lost_calls(session, list(texts))
+    if not lost:
+        return Decimal(0)
+    updates: list[dict[str, Any]] = []
+    facts: dict[tuple[str, str], list[CallFacts]] = {}
+    for call in lost:
+        worst_input = len(chunk.spec.system.encode()) + len(texts[call.item_id].encode()) + MESSAGE_OVERHEAD_TOKENS
+        known = catalog.models.get(call.model_id)
+        output_cap = known.output_cap(chunk.spec.max_output_tokens) if known else chunk.spec.max_output_tokens
+        usage = TokenUsage(input_tokens=worst_input, output_tokens=output_cap, estimated=True)
+        if known:
+            cost = catalog.price(call.model_id, call.started_at).cost_usd(usage)
+        else:
+            cost = (worst_input * call.input_usd_per_mtok + usage.output_tokens * call.output_usd_per_mtok) / Decimal(1_000_000)
+        updates.append({"id": call.id, "status": CallStatus.UNKNOWN, "input_tokens": worst_input, "cached_input_tokens": 0,
+                        "cache_write_tokens": 0, "output_tokens": usage.output_tokens, "reasoning_tokens": 0, "usage_estimated": True,
+                        "cost_usd": cost, "latency_ms": None, "finished_at": now,
+                        "error": "worker lost while the call was in flight: outcome unknown, charged at its worst case"})
+        facts.setdefault((call.model_id, call.purpose), []).append(CallFacts(
+            started_at=call.started_at, failed=True, input_tokens=worst_input, cached_input_tokens=0,
+            output_tokens=usage.output_tokens, cost_usd=cost, simulated=chunk.job.simulated))
+    repo.finish_calls(session, updates)
+    upsert_rollups(session, _rollups(catalog, chunk.job, facts, baseline_calls=()))  # lost: no answer stands for an item
+    total = sum((u["cost_usd"] for u in updates), Decimal(0))
+    if chunk.job.has_budget:
+        budgets.settle_unknown(session, job_id=chunk.job.id, team_id=chunk.job.team_id, amount_usd=total, settings=settings, now=now)
+    return total
