@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from policies.budget_fit import fits
@@ -25,7 +25,7 @@ from router.errors import BudgetError, InputError, NoModelError, NotFoundError, 
 from router.jobs.intake import JobRequest, LineError, ParsedItem, check_request, read_items
 from router.ledger import repo
 from router.ledger.tables import Job, JobStatus, Team
-from router.prompts import spec_for
+from router.prompts import PromptSpec, spec_for
 from router.candidates import candidates, decision_as_json, max_context
 from router.settings import Settings
 from router.route import single_route
@@ -63,8 +63,6 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
     if context_limit == 0:
         raise NoModelError(choose_model(base_profile, pool))
     job_id = uuid.uuid4().hex[:12]
-    rejected: list[LineError] = []
-    n_rejected = n_items = total_tokens = max_tokens = n_gold = 0
     with session_scope(settings) as session:
         team = repo.find_team(session, name=request.team, tenant=request.tenant)
         measured = estimates.fresh_estimates(session, catalog, tenant_id=team.tenant_id, signature=estimates.signature_of(request))
@@ -75,27 +73,9 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             constraints=_constraints(request), source=str(request.path), simulated=simulated,
         )
         repo.add_job(session, job)
-        batch: list[tuple[object, ...]] = []
-        for parsed in read_items(request.path, task=request.task, labels=request.labels):
-            if isinstance(parsed, ParsedItem):
-                tokens = spec.input_tokens(parsed.text)
-                if context_limit is not None and tokens + spec.max_output_tokens > context_limit:
-                    parsed = LineError(parsed.line, "text", f"about {tokens:,} tokens: longer than every eligible "
-                                       f"model's context window (the largest is {context_limit:,} tokens)")
-            if isinstance(parsed, LineError):
-                n_rejected += 1
-                if len(rejected) < KEPT_REJECTIONS:
-                    rejected.append(parsed)
-                continue
-            batch.append((job_id, n_items, parsed.ext_id, parsed.text, parsed.gold, "pending", 0))  # repo.ITEM_COLUMNS
-            n_items += 1
-            n_gold += parsed.gold is not None
-            total_tokens += tokens
-            max_tokens = max(max_tokens, tokens)
-            if len(batch) >= INSERT_BATCH:
-                repo.insert_items(session, batch)
-                batch = []
-        repo.insert_items(session, batch)
+        loaded = _load_items(session, job_id=job_id, request=request, spec=spec, context_limit=context_limit)
+        n_items, n_rejected, rejected, n_gold = loaded.n_items, loaded.n_rejected, loaded.rejected, loaded.n_gold
+        total_tokens, max_tokens = loaded.total_tokens, loaded.max_tokens
         if n_items == 0 and n_rejected == 0:
             raise InputError(f"{request.path} is empty: no items to run", field="FILE")
         if n_items == 0:
@@ -129,6 +109,46 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             if sample_job or request.calibrate_only else None,
         )
     return Submitted(job_id, n_items, rejected, n_rejected, decision, simulated, calibrating=mode != "prior")
+
+
+@dataclass
+class _Loaded:
+    """What reading a job's file gave: counts, token totals, and the first rejected lines."""
+
+    n_items: int = 0
+    n_rejected: int = 0
+    n_gold: int = 0
+    total_tokens: int = 0
+    max_tokens: int = 0
+    rejected: list[LineError] = field(default_factory=list)
+
+
+def _load_items(session: Session, *, job_id: str, request: JobRequest, spec: PromptSpec, context_limit: int | None) -> _Loaded:
+    """Stream the file's good lines into the job's items, INSERT_BATCH at a time; count the bad ones
+    (a text too long for every eligible model's context window is a bad line too)."""
+    loaded = _Loaded()
+    batch: list[tuple[object, ...]] = []
+    for parsed in read_items(request.path, task=request.task, labels=request.labels):
+        if isinstance(parsed, ParsedItem):
+            tokens = spec.input_tokens(parsed.text)
+            if context_limit is not None and tokens + spec.max_output_tokens > context_limit:
+                parsed = LineError(parsed.line, "text", f"about {tokens:,} tokens: longer than every eligible "
+                                   f"model's context window (the largest is {context_limit:,} tokens)")
+        if isinstance(parsed, LineError):
+            loaded.n_rejected += 1
+            if len(loaded.rejected) < KEPT_REJECTIONS:
+                loaded.rejected.append(parsed)
+            continue
+        batch.append((job_id, loaded.n_items, parsed.ext_id, parsed.text, parsed.gold, "pending", 0))  # repo.ITEM_COLUMNS
+        loaded.n_items += 1
+        loaded.n_gold += parsed.gold is not None
+        loaded.total_tokens += tokens
+        loaded.max_tokens = max(loaded.max_tokens, tokens)
+        if len(batch) >= INSERT_BATCH:
+            repo.insert_items(session, batch)
+            batch = []
+    repo.insert_items(session, batch)
+    return loaded
 
 
 def _check_budget(session: Session, settings: Settings, request: JobRequest, team: Team, decision: Decision) -> None:
