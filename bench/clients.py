@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import uuid
-import itertools
 import importlib
+import itertools
+import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path

@@ -32,15 +32,15 @@ from sqlalchemy import select  # noqa: E402
 from bench.clients import fake_server, fresh_bench_state  # noqa: E402
 from bench.throughput import worker  # noqa: E402
 from router.catalog import load_catalog  # noqa: E402
-from router.ledger.db import session_scope, upgrade  # noqa: E402
-from router.jobs.intake import JobRequest  # noqa: E402
 from router.jobs import lifecycle
 from router.jobs.dispatch import CeleryDispatcher
+from router.jobs.intake import JobRequest  # noqa: E402
 from router.jobs.submit import submit_job  # noqa: E402
 from router.ledger import repo  # noqa: E402
+from router.ledger.db import session_scope, upgrade  # noqa: E402
 from router.ledger.tables import Call, Item  # noqa: E402
-from router.usage import TokenUsage# noqa: E402
 from router.settings import Settings  # noqa: E402
+from router.usage import TokenUsage  # noqa: E402
 
 PG_URL = os.environ.get("PENNYROUTE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pennyroute_bench_faults")
 BROKER_URL = os.environ.get("PENNYROUTE_BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")

@@ -30,8 +30,8 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 
 from router.ledger.db import session_scope, upgrade  # noqa: E402
-from router.reports.render import render_html  # noqa: E402
 from router.reports.monthly import Report, ReportRow, monthly_report, parse_month  # noqa: E402
+from router.reports.render import render_html  # noqa: E402
 from router.settings import Settings  # noqa: E402
 
 PG_URL = os.environ.get("PENNYROUTE_REPORT_BENCH_DATABASE_URL",
@@ -191,7 +191,7 @@ def main() -> int:
             runs = []
             for _ in range(6):
                 with session_scope(settings) as session:
-                    report, seconds = timed(lambda: monthly_report(session, month=args.month, by=by))
+                    report, seconds = timed(lambda by=by, session=session: monthly_report(session, month=args.month, by=by))
                 runs.append(seconds)
             reports[by] = report
             print(f"  by {by:<6} {len(report.rows):>4} rows   first {runs[0] * 1000:8.1f} ms   median {statistics.median(runs[1:]) * 1000:8.1f} ms")
@@ -200,13 +200,13 @@ def main() -> int:
         keys = {"team": "t.name || '/' || tm.name", "model": "c.model_id", "day": "(c.started_at AT TIME ZONE t.timezone)::date"}
         ok = True
         for by, key in keys.items():
-            found, seconds = timed(lambda: direct(conn, key, first, last))
+            found, seconds = timed(lambda key=key: direct(conn, key, first, last))
             want = {r.key: as_tuple(r) for r in reports[by].rows}
             same = found == want
             ok &= same
             print(f"  by {by:<6} {len(found):>4} rows   {seconds * 1000:8.1f} ms   equal to the report: {'yes' if same else 'NO'}")
         totals = reports["team"].totals
-        direct_total = tuple(sum(col) for col in zip(*direct(conn, "1", first, last).values()))
+        direct_total = tuple(sum(col) for col in zip(*direct(conn, "1", first, last).values(), strict=True))
         same = direct_total == as_tuple(totals)
         ok &= same
         print(f"\ntotals: {totals.calls:,} calls, {totals.failed_calls:,} failed, spend ${totals.spend_usd}, "

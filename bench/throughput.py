@@ -34,19 +34,19 @@ if str(ROOT) not in sys.path:
 from celery import Celery  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from bench.clients import cpu_s, bare_loop_rate, fake_server, fresh_bench_state  # noqa: E402
+from bench.clients import bare_loop_rate, cpu_s, fake_server, fresh_bench_state  # noqa: E402
 from router.catalog import load_catalog  # noqa: E402
-from router.ledger.db import session_scope, upgrade  # noqa: E402
-from router.jobs.intake import JobRequest  # noqa: E402
 from router.jobs import lifecycle
 from router.jobs.dispatch import CeleryDispatcher
+from router.jobs.intake import JobRequest  # noqa: E402
 from router.jobs.submit import submit_job  # noqa: E402
 from router.ledger import repo  # noqa: E402
+from router.ledger.db import session_scope, upgrade  # noqa: E402
 from router.ledger.tables import Call, Item, ItemStatus  # noqa: E402
 from router.prompts import classify_spec  # noqa: E402
-from router.providers.base import ChatRequest# noqa: E402
-from router.usage import TokenUsage# noqa: E402
+from router.providers.base import ChatRequest  # noqa: E402
 from router.settings import Settings  # noqa: E402
+from router.usage import TokenUsage  # noqa: E402
 
 # The heavy-tailed server: every answer delayed by a lognormal draw (median 1 s, sigma 0.8, at most
 # 30 s), whose mean is exp(sigma^2 / 2) = 1.377 s.

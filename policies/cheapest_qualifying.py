@@ -54,7 +54,7 @@ def choose_model(profile: JobProfile, candidates: Sequence[Candidate]) -> Decisi
     if chosen is None:
         summary = _summary_none(profile, judged)
     else:
-        chosen_candidate = next(c for c, (v, _) in zip(candidates, judged) if v is chosen)
+        chosen_candidate = next(c for c, (v, _) in zip(candidates, judged, strict=True) if v is chosen)
         summary = _summary_chosen(profile, chosen, chosen_candidate, len(qualifying), baseline)
     return Decision(
         model_id=chosen.model_id if chosen else None,

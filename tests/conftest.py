@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +18,10 @@ import pytest
 import redis
 
 from router.catalog import Catalog, load_catalog
-from router.ledger.db import upgrade
-from tests.fakes.server import start_in_thread
 from router.ledger import repo
+from router.ledger.db import upgrade
 from router.settings import Settings
+from tests.fakes.server import start_in_thread
 from tests.helpers import FAKE_KEY, start_workers, stop_workers, worker_env, write_catalog
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ from sqlalchemy import select
 from router.catalog import Catalog
 from router.ledger.db import session_scope
 from router.ledger.tables import Call, Item
-from router.usage import TokenUsage
 from router.settings import Settings
+from router.usage import TokenUsage
 
 ROOT = Path(__file__).resolve().parent.parent
 # The key the fake provider accepts; providers given any other key get its 401.

@@ -21,21 +21,21 @@ from typing import Any
 
 from policies.calibration import CalibrationStep, next_step
 from policies.cascade import CascadeChoice, choose_cascade
+from policies.cheapest_qualifying import choose_model
 from policies.confidence import wilson_lower_bound, wilson_upper_bound
 from policies.scoring import agrees
-from policies.cheapest_qualifying import choose_model
 from policies.types import Candidate, JobProfile, QualityEstimate
+from router.candidates import candidates, decision_as_json
+from router.catalog import Catalog
 from router.engine.chunk import answer_items
 from router.errors import CalibrationBudgetError
 from router.jobs import estimates
-from router.catalog import Catalog
-from router.ledger.db import get_engine, session_scope
 from router.ledger import repo
-from router.ledger.tables import CallStatus, Item, ItemStatus, Job, JobStatus, utcnow
+from router.ledger.db import get_engine, session_scope
+from router.ledger.tables import ItemStatus, Job, JobStatus, utcnow
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, spec_for
-from router.candidates import candidates, decision_as_json
-from router.settings import Settings
 from router.route import DEFAULT_DRIFT_SHARE, Route, fallbacks_from
+from router.settings import Settings
 
 # At most this many items are used to calibrate: at 200 items a Wilson bound is within about +-4
 # points of the mean at 90% accuracy, enough to separate models, and cheap next to a batch.

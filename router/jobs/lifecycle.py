@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from router.catalog import Catalog
 from router.engine.batch import ChunkContext
-from router.engine.settle import charge_lost
 from router.engine.chunk import chunk_ranges, run_job_inline
+from router.engine.settle import charge_lost
 from router.errors import NotFoundError
 from router.jobs.calibrate import calibrate_job
 from router.jobs.dispatch import CeleryDispatcher, Dispatcher

@@ -7,28 +7,24 @@ no model can serve, leaves nothing behind. Chunks are enqueued only after the co
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+
+from sqlmodel import Session
 
 from policies.budget_fit import fits
 from policies.cheapest_qualifying import choose_model
 from policies.types import Decision, JobProfile
-from sqlmodel import Session
-
-from router.ledger import budgets
-
-from router.jobs import estimates
+from router.candidates import candidates, decision_as_json, max_context
 from router.catalog import Catalog
-from router.ledger.db import ensure_schema, session_scope
-from router.errors import BudgetError, InputError, NoModelError, NotFoundError, PennyrouteError
+from router.errors import BudgetError, InputError, NoModelError
+from router.jobs import estimates
 from router.jobs.intake import JobRequest, LineError, ParsedItem, check_request, read_items
-from router.ledger import repo
+from router.ledger import budgets, repo
+from router.ledger.db import ensure_schema, session_scope
 from router.ledger.tables import Job, JobStatus, Team
 from router.prompts import PromptSpec, spec_for
-from router.candidates import candidates, decision_as_json, max_context
-from router.settings import Settings
 from router.route import single_route
+from router.settings import Settings
 
 # Items per INSERT batch: large enough to amortize round trips, small enough to keep memory flat.
 INSERT_BATCH = 2000

@@ -249,7 +249,7 @@ def settle(session: Session, *, reservation_id: str, actual_usd: Decimal, now: d
     Returns the soft-limit alert to send (once per period), or None.
     """
     # Conditional on the reservation's status, so a second settle of the same reservation is a no-op.
-    for status, releases in (("held", True), ("expired", False)):  # an expired one was already given back
+    for status in ("held", "expired"):
         row = session.execute(
             update(RESERVATION).where(RESERVATION.c.id == reservation_id, RESERVATION.c.status == status)
             .values(status="settled").returning(RESERVATION.c.amount, RESERVATION.c.usd_per_unit, RESERVATION.c.budget_period_id)
@@ -258,6 +258,7 @@ def settle(session: Session, *, reservation_id: str, actual_usd: Decimal, now: d
             break
     else:
         return None
+    releases = status == "held"  # an expired reservation was already given back
     actual = (actual_usd / row.usd_per_unit).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
     session.execute(update(RESERVATION).where(RESERVATION.c.id == reservation_id).values(settled_amount=actual))
     _add(session, row.budget_period_id, reserved=-row.amount if releases else Decimal(0), settled=actual)

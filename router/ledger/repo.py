@@ -6,9 +6,9 @@ batches: one round trip per chunk, never one per item.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-import zlib
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -20,11 +20,22 @@ from sqlmodel import select as sm_select
 from router.errors import InputError, NotFoundError
 from router.ledger.budgets import parse_month
 from router.ledger.rollup import upsert_rollups, upsert_sql
-from router.ledger.types import JobSnapshot
 from router.ledger.tables import (
-    BudgetPeriod, BudgetPolicy, Call, CallRollup, CallStatus, Item, ItemStatus, Job, JobEvent, JobStatus, QualityEstimate, Team,
+    BudgetPeriod,
+    BudgetPolicy,
+    Call,
+    CallRollup,
+    CallStatus,
+    Item,
+    ItemStatus,
+    Job,
+    JobEvent,
+    JobStatus,
+    QualityEstimate,
+    Team,
     Tenant,
 )
+from router.ledger.types import JobSnapshot
 
 ITEM = Item.__table__  # type: ignore[attr-defined]
 CALL = Call.__table__  # type: ignore[attr-defined]

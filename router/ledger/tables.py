@@ -14,7 +14,6 @@ from sqlmodel import Field, SQLModel
 
 from router.ledger.types import Money
 
-
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 

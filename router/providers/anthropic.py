@@ -18,9 +18,8 @@ from typing import Any
 import httpx
 
 from router.providers.base import ChatRequest, Completion
-
-from router.usage import TokenUsage
 from router.providers.http import ClientPool, JsonApiProvider, estimated_usage
+from router.usage import TokenUsage
 
 PATH = "/v1/messages"
 # The Messages API version this module's mapping was written against; Anthropic requires the header.

@@ -23,9 +23,8 @@ from typing import Any
 import httpx
 
 from router.providers.base import ChatRequest, Completion
-
-from router.usage import TokenUsage
 from router.providers.http import ClientPool, JsonApiProvider, estimated_usage
+from router.usage import TokenUsage
 
 API_VERSION = "v1beta"
 

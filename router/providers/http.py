@@ -22,7 +22,6 @@ neither backend bounds the whole call. A server that trickles bytes can outlast 
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
 import datetime
 import email.utils
 import itertools
@@ -30,6 +29,7 @@ import json
 import re
 import ssl
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Literal
@@ -38,9 +38,6 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
-from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
-from router.providers.base import ChatRequest, Completion
-from router.usage import TokenUsage
 from router.errors import (
     ConfigError,
     MalformedResponse,
@@ -49,6 +46,9 @@ from router.errors import (
     ProviderStatusError,
     ProviderTimeout,
 )
+from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
+from router.providers.base import ChatRequest, Completion
+from router.usage import TokenUsage
 
 Backend = Literal["aiohttp", "httpx"]
 BACKENDS: tuple[Backend, ...] = ("aiohttp", "httpx")
@@ -319,7 +319,7 @@ def rate_limit_wait_s(headers: Mapping[str, str], *, now: float | None = None) -
             except ValueError:
                 continue
             if when.tzinfo is None:
-                when = when.replace(tzinfo=datetime.timezone.utc)
+                when = when.replace(tzinfo=datetime.UTC)
             waits.append(max(0.0, when.timestamp() - (time.time() if now is None else now)))
     return max(waits) if waits else None
 
@@ -385,7 +385,7 @@ def retry_after_s(headers: Mapping[str, str], *, now: float | None = None) -> fl
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # "-0000" parses as naive; HTTP dates are always GMT (UTC)
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 

@@ -9,10 +9,10 @@ from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
 from router.providers.gemini import GeminiProvider
 from router.providers.http import build_client
+from router.providers.limits import SharedLimits
 from router.providers.mistral import MistralProvider
 from router.providers.openai import OpenAIProvider
 from router.providers.sandbox import SandboxProvider
-from router.providers.limits import SharedLimits
 from router.settings import Settings
 
 # Connections per provider and process: one per call in flight (settings.calls_in_flight).

@@ -12,8 +12,8 @@ written with the same words, so a simulated model's accuracy on it is close to i
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 import re
+from dataclasses import replace
 
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, labels_from_system
 from router.providers.base import ChatRequest, Completion

@@ -8,7 +8,7 @@ every tenant's month is the same day range (the 1st to the last day) and one fil
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import Decimal

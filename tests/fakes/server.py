@@ -48,10 +48,10 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.faults import HANG_S, FaultMix
-from router.providers.sandbox import simulate
 from router.providers.base import Completion
+from router.providers.sandbox import simulate
 from router.usage import TokenUsage
+from tests.fakes.faults import HANG_S, FaultMix
 
 AnswerFn = Callable[[str, str, str, int], Completion]
 

@@ -15,21 +15,19 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from router.ledger import budgets
 from router.catalog import Catalog
-from router.ledger.db import session_scope
 from router.engine import alerts
-from router.jobs.intake import JobRequest
 from router.errors import BudgetError
 from router.jobs import lifecycle
 from router.jobs.dispatch import CeleryDispatcher
+from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
-from router.ledger import repo
+from router.ledger import budgets, repo
+from router.ledger.db import session_scope
 from router.ledger.rollup import local_day
 from router.ledger.tables import BudgetEvent, BudgetPeriod, Call, Job, Team, Tenant
 from router.settings import Settings
-from tests.helpers import start_workers, stop_workers, worker_env
-from tests.helpers import tickets, write_jsonl
+from tests.helpers import start_workers, stop_workers, tickets, worker_env, write_jsonl
 
 LABELS = ("billing", "bug", "other")
 

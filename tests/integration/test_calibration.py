@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from router.jobs.calibrate import calibrate_job
 from router.catalog import Catalog, load_catalog
-from router.ledger.db import session_scope
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
 from router.engine.chunk import chunk_ranges, run_job_inline
+from router.jobs.calibrate import calibrate_job
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
 from router.ledger import repo
+from router.ledger.db import session_scope
 from router.ledger.tables import Call, Item, JobStatus, QualityEstimate
 from router.settings import Settings
 
@@ -155,8 +155,8 @@ def test_reference_mode_scores_models_against_the_strongest(
 def test_drift_checks_reroute_the_rest_of_the_job_upward(
         sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
     from router.engine import runtime
-    from router.providers.registry import close_all
     from router.ledger.tables import JobEvent
+    from router.providers.registry import close_all
 
     settings, catalog = sandbox
     job_id, _ = _job(settings, catalog, tmp_path, team, n=4000, labelled=200, bar=0.85,

@@ -4,8 +4,8 @@ bad input that changes nothing, and a job that pauses when the budget is spent a
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from router.cli.app import app
-from router.ledger.db import session_scope
 from router.cli.demo import write_demo_file
+from router.ledger.db import session_scope
 from router.ledger.tables import BudgetEvent, BudgetPeriod, BudgetPolicy, Call, CallRollup, Job
 from router.settings import Settings, get_settings
 

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from router.cli.app import app
-from router.ledger.db import session_scope
 from router.ledger import repo
+from router.ledger.db import session_scope
 from router.ledger.tables import Item, Job
 from router.settings import Settings, get_settings
 from tests.helpers import tickets, write_jsonl

@@ -10,12 +10,12 @@ import httpx
 from sqlalchemy import select
 
 from router.catalog import Catalog
-from router.ledger.db import session_scope
-from router.jobs.intake import JobRequest
 from router.jobs import lifecycle
 from router.jobs.dispatch import CeleryDispatcher
+from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
 from router.ledger import repo
+from router.ledger.db import session_scope
 from router.ledger.tables import CallRollup, CallStatus, ItemStatus
 from router.settings import Settings
 from tests.helpers import ledger, priced, tickets, write_jsonl

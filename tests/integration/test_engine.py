@@ -8,11 +8,11 @@ import httpx
 import pytest
 
 from router.catalog import Catalog
-from router.ledger.db import session_scope
 from router.engine.chunk import run_chunk
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
 from router.ledger import repo
+from router.ledger.db import session_scope
 from router.ledger.tables import CallStatus, ItemStatus
 from router.settings import Settings
 from tests.helpers import ledger, priced, tickets, write_jsonl
@@ -100,8 +100,8 @@ def test_non_retryable_error_falls_back_to_the_next_cheapest_qualifying_model(li
 
 
 def test_job_is_done_when_every_chunk_is(live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str]) -> None:
-    from router.ledger.db import session_scope
     from router.ledger import repo
+    from router.ledger.db import session_scope
 
     job_id = _submit(live_settings, catalog, tmp_path, team, 25)
     run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=10)
@@ -202,10 +202,10 @@ def test_outcomes_with_awkward_text_are_written_exactly(live_settings: Settings,
         repo.finish_calls(session, [{"id": i, "status": "error", "input_tokens": k, "cached_input_tokens": 0,
                                      "cache_write_tokens": 0, "output_tokens": 2**31 - 1, "reasoning_tokens": k, "usage_estimated": k % 2 == 0,
                                      "cost_usd": Decimal("0.0000000001") * k, "latency_ms": None, "error": text,
-                                     "finished_at": now} for k, (i, text) in enumerate(zip(ids, awkward))])
+                                     "finished_at": now} for k, (i, text) in enumerate(zip(ids, awkward, strict=True))])
     with session_scope(live_settings) as session:
         rows = {c.id: c for c in session.execute(select(Call).where(Call.id.in_(ids))).scalars()}  # type: ignore[attr-defined]
-    for k, (i, text) in enumerate(zip(ids, awkward)):
+    for k, (i, text) in enumerate(zip(ids, awkward, strict=True)):
         row = rows[i]
         assert (row.error, row.input_tokens, row.reasoning_tokens, row.usage_estimated, row.cost_usd, row.finished_at,
                 row.latency_ms) == (text, k, k, k % 2 == 0, Decimal("0.0000000001") * k, now, None)

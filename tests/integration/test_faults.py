@@ -28,18 +28,17 @@ import redis
 from sqlalchemy import select
 
 from router.catalog import Catalog, load_catalog
-from router.ledger.db import session_scope
-from tests.fakes.server import start_in_thread
-from router.jobs.intake import JobRequest
 from router.jobs import lifecycle
 from router.jobs.dispatch import CeleryDispatcher
+from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
 from router.ledger import repo
+from router.ledger.db import session_scope
 from router.ledger.tables import BudgetPeriod, Call, CallStatus, ItemStatus
-from router.usage import TokenUsage
 from router.settings import Settings
-from tests.helpers import FAKE_KEY, start_workers, stop_workers, worker_env, write_catalog
-from tests.helpers import ledger, tickets, write_jsonl
+from router.usage import TokenUsage
+from tests.fakes.server import start_in_thread
+from tests.helpers import FAKE_KEY, ledger, start_workers, stop_workers, tickets, worker_env, write_catalog, write_jsonl
 
 LABELS = ("billing", "bug", "other")
 # Short leases and a fast sweeper, so a dead worker's items come back in seconds, not minutes.

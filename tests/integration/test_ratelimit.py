@@ -36,7 +36,7 @@ def test_the_breaker_opens_after_failures_in_a_row_half_opens_and_closes() -> No
     assert on_success(state) == BreakerState()  # one success closes
 
 
-def _grants(url: str | None, key: str, n: int, rpm: int | None, tpm: int | None, tokens: int, out: "multiprocessing.Queue[list[float]]") -> None:
+def _grants(url: str | None, key: str, n: int, rpm: int | None, tpm: int | None, tokens: int, out: multiprocessing.Queue[list[float]]) -> None:
     async def go() -> list[float]:
         limits = SharedLimits(url)
         stamps = []
@@ -133,10 +133,10 @@ def test_a_failing_provider_trips_the_breaker_and_items_move_to_their_fallback(
         live_settings: object, catalog: object, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
     from router.engine import runtime
     from router.engine.chunk import run_chunk
-    from tests.fakes.server import OPENAI_PATH
     from router.jobs.intake import JobRequest
     from router.jobs.submit import submit_job
     from router.providers.registry import close_all
+    from tests.fakes.server import OPENAI_PATH
     from tests.helpers import ledger, tickets, write_jsonl
 
     httpx.post(f"{fake_provider}/_reset")

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from router.ledger.db import get_engine, upgrade
 from router.errors import InputError, NotFoundError
 from router.ledger import repo
+from router.ledger.db import get_engine, upgrade
 from router.ledger.rollup import BaselineRates, CallFacts, local_day, rollup_rows, upsert_rollups
 from router.ledger.tables import BudgetPeriod, Call, CallStatus, Job, Team
-from router.reports.render import plain, render_csv, render_html, render_json, render_table
 from router.reports.monthly import Report, ReportRow, monthly_report
+from router.reports.render import plain, render_csv, render_html, render_json, render_table
 from router.settings import Settings
 
 D = Decimal
@@ -243,7 +243,7 @@ def test_csv_has_every_group_and_the_exact_total(session: Session) -> None:
                        "output_tokens", "failed_spend_usd", "calibration_spend_usd", "baseline_usd", "savings_usd",
                        "savings_pct", "simulated_calls"]
     assert [r[0] for r in rows[1:]] == ["legal", "growth", "TOTAL"]
-    for row, want in zip(rows[1:], (LEGAL, GROWTH, ACME_TOTAL)):
+    for row, want in zip(rows[1:], (LEGAL, GROWTH, ACME_TOTAL), strict=True):
         assert [D(x) for x in row[1:11]] == [want.spend_usd, want.calls, want.failed_calls, want.input_tokens,
                                              want.cached_input_tokens, want.output_tokens, want.failed_spend_usd,
                                              want.calibration_spend_usd, want.baseline_usd, want.savings_usd]

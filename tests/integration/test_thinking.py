@@ -23,8 +23,7 @@ from router.jobs.submit import submit_job
 from router.ledger.tables import CallStatus, ItemStatus
 from router.providers.base import ChatRequest, Completion
 from router.settings import Settings
-from tests.helpers import FAKE_KEY
-from tests.helpers import ledger, priced, tickets, write_jsonl
+from tests.helpers import FAKE_KEY, ledger, priced, tickets, write_jsonl
 from tests.unit.test_providers import call
 
 LABELS = ("billing", "bug", "other")
@@ -176,9 +175,9 @@ def test_a_thinking_baseline_is_priced_with_its_thinking() -> None:
 
 def test_budgets_reserve_a_thinking_models_thinking(gemini_settings: Settings, catalog: Catalog, tmp_path: Path,
                                                     team: tuple[str, str]) -> None:
-    from router.ledger.db import session_scope
     from router.engine.batch import ChunkContext
     from router.ledger import repo
+    from router.ledger.db import session_scope
     from router.ledger.tables import utcnow
     from router.prompts import MESSAGE_OVERHEAD_TOKENS
     from router.usage import TokenUsage

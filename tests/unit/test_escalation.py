@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from policies.escalation import (
-    ACCEPT, BACKOFF_BASE_S, ESCALATE, FAIL, HOLD, MAX_ATTEMPTS, MAX_WAIT_S, WAIT, ModelAnswer, after_failure, after_stage,
+    ACCEPT,
+    BACKOFF_BASE_S,
+    ESCALATE,
+    FAIL,
+    HOLD,
+    MAX_ATTEMPTS,
+    MAX_WAIT_S,
+    WAIT,
+    ModelAnswer,
+    after_failure,
+    after_stage,
 )
 
 # -- after a failed call -------------------------------------------------------------------------

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.fakes.faults import FaultMix
-from tests.fakes.server import start_in_thread
 from router.providers.base import ChatRequest
 from router.providers.http import build_client
 from router.providers.openai import OpenAIProvider
+from tests.fakes.faults import FaultMix
+from tests.fakes.server import start_in_thread
 
 KEY = "k"
 

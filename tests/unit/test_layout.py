@@ -95,7 +95,7 @@ def test_every_sql_statement_lives_in_the_ledger() -> None:
     for name, path, tree in modules():
         if name.startswith("router.ledger"):
             continue
-        for node, module, names in imports(tree):
+        for _node, module, names in imports(tree):
             if module.split(".")[0] in ("sqlalchemy", "sqlmodel") and not module.startswith("sqlalchemy.exc") and names != ["Session"]:
                 bad.append(f"{name}: from {module} import {', '.join(names)}")
         source = path.read_text()

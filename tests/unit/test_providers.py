@@ -23,14 +23,14 @@ from router.errors import (
     ProviderStatusError,
     ProviderTimeout,
 )
-from tests.fakes.server import ANTHROPIC_PATH, OPENAI_PATH, start_in_thread
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import ChatRequest, Completion
-from router.usage import TokenUsage
-from router.providers.http import BACKENDS, Backend, ClientPool, build_client, retry_after_s
 from router.providers.gemini import GeminiProvider
+from router.providers.http import BACKENDS, Backend, ClientPool, build_client, retry_after_s
 from router.providers.mistral import MistralProvider
 from router.providers.openai import OpenAIProvider
+from router.usage import TokenUsage
+from tests.fakes.server import ANTHROPIC_PATH, OPENAI_PATH, start_in_thread
 
 KEY = "test-key"
 # Client timeout for ordinary calls: loopback answers take milliseconds.
