@@ -69,7 +69,12 @@ CallFn = Callable[[], Awaitable[Any]]
 
 
 async def bare_loop_rate(
-    base_url: str, *, n_calls: int, in_flight: int, backend: str, max_s: float = 5.0,
+    base_url: str,
+    *,
+    n_calls: int,
+    in_flight: int,
+    backend: str,
+    max_s: float = 5.0,
     requests: Sequence[ChatRequest] | None = None,
 ) -> float:
     """Calls/s of a bare asyncio loop making OpenAI chat completions against `base_url`.
@@ -90,7 +95,11 @@ async def bare_loop_rate(
 
 
 def _make_setup(
-    base_url: str, *, backend: str, in_flight: int, requests: Sequence[ChatRequest] | None = None,
+    base_url: str,
+    *,
+    backend: str,
+    in_flight: int,
+    requests: Sequence[ChatRequest] | None = None,
 ) -> tuple[CallFn, Callable[[], Awaitable[None]]]:
     """A call function and a close function for one setup; run inside the loop that will use them."""
     openai_url = base_url.rstrip("/") + "/v1"
@@ -116,7 +125,11 @@ def _make_setup(
         )
     elif backend in ("httpx", "aiohttp"):
         client = build_client(
-            base_url=openai_url, headers={}, timeout_s=TIMEOUT_S, max_connections=in_flight, backend=backend  # type: ignore[arg-type]
+            base_url=openai_url,
+            headers={},
+            timeout_s=TIMEOUT_S,
+            max_connections=in_flight,
+            backend=backend,  # type: ignore[arg-type]
         )
     elif backend in ("httpx2", "httpx2-aiohttp"):
         client = _httpx2_client(openai_url, in_flight=in_flight, aiohttp_transport=backend == "httpx2-aiohttp")
@@ -157,11 +170,22 @@ async def _drive(call: CallFn, *, n_calls: int, in_flight: int, max_s: float) ->
 
 
 @contextmanager
-def fake_server(latency_ms: int, *, uvloop: bool = False, answer: str = "echo",
-                faults: dict[str, Any] | None = None) -> Iterator[tuple[str, int]]:
+def fake_server(
+    latency_ms: int, *, uvloop: bool = False, answer: str = "echo", faults: dict[str, Any] | None = None
+) -> Iterator[tuple[str, int]]:
     """Run `python -m tests.fakes.server` on a free port (with a fault mix, if given); yields (base URL, pid)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "tests.fakes.server", "--port", "0", "--latency-ms", str(latency_ms), "--answer", answer]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.fakes.server",
+        "--port",
+        "0",
+        "--latency-ms",
+        str(latency_ms),
+        "--answer",
+        answer,
+    ]
     if faults is not None:
         command += ["--faults", json.dumps(faults)]
     if uvloop:
@@ -196,7 +220,9 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(base_url: str, server_pid: int, *, setup: str, in_flight: int, n_calls: int, max_s: float, uvloop: bool) -> tuple[float, float, float]:
+def measure(
+    base_url: str, server_pid: int, *, setup: str, in_flight: int, n_calls: int, max_s: float, uvloop: bool
+) -> tuple[float, float, float]:
     """(calls/s, client CPU share, server CPU share) of one bounded run in a fresh loop."""
     server_cpu, client_cpu, wall = cpu_s(server_pid), time.process_time(), time.perf_counter()
     coro = bare_loop_rate(base_url, n_calls=n_calls, in_flight=in_flight, backend=setup, max_s=max_s)
@@ -227,10 +253,18 @@ def main(argv: list[str] | None = None) -> None:
                 for case_latency, in_flight in CASES:
                     if case_latency == latency_ms:
                         results[setup, latency_ms, in_flight] = measure(
-                            url, pid, setup=setup, in_flight=in_flight, n_calls=args.calls, max_s=args.max_s, uvloop=args.uvloop
+                            url,
+                            pid,
+                            setup=setup,
+                            in_flight=in_flight,
+                            n_calls=args.calls,
+                            max_s=args.max_s,
+                            uvloop=args.uvloop,
                         )
     loop = "uvloop" if args.uvloop else "asyncio"
-    print(f"calls/s (client CPU, server CPU); loop: {loop}; {os.cpu_count()} cores; bound: {args.calls} calls or {args.max_s} s")
+    print(
+        f"calls/s (client CPU, server CPU); loop: {loop}; {os.cpu_count()} cores; bound: {args.calls} calls or {args.max_s} s"
+    )
     header = "".join(f"{f'{lat} ms, {n} in flight':>28}" for lat, n in CASES)
     print(f"{'setup':<16}{header}")
     for setup in setups:

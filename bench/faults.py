@@ -44,10 +44,17 @@ from router.usage import TokenUsage  # noqa: E402
 
 PG_URL = os.environ.get("PENNYROUTE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pennyroute_bench_faults")
 BROKER_URL = os.environ.get("PENNYROUTE_BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
-MIX = {"seed": 11, "rates": {"429": 0.05, "500": 0.03, "503": 0.03, "529": 0.02, "truncated": 0.03, "malformed": 0.03,
-                            "hang": 0.01}, "retry_after_s": 0.5}
+MIX = {
+    "seed": 11,
+    "rates": {"429": 0.05, "500": 0.03, "503": 0.03, "529": 0.02, "truncated": 0.03, "malformed": 0.03, "hang": 0.01},
+    "retry_after_s": 0.5,
+}
 LABELS = ("billing", "bug", "other")
-TEXTS = ("I was charged twice on my invoice", "The app crashes with an error on login", "hello, a question about hiring")
+TEXTS = (
+    "I was charged twice on my invoice",
+    "The app crashes with an error on login",
+    "hello, a question about hiring",
+)
 
 
 def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, faults: bool) -> dict[str, Any]:
@@ -60,8 +67,13 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, faults: bool) -
         for i in range(n):
             handle.write(json.dumps({"id": str(i), "text": f"{TEXTS[i % 3]} (ticket {i})"}) + "\n")
     started = time.perf_counter()
-    submitted = submit_job(settings, catalog, JobRequest(path=path, team="bench", tenant="bench", task="classify",
-                                                         labels=LABELS, min_quality=0.5, quality="prior"))
+    submitted = submit_job(
+        settings,
+        catalog,
+        JobRequest(
+            path=path, team="bench", tenant="bench", task="classify", labels=LABELS, min_quality=0.5, quality="prior"
+        ),
+    )
     lifecycle.start(settings, job_id=submitted.job_id, dispatcher=CeleryDispatcher(settings))
     while True:
         with session_scope(settings) as session:
@@ -77,17 +89,36 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, faults: bool) -
     billed: dict[str, Any] = bill["calls"]
     missing = [i for i in billed if i not in by_id]
     unbilled_ok = [c.id for c in calls if c.status == "ok" and c.id not in billed]
-    token_mismatch = [i for i, b in billed.items() if i in by_id and by_id[i].status == "ok"
-                      and (by_id[i].input_tokens, by_id[i].output_tokens) != (b["input_tokens"], b["output_tokens"])]
-    billed_usd = sum((catalog.price(b["model"]).cost_usd(TokenUsage(b["input_tokens"], b["output_tokens"]))
-                      for b in billed.values()), Decimal(0))
+    token_mismatch = [
+        i
+        for i, b in billed.items()
+        if i in by_id
+        and by_id[i].status == "ok"
+        and (by_id[i].input_tokens, by_id[i].output_tokens) != (b["input_tokens"], b["output_tokens"])
+    ]
+    billed_usd = sum(
+        (
+            catalog.price(b["model"]).cost_usd(TokenUsage(b["input_tokens"], b["output_tokens"]))
+            for b in billed.values()
+        ),
+        Decimal(0),
+    )
     ledger_usd = sum((c.cost_usd for c in calls), Decimal(0))
     return {
-        "items": n, "done": sum(s == "done" for s in statuses), "terminal": sum(s in ("done", "failed") for s in statuses),
-        "calls": len(calls), "calls_per_item": len(calls) / n, "seconds": elapsed,
-        "billed_calls": len(billed), "missing_from_ledger": len(missing), "ok_not_billed": len(unbilled_ok),
-        "token_mismatches": len(token_mismatch), "unknown": sum(c.status == "unknown" for c in calls),
-        "billed_usd": billed_usd, "ledger_usd": ledger_usd, "faults_served": bill.get("faults_served", {}),
+        "items": n,
+        "done": sum(s == "done" for s in statuses),
+        "terminal": sum(s in ("done", "failed") for s in statuses),
+        "calls": len(calls),
+        "calls_per_item": len(calls) / n,
+        "seconds": elapsed,
+        "billed_calls": len(billed),
+        "missing_from_ledger": len(missing),
+        "ok_not_billed": len(unbilled_ok),
+        "token_mismatches": len(token_mismatch),
+        "unknown": sum(c.status == "unknown" for c in calls),
+        "billed_usd": billed_usd,
+        "ledger_usd": ledger_usd,
+        "faults_served": bill.get("faults_served", {}),
         "by_model": sorted({(c.model_id, c.status) for c in calls}),
     }
 
@@ -112,10 +143,21 @@ def main(argv: list[str] | None = None) -> None:
             'price = { input_usd_per_mtok = "1", output_usd_per_mtok = "5" }\nquality = { classify = 0.97 }\n'
         )
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-        env.update(DATABASE_URL=PG_URL, BROKER_URL=BROKER_URL, PENNYROUTE_CATALOG=str(catalog_file), PENNYROUTE_SANDBOX="off",
-                   PENNYROUTE_REQUEST_TIMEOUT_S=str(args.timeout_s))
-        settings = Settings(database_url=PG_URL, broker_url=BROKER_URL, catalog=catalog_file, sandbox="off",
-                            request_timeout_s=args.timeout_s, _env_file=None)  # type: ignore[call-arg]
+        env.update(
+            DATABASE_URL=PG_URL,
+            BROKER_URL=BROKER_URL,
+            PENNYROUTE_CATALOG=str(catalog_file),
+            PENNYROUTE_SANDBOX="off",
+            PENNYROUTE_REQUEST_TIMEOUT_S=str(args.timeout_s),
+        )
+        settings = Settings(
+            database_url=PG_URL,
+            broker_url=BROKER_URL,
+            catalog=catalog_file,
+            sandbox="off",
+            request_timeout_s=args.timeout_s,
+            _env_file=None,
+        )  # type: ignore[call-arg]
         upgrade(settings)
         with session_scope(settings) as session:
             repo.ensure_team(session, tenant="bench", team="bench")
@@ -123,10 +165,15 @@ def main(argv: list[str] | None = None) -> None:
             clean = run(settings, url, args.items, tmp, faults=False)
             faulty = run(settings, url, args.items, tmp, faults=True)
 
-    print(f"\npennyroute faults: {args.items:,} items, 1 worker, fake provider at {args.latency_ms} ms, "
-          f"call timeout {args.timeout_s:g} s, {os.cpu_count()} cores\n")
+    print(
+        f"\npennyroute faults: {args.items:,} items, 1 worker, fake provider at {args.latency_ms} ms, "
+        f"call timeout {args.timeout_s:g} s, {os.cpu_count()} cores\n"
+    )
     rows = [
-        ("completion (items done / items)", lambda r: f"{r['done'] / r['items']:.2%}  ({r['done']:,}; all ended: {r['terminal'] == r['items']})"),
+        (
+            "completion (items done / items)",
+            lambda r: f"{r['done'] / r['items']:.2%}  ({r['done']:,}; all ended: {r['terminal'] == r['items']})",
+        ),
         ("calls per item", lambda r: f"{r['calls_per_item']:.3f}  ({r['calls']:,} calls)"),
         ("wall time", lambda r: f"{r['seconds']:.1f} s"),
         ("billed calls missing from the ledger", lambda r: str(r["missing_from_ledger"])),
@@ -139,7 +186,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {label:<42} {show(clean):<34} {show(faulty)}")
     print(f"\n  time under faults: {faulty['seconds'] / clean['seconds']:.2f}x the fault-free run")
     print(f"  faults served: {faulty['faults_served']}")
-    mismatch = faulty["missing_from_ledger"] + faulty["ok_not_billed"] + faulty["token_mismatches"] + (faulty["billed_usd"] != faulty["ledger_usd"])
+    mismatch = (
+        faulty["missing_from_ledger"]
+        + faulty["ok_not_billed"]
+        + faulty["token_mismatches"]
+        + (faulty["billed_usd"] != faulty["ledger_usd"])
+    )
     print(f"  ledger-vs-provider mismatches under faults: {mismatch} (target 0)")
 
 

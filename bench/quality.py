@@ -70,7 +70,9 @@ def sandbox_table(n: int) -> Table:
     texts = {json.loads(line)["id"]: json.loads(line)["text"] for line in path.read_text().splitlines()}
     catalog = load_catalog(None)
     spec = classify_spec(labels)
-    table = Table(items=list(texts), answers={}, right={}, cost={}, truth={i: true_label(t, labels) for i, t in texts.items()})
+    table = Table(
+        items=list(texts), answers={}, right={}, cost={}, truth={i: true_label(t, labels) for i, t in texts.items()}
+    )
     for model in catalog.models.values():
         quality = model.quality.get("classify")
         if quality is None or not catalog.providers[model.provider].enabled:
@@ -109,7 +111,9 @@ def file_table(path: Path) -> Table:
     return table
 
 
-def evaluate(table: Table, *, sample_size: int, runs: int, quiet: bool = False) -> dict[float, dict[str, tuple[float, Decimal, float, int]]]:
+def evaluate(
+    table: Table, *, sample_size: int, runs: int, quiet: bool = False
+) -> dict[float, dict[str, tuple[float, Decimal, float, int]]]:
     """Run the strategies over `runs` splits; print the tables (unless quiet) and return, per bar
     fraction and strategy, (held-out accuracy, cost per item, share of runs the bar held, runs)."""
     out: dict[float, dict[str, tuple[float, Decimal, float, int]]] = {}
@@ -118,8 +122,10 @@ def evaluate(table: Table, *, sample_size: int, runs: int, quiet: bool = False) 
     accuracy = {m: table.accuracy(m, table.items) for m in models}
     best = max(models, key=lambda m: (accuracy[m], -float(table.mean_cost(m, table.items))))
     cheapest = models[0]
-    say(f"\n{len(table.items):,} items, {len(models)} models; best {best} ({accuracy[best]:.3f}), cheapest {cheapest} "
-          f"({accuracy[cheapest]:.3f}); {runs} runs, calibration sample {sample_size}, the rest held out\n")
+    say(
+        f"\n{len(table.items):,} items, {len(models)} models; best {best} ({accuracy[best]:.3f}), cheapest {cheapest} "
+        f"({accuracy[cheapest]:.3f}); {runs} runs, calibration sample {sample_size}, the rest held out\n"
+    )
     for m in models:
         say(f"  {m:<22} accuracy {accuracy[m]:.3f}  ${table.mean_cost(m, table.items) * 1000:.4f} per 1k items")
     for fraction in BARS:
@@ -136,14 +142,22 @@ def evaluate(table: Table, *, sample_size: int, runs: int, quiet: bool = False) 
                 stats[name].append((acc, table.mean_cost(model, held), acc >= bar))
             counts: dict[str, tuple[int, int]] = {}
             used: dict[str, list[str]] = {}
-            step = next_step(models=tuple(models), counts=counts, sample_size=len(sample), bar=bar, confidence=0.95, slice_size=SLICE)
+            step = next_step(
+                models=tuple(models), counts=counts, sample_size=len(sample), bar=bar, confidence=0.95, slice_size=SLICE
+            )
             while step.kind == "test":
                 assert step.model_id is not None
                 taken = used.setdefault(step.model_id, [])
-                taken.extend(sample[len(taken):len(taken) + step.n_items])
+                taken.extend(sample[len(taken) : len(taken) + step.n_items])
                 counts[step.model_id] = (len(taken), sum(table.right[step.model_id][i] for i in taken))
-                step = next_step(models=tuple(models), counts=counts, sample_size=len(sample), bar=bar, confidence=0.95,
-                                 slice_size=SLICE)
+                step = next_step(
+                    models=tuple(models),
+                    counts=counts,
+                    sample_size=len(sample),
+                    bar=bar,
+                    confidence=0.95,
+                    slice_size=SLICE,
+                )
             calib_spend.append(sum((table.cost[m][i] for m, items in used.items() for i in items), Decimal(0)))
             if step.kind != "chosen" or step.model_id is None:
                 no_choice += 1
@@ -175,16 +189,33 @@ def evaluate(table: Table, *, sample_size: int, runs: int, quiet: bool = False) 
                 cascade_cheaper += c_cost < single_cost
             stats["policy's choice"].append(chosen)
         oracle = next((m for m in models if accuracy[m] >= bar), None)
-        say(f"\nbar {fraction:.2f} x best = {bar:.3f}   (no model proven in {no_choice}/{runs} runs; cascade chosen in "
-              f"{cascades}; cheaper than the single choice in {cascade_cheaper}/{cascades}; calibration spend "
-              f"${sum(calib_spend, Decimal(0)) / runs:.4f} per run)")
+        say(
+            f"\nbar {fraction:.2f} x best = {bar:.3f}   (no model proven in {no_choice}/{runs} runs; cascade chosen in "
+            f"{cascades}; cheaper than the single choice in {cascade_cheaper}/{cascades}; calibration spend "
+            f"${sum(calib_spend, Decimal(0)) / runs:.4f} per run)"
+        )
         if oracle is not None:
-            say(f"  (the cheapest model whose accuracy on all items meets the bar is {oracle}: "
+            say(
+                f"  (the cheapest model whose accuracy on all items meets the bar is {oracle}: "
                 f"${table.mean_cost(oracle, table.items) * 1000:.4f} per 1k, {accuracy[oracle]:.3f}; a sample of "
-                f"{sample_size} can prove it only when its margin over the bar is wide enough)")
+                f"{sample_size} can prove it only when its margin over the bar is wide enough)"
+            )
         say(f"  {'strategy':<24} {'accuracy':>9} {'$ per 1k':>10} {'bar held':>9} {'runs':>6}")
-        out[fraction] = {"cascade cheaper than its single": (cascade_cheaper / cascades if cascades else 1.0, Decimal(0), 0.0, cascades)}
-        for name in ("always best", "always cheapest", "calibrated single", "cascade (where chosen)", "policy's choice"):
+        out[fraction] = {
+            "cascade cheaper than its single": (
+                cascade_cheaper / cascades if cascades else 1.0,
+                Decimal(0),
+                0.0,
+                cascades,
+            )
+        }
+        for name in (
+            "always best",
+            "always cheapest",
+            "calibrated single",
+            "cascade (where chosen)",
+            "policy's choice",
+        ):
             rows = stats.get(name, [])
             if not rows:
                 say(f"  {name:<24} {'-':>9} {'-':>10} {'-':>9} {0:>6}")
@@ -202,10 +233,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=4000, help="sandbox items")
     parser.add_argument("--sample", type=int, default=200, help="calibration sample size")
     parser.add_argument("--runs", type=int, default=200, help="random calibration/held-out splits")
-    parser.add_argument("--results", type=Path, default=None, help="your own per-item, per-model results (CSV or JSONL)")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="your own per-item, per-model results (CSV or JSONL)"
+    )
     args = parser.parse_args(argv)
     table = file_table(args.results) if args.results else sandbox_table(args.items)
-    print(f"pennyroute quality: {'file ' + str(args.results) if args.results else 'sandbox (SIMULATED answers, real prices)'}")
+    print(
+        f"pennyroute quality: {'file ' + str(args.results) if args.results else 'sandbox (SIMULATED answers, real prices)'}"
+    )
     evaluate(table, sample_size=args.sample, runs=args.runs)
 
 

@@ -34,10 +34,15 @@ from router.reports.monthly import Report, ReportRow, monthly_report, parse_mont
 from router.reports.render import render_html  # noqa: E402
 from router.settings import Settings  # noqa: E402
 
-PG_URL = os.environ.get("PENNYROUTE_REPORT_BENCH_DATABASE_URL",
-                        "postgresql://postgres@127.0.0.1:5432/pennyroute_report_bench")
-TENANTS = (("bench-utc", "UTC"), ("bench-new-york", "America/New_York"), ("bench-berlin", "Europe/Berlin"),
-           ("bench-tokyo", "Asia/Tokyo"))
+PG_URL = os.environ.get(
+    "PENNYROUTE_REPORT_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pennyroute_report_bench"
+)
+TENANTS = (
+    ("bench-utc", "UTC"),
+    ("bench-new-york", "America/New_York"),
+    ("bench-berlin", "Europe/Berlin"),
+    ("bench-tokyo", "Asia/Tokyo"),
+)
 TEAMS, MODELS, JOBS = 50, 20, 500
 PROVIDERS = ("openai", "anthropic", "mistral", "google", "local")
 # One INSERT per million rows: each is a few seconds, so progress shows and no statement runs for minutes.
@@ -60,8 +65,10 @@ def setup(conn: psycopg.Connection[Any], first: date) -> None:
         SELECT t.id, 'team-' || lpad(n::text, 2, '0') FROM generate_series(0, {TEAMS - 1}) n
         JOIN tenant t ON t.name = (ARRAY{[name for name, _ in TENANTS]})[n % {len(TENANTS)} + 1]""")
     # Rates have at most 4 decimal places, so every per-call cost fits NUMERIC(20,10) exactly.
-    conn.execute("CREATE TABLE bench_model (idx int PRIMARY KEY, model_id text, provider text, "
-                 "input_rate numeric(20,10), output_rate numeric(20,10))")
+    conn.execute(
+        "CREATE TABLE bench_model (idx int PRIMARY KEY, model_id text, provider text, "
+        "input_rate numeric(20,10), output_rate numeric(20,10))"
+    )
     conn.execute(f"""INSERT INTO bench_model
         SELECT i, (ARRAY{list(PROVIDERS)})[i % {len(PROVIDERS)} + 1] || '-model-' || lpad(i::text, 2, '0'),
                (ARRAY{list(PROVIDERS)})[i % {len(PROVIDERS)} + 1], 0.05 + i * 0.15, (0.05 + i * 0.15) * 4
@@ -134,7 +141,8 @@ BUDGETS_SQL = """INSERT INTO budget_period (team_id, period_start, limit_amount,
 
 def direct(conn: psycopg.Connection[Any], key: str, first: date, last: date) -> dict[str, tuple[Any, ...]]:
     """The report's sums taken straight from the call rows of the month (local days), grouped by `key`."""
-    rows = conn.execute(f"""SELECT {key}::text, count(*), count(*) FILTER (WHERE c.status <> 'ok'), sum(c.input_tokens),
+    rows = conn.execute(
+        f"""SELECT {key}::text, count(*), count(*) FILTER (WHERE c.status <> 'ok'), sum(c.input_tokens),
             sum(c.cached_input_tokens), sum(c.output_tokens), sum(c.cost_usd),
             coalesce(sum(c.cost_usd) FILTER (WHERE c.status <> 'ok'), 0),
             coalesce(sum(c.cost_usd) FILTER (WHERE c.purpose = 'calibration'), 0),
@@ -142,13 +150,24 @@ def direct(conn: psycopg.Connection[Any], key: str, first: date, last: date) -> 
                           + c.output_tokens * j.baseline_output_usd_per_mtok) / 1000000) FILTER (WHERE c.purpose = 'run'), 0)
         FROM call c JOIN job j ON j.id = c.job_id JOIN tenant t ON t.id = c.tenant_id JOIN team tm ON tm.id = c.team_id
         WHERE (c.started_at AT TIME ZONE t.timezone)::date BETWEEN %s AND %s
-        GROUP BY 1""", (first, last)).fetchall()
+        GROUP BY 1""",
+        (first, last),
+    ).fetchall()
     return {row[0]: tuple(int(v) if i < 5 else Decimal(v) for i, v in enumerate(row[1:])) for row in rows}
 
 
 def as_tuple(row: ReportRow) -> tuple[Any, ...]:
-    return (row.calls, row.failed_calls, row.input_tokens, row.cached_input_tokens, row.output_tokens, row.spend_usd,
-            row.failed_spend_usd, row.calibration_spend_usd, row.baseline_usd)
+    return (
+        row.calls,
+        row.failed_calls,
+        row.input_tokens,
+        row.cached_input_tokens,
+        row.output_tokens,
+        row.spend_usd,
+        row.failed_spend_usd,
+        row.calibration_spend_usd,
+        row.baseline_usd,
+    )
 
 
 def timed(fn: Callable[[], T]) -> tuple[T, float]:
@@ -174,16 +193,22 @@ def main() -> int:
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = off")  # a bench database: losing the last commit on a crash is fine
         setup(conn, first)
-        print(f"filling {args.month} with {args.calls:,} calls ({len(TENANTS)} tenants, {TEAMS} teams, {MODELS} models, {JOBS} jobs)")
+        print(
+            f"filling {args.month} with {args.calls:,} calls ({len(TENANTS)} tenants, {TEAMS} teams, {MODELS} models, {JOBS} jobs)"
+        )
         _, fill_s = timed(lambda: fill_calls(conn, first, days, args.calls))
         _, rollup_s = timed(lambda: conn.execute(ROLLUP_SQL))
         conn.execute(BUDGETS_SQL, {"first": first})
         conn.execute("ANALYZE")
         rollup_rows = conn.execute("SELECT count(*) FROM call_rollup").fetchone()
-        size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('call')), "
-                            "pg_size_pretty(pg_total_relation_size('call_rollup'))").fetchone()
-        print(f"  {args.calls:,} calls in {fill_s:.1f} s; {rollup_rows[0] if rollup_rows else 0:,} rollup rows in {rollup_s:.1f} s; "
-              f"sizes: call {size[0] if size else '?'}, call_rollup {size[1] if size else '?'}")
+        size = conn.execute(
+            "SELECT pg_size_pretty(pg_total_relation_size('call')), "
+            "pg_size_pretty(pg_total_relation_size('call_rollup'))"
+        ).fetchone()
+        print(
+            f"  {args.calls:,} calls in {fill_s:.1f} s; {rollup_rows[0] if rollup_rows else 0:,} rollup rows in {rollup_s:.1f} s; "
+            f"sizes: call {size[0] if size else '?'}, call_rollup {size[1] if size else '?'}"
+        )
 
         print("\nmonthly_report (reads call_rollup), all tenants; first run, then median of 5")
         reports: dict[str, Report] = {}
@@ -191,26 +216,38 @@ def main() -> int:
             runs = []
             for _ in range(6):
                 with session_scope(settings) as session:
-                    report, seconds = timed(lambda by=by, session=session: monthly_report(session, month=args.month, by=by))
+                    report, seconds = timed(
+                        lambda by=by, session=session: monthly_report(session, month=args.month, by=by)
+                    )
                 runs.append(seconds)
             reports[by] = report
-            print(f"  by {by:<6} {len(report.rows):>4} rows   first {runs[0] * 1000:8.1f} ms   median {statistics.median(runs[1:]) * 1000:8.1f} ms")
+            print(
+                f"  by {by:<6} {len(report.rows):>4} rows   first {runs[0] * 1000:8.1f} ms   median {statistics.median(runs[1:]) * 1000:8.1f} ms"
+            )
 
         print("\nthe same sums straight from the call rows (SUM over every call of the month)")
-        keys = {"team": "t.name || '/' || tm.name", "model": "c.model_id", "day": "(c.started_at AT TIME ZONE t.timezone)::date"}
+        keys = {
+            "team": "t.name || '/' || tm.name",
+            "model": "c.model_id",
+            "day": "(c.started_at AT TIME ZONE t.timezone)::date",
+        }
         ok = True
         for by, key in keys.items():
             found, seconds = timed(lambda key=key: direct(conn, key, first, last))
             want = {r.key: as_tuple(r) for r in reports[by].rows}
             same = found == want
             ok &= same
-            print(f"  by {by:<6} {len(found):>4} rows   {seconds * 1000:8.1f} ms   equal to the report: {'yes' if same else 'NO'}")
+            print(
+                f"  by {by:<6} {len(found):>4} rows   {seconds * 1000:8.1f} ms   equal to the report: {'yes' if same else 'NO'}"
+            )
         totals = reports["team"].totals
         direct_total = tuple(sum(col) for col in zip(*direct(conn, "1", first, last).values(), strict=True))
         same = direct_total == as_tuple(totals)
         ok &= same
-        print(f"\ntotals: {totals.calls:,} calls, {totals.failed_calls:,} failed, spend ${totals.spend_usd}, "
-              f"baseline ${totals.baseline_usd}, saved ${totals.savings_usd}; equal to the call rows' sums: {'yes' if same else 'NO'}")
+        print(
+            f"\ntotals: {totals.calls:,} calls, {totals.failed_calls:,} failed, spend ${totals.spend_usd}, "
+            f"baseline ${totals.baseline_usd}, saved ${totals.savings_usd}; equal to the call rows' sums: {'yes' if same else 'NO'}"
+        )
     if args.html:
         args.html.write_text(render_html(reports["team"]))
         print(f"wrote {args.html}")

@@ -22,8 +22,15 @@ class CalibrationStep:
     reason: str
 
 
-def next_step(*, models: tuple[str, ...], counts: dict[str, tuple[int, int]], sample_size: int, bar: float,
-              confidence: float, slice_size: int) -> CalibrationStep:
+def next_step(
+    *,
+    models: tuple[str, ...],
+    counts: dict[str, tuple[int, int]],
+    sample_size: int,
+    bar: float,
+    confidence: float,
+    slice_size: int,
+) -> CalibrationStep:
     """Cheapest first: test a model a slice at a time until its bound clears the bar (chosen) or its
     upper bound falls below it (dropped); a model undecided on the whole sample is passed over.
 
@@ -39,11 +46,15 @@ def next_step(*, models: tuple[str, ...], counts: dict[str, tuple[int, int]], sa
         mean = k / n if n else 0.0
         lower, upper = wilson_lower_bound(mean, n, confidence), wilson_upper_bound(mean, n, confidence)
         if n and lower >= bar:
-            return CalibrationStep("chosen", model_id, 0, f"{model_id}: {k}/{n} right, lower bound {lower:.3f} >= bar {bar:.3f}")
+            return CalibrationStep(
+                "chosen", model_id, 0, f"{model_id}: {k}/{n} right, lower bound {lower:.3f} >= bar {bar:.3f}"
+            )
         if n and upper < bar:
             continue
         if n < sample_size:
-            return CalibrationStep("test", model_id, min(slice_size, sample_size - n), f"{model_id}: undecided at {k}/{n}")
+            return CalibrationStep(
+                "test", model_id, min(slice_size, sample_size - n), f"{model_id}: undecided at {k}/{n}"
+            )
         undecided.append((model_id, n, k))
     if undecided:
         model_id, n, k = max(undecided, key=lambda u: u[2] / u[1])
@@ -56,10 +67,18 @@ def next_step(*, models: tuple[str, ...], counts: dict[str, tuple[int, int]], sa
             outcome = f"its rate is below the bar: about {more} more labelled items would rule it out"
         else:
             outcome = "its rate sits exactly at the bar: more labelled items may decide it either way"
-        return CalibrationStep("need_more", model_id, more, (
-            f"the sample of {sample_size} items cannot decide: {model_id} got {k}/{n} right "
-            f"(bound {lower:.3f} < bar {bar:.3f} <= {upper:.3f}); {outcome}"))
-    detail = "; ".join(f"{m}: {counts[m][1]}/{counts[m][0]}" for m in models if m in counts) or "no model could be tested"
+        return CalibrationStep(
+            "need_more",
+            model_id,
+            more,
+            (
+                f"the sample of {sample_size} items cannot decide: {model_id} got {k}/{n} right "
+                f"(bound {lower:.3f} < bar {bar:.3f} <= {upper:.3f}); {outcome}"
+            ),
+        )
+    detail = (
+        "; ".join(f"{m}: {counts[m][1]}/{counts[m][0]}" for m in models if m in counts) or "no model could be tested"
+    )
     return CalibrationStep("none", None, 0, f"no model meets the bar {bar:.3f} on this job's sample ({detail})")
 
 

@@ -125,14 +125,18 @@ def _judge(profile: JobProfile, candidate: Candidate) -> tuple[Verdict, frozense
     if candidate.context_window is None:
         reasons.append(f"context window unknown; assumed to fit the longest item ({needed:,} tokens)")
     elif candidate.context_window < needed:
-        thinking = f", {candidate.thinking_tokens_per_item:,} of it thinking" if candidate.thinking_tokens_per_item else ""
+        thinking = (
+            f", {candidate.thinking_tokens_per_item:,} of it thinking" if candidate.thinking_tokens_per_item else ""
+        )
         exclude(
             _Exclusion.CONTEXT,
             f"context window {candidate.context_window:,} tokens < longest item {needed:,} tokens "
             f"({profile.max_input_tokens:,} input + {output_per_item:,} output{thinking})",
         )
     if candidate.thinking_tokens_per_item:
-        reasons.append(f"thinks up to {candidate.thinking_tokens_per_item:,} tokens per item, billed as output and counted in its cost")
+        reasons.append(
+            f"thinks up to {candidate.thinking_tokens_per_item:,} tokens per item, billed as output and counted in its cost"
+        )
 
     bound, quality_reason, clears_bar = _quality(profile, candidate)
     if clears_bar:

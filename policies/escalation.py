@@ -54,7 +54,9 @@ def after_failure(*, attempt: int, retryable: bool, retry_after: float | None, p
     if attempt + 1 >= MAX_ATTEMPTS:
         return _EXHAUSTED
     if (retry_after or 0) > MAX_WAIT_S:
-        return RetryDecision(False, 0.0, f"Retry-After of {retry_after:g} s is beyond the {MAX_WAIT_S:g} s a chunk waits")
+        return RetryDecision(
+            False, 0.0, f"Retry-After of {retry_after:g} s is beyond the {MAX_WAIT_S:g} s a chunk waits"
+        )
     wait_s = retry_after or BACKOFF_BASE_S * 2**attempt
     return RetryDecision(True, wait_s, f"try {attempt + 2} of {MAX_ATTEMPTS} in {wait_s:g} s")
 
@@ -101,8 +103,14 @@ _ACCEPTED = StageDecision(ACCEPT, "the stage's answers agree and are usable")
 _HELD = StageDecision(HOLD, "only stopped providers failed it: kept for a resume once they are fixed")
 
 
-def after_stage(*, stages: Sequence[tuple[str, ...]], current: int, answers: Mapping[str, Answered],
-                callable_models: AbstractSet[str], stopped_models: AbstractSet[str]) -> StageDecision:
+def after_stage(
+    *,
+    stages: Sequence[tuple[str, ...]],
+    current: int,
+    answers: Mapping[str, Answered],
+    callable_models: AbstractSet[str],
+    stopped_models: AbstractSet[str],
+) -> StageDecision:
     """What an item does once its current stage (`stages[current]`) has answered.
 
     `answers` are the item's answers so far, per model, from every stage it went through, in the
@@ -126,9 +134,14 @@ def after_stage(*, stages: Sequence[tuple[str, ...]], current: int, answers: Map
             return _ACCEPTED
     for index in range(current + 1, len(stages)):
         if all(m in callable_models and m not in answers for m in stages[index]):
-            return StageDecision(ESCALATE, f"stage {current} gave no agreed answer: on to stage {index} ({', '.join(stages[index])})",
-                                 index)
-    if all(a.output is None and a.error is not None for a in answers.values()) and any(m in stopped_models for m in answers):
+            return StageDecision(
+                ESCALATE,
+                f"stage {current} gave no agreed answer: on to stage {index} ({', '.join(stages[index])})",
+                index,
+            )
+    if all(a.output is None and a.error is not None for a in answers.values()) and any(
+        m in stopped_models for m in answers
+    ):
         return _HELD
     last_error = None
     for answer in answers.values():

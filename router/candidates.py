@@ -25,7 +25,9 @@ def unavailable_reason(catalog: Catalog, settings: Settings, provider_name: str,
     return None
 
 
-def candidates(catalog: Catalog, settings: Settings, *, task: str, simulated: bool, at: datetime | None = None) -> list[Candidate]:
+def candidates(
+    catalog: Catalog, settings: Settings, *, task: str, simulated: bool, at: datetime | None = None
+) -> list[Candidate]:
     """Every catalog model as a routing candidate for `task`, priced at `at`."""
     out = []
     for model in catalog.models.values():
@@ -50,12 +52,23 @@ def candidates(catalog: Catalog, settings: Settings, *, task: str, simulated: bo
 def max_context(profile: JobProfile, pool: list[Candidate]) -> int | None:
     """The largest context window among models that meet the job's constraints (None: unlimited, 0: none)."""
     probe = choose_model(
-        JobProfile(task=profile.task, min_quality=0.0, n_items=0, total_input_tokens=0, max_input_tokens=0,
-                   output_tokens_per_item=profile.output_tokens_per_item, allowed_providers=profile.allowed_providers,
-                   allowed_models=profile.allowed_models, regions=profile.regions, confidence=profile.confidence),
+        JobProfile(
+            task=profile.task,
+            min_quality=0.0,
+            n_items=0,
+            total_input_tokens=0,
+            max_input_tokens=0,
+            output_tokens_per_item=profile.output_tokens_per_item,
+            allowed_providers=profile.allowed_providers,
+            allowed_models=profile.allowed_models,
+            regions=profile.regions,
+            confidence=profile.confidence,
+        ),
         pool,
     )
-    windows = [c.context_window for c, v in zip(_by_id(pool, probe), probe.verdicts, strict=True) if v.meets_constraints]
+    windows = [
+        c.context_window for c, v in zip(_by_id(pool, probe), probe.verdicts, strict=True) if v.meets_constraints
+    ]
     if not windows:
         return 0
     if any(w is None for w in windows):
@@ -70,6 +83,7 @@ def _by_id(pool: list[Candidate], decision: Decision) -> list[Candidate]:
 
 def decision_as_json(decision: Decision) -> dict[str, Any]:
     """The decision as JSON-safe data (Decimals as strings) for the job row."""
+
     def clean(value: Any) -> Any:
         if isinstance(value, Decimal):
             return str(value)

@@ -195,7 +195,9 @@ def _build(raw: dict[str, Any], where: str) -> Catalog:
     for name, entry in raw.get("providers", {}).items():
         kind = entry.get("kind", "openai")
         if kind not in PROVIDER_KINDS:
-            raise ConfigError(f"{where}: provider {name}: kind must be one of {', '.join(PROVIDER_KINDS)}, not '{kind}'")
+            raise ConfigError(
+                f"{where}: provider {name}: kind must be one of {', '.join(PROVIDER_KINDS)}, not '{kind}'"
+            )
         if not entry.get("base_url"):
             raise ConfigError(f"{where}: provider {name}: base_url is required")
         providers[name] = ProviderInfo(
@@ -259,13 +261,15 @@ def _thinking(entry: dict[str, Any], kind: str, model_id: str, where: str) -> in
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{where}: model {model_id}: thinking must be 0 (off) or the most thinking tokens "
-                          f"per call, not {value!r}")
+        raise ConfigError(
+            f"{where}: model {model_id}: thinking must be 0 (off) or the most thinking tokens per call, not {value!r}"
+        )
     if kind not in ("openai", "gemini"):
         # Claude thinks only when asked, and Mistral's reasoning models take the usual max_tokens:
         # there is nothing to switch off and no other cap to send.
-        raise ConfigError(f"{where}: model {model_id}: thinking applies to openai and gemini providers, not {kind}; "
-                          "leave it unset")
+        raise ConfigError(
+            f"{where}: model {model_id}: thinking applies to openai and gemini providers, not {kind}; leave it unset"
+        )
     return value
 
 
@@ -274,11 +278,13 @@ def _reasoning_effort(entry: dict[str, Any], kind: str, model_id: str, where: st
     if value is None:
         return None
     if kind != "openai" or entry.get("thinking") is None:
-        raise ConfigError(f"{where}: model {model_id}: reasoning_effort is for OpenAI reasoning models, "
-                          "which also set thinking")
+        raise ConfigError(
+            f"{where}: model {model_id}: reasoning_effort is for OpenAI reasoning models, which also set thinking"
+        )
     if value not in REASONING_EFFORTS:
-        raise ConfigError(f"{where}: model {model_id}: reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
-                          f"not {value!r}")
+        raise ConfigError(
+            f"{where}: model {model_id}: reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, not {value!r}"
+        )
     return str(value)
 
 
@@ -286,6 +292,7 @@ def _price_override(entry: dict[str, Any] | None, model_id: str, where: str) -> 
     if not entry:
         return None
     try:
+
         def rate(key: str) -> Rate:
             return Rate(Decimal(str(entry.get(key, "0"))))
 

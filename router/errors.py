@@ -120,8 +120,16 @@ class ProviderStatusError(ProviderError):
     """Raised when the provider answered with a non-2xx status; `quota_exhausted` when its body says
     the account's quota or credit is spent (not a rate limit: waiting a minute will not help)."""
 
-    def __init__(self, message: str, *, provider: str, status_code: int | None = None, retry_after: float | None = None,
-                 quota_exhausted: bool = False, key_refused: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        quota_exhausted: bool = False,
+        key_refused: bool = False,
+    ) -> None:
         super().__init__(message, provider=provider, status_code=status_code, retry_after=retry_after)
         self.quota_exhausted = quota_exhausted
         # Gemini refuses a bad key with 400 INVALID_ARGUMENT (API_KEY_INVALID), not 401.

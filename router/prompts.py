@@ -49,9 +49,7 @@ def classify_spec(labels: tuple[str, ...]) -> PromptSpec:
     """Prompt for choosing exactly one of `labels`, answered with a letter."""
     options = "\n".join(f"{_letter(i)}) {label}" for i, label in enumerate(labels))
     system = (
-        "You classify texts. Choose exactly one of these labels:\n"
-        f"{options}\n"
-        "Answer with the letter of the label only."
+        f"You classify texts. Choose exactly one of these labels:\n{options}\nAnswer with the letter of the label only."
     )
     return PromptSpec(system=system, max_output_tokens=CLASSIFY_MAX_OUTPUT_TOKENS, expected_output_tokens=2)
 
@@ -59,12 +57,11 @@ def classify_spec(labels: tuple[str, ...]) -> PromptSpec:
 def summarize_spec(max_words: int | None) -> PromptSpec:
     """Prompt for a summary of at most `max_words` words."""
     words = max_words or DEFAULT_SUMMARY_WORDS
-    system = (
-        f"Summarize the text in at most {words} words. "
-        "Answer with the summary only, in the language of the text."
-    )
+    system = f"Summarize the text in at most {words} words. Answer with the summary only, in the language of the text."
     expected = int(words * TOKENS_PER_WORD)
-    return PromptSpec(system=system, max_output_tokens=int(expected * SUMMARY_CAP_FACTOR) + 8, expected_output_tokens=expected)
+    return PromptSpec(
+        system=system, max_output_tokens=int(expected * SUMMARY_CAP_FACTOR) + 8, expected_output_tokens=expected
+    )
 
 
 def _letter(i: int) -> str:
@@ -91,16 +88,12 @@ def parse_label(answer: str, labels: tuple[str, ...]) -> str | None:
     match = _LONE_LETTER.match(body)
     if match:
         index = LETTERS.index(match.group(1).upper())
-        rest = body[match.end():].strip().lower().rstrip(".!")
+        rest = body[match.end() :].strip().lower().rstrip(".!")
         # "B", "B)" or "B) bug" name label B; "B) billing" contradicts itself, and "A lot of ..." is prose.
         if index < min(len(labels), MAX_LETTERED_LABELS) and rest in ("", labels[index].lower()):
             return labels[index]
     # Last resort: exactly one label named as a whole word somewhere in the answer.
-    found = {
-        label
-        for label in labels
-        if re.search(rf"(?<![\w-]){re.escape(label.lower())}(?![\w-])", text.lower())
-    }
+    found = {label for label in labels if re.search(rf"(?<![\w-]){re.escape(label.lower())}(?![\w-])", text.lower())}
     if len(found) == 1:
         return found.pop()
     sentence = re.search(r"\b(?:answer|label|option|choice)\s+is\s*[:\-]?\s*\(?([A-Za-z])\b", text, re.IGNORECASE)

@@ -57,24 +57,39 @@ class Route:
         return int.from_bytes(digest, "big") / 2**64 < self.drift_share
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model_id": self.model_id, "second_id": self.second_id, "strong_id": self.strong_id,
-                "fallbacks": list(self.fallbacks), "reference_id": self.reference_id, "drift_share": self.drift_share,
-                "reasons": list(self.reasons)}
+        return {
+            "kind": self.kind,
+            "model_id": self.model_id,
+            "second_id": self.second_id,
+            "strong_id": self.strong_id,
+            "fallbacks": list(self.fallbacks),
+            "reference_id": self.reference_id,
+            "drift_share": self.drift_share,
+            "reasons": list(self.reasons),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None, *, model_id: str) -> Route:
         """The route kept on a job row; a job without one (older rows) runs `model_id` alone."""
         if not data:
             return cls(kind="single", model_id=model_id)
-        return cls(kind=data.get("kind", "single"), model_id=data.get("model_id") or model_id,
-                   second_id=data.get("second_id"), strong_id=data.get("strong_id"),
-                   fallbacks=tuple(data.get("fallbacks") or ()), reference_id=data.get("reference_id"),
-                   drift_share=float(data.get("drift_share") or 0.0), reasons=tuple(data.get("reasons") or ()))
+        return cls(
+            kind=data.get("kind", "single"),
+            model_id=data.get("model_id") or model_id,
+            second_id=data.get("second_id"),
+            strong_id=data.get("strong_id"),
+            fallbacks=tuple(data.get("fallbacks") or ()),
+            reference_id=data.get("reference_id"),
+            drift_share=float(data.get("drift_share") or 0.0),
+            reasons=tuple(data.get("reasons") or ()),
+        )
 
 
 def fallbacks_from(decision: Decision, *, exclude: set[str]) -> tuple[str, ...]:
     """The models that qualified, cheapest first, other than those in `exclude`."""
-    qualifying = [v for v in decision.verdicts if v.qualifies and v.model_id not in exclude and v.expected_cost_usd is not None]
+    qualifying = [
+        v for v in decision.verdicts if v.qualifies and v.model_id not in exclude and v.expected_cost_usd is not None
+    ]
     qualifying.sort(key=lambda v: v.expected_cost_usd)  # type: ignore[arg-type, return-value]
     return tuple(v.model_id for v in qualifying)
 
@@ -82,5 +97,6 @@ def fallbacks_from(decision: Decision, *, exclude: set[str]) -> tuple[str, ...]:
 def single_route(decision: Decision) -> Route:
     """Run the decision's model; fall back to the next-cheapest qualifying models, in order."""
     assert decision.model_id is not None
-    return Route(kind="single", model_id=decision.model_id,
-                 fallbacks=fallbacks_from(decision, exclude={decision.model_id}))
+    return Route(
+        kind="single", model_id=decision.model_id, fallbacks=fallbacks_from(decision, exclude={decision.model_id})
+    )

@@ -71,7 +71,9 @@ def catalog(catalog_file: Path) -> Catalog:
 def live_settings(pg_url: str, catalog_file: Path) -> Settings:
     """Postgres, no broker, live providers (the fake server; only OpenAI and Anthropic have keys)."""
     return Settings(
-        database_url=pg_url, catalog=catalog_file, sandbox="off",
+        database_url=pg_url,
+        catalog=catalog_file,
+        sandbox="off",
         api_keys={"OPENAI_API_KEY": FAKE_KEY, "ANTHROPIC_API_KEY": FAKE_KEY},  # type: ignore[arg-type]
         _env_file=None,  # type: ignore[call-arg]
     )
@@ -89,7 +91,9 @@ def team(live_settings: Settings) -> tuple[str, str]:
 
 
 @pytest.fixture
-def celery_worker(pg_url: str, broker_url: str, catalog_file: Path, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(
+    pg_url: str, broker_url: str, catalog_file: Path, tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """A real `celery -A workers.app worker` process, stopped after the test."""
     procs = start_workers(1, worker_env(pg_url=pg_url, broker_url=broker_url, catalog_file=catalog_file), tmp_path)
     yield procs[0]

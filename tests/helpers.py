@@ -49,8 +49,14 @@ def ledger(settings: Settings, job_id: str) -> tuple[list[Call], list[Item]]:
 def priced(catalog: Catalog, call: Call) -> Decimal:
     """What the call should cost: its tokens at the catalog price in force when it started."""
     price = catalog.price(call.model_id, call.started_at)
-    return price.cost_usd(TokenUsage(input_tokens=call.input_tokens, output_tokens=call.output_tokens,
-                                     cached_input_tokens=call.cached_input_tokens, cache_write_tokens=call.cache_write_tokens))
+    return price.cost_usd(
+        TokenUsage(
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+            cached_input_tokens=call.cached_input_tokens,
+            cache_write_tokens=call.cache_write_tokens,
+        )
+    )
 
 
 def write_catalog(path: Path, fake_url: str) -> Path:
@@ -67,25 +73,50 @@ def write_catalog(path: Path, fake_url: str) -> Path:
 def worker_env(*, pg_url: str, broker_url: str, catalog_file: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env.update(
-        DATABASE_URL=pg_url, BROKER_URL=broker_url, PENNYROUTE_CATALOG=str(catalog_file),
-        PENNYROUTE_SANDBOX="off", OPENAI_API_KEY=FAKE_KEY, ANTHROPIC_API_KEY=FAKE_KEY,
+        DATABASE_URL=pg_url,
+        BROKER_URL=broker_url,
+        PENNYROUTE_CATALOG=str(catalog_file),
+        PENNYROUTE_SANDBOX="off",
+        OPENAI_API_KEY=FAKE_KEY,
+        ANTHROPIC_API_KEY=FAKE_KEY,
     )
     return env
 
 
-def start_workers(count: int, env: dict[str, str], logs: Path, *, threads: int = 8,
-                  extra: tuple[str, ...] = (), name: str = "worker") -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    count: int, env: dict[str, str], logs: Path, *, threads: int = 8, extra: tuple[str, ...] = (), name: str = "worker"
+) -> list[subprocess.Popen[bytes]]:
     """Start `count` real `celery -A workers.app worker` processes and wait until each is ready."""
     procs, log_files = [], []
     for n in range(count):
         log = logs / f"{name}-{n}.log"
         with log.open("wb") as handle:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel", "INFO", "--concurrency", str(threads),
-                 "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                 *extra],
-                cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "workers.app",
+                        "worker",
+                        "--loglevel",
+                        "INFO",
+                        "--concurrency",
+                        str(threads),
+                        "--hostname",
+                        f"test-{uuid.uuid4().hex[:6]}@%h",
+                        "--without-gossip",
+                        "--without-mingle",
+                        "--without-heartbeat",
+                        *extra,
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         log_files.append(log)
     # A cold start imports celery, sqlalchemy and aiohttp: seconds each, more when many start at once.
     deadline = time.monotonic() + 30 + 15 * count

@@ -34,7 +34,13 @@ def _dispatcher() -> Dispatcher:
 # Postgres unreachable (restarting, failing over): the task is tried again later with a growing
 # delay (1 s, 2 s, 4 s ... up to 60 s), for about an hour, well within the broker's visibility timeout.
 DB_DOWN = (OperationalError, InterfaceError)
-DB_RETRY = {"autoretry_for": DB_DOWN, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True, "max_retries": 60}
+DB_RETRY = {
+    "autoretry_for": DB_DOWN,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 60,
+}
 
 
 @app.task(name=RUN_CHUNK_TASK, **DB_RETRY)

@@ -35,14 +35,20 @@ from router.reports import render as report_render
 from router.reports.monthly import monthly_report
 from router.settings import Settings, get_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Route batch LLM work to the cheapest model that meets your bar; ledger every cent.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Route batch LLM work to the cheapest model that meets your bar; ledger every cent.",
+)
 db_app = typer.Typer(no_args_is_help=True, help="The ledger database.")
 tenant_app = typer.Typer(no_args_is_help=True, help="Tenants (organisations).")
 team_app = typer.Typer(no_args_is_help=True, help="Teams within a tenant.")
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(team_app, name="team")
-budget_app = typer.Typer(no_args_is_help=True, help="Team budgets: monthly limits that concurrent workers cannot overrun.")
+budget_app = typer.Typer(
+    no_args_is_help=True, help="Team budgets: monthly limits that concurrent workers cannot overrun."
+)
 jobs_app = typer.Typer(no_args_is_help=True, help="Jobs: resume, cancel.")
 app.add_typer(budget_app, name="budget")
 app.add_typer(jobs_app, name="jobs")
@@ -59,7 +65,9 @@ class State:
 
 @app.callback()
 def _root(
-    catalog: Annotated[Path | None, typer.Option("--catalog", help="A TOML catalog extending the default (PENNYROUTE_CATALOG).")] = None,
+    catalog: Annotated[
+        Path | None, typer.Option("--catalog", help="A TOML catalog extending the default (PENNYROUTE_CATALOG).")
+    ] = None,
 ) -> None:
     State.catalog_path = catalog
 
@@ -100,6 +108,7 @@ def _split(value: str | None) -> frozenset[str] | None:
 
 # -- models ----------------------------------------------------------------------------------------
 
+
 @app.command()
 def models(task: Annotated[str | None, typer.Option(help="Show the quality prior for this task only.")] = None) -> None:
     """List the catalog's models with prices, context windows, regions and quality priors."""
@@ -112,9 +121,10 @@ def models(task: Annotated[str | None, typer.Option(help="Show the quality prior
 
 # -- submit / status / results ---------------------------------------------------------------------
 
+
 @app.command()
 def submit(
-    file: Annotated[Path, typer.Argument(help="JSONL, one item a line: {\"id\": ..., \"text\": ..., \"gold\": optional}.")],
+    file: Annotated[Path, typer.Argument(help='JSONL, one item a line: {"id": ..., "text": ..., "gold": optional}.')],
     task: Annotated[str, typer.Option(help="classify or summarize.")],
     team: Annotated[str, typer.Option(help="The team the job is billed to.")],
     min_quality: Annotated[float, typer.Option(help="Quality bar in 0..1 (0.9 = 90% accuracy).")] = 0.9,
@@ -125,17 +135,33 @@ def submit(
     providers: Annotated[str | None, typer.Option(help="Allowed providers, comma-separated.")] = None,
     models: Annotated[str | None, typer.Option("--models", help="Allowed models, comma-separated.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job with a progress bar.")] = False,
-    on_budget: Annotated[str, typer.Option(help="When the team's budget cannot take the job: reject, downgrade or pause.")] = "reject",
-    quality: Annotated[str, typer.Option(help="Quality estimates from: auto (calibrate on gold labels if the file has them, "
-                                         "else stored estimates), gold, reference (the strongest model's answers on a "
-                                         "sample), or prior.")] = "auto",
+    on_budget: Annotated[
+        str, typer.Option(help="When the team's budget cannot take the job: reject, downgrade or pause.")
+    ] = "reject",
+    quality: Annotated[
+        str,
+        typer.Option(
+            help="Quality estimates from: auto (calibrate on gold labels if the file has them, "
+            "else stored estimates), gold, reference (the strongest model's answers on a "
+            "sample), or prior."
+        ),
+    ] = "auto",
 ) -> None:
     """Submit a batch job. Prints the job id, the routing decision, and rejected lines."""
     settings = _settings()
     request = JobRequest(
-        path=file, team=team, tenant=tenant, task=task, min_quality=min_quality,
-        labels=tuple(v.strip() for v in labels.split(",")) if labels else (), max_words=max_words,
-        regions=_split(region), providers=_split(providers), models=_split(models), on_budget=on_budget, quality=quality,
+        path=file,
+        team=team,
+        tenant=tenant,
+        task=task,
+        min_quality=min_quality,
+        labels=tuple(v.strip() for v in labels.split(",")) if labels else (),
+        max_words=max_words,
+        regions=_split(region),
+        providers=_split(providers),
+        models=_split(models),
+        on_budget=on_budget,
+        quality=quality,
     )
     _submit_and_run(settings, request, wait=wait)
 
@@ -151,15 +177,19 @@ def _submit_and_run(settings: Settings, request: JobRequest, *, wait: bool, quie
         raise _fail(exc) from None
     if submitted.simulated:
         out.print(views.SIMULATED_BANNER)
-    out.print(f"job [bold]{submitted.job_id}[/]: {submitted.n_items:,} items accepted, {submitted.n_rejected:,} lines rejected")
+    out.print(
+        f"job [bold]{submitted.job_id}[/]: {submitted.n_items:,} items accepted, {submitted.n_rejected:,} lines rejected"
+    )
     for line_error in submitted.rejected[:20]:
         err.print(f"  [yellow]rejected[/] {request.path}: {line_error}")
     if submitted.n_rejected > 20:
         err.print(f"  ... and {submitted.n_rejected - 20:,} more (`pennyroute status {submitted.job_id}` lists them)")
     if submitted.calibrating:
         eligible = [v.model_id for v in submitted.decision.verdicts if v.meets_constraints]
-        out.print(f"[bold]calibrating[/]: {len(eligible)} eligible models ({', '.join(eligible)}) answer a sample of this "
-                  "job's own items first, cheapest first; the model (or cascade) is chosen on what they score, not on priors")
+        out.print(
+            f"[bold]calibrating[/]: {len(eligible)} eligible models ({', '.join(eligible)}) answer a sample of this "
+            "job's own items first, cheapest first; the model (or cascade) is chosen on what they score, not on priors"
+        )
     else:
         if not quiet_decision:
             out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
@@ -187,7 +217,9 @@ def _start(settings: Settings, catalog: Catalog, job_id: str, *, wait: bool) -> 
     with session_scope(settings) as session:
         status = repo.get_job(session, job_id).status
     if status == JobStatus.PAUSED:
-        out.print(f"[yellow]job {job_id} is paused: its team's budget is spent[/] (`pennyroute budget set` raises it and resumes the job)")
+        out.print(
+            f"[yellow]job {job_id} is paused: its team's budget is spent[/] (`pennyroute budget set` raises it and resumes the job)"
+        )
 
 
 class _Watcher:
@@ -217,8 +249,14 @@ class _Watcher:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=out, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        transient=False,
+    )
 
 
 def _wait(settings: Settings, job_id: str) -> None:
@@ -239,8 +277,14 @@ def _wait(settings: Settings, job_id: str) -> None:
 def status(
     job_id: Annotated[str, typer.Argument(help="The job id submit printed.")],
     wait: Annotated[bool, typer.Option(help="Wait for the job with a progress bar first.")] = False,
-    quality: Annotated[bool, typer.Option("--quality", help="Also show the job's quality report: bar, measured "
-                                          "estimate, models and their share, escalations, drift, cost against the baseline.")] = False,
+    quality: Annotated[
+        bool,
+        typer.Option(
+            "--quality",
+            help="Also show the job's quality report: bar, measured "
+            "estimate, models and their share, escalations, drift, cost against the baseline.",
+        ),
+    ] = False,
 ) -> None:
     """Counts, spend so far, and the model(s) a job runs on."""
     settings = _settings()
@@ -260,7 +304,11 @@ def status(
         if report.job.calibration and report.job.calibration.get("estimates"):
             out.print(views.calibration_table(report.job.calibration))
     for line_error in info["rejected"][:20]:
-        out.print(f"  [yellow]rejected[/] line {line_error['line']}" + (f", field '{line_error['field']}'" if line_error["field"] else "") + f": {line_error['reason']}")
+        out.print(
+            f"  [yellow]rejected[/] line {line_error['line']}"
+            + (f", field '{line_error['field']}'" if line_error["field"] else "")
+            + f": {line_error['reason']}"
+        )
 
 
 def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
@@ -276,16 +324,27 @@ def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
         ("calls", ", ".join(f"{m} {n:,}" for m, n in used) or "none yet"),
         ("spent so far", views.usd(spent, 6) + (" (simulated)" if job.simulated else "")),
         ("expected cost", views.usd(job.expected_cost_usd, 6)),
-        ("baseline", f"{job.baseline_model_id}: {views.usd((job.decision or {}).get('baseline_cost_usd'), 6)} expected"),
+        (
+            "baseline",
+            f"{job.baseline_model_id}: {views.usd((job.decision or {}).get('baseline_cost_usd'), 6)} expected",
+        ),
     ]
-    return {"job_id": job_id, "simulated": job.simulated, "rows": rows, "rejected": job.rejected or [],
-            "spent": spent, "job": job}
+    return {
+        "job_id": job_id,
+        "simulated": job.simulated,
+        "rows": rows,
+        "rejected": job.rejected or [],
+        "spent": spent,
+        "job": job,
+    }
 
 
 @app.command()
 def results(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSONL here (default: standard output).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write JSONL here (default: standard output).")
+    ] = None,
 ) -> None:
     """Per item: output, model, tokens, cost, and the error if it failed (JSONL)."""
     settings = _settings()
@@ -309,6 +368,7 @@ def results(
 
 # -- quality ---------------------------------------------------------------------------------------
 
+
 @app.command("quality")
 def quality_cmd(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's estimates.")] = None,
@@ -325,7 +385,9 @@ def quality_cmd(
 
 @app.command()
 def calibrate(
-    file: Annotated[Path, typer.Argument(help="JSONL with labelled lines ({\"id\", \"text\", \"gold\"}), or unlabelled with --reference.")],
+    file: Annotated[
+        Path, typer.Argument(help='JSONL with labelled lines ({"id", "text", "gold"}), or unlabelled with --reference.')
+    ],
     task: Annotated[str, typer.Option(help="classify or summarize.")],
     team: Annotated[str, typer.Option(help="The team the calibration calls are billed to.")],
     min_quality: Annotated[float, typer.Option(help="Quality bar in 0..1.")] = 0.9,
@@ -335,15 +397,25 @@ def calibrate(
     region: Annotated[str | None, typer.Option(help="Allowed model regions.")] = None,
     providers: Annotated[str | None, typer.Option(help="Allowed providers, comma-separated.")] = None,
     models: Annotated[str | None, typer.Option("--models", help="Allowed models, comma-separated.")] = None,
-    reference: Annotated[bool, typer.Option(help="No labels: score models by agreement with the strongest model.")] = False,
+    reference: Annotated[
+        bool, typer.Option(help="No labels: score models by agreement with the strongest model.")
+    ] = False,
 ) -> None:
     """Measure the candidate models on a labelled sample now, and keep the estimates for later jobs of this kind."""
     settings = _settings()
     request = JobRequest(
-        path=file, team=team, tenant=tenant, task=task, min_quality=min_quality,
-        labels=tuple(v.strip() for v in labels.split(",")) if labels else (), max_words=max_words,
-        regions=_split(region), providers=_split(providers), models=_split(models),
-        quality="reference" if reference else "gold", calibrate_only=True,
+        path=file,
+        team=team,
+        tenant=tenant,
+        task=task,
+        min_quality=min_quality,
+        labels=tuple(v.strip() for v in labels.split(",")) if labels else (),
+        max_words=max_words,
+        regions=_split(region),
+        providers=_split(providers),
+        models=_split(models),
+        quality="reference" if reference else "gold",
+        calibrate_only=True,
     )
     try:
         catalog = _catalog(settings)
@@ -366,6 +438,7 @@ def calibrate(
 
 # -- demo ------------------------------------------------------------------------------------------
 
+
 @app.command()
 def demo(
     items: Annotated[int, typer.Option(help="How many demo tickets.")] = 2000,
@@ -383,13 +456,21 @@ def demo(
             repo.ensure_team(session, tenant="demo", team="support")
     except PennyrouteError as exc:
         raise _fail(exc) from None
-    where = "SQLite file " + settings.database_url.removeprefix("sqlite:///") if settings.is_sqlite else "the configured database"
+    where = (
+        "SQLite file " + settings.database_url.removeprefix("sqlite:///")
+        if settings.is_sqlite
+        else "the configured database"
+    )
     labelled = min(labelled, items)
-    out.print(f"[bold]pennyroute demo[/]: {items:,} support tickets ({labelled:,} labelled), labels {', '.join(DEMO_LABELS)}, "
-              f"bar {min_quality}; ledger in {where}")
+    out.print(
+        f"[bold]pennyroute demo[/]: {items:,} support tickets ({labelled:,} labelled), labels {', '.join(DEMO_LABELS)}, "
+        f"bar {min_quality}; ledger in {where}"
+    )
     path = Path(tempfile.mkdtemp(prefix="pennyroute-demo-")) / "tickets.jsonl"
     truth = write_demo_tickets(path, n=items, labelled=labelled)
-    request = JobRequest(path=path, team="support", tenant="demo", task="classify", labels=DEMO_LABELS, min_quality=min_quality)
+    request = JobRequest(
+        path=path, team="support", tenant="demo", task="classify", labels=DEMO_LABELS, min_quality=min_quality
+    )
     submitted = _submit_and_run(settings, request, wait=True)
     info = job_status(settings, submitted.job_id)
     out.print(views.status_table(info))
@@ -410,14 +491,19 @@ def _demo_summary(settings: Settings, submitted: Submitted, truth: dict[str, str
     label = " [SIMULATED]" if submitted.simulated else ""
     out.print(f"[bold]Sample results{label}[/]")
     for record in sample:
-        out.print(f"  {record['id']}: {record['output']!s:<8} (gold {record.get('gold')}) {record['model']} {record['cost_usd']} USD")
+        out.print(
+            f"  {record['id']}: {record['output']!s:<8} (gold {record.get('gold')}) {record['model']} {record['cost_usd']} USD"
+        )
     if graded:
-        out.print(f"accuracy on every ticket (the demo knows all the right labels): {correct / graded:.1%} of {graded:,} "
-                  f"against a bar of {job.min_quality:.0%} ({'simulated' if submitted.simulated else 'measured'})")
+        out.print(
+            f"accuracy on every ticket (the demo knows all the right labels): {correct / graded:.1%} of {graded:,} "
+            f"against a bar of {job.min_quality:.0%} ({'simulated' if submitted.simulated else 'measured'})"
+        )
     out.print(views.quality_report(job, facts, events))
 
 
 # -- db, tenants, teams ----------------------------------------------------------------------------
+
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
@@ -445,7 +531,9 @@ def tenant_create(
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise _fail(PennyrouteError(f"unknown time zone '{timezone}' (use an IANA name such as Europe/Paris)")) from None
+        raise _fail(
+            PennyrouteError(f"unknown time zone '{timezone}' (use an IANA name such as Europe/Paris)")
+        ) from None
     with _ledger() as session:
         repo.create_tenant(session, name=name, timezone=timezone)
     out.print(f"tenant {name} created")
@@ -473,7 +561,9 @@ def report(
     tenant: Annotated[str | None, typer.Option(help="One tenant (default: all).")] = None,
     by: Annotated[str, typer.Option(help="team, model, provider, task, job or day.")] = "team",
     format: Annotated[str, typer.Option("--format", help="table, csv, json or html.")] = "table",
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here (default: standard output).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here (default: standard output).")
+    ] = None,
 ) -> None:
     """Monthly cost report from the ledger: spend, calls, tokens, failed and calibration spend,
     budget used, and savings against each job's baseline model."""
@@ -484,7 +574,9 @@ def report(
         result = monthly_report(session, month=month, tenant=tenant, by=by)
     if format == "table":
         if output:
-            raise _fail(PennyrouteError("-o: a table prints to the terminal; use --format csv, json or html to write a file"))
+            raise _fail(
+                PennyrouteError("-o: a table prints to the terminal; use --format csv, json or html to write a file")
+            )
         out.print(report_render.render_table(result))
         if result.budgets:
             out.print(report_render.render_budget_table(result))
@@ -503,22 +595,35 @@ def budget_set(
     monthly: Annotated[str, typer.Option(help="Monthly limit, e.g. 500 or 499.99.")],
     tenant: Annotated[str | None, typer.Option(help="The team's tenant, when the team name is not unique.")] = None,
     currency: Annotated[str, typer.Option(help="USD or EUR (EUR needs PENNYROUTE_USD_PER_EUR).")] = "USD",
-    soft: Annotated[str | None, typer.Option(help="Alert when spend crosses this share of the limit, e.g. 80%.")] = None,
+    soft: Annotated[
+        str | None, typer.Option(help="Alert when spend crosses this share of the limit, e.g. 80%.")
+    ] = None,
 ) -> None:
     """Set a team's monthly budget (applies to this month at once, and to every month after). Paused jobs resume."""
     settings = _settings()
 
     def show(period: BudgetPeriod) -> None:
-        out.print(f"team {team}: {period.limit_amount.normalize():f} {period.currency} a month"
-                  + (f", alert at {period.soft_pct:g}%" if period.soft_pct else "") + f"; {period.period_start:%Y-%m} so far: "
-                  f"settled {period.settled.normalize():f}, reserved {period.reserved.normalize():f}")
+        out.print(
+            f"team {team}: {period.limit_amount.normalize():f} {period.currency} a month"
+            + (f", alert at {period.soft_pct:g}%" if period.soft_pct else "")
+            + f"; {period.period_start:%Y-%m} so far: "
+            f"settled {period.settled.normalize():f}, reserved {period.reserved.normalize():f}"
+        )
 
     try:
         ensure_schema(settings)
         catalog = _catalog(settings)
-        lifecycle.set_budget(settings, team=team, tenant=tenant, monthly=monthly, currency=currency, soft=soft,
-                             dispatcher=lifecycle.dispatcher_for(settings, catalog, watcher=_Watcher(settings)),
-                             on_set=show, on_resumed=_resuming)
+        lifecycle.set_budget(
+            settings,
+            team=team,
+            tenant=tenant,
+            monthly=monthly,
+            currency=currency,
+            soft=soft,
+            dispatcher=lifecycle.dispatcher_for(settings, catalog, watcher=_Watcher(settings)),
+            on_set=show,
+            on_resumed=_resuming,
+        )
     except PennyrouteError as exc:
         raise _fail(exc) from None
 
@@ -535,9 +640,17 @@ def budget_show(
         table.add_column(column)
     for row in rows:
         used = (row.settled / row.limit_amount) if row.limit_amount else Decimal(0)
-        table.add_row(row.tenant, row.team, f"{row.period_start:%Y-%m}", f"{row.limit_amount.normalize():,}", row.currency,
-                      f"{row.settled:,.6f}", f"{row.reserved:,.6f}", f"{used:.1%}",
-                      (f"{row.soft_pct:g}%" + (" (sent)" if row.soft_alerted_at else "")) if row.soft_pct else "-")
+        table.add_row(
+            row.tenant,
+            row.team,
+            f"{row.period_start:%Y-%m}",
+            f"{row.limit_amount.normalize():,}",
+            row.currency,
+            f"{row.settled:,.6f}",
+            f"{row.reserved:,.6f}",
+            f"{used:.1%}",
+            (f"{row.soft_pct:g}%" + (" (sent)" if row.soft_alerted_at else "")) if row.soft_pct else "-",
+        )
     out.print(table if rows else "no budgets set: `pennyroute budget set --team T --monthly 500`")
 
 
@@ -575,9 +688,11 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> N
     if done["cancelled"] == 0 and done["status"] != JobStatus.CANCELLED:
         out.print(f"job {job_id} is {done['status']}: nothing to cancel")
         return
-    out.print(f"job {job_id} cancelled: {done['cancelled']:,} items will not run; {done['in_flight']:,} in flight are "
-              f"recorded as their calls return; budget given back {done['released']}; calls of dead workers "
-              f"charged at their worst case ${done['lost_calls_usd']}")
+    out.print(
+        f"job {job_id} cancelled: {done['cancelled']:,} items will not run; {done['in_flight']:,} in flight are "
+        f"recorded as their calls return; budget given back {done['released']}; calls of dead workers "
+        f"charged at their worst case ${done['lost_calls_usd']}"
+    )
 
 
 def main() -> None:

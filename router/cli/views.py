@@ -25,7 +25,11 @@ def decision_table(decision: Decision, catalog: Catalog, *, simulated: bool) -> 
     for verdict in decision.verdicts:
         model = catalog.models.get(verdict.model_id)
         price = catalog.price(verdict.model_id) if model else None
-        mark = "[green]->[/]" if verdict.model_id == decision.model_id else ("[dim]ok[/]" if verdict.qualifies else "[red]x[/]")
+        mark = (
+            "[green]->[/]"
+            if verdict.model_id == decision.model_id
+            else ("[dim]ok[/]" if verdict.qualifies else "[red]x[/]")
+        )
         table.add_row(
             mark,
             verdict.model_id,
@@ -54,7 +58,18 @@ def _is_pass(reason: str) -> bool:
 
 def models_table(catalog: Catalog, *, task: str | None) -> Table:
     table = Table(title="Model catalog (prices in force now, USD per million tokens)", title_justify="left")
-    for column in ("model", "provider", "region", "input", "cached in", "output", "context", "open", "quality prior", "price source"):
+    for column in (
+        "model",
+        "provider",
+        "region",
+        "input",
+        "cached in",
+        "output",
+        "context",
+        "open",
+        "quality prior",
+        "price source",
+    ):
         table.add_column(column, overflow="fold")
     for model in sorted(catalog.models.values(), key=lambda m: (m.provider, m.model_id)):
         price = catalog.price(model.model_id)
@@ -62,15 +77,26 @@ def models_table(catalog: Catalog, *, task: str | None) -> Table:
         quality = ", ".join(f"{t} {model.quality[t].value:.2f}" for t in tasks if t in model.quality) or "-"
         output = str(price.output) + ("" if not model.thinking else f" (+ up to {model.thinking:,} thinking/call)")
         table.add_row(
-            model.model_id, model.provider, model.region, str(price.input), str(price.cached_input), output,
-            f"{model.context_window:,}" if model.context_window else "?", "yes" if model.open_weight else "",
-            quality, price.source,
+            model.model_id,
+            model.provider,
+            model.region,
+            str(price.input),
+            str(price.cached_input),
+            output,
+            f"{model.context_window:,}" if model.context_window else "?",
+            "yes" if model.open_weight else "",
+            quality,
+            price.source,
         )
     return table
 
 
 def status_table(info: dict[str, Any]) -> Table:
-    table = Table(show_header=False, title=f"Job {info['job_id']}" + (" (SIMULATED)" if info["simulated"] else ""), title_justify="left")
+    table = Table(
+        show_header=False,
+        title=f"Job {info['job_id']}" + (" (SIMULATED)" if info["simulated"] else ""),
+        title_justify="left",
+    )
     table.add_column(style="bold")
     table.add_column()
     for key, value in info["rows"]:
@@ -91,8 +117,11 @@ def route_text(job: Any) -> str:
         text += f"; fallback {', '.join(route['fallbacks'][:2])}" + ("..." if len(route["fallbacks"]) > 2 else "")
     if route.get("reference_id") and route.get("drift_share"):
         text += f"; drift checks {route['drift_share']:.0%} against {route['reference_id']}"
-    mode = {"gold": "calibrated on gold labels", "reference": "calibrated against a reference model",
-            "prior": "quality from priors or stored estimates"}.get(job.quality_mode, job.quality_mode)
+    mode = {
+        "gold": "calibrated on gold labels",
+        "reference": "calibrated against a reference model",
+        "prior": "quality from priors or stored estimates",
+    }.get(job.quality_mode, job.quality_mode)
     return f"{text} ({mode})"
 
 
@@ -111,17 +140,25 @@ def quality_report(job: Any, facts: dict[str, Any], events: list[tuple[str, dict
         table.add_row("measured", f"cascade {right}/{n} right on the sample; {cascade['escalated']}/{n} escalated")
     elif job.model_id in estimates:
         est = estimates[job.model_id]
-        table.add_row("measured", f"{job.model_id}: {est['mean']:.3f} in [{est['lower']:.3f}, {est['upper']:.3f}], n = {est['n']}")
+        table.add_row(
+            "measured", f"{job.model_id}: {est['mean']:.3f} in [{est['lower']:.3f}, {est['upper']:.3f}], n = {est['n']}"
+        )
     else:
         table.add_row("measured", "not measured on this job (priors or stored estimates: see the routing decision)")
     total = sum(facts["answered"].values())
-    shares = ", ".join(f"{m} {k:,} ({k / total:.0%})" for m, k in sorted(facts["answered"].items(), key=lambda x: -x[1])) if total else "none yet"
+    shares = (
+        ", ".join(f"{m} {k:,} ({k / total:.0%})" for m, k in sorted(facts["answered"].items(), key=lambda x: -x[1]))
+        if total
+        else "none yet"
+    )
     table.add_row("answered by", shares)
     if route.get("kind") == "cascade":
         escalated = sum(k for purpose, m, k, _ in facts["calls"] if purpose == "run" and m == route.get("strong_id"))
         table.add_row("escalations", f"{escalated:,} items went to {route.get('strong_id')}")
     if job.n_drift_checked or route.get("drift_share"):
-        table.add_row("drift checks", f"{job.n_drift_agreed:,}/{job.n_drift_checked:,} agreed with {route.get('reference_id')}")
+        table.add_row(
+            "drift checks", f"{job.n_drift_agreed:,}/{job.n_drift_checked:,} agreed with {route.get('reference_id')}"
+        )
     spend: dict[str, Decimal] = {}
     for purpose, _model, _count, cost in facts["calls"]:
         spend[purpose] = spend.get(purpose, Decimal(0)) + cost
@@ -130,9 +167,13 @@ def quality_report(job: Any, facts: dict[str, Any], events: list[tuple[str, dict
     baseline = facts["baseline_usd"]
     if baseline:
         total_spend = sum(spend.values(), Decimal(0))
-        table.add_row("vs baseline", f"{usd(total_spend, 6)} all in, against {usd(baseline, 6)} for the run items on "
-                      f"{job.baseline_model_id}: {_saved(total_spend, baseline)} ({_saved(run, baseline)} before calibration "
-                      "and drift checks)" + ("; calibration pays for itself on larger jobs" if total_spend > baseline > run else ""))
+        table.add_row(
+            "vs baseline",
+            f"{usd(total_spend, 6)} all in, against {usd(baseline, 6)} for the run items on "
+            f"{job.baseline_model_id}: {_saved(total_spend, baseline)} ({_saved(run, baseline)} before calibration "
+            "and drift checks)"
+            + ("; calibration pays for itself on larger jobs" if total_spend > baseline > run else ""),
+        )
     for kind, detail in events:
         if kind in ("drift", "provider_stopped", "paused"):
             table.add_row(kind, ", ".join(f"{k}: {v}" for k, v in detail.items()))
@@ -146,8 +187,17 @@ def estimates_table(rows: list[Any], *, fresh: dict[int, bool]) -> Table:
         table.add_column(column, overflow="fold")
     for r in rows:
         state = "drifted" if r.drifted_at else ("fresh" if fresh.get(r.id) else "stale (expired or re-priced)")
-        table.add_row(r.tenant, r.signature, r.model_id, f"{r.mean:.3f}", f"[{r.lower:.3f}, {r.upper:.3f}]", str(r.n),
-                      r.source, f"{r.measured_at:%Y-%m-%d %H:%M}" if r.measured_at else "-", state)
+        table.add_row(
+            r.tenant,
+            r.signature,
+            r.model_id,
+            f"{r.mean:.3f}",
+            f"[{r.lower:.3f}, {r.upper:.3f}]",
+            str(r.n),
+            r.source,
+            f"{r.measured_at:%Y-%m-%d %H:%M}" if r.measured_at else "-",
+            state,
+        )
     if not rows:
         table.caption = "none yet: jobs with gold labels, `--quality reference`, or `pennyroute calibrate` measure them"
     return table
@@ -162,10 +212,18 @@ def calibration_table(summary: dict[str, Any]) -> Table:
     for column in ("model", "n", "right", "mean", "95% interval"):
         table.add_column(column, no_wrap=True)
     for model_id, est in (summary.get("estimates") or {}).items():
-        table.add_row(model_id, str(est["n"]), str(est["right"]), f"{est['mean']:.3f}", f"[{est['lower']:.3f}, {est['upper']:.3f}]")
+        table.add_row(
+            model_id,
+            str(est["n"]),
+            str(est["right"]),
+            f"{est['mean']:.3f}",
+            f"[{est['lower']:.3f}, {est['upper']:.3f}]",
+        )
     cascade = summary.get("cascade")
     if cascade:
-        table.caption = ("[green]cascade chosen[/]: " if cascade["use_cascade"] else "cascade not chosen: ") + "; ".join(cascade["reasons"])
+        table.caption = (
+            "[green]cascade chosen[/]: " if cascade["use_cascade"] else "cascade not chosen: "
+        ) + "; ".join(cascade["reasons"])
     return table
 
 
@@ -182,7 +240,7 @@ def error_console() -> Console:
 
 
 def _saved(spent: Decimal, baseline: Decimal) -> str:
-    """"80% saved", or "3.1x the baseline" where more was spent (a small job's calibration can cost more than it saves)."""
+    """ "80% saved", or "3.1x the baseline" where more was spent (a small job's calibration can cost more than it saves)."""
     if spent <= baseline:
         return f"{1 - spent / baseline:.0%} saved"
     return f"{spent / baseline:.1f}x the baseline"

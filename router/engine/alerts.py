@@ -23,8 +23,15 @@ WEBHOOK_TIMEOUT_S = 5.0
 def send_alert(detail: dict[str, Any], settings: Settings) -> None:
     """Announce that a team crossed its soft limit (`detail` as budgets.settle returned it): a
     warning in the log, and a JSON POST (event "budget.soft_limit") to the webhook when configured."""
-    log.warning("budget soft limit crossed: team %s spent %s of %s %s (%s%%) in %s", detail["team_id"], detail["settled"],
-                detail["limit"], detail["currency"], detail["soft_pct"], detail["period"])
+    log.warning(
+        "budget soft limit crossed: team %s spent %s of %s %s (%s%%) in %s",
+        detail["team_id"],
+        detail["settled"],
+        detail["limit"],
+        detail["currency"],
+        detail["soft_pct"],
+        detail["period"],
+    )
     if not settings.alert_webhook:
         return
     try:
@@ -38,8 +45,9 @@ def send_alert(detail: dict[str, Any], settings: Settings) -> None:
 
 async def _post(url: str, body: dict[str, Any], settings: Settings) -> int:
     """POST `body` as JSON to `url` with a client of its own (one alert a period: nothing to pool); its status."""
-    client = build_client(base_url="", headers={}, timeout_s=WEBHOOK_TIMEOUT_S, max_connections=1,
-                          backend=settings.http_backend)
+    client = build_client(
+        base_url="", headers={}, timeout_s=WEBHOOK_TIMEOUT_S, max_connections=1, backend=settings.http_backend
+    )
     try:
         response = await client.post(url, json=body)
     finally:

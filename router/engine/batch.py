@@ -46,8 +46,6 @@ T = TypeVar("T")
 # -- what a chunk's batches share ------------------------------------------------------------------
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class ChunkContext:
     """What every batch of a chunk shares: the job's fixed facts, route, prompt and stopped providers."""
@@ -61,20 +59,36 @@ class ChunkContext:
     purpose: str = "run"  # run | calibration: what the route's calls are for (drift checks are "drift")
 
     @classmethod
-    def build(cls, catalog: Catalog, job: JobSnapshot, *, route: Route | None = None, purpose: str = "run") -> ChunkContext:
+    def build(
+        cls, catalog: Catalog, job: JobSnapshot, *, route: Route | None = None, purpose: str = "run"
+    ) -> ChunkContext:
         """The context of a chunk of `job` (which has a model): its own route, or `route` (calibration)."""
-        common = {"job_id": job.id, "tenant_id": job.tenant_id, "team_id": job.team_id,
-                  "status": CallStatus.IN_FLIGHT, "simulated": job.simulated}
+        common = {
+            "job_id": job.id,
+            "tenant_id": job.tenant_id,
+            "team_id": job.team_id,
+            "status": CallStatus.IN_FLIGHT,
+            "simulated": job.simulated,
+        }
         if route is None:
             route = Route.from_json(dict(job.route) if job.route else None, model_id=job.model_id or "")
-        return cls(job=job, route=route, spec=spec_for(job.task, job.labels, job.max_words), labels=tuple(job.labels),
-                   common=common, stopped=dict(job.stopped_providers or {}), purpose=purpose)
+        return cls(
+            job=job,
+            route=route,
+            spec=spec_for(job.task, job.labels, job.max_words),
+            labels=tuple(job.labels),
+            common=common,
+            stopped=dict(job.stopped_providers or {}),
+            purpose=purpose,
+        )
 
     def callable(self, catalog: Catalog, model_id: str, stopped: dict[str, str]) -> bool:
         """Whether `model_id` can be called: the catalog knows it and its provider is not stopped."""
         return model_id in catalog.models and catalog.model(model_id).provider not in stopped
 
-    def first_tries(self, catalog: Catalog, item: ClaimedItem, stopped: dict[str, str]) -> tuple[int, list[PlannedCall]]:
+    def first_tries(
+        self, catalog: Catalog, item: ClaimedItem, stopped: dict[str, str]
+    ) -> tuple[int, list[PlannedCall]]:
         """An item's first calls: the first stage whose models can be called, plus a drift check."""
         stages = self.route.stages()
         tries: list[PlannedCall] = []
@@ -84,15 +98,22 @@ class ChunkContext:
                 stage_index, tries = index, [PlannedCall(item.id, m, self.purpose) for m in stage]
                 break
         reference = self.route.reference_id
-        if (tries and reference and reference not in {t.model_id for t in tries} and self.callable(catalog, reference, stopped)
-                and self.route.in_drift_sample(self.job.id, item.seq)):
+        if (
+            tries
+            and reference
+            and reference not in {t.model_id for t in tries}
+            and self.callable(catalog, reference, stopped)
+            and self.route.in_drift_sample(self.job.id, item.seq)
+        ):
             tries.append(PlannedCall(item.id, reference, "drift"))
         return stage_index, tries
 
     def worst_case_usd(self, catalog: Catalog, model_id: str, text: str, at: datetime) -> Decimal:
         """An upper bound on one call's cost: input tokens <= prompt bytes, output <= its cap (thinking included)."""
         worst_input = len(self.spec.system.encode()) + len(text.encode()) + MESSAGE_OVERHEAD_TOKENS
-        usage = TokenUsage(input_tokens=worst_input, output_tokens=catalog.model(model_id).output_cap(self.spec.max_output_tokens))
+        usage = TokenUsage(
+            input_tokens=worst_input, output_tokens=catalog.model(model_id).output_cap(self.spec.max_output_tokens)
+        )
         return catalog.price(model_id, at).cost_usd(usage)
 
 
@@ -125,7 +146,9 @@ class Batch:
     reservation_ids: list[str]
 
 
-def plan(catalog: Catalog, chunk: ChunkContext, items: Sequence[ClaimedItem]) -> tuple[dict[int, int], dict[int, list[PlannedCall]]]:
+def plan(
+    catalog: Catalog, chunk: ChunkContext, items: Sequence[ClaimedItem]
+) -> tuple[dict[int, int], dict[int, list[PlannedCall]]]:
     """Each item's first stage and first calls (ChunkContext.first_tries), by item id."""
     stage: dict[int, int] = {}
     tries: dict[int, list[PlannedCall]] = {}
@@ -138,8 +161,13 @@ def unbudgeted_batch(session: Session, *, catalog: Catalog, chunk: ChunkContext,
     """All of `items` as one batch, their first calls recorded in `session`: no budget to reserve from."""
     stage, tries = plan(catalog, chunk, items)
     flat = [t for row in items for t in tries[row.id]]
-    return Batch(items=items, stage=stage, tries=flat, recorded=record_calls(session, catalog=catalog, common=chunk.common, tries=flat),
-                 reservation_ids=[])
+    return Batch(
+        items=items,
+        stage=stage,
+        tries=flat,
+        recorded=record_calls(session, catalog=catalog, common=chunk.common, tries=flat),
+        reservation_ids=[],
+    )
 
 
 def reserve_batch(settings: Settings, catalog: Catalog, chunk: ChunkContext, items: list[ClaimedItem]) -> Batch | None:
@@ -157,12 +185,23 @@ def reserve_batch(settings: Settings, catalog: Catalog, chunk: ChunkContext, ite
             if period is None:  # the budget was removed meanwhile
                 return unbudgeted_batch(session, catalog=catalog, chunk=chunk, items=items)
             texts = {row.id: row.text for row in items}
-            worst = [sum((chunk.worst_case_usd(catalog, t.model_id, texts[t.item_id], now) for t in tries[row.id]), Decimal(0))
-                     for row in items]
+            worst = [
+                sum(
+                    (chunk.worst_case_usd(catalog, t.model_id, texts[t.item_id], now) for t in tries[row.id]),
+                    Decimal(0),
+                )
+                for row in items
+            ]
             count = items_that_fit(worst, budgets.remaining_usd(period, settings))
             if count:
-                held = budgets.reserve(session, period=period, amount_usd=sum(worst[:count], Decimal(0)),
-                                       job_id=chunk.job.id, settings=settings, now=now)
+                held = budgets.reserve(
+                    session,
+                    period=period,
+                    amount_usd=sum(worst[:count], Decimal(0)),
+                    job_id=chunk.job.id,
+                    settings=settings,
+                    now=now,
+                )
                 if held is not None:
                     batch = items[:count]
                     flat = [t for row in batch for t in tries[row.id]]
@@ -175,8 +214,15 @@ def reserve_batch(settings: Settings, catalog: Catalog, chunk: ChunkContext, ite
         time.sleep(BUDGET_POLL_S * (1 + random.random()))
 
 
-def reserve_more(session: Session, *, settings: Settings, catalog: Catalog, chunk: ChunkContext, tries: list[PlannedCall],
-                 texts: dict[int, str]) -> str | None:
+def reserve_more(
+    session: Session,
+    *,
+    settings: Settings,
+    catalog: Catalog,
+    chunk: ChunkContext,
+    tries: list[PlannedCall],
+    texts: dict[int, str],
+) -> str | None:
     """Hold the worst case of calls beyond a batch's first (escalations, fallbacks): the reservation's
     id, "" when the team has no budget (nothing to hold), None when it does not fit."""
     now = utcnow()
@@ -199,13 +245,28 @@ def record_calls(session: Session, *, catalog: Catalog, common: dict[str, Any], 
         groups.setdefault((t.model_id, t.purpose), []).append(k)
     for (model_id, purpose), members in groups.items():
         price = catalog.price(model_id, started)
-        repo.insert_calls(session, common={
-            **common, "model_id": model_id, "provider": catalog.model(model_id).provider, "purpose": purpose,
-            "started_at": started, "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0,
-            "output_tokens": 0, "usage_estimated": False, "cost_usd": Decimal(0),
-            "input_usd_per_mtok": price.input.base, "cached_input_usd_per_mtok": price.cached_input.base,
-            "cache_write_usd_per_mtok": price.cache_write.base, "output_usd_per_mtok": price.output.base,
-        }, ids=[ids[k] for k in members], item_ids=[tries[k].item_id for k in members])
+        repo.insert_calls(
+            session,
+            common={
+                **common,
+                "model_id": model_id,
+                "provider": catalog.model(model_id).provider,
+                "purpose": purpose,
+                "started_at": started,
+                "input_tokens": 0,
+                "cached_input_tokens": 0,
+                "cache_write_tokens": 0,
+                "output_tokens": 0,
+                "usage_estimated": False,
+                "cost_usd": Decimal(0),
+                "input_usd_per_mtok": price.input.base,
+                "cached_input_usd_per_mtok": price.cached_input.base,
+                "cache_write_usd_per_mtok": price.cache_write.base,
+                "output_usd_per_mtok": price.output.base,
+            },
+            ids=[ids[k] for k in members],
+            item_ids=[tries[k].item_id for k in members],
+        )
     return Recorded(ids, started)
 
 
@@ -213,7 +274,7 @@ def _call_ids(n: int) -> list[str]:
     """`n` fresh random call ids (128 bits, as hex): one read of the OS's randomness for the lot,
     where uuid4() per call made one system call each (5% of a worker's time at 0 ms, profiled)."""
     raw = os.urandom(16 * n)
-    return [raw[i:i + 16].hex() for i in range(0, 16 * n, 16)]
+    return [raw[i : i + 16].hex() for i in range(0, 16 * n, 16)]
 
 
 def write_retrying(settings: Settings, write: Callable[[Session], T]) -> T:
@@ -233,8 +294,14 @@ def write_retrying(settings: Settings, write: Callable[[Session], T]) -> T:
             delay = min(delay * 2, DB_RETRY_MAX_S)
 
 
-def pause(settings: Settings, chunk: ChunkContext, items: Sequence[ClaimedItem], *, reason: str = "budget",
-          detail: str | None = None) -> None:
+def pause(
+    settings: Settings,
+    chunk: ChunkContext,
+    items: Sequence[ClaimedItem],
+    *,
+    reason: str = "budget",
+    detail: str | None = None,
+) -> None:
     """Hand `items` back untried and pause the job, waiting for `reason` (budget | provider), with an
     event saying why (a budget event for the team, else a job event)."""
     with session_scope(settings) as session:
@@ -242,10 +309,22 @@ def pause(settings: Settings, chunk: ChunkContext, items: Sequence[ClaimedItem],
         if repo.pause_job(session, chunk.job.id, reason=reason):
             if reason == "budget":
                 period = budgets.current_period(session, team_id=chunk.job.team_id)
-                budgets.record_event(session, team_id=chunk.job.team_id, period=period.period_start if period else utcnow().date(),
-                                     kind="paused", detail={"job_id": chunk.job.id, "items_waiting": len(items),
-                                                            "settled": str(period.settled) if period else None,
-                                                            "limit": str(period.limit_amount) if period else None})
+                budgets.record_event(
+                    session,
+                    team_id=chunk.job.team_id,
+                    period=period.period_start if period else utcnow().date(),
+                    kind="paused",
+                    detail={
+                        "job_id": chunk.job.id,
+                        "items_waiting": len(items),
+                        "settled": str(period.settled) if period else None,
+                        "limit": str(period.limit_amount) if period else None,
+                    },
+                )
             else:
-                repo.add_job_event(session, job_id=chunk.job.id, kind="paused",
-                                   detail={"reason": reason, "why": detail, "items_waiting": len(items)})
+                repo.add_job_event(
+                    session,
+                    job_id=chunk.job.id,
+                    kind="paused",
+                    detail={"reason": reason, "why": detail, "items_waiting": len(items)},
+                )

@@ -26,15 +26,24 @@ CallResult = tuple[int, Completion | ProviderError, float]  # (key, outcome, lat
 
 
 async def call_all(
-    catalog: Catalog, settings: Settings, simulated: bool, requests: Sequence[tuple[int, str, ChatRequest]],
+    catalog: Catalog,
+    settings: Settings,
+    simulated: bool,
+    requests: Sequence[tuple[int, str, ChatRequest]],
 ) -> list[CallResult]:
     """Make every (key, provider name, request) concurrently; results in the order of `requests`."""
-    providers = {name: await get_provider(catalog, settings, name, simulated=simulated) for name in {p for _, p, _ in requests}}
+    providers = {
+        name: await get_provider(catalog, settings, name, simulated=simulated) for name in {p for _, p, _ in requests}
+    }
     gate = runtime.gate(settings.calls_in_flight)
     limits = None if simulated else shared_limits(settings)
     models = models_by_wire_name(catalog)
-    return await asyncio.gather(*(call_one(providers[name], gate, key, request, limits, models.get((name, request.model)))
-                                  for key, name, request in requests))
+    return await asyncio.gather(
+        *(
+            call_one(providers[name], gate, key, request, limits, models.get((name, request.model)))
+            for key, name, request in requests
+        )
+    )
 
 
 _WIRE_NAMES: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], ModelInfo]] = weakref.WeakKeyDictionary()
@@ -49,7 +58,11 @@ def models_by_wire_name(catalog: Catalog) -> dict[tuple[str, str], ModelInfo]:
 
 
 async def call_one(
-    provider: Provider, gate: asyncio.Semaphore, key: int, request: ChatRequest, limits: SharedLimits | None = None,
+    provider: Provider,
+    gate: asyncio.Semaphore,
+    key: int,
+    request: ChatRequest,
+    limits: SharedLimits | None = None,
     model: ModelInfo | None = None,
 ) -> CallResult:
     """Make one call once the gate lets it through, the provider's breaker allows it and the model's
@@ -76,16 +89,24 @@ async def call_one(
         except Exception as exc:  # a bug or an unmapped client error must fail the item, not the chunk
             result = ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=provider.name)
         elapsed = time.perf_counter() - started
-        if limits is not None and (isinstance(result, ProviderError) or not limits.known_clean(provider.name)
-                                   or (model is not None and (model.rpm or model.tpm))):
+        if limits is not None and (
+            isinstance(result, ProviderError)
+            or not limits.known_clean(provider.name)
+            or (model is not None and (model.rpm or model.tpm))
+        ):
             failing = isinstance(result, ProviderError)
             rate_limited = failing and result.status_code == 429  # type: ignore[union-attr]
             try:
                 # A 5xx, a timeout or a broken connection counts against the provider; a 429 slows the model.
                 await limits.record(provider.name, failed=failing and result.retryable and not rate_limited)  # type: ignore[union-attr]
                 if model is not None:
-                    await limits.observe(model.model_id, rpm=model.rpm, tpm=model.tpm, rate_limited=rate_limited,
-                                         retry_after=result.retry_after if rate_limited else None)  # type: ignore[union-attr]
+                    await limits.observe(
+                        model.model_id,
+                        rpm=model.rpm,
+                        tpm=model.tpm,
+                        rate_limited=rate_limited,
+                        retry_after=result.retry_after if rate_limited else None,  # type: ignore[union-attr]
+                    )
             except Exception as exc:  # the call is made and will be recorded; losing one observation is harmless
                 log.warning("shared rate limits unavailable (%s)", exc)
         return key, result, elapsed

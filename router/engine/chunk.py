@@ -77,9 +77,11 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         if batch is None:  # the budget cannot take even one more item: hand the rest back and pause
             pause(settings, chunk, pending)
             break
-        batch_done, batch_failed = finish(settings, catalog, chunk, execute(settings, catalog, chunk, batch), write_items=True)
+        batch_done, batch_failed = finish(
+            settings, catalog, chunk, execute(settings, catalog, chunk, batch), write_items=True
+        )
         done, failed = done + batch_done, failed + batch_failed
-        pending = pending[len(batch.items):]
+        pending = pending[len(batch.items) :]
     return ChunkOutcome(claimed=len(claimed), done=done, failed=failed)
 
 
@@ -93,7 +95,11 @@ def _cancelled(settings: Settings, job_id: str, items: Sequence[ClaimedItem]) ->
 
 
 def run_job_inline(
-    settings: Settings, catalog: Catalog, *, job_id: str, ranges: Sequence[tuple[int, int]],
+    settings: Settings,
+    catalog: Catalog,
+    *,
+    job_id: str,
+    ranges: Sequence[tuple[int, int]],
     progress: Callable[[ChunkOutcome], None] | None = None,
 ) -> None:
     """Run the chunks `ranges` of a job in this process (the embedded default: no broker, no worker);
@@ -111,8 +117,15 @@ def run_job_inline(
             runtime.run(close_all())  # this process is done with providers: close their connections
 
 
-def answer_items(settings: Settings, catalog: Catalog, job: JobSnapshot, *, model_id: str, items: list[ClaimedItem],
-                 purpose: str = "calibration") -> dict[int, Answer] | None:
+def answer_items(
+    settings: Settings,
+    catalog: Catalog,
+    job: JobSnapshot,
+    *,
+    model_id: str,
+    items: list[ClaimedItem],
+    purpose: str = "calibration",
+) -> dict[int, Answer] | None:
     """Have `model_id` answer `items` outside the job's route (calibration), reserving, recording and
     settling like any batch, without writing the items' outcomes. Returns each item's answer (retries
     and the model's fallbacks excluded), or None when the team's budget cannot take the calls."""

@@ -36,8 +36,13 @@ def check(settings: Settings, catalog: Catalog, *, job_id: str) -> DriftVerdict 
         route = Route.from_json(job.route, model_id=job.model_id or "")
         upward = _upward(route)
         detail: dict[str, Any] = {
-            "model_id": route.model_id, "route": route.kind, "checked": job.n_drift_checked, "agreed": job.n_drift_agreed,
-            "bar": job.min_quality, "reason": verdict.reason, "rerouted_to": upward.model_id if upward else None,
+            "model_id": route.model_id,
+            "route": route.kind,
+            "checked": job.n_drift_checked,
+            "agreed": job.n_drift_agreed,
+            "bar": job.min_quality,
+            "reason": verdict.reason,
+            "rerouted_to": upward.model_id if upward else None,
         }
         if upward is not None:
             repo.reroute_job(session, job_id=job_id, route=upward.as_json(), model_id=upward.model_id)
@@ -56,6 +61,11 @@ def _upward(route: Route) -> Route | None:
     if target is None or target == route.model_id:
         return None
     rest = tuple(m for m in route.fallbacks if m != target)
-    return Route(kind="single", model_id=target, fallbacks=rest, reference_id=route.reference_id if route.reference_id != target else None,
-                 drift_share=route.drift_share if route.reference_id != target else 0.0,
-                 reasons=(f"re-routed upward from {route.model_id} after drift checks",))
+    return Route(
+        kind="single",
+        model_id=target,
+        fallbacks=rest,
+        reference_id=route.reference_id if route.reference_id != target else None,
+        drift_share=route.drift_share if route.reference_id != target else 0.0,
+        reasons=(f"re-routed upward from {route.model_id} after drift checks",),
+    )

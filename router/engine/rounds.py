@@ -77,15 +77,21 @@ def execute(settings: Settings, catalog: Catalog, chunk: ChunkContext, batch: Ba
         prices = {m: catalog.price(m, recorded.started) for m in infos}
         requests = _requests(chunk, tries, recorded, infos, progress.texts)
         results = runtime.run(call_all(catalog, settings, chunk.job.simulated, requests))
-        round_ = _Round(tries=tries, recorded=recorded, infos=infos, prices=prices, finished=utcnow(), retry=[], waits=[])
+        round_ = _Round(
+            tries=tries, recorded=recorded, infos=infos, prices=prices, finished=utcnow(), retry=[], waits=[]
+        )
         for k, result, latency_s in results:
             _record_result(catalog, chunk, progress, round_, k, result, latency_s)
-        advance = _reserve_escalations(settings, catalog, chunk, progress, _advance_items(catalog, chunk, progress, round_))
+        advance = _reserve_escalations(
+            settings, catalog, chunk, progress, _advance_items(catalog, chunk, progress, round_)
+        )
         tries = round_.retry + advance
         if tries:
             recorded = _record_next_round(settings, catalog, chunk, progress, tries)
             if round_.retry:
-                time.sleep(min(max(round_.waits), MAX_WAIT_S) * (1 + random.random() * 0.25))  # up to 25% jitter spreads the herd
+                time.sleep(
+                    min(max(round_.waits), MAX_WAIT_S) * (1 + random.random() * 0.25)
+                )  # up to 25% jitter spreads the herd
     return progress.executed(batch)
 
 
@@ -114,9 +120,19 @@ class _Progress:
         texts = {row.id: row.text for row in batch.items}
         stages = tuple(chunk.route.stages())
         progress = cls(
-            texts=texts, stages=stages, route_models=tuple(chunk.route.models()), stage=dict(batch.stage),
-            answers={item_id: {} for item_id in texts}, references={}, finished_items={}, held_back=[], blocked=False,
-            stopped=dict(chunk.stopped), newly_stopped={}, reservation_ids=list(batch.reservation_ids), unwritten=[],
+            texts=texts,
+            stages=stages,
+            route_models=tuple(chunk.route.models()),
+            stage=dict(batch.stage),
+            answers={item_id: {} for item_id in texts},
+            references={},
+            finished_items={},
+            held_back=[],
+            blocked=False,
+            stopped=dict(chunk.stopped),
+            newly_stopped={},
+            reservation_ids=list(batch.reservation_ids),
+            unwritten=[],
             facts={},
         )
         for item_id in texts:  # items with nothing to call at all (every provider stopped)
@@ -127,9 +143,16 @@ class _Progress:
 
     def executed(self, batch: Batch) -> Executed:
         return Executed(
-            finished_items=self.finished_items, answers=self.answers, held_back=self.held_back, unwritten=self.unwritten,
-            facts=self.facts, references=self.references, reservation_ids=self.reservation_ids,
-            newly_stopped=self.newly_stopped, blocked=self.blocked, held={row.id: row.attempts for row in batch.items},
+            finished_items=self.finished_items,
+            answers=self.answers,
+            held_back=self.held_back,
+            unwritten=self.unwritten,
+            facts=self.facts,
+            references=self.references,
+            reservation_ids=self.reservation_ids,
+            newly_stopped=self.newly_stopped,
+            blocked=self.blocked,
+            held={row.id: row.attempts for row in batch.items},
         )
 
 
@@ -147,37 +170,70 @@ class _Round:
     waits: list[float]
 
 
-def _requests(chunk: ChunkContext, tries: list[PlannedCall], recorded: Recorded, infos: dict[str, ModelInfo],
-              texts: dict[int, str]) -> list[tuple[int, str, ChatRequest]]:
+def _requests(
+    chunk: ChunkContext,
+    tries: list[PlannedCall],
+    recorded: Recorded,
+    infos: dict[str, ModelInfo],
+    texts: dict[int, str],
+) -> list[tuple[int, str, ChatRequest]]:
     """The round's requests as (index in `tries`, provider name, request); the call row's id goes along."""
     system, max_output = chunk.spec.system, chunk.spec.max_output_tokens
     return [
-        (k, infos[t.model_id].provider, ChatRequest(model=infos[t.model_id].api_model, system=system,
-                                                   prompt=texts[t.item_id], max_output_tokens=max_output,
-                                                   request_id=recorded.ids[k], thinking_tokens=infos[t.model_id].thinking,
-                                                   reasoning_effort=infos[t.model_id].reasoning_effort))
+        (
+            k,
+            infos[t.model_id].provider,
+            ChatRequest(
+                model=infos[t.model_id].api_model,
+                system=system,
+                prompt=texts[t.item_id],
+                max_output_tokens=max_output,
+                request_id=recorded.ids[k],
+                thinking_tokens=infos[t.model_id].thinking,
+                reasoning_effort=infos[t.model_id].reasoning_effort,
+            ),
+        )
         for k, t in enumerate(tries)
     ]
 
 
-def _record_result(catalog: Catalog, chunk: ChunkContext, progress: _Progress, round_: _Round, k: int,
-                   result: Completion | ProviderError, latency_s: float) -> None:
+def _record_result(
+    catalog: Catalog,
+    chunk: ChunkContext,
+    progress: _Progress,
+    round_: _Round,
+    k: int,
+    result: Completion | ProviderError,
+    latency_s: float,
+) -> None:
     """Record the outcome of the round's `k`-th call: its row's update, its rollup facts, and the
     item's answer (unless another try of the same call follows)."""
     t, call_id = round_.tries[k], round_.recorded.ids[k]
     update: dict[str, Any] = {
-        "id": call_id, "latency_ms": int(latency_s * 1000), "finished_at": round_.finished,
-        "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
-        "reasoning_tokens": 0, "usage_estimated": False, "cost_usd": Decimal(0), "error": None,
+        "id": call_id,
+        "latency_ms": int(latency_s * 1000),
+        "finished_at": round_.finished,
+        "input_tokens": 0,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "output_tokens": 0,
+        "reasoning_tokens": 0,
+        "usage_estimated": False,
+        "cost_usd": Decimal(0),
+        "error": None,
     }
     output: str | None = None
     error: str | None = None
     if isinstance(result, Completion):
         usage = result.usage
         update.update(
-            status=CallStatus.OK, input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
-            cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
-            reasoning_tokens=usage.reasoning_tokens, usage_estimated=usage.estimated,
+            status=CallStatus.OK,
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            usage_estimated=usage.estimated,
             cost_usd=round_.prices[t.model_id].cost_usd(usage),
         )
         output, error = _parse(result.text, chunk.job.task, chunk.labels)
@@ -186,11 +242,19 @@ def _record_result(catalog: Catalog, chunk: ChunkContext, progress: _Progress, r
         update.update(status=CallStatus.ERROR, error=error)
         _after_failure(catalog, progress, round_, t, result)
     progress.unwritten.append(update)
-    progress.facts.setdefault((t.model_id, t.purpose), []).append(CallFacts(
-        started_at=round_.recorded.started, failed=output is None, input_tokens=update["input_tokens"],
-        cached_input_tokens=update["cached_input_tokens"], output_tokens=update["output_tokens"],
-        cost_usd=update["cost_usd"], simulated=chunk.job.simulated, reasoning_tokens=update["reasoning_tokens"],
-        call_id=call_id))
+    progress.facts.setdefault((t.model_id, t.purpose), []).append(
+        CallFacts(
+            started_at=round_.recorded.started,
+            failed=output is None,
+            input_tokens=update["input_tokens"],
+            cached_input_tokens=update["cached_input_tokens"],
+            output_tokens=update["output_tokens"],
+            cost_usd=update["cost_usd"],
+            simulated=chunk.job.simulated,
+            reasoning_tokens=update["reasoning_tokens"],
+            call_id=call_id,
+        )
+    )
     retry = round_.retry
     if retry and retry[-1].item_id == t.item_id and retry[-1].model_id == t.model_id and retry[-1].purpose == t.purpose:
         return  # another try of this call follows: its answer is not in yet
@@ -206,8 +270,12 @@ def _after_failure(catalog: Catalog, progress: _Progress, round_: _Round, t: Pla
     provider = round_.infos[t.model_id].provider
     if error.stops_provider and provider not in progress.stopped:
         progress.stopped[provider] = progress.newly_stopped[provider] = _stop_message(provider, error, catalog)
-    decision = after_failure(attempt=t.attempt, retryable=error.retryable, retry_after=error.retry_after,
-                             provider_stopped=provider in progress.stopped)
+    decision = after_failure(
+        attempt=t.attempt,
+        retryable=error.retryable,
+        retry_after=error.retry_after,
+        provider_stopped=provider in progress.stopped,
+    )
     if decision.retry:
         round_.retry.append(PlannedCall(t.item_id, t.model_id, t.purpose, t.attempt + 1))
         round_.waits.append(decision.wait_s)
@@ -219,20 +287,30 @@ def _advance_items(catalog: Catalog, chunk: ChunkContext, progress: _Progress, r
     # Looked up once a round, not once an item: which of the route's models can be called, which are stopped.
     stopped = progress.stopped
     callable_models = frozenset(m for m in progress.route_models if chunk.callable(catalog, m, stopped))
-    stopped_models = frozenset(m for m in progress.route_models if m in catalog.models and catalog.model(m).provider in stopped)
+    stopped_models = frozenset(
+        m for m in progress.route_models if m in catalog.models and catalog.model(m).provider in stopped
+    )
     waiting = {t.item_id for t in round_.retry if t.purpose != "drift"}
-    stages, stage, finished_items, held_back = progress.stages, progress.stage, progress.finished_items, progress.held_back
+    stages, stage, finished_items, held_back = (
+        progress.stages,
+        progress.stage,
+        progress.finished_items,
+        progress.held_back,
+    )
     advance: list[PlannedCall] = []
     for item_id in progress.texts:
         if item_id in finished_items or item_id in waiting or item_id in held_back:
             continue
         got, current = progress.answers[item_id], stage[item_id]
-        decision = after_stage(stages=stages, current=current, answers=got, callable_models=callable_models,
-                               stopped_models=stopped_models)
+        decision = after_stage(
+            stages=stages, current=current, answers=got, callable_models=callable_models, stopped_models=stopped_models
+        )
         kind = decision.kind
         if kind == ACCEPT:
             first = got[stages[current][0]]
-            finished_items[item_id] = _item_row(item_id, ItemStatus.DONE, first.output, None, first.call_id, round_.finished)
+            finished_items[item_id] = _item_row(
+                item_id, ItemStatus.DONE, first.output, None, first.call_id, round_.finished
+            )
         elif kind == ESCALATE:
             assert decision.stage is not None  # an escalation names its stage
             stage[item_id] = decision.stage
@@ -242,18 +320,23 @@ def _advance_items(catalog: Catalog, chunk: ChunkContext, progress: _Progress, r
             progress.blocked = True
         elif kind == FAIL:
             last = got[stages[current][-1]]
-            finished_items[item_id] = _item_row(item_id, ItemStatus.FAILED, None, decision.reason, last.call_id, round_.finished)
+            finished_items[item_id] = _item_row(
+                item_id, ItemStatus.FAILED, None, decision.reason, last.call_id, round_.finished
+            )
     return advance
 
 
-def _reserve_escalations(settings: Settings, catalog: Catalog, chunk: ChunkContext, progress: _Progress,
-                         advance: list[PlannedCall]) -> list[PlannedCall]:
+def _reserve_escalations(
+    settings: Settings, catalog: Catalog, chunk: ChunkContext, progress: _Progress, advance: list[PlannedCall]
+) -> list[PlannedCall]:
     """Under a budget, hold the worst case of the escalations' calls; when it cannot take them, their
     items are handed back (to run later) and no escalation is made. Returns the calls to make."""
     if not advance or not progress.reservation_ids:
         return advance
     with session_scope(settings) as session:
-        extra = reserve_more(session, settings=settings, catalog=catalog, chunk=chunk, tries=advance, texts=progress.texts)
+        extra = reserve_more(
+            session, settings=settings, catalog=catalog, chunk=chunk, tries=advance, texts=progress.texts
+        )
     if extra is None:  # the budget cannot take the escalation: hand those items back
         progress.held_back.extend(sorted({t.item_id for t in advance}))
         return []
@@ -262,8 +345,9 @@ def _reserve_escalations(settings: Settings, catalog: Catalog, chunk: ChunkConte
     return advance
 
 
-def _record_next_round(settings: Settings, catalog: Catalog, chunk: ChunkContext, progress: _Progress,
-                       tries: list[PlannedCall]) -> Recorded:
+def _record_next_round(
+    settings: Settings, catalog: Catalog, chunk: ChunkContext, progress: _Progress, tries: list[PlannedCall]
+) -> Recorded:
     """Write this round's outcomes and the next round's call rows in one transaction."""
     done_calls = progress.unwritten
 
@@ -299,6 +383,15 @@ def _stop_message(provider: str, error: ProviderError, catalog: Catalog) -> str:
     return f"{str(error)[:300]} ({fix}; then `pennyroute jobs resume JOB`)"
 
 
-def _item_row(item_id: int, status: str, output: str | None, error: str | None, call_id: str, now: datetime) -> dict[str, Any]:
-    return {"id": item_id, "status": status, "output": output, "error": error, "final_call_id": call_id,
-            "finished_at": now, "lease_until": None}
+def _item_row(
+    item_id: int, status: str, output: str | None, error: str | None, call_id: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "status": status,
+        "output": output,
+        "error": error,
+        "final_call_id": call_id,
+        "finished_at": now,
+        "lease_until": None,
+    }

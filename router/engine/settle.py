@@ -25,12 +25,18 @@ from router.settings import Settings
 from router.usage import TokenUsage
 
 
-def finish(settings: Settings, catalog: Catalog, chunk: ChunkContext, executed: Executed, *, write_items: bool) -> tuple[int, int]:
+def finish(
+    settings: Settings, catalog: Catalog, chunk: ChunkContext, executed: Executed, *, write_items: bool
+) -> tuple[int, int]:
     """Write the batch's outcome in one transaction: calls, items and counts (unless `write_items` is
     false: calibration writes only its calls), rollups, drift counts, settlement. Then send any
     soft-limit alert, pause the job if stopped providers blocked items, and judge drift."""
     job = chunk.job
-    rows = [{**row, "held": executed.held[item_id]} for item_id, row in executed.finished_items.items()] if write_items else []
+    rows = (
+        [{**row, "held": executed.held[item_id]} for item_id, row in executed.finished_items.items()]
+        if write_items
+        else []
+    )
     held_back = executed.held_back if write_items else []
     done = sum(1 for row in rows if row["status"] == ItemStatus.DONE)
     failed = len(rows) - done
@@ -84,31 +90,55 @@ def _settle(session: Session, *, reservation_ids: list[str], actual_usd: Decimal
     return found
 
 
-def _rollups(catalog: Catalog, job: JobSnapshot, facts: dict[tuple[str, str], list[CallFacts]], *,
-             baseline_calls: Collection[str]) -> list[dict[str, Any]]:
+def _rollups(
+    catalog: Catalog,
+    job: JobSnapshot,
+    facts: dict[tuple[str, str], list[CallFacts]],
+    *,
+    baseline_calls: Collection[str],
+) -> list[dict[str, Any]]:
     """The rollup rows of a batch's calls, per (model, purpose) and day; `baseline_calls` are the calls
     that stand for their items in the baseline (run calls only carry one)."""
     baseline = _baseline_rates(catalog, job)
     return [
         row
         for (model_id, purpose), group in facts.items()
-        for row in rollup_rows(group, tenant_id=job.tenant_id, team_id=job.team_id, job_id=job.id, model_id=model_id,
-                               provider=catalog.model(model_id).provider if model_id in catalog.models else "unknown",
-                               task=job.task, purpose=purpose, timezone=job.timezone,
-                               baseline_rates=baseline if purpose == "run" else None, baseline_calls=baseline_calls)
+        for row in rollup_rows(
+            group,
+            tenant_id=job.tenant_id,
+            team_id=job.team_id,
+            job_id=job.id,
+            model_id=model_id,
+            provider=catalog.model(model_id).provider if model_id in catalog.models else "unknown",
+            task=job.task,
+            purpose=purpose,
+            timezone=job.timezone,
+            baseline_rates=baseline if purpose == "run" else None,
+            baseline_calls=baseline_calls,
+        )
     ]
 
 
 def _baseline_rates(catalog: Catalog, job: JobSnapshot) -> BaselineRates | None:
     """How the job's rollups price its run calls on its baseline model (None: it has none)."""
-    if job.baseline_input_usd_per_mtok is None or job.baseline_output_usd_per_mtok is None:  # submit sets both or neither
+    if (
+        job.baseline_input_usd_per_mtok is None or job.baseline_output_usd_per_mtok is None
+    ):  # submit sets both or neither
         return None
     known = catalog.models.get(job.baseline_model_id or "")
-    return BaselineRates(job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok, (known.thinking or 0) if known else 0)
+    return BaselineRates(
+        job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok, (known.thinking or 0) if known else 0
+    )
 
 
-def charge_lost(session: Session, settings: Settings, catalog: Catalog, chunk: ChunkContext, items: Sequence[ClaimedItem],
-                now: datetime) -> Decimal:
+def charge_lost(
+    session: Session,
+    settings: Settings,
+    catalog: Catalog,
+    chunk: ChunkContext,
+    items: Sequence[ClaimedItem],
+    now: datetime,
+) -> Decimal:
     """Record the in-flight calls of items taken over from a dead worker as `unknown`, at their
     worst case (the provider may have answered and billed them; we cannot know): tokens at their
     bounds, cost at the call's recorded prices, in the rollups, and settled against the budget."""
@@ -126,17 +156,43 @@ def charge_lost(session: Session, settings: Settings, catalog: Catalog, chunk: C
         if known:
             cost = catalog.price(call.model_id, call.started_at).cost_usd(usage)
         else:
-            cost = (worst_input * call.input_usd_per_mtok + usage.output_tokens * call.output_usd_per_mtok) / Decimal(1_000_000)
-        updates.append({"id": call.id, "status": CallStatus.UNKNOWN, "input_tokens": worst_input, "cached_input_tokens": 0,
-                        "cache_write_tokens": 0, "output_tokens": usage.output_tokens, "reasoning_tokens": 0, "usage_estimated": True,
-                        "cost_usd": cost, "latency_ms": None, "finished_at": now,
-                        "error": "worker lost while the call was in flight: outcome unknown, charged at its worst case"})
-        facts.setdefault((call.model_id, call.purpose), []).append(CallFacts(
-            started_at=call.started_at, failed=True, input_tokens=worst_input, cached_input_tokens=0,
-            output_tokens=usage.output_tokens, cost_usd=cost, simulated=chunk.job.simulated))
+            cost = (worst_input * call.input_usd_per_mtok + usage.output_tokens * call.output_usd_per_mtok) / Decimal(
+                1_000_000
+            )
+        updates.append(
+            {
+                "id": call.id,
+                "status": CallStatus.UNKNOWN,
+                "input_tokens": worst_input,
+                "cached_input_tokens": 0,
+                "cache_write_tokens": 0,
+                "output_tokens": usage.output_tokens,
+                "reasoning_tokens": 0,
+                "usage_estimated": True,
+                "cost_usd": cost,
+                "latency_ms": None,
+                "finished_at": now,
+                "error": "worker lost while the call was in flight: outcome unknown, charged at its worst case",
+            }
+        )
+        facts.setdefault((call.model_id, call.purpose), []).append(
+            CallFacts(
+                started_at=call.started_at,
+                failed=True,
+                input_tokens=worst_input,
+                cached_input_tokens=0,
+                output_tokens=usage.output_tokens,
+                cost_usd=cost,
+                simulated=chunk.job.simulated,
+            )
+        )
     repo.finish_calls(session, updates)
-    upsert_rollups(session, _rollups(catalog, chunk.job, facts, baseline_calls=()))  # lost: no answer stands for an item
+    upsert_rollups(
+        session, _rollups(catalog, chunk.job, facts, baseline_calls=())
+    )  # lost: no answer stands for an item
     total = sum((u["cost_usd"] for u in updates), Decimal(0))
     if chunk.job.has_budget:
-        budgets.settle_unknown(session, job_id=chunk.job.id, team_id=chunk.job.team_id, amount_usd=total, settings=settings, now=now)
+        budgets.settle_unknown(
+            session, job_id=chunk.job.id, team_id=chunk.job.team_id, amount_usd=total, settings=settings, now=now
+        )
     return total

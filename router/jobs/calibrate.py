@@ -101,12 +101,29 @@ def calibrate_job(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[
                 _close_without_bulk(settings, job_id)
             return summary
         except CalibrationBudgetError as exc:
-            return _stop(settings, full.id, {"mode": mode, "outcome": "budget", "estimates": {},
-                                             "message": f"{exc}: raise it with `pennyroute budget set`, or submit with --quality prior"})
+            return _stop(
+                settings,
+                full.id,
+                {
+                    "mode": mode,
+                    "outcome": "budget",
+                    "estimates": {},
+                    "message": f"{exc}: raise it with `pennyroute budget set`, or submit with --quality prior",
+                },
+            )
 
 
-def _search(settings: Settings, catalog: Catalog, full: Job, job: Any, profile: JobProfile, pool: list[Candidate],
-            cal: Calibration, eligible: list[str], sample: list[Any]) -> dict[str, Any]:
+def _search(
+    settings: Settings,
+    catalog: Catalog,
+    full: Job,
+    job: Any,
+    profile: JobProfile,
+    pool: list[Candidate],
+    cal: Calibration,
+    eligible: list[str],
+    sample: list[Any],
+) -> dict[str, Any]:
     """Test candidates cheapest first until the choice is decided, then conclude."""
     if cal.mode == "gold":
         cal.truth = {row.id: row.gold for row in sample}
@@ -116,34 +133,64 @@ def _search(settings: Settings, catalog: Catalog, full: Job, job: Any, profile: 
         cal.truth = {i: a for i, a in cal.answers[cal.reference_id].items() if a is not None}
     tested = [m for m in eligible if m != cal.reference_id]
     costs = {m: _per_item_cost(catalog, job, m, sample) for m in eligible}
-    step = next_step(models=tuple(tested), counts={m: cal.counts(m) for m in cal.answers}, sample_size=len(cal.truth),
-                     bar=profile.min_quality, confidence=profile.confidence, slice_size=SLICE)
+    step = next_step(
+        models=tuple(tested),
+        counts={m: cal.counts(m) for m in cal.answers},
+        sample_size=len(cal.truth),
+        bar=profile.min_quality,
+        confidence=profile.confidence,
+        slice_size=SLICE,
+    )
     while step.kind == "test":
         assert step.model_id is not None
         done = set(cal.answers.get(step.model_id, {}))
-        batch = [row for row in sample if row.id in cal.truth and row.id not in done][:step.n_items]
+        batch = [row for row in sample if row.id in cal.truth and row.id not in done][: step.n_items]
         cal.steps.append(f"{step.model_id}: {len(batch)} items")
         _answer(settings, catalog, job, cal, step.model_id, batch)
-        step = next_step(models=tuple(tested), counts={m: cal.counts(m) for m in cal.answers}, sample_size=len(cal.truth),
-                         bar=profile.min_quality, confidence=profile.confidence, slice_size=SLICE)
+        step = next_step(
+            models=tuple(tested),
+            counts={m: cal.counts(m) for m in cal.answers},
+            sample_size=len(cal.truth),
+            bar=profile.min_quality,
+            confidence=profile.confidence,
+            slice_size=SLICE,
+        )
     return _conclude(settings, catalog, full, job, profile, pool, cal, step, costs)
 
 
-def _conclude(settings: Settings, catalog: Catalog, full: Job, job: Any, profile: JobProfile, pool: list[Candidate],
-              cal: Calibration, step: CalibrationStep, costs: dict[str, Decimal]) -> dict[str, Any]:
+def _conclude(
+    settings: Settings,
+    catalog: Catalog,
+    full: Job,
+    job: Any,
+    profile: JobProfile,
+    pool: list[Candidate],
+    cal: Calibration,
+    step: CalibrationStep,
+    costs: dict[str, Decimal],
+) -> dict[str, Any]:
     measured = {m: cal.counts(m) for m in cal.answers if m != cal.reference_id}
     source = "gold labels" if cal.mode == "gold" else f"agreement with {cal.reference_id}"
-    measured_pool = [
-        _with_estimate(c, measured[c.model_id], source) if c.model_id in measured else c for c in pool
-    ]
+    measured_pool = [_with_estimate(c, measured[c.model_id], source) if c.model_id in measured else c for c in pool]
     decision = choose_model(profile, measured_pool)
     cascade: CascadeChoice | None = None
     if step.kind == "chosen" and job.task == "classify":
-        cascade = choose_cascade(answers=cal.answers, truth=cal.truth, costs=costs, single=step.model_id,
-                                 bar=profile.min_quality, confidence=profile.confidence)
+        cascade = choose_cascade(
+            answers=cal.answers,
+            truth=cal.truth,
+            costs=costs,
+            single=step.model_id,
+            bar=profile.min_quality,
+            confidence=profile.confidence,
+        )
     summary: dict[str, Any] = {
-        "mode": cal.mode, "reference_id": cal.reference_id, "sample": len(cal.truth), "steps": cal.steps,
-        "signature": signature(job), "outcome": step.kind, "message": step.reason,
+        "mode": cal.mode,
+        "reference_id": cal.reference_id,
+        "sample": len(cal.truth),
+        "steps": cal.steps,
+        "signature": signature(job),
+        "outcome": step.kind,
+        "message": step.reason,
         "sample_job_id": (full.calibration or {}).get("sample_job_id"),
         "estimates": {m: _estimate_json(n, k, profile.confidence) for m, (n, k) in measured.items()},
         "cascade": cascade.as_json() if cascade else None,
@@ -154,20 +201,42 @@ def _conclude(settings: Settings, catalog: Catalog, full: Job, job: Any, profile
         summary["spent_usd"] = str(repo.job_spend(session, full.id))
         _store_estimates(session, catalog, job, measured, cal, profile.confidence, now)
         if step.kind != "chosen" or not decision.ok:
-            repo.update_job(session, full.id, status=JobStatus.NO_MODEL, decision=decision_as_json(decision),
-                            calibration=summary, finished_at=now)
-            repo.add_job_event(session, job_id=full.id, kind="calibrated", detail={"outcome": step.kind, "message": step.reason})
+            repo.update_job(
+                session,
+                full.id,
+                status=JobStatus.NO_MODEL,
+                decision=decision_as_json(decision),
+                calibration=summary,
+                finished_at=now,
+            )
+            repo.add_job_event(
+                session, job_id=full.id, kind="calibrated", detail={"outcome": step.kind, "message": step.reason}
+            )
             return summary
         route = _route(decision, cascade, cal, full)
-        repo.update_job(session, full.id, route=route.as_json(), model_id=route.model_id, decision=decision_as_json(decision),
-                        expected_cost_usd=(cascade.expected_cost_usd * full.n_items if route.kind == "cascade" and cascade
-                                           else decision.expected_cost_usd),
-                        calibration=summary, status=JobStatus.RUNNING)
+        repo.update_job(
+            session,
+            full.id,
+            route=route.as_json(),
+            model_id=route.model_id,
+            decision=decision_as_json(decision),
+            expected_cost_usd=(
+                cascade.expected_cost_usd * full.n_items
+                if route.kind == "cascade" and cascade
+                else decision.expected_cost_usd
+            ),
+            calibration=summary,
+            status=JobStatus.RUNNING,
+        )
         kept = _keep_answers(session, full, cal, route) if not (full.calibration or {}).get("sample_job_id") else 0
         summary["kept_answers"] = kept
         repo.update_job(session, full.id, calibration=dict(summary))
-        repo.add_job_event(session, job_id=full.id, kind="calibrated",
-                           detail={"outcome": "chosen", "route": route.kind, "model_id": route.model_id, "kept_answers": kept})
+        repo.add_job_event(
+            session,
+            job_id=full.id,
+            kind="calibrated",
+            detail={"outcome": "chosen", "route": route.kind, "model_id": route.model_id, "kept_answers": kept},
+        )
     return summary
 
 
@@ -186,7 +255,12 @@ def _stop(settings: Settings, job_id: str, summary: dict[str, Any]) -> dict[str,
         repo.find_job(session, job_id, for_update=True)
         summary["spent_usd"] = str(repo.job_spend(session, job_id))
         repo.update_job(session, job_id, status=JobStatus.NO_MODEL, calibration=summary, finished_at=utcnow())
-        repo.add_job_event(session, job_id=job_id, kind="calibrated", detail={"outcome": summary["outcome"], "message": summary["message"]})
+        repo.add_job_event(
+            session,
+            job_id=job_id,
+            kind="calibrated",
+            detail={"outcome": summary["outcome"], "message": summary["message"]},
+        )
     return summary
 
 
@@ -196,10 +270,24 @@ def _route(decision: Any, cascade: CascadeChoice | None, cal: Calibration, job: 
     drift_share = DEFAULT_DRIFT_SHARE if job.task == "classify" and reference and reference != chosen else 0.0
     fallbacks = fallbacks_from(decision, exclude={chosen})
     if cascade is not None and cascade.use_cascade:
-        return Route(kind="cascade", model_id=cascade.first_id, second_id=cascade.second_id, strong_id=cascade.strong_id,
-                     fallbacks=fallbacks, reference_id=reference, drift_share=drift_share, reasons=tuple(cascade.reasons))
-    return Route(kind="single", model_id=chosen, fallbacks=fallbacks, reference_id=reference, drift_share=drift_share,
-                 reasons=(decision.summary,))
+        return Route(
+            kind="cascade",
+            model_id=cascade.first_id,
+            second_id=cascade.second_id,
+            strong_id=cascade.strong_id,
+            fallbacks=fallbacks,
+            reference_id=reference,
+            drift_share=drift_share,
+            reasons=tuple(cascade.reasons),
+        )
+    return Route(
+        kind="single",
+        model_id=chosen,
+        fallbacks=fallbacks,
+        reference_id=reference,
+        drift_share=drift_share,
+        reasons=(decision.summary,),
+    )
 
 
 def _keep_answers(session: Any, job: Job, cal: Calibration, route: Route) -> int:
@@ -214,8 +302,18 @@ def _keep_answers(session: Any, job: Job, cal: Calibration, route: Route) -> int
         found = _route_answer(cal, route, item_id)
         if found is not None:
             answer, call_id = found
-            rows.append({"id": item_id, "status": ItemStatus.DONE, "output": answer, "error": None,
-                         "final_call_id": call_id, "finished_at": utcnow(), "lease_until": None, "held": 0})
+            rows.append(
+                {
+                    "id": item_id,
+                    "status": ItemStatus.DONE,
+                    "output": answer,
+                    "error": None,
+                    "final_call_id": call_id,
+                    "finished_at": utcnow(),
+                    "lease_until": None,
+                    "held": 0,
+                }
+            )
     done, _ = repo.finish_items(session, rows)  # still pending, never claimed: held with 0 tries
     repo.count_finished(session, job_id=job.id, done=done, failed=0, now=utcnow())
     return done
@@ -256,16 +354,24 @@ def _answer(settings: Settings, catalog: Catalog, job: Any, cal: Calibration, mo
 def _profile(job: Job) -> JobProfile:
     constraints = job.constraints or {}
     output = 8 if job.task == "classify" else int((job.max_words or 60) * 1.5)
-    return JobProfile(task=job.task, min_quality=job.min_quality, n_items=job.n_items, total_input_tokens=job.total_input_tokens,
-                      max_input_tokens=job.max_input_tokens, output_tokens_per_item=output,
-                      allowed_providers=frozenset(constraints["providers"]) if constraints.get("providers") else None,
-                      allowed_models=frozenset(constraints["models"]) if constraints.get("models") else None,
-                      regions=frozenset(constraints["regions"]) if constraints.get("regions") else None)
+    return JobProfile(
+        task=job.task,
+        min_quality=job.min_quality,
+        n_items=job.n_items,
+        total_input_tokens=job.total_input_tokens,
+        max_input_tokens=job.max_input_tokens,
+        output_tokens_per_item=output,
+        allowed_providers=frozenset(constraints["providers"]) if constraints.get("providers") else None,
+        allowed_models=frozenset(constraints["models"]) if constraints.get("models") else None,
+        regions=frozenset(constraints["regions"]) if constraints.get("regions") else None,
+    )
 
 
 def _eligible(decision: dict[str, Any]) -> list[str]:
     """Models meeting the job's constraints, cheapest expected cost first."""
-    verdicts = [v for v in decision.get("verdicts", []) if v.get("meets_constraints") and v.get("expected_cost_usd") is not None]
+    verdicts = [
+        v for v in decision.get("verdicts", []) if v.get("meets_constraints") and v.get("expected_cost_usd") is not None
+    ]
     verdicts.sort(key=lambda v: Decimal(v["expected_cost_usd"]))
     return [v["model_id"] for v in verdicts]
 
@@ -273,6 +379,7 @@ def _eligible(decision: dict[str, Any]) -> list[str]:
 def _strongest(eligible: list[str], pool: list[Candidate]) -> str:
     """The reference: the eligible model with the best quality prior (then the dearest)."""
     by_id = {c.model_id: c for c in pool}
+
     def strength(model_id: str) -> tuple[float, int]:
         quality = by_id[model_id].quality
         return (quality.value if quality is not None else 0.0), eligible.index(model_id)
@@ -285,7 +392,11 @@ def _per_item_cost(catalog: Catalog, job: Any, model_id: str, sample: list[Any])
     spec = spec_for(job.task, job.labels, job.max_words)
     if not sample:
         return Decimal(0)
-    tokens = sum(estimate_tokens(row.text) for row in sample) / len(sample) + estimate_tokens(spec.system) + MESSAGE_OVERHEAD_TOKENS
+    tokens = (
+        sum(estimate_tokens(row.text) for row in sample) / len(sample)
+        + estimate_tokens(spec.system)
+        + MESSAGE_OVERHEAD_TOKENS
+    )
     price = catalog.price(model_id)
     output = catalog.model(model_id).output_cap(spec.expected_output_tokens)  # thinking is billed as output
     return (Decimal(int(tokens)) * price.input.base + Decimal(output) * price.output.base) / Decimal(1_000_000)
@@ -298,24 +409,51 @@ def _with_estimate(candidate: Candidate, counts: tuple[int, int], source: str) -
 
 def _estimate_json(n: int, k: int, confidence: float) -> dict[str, Any]:
     mean = k / n if n else 0.0
-    return {"n": n, "right": k, "mean": round(mean, 4), "lower": round(wilson_lower_bound(mean, n, confidence), 4),
-            "upper": round(wilson_upper_bound(mean, n, confidence), 4)}
+    return {
+        "n": n,
+        "right": k,
+        "mean": round(mean, 4),
+        "lower": round(wilson_lower_bound(mean, n, confidence), 4),
+        "upper": round(wilson_upper_bound(mean, n, confidence), 4),
+    }
 
 
-def _store_estimates(session: Any, catalog: Catalog, job: Any, measured: dict[str, tuple[int, int]], cal: Calibration,
-                     confidence: float, now: datetime) -> None:
+def _store_estimates(
+    session: Any,
+    catalog: Catalog,
+    job: Any,
+    measured: dict[str, tuple[int, int]],
+    cal: Calibration,
+    confidence: float,
+    now: datetime,
+) -> None:
     for model_id, (n, k) in measured.items():
         if not n:
             continue
         estimate = _estimate_json(n, k, confidence)
         price = catalog.price(model_id, now)
-        repo.upsert_quality_estimate(session, values={
-            "tenant_id": job.tenant_id, "signature": signature(job), "task": job.task, "model_id": model_id,
-            "source": "gold" if cal.mode == "gold" else "reference", "n": n, "successes": float(k),
-            "mean": estimate["mean"], "lower": estimate["lower"], "upper": estimate["upper"], "confidence": confidence,
-            "input_usd_per_mtok": price.input.base, "output_usd_per_mtok": price.output.base, "job_id": job.id,
-            "measured_at": now, "expires_at": now + ESTIMATE_TTL, "drifted_at": None,
-        })
+        repo.upsert_quality_estimate(
+            session,
+            values={
+                "tenant_id": job.tenant_id,
+                "signature": signature(job),
+                "task": job.task,
+                "model_id": model_id,
+                "source": "gold" if cal.mode == "gold" else "reference",
+                "n": n,
+                "successes": float(k),
+                "mean": estimate["mean"],
+                "lower": estimate["lower"],
+                "upper": estimate["upper"],
+                "confidence": confidence,
+                "input_usd_per_mtok": price.input.base,
+                "output_usd_per_mtok": price.output.base,
+                "job_id": job.id,
+                "measured_at": now,
+                "expires_at": now + ESTIMATE_TTL,
+                "drifted_at": None,
+            },
+        )
 
 
 @contextmanager

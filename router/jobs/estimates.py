@@ -46,8 +46,11 @@ def is_fresh(row: Any, catalog: Catalog, now: datetime) -> bool:
 def fresh_estimates(session: Any, catalog: Catalog, *, tenant_id: int, signature: str) -> dict[str, Any]:
     """The tenant's fresh estimates for this kind of job, by model."""
     now = utcnow()
-    return {row.model_id: row for row in repo.quality_estimates(session, tenant_id=tenant_id, signature=signature)
-            if is_fresh(row, catalog, now)}
+    return {
+        row.model_id: row
+        for row in repo.quality_estimates(session, tenant_id=tenant_id, signature=signature)
+        if is_fresh(row, catalog, now)
+    }
 
 
 def with_estimates(pool: list[Candidate], measured: dict[str, Any]) -> list[Candidate]:
@@ -62,8 +65,16 @@ def with_estimates(pool: list[Candidate], measured: dict[str, Any]) -> list[Cand
     return out
 
 
-def mode_for(session: Any, request: JobRequest, *, n_gold: int, tenant_id: int, pool: list[Candidate],
-             measured: dict[str, Any], profile: JobProfile) -> tuple[str, str | None]:
+def mode_for(
+    session: Any,
+    request: JobRequest,
+    *,
+    n_gold: int,
+    tenant_id: int,
+    pool: list[Candidate],
+    measured: dict[str, Any],
+    profile: JobProfile,
+) -> tuple[str, str | None]:
     """How this job gets its quality estimates: (gold | reference | prior, the job whose labelled
     items to calibrate on when not its own)."""
     if request.quality == "prior":
@@ -71,7 +82,7 @@ def mode_for(session: Any, request: JobRequest, *, n_gold: int, tenant_id: int, 
     if request.quality == "reference":
         return "reference", None
     if request.quality == "gold" and n_gold == 0:
-        raise InputError("--quality gold needs labelled items: add a \"gold\" field to some lines", field="--quality")
+        raise InputError('--quality gold needs labelled items: add a "gold" field to some lines', field="--quality")
     if n_gold:
         return "gold", None
     if not measured:
@@ -81,8 +92,14 @@ def mode_for(session: Any, request: JobRequest, *, n_gold: int, tenant_id: int, 
     decision = choose_model(profile, pool)
     proven = choose_model(profile, [c for c in pool if c.model_id in measured])
     proven_cost = proven.expected_cost_usd if proven.ok else None
-    untested = [v.model_id for v in decision.verdicts if v.meets_constraints and v.model_id not in measured
-                and v.expected_cost_usd is not None and (proven_cost is None or v.expected_cost_usd < proven_cost)]
+    untested = [
+        v.model_id
+        for v in decision.verdicts
+        if v.meets_constraints
+        and v.model_id not in measured
+        and v.expected_cost_usd is not None
+        and (proven_cost is None or v.expected_cost_usd < proven_cost)
+    ]
     if not untested:
         return "prior", None
     for row in sorted(measured.values(), key=lambda r: r.measured_at, reverse=True):

@@ -47,9 +47,13 @@ QUALITY_MODES = ("auto", "gold", "reference", "prior")
 def check_request(request: JobRequest) -> None:
     """Raise InputError naming the flag when the request itself is wrong (before any line is read)."""
     if request.on_budget not in ON_BUDGET:
-        raise InputError(f"unknown --on-budget '{request.on_budget}': use one of {', '.join(ON_BUDGET)}", field="--on-budget")
+        raise InputError(
+            f"unknown --on-budget '{request.on_budget}': use one of {', '.join(ON_BUDGET)}", field="--on-budget"
+        )
     if request.quality not in QUALITY_MODES:
-        raise InputError(f"unknown --quality '{request.quality}': use one of {', '.join(QUALITY_MODES)}", field="--quality")
+        raise InputError(
+            f"unknown --quality '{request.quality}': use one of {', '.join(QUALITY_MODES)}", field="--quality"
+        )
     if request.task not in TASKS:
         raise InputError(f"unknown task '{request.task}': use one of {', '.join(TASKS)}", field="--task")
     if not 0.0 <= request.min_quality <= 1.0:
@@ -115,7 +119,7 @@ def _parse(number: int, raw: bytes, task: str, labels: dict[str, str], seen: set
     except json.JSONDecodeError as exc:
         return LineError(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
     if not isinstance(obj, dict):
-        return LineError(number, None, "a line must be a JSON object like {\"id\": \"1\", \"text\": \"...\"}")
+        return LineError(number, None, 'a line must be a JSON object like {"id": "1", "text": "..."}')
     ext_id = obj.get("id")
     if ext_id is None or ext_id == "":
         return LineError(number, "id", "missing")

@@ -82,8 +82,13 @@ class InlineDispatcher:
             job = repo.get_job(session, job_id)
             total, finished = job.n_items, job.n_done + job.n_failed
         with self._watcher.running(total=total, finished=finished) as advance:
-            run_job_inline(self._settings, self._catalog, job_id=job_id, ranges=ranges,
-                           progress=lambda outcome: advance(outcome.done + outcome.failed))
+            run_job_inline(
+                self._settings,
+                self._catalog,
+                job_id=job_id,
+                ranges=ranges,
+                progress=lambda outcome: advance(outcome.done + outcome.failed),
+            )
 
 
 def dispatcher_for(settings: Settings, catalog: Catalog, *, watcher: Watcher | None = None) -> Dispatcher:
@@ -110,8 +115,9 @@ def start(settings: Settings, *, job_id: str, dispatcher: Dispatcher) -> int:
     return len(ranges)
 
 
-def calibrate_then_run(settings: Settings, catalog: Catalog, *, job_id: str, dispatcher: Dispatcher,
-                       watcher: Watcher | None = None) -> dict[str, Any]:
+def calibrate_then_run(
+    settings: Settings, catalog: Catalog, *, job_id: str, dispatcher: Dispatcher, watcher: Watcher | None = None
+) -> dict[str, Any]:
     """Calibrate a job on a sample of its items; when a route was chosen (and the job was not a
     calibration only), hand its chunks over. Safe to run twice. Returns the calibration summary."""
     watcher = watcher or _Unwatched()
@@ -123,8 +129,9 @@ def calibrate_then_run(settings: Settings, catalog: Catalog, *, job_id: str, dis
     return summary
 
 
-def resume(settings: Settings, *, job_id: str, dispatcher: Dispatcher,
-           on_resumed: Callable[[Job], None] | None = None) -> Job:
+def resume(
+    settings: Settings, *, job_id: str, dispatcher: Dispatcher, on_resumed: Callable[[Job], None] | None = None
+) -> Job:
     """Resume a paused job (after its budget was raised, a new month began, or a refused key was
     fixed: its stopped providers are tried again), and hand its remaining chunks over. A running job
     is handed over again (a hint costs nothing: only items nobody holds are claimed). Returns the
@@ -139,17 +146,27 @@ def resume(settings: Settings, *, job_id: str, dispatcher: Dispatcher,
     return job
 
 
-def set_budget(settings: Settings, *, team: str, tenant: str | None, monthly: str, currency: str, soft: str | None,
-               dispatcher: Dispatcher, on_set: Callable[[BudgetPeriod], None] | None = None,
-               on_resumed: Callable[[Job], None] | None = None) -> BudgetPeriod:
+def set_budget(
+    settings: Settings,
+    *,
+    team: str,
+    tenant: str | None,
+    monthly: str,
+    currency: str,
+    soft: str | None,
+    dispatcher: Dispatcher,
+    on_set: Callable[[BudgetPeriod], None] | None = None,
+    on_resumed: Callable[[Job], None] | None = None,
+) -> BudgetPeriod:
     """Set a team's monthly budget (this month at once, and every month after), then resume the
     team's paused jobs. Returns this month's period; `on_set` is told it before any job resumes."""
     amount = budgets.parse_amount(monthly, field="--monthly")
     soft_pct = budgets.parse_soft(soft)
     with session_scope(settings) as session:
         found = repo.find_team(session, name=team, tenant=tenant)
-        period = budgets.set_budget(session, team=found, monthly=amount, currency=currency, soft_pct=soft_pct,
-                                    settings=settings)
+        period = budgets.set_budget(
+            session, team=found, monthly=amount, currency=currency, soft_pct=soft_pct, settings=settings
+        )
         paused = repo.paused_jobs(session, team_id=found.id)  # type: ignore[arg-type]
     if on_set is not None:
         on_set(period)
@@ -195,12 +212,27 @@ def cancel(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[str, in
         snapshot = repo.job_for_chunk(session, job_id)
         if dead and snapshot is not None and snapshot.model_id:
             lost = charge_lost(session, settings, catalog, ChunkContext.build(catalog, snapshot), dead, now)
-        cancelled = repo.fail_items(session, job_id=job_id, item_ids=None, error="cancelled", now=now,
-                                    only_status=(ItemStatus.PENDING,))
+        cancelled = repo.fail_items(
+            session, job_id=job_id, item_ids=None, error="cancelled", now=now, only_status=(ItemStatus.PENDING,)
+        )
         cancelled += repo.fail_items(session, job_id=job_id, item_ids=[r.id for r in dead], error="cancelled", now=now)
         in_flight = repo.count_items(session, job_id=job_id, status=ItemStatus.RUNNING)
         released = budgets.release_job(session, job_id=job_id)
-        repo.add_job_event(session, job_id=job_id, kind="cancelled", detail={
-            "cancelled_items": cancelled, "in_flight_items": in_flight, "lost_calls_usd": str(lost), "released": str(released)})
-    return {"status": JobStatus.CANCELLED, "cancelled": cancelled, "lost_calls_usd": str(lost), "in_flight": in_flight,
-            "released": str(released)}
+        repo.add_job_event(
+            session,
+            job_id=job_id,
+            kind="cancelled",
+            detail={
+                "cancelled_items": cancelled,
+                "in_flight_items": in_flight,
+                "lost_calls_usd": str(lost),
+                "released": str(released),
+            },
+        )
+    return {
+        "status": JobStatus.CANCELLED,
+        "cancelled": cancelled,
+        "lost_calls_usd": str(lost),
+        "in_flight": in_flight,
+        "released": str(released),
+    }

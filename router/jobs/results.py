@@ -41,7 +41,9 @@ def job_state(settings: Settings, job_id: str) -> JobState:
     """The job's state; NotFoundError for an unknown job."""
     with session_scope(settings) as session:
         job = repo.get_job(session, job_id)
-        return JobState(job=job, spent_usd=repo.job_spend(session, job_id), calls_by_model=repo.job_models(session, job_id))
+        return JobState(
+            job=job, spent_usd=repo.job_spend(session, job_id), calls_by_model=repo.job_models(session, job_id)
+        )
 
 
 def job_quality(settings: Settings, job_id: str) -> JobQuality:
@@ -64,9 +66,15 @@ def result_records(settings: Settings, job_id: str) -> Iterator[dict[str, Any]]:
 def result_record(row: Any, cost: Decimal) -> dict[str, Any]:
     """An item's result: id, status, output, model, tokens, exact cost (retries included), tries, error."""
     record = {
-        "id": row.ext_id, "status": row.status, "output": row.output, "model": row.model_id,
-        "input_tokens": (row.input_tokens or 0) + (row.cached_input_tokens or 0), "output_tokens": row.output_tokens,
-        "cost_usd": str(cost), "attempts": row.attempts, "error": row.error,
+        "id": row.ext_id,
+        "status": row.status,
+        "output": row.output,
+        "model": row.model_id,
+        "input_tokens": (row.input_tokens or 0) + (row.cached_input_tokens or 0),
+        "output_tokens": row.output_tokens,
+        "cost_usd": str(cost),
+        "attempts": row.attempts,
+        "error": row.error,
     }
     if row.gold is not None:
         record["gold"] = row.gold

@@ -51,9 +51,15 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
     spec = spec_for(request.task, request.labels, request.max_words)
     pool = candidates(catalog, settings, task=request.task, simulated=simulated)
     base_profile = JobProfile(
-        task=request.task, min_quality=request.min_quality, n_items=0, total_input_tokens=0, max_input_tokens=0,
-        output_tokens_per_item=spec.expected_output_tokens, allowed_providers=request.providers,
-        allowed_models=request.models, regions=request.regions,
+        task=request.task,
+        min_quality=request.min_quality,
+        n_items=0,
+        total_input_tokens=0,
+        max_input_tokens=0,
+        output_tokens_per_item=spec.expected_output_tokens,
+        allowed_providers=request.providers,
+        allowed_models=request.models,
+        regions=request.regions,
     )
     context_limit = max_context(base_profile, pool)
     if context_limit == 0:
@@ -61,12 +67,21 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
     job_id = uuid.uuid4().hex[:12]
     with session_scope(settings) as session:
         team = repo.find_team(session, name=request.team, tenant=request.tenant)
-        measured = estimates.fresh_estimates(session, catalog, tenant_id=team.tenant_id, signature=estimates.signature_of(request))
+        measured = estimates.fresh_estimates(
+            session, catalog, tenant_id=team.tenant_id, signature=estimates.signature_of(request)
+        )
         pool = estimates.with_estimates(pool, measured)
         job = Job(
-            id=job_id, tenant_id=team.tenant_id, team_id=team.id, task=request.task,  # type: ignore[arg-type]
-            labels=list(request.labels) or None, max_words=request.max_words, min_quality=request.min_quality,
-            constraints=_constraints(request), source=str(request.path), simulated=simulated,
+            id=job_id,
+            tenant_id=team.tenant_id,
+            team_id=team.id,  # type: ignore[arg-type]
+            task=request.task,
+            labels=list(request.labels) or None,
+            max_words=request.max_words,
+            min_quality=request.min_quality,
+            constraints=_constraints(request),
+            source=str(request.path),
+            simulated=simulated,
         )
         repo.add_job(session, job)
         loaded = _load_items(session, job_id=job_id, request=request, spec=spec, context_limit=context_limit)
@@ -76,16 +91,25 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             raise InputError(f"{request.path} is empty: no items to run", field="FILE")
         if n_items == 0:
             detail = "; ".join(str(e) for e in rejected[:5])
-            raise InputError(f"no valid items in {request.path}: all {n_rejected:,} lines were rejected: {detail}", field="FILE")
+            raise InputError(
+                f"no valid items in {request.path}: all {n_rejected:,} lines were rejected: {detail}", field="FILE"
+            )
         profile = JobProfile(
-            task=request.task, min_quality=request.min_quality, n_items=n_items, total_input_tokens=total_tokens,
-            max_input_tokens=max_tokens, output_tokens_per_item=spec.expected_output_tokens,
-            allowed_providers=request.providers, allowed_models=request.models, regions=request.regions,
+            task=request.task,
+            min_quality=request.min_quality,
+            n_items=n_items,
+            total_input_tokens=total_tokens,
+            max_input_tokens=max_tokens,
+            output_tokens_per_item=spec.expected_output_tokens,
+            allowed_providers=request.providers,
+            allowed_models=request.models,
+            regions=request.regions,
         )
         if request.calibrate_only and request.quality in ("auto", "prior"):
             request = replace(request, quality="gold" if n_gold else "reference")
-        mode, sample_job = estimates.mode_for(session, request, n_gold=n_gold, tenant_id=team.tenant_id, pool=pool,
-                                            measured=measured, profile=profile)
+        mode, sample_job = estimates.mode_for(
+            session, request, n_gold=n_gold, tenant_id=team.tenant_id, pool=pool, measured=measured, profile=profile
+        )
         # A job that calibrates first is routed on its measurements, later; now only its constraints count.
         decision = choose_model(replace(profile, min_quality=0.0) if mode != "prior" else profile, pool)
         if not decision.ok:
@@ -93,16 +117,26 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         _check_budget(session, settings, request, team, decision)
         baseline = catalog.price(decision.baseline_model_id) if decision.baseline_model_id else None
         repo.update_job(
-            session, job_id,
+            session,
+            job_id,
             baseline_input_usd_per_mtok=baseline.input.base if baseline is not None else None,
             baseline_output_usd_per_mtok=baseline.output.base if baseline is not None else None,
-            on_budget=request.on_budget, model_id=decision.model_id, route=single_route(decision).as_json(),
-            baseline_model_id=decision.baseline_model_id, expected_cost_usd=decision.expected_cost_usd,
-            decision=decision_as_json(decision), n_items=n_items, n_rejected=n_rejected,
-            rejected=[e.as_dict() for e in rejected], total_input_tokens=total_tokens, max_input_tokens=max_tokens,
-            quality_mode=mode, status=JobStatus.RUNNING if mode == "prior" else JobStatus.CALIBRATING,
+            on_budget=request.on_budget,
+            model_id=decision.model_id,
+            route=single_route(decision).as_json(),
+            baseline_model_id=decision.baseline_model_id,
+            expected_cost_usd=decision.expected_cost_usd,
+            decision=decision_as_json(decision),
+            n_items=n_items,
+            n_rejected=n_rejected,
+            rejected=[e.as_dict() for e in rejected],
+            total_input_tokens=total_tokens,
+            max_input_tokens=max_tokens,
+            quality_mode=mode,
+            status=JobStatus.RUNNING if mode == "prior" else JobStatus.CALIBRATING,
             calibration={"sample_job_id": sample_job, "only": request.calibrate_only}
-            if sample_job or request.calibrate_only else None,
+            if sample_job or request.calibrate_only
+            else None,
         )
     return Submitted(job_id, n_items, rejected, n_rejected, decision, simulated, calibrating=mode != "prior")
 
@@ -119,7 +153,9 @@ class _Loaded:
     rejected: list[LineError] = field(default_factory=list)
 
 
-def _load_items(session: Session, *, job_id: str, request: JobRequest, spec: PromptSpec, context_limit: int | None) -> _Loaded:
+def _load_items(
+    session: Session, *, job_id: str, request: JobRequest, spec: PromptSpec, context_limit: int | None
+) -> _Loaded:
     """Stream the file's good lines into the job's items, INSERT_BATCH at a time; count the bad ones
     (a text too long for every eligible model's context window is a bad line too)."""
     loaded = _Loaded()
@@ -128,14 +164,20 @@ def _load_items(session: Session, *, job_id: str, request: JobRequest, spec: Pro
         if isinstance(parsed, ParsedItem):
             tokens = spec.input_tokens(parsed.text)
             if context_limit is not None and tokens + spec.max_output_tokens > context_limit:
-                parsed = LineError(parsed.line, "text", f"about {tokens:,} tokens: longer than every eligible "
-                                   f"model's context window (the largest is {context_limit:,} tokens)")
+                parsed = LineError(
+                    parsed.line,
+                    "text",
+                    f"about {tokens:,} tokens: longer than every eligible "
+                    f"model's context window (the largest is {context_limit:,} tokens)",
+                )
         if isinstance(parsed, LineError):
             loaded.n_rejected += 1
             if len(loaded.rejected) < KEPT_REJECTIONS:
                 loaded.rejected.append(parsed)
             continue
-        batch.append((job_id, loaded.n_items, parsed.ext_id, parsed.text, parsed.gold, "pending", 0))  # repo.ITEM_COLUMNS
+        batch.append(
+            (job_id, loaded.n_items, parsed.ext_id, parsed.text, parsed.gold, "pending", 0)
+        )  # repo.ITEM_COLUMNS
         loaded.n_items += 1
         loaded.n_gold += parsed.gold is not None
         loaded.total_tokens += tokens

@@ -23,8 +23,9 @@ def stalled_ranges(settings: Settings) -> dict[str, list[tuple[int, int]]]:
     now = utcnow()
     size = settings.chunk_size
     with session_scope(settings) as session:
-        chunks = repo.stalled_chunks(session, now=now, idle_since=now - timedelta(seconds=settings.sweep_idle_s),
-                                     chunk_size=size)
+        chunks = repo.stalled_chunks(
+            session, now=now, idle_since=now - timedelta(seconds=settings.sweep_idle_s), chunk_size=size
+        )
     return {job_id: [(c * size, c * size + size) for c in numbers] for job_id, numbers in chunks.items()}
 
 

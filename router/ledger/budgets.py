@@ -65,7 +65,9 @@ def usd_per_unit(currency: str, settings: Settings) -> Decimal:
         return Decimal(1)
     if currency == "EUR":
         if settings.usd_per_eur is None:
-            raise InputError("EUR budgets need an exchange rate: set PENNYROUTE_USD_PER_EUR (e.g. 1.08)", field="--currency")
+            raise InputError(
+                "EUR budgets need an exchange rate: set PENNYROUTE_USD_PER_EUR (e.g. 1.08)", field="--currency"
+            )
         return settings.usd_per_eur
     raise InputError(f"unknown currency '{currency}': use one of {', '.join(CURRENCIES)}", field="--currency")
 
@@ -89,8 +91,16 @@ def period_start(moment: datetime, timezone: str) -> date:
     return moment.astimezone(ZoneInfo(timezone)).date().replace(day=1)
 
 
-def set_budget(session: Session, *, team: Team, monthly: Decimal, currency: str, soft_pct: float | None,
-               settings: Settings, now: datetime | None = None) -> BudgetPeriod:
+def set_budget(
+    session: Session,
+    *,
+    team: Team,
+    monthly: Decimal,
+    currency: str,
+    soft_pct: float | None,
+    settings: Settings,
+    now: datetime | None = None,
+) -> BudgetPeriod:
     """Set a team's standing monthly budget; it applies to the current period at once."""
     currency = currency.upper()
     usd_per_unit(currency, settings)  # validates the currency and its rate
@@ -98,16 +108,32 @@ def set_budget(session: Session, *, team: Team, monthly: Decimal, currency: str,
     if policy is None:
         policy = BudgetPolicy(team_id=team.id, monthly_limit=monthly, currency=currency, soft_pct=soft_pct)  # type: ignore[arg-type]
     else:
-        policy.monthly_limit, policy.currency, policy.soft_pct, policy.updated_at = monthly, currency, soft_pct, utcnow()
+        policy.monthly_limit, policy.currency, policy.soft_pct, policy.updated_at = (
+            monthly,
+            currency,
+            soft_pct,
+            utcnow(),
+        )
     session.add(policy)
     session.flush()
     period = current_period(session, team_id=team.id, now=now)  # type: ignore[arg-type]
     assert period is not None
     if period.currency != currency and (period.settled or period.reserved):
-        raise InputError(f"this month already has spend in {period.currency}; change the currency next month", field="--currency")
-    session.execute(update(PERIOD).where(PERIOD.c.id == period.id).values(limit_amount=monthly, currency=currency, soft_pct=soft_pct))
-    record_event(session, team_id=team.id, period=period.period_start, kind="limit_set",  # type: ignore[arg-type]
-                 detail={"monthly": str(monthly), "currency": currency, "soft_pct": soft_pct})
+        raise InputError(
+            f"this month already has spend in {period.currency}; change the currency next month", field="--currency"
+        )
+    session.execute(
+        update(PERIOD)
+        .where(PERIOD.c.id == period.id)
+        .values(limit_amount=monthly, currency=currency, soft_pct=soft_pct)
+    )
+    record_event(
+        session,
+        team_id=team.id,  # type: ignore[arg-type]
+        period=period.period_start,
+        kind="limit_set",
+        detail={"monthly": str(monthly), "currency": currency, "soft_pct": soft_pct},
+    )
     session.refresh(period)
     return period
 
@@ -122,13 +148,24 @@ def current_period(session: Session, *, team_id: int, now: datetime | None = Non
         sm_select(Tenant.timezone).join(Team, Team.tenant_id == Tenant.id).where(Team.id == team_id)  # type: ignore[arg-type]
     ).one()
     start = period_start(now or utcnow(), timezone)
-    values = {"team_id": team_id, "period_start": start, "limit_amount": policy.monthly_limit, "currency": policy.currency,
-              "soft_pct": policy.soft_pct, "settled": Decimal(0), "reserved": Decimal(0)}
+    values = {
+        "team_id": team_id,
+        "period_start": start,
+        "limit_amount": policy.monthly_limit,
+        "currency": policy.currency,
+        "soft_pct": policy.soft_pct,
+        "settled": Decimal(0),
+        "reserved": Decimal(0),
+    }
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        session.execute(pg_insert(PERIOD).values(**values).on_conflict_do_nothing(index_elements=["team_id", "period_start"]))
+        session.execute(
+            pg_insert(PERIOD).values(**values).on_conflict_do_nothing(index_elements=["team_id", "period_start"])
+        )
     else:
-        session.execute(sqlite_insert(PERIOD).values(**values).on_conflict_do_nothing(index_elements=["team_id", "period_start"]))
+        session.execute(
+            sqlite_insert(PERIOD).values(**values).on_conflict_do_nothing(index_elements=["team_id", "period_start"])
+        )
     return session.exec(
         sm_select(BudgetPeriod).where(BudgetPeriod.team_id == team_id, BudgetPeriod.period_start == start)
     ).one()
@@ -144,7 +181,9 @@ def release_expired(session: Session, *, period_id: int, now: datetime) -> None:
     """Give back the reservations of chunks whose worker died (their lease ran out)."""
     expired = session.execute(
         update(RESERVATION)
-        .where(RESERVATION.c.budget_period_id == period_id, RESERVATION.c.status == "held", RESERVATION.c.expires_at < now)
+        .where(
+            RESERVATION.c.budget_period_id == period_id, RESERVATION.c.status == "held", RESERVATION.c.expires_at < now
+        )
         .values(status="expired")
         .returning(RESERVATION.c.amount)
     ).all()
@@ -173,16 +212,19 @@ def release_job(session: Session, *, job_id: str) -> Decimal:
     """Give back every reservation a job holds (it was cancelled); returns the amount released, in
     the budgets' currencies. A batch still in flight settles its actual spend when it ends."""
     held = session.execute(
-        update(RESERVATION).where(RESERVATION.c.job_id == job_id, RESERVATION.c.status == "held")
-        .values(status="expired").returning(RESERVATION.c.amount, RESERVATION.c.budget_period_id)
+        update(RESERVATION)
+        .where(RESERVATION.c.job_id == job_id, RESERVATION.c.status == "held")
+        .values(status="expired")
+        .returning(RESERVATION.c.amount, RESERVATION.c.budget_period_id)
     ).all()
     for amount, period_id in held:
         release(session, period_id=period_id, amount=amount)
     return sum((amount for amount, _ in held), Decimal(0))
 
 
-def settle_unknown(session: Session, *, job_id: str, team_id: int, amount_usd: Decimal, settings: Settings,
-                   now: datetime) -> None:
+def settle_unknown(
+    session: Session, *, job_id: str, team_id: int, amount_usd: Decimal, settings: Settings, now: datetime
+) -> None:
     """Settle the worst case of calls whose worker died mid-call, out of the job's reservations.
 
     The dead worker's reservation still holds that worst case (it expires only after twice the item
@@ -196,48 +238,73 @@ def settle_unknown(session: Session, *, job_id: str, team_id: int, amount_usd: D
     amount = (amount_usd / usd_per_unit(period.currency, settings)).quantize(QUANTUM, rounding=ROUND_CEILING)
     left = amount
     held = session.execute(
-        select(RESERVATION.c.id, RESERVATION.c.amount).where(RESERVATION.c.job_id == job_id, RESERVATION.c.status == "held",
-                                                             RESERVATION.c.budget_period_id == period.id)
-        .order_by(RESERVATION.c.created_at).with_for_update()
+        select(RESERVATION.c.id, RESERVATION.c.amount)
+        .where(
+            RESERVATION.c.job_id == job_id, RESERVATION.c.status == "held", RESERVATION.c.budget_period_id == period.id
+        )
+        .order_by(RESERVATION.c.created_at)
+        .with_for_update()
     ).all()
     for row in held:
         if left <= 0:
             break
         take = min(left, row.amount)
-        session.execute(update(RESERVATION).where(RESERVATION.c.id == row.id).values(amount=RESERVATION.c.amount - take))
+        session.execute(
+            update(RESERVATION).where(RESERVATION.c.id == row.id).values(amount=RESERVATION.c.amount - take)
+        )
         _add(session, period.id, reserved=-take, settled=take)  # type: ignore[arg-type]
         left -= take
     if left > 0:
         _add(session, period.id, settled=left)  # type: ignore[arg-type]
         session.refresh(period)
         if period.settled + period.reserved > period.limit_amount:
-            record_event(session, team_id=team_id, period=period.period_start, kind="overshoot",
-                         detail={"job_id": job_id, "unknown_calls_usd": str(amount_usd), "settled": str(period.settled),
-                                 "limit": str(period.limit_amount)})
+            record_event(
+                session,
+                team_id=team_id,
+                period=period.period_start,
+                kind="overshoot",
+                detail={
+                    "job_id": job_id,
+                    "unknown_calls_usd": str(amount_usd),
+                    "settled": str(period.settled),
+                    "limit": str(period.limit_amount),
+                },
+            )
 
 
-def reserve(session: Session, *, period: BudgetPeriod, amount_usd: Decimal, job_id: str, settings: Settings,
-            now: datetime) -> Reservation | None:
+def reserve(
+    session: Session, *, period: BudgetPeriod, amount_usd: Decimal, job_id: str, settings: Settings, now: datetime
+) -> Reservation | None:
     """Hold `amount_usd` against the period, atomically; None (and nothing held) when it does not fit."""
     rate = usd_per_unit(period.currency, settings)
     amount = (amount_usd / rate).quantize(QUANTUM, rounding=ROUND_CEILING)
     if session.get_bind().dialect.name == "postgresql":
         row = session.execute(
-            text("UPDATE budget_period SET reserved = reserved + :amount "
-                 "WHERE id = :id AND settled + reserved + :amount <= limit_amount RETURNING id"),
+            text(
+                "UPDATE budget_period SET reserved = reserved + :amount "
+                "WHERE id = :id AND settled + reserved + :amount <= limit_amount RETURNING id"
+            ),
             {"amount": amount, "id": period.id},
         ).first()
         if row is None:
             return None
     else:  # SQLite: one writer at a time, so read-check-write is atomic enough
-        fresh = session.execute(select(PERIOD.c.settled, PERIOD.c.reserved, PERIOD.c.limit_amount).where(PERIOD.c.id == period.id)).one()
+        fresh = session.execute(
+            select(PERIOD.c.settled, PERIOD.c.reserved, PERIOD.c.limit_amount).where(PERIOD.c.id == period.id)
+        ).one()
         if fresh.settled + fresh.reserved + amount > fresh.limit_amount:
             return None
         _add(session, period.id, reserved=amount)  # type: ignore[arg-type]
     # Twice the item lease: a dead worker's items are taken over (and its lost calls settled out of
     # this reservation) at one lease, before the reservation could be given back to others.
-    reservation = Reservation(id=uuid.uuid4().hex, budget_period_id=period.id, job_id=job_id, amount=amount,  # type: ignore[arg-type]
-                              usd_per_unit=rate, expires_at=now + timedelta(seconds=2 * settings.lease_s))
+    reservation = Reservation(
+        id=uuid.uuid4().hex,
+        budget_period_id=period.id,  # type: ignore[arg-type]
+        job_id=job_id,
+        amount=amount,
+        usd_per_unit=rate,
+        expires_at=now + timedelta(seconds=2 * settings.lease_s),
+    )
     session.add(reservation)
     session.flush()
     return reservation
@@ -251,8 +318,10 @@ def settle(session: Session, *, reservation_id: str, actual_usd: Decimal, now: d
     # Conditional on the reservation's status, so a second settle of the same reservation is a no-op.
     for status in ("held", "expired"):
         row = session.execute(
-            update(RESERVATION).where(RESERVATION.c.id == reservation_id, RESERVATION.c.status == status)
-            .values(status="settled").returning(RESERVATION.c.amount, RESERVATION.c.usd_per_unit, RESERVATION.c.budget_period_id)
+            update(RESERVATION)
+            .where(RESERVATION.c.id == reservation_id, RESERVATION.c.status == status)
+            .values(status="settled")
+            .returning(RESERVATION.c.amount, RESERVATION.c.usd_per_unit, RESERVATION.c.budget_period_id)
         ).first()
         if row is not None:
             break
@@ -273,7 +342,11 @@ def _add(session: Session, period_id: int, *, reserved: Decimal = Decimal(0), se
         )
         return
     row = session.execute(select(PERIOD.c.settled, PERIOD.c.reserved).where(PERIOD.c.id == period_id)).one()
-    session.execute(update(PERIOD).where(PERIOD.c.id == period_id).values(reserved=row.reserved + reserved, settled=row.settled + settled))
+    session.execute(
+        update(PERIOD)
+        .where(PERIOD.c.id == period_id)
+        .values(reserved=row.reserved + reserved, settled=row.settled + settled)
+    )
 
 
 def _soft_alert(session: Session, period_id: int, now: datetime) -> dict[str, Any] | None:
@@ -286,12 +359,21 @@ def _soft_alert(session: Session, period_id: int, now: datetime) -> dict[str, An
     if period.settled < threshold:
         return None
     claimed = session.execute(
-        update(PERIOD).where(PERIOD.c.id == period_id, PERIOD.c.soft_alerted_at.is_(None)).values(soft_alerted_at=now).returning(PERIOD.c.id)
+        update(PERIOD)
+        .where(PERIOD.c.id == period_id, PERIOD.c.soft_alerted_at.is_(None))
+        .values(soft_alerted_at=now)
+        .returning(PERIOD.c.id)
     ).first()
     if claimed is None:  # another worker sent it
         return None
-    detail = {"team_id": period.team_id, "period": f"{period.period_start:%Y-%m}", "soft_pct": period.soft_pct,
-              "settled": str(period.settled), "limit": str(period.limit_amount), "currency": period.currency}
+    detail = {
+        "team_id": period.team_id,
+        "period": f"{period.period_start:%Y-%m}",
+        "soft_pct": period.soft_pct,
+        "settled": str(period.settled),
+        "limit": str(period.limit_amount),
+        "currency": period.currency,
+    }
     record_event(session, team_id=period.team_id, period=period.period_start, kind="soft_limit", detail=detail)
     return detail
 

@@ -45,6 +45,7 @@ QE = QualityEstimate.__table__  # type: ignore[attr-defined]
 
 # -- tenants and teams ---------------------------------------------------------------------------
 
+
 def create_tenant(session: Session, *, name: str, timezone: str = "UTC") -> Tenant:
     """Create a tenant; a clear error if the name is taken or empty."""
     name = name.strip()
@@ -113,6 +114,7 @@ def list_teams(session: Session) -> list[tuple[str, str]]:
 
 # -- jobs and items --------------------------------------------------------------------------------
 
+
 def get_job(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
@@ -126,10 +128,25 @@ def job_for_chunk(session: Session, job_id: str) -> JobSnapshot | None:
     tenant = Tenant.__table__  # type: ignore[attr-defined]
     policy = BudgetPolicy.__table__  # type: ignore[attr-defined]
     row = session.execute(
-        select(JOB.c.id, JOB.c.status, JOB.c.model_id, JOB.c.tenant_id, JOB.c.team_id, JOB.c.task, JOB.c.labels,
-               JOB.c.max_words, JOB.c.min_quality, JOB.c.simulated, JOB.c.route, JOB.c.stopped_providers,
-               JOB.c.baseline_model_id, JOB.c.baseline_input_usd_per_mtok, JOB.c.baseline_output_usd_per_mtok,
-               tenant.c.timezone, policy.c.team_id.is_not(None).label("has_budget"))
+        select(
+            JOB.c.id,
+            JOB.c.status,
+            JOB.c.model_id,
+            JOB.c.tenant_id,
+            JOB.c.team_id,
+            JOB.c.task,
+            JOB.c.labels,
+            JOB.c.max_words,
+            JOB.c.min_quality,
+            JOB.c.simulated,
+            JOB.c.route,
+            JOB.c.stopped_providers,
+            JOB.c.baseline_model_id,
+            JOB.c.baseline_input_usd_per_mtok,
+            JOB.c.baseline_output_usd_per_mtok,
+            tenant.c.timezone,
+            policy.c.team_id.is_not(None).label("has_budget"),
+        )
         .join(tenant, tenant.c.id == JOB.c.tenant_id)
         .outerjoin(policy, policy.c.team_id == JOB.c.team_id)
         .where(JOB.c.id == job_id)
@@ -137,11 +154,23 @@ def job_for_chunk(session: Session, job_id: str) -> JobSnapshot | None:
     if row is None:
         return None
     return JobSnapshot(
-        id=row.id, status=row.status, model_id=row.model_id, tenant_id=row.tenant_id, team_id=row.team_id, task=row.task,
-        labels=tuple(row.labels or ()), max_words=row.max_words, min_quality=row.min_quality, simulated=row.simulated,
-        route=row.route, stopped_providers=dict(row.stopped_providers or {}), baseline_model_id=row.baseline_model_id,
+        id=row.id,
+        status=row.status,
+        model_id=row.model_id,
+        tenant_id=row.tenant_id,
+        team_id=row.team_id,
+        task=row.task,
+        labels=tuple(row.labels or ()),
+        max_words=row.max_words,
+        min_quality=row.min_quality,
+        simulated=row.simulated,
+        route=row.route,
+        stopped_providers=dict(row.stopped_providers or {}),
+        baseline_model_id=row.baseline_model_id,
         baseline_input_usd_per_mtok=row.baseline_input_usd_per_mtok,
-        baseline_output_usd_per_mtok=row.baseline_output_usd_per_mtok, timezone=row.timezone, has_budget=bool(row.has_budget),
+        baseline_output_usd_per_mtok=row.baseline_output_usd_per_mtok,
+        timezone=row.timezone,
+        has_budget=bool(row.has_budget),
     )
 
 
@@ -151,8 +180,12 @@ def release_items(session: Session, items: Sequence[tuple[int, int]]) -> None:
     if items:
         held = {item_id: attempts for item_id, attempts in items}
         session.execute(
-            update(ITEM).where(ITEM.c.id == bindparam("b_id"), ITEM.c.attempts == bindparam("b_held"),
-                               ITEM.c.status == ItemStatus.RUNNING)
+            update(ITEM)
+            .where(
+                ITEM.c.id == bindparam("b_id"),
+                ITEM.c.attempts == bindparam("b_held"),
+                ITEM.c.status == ItemStatus.RUNNING,
+            )
             .values(status=ItemStatus.PENDING, lease_until=None, attempts=ITEM.c.attempts - 1),
             [{"b_id": item_id, "b_held": attempts} for item_id, attempts in held.items()],
         )
@@ -161,8 +194,10 @@ def release_items(session: Session, items: Sequence[tuple[int, int]]) -> None:
 def pause_job(session: Session, job_id: str, *, reason: str = "budget") -> bool:
     """Mark a running job paused, waiting for `reason` (budget | provider); True if this call paused it."""
     row = session.execute(
-        update(JOB).where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING)
-        .values(status=JobStatus.PAUSED, pause_reason=reason).returning(JOB.c.id)
+        update(JOB)
+        .where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING)
+        .values(status=JobStatus.PAUSED, pause_reason=reason)
+        .returning(JOB.c.id)
     ).first()
     return row is not None
 
@@ -181,15 +216,19 @@ def add_drift_counts(session: Session, *, job_id: str, model_id: str, checked: i
     """Add a batch's drift checks (items also answered by the reference model) to the job's counts,
     only while the job still runs on `model_id`, the model the batch ran on: a batch that started
     before the job was re-routed must not charge the old model's disagreements to the new one."""
-    session.execute(update(JOB).where(JOB.c.id == job_id, JOB.c.model_id == model_id).values(
-        n_drift_checked=JOB.c.n_drift_checked + checked, n_drift_agreed=JOB.c.n_drift_agreed + agreed))
+    session.execute(
+        update(JOB)
+        .where(JOB.c.id == job_id, JOB.c.model_id == model_id)
+        .values(n_drift_checked=JOB.c.n_drift_checked + checked, n_drift_agreed=JOB.c.n_drift_agreed + agreed)
+    )
 
 
 def drift_counts(session: Session, *, job_id: str) -> Any | None:
     """The job's status, drift counts (n_drift_checked, n_drift_agreed) and bar (min_quality), read
     without a lock: most batches only look. None for an unknown job."""
-    return session.execute(select(JOB.c.status, JOB.c.n_drift_checked, JOB.c.n_drift_agreed, JOB.c.min_quality)
-                           .where(JOB.c.id == job_id)).first()
+    return session.execute(
+        select(JOB.c.status, JOB.c.n_drift_checked, JOB.c.n_drift_agreed, JOB.c.min_quality).where(JOB.c.id == job_id)
+    ).first()
 
 
 def lock_job_for_reroute(session: Session, *, job_id: str) -> Any | None:
@@ -197,21 +236,38 @@ def lock_job_for_reroute(session: Session, *, job_id: str) -> Any | None:
     locked until the transaction ends, so that two batches cannot both re-route it. None for an
     unknown job."""
     return session.execute(
-        select(JOB.c.id, JOB.c.status, JOB.c.tenant_id, JOB.c.model_id, JOB.c.route, JOB.c.n_drift_checked,
-               JOB.c.n_drift_agreed, JOB.c.min_quality).where(JOB.c.id == job_id).with_for_update()
+        select(
+            JOB.c.id,
+            JOB.c.status,
+            JOB.c.tenant_id,
+            JOB.c.model_id,
+            JOB.c.route,
+            JOB.c.n_drift_checked,
+            JOB.c.n_drift_agreed,
+            JOB.c.min_quality,
+        )
+        .where(JOB.c.id == job_id)
+        .with_for_update()
     ).first()
 
 
 def reroute_job(session: Session, *, job_id: str, route: dict[str, Any], model_id: str) -> None:
     """Run the rest of the job on `route` (whose first model is `model_id`); call with its row locked
     (lock_job_for_reroute). Its drift counts restart at zero: the new route earns its own record."""
-    session.execute(update(JOB).where(JOB.c.id == job_id).values(route=route, model_id=model_id, n_drift_checked=0,
-                                                                 n_drift_agreed=0))
+    session.execute(
+        update(JOB)
+        .where(JOB.c.id == job_id)
+        .values(route=route, model_id=model_id, n_drift_checked=0, n_drift_agreed=0)
+    )
 
 
 def upsert_quality_estimate(session: Session, *, values: dict[str, Any]) -> None:
     """Keep the newest estimate per (tenant, signature, model)."""
-    key = (QE.c.tenant_id == values["tenant_id"]) & (QE.c.signature == values["signature"]) & (QE.c.model_id == values["model_id"])
+    key = (
+        (QE.c.tenant_id == values["tenant_id"])
+        & (QE.c.signature == values["signature"])
+        & (QE.c.model_id == values["model_id"])
+    )
     found = session.execute(select(QE.c.id).where(key)).first()
     if found is None:
         session.execute(insert(QE).values(**values))
@@ -230,8 +286,9 @@ def quality_estimates(session: Session, *, tenant_id: int | None = None, signatu
     return list(session.execute(query.order_by(tenant.c.name, QE.c.signature, QE.c.mean.desc())).all())
 
 
-def mark_drifted(session: Session, *, tenant_id: int, model_ids: Sequence[str], now: datetime,
-                 signature: str | None = None) -> None:
+def mark_drifted(
+    session: Session, *, tenant_id: int, model_ids: Sequence[str], now: datetime, signature: str | None = None
+) -> None:
     """Mark a tenant's quality estimates of `model_ids` as drifted: later jobs re-measure them."""
     stmt = update(QE).where(QE.c.tenant_id == tenant_id, QE.c.model_id.in_(list(model_ids)), QE.c.drifted_at.is_(None))
     if signature is not None:
@@ -250,7 +307,10 @@ def stop_provider(session: Session, *, job_id: str, provider: str, why: str) -> 
 
 
 def paused_jobs(session: Session, *, team_id: int) -> list[str]:
-    return [r[0] for r in session.execute(select(JOB.c.id).where(JOB.c.team_id == team_id, JOB.c.status == JobStatus.PAUSED))]
+    return [
+        r[0]
+        for r in session.execute(select(JOB.c.id).where(JOB.c.team_id == team_id, JOB.c.status == JobStatus.PAUSED))
+    ]
 
 
 def budget_rows(session: Session, *, month: str | None) -> list[Any]:
@@ -258,9 +318,19 @@ def budget_rows(session: Session, *, month: str | None) -> list[Any]:
     period = BudgetPeriod.__table__  # type: ignore[attr-defined]
     team, tenant = Team.__table__, Tenant.__table__  # type: ignore[attr-defined]
     query = (
-        select(tenant.c.name.label("tenant"), team.c.name.label("team"), period.c.period_start, period.c.limit_amount,
-               period.c.currency, period.c.settled, period.c.reserved, period.c.soft_pct, period.c.soft_alerted_at)
-        .join(team, team.c.id == period.c.team_id).join(tenant, tenant.c.id == team.c.tenant_id)
+        select(
+            tenant.c.name.label("tenant"),
+            team.c.name.label("team"),
+            period.c.period_start,
+            period.c.limit_amount,
+            period.c.currency,
+            period.c.settled,
+            period.c.reserved,
+            period.c.soft_pct,
+            period.c.soft_alerted_at,
+        )
+        .join(team, team.c.id == period.c.team_id)
+        .join(tenant, tenant.c.id == team.c.tenant_id)
         .order_by(tenant.c.name, team.c.name, period.c.period_start)
     )
     if month:
@@ -333,14 +403,23 @@ def job_status(session: Session, job_id: str) -> str | None:
     return session.execute(select(JOB.c.status).where(JOB.c.id == job_id)).scalar()
 
 
-def fail_items(session: Session, *, job_id: str, item_ids: Sequence[int] | None, error: str, now: datetime,
-               only_status: Sequence[str] = (ItemStatus.PENDING, ItemStatus.RUNNING)) -> int:
+def fail_items(
+    session: Session,
+    *,
+    job_id: str,
+    item_ids: Sequence[int] | None,
+    error: str,
+    now: datetime,
+    only_status: Sequence[str] = (ItemStatus.PENDING, ItemStatus.RUNNING),
+) -> int:
     """Mark items failed with `error` (all of the job's items in `only_status` when `item_ids` is None)
     and count them on the job; returns how many."""
     stmt = update(ITEM).where(ITEM.c.job_id == job_id, ITEM.c.status.in_(list(only_status)))
     if item_ids is not None:
         stmt = stmt.where(ITEM.c.id.in_(list(item_ids)))
-    count = session.execute(stmt.values(status=ItemStatus.FAILED, error=error, finished_at=now, lease_until=None)).rowcount  # type: ignore[attr-defined]
+    count = session.execute(
+        stmt.values(status=ItemStatus.FAILED, error=error, finished_at=now, lease_until=None)
+    ).rowcount  # type: ignore[attr-defined]
     if count:
         session.execute(update(JOB).where(JOB.c.id == job_id).values(n_failed=JOB.c.n_failed + count))
     return int(count)
@@ -351,11 +430,20 @@ def lost_calls(session: Session, item_ids: Sequence[int]) -> list[Any]:
     records them as unknown, at their worst case)."""
     if not item_ids:
         return []
-    return list(session.execute(
-        select(CALL.c.id, CALL.c.item_id, CALL.c.model_id, CALL.c.provider, CALL.c.purpose, CALL.c.started_at,
-               CALL.c.input_usd_per_mtok, CALL.c.output_usd_per_mtok)
-        .where(CALL.c.item_id.in_(list(item_ids)), CALL.c.status == CallStatus.IN_FLIGHT)
-    ).all())
+    return list(
+        session.execute(
+            select(
+                CALL.c.id,
+                CALL.c.item_id,
+                CALL.c.model_id,
+                CALL.c.provider,
+                CALL.c.purpose,
+                CALL.c.started_at,
+                CALL.c.input_usd_per_mtok,
+                CALL.c.output_usd_per_mtok,
+            ).where(CALL.c.item_id.in_(list(item_ids)), CALL.c.status == CallStatus.IN_FLIGHT)
+        ).all()
+    )
 
 
 def insert_calls(session: Session, *, common: dict[str, Any], ids: Sequence[str], item_ids: Sequence[int]) -> None:
@@ -381,11 +469,25 @@ def insert_calls(session: Session, *, common: dict[str, Any], ids: Sequence[str]
 
 # Columns written when calls finish, with their Postgres array types for unnest.
 _CALL_OUTCOME = {
-    "status": "text", "input_tokens": "int", "cached_input_tokens": "int", "cache_write_tokens": "int",
-    "output_tokens": "int", "reasoning_tokens": "int", "usage_estimated": "bool", "cost_usd": "numeric", "latency_ms": "int", "error": "text",
+    "status": "text",
+    "input_tokens": "int",
+    "cached_input_tokens": "int",
+    "cache_write_tokens": "int",
+    "output_tokens": "int",
+    "reasoning_tokens": "int",
+    "usage_estimated": "bool",
+    "cost_usd": "numeric",
+    "latency_ms": "int",
+    "error": "text",
     "finished_at": "timestamptz",
 }
-_ITEM_OUTCOME = {"status": "text", "output": "text", "error": "text", "final_call_id": "text", "finished_at": "timestamptz"}
+_ITEM_OUTCOME = {
+    "status": "text",
+    "output": "text",
+    "error": "text",
+    "final_call_id": "text",
+    "finished_at": "timestamptz",
+}
 
 
 def finish_calls(session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -398,8 +500,10 @@ def finish_items(session: Session, rows: Sequence[dict[str, Any]]) -> tuple[int,
     returns (done, failed) as written."""
     done_rows = [r for r in rows if r["status"] == ItemStatus.DONE]
     failed_rows = [r for r in rows if r["status"] != ItemStatus.DONE]
-    return (_bulk_update(session, "item", ITEM, _ITEM_OUTCOME, done_rows, only_in_flight=False),
-            _bulk_update(session, "item", ITEM, _ITEM_OUTCOME, failed_rows, only_in_flight=False))
+    return (
+        _bulk_update(session, "item", ITEM, _ITEM_OUTCOME, done_rows, only_in_flight=False),
+        _bulk_update(session, "item", ITEM, _ITEM_OUTCOME, failed_rows, only_in_flight=False),
+    )
 
 
 def array_literal(values: Sequence[Any], kind: str) -> str:
@@ -425,7 +529,9 @@ def array_literal(values: Sequence[Any], kind: str) -> str:
     return "{" + ",".join(out) + "}"
 
 
-def _unnest_update(table_name: str, fields: dict[str, str], rows: Sequence[dict[str, Any]], *, prefix: str) -> tuple[str, dict[str, Any]]:
+def _unnest_update(
+    table_name: str, fields: dict[str, str], rows: Sequence[dict[str, Any]], *, prefix: str
+) -> tuple[str, dict[str, Any]]:
     """One Postgres UPDATE setting `fields` on many rows from parallel arrays (unnest), and its
     parameters (named with `prefix`, so several can share one statement).
 
@@ -444,12 +550,22 @@ def _unnest_update(table_name: str, fields: dict[str, str], rows: Sequence[dict[
     params: dict[str, Any] = {f"{prefix}_ids": array_literal([r["id"] for r in rows], id_type)}
     for f, kind in columns.items():
         params[f"{prefix}_{f}"] = array_literal([r[f] for r in rows], kind)
-    sql = (f"UPDATE {table_name} SET {sets} FROM unnest(CAST(:{prefix}_ids AS {id_type}[]), {arrays}) "
-           f"AS v(id, {', '.join(columns)}) WHERE {table_name}.id = v.id{guard}")
+    sql = (
+        f"UPDATE {table_name} SET {sets} FROM unnest(CAST(:{prefix}_ids AS {id_type}[]), {arrays}) "
+        f"AS v(id, {', '.join(columns)}) WHERE {table_name}.id = v.id{guard}"
+    )
     return sql, params
 
 
-def _bulk_update(session: Session, name: str, table: Any, fields: dict[str, str], rows: Sequence[dict[str, Any]], *, only_in_flight: bool) -> int:
+def _bulk_update(
+    session: Session,
+    name: str,
+    table: Any,
+    fields: dict[str, str],
+    rows: Sequence[dict[str, Any]],
+    *,
+    only_in_flight: bool,
+) -> int:
     """Write rows as `_unnest_update` says (same guards); returns how many rows were written."""
     if not rows:
         return 0
@@ -461,7 +577,9 @@ def _bulk_update(session: Session, name: str, table: Any, fields: dict[str, str]
     keys: tuple[str, ...] = ("id", *fields)
     if name == "item":
         values["lease_until"] = None
-        stmt = stmt.where(table.c.attempts == bindparam("b_held"), table.c.status.in_([ItemStatus.PENDING, ItemStatus.RUNNING]))
+        stmt = stmt.where(
+            table.c.attempts == bindparam("b_held"), table.c.status.in_([ItemStatus.PENDING, ItemStatus.RUNNING])
+        )
         keys = (*keys, "held")
     if only_in_flight:
         stmt = stmt.where(table.c.status == CallStatus.IN_FLIGHT)
@@ -471,8 +589,15 @@ def _bulk_update(session: Session, name: str, table: Any, fields: dict[str, str]
     return written
 
 
-def finish_batch(session: Session, *, job_id: str, calls: Sequence[dict[str, Any]], items: Sequence[dict[str, Any]],
-                 rollups: Sequence[dict[str, Any]], now: datetime) -> None:
+def finish_batch(
+    session: Session,
+    *,
+    job_id: str,
+    calls: Sequence[dict[str, Any]],
+    items: Sequence[dict[str, Any]],
+    rollups: Sequence[dict[str, Any]],
+    now: datetime,
+) -> None:
     """Record a batch's outcome: call rows, item rows, the job's counts and the daily rollups.
 
     Postgres: one statement (data-modifying CTEs), one round trip. Elsewhere: one statement each.
@@ -495,11 +620,13 @@ def finish_batch(session: Session, *, job_id: str, calls: Sequence[dict[str, Any
         done_sql = f"(SELECT count(*) FROM i WHERE status = '{ItemStatus.DONE}')"
         failed_sql = f"(SELECT count(*) FROM i WHERE status <> '{ItemStatus.DONE}')"
         total = f"n_done + n_failed + {done_sql} + {failed_sql}"
-        parts.append(f"j AS (UPDATE job SET n_done = n_done + {done_sql}, n_failed = n_failed + {failed_sql}, "
-                     f"status = CASE WHEN {total} >= n_items AND status IN ('{JobStatus.RUNNING}', '{JobStatus.PAUSED}') "
-                     f"THEN '{JobStatus.DONE}' ELSE status END, "
-                     f"finished_at = CASE WHEN {total} >= n_items AND finished_at IS NULL THEN CAST(:now AS timestamptz) ELSE finished_at END "
-                     f"WHERE id = :job_id RETURNING 1)")
+        parts.append(
+            f"j AS (UPDATE job SET n_done = n_done + {done_sql}, n_failed = n_failed + {failed_sql}, "
+            f"status = CASE WHEN {total} >= n_items AND status IN ('{JobStatus.RUNNING}', '{JobStatus.PAUSED}') "
+            f"THEN '{JobStatus.DONE}' ELSE status END, "
+            f"finished_at = CASE WHEN {total} >= n_items AND finished_at IS NULL THEN CAST(:now AS timestamptz) ELSE finished_at END "
+            f"WHERE id = :job_id RETURNING 1)"
+        )
     for k, row in enumerate(rollups):
         sql, rollup_params = upsert_sql(row, prefix=f"r{k}")
         params.update(rollup_params)
@@ -523,14 +650,17 @@ def count_finished(session: Session, *, job_id: str, done: int, failed: int, now
         .values(
             n_done=JOB.c.n_done + done,
             n_failed=JOB.c.n_failed + failed,
-            status=case(((total >= JOB.c.n_items) & JOB.c.status.in_([JobStatus.RUNNING, JobStatus.PAUSED]), JobStatus.DONE),
-                        else_=JOB.c.status),
+            status=case(
+                ((total >= JOB.c.n_items) & JOB.c.status.in_([JobStatus.RUNNING, JobStatus.PAUSED]), JobStatus.DONE),
+                else_=JOB.c.status,
+            ),
             finished_at=case(((total >= JOB.c.n_items) & JOB.c.finished_at.is_(None), now), else_=JOB.c.finished_at),
         )
     )
 
 
 # -- money ------------------------------------------------------------------------------------------
+
 
 def sum_money(session: Session, column: Any, *where: Any) -> Decimal:
     """Exact SUM of a Money column: NUMERIC sum on Postgres; summed as Decimal on SQLite (text there)."""
@@ -556,12 +686,15 @@ def job_quality_facts(session: Session, job_id: str) -> dict[str, Any]:
     """What a job's quality report needs from the ledger: who answered the items, calls and spend
     by purpose and model, and the baseline cost of its run calls (from the rollups)."""
     answered = session.execute(
-        select(CALL.c.model_id, func.count()).select_from(ITEM.join(CALL, CALL.c.id == ITEM.c.final_call_id))
-        .where(ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.DONE).group_by(CALL.c.model_id)
+        select(CALL.c.model_id, func.count())
+        .select_from(ITEM.join(CALL, CALL.c.id == ITEM.c.final_call_id))
+        .where(ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.DONE)
+        .group_by(CALL.c.model_id)
     ).all()
     by_purpose = session.execute(
         select(CALL.c.purpose, CALL.c.model_id, func.count(), func.coalesce(func.sum(CALL.c.cost_usd), 0))
-        .where(CALL.c.job_id == job_id).group_by(CALL.c.purpose, CALL.c.model_id)
+        .where(CALL.c.job_id == job_id)
+        .group_by(CALL.c.purpose, CALL.c.model_id)
     ).all()
     rollup = CallRollup.__table__  # type: ignore[attr-defined]
     baseline = sum_money(session, rollup.c.baseline_cost_usd, rollup.c.job_id == job_id, rollup.c.purpose == "run")
@@ -579,9 +712,19 @@ def iter_results(session: Session, job_id: str, batch: int = 2000) -> Iterable[t
     while True:
         rows = session.execute(
             select(
-                ITEM.c.id, ITEM.c.seq, ITEM.c.ext_id, ITEM.c.status, ITEM.c.output, ITEM.c.error, ITEM.c.gold,
-                ITEM.c.attempts, CALL.c.model_id, CALL.c.input_tokens, CALL.c.cached_input_tokens,
-                CALL.c.output_tokens, CALL.c.simulated,
+                ITEM.c.id,
+                ITEM.c.seq,
+                ITEM.c.ext_id,
+                ITEM.c.status,
+                ITEM.c.output,
+                ITEM.c.error,
+                ITEM.c.gold,
+                ITEM.c.attempts,
+                CALL.c.model_id,
+                CALL.c.input_tokens,
+                CALL.c.cached_input_tokens,
+                CALL.c.output_tokens,
+                CALL.c.simulated,
             )
             .select_from(ITEM.outerjoin(CALL, CALL.c.id == ITEM.c.final_call_id))
             .where(ITEM.c.job_id == job_id, ITEM.c.seq > last)
@@ -602,6 +745,7 @@ def iter_results(session: Session, job_id: str, batch: int = 2000) -> Iterable[t
 
 # -- job lifecycle: submit, calibration, resume, cancel, sweep -------------------------------------
 
+
 def add_job(session: Session, job: Job) -> Job:
     """Add a new job row and flush it, so its items can reference it in the same transaction."""
     session.add(job)
@@ -621,9 +765,11 @@ def update_job(session: Session, job_id: str, **values: Any) -> None:
 
 def interrupt_calibration_calls(session: Session, *, job_id: str, now: datetime) -> None:
     """Calibration calls a cut-short run left in flight: their outcome is unknown (never charged twice)."""
-    session.execute(update(CALL).where(CALL.c.job_id == job_id, CALL.c.purpose == "calibration",
-                                       CALL.c.status == CallStatus.IN_FLIGHT)
-                    .values(status=CallStatus.UNKNOWN, error="calibration interrupted", finished_at=now))
+    session.execute(
+        update(CALL)
+        .where(CALL.c.job_id == job_id, CALL.c.purpose == "calibration", CALL.c.status == CallStatus.IN_FLIGHT)
+        .values(status=CallStatus.UNKNOWN, error="calibration interrupted", finished_at=now)
+    )
 
 
 def calibration_sample(session: Session, *, job_id: str, mode: str, limit: int) -> list[Any]:
@@ -639,15 +785,23 @@ def calibration_sample(session: Session, *, job_id: str, mode: str, limit: int) 
 
 def count_gold(session: Session, job_id: str) -> int:
     """How many of the job's items carry a gold label."""
-    return int(session.execute(select(func.count()).where(ITEM.c.job_id == job_id, ITEM.c.gold.is_not(None))).scalar() or 0)
+    return int(
+        session.execute(select(func.count()).where(ITEM.c.job_id == job_id, ITEM.c.gold.is_not(None))).scalar() or 0
+    )
 
 
 def close_job(session: Session, *, job_id: str, pending_error: str, now: datetime) -> None:
     """End a running job now: its pending items fail with `pending_error`, and it is done."""
-    left = session.execute(update(ITEM).where(ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.PENDING)
-                           .values(status=ItemStatus.FAILED, error=pending_error, finished_at=now)).rowcount  # type: ignore[attr-defined]
-    session.execute(update(JOB).where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING)
-                    .values(status=JobStatus.DONE, finished_at=now, n_failed=JOB.c.n_failed + int(left or 0)))
+    left = session.execute(
+        update(ITEM)
+        .where(ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.PENDING)
+        .values(status=ItemStatus.FAILED, error=pending_error, finished_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    session.execute(
+        update(JOB)
+        .where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING)
+        .values(status=JobStatus.DONE, finished_at=now, n_failed=JOB.c.n_failed + int(left or 0))
+    )
 
 
 @contextmanager
@@ -668,7 +822,8 @@ def try_lock(engine: Any, name: str) -> Iterator[bool]:
 def budget_paused_jobs(session: Session, *, team_id: int | None = None) -> list[tuple[str, int]]:
     """(job id, team id) of paused jobs waiting for budget (not for a stopped provider), of one team or all."""
     query = select(JOB.c.id, JOB.c.team_id).where(
-        JOB.c.status == JobStatus.PAUSED, or_(JOB.c.pause_reason.is_(None), JOB.c.pause_reason != "provider"))
+        JOB.c.status == JobStatus.PAUSED, or_(JOB.c.pause_reason.is_(None), JOB.c.pause_reason != "provider")
+    )
     if team_id is not None:
         query = query.where(JOB.c.team_id == team_id)
     return [(row.id, row.team_id) for row in session.execute(query)]
@@ -676,12 +831,19 @@ def budget_paused_jobs(session: Session, *, team_id: int | None = None) -> list[
 
 def expired_items(session: Session, *, job_id: str, now: datetime) -> list[Any]:
     """The job's claimed items whose holder's lease ran out (its worker died): id, seq, text, attempts."""
-    return list(session.execute(select(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.attempts).where(
-        ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.RUNNING, ITEM.c.lease_until < now)).all())
+    return list(
+        session.execute(
+            select(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.attempts).where(
+                ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.RUNNING, ITEM.c.lease_until < now
+            )
+        ).all()
+    )
 
 
 def count_items(session: Session, *, job_id: str, status: str) -> int:
-    return int(session.execute(select(func.count()).where(ITEM.c.job_id == job_id, ITEM.c.status == status)).scalar() or 0)
+    return int(
+        session.execute(select(func.count()).where(ITEM.c.job_id == job_id, ITEM.c.status == status)).scalar() or 0
+    )
 
 
 def stalled_chunks(session: Session, *, now: datetime, idle_since: datetime, chunk_size: int) -> dict[str, list[int]]:
@@ -695,9 +857,15 @@ def stalled_chunks(session: Session, *, now: datetime, idle_since: datetime, chu
         expired = (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now)
         wanted = (expired | (ITEM.c.status == ItemStatus.PENDING)) if idle else expired
         # Floor division: SQLAlchemy 2's `/` is true division, which would give one "chunk" per item.
-        chunks = session.execute(
-            select((ITEM.c.seq // chunk_size).label("chunk")).where(ITEM.c.job_id == job_id, wanted).group_by("chunk")
-        ).scalars().all()
+        chunks = (
+            session.execute(
+                select((ITEM.c.seq // chunk_size).label("chunk"))
+                .where(ITEM.c.job_id == job_id, wanted)
+                .group_by("chunk")
+            )
+            .scalars()
+            .all()
+        )
         if chunks:
             out[job_id] = sorted(int(c) for c in chunks)
     return out

@@ -20,8 +20,17 @@ from router.ledger.tables import CallRollup
 
 ROLLUP = CallRollup.__table__  # type: ignore[attr-defined]
 KEY = ("tenant_id", "team_id", "job_id", "model_id", "purpose", "day")
-SUMS = ("calls", "failed_calls", "simulated_calls", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd",
-        "failed_cost_usd", "baseline_cost_usd")
+SUMS = (
+    "calls",
+    "failed_calls",
+    "simulated_calls",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "failed_cost_usd",
+    "baseline_cost_usd",
+)
 MTOK = Decimal(1_000_000)
 
 
@@ -56,8 +65,18 @@ def local_day(moment: datetime, timezone: str) -> date:
 
 
 def rollup_rows(
-    calls: Iterable[CallFacts], *, tenant_id: int, team_id: int, job_id: str, model_id: str, provider: str, task: str,
-    purpose: str, timezone: str, baseline_rates: BaselineRates | None, baseline_calls: Collection[str] | None = None,
+    calls: Iterable[CallFacts],
+    *,
+    tenant_id: int,
+    team_id: int,
+    job_id: str,
+    model_id: str,
+    provider: str,
+    task: str,
+    purpose: str,
+    timezone: str,
+    baseline_rates: BaselineRates | None,
+    baseline_calls: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Sum `calls` into one row per local day.
 
@@ -71,9 +90,18 @@ def rollup_rows(
         row = rows.get(day)
         if row is None:
             row = rows[day] = {
-                "tenant_id": tenant_id, "team_id": team_id, "job_id": job_id, "model_id": model_id, "purpose": purpose,
-                "day": day, "provider": provider, "task": task, **{k: 0 for k in SUMS[:6]},
-                "cost_usd": Decimal(0), "failed_cost_usd": Decimal(0), "baseline_cost_usd": Decimal(0),
+                "tenant_id": tenant_id,
+                "team_id": team_id,
+                "job_id": job_id,
+                "model_id": model_id,
+                "purpose": purpose,
+                "day": day,
+                "provider": provider,
+                "task": task,
+                **{k: 0 for k in SUMS[:6]},
+                "cost_usd": Decimal(0),
+                "failed_cost_usd": Decimal(0),
+                "baseline_cost_usd": Decimal(0),
             }
         row["calls"] += 1
         row["simulated_calls"] += call.simulated
@@ -87,8 +115,10 @@ def rollup_rows(
         if baseline_rates is not None and (baseline_calls is None or call.call_id in baseline_calls):
             # The same input, the same answer, and the baseline's own thinking in place of this call's.
             output = call.output_tokens - call.reasoning_tokens + (0 if call.failed else baseline_rates.thinking_tokens)
-            row["baseline_cost_usd"] += ((call.input_tokens + call.cached_input_tokens) * baseline_rates.input_usd_per_mtok
-                                         + output * baseline_rates.output_usd_per_mtok) / MTOK
+            row["baseline_cost_usd"] += (
+                (call.input_tokens + call.cached_input_tokens) * baseline_rates.input_usd_per_mtok
+                + output * baseline_rates.output_usd_per_mtok
+            ) / MTOK
     return list(rows.values())
 
 
@@ -97,8 +127,10 @@ def upsert_sql(row: dict[str, Any], *, prefix: str) -> tuple[str, dict[str, Any]
     parameters, named with `prefix` so several can share one statement."""
     columns = list(row)
     sets = ", ".join(f"{c} = call_rollup.{c} + excluded.{c}" for c in SUMS)
-    sql = (f"INSERT INTO call_rollup ({', '.join(columns)}) VALUES ({', '.join(f':{prefix}_{c}' for c in columns)}) "
-           f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {sets}")
+    sql = (
+        f"INSERT INTO call_rollup ({', '.join(columns)}) VALUES ({', '.join(f':{prefix}_{c}' for c in columns)}) "
+        f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {sets}"
+    )
     return sql, {f"{prefix}_{c}": v for c, v in row.items()}
 
 

@@ -33,8 +33,9 @@ MONEY_FIELDS = ("spend_usd", "failed_spend_usd", "calibration_spend_usd", "basel
 Sums = dict[str, Any]
 
 
-def month_sums(session: Session, *, dims: tuple[str, ...], first: date, last: date,
-               tenant_id: int | None) -> tuple[dict[str, dict[Any, Sums]], Sums]:
+def month_sums(
+    session: Session, *, dims: tuple[str, ...], first: date, last: date, tenant_id: int | None
+) -> tuple[dict[str, dict[Any, Sums]], Sums]:
     """Per dimension in `dims`, the sums of each of its keys (a team id, a model, a day...) over the
     days [first, last], one tenant's or (None) every tenant's; and the sums of all of it."""
     if session.get_bind().dialect.name == "postgresql":
@@ -52,7 +53,11 @@ def _where(first: date, last: date, tenant_id: int | None) -> tuple[str, dict[st
 
 
 def _sums_in_sql(
-    session: Session, dims: tuple[str, ...], first: date, last: date, tenant_id: int | None,
+    session: Session,
+    dims: tuple[str, ...],
+    first: date,
+    last: date,
+    tenant_id: int | None,
 ) -> tuple[dict[str, dict[Any, Sums]], Sums]:
     """One scan of the month's rollups, one grouping set per dimension plus () for the totals.
     Grouped columns are NOT NULL, so the one column that is not NULL in a result row names its set."""
@@ -73,7 +78,11 @@ def _sums_in_sql(
 
 
 def _sums_in_python(
-    session: Session, dims: tuple[str, ...], first: date, last: date, tenant_id: int | None,
+    session: Session,
+    dims: tuple[str, ...],
+    first: date,
+    last: date,
+    tenant_id: int | None,
 ) -> tuple[dict[str, dict[Any, Sums]], Sums]:
     """SQLite: read the month's rollup rows (Money turns their text into Decimal) and add them up."""
     query = select(ROLLUP).where(ROLLUP.c.day >= first, ROLLUP.c.day <= last)
@@ -83,10 +92,14 @@ def _sums_in_python(
     total: dict[str, Any] = _zero()
     for rollup in session.execute(query).mappings():
         values = {
-            "calls": rollup["calls"], "failed_calls": rollup["failed_calls"], "simulated_calls": rollup["simulated_calls"],
+            "calls": rollup["calls"],
+            "failed_calls": rollup["failed_calls"],
+            "simulated_calls": rollup["simulated_calls"],
             "input_tokens": rollup["input_tokens"],
-            "cached_input_tokens": rollup["cached_input_tokens"], "output_tokens": rollup["output_tokens"],
-            "spend_usd": rollup["cost_usd"], "failed_spend_usd": rollup["failed_cost_usd"],
+            "cached_input_tokens": rollup["cached_input_tokens"],
+            "output_tokens": rollup["output_tokens"],
+            "spend_usd": rollup["cost_usd"],
+            "failed_spend_usd": rollup["failed_cost_usd"],
             "calibration_spend_usd": rollup["cost_usd"] if rollup["purpose"] == "calibration" else Decimal(0),
             "baseline_usd": rollup["baseline_cost_usd"],
         }

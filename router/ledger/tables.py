@@ -50,7 +50,9 @@ class JobStatus:
     RUNNING = "running"
     PAUSED = "paused"  # waiting for budget (raised, or the next period), or for a stopped provider to be fixed
     DONE = "done"
-    NO_MODEL = "no_model"  # no model met the bar and constraints (or calibration could not decide); the bulk did not run
+    NO_MODEL = (
+        "no_model"  # no model met the bar and constraints (or calibration could not decide); the bulk did not run
+    )
     CANCELLED = "cancelled"
 
 
@@ -246,7 +248,9 @@ class CallRollup(SQLModel, table=True):
     output_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     cost_usd: Decimal = _money()
     failed_cost_usd: Decimal = _money()  # spend on calls that did not produce a usable answer
-    baseline_cost_usd: Decimal = _money()  # items' final calls' tokens (plus its thinking) at the job's baseline model's price
+    baseline_cost_usd: Decimal = (
+        _money()
+    )  # items' final calls' tokens (plus its thinking) at the job's baseline model's price
 
 
 class JobEvent(SQLModel, table=True):

@@ -34,8 +34,9 @@ class GeminiProvider(JsonApiProvider):
 
     what = "generateContent answer"
 
-    def __init__(self, *, name: str, client: httpx.AsyncClient | ClientPool, api_key: str | None,
-                 simulated: bool = False) -> None:
+    def __init__(
+        self, *, name: str, client: httpx.AsyncClient | ClientPool, api_key: str | None, simulated: bool = False
+    ) -> None:
         super().__init__(name=name, client=client, simulated=simulated)
         self._headers = {"x-goog-api-key": api_key} if api_key else {}
 

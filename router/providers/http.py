@@ -167,9 +167,7 @@ class ClientPool:
             ]
         )
 
-    async def post(
-        self, url: str, *, json: Any = None, headers: Mapping[str, str] | None = None
-    ) -> httpx.Response:
+    async def post(self, url: str, *, json: Any = None, headers: Mapping[str, str] | None = None) -> httpx.Response:
         """POST with the next client in turn; same meaning as `httpx.AsyncClient.post`."""
         return await next(self._next).post(url, json=json, headers=headers)
 
@@ -208,12 +206,20 @@ class JsonApiProvider(ABC):
 
     async def complete(self, request: ChatRequest) -> Completion:
         """Make one call; raise a ProviderError subclass (router.errors) on failure."""
-        headers = self._headers if request.request_id is None else {**self._headers, "X-Client-Request-Id": request.request_id}
-        body = await post_json(self._client, self.url(request), body=self.request_body(request), headers=headers, provider=self.name)
+        headers = (
+            self._headers
+            if request.request_id is None
+            else {**self._headers, "X-Client-Request-Id": request.request_id}
+        )
+        body = await post_json(
+            self._client, self.url(request), body=self.request_body(request), headers=headers, provider=self.name
+        )
         try:
             return self.parse(body, request)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise MalformedResponse(f"unreadable {self.what} ({type(exc).__name__}: {exc})", provider=self.name) from exc
+            raise MalformedResponse(
+                f"unreadable {self.what} ({type(exc).__name__}: {exc})", provider=self.name
+            ) from exc
 
     async def aclose(self) -> None:
         """Close the client and its connections."""
@@ -275,10 +281,12 @@ def status_error(response: httpx.Response, *, provider: str) -> ProviderError:
         f"HTTP {response.status_code}: {message}",
         provider=provider,
         status_code=response.status_code,
-        retry_after=retry_after_s(response.headers) if response.status_code != 429 else rate_limit_wait_s(response.headers),
+        retry_after=retry_after_s(response.headers)
+        if response.status_code != 429
+        else rate_limit_wait_s(response.headers),
         quota_exhausted=quota_exhausted(response.status_code, response.content),
-        key_refused=response.status_code == 400 and any(
-            marker in response.content[:2000] for marker in (b"API_KEY_INVALID", b"API key not valid")),
+        key_refused=response.status_code == 400
+        and any(marker in response.content[:2000] for marker in (b"API_KEY_INVALID", b"API key not valid")),
     )
 
 
@@ -286,8 +294,18 @@ def status_error(response: httpx.Response, *, provider: str) -> ProviderError:
 # "insufficient_quota". Anthropic: 400 "Your credit balance is too low..." and workspace spend
 # limits. Gemini: 429 RESOURCE_EXHAUSTED naming a per-day quota. Mistral: 429 with "quota" or
 # "billing" (a rate limit there says "Requests rate limit exceeded").
-_QUOTA_MARKERS = ("insufficient_quota", "credit balance", "spend limit", "spending limit", "billing",
-                  "exceeded your current quota", "perday", "per_day", "per day", "quota exceeded for quota metric")
+_QUOTA_MARKERS = (
+    "insufficient_quota",
+    "credit balance",
+    "spend limit",
+    "spending limit",
+    "billing",
+    "exceeded your current quota",
+    "perday",
+    "per_day",
+    "per day",
+    "quota exceeded for quota metric",
+)
 
 
 def quota_exhausted(status: int, content: bytes) -> bool:
@@ -311,8 +329,12 @@ def rate_limit_wait_s(headers: Mapping[str, str], *, now: float | None = None) -
     for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
         if (value := headers.get(name)) is not None and (seconds := _go_duration_s(value)) is not None:
             waits.append(seconds)
-    for name in ("anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-reset",
-                 "anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-output-tokens-reset"):
+    for name in (
+        "anthropic-ratelimit-requests-reset",
+        "anthropic-ratelimit-tokens-reset",
+        "anthropic-ratelimit-input-tokens-reset",
+        "anthropic-ratelimit-output-tokens-reset",
+    ):
         if (value := headers.get(name)) is not None:
             try:
                 when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -115,8 +115,12 @@ class SharedLimits:
 
     async def _take(self, key: str, rpm: int | None, tpm: int | None, tokens: int) -> float:
         if self.client() is not None:
-            keys = [f"pennyroute:rl:{key}:req", f"pennyroute:rl:{key}:tok", f"pennyroute:rl:{key}:factor",
-                    f"pennyroute:rl:{key}:pause"]
+            keys = [
+                f"pennyroute:rl:{key}:req",
+                f"pennyroute:rl:{key}:tok",
+                f"pennyroute:rl:{key}:factor",
+                f"pennyroute:rl:{key}:pause",
+            ]
             result = await self._script(keys=keys, args=[(rpm or 0) / 60, (tpm or 0) / 60, tokens])
             return float(result)
         now = time.monotonic()
@@ -141,8 +145,9 @@ class SharedLimits:
             bucket.level = (bucket.level or 0) - need
         return 0.0
 
-    async def observe(self, key: str, *, rpm: int | None, tpm: int | None, rate_limited: bool,
-                      retry_after: float | None) -> None:
+    async def observe(
+        self, key: str, *, rpm: int | None, tpm: int | None, rate_limited: bool, retry_after: float | None
+    ) -> None:
         """Feed a call's outcome to its model's rate: a 429 halves it (and pauses it for Retry-After)."""
         if not rpm and not tpm:
             return
@@ -188,8 +193,10 @@ class SharedLimits:
         self._breakers[provider] = (time.monotonic(), new)
         client = self.client()
         if client is not None:
-            await client.hset(f"pennyroute:cb:{provider}", mapping={
-                "failures": new.failures, "open_until": new.open_until, "half_open": int(new.half_open)})
+            await client.hset(
+                f"pennyroute:cb:{provider}",
+                mapping={"failures": new.failures, "open_until": new.open_until, "half_open": int(new.half_open)},
+            )
             await client.expire(f"pennyroute:cb:{provider}", KEY_TTL_S)
 
     async def _state(self, provider: str) -> BreakerState:
@@ -206,8 +213,15 @@ class SharedLimits:
             raw = await client.hgetall(f"pennyroute:cb:{provider}")
         finally:
             self._refreshing.discard(provider)
-        state = BreakerState(failures=int(raw.get(b"failures", 0)), open_until=float(raw.get(b"open_until", 0)),
-                             half_open=bool(int(raw.get(b"half_open", 0)))) if raw else BreakerState()
+        state = (
+            BreakerState(
+                failures=int(raw.get(b"failures", 0)),
+                open_until=float(raw.get(b"open_until", 0)),
+                half_open=bool(int(raw.get(b"half_open", 0))),
+            )
+            if raw
+            else BreakerState()
+        )
         self._breakers[provider] = (time.monotonic(), state)
         return state
 

@@ -24,7 +24,9 @@ async def get_provider(catalog: Catalog, settings: Settings, name: str, *, simul
     info = catalog.providers[name]
     # Keyed by pid: a forked child must not reuse its parent's connections. Building is synchronous,
     # and the loop is single-threaded, so no lock is needed.
-    key = (os.getpid(), "sandbox") if simulated else (os.getpid(), name, info.kind, info.base_url, settings.http_backend)
+    key = (
+        (os.getpid(), "sandbox") if simulated else (os.getpid(), name, info.kind, info.base_url, settings.http_backend)
+    )
     provider = _cache.get(key)
     if provider is None:
         provider = _cache[key] = _build(catalog, settings, info, simulated=simulated)

@@ -147,8 +147,10 @@ class SandboxProvider:
         # A thinking model is taken to use all the thinking it is allowed (Gemini 2.5 Pro at a small
         # budget does), billed as output like the real ones.
         thoughts = request.thinking_tokens
-        return Completion(text=done.text, usage=replace(done.usage, output_tokens=done.usage.output_tokens + thoughts,
-                                                        reasoning_tokens=thoughts))
+        return Completion(
+            text=done.text,
+            usage=replace(done.usage, output_tokens=done.usage.output_tokens + thoughts, reasoning_tokens=thoughts),
+        )
 
     async def aclose(self) -> None:
         return None

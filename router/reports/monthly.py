@@ -103,18 +103,33 @@ def monthly_report(session: Session, *, month: str, tenant: str | None = None, b
     totals = _row(total)
     named = {dim: _name_keys(session, dim, rows, tenant_id) for dim, rows in groups.items()}
     return Report(
-        month=f"{first:%Y-%m}", tenant=tenant, by=by, first_day=first, last_day=last,
-        rows=_ordered(by, named[by]), totals=replace(totals, key="TOTAL"),
-        budgets=tuple(BudgetRow(tenant=tenant_name, team=team_name, currency=period.currency, limit=period.limit_amount,
-                                settled=period.settled, reserved=period.reserved)
-                      for tenant_name, team_name, period in sums.month_budgets(session, first=first, tenant_id=tenant_id)),
+        month=f"{first:%Y-%m}",
+        tenant=tenant,
+        by=by,
+        first_day=first,
+        last_day=last,
+        rows=_ordered(by, named[by]),
+        totals=replace(totals, key="TOTAL"),
+        budgets=tuple(
+            BudgetRow(
+                tenant=tenant_name,
+                team=team_name,
+                currency=period.currency,
+                limit=period.limit_amount,
+                settled=period.settled,
+                reserved=period.reserved,
+            )
+            for tenant_name, team_name, period in sums.month_budgets(session, first=first, tenant_id=tenant_id)
+        ),
         spend_by_day=_every_day(named["day"], first, last),
-        spend_by_team=_ordered("team", named["team"]), spend_by_model=_ordered("model", named["model"]),
+        spend_by_team=_ordered("team", named["team"]),
+        spend_by_model=_ordered("model", named["model"]),
     )
 
 
 def _row(values: Mapping[Any, Any]) -> ReportRow:
     """Sums as a row (its key is set later); SUM of no rows is NULL, SUM of integers NUMERIC on Postgres."""
+
     def n(name: str) -> int:
         return int(values[name] or 0)
 
@@ -122,10 +137,16 @@ def _row(values: Mapping[Any, Any]) -> ReportRow:
         return Decimal(values[name] or 0)
 
     return ReportRow(
-        key="", spend_usd=usd("spend_usd"), calls=n("calls"), failed_calls=n("failed_calls"),
+        key="",
+        spend_usd=usd("spend_usd"),
+        calls=n("calls"),
+        failed_calls=n("failed_calls"),
         simulated_calls=n("simulated_calls"),
-        input_tokens=n("input_tokens"), cached_input_tokens=n("cached_input_tokens"), output_tokens=n("output_tokens"),
-        failed_spend_usd=usd("failed_spend_usd"), calibration_spend_usd=usd("calibration_spend_usd"),
+        input_tokens=n("input_tokens"),
+        cached_input_tokens=n("cached_input_tokens"),
+        output_tokens=n("output_tokens"),
+        failed_spend_usd=usd("failed_spend_usd"),
+        calibration_spend_usd=usd("calibration_spend_usd"),
         baseline_usd=usd("baseline_usd"),
     )
 

@@ -21,16 +21,41 @@ from rich.table import Table
 from router.ledger.types import MONEY_SCALE
 from router.reports.monthly import BudgetRow, Report, ReportRow
 
-COLUMNS = ("spend_usd", "calls", "failed_calls", "input_tokens", "cached_input_tokens", "output_tokens",
-           "failed_spend_usd", "calibration_spend_usd", "baseline_usd", "savings_usd", "savings_pct", "simulated_calls")
+COLUMNS = (
+    "spend_usd",
+    "calls",
+    "failed_calls",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "failed_spend_usd",
+    "calibration_spend_usd",
+    "baseline_usd",
+    "savings_usd",
+    "savings_pct",
+    "simulated_calls",
+)
 LEDGER_PLACES = Decimal(1).scaleb(-MONEY_SCALE)
 WIDE = Context(prec=60)  # padding a sum to 10 places must never run out of digits (the default is 28)
 PCT = Decimal("0.01")  # percentages are ratios, not money: two places are plenty
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
 
 # -- numbers for reading: the one place money is rounded for display (the CLI uses these too) ------
+
 
 def plain(amount: Decimal) -> str:
     """A Decimal as a plain string at full precision ('0.0000000012', never '1.2E-9'), with at least the
@@ -109,19 +134,41 @@ def _simulated_note(report: Report) -> str:
 
 # -- terminal, CSV, JSON ---------------------------------------------------------------------------
 
+
 def render_table(report: Report) -> Table:
     """The grouped rows and a TOTAL row, rounded for reading."""
     table = Table(title=_title(report), title_justify="left")
     table.add_column(report.by, no_wrap=True)  # the key is what a reader looks for: never cut it
-    for name in ("spend", "calls", "failed", "tokens in", "cached", "tokens out", "failed spend", "calibration",
-                 "baseline", "saved", "saved %"):
+    for name in (
+        "spend",
+        "calls",
+        "failed",
+        "tokens in",
+        "cached",
+        "tokens out",
+        "failed spend",
+        "calibration",
+        "baseline",
+        "saved",
+        "saved %",
+    ):
         table.add_column(name, justify="right")
     for row in (*report.rows, report.totals):
         table.add_row(
-            row.key, money(row.spend_usd), f"{row.calls:,}", f"{row.failed_calls:,}", f"{row.input_tokens:,}",
-            f"{row.cached_input_tokens:,}", f"{row.output_tokens:,}", money(row.failed_spend_usd),
-            money(row.calibration_spend_usd), money(row.baseline_usd), money(row.savings_usd), pct(row.savings_pct),
-            style="bold" if row is report.totals else None, end_section=row is report.rows[-1] if report.rows else False,
+            row.key,
+            money(row.spend_usd),
+            f"{row.calls:,}",
+            f"{row.failed_calls:,}",
+            f"{row.input_tokens:,}",
+            f"{row.cached_input_tokens:,}",
+            f"{row.output_tokens:,}",
+            money(row.failed_spend_usd),
+            money(row.calibration_spend_usd),
+            money(row.baseline_usd),
+            money(row.savings_usd),
+            pct(row.savings_pct),
+            style="bold" if row is report.totals else None,
+            end_section=row is report.rows[-1] if report.rows else False,
         )
     return table
 
@@ -132,8 +179,14 @@ def render_budget_table(report: Report) -> Table:
     for name in ("tenant", "team", "limit", "settled", "reserved", "used"):
         table.add_column(name, justify="left" if name in ("tenant", "team") else "right")
     for budget in report.budgets:
-        table.add_row(budget.tenant, budget.team, _amount(budget.limit, budget.currency),
-                      _amount(budget.settled, budget.currency), _amount(budget.reserved, budget.currency), pct(budget.used_pct))
+        table.add_row(
+            budget.tenant,
+            budget.team,
+            _amount(budget.limit, budget.currency),
+            _amount(budget.settled, budget.currency),
+            _amount(budget.reserved, budget.currency),
+            pct(budget.used_pct),
+        )
     return table
 
 
@@ -149,23 +202,40 @@ def render_csv(report: Report) -> str:
 
 def render_json(report: Report) -> str:
     """Everything in the report; amounts as full-precision decimal strings."""
+
     def row(r: ReportRow) -> dict[str, Any]:
         return {"key": r.key, **{c: _cell(r, c) for c in COLUMNS}, "savings_pct": _cell(r, "savings_pct") or None}
 
     def budget(b: BudgetRow) -> dict[str, Any]:
-        return {"tenant": b.tenant, "team": b.team, "currency": b.currency, "limit": plain(b.limit),
-                "settled": plain(b.settled), "reserved": plain(b.reserved),
-                "used_pct": None if b.used_pct is None else str(b.used_pct.quantize(PCT))}
+        return {
+            "tenant": b.tenant,
+            "team": b.team,
+            "currency": b.currency,
+            "limit": plain(b.limit),
+            "settled": plain(b.settled),
+            "reserved": plain(b.reserved),
+            "used_pct": None if b.used_pct is None else str(b.used_pct.quantize(PCT)),
+        }
 
     doc = {
-        "month": report.month, "tenant": report.tenant, "by": report.by,
-        "first_day": report.first_day.isoformat(), "last_day": report.last_day.isoformat(),
-        "rows": [row(r) for r in report.rows], "totals": row(report.totals),
+        "month": report.month,
+        "tenant": report.tenant,
+        "by": report.by,
+        "first_day": report.first_day.isoformat(),
+        "last_day": report.last_day.isoformat(),
+        "rows": [row(r) for r in report.rows],
+        "totals": row(report.totals),
         "budgets": [budget(b) for b in report.budgets],
         "series": {
-            "spend_by_day": [{"day": r.key, "spend_usd": plain(r.spend_usd), "calls": r.calls} for r in report.spend_by_day],
-            "spend_by_team": [{"team": r.key, "spend_usd": plain(r.spend_usd), "calls": r.calls} for r in report.spend_by_team],
-            "spend_by_model": [{"model": r.key, "spend_usd": plain(r.spend_usd), "calls": r.calls} for r in report.spend_by_model],
+            "spend_by_day": [
+                {"day": r.key, "spend_usd": plain(r.spend_usd), "calls": r.calls} for r in report.spend_by_day
+            ],
+            "spend_by_team": [
+                {"team": r.key, "spend_usd": plain(r.spend_usd), "calls": r.calls} for r in report.spend_by_team
+            ],
+            "spend_by_model": [
+                {"model": r.key, "spend_usd": plain(r.spend_usd), "calls": r.calls} for r in report.spend_by_model
+            ],
         },
     }
     return json.dumps(doc, indent=2)
@@ -177,41 +247,71 @@ def _amount(value: Decimal, currency: str) -> str:
 
 # -- HTML ------------------------------------------------------------------------------------------
 
+
 def render_html(report: Report) -> str:
     """One self-contained page (no scripts, fonts or requests): summary, inline SVG charts, tables."""
     t = report.totals
     failed_share = f"{Decimal(t.failed_calls * 100) / t.calls:.1f}% of calls" if t.calls else "no calls"
-    cards = "".join((
-        _card("Spend", money(t.spend_usd), f"exact ${plain(t.spend_usd)}", t.spend_usd, accent=True),
-        _card("Calls", f"{t.calls:,}", f"{t.failed_calls:,} failed ({failed_share})"),
-        _card("Tokens", count(t.input_tokens + t.output_tokens),
-              f"in {count(t.input_tokens)} &middot; cached {count(t.cached_input_tokens)} &middot; out {count(t.output_tokens)}"),
-        _card("Saved vs baseline", money(t.savings_usd), f"{pct(t.savings_pct)} of {money(t.baseline_usd)} baseline",
-              t.savings_usd, good=t.savings_usd >= 0),
-        _card("Failed-call spend", money(t.failed_spend_usd), f"exact ${plain(t.failed_spend_usd)}", t.failed_spend_usd),
-        _card("Calibration spend", money(t.calibration_spend_usd), f"exact ${plain(t.calibration_spend_usd)}",
-              t.calibration_spend_usd),
-    ))
+    cards = "".join(
+        (
+            _card("Spend", money(t.spend_usd), f"exact ${plain(t.spend_usd)}", t.spend_usd, accent=True),
+            _card("Calls", f"{t.calls:,}", f"{t.failed_calls:,} failed ({failed_share})"),
+            _card(
+                "Tokens",
+                count(t.input_tokens + t.output_tokens),
+                f"in {count(t.input_tokens)} &middot; cached {count(t.cached_input_tokens)} &middot; out {count(t.output_tokens)}",
+            ),
+            _card(
+                "Saved vs baseline",
+                money(t.savings_usd),
+                f"{pct(t.savings_pct)} of {money(t.baseline_usd)} baseline",
+                t.savings_usd,
+                good=t.savings_usd >= 0,
+            ),
+            _card(
+                "Failed-call spend",
+                money(t.failed_spend_usd),
+                f"exact ${plain(t.failed_spend_usd)}",
+                t.failed_spend_usd,
+            ),
+            _card(
+                "Calibration spend",
+                money(t.calibration_spend_usd),
+                f"exact ${plain(t.calibration_spend_usd)}",
+                t.calibration_spend_usd,
+            ),
+        )
+    )
     first = report.first_day
     heading = f"{MONTHS[first.month - 1]} {first.year}"
     who = f"Tenant <b>{escape(report.tenant)}</b>" if report.tenant else "All tenants"
     return _PAGE.format(
-        title=escape(_title(report)), heading=heading, who=who, cards=cards,
+        title=escape(_title(report)),
+        heading=heading,
+        who=who,
+        cards=cards,
         simulated=f' &middot; <span style="background:#facc15;color:#111;padding:0 .4em">{escape(_simulated_note(report).strip(" ()"))}</span>'
-        if report.totals.simulated_calls else "",
+        if report.totals.simulated_calls
+        else "",
         period=f"{first.isoformat()} to {report.last_day.isoformat()}",
         day_chart=day_chart(report.spend_by_day),
         team_chart=bar_chart(report.spend_by_team, color="#0d9488"),
         model_chart=bar_chart(report.spend_by_model, color="#7c3aed"),
-        by=escape(report.by), table=_group_table(report), budgets=_budget_table(report.budgets),
+        by=escape(report.by),
+        table=_group_table(report),
+        budgets=_budget_table(report.budgets),
     )
 
 
-def _card(label: str, value: str, note: str, exact: Decimal | None = None, *, accent: bool = False, good: bool | None = None) -> str:
+def _card(
+    label: str, value: str, note: str, exact: Decimal | None = None, *, accent: bool = False, good: bool | None = None
+) -> str:
     tip = f' title="${plain(exact)} exactly"' if exact is not None else ""
     tone = " accent" if accent else (" good" if good else " bad" if good is False else "")
-    return (f'<div class="card{tone}"><div class="label">{label}</div>'
-            f'<div class="value"{tip}>{value}</div><div class="note">{note}</div></div>')
+    return (
+        f'<div class="card{tone}"><div class="label">{label}</div>'
+        f'<div class="value"{tip}>{value}</div><div class="note">{note}</div></div>'
+    )
 
 
 def _nice_step(top: Decimal, ticks: int = 4) -> Decimal:
@@ -231,7 +331,14 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 def day_chart(days: Sequence[ReportRow]) -> str:
     """Vertical bars, one per day, weekends shaded, a rounded money axis and a tooltip per day."""
-    width, height, left, right, top, bottom = Decimal(1040), Decimal(260), Decimal(64), Decimal(12), Decimal(14), Decimal(40)
+    width, height, left, right, top, bottom = (
+        Decimal(1040),
+        Decimal(260),
+        Decimal(64),
+        Decimal(12),
+        Decimal(14),
+        Decimal(40),
+    )
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max((d.spend_usd for d in days), default=Decimal(0))
     if peak <= 0:
@@ -242,8 +349,10 @@ def day_chart(days: Sequence[ReportRow]) -> str:
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="Spend per day">']
     for n in range(int(ceiling / step) + 1):
         y = top + plot_h - plot_h * (step * n) / ceiling
-        parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{_n(y)}" y2="{_n(y)}"/>'
-                     f'<text class="axis" x="{left - 8}" y="{_n(y + 4)}" text-anchor="end">{short_money(step * n)}</text>')
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{_n(y)}" y2="{_n(y)}"/>'
+            f'<text class="axis" x="{left - 8}" y="{_n(y + 4)}" text-anchor="end">{short_money(step * n)}</text>'
+        )
     for i, row in enumerate(days):
         day = date.fromisoformat(row.key)
         x = left + band * i
@@ -254,14 +363,20 @@ def day_chart(days: Sequence[ReportRow]) -> str:
             f'<g class="day"><title>{escape(tip)}</title>'
             + (f'<rect class="weekend" x="{_n(x)}" y="{top}" width="{_n(band)}" height="{plot_h}"/>' if weekend else "")
             + f'<rect class="hover" x="{_n(x)}" y="{top}" width="{_n(band)}" height="{plot_h}"/>'
-            + (f'<rect class="bar" x="{_n(x + band * Decimal("0.14"))}" y="{_n(top + plot_h - h)}" '
-               f'width="{_n(band * Decimal("0.72"))}" height="{_n(h)}" rx="2"/>' if h > 0 else "")
+            + (
+                f'<rect class="bar" x="{_n(x + band * Decimal("0.14"))}" y="{_n(top + plot_h - h)}" '
+                f'width="{_n(band * Decimal("0.72"))}" height="{_n(h)}" rx="2"/>'
+                if h > 0
+                else ""
+            )
             + f'<text class="axis{" dim" if weekend else ""}" x="{_n(x + band / 2)}" y="{_n(top + plot_h + 16)}" '
-              f'text-anchor="middle">{day.day}</text></g>'
+            f'text-anchor="middle">{day.day}</text></g>'
         )
     parts.append(f'<line class="base" x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}"/>')
-    parts.append(f'<text class="axis dim" x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">'
-                 f'day of month (shaded: weekends)</text></svg>')
+    parts.append(
+        f'<text class="axis dim" x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">'
+        f"day of month (shaded: weekends)</text></svg>"
+    )
     return "".join(parts)
 
 
@@ -287,7 +402,7 @@ def bar_chart(rows: Sequence[ReportRow], *, color: str) -> str:
         label = row.key if len(row.key) <= 24 else row.key[:23] + "\u2026"
         tip = f"{row.key}: {money(row.spend_usd)} (${plain(row.spend_usd)}), {row.calls:,} calls"
         parts.append(
-            f'<g><title>{escape(tip)}</title>'
+            f"<g><title>{escape(tip)}</title>"
             f'<rect class="hover" x="0" y="{_n(y)}" width="{width}" height="{row_h - 2}"/>'
             f'<text class="label" x="{label_w - 10}" y="{_n(y + row_h / 2 + 3)}" text-anchor="end">{escape(label)}</text>'
             f'<rect x="{label_w}" y="{_n(y + 5)}" width="{_n(w)}" height="{row_h - 12}" rx="3" fill="{color}"/>'
@@ -297,8 +412,10 @@ def bar_chart(rows: Sequence[ReportRow], *, color: str) -> str:
         spend = sum((r.spend_usd for r in rest), Decimal(0))
         y = row_h * len(shown) + 4
         tip = f"{len(rest)} others: {money(spend)} (${plain(spend)}), {sum(r.calls for r in rest):,} calls"
-        parts.append(f'<g><title>{escape(tip)}</title><text class="val" x="{label_w}" y="{_n(y + row_h / 2 + 3)}">'
-                     f'+ {len(rest)} others: {money(spend)}</text></g>')
+        parts.append(
+            f'<g><title>{escape(tip)}</title><text class="val" x="{label_w}" y="{_n(y + row_h / 2 + 3)}">'
+            f"+ {len(rest)} others: {money(spend)}</text></g>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -313,8 +430,22 @@ def _td(text: str, exact: Decimal | None = None, *, tag: str = "td", tip: str | 
 
 
 def _group_table(report: Report) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("spend", "calls", "failed", "tokens in", "cached", "tokens out",
-                                             "failed spend", "calibration", "baseline", "saved", "saved %"))
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "spend",
+            "calls",
+            "failed",
+            "tokens in",
+            "cached",
+            "tokens out",
+            "failed spend",
+            "calibration",
+            "baseline",
+            "saved",
+            "saved %",
+        )
+    )
     total = report.totals.spend_usd
     top = max((r.spend_usd for r in report.rows), default=Decimal(0))
 
@@ -322,23 +453,33 @@ def _group_table(report: Report) -> str:
         # The bar compares a row with the biggest one; its tooltip gives its share of the total.
         share = row.spend_usd * 100 / total if total else Decimal(0)
         size = row.spend_usd * 100 / top if top > 0 else Decimal(0)
-        bar = (f'<span class="share" title="{share:.1f}% of the total"><span style="width:{size:.1f}%"></span></span>'
-               if tag == "td" else "")
+        bar = (
+            f'<span class="share" title="{share:.1f}% of the total"><span style="width:{size:.1f}%"></span></span>'
+            if tag == "td"
+            else ""
+        )
         cells = [
             _td(f"{bar}{money(row.spend_usd)}", row.spend_usd, tag=tag),
-            _td(f"{row.calls:,}", tag=tag), _td(f"{row.failed_calls:,}", tag=tag),
+            _td(f"{row.calls:,}", tag=tag),
+            _td(f"{row.failed_calls:,}", tag=tag),
             # Token counts run to billions: compact here, exact on hover.
-            *(_td(count(getattr(row, c)), tag=tag, tip=f"{getattr(row, c):,} tokens")
-              for c in ("input_tokens", "cached_input_tokens", "output_tokens")),
-            *(_td(money(getattr(row, c)), getattr(row, c), tag=tag) for c in ("failed_spend_usd",
-                                                                              "calibration_spend_usd", "baseline_usd", "savings_usd")),
+            *(
+                _td(count(getattr(row, c)), tag=tag, tip=f"{getattr(row, c):,} tokens")
+                for c in ("input_tokens", "cached_input_tokens", "output_tokens")
+            ),
+            *(
+                _td(money(getattr(row, c)), getattr(row, c), tag=tag)
+                for c in ("failed_spend_usd", "calibration_spend_usd", "baseline_usd", "savings_usd")
+            ),
             _td(pct(row.savings_pct), tag=tag),
         ]
         return f'<tr><{tag} class="key">{escape(row.key)}</{tag}>{"".join(cells)}</tr>'
 
     body = "".join(line(r) for r in report.rows) or '<tr><td colspan="12" class="empty">No calls this month.</td></tr>'
-    return (f'<table><thead><tr><th class="key">{escape(report.by)}</th>{head}</tr></thead><tbody>{body}</tbody>'
-            f'<tfoot>{line(report.totals, "th")}</tfoot></table>')
+    return (
+        f'<table><thead><tr><th class="key">{escape(report.by)}</th>{head}</tr></thead><tbody>{body}</tbody>'
+        f"<tfoot>{line(report.totals, 'th')}</tfoot></table>"
+    )
 
 
 def _budget_table(budgets: Sequence[BudgetRow]) -> str:
@@ -349,15 +490,22 @@ def _budget_table(budgets: Sequence[BudgetRow]) -> str:
         used = b.used_pct or Decimal(0)
         held = b.reserved * 100 / b.limit if b.limit else Decimal(0)
         tone = "bad" if used >= 100 else "warn" if used >= 80 else "ok"
-        meter = (f'<span class="meter" title="settled {pct(b.used_pct)}, reserved {pct(held)}">'
-                 f'<span class="{tone}" style="width:{min(used, Decimal(100)):.1f}%"></span>'
-                 f'<span class="held" style="width:{min(held, max(Decimal(0), 100 - used)):.1f}%"></span></span>')
-        rows.append(f'<tr><td class="key">{escape(b.tenant)}</td><td class="key">{escape(b.team)}</td>'
-                    + _td(_amount(b.limit, b.currency), b.limit) + _td(_amount(b.settled, b.currency), b.settled)
-                    + _td(_amount(b.reserved, b.currency), b.reserved)
-                    + f'<td class="meter-cell">{meter}<span class="pct">{pct(b.used_pct)}</span></td></tr>')
-    return ('<table><thead><tr><th class="key">tenant</th><th class="key">team</th><th>limit</th><th>settled</th>'
-            f'<th>reserved</th><th class="key">used (settled; light: reserved)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        meter = (
+            f'<span class="meter" title="settled {pct(b.used_pct)}, reserved {pct(held)}">'
+            f'<span class="{tone}" style="width:{min(used, Decimal(100)):.1f}%"></span>'
+            f'<span class="held" style="width:{min(held, max(Decimal(0), 100 - used)):.1f}%"></span></span>'
+        )
+        rows.append(
+            f'<tr><td class="key">{escape(b.tenant)}</td><td class="key">{escape(b.team)}</td>'
+            + _td(_amount(b.limit, b.currency), b.limit)
+            + _td(_amount(b.settled, b.currency), b.settled)
+            + _td(_amount(b.reserved, b.currency), b.reserved)
+            + f'<td class="meter-cell">{meter}<span class="pct">{pct(b.used_pct)}</span></td></tr>'
+        )
+    return (
+        '<table><thead><tr><th class="key">tenant</th><th class="key">team</th><th>limit</th><th>settled</th>'
+        f'<th>reserved</th><th class="key">used (settled; light: reserved)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
 _PAGE = """<!doctype html>

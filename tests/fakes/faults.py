@@ -67,10 +67,15 @@ class FaultMix:
                 raise ValueError("latency_ms as a lognormal needs median > 0 and sigma >= 0 (and optionally max)")
             lognormal = (float(latency["median"]), float(latency["sigma"]), float(latency.get("max", 3_600_000)))
             latency = [0, 0]
-        mix = cls(rates=rates, seed=int(spec.get("seed", 0)), retry_after_s=float(spec.get("retry_after_s", 1.0)),
-                  burst_every_s=float(burst["every_s"]) if burst.get("every_s") else None,
-                  burst_length_s=float(burst.get("length_s", 0)), latency_ms=(float(latency[0]), float(latency[1])),
-                  lognormal_ms=lognormal)
+        mix = cls(
+            rates=rates,
+            seed=int(spec.get("seed", 0)),
+            retry_after_s=float(spec.get("retry_after_s", 1.0)),
+            burst_every_s=float(burst["every_s"]) if burst.get("every_s") else None,
+            burst_length_s=float(burst.get("length_s", 0)),
+            latency_ms=(float(latency[0]), float(latency[1])),
+            lognormal_ms=lognormal,
+        )
         mix._rng.seed(mix.seed)
         return mix
 
@@ -96,4 +101,7 @@ class FaultMix:
         return kind
 
     def retry_after_headers(self) -> dict[str, str]:
-        return {"Retry-After": f"{max(1, round(self.retry_after_s))}", "retry-after-ms": f"{int(self.retry_after_s * 1000)}"}
+        return {
+            "Retry-After": f"{max(1, round(self.retry_after_s))}",
+            "retry-after-ms": f"{int(self.retry_after_s * 1000)}",
+        }

@@ -64,8 +64,16 @@ GEMINI_DYNAMIC_THOUGHTS = 200
 # OpenAI reasoning tokens per call by reasoning_effort (None: the API's default, medium).
 OPENAI_REASONING_TOKENS = {"minimal": 0, "low": 64, "medium": 192, "high": 512, None: 192}
 OPENAI_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(?!.*chat)")
-GEMINI_STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                   429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+GEMINI_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 # What a chat completion gets when it names no output cap: OpenAI's own default is "the model's
 # maximum"; 4096 is a common one and keeps the sandbox's answers unchanged.
 DEFAULT_MAX_TOKENS = 4096
@@ -154,14 +162,26 @@ class FakeProvider:
         thoughts = 0
         if OPENAI_REASONING_MODEL.match(model.rsplit("/", 1)[-1]):
             if "max_tokens" in body:
-                return _error("openai", 400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
-                                             "Use 'max_completion_tokens' instead.")
+                return _error(
+                    "openai",
+                    400,
+                    "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                    "Use 'max_completion_tokens' instead.",
+                )
             if body.get("temperature", 1) != 1:
-                return _error("openai", 400, f"Unsupported value: 'temperature' does not support {body['temperature']} "
-                                             "with this model. Only the default (1) value is supported.")
+                return _error(
+                    "openai",
+                    400,
+                    f"Unsupported value: 'temperature' does not support {body['temperature']} "
+                    "with this model. Only the default (1) value is supported.",
+                )
             if body.get("reasoning_effort") not in OPENAI_REASONING_TOKENS:
-                return _error("openai", 400, f"Unsupported value: 'reasoning_effort' does not support "
-                                             f"{body['reasoning_effort']!r} with this model.")
+                return _error(
+                    "openai",
+                    400,
+                    f"Unsupported value: 'reasoning_effort' does not support "
+                    f"{body['reasoning_effort']!r} with this model.",
+                )
             thoughts = OPENAI_REASONING_TOKENS[body.get("reasoning_effort")]
         if (faulty := await self._mixed(request, vendor="openai")) is not None:
             return faulty
@@ -248,7 +268,9 @@ class FakeProvider:
         try:
             body = json.loads(await request.read())
             system = "".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts", []))
-            prompt = "\n".join(p.get("text", "") for c in body["contents"] if c.get("role", "user") == "user" for p in c["parts"])
+            prompt = "\n".join(
+                p.get("text", "") for c in body["contents"] if c.get("role", "user") == "user" for p in c["parts"]
+            )
             config = body.get("generationConfig") or {}
             cap = int(config.get("maxOutputTokens") or DEFAULT_MAX_TOKENS)
             budget = (config.get("thinkingConfig") or {}).get("thinkingBudget")
@@ -261,7 +283,13 @@ class FakeProvider:
         if budget == 0 and "pro" in model:
             return _error("gemini", 400, "Budget 0 is invalid. This model only works in thinking mode.")
         # -1 (or nothing) is dynamic thinking; a budget bounds it.
-        thoughts = 0 if not thinks else GEMINI_DYNAMIC_THOUGHTS if budget in (None, -1) else min(budget, GEMINI_DYNAMIC_THOUGHTS)
+        thoughts = (
+            0
+            if not thinks
+            else GEMINI_DYNAMIC_THOUGHTS
+            if budget in (None, -1)
+            else min(budget, GEMINI_DYNAMIC_THOUGHTS)
+        )
         if (faulty := await self._mixed(request, vendor="gemini")) is not None:
             return faulty
         if self.latency_s:
@@ -278,27 +306,42 @@ class FakeProvider:
             metadata["thoughtsTokenCount"] = usage.reasoning_tokens
         if usage.cached_input_tokens:
             metadata["cachedContentTokenCount"] = usage.cached_input_tokens
-        return _json(200, {
-            # A cap that thinking used up leaves a candidate with no content at all, as Gemini gives it.
-            "candidates": [{**({"content": {"parts": [{"text": done.text}], "role": "model"}} if done.text else {}),
-                            "finishReason": "MAX_TOKENS" if usage.output_tokens >= cap else "STOP", "index": 0}],
-            "usageMetadata": metadata,
-            "modelVersion": model,
-            "responseId": f"fake-{next(self._ids)}",
-        })
+        return _json(
+            200,
+            {
+                # A cap that thinking used up leaves a candidate with no content at all, as Gemini gives it.
+                "candidates": [
+                    {
+                        **({"content": {"parts": [{"text": done.text}], "role": "model"}} if done.text else {}),
+                        "finishReason": "MAX_TOKENS" if usage.output_tokens >= cap else "STOP",
+                        "index": 0,
+                    }
+                ],
+                "usageMetadata": metadata,
+                "modelVersion": model,
+                "responseId": f"fake-{next(self._ids)}",
+            },
+        )
 
-    def _answer(self, model: str, system: str, prompt: str, cap: int, request: web.Request, *,
-                thoughts: int = 0) -> Completion:
+    def _answer(
+        self, model: str, system: str, prompt: str, cap: int, request: web.Request, *, thoughts: int = 0
+    ) -> Completion:
         """The answer function's answer, with `thoughts` thinking tokens spent first inside `cap`."""
         thoughts = min(thoughts, cap)
         done = self.answer(model, system, prompt, max(cap - thoughts, 1))
         if thoughts:
             left = cap - thoughts  # thinking used up the cap: nothing is left for the answer
             text, answer_tokens = (done.text, done.usage.output_tokens) if left > 0 else ("", 0)
-            done = Completion(text, TokenUsage(
-                input_tokens=done.usage.input_tokens, output_tokens=answer_tokens + thoughts,
-                cached_input_tokens=done.usage.cached_input_tokens, cache_write_tokens=done.usage.cache_write_tokens,
-                reasoning_tokens=thoughts))
+            done = Completion(
+                text,
+                TokenUsage(
+                    input_tokens=done.usage.input_tokens,
+                    output_tokens=answer_tokens + thoughts,
+                    cached_input_tokens=done.usage.cached_input_tokens,
+                    cache_write_tokens=done.usage.cache_write_tokens,
+                    reasoning_tokens=thoughts,
+                ),
+            )
         bill = self.bills.get(model)
         if bill is None:
             bill = self.bills[model] = Bill()
@@ -311,9 +354,13 @@ class FakeProvider:
             # A call id billed twice would be a double charge: the ledger sends each try under a new id.
             repeats = self.calls_by_id[request_id]["repeats"] + 1 if request_id in self.calls_by_id else 0
             self.calls_by_id[request_id] = {
-                "model": model, "input_tokens": done.usage.input_tokens, "output_tokens": done.usage.output_tokens,
-                "cached_input_tokens": done.usage.cached_input_tokens, "cache_write_tokens": done.usage.cache_write_tokens,
-                "reasoning_tokens": done.usage.reasoning_tokens, "repeats": repeats,
+                "model": model,
+                "input_tokens": done.usage.input_tokens,
+                "output_tokens": done.usage.output_tokens,
+                "cached_input_tokens": done.usage.cached_input_tokens,
+                "cache_write_tokens": done.usage.cache_write_tokens,
+                "reasoning_tokens": done.usage.reasoning_tokens,
+                "repeats": repeats,
             }
         else:
             self.unidentified += 1
@@ -332,9 +379,11 @@ class FakeProvider:
             await asyncio.sleep(HANG_S)
             return _error(vendor, 504, "hung")
         if kind == "truncated":
-            cut = {"openai": '{"id": "chatcmpl-fake", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assis',
-                   "anthropic": '{"id": "msg_fake", "type": "message", "content": [{"type": "text", "text": "B',
-                   "gemini": '{"candidates": [{"content": {"parts": [{"text": "B'}[vendor]
+            cut = {
+                "openai": '{"id": "chatcmpl-fake", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assis',
+                "anthropic": '{"id": "msg_fake", "type": "message", "content": [{"type": "text", "text": "B',
+                "gemini": '{"candidates": [{"content": {"parts": [{"text": "B',
+            }[vendor]
             return web.Response(status=200, text=cut, content_type="application/json")
         if kind == "malformed":
             return _json(200, {"object": "list", "data": [], "note": "not a chat answer"})
@@ -342,7 +391,9 @@ class FakeProvider:
         if vendor == "anthropic" and status == 529:
             response = _error(vendor, 529, "Overloaded")
         else:
-            response = _error(vendor, status, "Rate limit reached for requests" if status == 429 else f"fault mix: HTTP {status}")
+            response = _error(
+                vendor, status, "Rate limit reached for requests" if status == 429 else f"fault mix: HTTP {status}"
+            )
         if status in (429, 503, 529):
             response.headers.update(self.mix.retry_after_headers())
         return response
@@ -437,7 +488,9 @@ def _json(status: int, body: Any) -> web.Response:
 def _error(vendor: str, status: int, message: str) -> web.Response:
     """An error body shaped as the vendor shapes it."""
     if vendor == "gemini":
-        return _json(status, {"error": {"code": status, "message": message, "status": GEMINI_STATUSES.get(status, "UNKNOWN")}})
+        return _json(
+            status, {"error": {"code": status, "message": message, "status": GEMINI_STATUSES.get(status, "UNKNOWN")}}
+        )
     if vendor == "anthropic":
         kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
         return _json(status, {"type": "error", "error": {"type": kind, "message": message}})
@@ -445,8 +498,9 @@ def _error(vendor: str, status: int, message: str) -> web.Response:
     return _json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
 
 
-def make_app(*, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None,
-             mix: FaultMix | None = None) -> web.Application:
+def make_app(
+    *, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None, mix: FaultMix | None = None
+) -> web.Application:
     """A fresh fake provider application (each has its own bill)."""
     state = FakeProvider(latency_ms=latency_ms, answer=answer, api_key=api_key)
     state.mix = mix
@@ -528,14 +582,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--api-key", default=None, help="require this key (Bearer or x-api-key)")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed; benches only)")
-    parser.add_argument("--faults", default=None, help='a fault mix as JSON, e.g. \'{"seed": 1, "rates": {"429": 0.05}}\'')
+    parser.add_argument(
+        "--faults", default=None, help='a fault mix as JSON, e.g. \'{"seed": 1, "rates": {"429": 0.05}}\''
+    )
     args = parser.parse_args(argv)
     mix = FaultMix.from_json(json.loads(args.faults)) if args.faults else None
     answer = echo_answer if args.answer == "echo" else None
 
     async def run() -> None:
-        async with serve(host=args.host, port=args.port, latency_ms=args.latency_ms, answer=answer, api_key=args.api_key,
-                         mix=mix) as url:
+        async with serve(
+            host=args.host, port=args.port, latency_ms=args.latency_ms, answer=answer, api_key=args.api_key, mix=mix
+        ) as url:
             print(f"listening on {url}", flush=True)
             await asyncio.Event().wait()
 

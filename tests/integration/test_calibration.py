@@ -26,11 +26,22 @@ def sandbox(pg_url: str) -> tuple[Settings, Catalog]:
     return settings, load_catalog(None)
 
 
-def _job(settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], *, n: int, labelled: int,
-         bar: float = 0.9, **kw: object) -> tuple[str, dict[str, str]]:
+def _job(
+    settings: Settings,
+    catalog: Catalog,
+    tmp_path: Path,
+    team: tuple[str, str],
+    *,
+    n: int,
+    labelled: int,
+    bar: float = 0.9,
+    **kw: object,
+) -> tuple[str, dict[str, str]]:
     path = tmp_path / f"t{n}-{labelled}.jsonl"
     truth = write_demo_tickets(path, n=n, labelled=labelled)
-    request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=DEMO_LABELS, min_quality=bar, **kw)  # type: ignore[arg-type]
+    request = JobRequest(
+        path=path, team=team[1], tenant=team[0], task="classify", labels=DEMO_LABELS, min_quality=bar, **kw
+    )  # type: ignore[arg-type]
     submitted = submit_job(settings, catalog, request)
     return submitted.job_id, truth
 
@@ -41,7 +52,8 @@ def _calls(settings: Settings, job_id: str) -> list[Call]:
 
 
 def test_gold_calibration_chooses_a_model_whose_bound_meets_the_bar_and_charges_gold_items_once(
-        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]
+) -> None:
     settings, catalog = sandbox
     job_id, truth = _job(settings, catalog, tmp_path, team, n=1000, labelled=200)
     with session_scope(settings) as session:
@@ -65,7 +77,9 @@ def test_gold_calibration_chooses_a_model_whose_bound_meets_the_bar_and_charges_
     with session_scope(settings) as session:
         job = repo.get_job(session, job_id)
         items = list(session.execute(select(Item).where(Item.job_id == job_id)).scalars())
-        stored = session.execute(select(func.count()).select_from(QualityEstimate).where(QualityEstimate.job_id == job_id)).scalar()
+        stored = session.execute(
+            select(func.count()).select_from(QualityEstimate).where(QualityEstimate.job_id == job_id)
+        ).scalar()
     assert job.status == JobStatus.DONE and job.n_done + job.n_failed == 1000
     assert stored == len(estimates)
     gold_ids = {i.id for i in items if i.gold is not None}
@@ -86,7 +100,8 @@ def test_gold_calibration_chooses_a_model_whose_bound_meets_the_bar_and_charges_
 
 
 def test_a_sample_too_small_says_how_many_more_items_are_needed_and_runs_nothing(
-        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]
+) -> None:
     settings, catalog = sandbox
     job_id, _ = _job(settings, catalog, tmp_path, team, n=300, labelled=12, bar=0.9, models=frozenset({"gpt-4o-mini"}))
     summary = calibrate_job(settings, catalog, job_id=job_id)
@@ -101,19 +116,25 @@ def test_a_sample_too_small_says_how_many_more_items_are_needed_and_runs_nothing
 
 
 def test_a_bar_no_model_can_meet_stops_before_the_bulk_with_each_estimate(
-        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]
+) -> None:
     settings, catalog = sandbox
     job_id, _ = _job(settings, catalog, tmp_path, team, n=400, labelled=200, bar=0.995)
     summary = calibrate_job(settings, catalog, job_id=job_id)
     assert summary["outcome"] in ("none", "need_more")
-    assert len(summary["estimates"]) >= 3 and all(e["upper"] < 1.0 or e["lower"] < 0.995 for e in summary["estimates"].values())
+    assert len(summary["estimates"]) >= 3 and all(
+        e["upper"] < 1.0 or e["lower"] < 0.995 for e in summary["estimates"].values()
+    )
     before = len(_calls(settings, job_id))
-    run_job_inline(settings, catalog, job_id=job_id, ranges=chunk_ranges(400, settings.chunk_size))  # a stopped job claims nothing
+    run_job_inline(
+        settings, catalog, job_id=job_id, ranges=chunk_ranges(400, settings.chunk_size)
+    )  # a stopped job claims nothing
     assert len(_calls(settings, job_id)) == before
 
 
 def test_estimates_are_reused_by_the_next_job_of_the_kind_and_a_price_change_retests(
-        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]
+) -> None:
     settings, catalog = sandbox
     job_id, _ = _job(settings, catalog, tmp_path, team, n=300, labelled=200)
     first = calibrate_job(settings, catalog, job_id=job_id)
@@ -128,8 +149,9 @@ def test_estimates_are_reused_by_the_next_job_of_the_kind_and_a_price_change_ret
     # A cheaper model's price changes: its estimate goes stale, and the next job re-tests on the first job's labels.
     cheapest = min(first["estimates"], key=lambda m: catalog.price(m).input.base)
     with session_scope(settings) as session:
-        row = session.execute(select(QualityEstimate).where(QualityEstimate.model_id == cheapest,
-                                                            QualityEstimate.job_id == job_id)).scalar_one()
+        row = session.execute(
+            select(QualityEstimate).where(QualityEstimate.model_id == cheapest, QualityEstimate.job_id == job_id)
+        ).scalar_one()
         row.input_usd_per_mtok = row.input_usd_per_mtok + Decimal("0.01")
         session.add(row)
     third, _ = _job(settings, catalog, tmp_path / "..", team, n=60, labelled=0)
@@ -141,7 +163,8 @@ def test_estimates_are_reused_by_the_next_job_of_the_kind_and_a_price_change_ret
 
 
 def test_reference_mode_scores_models_against_the_strongest(
-        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]
+) -> None:
     settings, catalog = sandbox
     job_id, _ = _job(settings, catalog, tmp_path, team, n=400, labelled=0, bar=0.85, quality="reference")
     summary = calibrate_job(settings, catalog, job_id=job_id)
@@ -153,18 +176,31 @@ def test_reference_mode_scores_models_against_the_strongest(
 
 
 def test_drift_checks_reroute_the_rest_of_the_job_upward(
-        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]
+) -> None:
     from router.engine import runtime
     from router.ledger.tables import JobEvent
     from router.providers.registry import close_all
 
     settings, catalog = sandbox
-    job_id, _ = _job(settings, catalog, tmp_path, team, n=4000, labelled=200, bar=0.85,
-                     models=frozenset({"gpt-4o", "claude-sonnet-4-5"}))
+    job_id, _ = _job(
+        settings,
+        catalog,
+        tmp_path,
+        team,
+        n=4000,
+        labelled=200,
+        bar=0.85,
+        models=frozenset({"gpt-4o", "claude-sonnet-4-5"}),
+    )
     summary = calibrate_job(settings, catalog, job_id=job_id)
     with session_scope(settings) as session:
         route = repo.get_job(session, job_id).route
-    assert summary["outcome"] == "chosen" and route["model_id"] == "gpt-4o" and route["reference_id"] == "claude-sonnet-4-5"
+    assert (
+        summary["outcome"] == "chosen"
+        and route["model_id"] == "gpt-4o"
+        and route["reference_id"] == "claude-sonnet-4-5"
+    )
     assert route["drift_share"] == 0.02
     # The chosen model gets worse after calibration (the sandbox answers by the catalog's quality).
     worse = tmp_path / "worse.toml"
@@ -179,19 +215,28 @@ def test_drift_checks_reroute_the_rest_of_the_job_upward(
         runtime.run(close_all())
     with session_scope(settings) as session:
         job = repo.get_job(session, job_id)
-        events = list(session.execute(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "drift")).scalars())
-        last_gpt4o = session.execute(select(func.max(Item.seq)).join(Call, Call.id == Item.final_call_id)
-                                     .where(Item.job_id == job_id, Call.model_id == "gpt-4o", Call.purpose == "run")).scalar()
-        stale = session.execute(select(QualityEstimate.drifted_at).where(QualityEstimate.job_id == job_id,
-                                                                         QualityEstimate.model_id == "gpt-4o")).scalar()
+        events = list(
+            session.execute(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "drift")).scalars()
+        )
+        last_gpt4o = session.execute(
+            select(func.max(Item.seq))
+            .join(Call, Call.id == Item.final_call_id)
+            .where(Item.job_id == job_id, Call.model_id == "gpt-4o", Call.purpose == "run")
+        ).scalar()
+        stale = session.execute(
+            select(QualityEstimate.drifted_at).where(
+                QualityEstimate.job_id == job_id, QualityEstimate.model_id == "gpt-4o"
+            )
+        ).scalar()
     assert len(events) == 1 and events[0].detail["rerouted_to"] == "claude-sonnet-4-5", events
     assert job.model_id == "claude-sonnet-4-5" and job.status == JobStatus.DONE
     assert last_gpt4o is not None and last_gpt4o < 3000  # the rest of the job ran on the stronger model
     assert stale is not None  # later jobs of this kind re-measure gpt-4o
 
 
-def test_summaries_are_scored_by_overlap_with_the_reference(sandbox: tuple[Settings, Catalog], tmp_path: Path,
-                                                             team: tuple[str, str]) -> None:
+def test_summaries_are_scored_by_overlap_with_the_reference(
+    sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]
+) -> None:
     from policies.scoring import agrees, overlap_f1
     from tests.helpers import write_jsonl
 
@@ -199,11 +244,25 @@ def test_summaries_are_scored_by_overlap_with_the_reference(sandbox: tuple[Setti
     assert agrees("summarize", "refund for a double charge", "customer asks a refund for a double charge")
     assert not agrees("summarize", "login fails", "customer asks a refund for a double charge")
     settings, catalog = sandbox
-    texts = [f"Customer {k} reports that the invoice for March charged the card twice and asks for a refund of one "
-             f"payment before the end of the month, citing order {k}." for k in range(120)]
+    texts = [
+        f"Customer {k} reports that the invoice for March charged the card twice and asks for a refund of one "
+        f"payment before the end of the month, citing order {k}."
+        for k in range(120)
+    ]
     path = write_jsonl(tmp_path / "docs.jsonl", [{"id": f"d{k}", "text": t} for k, t in enumerate(texts)])
-    job_id = submit_job(settings, catalog, JobRequest(path=path, team=team[1], tenant=team[0], task="summarize",
-                                                       max_words=30, min_quality=0.8, quality="reference")).job_id
+    job_id = submit_job(
+        settings,
+        catalog,
+        JobRequest(
+            path=path,
+            team=team[1],
+            tenant=team[0],
+            task="summarize",
+            max_words=30,
+            min_quality=0.8,
+            quality="reference",
+        ),
+    ).job_id
     summary = calibrate_job(settings, catalog, job_id=job_id)
     assert summary["outcome"] == "chosen" and summary["reference_id"]
     assert all(e["n"] > 0 for e in summary["estimates"].values())
@@ -213,7 +272,8 @@ def test_summaries_are_scored_by_overlap_with_the_reference(sandbox: tuple[Setti
 
 
 def test_drift_counts_from_before_a_reroute_are_not_charged_to_the_new_model(
-        sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]) -> None:
+    sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]
+) -> None:
     """Many chunks run at once: those that started on the old model finish after the re-route."""
     settings, catalog = sandbox
     job_id, _ = _job(settings, catalog, tmp_path, team, n=300, labelled=0, bar=0.5)

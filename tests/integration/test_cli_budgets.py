@@ -42,7 +42,12 @@ def _run(*args: str) -> tuple[int, str]:
 
 def _policies(settings: Settings) -> list[tuple[object, ...]]:
     with session_scope(settings) as session:
-        return [tuple(r) for r in session.execute(select(BudgetPolicy.team_id, BudgetPolicy.monthly_limit, BudgetPolicy.currency)).all()]  # type: ignore[call-overload]
+        return [
+            tuple(r)
+            for r in session.execute(
+                select(BudgetPolicy.team_id, BudgetPolicy.monthly_limit, BudgetPolicy.currency)
+            ).all()
+        ]  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize(
@@ -83,16 +88,32 @@ def test_job_pauses_when_the_budget_is_spent_and_resumes_when_raised(sqlite_cli:
     path = write_demo_file(tmp_path / "tickets.jsonl", n=300)
     assert _run("budget", "set", "--team", "growth", "--monthly", "0.001", "--soft", "50%")[0] == 0
     labels = "billing,bug,account,other"
-    code, output = _run("submit", str(path), "--task", "classify", "--labels", labels, "--team", "growth", "--quality", "prior")
+    code, output = _run(
+        "submit", str(path), "--task", "classify", "--labels", labels, "--team", "growth", "--quality", "prior"
+    )
     assert code == 2 and "exceeds team growth's remaining budget $0.001000" in output  # reject is the default
-    code, output = _run("submit", str(path), "--task", "classify", "--labels", labels, "--team", "growth", "--on-budget", "pause",
-                        "--quality", "prior")
+    code, output = _run(
+        "submit",
+        str(path),
+        "--task",
+        "classify",
+        "--labels",
+        labels,
+        "--team",
+        "growth",
+        "--on-budget",
+        "pause",
+        "--quality",
+        "prior",
+    )
     assert code == 0 and "is paused: its team's budget is spent" in output, output
     job_id = output.split("job ", 1)[1].split(":", 1)[0].strip()
     with session_scope(sqlite_cli) as session:
         job = session.get(Job, job_id)
         assert job is not None and job.status == "paused" and 0 < job.n_done < 300
-        spent = sum((c for (c,) in session.execute(select(Call.cost_usd).where(Call.job_id == job_id))), start=Decimal(0))
+        spent = sum(
+            (c for (c,) in session.execute(select(Call.cost_usd).where(Call.job_id == job_id))), start=Decimal(0)
+        )
         kinds = {e.kind for e in session.execute(select(BudgetEvent)).scalars()}
         assert {"limit_set", "soft_limit", "paused"} <= kinds
     code, output = _run("budget", "show")
@@ -109,7 +130,9 @@ def test_job_pauses_when_the_budget_is_spent_and_resumes_when_raised(sqlite_cli:
         calls = session.execute(select(func.count()).select_from(Call).where(Call.job_id == job_id)).scalar_one()  # type: ignore[arg-type]
         assert calls == 300  # paused items were handed back untried: nothing called twice
         rolled = session.execute(select(CallRollup.calls, CallRollup.cost_usd).where(CallRollup.job_id == job_id)).all()  # type: ignore[call-overload]
-        ledger = sum((c for (c,) in session.execute(select(Call.cost_usd).where(Call.job_id == job_id))), start=Decimal(0))
+        ledger = sum(
+            (c for (c,) in session.execute(select(Call.cost_usd).where(Call.job_id == job_id))), start=Decimal(0)
+        )
         assert sum(r[0] for r in rolled) == 300 and sum((r[1] for r in rolled), start=Decimal(0)) == ledger
     assert spent > 0
     results = tmp_path / "out.jsonl"
@@ -121,8 +144,21 @@ def test_report_command_in_every_format(sqlite_cli: Settings, tmp_path: Path) ->
     from datetime import UTC, datetime
 
     path = write_demo_file(tmp_path / "tickets.jsonl", n=120)
-    assert _run("submit", str(path), "--task", "classify", "--labels", "billing,bug,account,other", "--team", "growth",
-                "--quality", "prior")[0] == 0
+    assert (
+        _run(
+            "submit",
+            str(path),
+            "--task",
+            "classify",
+            "--labels",
+            "billing,bug,account,other",
+            "--team",
+            "growth",
+            "--quality",
+            "prior",
+        )[0]
+        == 0
+    )
     month = datetime.now(UTC).strftime("%Y-%m")
     with session_scope(sqlite_cli) as session:
         ledger = sum((c for (c,) in session.execute(select(Call.cost_usd))), start=Decimal(0))

@@ -45,8 +45,10 @@ def cli_team(cli_env: Settings) -> str:
 
 def _counts(settings: Settings) -> tuple[int, int]:
     with session_scope(settings) as session:
-        return (session.execute(select(func.count()).select_from(Job)).scalar_one(),
-                session.execute(select(func.count()).select_from(Item)).scalar_one())
+        return (
+            session.execute(select(func.count()).select_from(Job)).scalar_one(),
+            session.execute(select(func.count()).select_from(Item)).scalar_one(),
+        )
 
 
 def _submit(*args: str) -> tuple[int, str]:
@@ -68,7 +70,9 @@ GOOD = ["--task", "classify", "--labels", "billing,bug,other", "--min-quality", 
         (["--task", "summarize", "--max-words", "0"], "--max-words must be at least 1"),
     ],
 )
-def test_bad_flags_are_named_and_nothing_is_written(cli_env: Settings, cli_team: str, tmp_path: Path, args: list[str], expected: str) -> None:
+def test_bad_flags_are_named_and_nothing_is_written(
+    cli_env: Settings, cli_team: str, tmp_path: Path, args: list[str], expected: str
+) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", tickets(3))
     before = _counts(cli_env)
     code, output = _submit(str(path), "--team", cli_team, *args)
@@ -101,21 +105,28 @@ def test_empty_file(cli_env: Settings, cli_team: str, tmp_path: Path) -> None:
 def test_bad_lines_are_reported_and_good_lines_run(cli_env: Settings, cli_team: str, tmp_path: Path) -> None:
     rows: list[object] = [
         {"id": "a", "text": "I was charged twice on my invoice"},
-        '{"id": "b", "text": "unterminated',                    # line 2: malformed JSON
-        {"id": "c"},                                             # line 3: missing text
-        {"id": "a", "text": "same id again"},                    # line 4: duplicate id
-        {"id": "d", "text": "   "},                              # line 5: empty text
-        {"id": "e", "text": "ok", "gold": "refund"},             # line 6: gold not a label
-        {"id": "f", "text": "x" * 5_000_000},                    # line 7: longer than every context window
+        '{"id": "b", "text": "unterminated',  # line 2: malformed JSON
+        {"id": "c"},  # line 3: missing text
+        {"id": "a", "text": "same id again"},  # line 4: duplicate id
+        {"id": "d", "text": "   "},  # line 5: empty text
+        {"id": "e", "text": "ok", "gold": "refund"},  # line 6: gold not a label
+        {"id": "f", "text": "x" * 5_000_000},  # line 7: longer than every context window
         {"id": "g", "text": "The app crashes with an error"},
-        [1, 2],                                                  # line 9: not an object
+        [1, 2],  # line 9: not an object
     ]
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
     code, output = _submit(str(path), "--team", cli_team, *GOOD)
     assert code == 0, output
-    for expected in ("line 2: not valid JSON", "line 3, field 'text': missing", "line 4, field 'id': duplicate id 'a'",
-                     "line 5, field 'text': is empty", "line 6, field 'gold': 'refund' is not one of the labels",
-                     "line 7, field 'text'", "longer than every eligible model's context window", "line 9: a line must be a JSON object"):
+    for expected in (
+        "line 2: not valid JSON",
+        "line 3, field 'text': missing",
+        "line 4, field 'id': duplicate id 'a'",
+        "line 5, field 'text': is empty",
+        "line 6, field 'gold': 'refund' is not one of the labels",
+        "line 7, field 'text'",
+        "longer than every eligible model's context window",
+        "line 9: a line must be a JSON object",
+    ):
         assert expected in output, expected
     assert "2 items accepted, 7 lines rejected" in output
     job_id = output.split("job ", 1)[1].split(":", 1)[0].strip()
@@ -131,7 +142,9 @@ def test_bad_lines_are_reported_and_good_lines_run(cli_env: Settings, cli_team: 
 def test_no_model_meets_the_bar(cli_env: Settings, cli_team: str, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", tickets(3))
     before = _counts(cli_env)
-    code, output = _submit(str(path), "--team", cli_team, "--task", "classify", "--labels", "a,b", "--min-quality", "0.999")
+    code, output = _submit(
+        str(path), "--team", cli_team, "--task", "classify", "--labels", "a,b", "--min-quality", "0.999"
+    )
     assert code == 2 and "No model qualifies" in output and "< bar 0.999" in output
     assert _counts(cli_env) == before
 

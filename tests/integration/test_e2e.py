@@ -31,17 +31,33 @@ def _wait_done(settings: Settings, job_id: str, timeout_s: float) -> None:
     raise AssertionError(f"job {job_id} not done after {timeout_s} s")
 
 
-def test_job_runs_on_a_real_worker(live_settings: Settings, catalog: Catalog, broker_url: str, celery_worker: object,
-                                   fake_provider: str, tmp_path: Path, team: tuple[str, str]) -> None:
+def test_job_runs_on_a_real_worker(
+    live_settings: Settings,
+    catalog: Catalog,
+    broker_url: str,
+    celery_worker: object,
+    fake_provider: str,
+    tmp_path: Path,
+    team: tuple[str, str],
+) -> None:
     httpx.post(f"{fake_provider}/_reset")
     settings = live_settings.model_copy(update={"broker_url": broker_url})
     rows = tickets(1500) + [{"id": "bad"}, "not json"]
     path = write_jsonl(tmp_path / "items.jsonl", rows)
-    request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=("billing", "bug", "other"),
-                         min_quality=0.9, providers=frozenset({"openai", "anthropic"}))
+    request = JobRequest(
+        path=path,
+        team=team[1],
+        tenant=team[0],
+        task="classify",
+        labels=("billing", "bug", "other"),
+        min_quality=0.9,
+        providers=frozenset({"openai", "anthropic"}),
+    )
     submitted = submit_job(settings, catalog, request)
     assert submitted.n_items == 1500 and submitted.n_rejected == 2
-    assert lifecycle.start(settings, job_id=submitted.job_id, dispatcher=CeleryDispatcher(settings)) == 15  # chunks of 100
+    assert (
+        lifecycle.start(settings, job_id=submitted.job_id, dispatcher=CeleryDispatcher(settings)) == 15
+    )  # chunks of 100
     _wait_done(settings, submitted.job_id, timeout_s=120)
 
     calls, items = ledger(settings, submitted.job_id)
@@ -54,8 +70,11 @@ def test_job_runs_on_a_real_worker(live_settings: Settings, catalog: Catalog, br
     assert total == sum(priced(catalog, c) for c in calls)
     with session_scope(settings) as session:
         assert repo.job_spend(session, submitted.job_id) == total
-        rolled = session.execute(select(CallRollup.calls, CallRollup.cost_usd, CallRollup.input_tokens)
-                                 .where(CallRollup.job_id == submitted.job_id)).all()  # type: ignore[call-overload]
+        rolled = session.execute(
+            select(CallRollup.calls, CallRollup.cost_usd, CallRollup.input_tokens).where(
+                CallRollup.job_id == submitted.job_id
+            )
+        ).all()  # type: ignore[call-overload]
     # The daily rollups reports read agree with the call rows exactly.
     assert sum(r[0] for r in rolled) == 1500 and sum(r[1] for r in rolled) == total
     assert sum(r[2] for r in rolled) == sum(c.input_tokens for c in calls)
@@ -65,9 +84,15 @@ def test_job_runs_on_a_real_worker(live_settings: Settings, catalog: Catalog, br
     assert bill["output_tokens"] == sum(c.output_tokens for c in calls)
 
 
-def test_a_labelled_job_calibrates_on_a_worker_then_runs(live_settings: Settings, catalog: Catalog, broker_url: str,
-                                                         celery_worker: object, fake_provider: str, tmp_path: Path,
-                                                         team: tuple[str, str]) -> None:
+def test_a_labelled_job_calibrates_on_a_worker_then_runs(
+    live_settings: Settings,
+    catalog: Catalog,
+    broker_url: str,
+    celery_worker: object,
+    fake_provider: str,
+    tmp_path: Path,
+    team: tuple[str, str],
+) -> None:
     """The broker path of calibration: submit sends one calibrate message; the worker calibrates,
     sets the route, and hands out the chunks."""
     from router.jobs.dispatch import CeleryDispatcher
@@ -77,9 +102,19 @@ def test_a_labelled_job_calibrates_on_a_worker_then_runs(live_settings: Settings
     settings = live_settings.model_copy(update={"broker_url": broker_url})
     rows = [{**row, "gold": true_label(row["text"], labels)} if k < 150 else row for k, row in enumerate(tickets(600))]
     path = write_jsonl(tmp_path / "labelled.jsonl", rows)
-    submitted = submit_job(settings, catalog, JobRequest(path=path, team=team[1], tenant=team[0], task="classify",
-                                                         labels=labels, min_quality=0.6,
-                                                         providers=frozenset({"openai", "anthropic"})))
+    submitted = submit_job(
+        settings,
+        catalog,
+        JobRequest(
+            path=path,
+            team=team[1],
+            tenant=team[0],
+            task="classify",
+            labels=labels,
+            min_quality=0.6,
+            providers=frozenset({"openai", "anthropic"}),
+        ),
+    )
     assert submitted.calibrating
     CeleryDispatcher(settings).calibrate(submitted.job_id)
     deadline = time.monotonic() + 120

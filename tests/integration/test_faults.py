@@ -42,8 +42,12 @@ from tests.helpers import FAKE_KEY, ledger, start_workers, stop_workers, tickets
 
 LABELS = ("billing", "bug", "other")
 # Short leases and a fast sweeper, so a dead worker's items come back in seconds, not minutes.
-FAST_RECOVERY = {"PENNYROUTE_LEASE_S": "4", "PENNYROUTE_SWEEP_EVERY_S": "1", "PENNYROUTE_SWEEP_IDLE_S": "2",
-                 "PENNYROUTE_REQUEST_TIMEOUT_S": "2"}
+FAST_RECOVERY = {
+    "PENNYROUTE_LEASE_S": "4",
+    "PENNYROUTE_SWEEP_EVERY_S": "1",
+    "PENNYROUTE_SWEEP_IDLE_S": "2",
+    "PENNYROUTE_REQUEST_TIMEOUT_S": "2",
+}
 
 
 @pytest.fixture
@@ -57,25 +61,40 @@ def slow_fake() -> Iterator[str]:
 @pytest.fixture
 def setup(slow_fake: str, pg_url: str, broker_url: str, tmp_path: Path) -> tuple[Settings, Catalog, dict[str, str]]:
     catalog_file = write_catalog(tmp_path / "catalog.toml", slow_fake)
-    settings = Settings(database_url=pg_url, broker_url=broker_url, catalog=catalog_file, sandbox="off",
-                        api_keys={"OPENAI_API_KEY": FAKE_KEY, "ANTHROPIC_API_KEY": FAKE_KEY},  # type: ignore[arg-type]
-                        _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(
+        database_url=pg_url,
+        broker_url=broker_url,
+        catalog=catalog_file,
+        sandbox="off",
+        api_keys={"OPENAI_API_KEY": FAKE_KEY, "ANTHROPIC_API_KEY": FAKE_KEY},  # type: ignore[arg-type]
+        _env_file=None,
+    )  # type: ignore[call-arg]
     env = {**worker_env(pg_url=pg_url, broker_url=broker_url, catalog_file=catalog_file), **FAST_RECOVERY}
     redis.Redis.from_url(broker_url).flushdb()
     return settings, load_catalog(catalog_file), env
 
 
-def _submit(settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], n: int, *,
-            budget_usd: str | None = "5") -> str:
+def _submit(
+    settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], n: int, *, budget_usd: str | None = "5"
+) -> str:
     from router.ledger import budgets
 
     if budget_usd is not None:
         with session_scope(settings) as session:
             found = repo.find_team(session, name=team[1], tenant=team[0])
-            budgets.set_budget(session, team=found, monthly=Decimal(budget_usd), currency="USD", soft_pct=None, settings=settings)
+            budgets.set_budget(
+                session, team=found, monthly=Decimal(budget_usd), currency="USD", soft_pct=None, settings=settings
+            )
     path = write_jsonl(tmp_path / "items.jsonl", tickets(n))
-    request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=LABELS, min_quality=0.9,
-                         providers=frozenset({"openai"}))
+    request = JobRequest(
+        path=path,
+        team=team[1],
+        tenant=team[0],
+        task="classify",
+        labels=LABELS,
+        min_quality=0.9,
+        providers=frozenset({"openai"}),
+    )
     submitted = submit_job(settings, catalog, request)
     lifecycle.start(settings, job_id=submitted.job_id, dispatcher=CeleryDispatcher(settings))
     return submitted.job_id
@@ -126,7 +145,9 @@ def assert_exactly_once(settings: Settings, catalog: Catalog, job_id: str, fake_
         if row.status == CallStatus.OK:
             assert (row.input_tokens, row.output_tokens) == (b["input_tokens"], b["output_tokens"])
         else:  # the worker died: charged at the worst case, never less than what was billed
-            billed_usd = catalog.price(row.model_id, row.started_at).cost_usd(TokenUsage(b["input_tokens"], b["output_tokens"]))
+            billed_usd = catalog.price(row.model_id, row.started_at).cost_usd(
+                TokenUsage(b["input_tokens"], b["output_tokens"])
+            )
             assert row.cost_usd >= billed_usd
     ok_not_billed = [c.id for c in calls if c.status == CallStatus.OK and c.id not in billed]  # this job's
     assert not ok_not_billed
@@ -134,15 +155,32 @@ def assert_exactly_once(settings: Settings, catalog: Catalog, job_id: str, fake_
     if period is not None:
         assert period.settled + period.reserved <= period.limit_amount  # never overshot
         assert period.reserved == 0 and period.settled == total  # every cent settled, exactly once
-    return {"calls": len(calls), "unknown": sum(c.status == CallStatus.UNKNOWN for c in calls),
-            "errors": sum(c.status == CallStatus.ERROR for c in calls), "done": job.n_done, "failed": job.n_failed}
+    return {
+        "calls": len(calls),
+        "unknown": sum(c.status == CallStatus.UNKNOWN for c in calls),
+        "errors": sum(c.status == CallStatus.ERROR for c in calls),
+        "done": job.n_done,
+        "failed": job.n_failed,
+    }
 
 
-def test_a_job_under_a_20_percent_fault_mix_completes(setup: tuple[Settings, Catalog, dict[str, str]], slow_fake: str,
-                                                     tmp_path: Path, team: tuple[str, str]) -> None:
+def test_a_job_under_a_20_percent_fault_mix_completes(
+    setup: tuple[Settings, Catalog, dict[str, str]], slow_fake: str, tmp_path: Path, team: tuple[str, str]
+) -> None:
     settings, catalog, env = setup
-    mix = {"seed": 5, "rates": {"429": 0.05, "500": 0.03, "503": 0.03, "529": 0.02, "truncated": 0.03, "malformed": 0.03,
-                                "hang": 0.01}, "retry_after_s": 0.2}
+    mix = {
+        "seed": 5,
+        "rates": {
+            "429": 0.05,
+            "500": 0.03,
+            "503": 0.03,
+            "529": 0.02,
+            "truncated": 0.03,
+            "malformed": 0.03,
+            "hang": 0.01,
+        },
+        "retry_after_s": 0.2,
+    }
     httpx.post(f"{slow_fake}/_faults", json=mix).raise_for_status()
     workers = start_workers(1, env, tmp_path)
     try:
@@ -156,7 +194,8 @@ def test_a_job_under_a_20_percent_fault_mix_completes(setup: tuple[Settings, Cat
 
 
 def test_a_worker_killed_mid_job_loses_nothing_and_charges_nothing_twice(
-        setup: tuple[Settings, Catalog, dict[str, str]], slow_fake: str, tmp_path: Path, team: tuple[str, str]) -> None:
+    setup: tuple[Settings, Catalog, dict[str, str]], slow_fake: str, tmp_path: Path, team: tuple[str, str]
+) -> None:
     settings, catalog, env = setup
     first = start_workers(1, env, tmp_path, name="doomed")
     job_id = _submit(settings, catalog, tmp_path, team, 3000)
@@ -178,8 +217,12 @@ def test_a_worker_killed_mid_job_loses_nothing_and_charges_nothing_twice(
 
 
 def test_a_redis_restart_that_drops_the_queue_loses_nothing(
-        setup: tuple[Settings, Catalog, dict[str, str]], slow_fake: str, broker_url: str, tmp_path: Path,
-        team: tuple[str, str]) -> None:
+    setup: tuple[Settings, Catalog, dict[str, str]],
+    slow_fake: str,
+    broker_url: str,
+    tmp_path: Path,
+    team: tuple[str, str],
+) -> None:
     """Redis restarted without persistence loses every queued message. The shared Redis is not
     restarted here (other processes use it): the test's own database is flushed mid-job, which is
     what such a restart does to the queue. The sweeper re-enqueues from the DB."""
@@ -220,15 +263,18 @@ def _postgres_outage(pg_url: str) -> str:
     base, name = pg_url.rsplit("/", 1)
     with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
         conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
         time.sleep(3)
         conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
     return "refused connections"
 
 
 def test_a_postgres_restart_mid_job_loses_nothing(
-        setup: tuple[Settings, Catalog, dict[str, str]], slow_fake: str, pg_url: str, tmp_path: Path,
-        team: tuple[str, str]) -> None:
+    setup: tuple[Settings, Catalog, dict[str, str]], slow_fake: str, pg_url: str, tmp_path: Path, team: tuple[str, str]
+) -> None:
     settings, catalog, env = setup
     workers = start_workers(1, env, tmp_path, extra=("-B", "-s", str(tmp_path / "beat-schedule")))
     try:

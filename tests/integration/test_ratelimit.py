@@ -16,7 +16,9 @@ from policies.rate_adapt import MIN_FACTOR, after_rate_limited, after_success, l
 from router.providers.limits import SharedLimits
 
 
-@pytest.mark.parametrize(("factor", "after_429", "after_ok"), [(1.0, 0.5, 1.0), (0.5, 0.25, 0.505), (0.06, MIN_FACTOR, 0.065)])
+@pytest.mark.parametrize(
+    ("factor", "after_429", "after_ok"), [(1.0, 0.5, 1.0), (0.5, 0.25, 0.505), (0.06, MIN_FACTOR, 0.065)]
+)
 def test_the_rate_halves_on_a_429_and_climbs_back(factor: float, after_429: float, after_ok: float) -> None:
     assert after_rate_limited(factor).factor == pytest.approx(after_429)
     assert after_success(factor).factor == pytest.approx(after_ok)
@@ -36,7 +38,15 @@ def test_the_breaker_opens_after_failures_in_a_row_half_opens_and_closes() -> No
     assert on_success(state) == BreakerState()  # one success closes
 
 
-def _grants(url: str | None, key: str, n: int, rpm: int | None, tpm: int | None, tokens: int, out: multiprocessing.Queue[list[float]]) -> None:
+def _grants(
+    url: str | None,
+    key: str,
+    n: int,
+    rpm: int | None,
+    tpm: int | None,
+    tokens: int,
+    out: multiprocessing.Queue[list[float]],
+) -> None:
     async def go() -> list[float]:
         limits = SharedLimits(url)
         stamps = []
@@ -71,7 +81,9 @@ def test_processes_share_one_requests_per_minute_limit(shared: str) -> None:
     """Three processes, 100 calls each, under one 6,000 rpm (100/s) limit: 300 calls take >= 2 s
     (the bucket holds 1 s), and no second holds more than 100 + the bucket."""
     queue: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=_grants, args=(shared, "m-rpm", 100, 6000, None, 10, queue)) for _ in range(3)]
+    procs = [
+        multiprocessing.Process(target=_grants, args=(shared, "m-rpm", 100, 6000, None, 10, queue)) for _ in range(3)
+    ]
     started = time.time()
     for p in procs:
         p.start()
@@ -130,7 +142,8 @@ def test_an_open_breaker_is_seen_by_every_process(shared: str) -> None:
 
 
 def test_a_failing_provider_trips_the_breaker_and_items_move_to_their_fallback(
-        live_settings: object, catalog: object, tmp_path: Path, team: tuple[str, str], fake_provider: str) -> None:
+    live_settings: object, catalog: object, tmp_path: Path, team: tuple[str, str], fake_provider: str
+) -> None:
     from router.engine import runtime
     from router.engine.chunk import run_chunk
     from router.jobs.intake import JobRequest
@@ -142,9 +155,19 @@ def test_a_failing_provider_trips_the_breaker_and_items_move_to_their_fallback(
     httpx.post(f"{fake_provider}/_reset")
     runtime.run(close_all())  # fresh breakers for this process
     path = write_jsonl(tmp_path / "items.jsonl", tickets(100))
-    job_id = submit_job(live_settings, catalog, JobRequest(  # type: ignore[arg-type]
-        path=path, team=team[1], tenant=team[0], task="classify", labels=("billing", "bug", "other"), min_quality=0.9,
-        providers=frozenset({"openai", "anthropic"}))).job_id
+    job_id = submit_job(
+        live_settings,
+        catalog,
+        JobRequest(  # type: ignore[arg-type]
+            path=path,
+            team=team[1],
+            tenant=team[0],
+            task="classify",
+            labels=("billing", "bug", "other"),
+            min_quality=0.9,
+            providers=frozenset({"openai", "anthropic"}),
+        ),
+    ).job_id
     httpx.post(f"{fake_provider}/_fail", json={"status": 500, "count": 100_000, "path": OPENAI_PATH})
     try:
         outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=100)  # type: ignore[arg-type]
@@ -155,5 +178,7 @@ def test_a_failing_provider_trips_the_breaker_and_items_move_to_their_fallback(
     sent_500 = [c for c in calls if c.error and "HTTP 500" in c.error]
     circuit = [c for c in calls if c.error and "circuit open" in c.error]
     assert outcome.done == 100 and all(i.status == "done" for i in items)
-    assert circuit and len(sent_500) <= 110  # without the breaker: 3 tries x 100 items = 300 calls to a failing provider
+    assert (
+        circuit and len(sent_500) <= 110
+    )  # without the breaker: 3 tries x 100 items = 300 calls to a failing provider
     assert {c.provider for c in calls if c.status == "ok"} == {"anthropic"}

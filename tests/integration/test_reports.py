@@ -50,26 +50,66 @@ class C:
 
 # (job, tenant, team, task, model, provider, purpose, baseline rates per Mtok in/out, calls)
 CALLS = [
-    ("rpt-growth", ACME, "growth", "classify", "gpt-4o-mini", "openai", "run", (D("2.5"), D("10")), [
-        C("2026-10-01T09:00:00", 1000, 10, D("0.0000012345")),  # baseline 2600/1M = 0.0026
-        C("2026-10-01T10:00:00", 2000, 20, D("0.0000024690"), failed=True, cached_input_tokens=500),  # 0.00645
-        C("2026-10-15T12:00:00", 1500, 15, D("0.0001000001")),  # 0.0039
-    ]),
-    ("rpt-growth", ACME, "growth", "classify", "gpt-4o", "openai", "calibration", None, [
-        C("2026-10-02T08:00:00", 1000, 5, D("0.0025000000")),  # calibration has no baseline
-    ]),
-    ("rpt-legal", ACME, "legal", "summarize", "claude-haiku-4-5", "anthropic", "run", (D("3"), D("15")), [
-        C("2026-10-10T00:00:00", 4000, 200, D("0.0050000005")),  # 0.015
-        C("2026-10-31T23:59:59", 100, 1, D("0.0000000009"), failed=True),  # 0.000315, last second of October
-        C("2026-11-01T00:00:00", 100, 1, D("0.7000000000")),  # November
-        C("2026-09-30T23:59:59", 100, 1, D("0.3000000000")),  # September
-    ]),
-    ("rpt-ops", GLOBEX, "ops", "classify", "gpt-4o-mini", "openai", "run", (D("2.5"), D("10")), [
-        C("2026-11-01T03:59:59", 10, 1, D("0.0000000123")),  # Oct 31 23:59:59 EDT: October. 0.000035
-        C("2026-11-01T04:00:00", 20, 2, D("0.0000000456")),  # Nov 1 00:00:00 EDT: November
-        C("2026-10-01T03:59:59", 30, 3, D("0.0000000789")),  # Sep 30 23:59:59 EDT: September
-        C("2026-10-01T04:00:00", 40, 4, D("0.0000001000")),  # Oct 1 00:00:00 EDT: October. 0.00014
-    ]),
+    (
+        "rpt-growth",
+        ACME,
+        "growth",
+        "classify",
+        "gpt-4o-mini",
+        "openai",
+        "run",
+        (D("2.5"), D("10")),
+        [
+            C("2026-10-01T09:00:00", 1000, 10, D("0.0000012345")),  # baseline 2600/1M = 0.0026
+            C("2026-10-01T10:00:00", 2000, 20, D("0.0000024690"), failed=True, cached_input_tokens=500),  # 0.00645
+            C("2026-10-15T12:00:00", 1500, 15, D("0.0001000001")),  # 0.0039
+        ],
+    ),
+    (
+        "rpt-growth",
+        ACME,
+        "growth",
+        "classify",
+        "gpt-4o",
+        "openai",
+        "calibration",
+        None,
+        [
+            C("2026-10-02T08:00:00", 1000, 5, D("0.0025000000")),  # calibration has no baseline
+        ],
+    ),
+    (
+        "rpt-legal",
+        ACME,
+        "legal",
+        "summarize",
+        "claude-haiku-4-5",
+        "anthropic",
+        "run",
+        (D("3"), D("15")),
+        [
+            C("2026-10-10T00:00:00", 4000, 200, D("0.0050000005")),  # 0.015
+            C("2026-10-31T23:59:59", 100, 1, D("0.0000000009"), failed=True),  # 0.000315, last second of October
+            C("2026-11-01T00:00:00", 100, 1, D("0.7000000000")),  # November
+            C("2026-09-30T23:59:59", 100, 1, D("0.3000000000")),  # September
+        ],
+    ),
+    (
+        "rpt-ops",
+        GLOBEX,
+        "ops",
+        "classify",
+        "gpt-4o-mini",
+        "openai",
+        "run",
+        (D("2.5"), D("10")),
+        [
+            C("2026-11-01T03:59:59", 10, 1, D("0.0000000123")),  # Oct 31 23:59:59 EDT: October. 0.000035
+            C("2026-11-01T04:00:00", 20, 2, D("0.0000000456")),  # Nov 1 00:00:00 EDT: November
+            C("2026-10-01T03:59:59", 30, 3, D("0.0000000789")),  # Sep 30 23:59:59 EDT: September
+            C("2026-10-01T04:00:00", 40, 4, D("0.0000001000")),  # Oct 1 00:00:00 EDT: October. 0.00014
+        ],
+    ),
 ]
 # (tenant, team, period_start, limit, currency, settled, reserved)
 BUDGETS = [
@@ -99,8 +139,15 @@ def build_ledger(session: Session) -> None:
         session.add(owner)
     for job_id, tenant, team, task, *_ in CALLS:
         if session.get(Job, job_id) is None:
-            session.add(Job(id=job_id, tenant_id=teams[tenant, team].tenant_id, team_id=ids[tenant, team], task=task,
-                            min_quality=0.9))
+            session.add(
+                Job(
+                    id=job_id,
+                    tenant_id=teams[tenant, team].tenant_id,
+                    team_id=ids[tenant, team],
+                    task=task,
+                    min_quality=0.9,
+                )
+            )
             session.flush()
     n = 0
     for job_id, tenant, team, task, model, provider, purpose, rates, calls in CALLS:
@@ -110,22 +157,56 @@ def build_ledger(session: Session) -> None:
         for call in calls:
             n += 1
             started = datetime.fromisoformat(call.at).replace(tzinfo=UTC)
-            session.add(Call(
-                id=f"rpt-call-{n}", job_id=job_id, item_id=n, tenant_id=row.tenant_id, team_id=row.id, model_id=model,
-                provider=provider, purpose=purpose, status=CallStatus.ERROR if call.failed else CallStatus.OK,
-                input_tokens=call.input_tokens, cached_input_tokens=call.cached_input_tokens,
-                output_tokens=call.output_tokens, cost_usd=call.cost_usd, started_at=started,
-            ))
-            facts.append(CallFacts(started, call.failed, call.input_tokens, call.cached_input_tokens, call.output_tokens,
-                                   call.cost_usd))
+            session.add(
+                Call(
+                    id=f"rpt-call-{n}",
+                    job_id=job_id,
+                    item_id=n,
+                    tenant_id=row.tenant_id,
+                    team_id=row.id,
+                    model_id=model,
+                    provider=provider,
+                    purpose=purpose,
+                    status=CallStatus.ERROR if call.failed else CallStatus.OK,
+                    input_tokens=call.input_tokens,
+                    cached_input_tokens=call.cached_input_tokens,
+                    output_tokens=call.output_tokens,
+                    cost_usd=call.cost_usd,
+                    started_at=started,
+                )
+            )
+            facts.append(
+                CallFacts(
+                    started, call.failed, call.input_tokens, call.cached_input_tokens, call.output_tokens, call.cost_usd
+                )
+            )
         session.flush()
-        upsert_rollups(session, rollup_rows(
-            facts, tenant_id=row.tenant_id, team_id=row.id, job_id=job_id, model_id=model, provider=provider, task=task,
-            purpose=purpose, timezone=zones[tenant], baseline_rates=BaselineRates(*rates) if rates else None,
-        ))
+        upsert_rollups(
+            session,
+            rollup_rows(
+                facts,
+                tenant_id=row.tenant_id,
+                team_id=row.id,
+                job_id=job_id,
+                model_id=model,
+                provider=provider,
+                task=task,
+                purpose=purpose,
+                timezone=zones[tenant],
+                baseline_rates=BaselineRates(*rates) if rates else None,
+            ),
+        )
     for tenant, team, start, limit, currency, settled, reserved in BUDGETS:
-        session.add(BudgetPeriod(team_id=ids[tenant, team], period_start=start, limit_amount=limit,
-                                 currency=currency, settled=settled, reserved=reserved))
+        session.add(
+            BudgetPeriod(
+                team_id=ids[tenant, team],
+                period_start=start,
+                limit_amount=limit,
+                currency=currency,
+                settled=settled,
+                reserved=reserved,
+            )
+        )
     session.flush()
 
 
@@ -144,6 +225,7 @@ def _keys(rows: tuple[ReportRow, ...]) -> dict[str, Decimal]:
 
 # -- the figures -----------------------------------------------------------------------------------
 
+
 def test_team_report_sums_exactly(session: Session) -> None:
     report = monthly_report(session, month="2026-10", tenant=ACME, by="team")
     assert report.rows == (LEGAL, GROWTH)  # highest spend first
@@ -156,13 +238,22 @@ def test_team_report_sums_exactly(session: Session) -> None:
 
 def test_every_grouping_adds_up_to_the_same_total(session: Session) -> None:
     expected = {
-        "team": {f"{ACME}/legal": D("0.0050000014"), f"{ACME}/growth": D("0.0026037036"), f"{GLOBEX}/ops": D("0.0000001123")},
+        "team": {
+            f"{ACME}/legal": D("0.0050000014"),
+            f"{ACME}/growth": D("0.0026037036"),
+            f"{GLOBEX}/ops": D("0.0000001123"),
+        },
         "model": {"claude-haiku-4-5": D("0.0050000014"), "gpt-4o": D("0.0025"), "gpt-4o-mini": D("0.0001038159")},
         "provider": {"anthropic": D("0.0050000014"), "openai": D("0.0026038159")},
         "task": {"summarize": D("0.0050000014"), "classify": D("0.0026038159")},
         "job": {"rpt-legal": D("0.0050000014"), "rpt-growth": D("0.0026037036"), "rpt-ops": D("0.0000001123")},
-        "day": {"2026-10-01": D("0.0000038035"), "2026-10-02": D("0.0025"), "2026-10-10": D("0.0050000005"),
-                "2026-10-15": D("0.0001000001"), "2026-10-31": D("0.0000000132")},
+        "day": {
+            "2026-10-01": D("0.0000038035"),
+            "2026-10-02": D("0.0025"),
+            "2026-10-10": D("0.0050000005"),
+            "2026-10-15": D("0.0001000001"),
+            "2026-10-31": D("0.0000000132"),
+        },
     }
     for by, spend in expected.items():
         report = monthly_report(session, month="2026-10", by=by)
@@ -177,8 +268,11 @@ def test_series_are_there_whatever_the_grouping(session: Session) -> None:
     assert [r.key for r in report.spend_by_day] == [f"2026-10-{d:02}" for d in range(1, 32)]
     assert report.spend_by_day[0].spend_usd == D("0.0000038035") and report.spend_by_day[2].spend_usd == 0
     assert sum((r.spend_usd for r in report.spend_by_day), D(0)) == ALL_TOTAL.spend_usd
-    assert _keys(report.spend_by_team) == {f"{ACME}/legal": D("0.0050000014"), f"{ACME}/growth": D("0.0026037036"),
-                                           f"{GLOBEX}/ops": D("0.0000001123")}
+    assert _keys(report.spend_by_team) == {
+        f"{ACME}/legal": D("0.0050000014"),
+        f"{ACME}/growth": D("0.0026037036"),
+        f"{GLOBEX}/ops": D("0.0000001123"),
+    }
     assert [r.key for r in report.spend_by_model] == ["claude-haiku-4-5", "gpt-4o", "gpt-4o-mini"]
 
 
@@ -194,6 +288,7 @@ def test_budgets_of_the_month_only(session: Session) -> None:
 
 
 # -- months are local --------------------------------------------------------------------------------
+
 
 def test_the_last_second_of_october_in_new_york_is_october(session: Session) -> None:
     last_second = datetime(2026, 11, 1, 3, 59, 59, tzinfo=UTC)  # 23:59:59 EDT on Oct 31
@@ -217,6 +312,7 @@ def test_an_empty_month_is_zeros(session: Session) -> None:
 
 # -- bad input -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("month", ["2026-13", "2026-00", "nov", "2026-1", "2026/10", "2026-10-01", "", "0000-10"])
 def test_a_malformed_month_is_refused(session: Session, month: str) -> None:
     with pytest.raises(InputError, match="YYYY-MM") as error:
@@ -237,16 +333,38 @@ def test_an_unknown_tenant_is_refused(session: Session) -> None:
 
 # -- formats ---------------------------------------------------------------------------------------
 
+
 def test_csv_has_every_group_and_the_exact_total(session: Session) -> None:
     rows = list(csv.reader(io.StringIO(render_csv(monthly_report(session, month="2026-10", tenant=ACME)))))
-    assert rows[0] == ["team", "spend_usd", "calls", "failed_calls", "input_tokens", "cached_input_tokens",
-                       "output_tokens", "failed_spend_usd", "calibration_spend_usd", "baseline_usd", "savings_usd",
-                       "savings_pct", "simulated_calls"]
+    assert rows[0] == [
+        "team",
+        "spend_usd",
+        "calls",
+        "failed_calls",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "failed_spend_usd",
+        "calibration_spend_usd",
+        "baseline_usd",
+        "savings_usd",
+        "savings_pct",
+        "simulated_calls",
+    ]
     assert [r[0] for r in rows[1:]] == ["legal", "growth", "TOTAL"]
     for row, want in zip(rows[1:], (LEGAL, GROWTH, ACME_TOTAL), strict=True):
-        assert [D(x) for x in row[1:11]] == [want.spend_usd, want.calls, want.failed_calls, want.input_tokens,
-                                             want.cached_input_tokens, want.output_tokens, want.failed_spend_usd,
-                                             want.calibration_spend_usd, want.baseline_usd, want.savings_usd]
+        assert [D(x) for x in row[1:11]] == [
+            want.spend_usd,
+            want.calls,
+            want.failed_calls,
+            want.input_tokens,
+            want.cached_input_tokens,
+            want.output_tokens,
+            want.failed_spend_usd,
+            want.calibration_spend_usd,
+            want.baseline_usd,
+            want.savings_usd,
+        ]
     assert rows[-1][1] == "0.0076037050" and rows[-1][10] == "0.0206612950"  # full precision, as stored
     assert rows[-1][11] == "73.10"  # 0.020661295 / 0.028265, a display ratio
 
@@ -255,16 +373,25 @@ def test_json_has_rows_totals_budgets_and_series_as_exact_strings(session: Sessi
     doc = json.loads(render_json(monthly_report(session, month="2026-10", by="model")))
     assert doc["month"] == "2026-10" and doc["tenant"] is None and doc["by"] == "model"
     assert {r["key"]: D(r["spend_usd"]) for r in doc["rows"]} == {
-        "claude-haiku-4-5": D("0.0050000014"), "gpt-4o": D("0.0025"), "gpt-4o-mini": D("0.0001038159")}
+        "claude-haiku-4-5": D("0.0050000014"),
+        "gpt-4o": D("0.0025"),
+        "gpt-4o-mini": D("0.0001038159"),
+    }
     totals = doc["totals"]
     assert totals["spend_usd"] == "0.0076038173" and D(totals["baseline_usd"]) == D("0.02844")
     assert D(totals["savings_usd"]) == D("0.0208361827") and totals["calls"] == 8
     assert D(totals["failed_spend_usd"]) == D("0.0000024699") and D(totals["calibration_spend_usd"]) == D("0.0025")
     assert [(b["team"], b["currency"], D(b["settled"])) for b in doc["budgets"]] == [
-        ("growth", "USD", D("0.0026037036")), ("legal", "EUR", D("4.5")), ("ops", "USD", D("0.0000001123"))]
+        ("growth", "USD", D("0.0026037036")),
+        ("legal", "EUR", D("4.5")),
+        ("ops", "USD", D("0.0000001123")),
+    ]
     series = doc["series"]
     assert len(series["spend_by_day"]) == 31 and series["spend_by_day"][30] == {
-        "day": "2026-10-31", "spend_usd": "0.0000000132", "calls": 2}
+        "day": "2026-10-31",
+        "spend_usd": "0.0000000132",
+        "calls": 2,
+    }
     assert [s["team"] for s in series["spend_by_team"]] == [f"{ACME}/legal", f"{ACME}/growth", f"{GLOBEX}/ops"]
     assert {s["model"] for s in series["spend_by_model"]} == {"claude-haiku-4-5", "gpt-4o", "gpt-4o-mini"}
 
@@ -312,8 +439,16 @@ def test_sqlite_reports_the_same_exact_figures(tmp_path: Path, session: Session)
 # -- the page in a browser -------------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def test_html_renders_in_headless_chromium(session: Session, tmp_path: Path) -> None:
@@ -326,9 +461,15 @@ def test_html_renders_in_headless_chromium(session: Session, tmp_path: Path) -> 
     base = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     shot = tmp_path / "r.png"
     # A cold Chromium start takes a few seconds on a small CI box; a minute means it is stuck.
-    subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,1600", path.as_uri()],
-                   check=True, capture_output=True, timeout=60)
-    dom = subprocess.run([*base, "--dump-dom", path.as_uri()], check=True, capture_output=True, timeout=60, text=True).stdout
+    subprocess.run(
+        [*base, f"--screenshot={shot}", "--window-size=1200,1600", path.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    dom = subprocess.run(
+        [*base, "--dump-dom", path.as_uri()], check=True, capture_output=True, timeout=60, text=True
+    ).stdout
     assert dom.count("<svg") == 3 and dom.count('class="bar"') == 5
     assert "0.0076038173" in dom and "Spend per day" in dom and "Spend per model" in dom
     data = shot.read_bytes()

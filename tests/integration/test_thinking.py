@@ -36,11 +36,13 @@ def complete(fake_provider: str, vendor: str, request: ChatRequest) -> Completio
 
 
 def ask(model: str, **kw: object) -> ChatRequest:
-    return ChatRequest(model=model, system="Answer with one label.", prompt="I was charged twice", max_output_tokens=CAP,
-                       **kw)  # type: ignore[arg-type]
+    return ChatRequest(
+        model=model, system="Answer with one label.", prompt="I was charged twice", max_output_tokens=CAP, **kw
+    )  # type: ignore[arg-type]
 
 
 # -- on the wire, against the fake server playing the vendors' rules ------------------------------
+
 
 def test_openai_reasoning_model_refuses_max_tokens_and_gets_max_completion_tokens(fake_provider: str) -> None:
     with pytest.raises(ProviderStatusError) as refused:
@@ -48,7 +50,9 @@ def test_openai_reasoning_model_refuses_max_tokens_and_gets_max_completion_token
     assert refused.value.status_code == 400 and "max_completion_tokens" in str(refused.value)
     done = complete(fake_provider, "openai", ask("gpt-5-mini", thinking_tokens=256, reasoning_effort="low"))
     assert done.text and done.usage.reasoning_tokens == 64  # the fake's "low" effort
-    assert done.usage.output_tokens > done.usage.reasoning_tokens  # an answer besides the reasoning, all billed as output
+    assert (
+        done.usage.output_tokens > done.usage.reasoning_tokens
+    )  # an answer besides the reasoning, all billed as output
 
 
 def test_openai_reasoning_without_room_answers_empty_but_is_billed(fake_provider: str) -> None:
@@ -79,21 +83,30 @@ def test_gemini_pro_cannot_stop_thinking_and_gets_room_for_it(fake_provider: str
 
 # -- catalog ------------------------------------------------------------------------------------
 
+
 def test_default_catalog_bounds_gemini_thinking() -> None:
     catalog = load_catalog()
     assert catalog.model("gemini-2.5-flash").thinking == 0
-    assert catalog.model("gemini-2.5-pro").thinking == 128 and catalog.model("gemini-2.5-pro").output_cap(CAP) == CAP + 128
+    assert (
+        catalog.model("gemini-2.5-pro").thinking == 128 and catalog.model("gemini-2.5-pro").output_cap(CAP) == CAP + 128
+    )
     assert catalog.model("gpt-4o").thinking is None and catalog.model("gpt-4o").output_cap(CAP) == CAP
 
 
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ('id = "gpt-5-mini"\nprovider = "openai"\nthinking = -1', "thinking must be 0 (off) or the most thinking tokens"),
+        (
+            'id = "gpt-5-mini"\nprovider = "openai"\nthinking = -1',
+            "thinking must be 0 (off) or the most thinking tokens",
+        ),
         ('id = "gpt-5-mini"\nprovider = "openai"\nthinking = "lots"', "thinking must be 0 (off)"),
         ('id = "claude-haiku-4-5"\nprovider = "anthropic"\nthinking = 1024', "thinking applies to openai and gemini"),
         ('id = "gpt-5-mini"\nprovider = "openai"\nreasoning_effort = "low"', "which also set thinking"),
-        ('id = "gpt-5-mini"\nprovider = "openai"\nthinking = 64\nreasoning_effort = "max"', "reasoning_effort must be one of"),
+        (
+            'id = "gpt-5-mini"\nprovider = "openai"\nthinking = 64\nreasoning_effort = "max"',
+            "reasoning_effort must be one of",
+        ),
     ],
 )
 def test_bad_thinking_settings_are_refused_at_load(tmp_path: Path, entry: str, message: str) -> None:
@@ -105,13 +118,27 @@ def test_bad_thinking_settings_are_refused_at_load(tmp_path: Path, entry: str, m
 
 # -- routing counts thinking as output --------------------------------------------------------------
 
+
 def test_thinking_is_counted_in_expected_cost_and_context() -> None:
-    plain = Candidate(model_id="plain", provider="p", input_usd_per_mtok=Decimal(1), output_usd_per_mtok=Decimal(10),
-                      context_window=1_000, region="us", open_weight=False,
-                      quality=QualityEstimate(0.9, None, "prior"))
+    plain = Candidate(
+        model_id="plain",
+        provider="p",
+        input_usd_per_mtok=Decimal(1),
+        output_usd_per_mtok=Decimal(10),
+        context_window=1_000,
+        region="us",
+        open_weight=False,
+        quality=QualityEstimate(0.9, None, "prior"),
+    )
     thinker = replace(plain, model_id="thinker", input_usd_per_mtok=Decimal("0.5"), thinking_tokens_per_item=128)
-    profile = JobProfile(task="classify", min_quality=0.0, n_items=1_000, total_input_tokens=100_000, max_input_tokens=800,
-                         output_tokens_per_item=8)
+    profile = JobProfile(
+        task="classify",
+        min_quality=0.0,
+        n_items=1_000,
+        total_input_tokens=100_000,
+        max_input_tokens=800,
+        output_tokens_per_item=8,
+    )
     decision = choose_model(profile, [plain, thinker])
     costs = {v.model_id: v.expected_cost_usd for v in decision.verdicts}
     # 100k input + 1,000 x 8 output, and the thinker 1,000 x 136 output: cheaper input, dearer in all.
@@ -124,20 +151,39 @@ def test_thinking_is_counted_in_expected_cost_and_context() -> None:
 
 # -- a job on thinking models, end to end through the engine ---------------------------------------
 
+
 @pytest.fixture
 def gemini_settings(live_settings: Settings) -> Settings:
-    return Settings(database_url=live_settings.database_url, catalog=live_settings.catalog, sandbox="off",
-                    api_keys={"GEMINI_API_KEY": FAKE_KEY}, _env_file=None)  # type: ignore[dict-item, call-arg]
+    return Settings(
+        database_url=live_settings.database_url,
+        catalog=live_settings.catalog,
+        sandbox="off",
+        api_keys={"GEMINI_API_KEY": FAKE_KEY},
+        _env_file=None,
+    )  # type: ignore[dict-item, call-arg]
 
 
 @pytest.mark.parametrize(("model_id", "thinking"), [("gemini-2.5-flash", 0), ("gemini-2.5-pro", 128)])
-def test_a_job_on_a_default_gemini_model_gets_its_labels(gemini_settings: Settings, catalog: Catalog, tmp_path: Path,
-                                                         team: tuple[str, str], fake_provider: str, model_id: str,
-                                                         thinking: int) -> None:
+def test_a_job_on_a_default_gemini_model_gets_its_labels(
+    gemini_settings: Settings,
+    catalog: Catalog,
+    tmp_path: Path,
+    team: tuple[str, str],
+    fake_provider: str,
+    model_id: str,
+    thinking: int,
+) -> None:
     httpx.post(f"{fake_provider}/_reset")
     path = write_jsonl(tmp_path / "items.jsonl", tickets(12))
-    request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=LABELS, min_quality=0.5,
-                         models=frozenset({model_id}))
+    request = JobRequest(
+        path=path,
+        team=team[1],
+        tenant=team[0],
+        task="classify",
+        labels=LABELS,
+        min_quality=0.5,
+        models=frozenset({model_id}),
+    )
     job_id = submit_job(gemini_settings, catalog, request).job_id
     outcome = run_chunk(gemini_settings, catalog, job_id=job_id, lo=0, hi=12)
     assert outcome.done == 12
@@ -165,16 +211,29 @@ def test_a_thinking_baseline_is_priced_with_its_thinking() -> None:
     from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows
 
     at = datetime(2026, 11, 2, 12, tzinfo=UTC)
-    calls = [CallFacts(at, False, 1_000, 0, 10, Decimal("0.0001"), reasoning_tokens=4),  # 6 answer tokens + 4 thinking
-             CallFacts(at, True, 0, 0, 0, Decimal(0))]  # failed unanswered: no baseline thinking either
-    rows = rollup_rows(calls, tenant_id=1, team_id=1, job_id="j", model_id="m", provider="p", task="classify",
-                       purpose="run", timezone="UTC", baseline_rates=BaselineRates(Decimal("1.25"), Decimal("10"), 128))
+    calls = [
+        CallFacts(at, False, 1_000, 0, 10, Decimal("0.0001"), reasoning_tokens=4),  # 6 answer tokens + 4 thinking
+        CallFacts(at, True, 0, 0, 0, Decimal(0)),
+    ]  # failed unanswered: no baseline thinking either
+    rows = rollup_rows(
+        calls,
+        tenant_id=1,
+        team_id=1,
+        job_id="j",
+        model_id="m",
+        provider="p",
+        task="classify",
+        purpose="run",
+        timezone="UTC",
+        baseline_rates=BaselineRates(Decimal("1.25"), Decimal("10"), 128),
+    )
     # Baseline: the same 1,000 input and 6-token answer, plus its own 128 thinking tokens: (1250 + 1340) / 1M.
     assert rows[0]["baseline_cost_usd"] == Decimal("0.00259")
 
 
-def test_budgets_reserve_a_thinking_models_thinking(gemini_settings: Settings, catalog: Catalog, tmp_path: Path,
-                                                    team: tuple[str, str]) -> None:
+def test_budgets_reserve_a_thinking_models_thinking(
+    gemini_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str]
+) -> None:
     from router.engine.batch import ChunkContext
     from router.ledger import repo
     from router.ledger.db import session_scope
@@ -183,8 +242,15 @@ def test_budgets_reserve_a_thinking_models_thinking(gemini_settings: Settings, c
     from router.usage import TokenUsage
 
     path = write_jsonl(tmp_path / "items.jsonl", tickets(3))
-    request = JobRequest(path=path, team=team[1], tenant=team[0], task="classify", labels=LABELS, min_quality=0.5,
-                         models=frozenset({"gemini-2.5-pro"}))
+    request = JobRequest(
+        path=path,
+        team=team[1],
+        tenant=team[0],
+        task="classify",
+        labels=LABELS,
+        min_quality=0.5,
+        models=frozenset({"gemini-2.5-pro"}),
+    )
     job_id = submit_job(gemini_settings, catalog, request).job_id
     with session_scope(gemini_settings) as session:
         chunk = ChunkContext.build(catalog, repo.job_for_chunk(session, job_id))

@@ -26,6 +26,9 @@ def test_items_that_fit(costs: list[Decimal], remaining: Decimal, expected: int)
     assert items_that_fit(costs, remaining) == expected
 
 
-@pytest.mark.parametrize(("cost", "remaining", "expected"), [(D("5"), None, True), (D("5"), D("5"), True), (D("5.0000000001"), D("5"), False)])
+@pytest.mark.parametrize(
+    ("cost", "remaining", "expected"),
+    [(D("5"), None, True), (D("5"), D("5"), True), (D("5.0000000001"), D("5"), False)],
+)
 def test_fits(cost: Decimal, remaining: Decimal | None, expected: bool) -> None:
     assert fits(cost, remaining) is expected

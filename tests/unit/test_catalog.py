@@ -28,7 +28,10 @@ def test_default_catalog_covers_the_required_vendors() -> None:
     [
         ("gpt-4o", TokenUsage(input_tokens=1234, output_tokens=56)),
         ("gpt-4o-mini", TokenUsage(input_tokens=900, output_tokens=7, cached_input_tokens=300)),
-        ("claude-haiku-4-5", TokenUsage(input_tokens=5000, output_tokens=300, cached_input_tokens=1000, cache_write_tokens=200)),
+        (
+            "claude-haiku-4-5",
+            TokenUsage(input_tokens=5000, output_tokens=300, cached_input_tokens=1000, cache_write_tokens=200),
+        ),
         ("claude-sonnet-4-5", TokenUsage(input_tokens=250_000, output_tokens=1000)),  # above the 200k tier
         ("gemini-2.5-pro", TokenUsage(input_tokens=150_000, output_tokens=2000)),
         ("mistral-medium-2508", TokenUsage(input_tokens=777, output_tokens=3)),
@@ -40,10 +43,15 @@ def test_cost_matches_genai_prices_exactly(model_id: str, usage: TokenUsage) -> 
     when = datetime(2026, 11, 1, tzinfo=UTC)
     # genai-prices counts cached and cache-write tokens inside input_tokens.
     reference = calc_price(
-        Usage(input_tokens=usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens,
-              output_tokens=usage.output_tokens, cache_read_tokens=usage.cached_input_tokens,
-              cache_write_tokens=usage.cache_write_tokens),
-        model.api_model, provider_id=provider.prices_id, genai_request_timestamp=when,
+        Usage(
+            input_tokens=usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        ),
+        model.api_model,
+        provider_id=provider.prices_id,
+        genai_request_timestamp=when,
     ).total_price
     ours = CATALOG.price(model_id, when).cost_usd(usage)
     assert isinstance(ours, Decimal) and ours == reference

@@ -39,8 +39,9 @@ from policies.escalation import (
         (0, True, 1.0, True, False, 0.0, "stopped"),
     ],
 )
-def test_after_failure(attempt: int, retryable: bool, retry_after: float | None, stopped: bool, retry: bool,
-                       wait_s: float, why: str) -> None:
+def test_after_failure(
+    attempt: int, retryable: bool, retry_after: float | None, stopped: bool, retry: bool, wait_s: float, why: str
+) -> None:
     decision = after_failure(attempt=attempt, retryable=retryable, retry_after=retry_after, provider_stopped=stopped)
     assert (decision.retry, decision.wait_s) == (retry, wait_s)
     assert why in decision.reason
@@ -57,7 +58,9 @@ Answers = dict[str, tuple[str | None, str | None]]
 
 
 # (stages, current stage, answers as model -> (output, error), callable models, stopped models, kind, stage, reason part)
-STAGE_CASES: list[tuple[tuple[tuple[str, ...], ...], int, Answers, frozenset[str], frozenset[str], str, int | None, str]] = [
+STAGE_CASES: list[
+    tuple[tuple[tuple[str, ...], ...], int, Answers, frozenset[str], frozenset[str], str, int | None, str]
+] = [
     # Single model, with fallbacks.
     (SINGLE, 0, {"a": ("bug", None)}, EVERY, NONE, ACCEPT, None, "agree"),
     (SINGLE, 0, {}, EVERY, NONE, WAIT, None, "not all in"),
@@ -74,39 +77,130 @@ STAGE_CASES: list[tuple[tuple[tuple[str, ...], ...], int, Answers, frozenset[str
     (CASCADE, 0, {"c1": ("bug", None), "c2": (None, "HTTP 503")}, EVERY, NONE, ESCALATE, 1, "stage 1"),  # one erring
     (CASCADE, 0, {"c1": (None, "e1"), "c2": (None, "e2")}, EVERY, NONE, ESCALATE, 1, "stage 1"),  # both failed alike
     (CASCADE, 0, {"c1": ("bug", None), "c2": ("billing", None)}, EVERY - {"strong"}, NONE, ESCALATE, 2, "stage 2 (f)"),
-    (CASCADE, 1, {"c1": ("bug", None), "c2": ("billing", None), "strong": ("other", None)}, EVERY, NONE, ACCEPT, None,
-     "agree"),  # the strong model's answer stands, whatever the cheap ones said
-    (CASCADE, 0, {"c1": ("bug", None), "c2": ("billing", None)}, frozenset({"c1", "c2"}), NONE, FAIL, None,
-     "models disagreed (c1: bug, c2: billing) and no stronger model is left"),
-    (CASCADE, 0, {"c1": ("bug", None), "c2": (None, "HTTP 503")}, frozenset({"c1", "c2"}), NONE, FAIL, None,
-     "HTTP 503"),  # an error, not the disagreement, is the reason
-    (CASCADE, 2, {"c1": (None, "e1"), "c2": ("bug", None), "strong": (None, "e-strong"), "f": ("bug", None)}, EVERY,
-     NONE, ACCEPT, None, "agree"),
-    (CASCADE, 2, {"c1": ("bug", None), "c2": ("bug2", None), "strong": (None, "e-strong"), "f": (None, "e-f")}, EVERY,
-     NONE, FAIL, None, "e-f"),  # the last error
-    (CASCADE, 2, {"c1": (None, "e1"), "c2": ("bug", None), "strong": ("x", None), "f": (None, "unusable")}, EVERY,
-     NONE, FAIL, None, "unusable"),
+    (
+        CASCADE,
+        1,
+        {"c1": ("bug", None), "c2": ("billing", None), "strong": ("other", None)},
+        EVERY,
+        NONE,
+        ACCEPT,
+        None,
+        "agree",
+    ),  # the strong model's answer stands, whatever the cheap ones said
+    (
+        CASCADE,
+        0,
+        {"c1": ("bug", None), "c2": ("billing", None)},
+        frozenset({"c1", "c2"}),
+        NONE,
+        FAIL,
+        None,
+        "models disagreed (c1: bug, c2: billing) and no stronger model is left",
+    ),
+    (
+        CASCADE,
+        0,
+        {"c1": ("bug", None), "c2": (None, "HTTP 503")},
+        frozenset({"c1", "c2"}),
+        NONE,
+        FAIL,
+        None,
+        "HTTP 503",
+    ),  # an error, not the disagreement, is the reason
+    (
+        CASCADE,
+        2,
+        {"c1": (None, "e1"), "c2": ("bug", None), "strong": (None, "e-strong"), "f": ("bug", None)},
+        EVERY,
+        NONE,
+        ACCEPT,
+        None,
+        "agree",
+    ),
+    (
+        CASCADE,
+        2,
+        {"c1": ("bug", None), "c2": ("bug2", None), "strong": (None, "e-strong"), "f": (None, "e-f")},
+        EVERY,
+        NONE,
+        FAIL,
+        None,
+        "e-f",
+    ),  # the last error
+    (
+        CASCADE,
+        2,
+        {"c1": (None, "e1"), "c2": ("bug", None), "strong": ("x", None), "f": (None, "unusable")},
+        EVERY,
+        NONE,
+        FAIL,
+        None,
+        "unusable",
+    ),
     # A stage whose model has already answered the item is not asked again.
-    ((("a",), ("b",), ("a",)), 1, {"a": (None, "e-a"), "b": (None, "e-b")}, frozenset({"a", "b"}), NONE, FAIL, None,
-     "e-b"),
+    (
+        (("a",), ("b",), ("a",)),
+        1,
+        {"a": (None, "e-a"), "b": (None, "e-b")},
+        frozenset({"a", "b"}),
+        NONE,
+        FAIL,
+        None,
+        "e-b",
+    ),
     # Stopped providers (a refused key, a spent quota).
     (SINGLE, 0, {"a": (None, "key refused")}, EVERY - {"a"}, frozenset({"a"}), ESCALATE, 1, "stage 1"),  # fallback
     (SINGLE, 0, {"a": (None, "key refused")}, NONE, frozenset({"a", "f1", "f2"}), HOLD, None, "stopped"),
-    (SINGLE, 2, {"a": (None, "HTTP 500"), "f1": (None, "e"), "f2": (None, "key refused")}, EVERY - {"f2"},
-     frozenset({"f2"}), HOLD, None, "resume"),  # one answer from a stopped provider is enough
-    (CASCADE, 0, {"c1": ("bug", None), "c2": (None, "key refused")}, frozenset({"c1"}), frozenset({"c2", "strong", "f"}),
-     FAIL, None, "key refused"),  # a usable answer: the item, not only the provider, got an answer
-    (SINGLE, 0, {"a": (None, "HTTP 500")}, frozenset({"a"}), frozenset({"f1", "f2"}), FAIL, None, "HTTP 500"),  # a not stopped
+    (
+        SINGLE,
+        2,
+        {"a": (None, "HTTP 500"), "f1": (None, "e"), "f2": (None, "key refused")},
+        EVERY - {"f2"},
+        frozenset({"f2"}),
+        HOLD,
+        None,
+        "resume",
+    ),  # one answer from a stopped provider is enough
+    (
+        CASCADE,
+        0,
+        {"c1": ("bug", None), "c2": (None, "key refused")},
+        frozenset({"c1"}),
+        frozenset({"c2", "strong", "f"}),
+        FAIL,
+        None,
+        "key refused",
+    ),  # a usable answer: the item, not only the provider, got an answer
+    (
+        SINGLE,
+        0,
+        {"a": (None, "HTTP 500")},
+        frozenset({"a"}),
+        frozenset({"f1", "f2"}),
+        FAIL,
+        None,
+        "HTTP 500",
+    ),  # a not stopped
 ]
 
 
-@pytest.mark.parametrize(("stages", "current", "answers", "callable_models", "stopped_models", "kind", "stage", "why"),
-                         STAGE_CASES)
-def test_after_stage(stages: tuple[tuple[str, ...], ...], current: int, answers: Answers, callable_models: frozenset[str],
-                     stopped_models: frozenset[str], kind: str, stage: int | None, why: str) -> None:
+@pytest.mark.parametrize(
+    ("stages", "current", "answers", "callable_models", "stopped_models", "kind", "stage", "why"), STAGE_CASES
+)
+def test_after_stage(
+    stages: tuple[tuple[str, ...], ...],
+    current: int,
+    answers: Answers,
+    callable_models: frozenset[str],
+    stopped_models: frozenset[str],
+    kind: str,
+    stage: int | None,
+    why: str,
+) -> None:
     given = {m: ModelAnswer(output, error) for m, (output, error) in answers.items()}
-    decision = after_stage(stages=stages, current=current, answers=given, callable_models=callable_models,
-                           stopped_models=stopped_models)
+    decision = after_stage(
+        stages=stages, current=current, answers=given, callable_models=callable_models, stopped_models=stopped_models
+    )
     assert (decision.kind, decision.stage) == (kind, stage), decision.reason
     assert why in decision.reason
 

@@ -26,7 +26,10 @@ def server() -> Iterator[str]:
 
 
 def test_the_mix_is_reproducible_under_a_seed_and_near_its_rates() -> None:
-    spec = {"seed": 7, "rates": {"429": 0.05, "500": 0.03, "529": 0.02, "truncated": 0.02, "malformed": 0.02, "hang": 0.01}}
+    spec = {
+        "seed": 7,
+        "rates": {"429": 0.05, "500": 0.03, "529": 0.02, "truncated": 0.02, "malformed": 0.02, "hang": 0.01},
+    }
     first, second = FaultMix.from_json(spec), FaultMix.from_json(spec)
     draws = [first.decide()[0] for _ in range(4000)]
     assert draws == [second.decide()[0] for _ in range(4000)]
@@ -45,8 +48,15 @@ def test_a_lognormal_latency_has_the_heavy_tail_of_llm_calls() -> None:
     assert 1.28 < sum(delays) / len(delays) < 1.38  # the mean: exp(sigma^2 / 2) = 1.377 s, a little less under the cap
 
 
-@pytest.mark.parametrize("spec", [{"rates": {"418": 0.1}}, {"rates": {"429": 0.7, "500": 0.5}}, {"rates": {"429": -0.1}},
-                                  {"latency_ms": {"median": 0, "sigma": 1}}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"rates": {"418": 0.1}},
+        {"rates": {"429": 0.7, "500": 0.5}},
+        {"rates": {"429": -0.1}},
+        {"latency_ms": {"median": 0, "sigma": 1}},
+    ],
+)
 def test_a_bad_mix_is_refused(server: str, spec: dict[str, object]) -> None:
     response = httpx.post(f"{server}/_faults", json=spec)
     assert response.status_code == 400 and response.json()["error"]
@@ -54,8 +64,10 @@ def test_a_bad_mix_is_refused(server: str, spec: dict[str, object]) -> None:
 
 def test_faults_are_served_in_the_wire_format_and_only_answers_are_billed_by_call_id(server: str) -> None:
     httpx.post(f"{server}/_reset")
-    httpx.post(f"{server}/_faults", json={"seed": 3, "rates": {"429": 0.1, "503": 0.1, "truncated": 0.1, "malformed": 0.1},
-                                           "retry_after_s": 0.5}).raise_for_status()
+    httpx.post(
+        f"{server}/_faults",
+        json={"seed": 3, "rates": {"429": 0.1, "503": 0.1, "truncated": 0.1, "malformed": 0.1}, "retry_after_s": 0.5},
+    ).raise_for_status()
     outcomes: Counter[str] = Counter()
     ok_ids: set[str] = set()
 
@@ -63,9 +75,15 @@ def test_faults_are_served_in_the_wire_format_and_only_answers_are_billed_by_cal
         client = build_client(base_url=f"{server}/v1", headers={}, timeout_s=2, max_connections=50)
         provider = OpenAIProvider(name="fake", client=client, api_key=KEY)
         try:
+
             async def one(k: int) -> None:
-                request = ChatRequest(model="m", system="Answer with one letter. A) x B) y", prompt=f"item {k}",
-                                      max_output_tokens=4, request_id=f"call-{k}")
+                request = ChatRequest(
+                    model="m",
+                    system="Answer with one letter. A) x B) y",
+                    prompt=f"item {k}",
+                    max_output_tokens=4,
+                    request_id=f"call-{k}",
+                )
                 try:
                     await provider.complete(request)
                     outcomes["ok"] += 1
@@ -75,6 +93,7 @@ def test_faults_are_served_in_the_wire_format_and_only_answers_are_billed_by_cal
                     assert getattr(exc, "retryable", None) is True, exc
                     if getattr(exc, "status_code", None) == 429:
                         assert exc.retry_after == 0.5  # type: ignore[attr-defined]
+
             await asyncio.gather(*(one(k) for k in range(600)))
         finally:
             await provider.aclose()
@@ -83,7 +102,11 @@ def test_faults_are_served_in_the_wire_format_and_only_answers_are_billed_by_cal
     bill = httpx.get(f"{server}/_bill").json()
     assert set(bill["calls"]) == ok_ids and bill["unidentified"] == 0  # billed exactly the answered calls
     assert all(c["repeats"] == 0 for c in bill["calls"].values())
-    assert outcomes["MalformedResponse"] > 30 and outcomes["ProviderStatusError429"] > 30 and outcomes["ProviderStatusError503"] > 30
+    assert (
+        outcomes["MalformedResponse"] > 30
+        and outcomes["ProviderStatusError429"] > 30
+        and outcomes["ProviderStatusError503"] > 30
+    )
     assert 0.5 < outcomes["ok"] / 600 < 0.7
 
 

@@ -19,13 +19,20 @@ SHIPPED = ("router", "workers", "policies")
 # Lower ranks are lower floors; a module may import its own floor and those below, never above.
 RANKS = [
     ("policies", 0),
-    ("router.settings", 1), ("router.errors", 1), ("router.usage", 1), ("router.catalog", 1),
-    ("router.prompts", 1), ("router.route", 1), ("router.candidates", 1),
-    ("router.ledger", 2), ("router.providers", 2),
+    ("router.settings", 1),
+    ("router.errors", 1),
+    ("router.usage", 1),
+    ("router.catalog", 1),
+    ("router.prompts", 1),
+    ("router.route", 1),
+    ("router.candidates", 1),
+    ("router.ledger", 2),
+    ("router.providers", 2),
     ("router.reports", 3),
     ("router.engine", 4),
     ("router.jobs", 5),
-    ("router.cli", 6), ("router.api", 6),
+    ("router.cli", 6),
+    ("router.api", 6),
     ("workers", 7),
 ]
 # Function-level imports that are there on purpose: none today. Add one only with its reason.
@@ -62,8 +69,13 @@ def test_the_layout_rules_cover_every_shipped_module() -> None:
 
 
 def test_no_module_imports_another_modules_private_names() -> None:
-    bad = [f"{name}: from {module} import {n}" for name, _, tree in modules() for _, module, names in imports(tree)
-           for n in names if n.startswith("_") and not n.startswith("__")]
+    bad = [
+        f"{name}: from {module} import {n}"
+        for name, _, tree in modules()
+        for _, module, names in imports(tree)
+        for n in names
+        if n.startswith("_") and not n.startswith("__")
+    ]
     assert bad == []
 
 
@@ -84,7 +96,11 @@ def test_imports_sit_at_the_top_of_each_module() -> None:
     for name, _, tree in modules():
         top = {id(node) for node in tree.body}
         for node, module, _ in imports(tree):
-            if id(node) not in top and not _under_type_checking(tree, node) and f"{name}:{module}" not in DEFERRED_ALLOWED:
+            if (
+                id(node) not in top
+                and not _under_type_checking(tree, node)
+                and f"{name}:{module}" not in DEFERRED_ALLOWED
+            ):
                 bad.append(f"{name}: import {module} at line {node.lineno}")
     assert bad == []
 
@@ -96,10 +112,14 @@ def test_every_sql_statement_lives_in_the_ledger() -> None:
         if name.startswith("router.ledger"):
             continue
         for _node, module, names in imports(tree):
-            if module.split(".")[0] in ("sqlalchemy", "sqlmodel") and not module.startswith("sqlalchemy.exc") and names != ["Session"]:
+            if (
+                module.split(".")[0] in ("sqlalchemy", "sqlmodel")
+                and not module.startswith("sqlalchemy.exc")
+                and names != ["Session"]
+            ):
                 bad.append(f"{name}: from {module} import {', '.join(names)}")
         source = path.read_text()
-        for call in ("session.execute(", "session.exec(", "session.get(", "session.add(", "text(\""):
+        for call in ("session.execute(", "session.exec(", "session.get(", "session.add(", 'text("'):
             if call in source:
                 bad.append(f"{name}: {call}")
     assert bad == []
@@ -121,7 +141,9 @@ def _under_type_checking(tree: ast.Module, target: ast.stmt) -> bool:
     return False
 
 
-@pytest.mark.parametrize(("module", "expected"), [("router.engine.batch", 4), ("router.jobs", 5), ("policies.drift", 0),
-                                                    ("router.ledger.repo", 2), ("httpx", None)])
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [("router.engine.batch", 4), ("router.jobs", 5), ("policies.drift", 0), ("router.ledger.repo", 2), ("httpx", None)],
+)
 def test_rank_reads_the_table(module: str, expected: int | None) -> None:
     assert rank(module) == expected

@@ -67,12 +67,28 @@ def embedded(tmp_path: Path) -> tuple[Settings, Catalog]:
     return settings, load_catalog(None)
 
 
-def _submit(settings: Settings, catalog: Catalog, tmp_path: Path, *, n: int, labelled: int, on_budget: str = "reject",
-            quality: str = "auto") -> str:
+def _submit(
+    settings: Settings,
+    catalog: Catalog,
+    tmp_path: Path,
+    *,
+    n: int,
+    labelled: int,
+    on_budget: str = "reject",
+    quality: str = "auto",
+) -> str:
     path = tmp_path / f"tickets-{n}-{labelled}.jsonl"
     write_demo_tickets(path, n=n, labelled=labelled)
-    request = JobRequest(path=path, team="support", tenant="acme", task="classify", labels=DEMO_LABELS, min_quality=0.8,
-                         on_budget=on_budget, quality=quality)
+    request = JobRequest(
+        path=path,
+        team="support",
+        tenant="acme",
+        task="classify",
+        labels=DEMO_LABELS,
+        min_quality=0.8,
+        on_budget=on_budget,
+        quality=quality,
+    )
     ensure_schema(settings)
     with session_scope(settings) as session:
         repo.ensure_team(session, tenant="acme", team="support")
@@ -80,7 +96,8 @@ def _submit(settings: Settings, catalog: Catalog, tmp_path: Path, *, n: int, lab
 
 
 def test_start_hands_a_calibrating_job_to_calibration_and_a_running_one_to_its_chunks(
-        embedded: tuple[Settings, Catalog], tmp_path: Path) -> None:
+    embedded: tuple[Settings, Catalog], tmp_path: Path
+) -> None:
     settings, catalog = embedded
     calibrating = _submit(settings, catalog, tmp_path, n=300, labelled=100)
     running = _submit(settings, catalog, tmp_path, n=250, labelled=0, quality="prior")
@@ -90,7 +107,9 @@ def test_start_hands_a_calibrating_job_to_calibration_and_a_running_one_to_its_c
     assert recorder.calls == [("calibrate", calibrating), ("run", (running, [(0, 100), (100, 200), (200, 250)]))]
 
 
-def test_inline_calibration_then_runs_the_bulk_and_shows_each_step(embedded: tuple[Settings, Catalog], tmp_path: Path) -> None:
+def test_inline_calibration_then_runs_the_bulk_and_shows_each_step(
+    embedded: tuple[Settings, Catalog], tmp_path: Path
+) -> None:
     settings, catalog = embedded
     job_id = _submit(settings, catalog, tmp_path, n=400, labelled=200)
     notes = Notes()
@@ -109,23 +128,37 @@ def test_a_job_that_ended_is_not_started_or_cancelled_again(embedded: tuple[Sett
     first = lifecycle.cancel(settings, catalog, job_id=job_id)
     assert first["status"] == "cancelled" and first["cancelled"] == 120
     assert lifecycle.cancel(settings, catalog, job_id=job_id) == {
-        "status": "cancelled", "cancelled": 0, "lost_calls_usd": "0", "in_flight": 0, "released": "0"}
+        "status": "cancelled",
+        "cancelled": 0,
+        "lost_calls_usd": "0",
+        "in_flight": 0,
+        "released": "0",
+    }
     recorder = Recorder()
     assert lifecycle.start(settings, job_id=job_id, dispatcher=recorder) == 0 and recorder.calls == []
     assert lifecycle.resume(settings, job_id=job_id, dispatcher=recorder).status == "cancelled" and recorder.calls == []
 
 
-def test_raising_a_budget_resumes_the_teams_paused_jobs_after_saying_so(embedded: tuple[Settings, Catalog],
-                                                                         tmp_path: Path) -> None:
+def test_raising_a_budget_resumes_the_teams_paused_jobs_after_saying_so(
+    embedded: tuple[Settings, Catalog], tmp_path: Path
+) -> None:
     settings, catalog = embedded
     job_id = _submit(settings, catalog, tmp_path, n=150, labelled=0, on_budget="pause", quality="prior")
     with session_scope(settings) as session:
         repo.pause_job(session, job_id)
     said: list[str] = []
     recorder = Recorder()
-    period = lifecycle.set_budget(settings, team="support", tenant="acme", monthly="50", currency="USD", soft="80%",
-                                  dispatcher=recorder, on_set=lambda p: said.append(f"set {p.limit_amount.normalize():f}"),
-                                  on_resumed=lambda job: said.append(f"resumed {job.id}"))
+    period = lifecycle.set_budget(
+        settings,
+        team="support",
+        tenant="acme",
+        monthly="50",
+        currency="USD",
+        soft="80%",
+        dispatcher=recorder,
+        on_set=lambda p: said.append(f"set {p.limit_amount.normalize():f}"),
+        on_resumed=lambda job: said.append(f"resumed {job.id}"),
+    )
     assert period.limit_amount == Decimal(50) and said == ["set 50", f"resumed {job_id}"]
     assert recorder.calls == [("run", (job_id, chunk_ranges(150, settings.chunk_size)))]
     with session_scope(settings) as session:

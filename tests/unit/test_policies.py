@@ -58,6 +58,7 @@ def verdict_of(verdicts: tuple[Verdict, ...], model_id: str) -> Verdict:
 
 # --- Wilson bounds -----------------------------------------------------------------------------
 
+
 # Reference values from the closed form with z = 1.959964 (two-sided 95%) and z = 2.575829 (99%),
 # cross-checked against statsmodels' proportion_confint(method="wilson").
 @pytest.mark.parametrize(
@@ -95,6 +96,7 @@ def test_wilson_rejects_invalid_input(mean: float, n: int, confidence: float) ->
 
 
 # --- choosing ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("candidates", "min_quality", "expected"),

@@ -12,10 +12,24 @@ LABELS = ("billing", "bug", "other")
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
-        ("B", "bug"), ("B)", "bug"), ("b.", "bug"), ("(B)", "bug"), ("**B**", "bug"), ("B) bug", "bug"),
-        ("The answer is B", "bug"), ("The answer is B.", "bug"), ("Answer: C", "other"), ("Label: billing", "billing"),
-        ("bug", "bug"), ("Billing.", "billing"), ("  other\n", "other"), ("I think it is a bug", "bug"),
-        ("D", None), ("", None), ("billing or bug", None), ("none of these", None),
+        ("B", "bug"),
+        ("B)", "bug"),
+        ("b.", "bug"),
+        ("(B)", "bug"),
+        ("**B**", "bug"),
+        ("B) bug", "bug"),
+        ("The answer is B", "bug"),
+        ("The answer is B.", "bug"),
+        ("Answer: C", "other"),
+        ("Label: billing", "billing"),
+        ("bug", "bug"),
+        ("Billing.", "billing"),
+        ("  other\n", "other"),
+        ("I think it is a bug", "bug"),
+        ("D", None),
+        ("", None),
+        ("billing or bug", None),
+        ("none of these", None),
     ],
 )
 def test_parse_label(answer: str, expected: str | None) -> None:

@@ -336,12 +336,36 @@ def test_retry_after_parsing(headers: dict[str, str], expected: float | None) ->
 @pytest.mark.parametrize(
     ("status", "body", "quota"),
     [
-        (429, b'{"error": {"message": "You exceeded your current quota, please check your plan and billing details.", "type": "insufficient_quota", "code": "insufficient_quota"}}', True),
-        (429, b'{"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}}', False),
-        (400, b'{"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance is too low to access the Anthropic API."}}', True),
-        (429, b'{"type": "error", "error": {"type": "rate_limit_error", "message": "Number of request tokens has exceeded your per-minute rate limit"}}', False),
-        (429, b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded for quota metric generate_content_requests, limit: GenerateRequestsPerDayPerProjectPerModel"}}', True),
-        (429, b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Resource has been exhausted (e.g. check quota)."}}', False),
+        (
+            429,
+            b'{"error": {"message": "You exceeded your current quota, please check your plan and billing details.", "type": "insufficient_quota", "code": "insufficient_quota"}}',
+            True,
+        ),
+        (
+            429,
+            b'{"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}}',
+            False,
+        ),
+        (
+            400,
+            b'{"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance is too low to access the Anthropic API."}}',
+            True,
+        ),
+        (
+            429,
+            b'{"type": "error", "error": {"type": "rate_limit_error", "message": "Number of request tokens has exceeded your per-minute rate limit"}}',
+            False,
+        ),
+        (
+            429,
+            b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded for quota metric generate_content_requests, limit: GenerateRequestsPerDayPerProjectPerModel"}}',
+            True,
+        ),
+        (
+            429,
+            b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Resource has been exhausted (e.g. check quota)."}}',
+            False,
+        ),
         (402, b'{"error": {"message": "Insufficient credits"}}', True),
         (500, b'{"error": {"message": "billing service down"}}', False),
     ],
@@ -378,17 +402,29 @@ def test_a_429_waits_as_the_provider_says(headers: dict[str, str], wait: float |
 
 
 @both_backends
-def test_gemini_cached_tokens_are_inside_the_prompt_and_thoughts_are_billed_as_output(base_url: str, backend: Backend) -> None:
+def test_gemini_cached_tokens_are_inside_the_prompt_and_thoughts_are_billed_as_output(
+    base_url: str, backend: Backend
+) -> None:
     body = {
-        "candidates": [{"content": {"parts": [{"text": "thinking...", "thought": True}, {"text": "B"}], "role": "model"},
-                        "finishReason": "STOP"}],
-        "usageMetadata": {"promptTokenCount": 1000, "cachedContentTokenCount": 600, "candidatesTokenCount": 2,
-                          "thoughtsTokenCount": 50, "totalTokenCount": 1052},
+        "candidates": [
+            {
+                "content": {"parts": [{"text": "thinking...", "thought": True}, {"text": "B"}], "role": "model"},
+                "finishReason": "STOP",
+            }
+        ],
+        "usageMetadata": {
+            "promptTokenCount": 1000,
+            "cachedContentTokenCount": 600,
+            "candidatesTokenCount": 2,
+            "thoughtsTokenCount": 50,
+            "totalTokenCount": 1052,
+        },
     }
     script(base_url, path=GEMINI_CALL_PATH, body=body)
     done = call(base_url, "gemini", backend)
-    assert done == Completion(text="B", usage=TokenUsage(input_tokens=400, output_tokens=52, cached_input_tokens=600,
-                                                          reasoning_tokens=50))
+    assert done == Completion(
+        text="B", usage=TokenUsage(input_tokens=400, output_tokens=52, cached_input_tokens=600, reasoning_tokens=50)
+    )
 
 
 def test_costs_follow_each_providers_token_rules() -> None:
@@ -400,21 +436,56 @@ def test_costs_follow_each_providers_token_rules() -> None:
     from router.providers.gemini import parse_generate_content
     from router.providers.openai import parse_completion
 
-    price = Price(input=Rate(Decimal("1.00")), cached_input=Rate(Decimal("0.10")), cache_write=Rate(Decimal("1.25")),
-                  output=Rate(Decimal("4.00")), source="test")
-    openai = parse_completion({"choices": [{"message": {"content": "B"}}], "usage": {
-        "prompt_tokens": 1000, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 800},
-        "completion_tokens_details": {"reasoning_tokens": 20}}}, REQUEST).usage
+    price = Price(
+        input=Rate(Decimal("1.00")),
+        cached_input=Rate(Decimal("0.10")),
+        cache_write=Rate(Decimal("1.25")),
+        output=Rate(Decimal("4.00")),
+        source="test",
+    )
+    openai = parse_completion(
+        {
+            "choices": [{"message": {"content": "B"}}],
+            "usage": {
+                "prompt_tokens": 1000,
+                "completion_tokens": 30,
+                "prompt_tokens_details": {"cached_tokens": 800},
+                "completion_tokens_details": {"reasoning_tokens": 20},
+            },
+        },
+        REQUEST,
+    ).usage
     # 200 fresh input at $1, 800 cached at $0.10, 30 output (reasoning included) at $4 per million.
     assert price.cost_usd(openai) == (Decimal(200) * 1 + Decimal(800) * Decimal("0.10") + Decimal(30) * 4) / 1_000_000
-    anthropic = parse_message({"content": [{"type": "text", "text": "B"}], "usage": {
-        "input_tokens": 200, "output_tokens": 30, "cache_read_input_tokens": 800, "cache_creation_input_tokens": 100}},
-        REQUEST).usage
+    anthropic = parse_message(
+        {
+            "content": [{"type": "text", "text": "B"}],
+            "usage": {
+                "input_tokens": 200,
+                "output_tokens": 30,
+                "cache_read_input_tokens": 800,
+                "cache_creation_input_tokens": 100,
+            },
+        },
+        REQUEST,
+    ).usage
     # Anthropic reports reads and writes apart from input: 200 + 800 read + 100 written.
-    assert price.cost_usd(anthropic) == (Decimal(200) + Decimal(800) * Decimal("0.10") + Decimal(100) * Decimal("1.25")
-                                         + Decimal(30) * 4) / 1_000_000
-    gemini = parse_generate_content({"candidates": [{"content": {"parts": [{"text": "B"}]}}], "usageMetadata": {
-        "promptTokenCount": 1000, "cachedContentTokenCount": 800, "candidatesTokenCount": 10, "thoughtsTokenCount": 20}},
-        REQUEST).usage
+    assert (
+        price.cost_usd(anthropic)
+        == (Decimal(200) + Decimal(800) * Decimal("0.10") + Decimal(100) * Decimal("1.25") + Decimal(30) * 4)
+        / 1_000_000
+    )
+    gemini = parse_generate_content(
+        {
+            "candidates": [{"content": {"parts": [{"text": "B"}]}}],
+            "usageMetadata": {
+                "promptTokenCount": 1000,
+                "cachedContentTokenCount": 800,
+                "candidatesTokenCount": 10,
+                "thoughtsTokenCount": 20,
+            },
+        },
+        REQUEST,
+    ).usage
     # Gemini: cached inside the prompt count; thoughts apart from candidates, billed as output.
     assert price.cost_usd(gemini) == (Decimal(200) + Decimal(800) * Decimal("0.10") + Decimal(30) * 4) / 1_000_000

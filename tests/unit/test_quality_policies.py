@@ -39,8 +39,9 @@ def test_cascade_wins_when_cheap_models_agree_and_are_right() -> None:
     other = {i: ("a" if i % 10 else "c") for i in range(300)}  # wrong on the same items, differently
     strong = {i: "a" for i in range(300)}
     costs = {"c1": Decimal("0.001"), "c2": Decimal("0.001"), "s": Decimal("0.01")}
-    choice = choose_cascade(answers={"c1": cheap, "c2": other, "s": strong}, truth=truth, costs=costs, single="s",
-                            bar=0.95, confidence=0.95)
+    choice = choose_cascade(
+        answers={"c1": cheap, "c2": other, "s": strong}, truth=truth, costs=costs, single="s", bar=0.95, confidence=0.95
+    )
     assert choice is not None and choice.use_cascade and choice.escalated == 30 and choice.right == 300
     assert choice.expected_cost_usd == Decimal("0.003") and "meets bar" in choice.reasons[0]
 
@@ -49,12 +50,20 @@ def test_cascade_loses_when_cheap_models_agree_on_wrong_answers() -> None:
     truth = {i: "a" for i in range(300)}
     wrong_together = {i: ("a" if i % 5 else "b") for i in range(300)}  # 80% right, wrong alike
     costs = {"c1": Decimal("0.001"), "c2": Decimal("0.001"), "s": Decimal("0.01")}
-    choice = choose_cascade(answers={"c1": wrong_together, "c2": dict(wrong_together), "s": dict(truth)}, truth=truth,
-                            costs=costs, single="s", bar=0.95, confidence=0.95)
+    choice = choose_cascade(
+        answers={"c1": wrong_together, "c2": dict(wrong_together), "s": dict(truth)},
+        truth=truth,
+        costs=costs,
+        single="s",
+        bar=0.95,
+        confidence=0.95,
+    )
     assert choice is not None and not choice.use_cascade and "misses bar" in choice.reasons[0]
 
 
-@pytest.mark.parametrize(("n", "agree", "drifted"), [(MIN_CHECKS - 1, 0, False), (40, 38, False), (40, 20, True), (200, 170, True)])
+@pytest.mark.parametrize(
+    ("n", "agree", "drifted"), [(MIN_CHECKS - 1, 0, False), (40, 38, False), (40, 20, True), (200, 170, True)]
+)
 def test_drift(n: int, agree: int, drifted: bool) -> None:
     assert judge_drift(n=n, agree=agree, bar=0.9).drifted is drifted
 
