@@ -10,7 +10,7 @@ fixed, and fails otherwise, with the last error or the disagreement as its reaso
 
 Inputs are plain values: attempt counts, the stages as tuples, an item's answers per model (the
 parsed output, or None, and the error, or None), the models that can be called now, and the models
-whose provider is stopped. The caller applies the decision: the engine (router/engine/batch.py).
+whose provider is stopped. The caller applies the decision: the engine (router/engine/rounds.py).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ class ModelInfo:
     open_weight: bool
     quality: dict[str, QualityEstimate] = field(default_factory=dict)
     price_override: Price | None = None
-    # The account's limits for this model, shared by every worker (router/ratelimit.py); None: no limit.
+    # The account's limits for this model, shared by every worker (router/providers/limits.py); None: no limit.
     rpm: int | None = None  # requests per minute
     tpm: int | None = None  # tokens per minute (input + output)
     # A thinking model's reasoning counts inside its output cap (router.providers.base.ChatRequest):

@@ -36,7 +36,7 @@ def _engine(url: str, pid: int) -> Engine:
     else:
         # No pre-ping: it costs a round trip on every checkout (7% of a worker's time at 0 ms). A
         # connection Postgres dropped (a restart) fails its first statement instead; SQLAlchemy then
-        # discards the whole pool, and callers retry (engine.batch.write_retrying, Celery's autoretry).
+        # discards the whole pool, and callers retry (router/engine/batch.py write_retrying, Celery's autoretry).
         kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):

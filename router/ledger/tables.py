@@ -97,7 +97,7 @@ class Job(SQLModel, table=True):
     baseline_output_usd_per_mtok: Decimal | None = Field(default=None, sa_column=Column(Money()))
     total_input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     max_input_tokens: int = 0
-    # How items run (router.strategy.Route as data): one model or a cascade, fallbacks, drift checks.
+    # How items run (router.route.Route as data): one model or a cascade, fallbacks, drift checks.
     route: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     quality_mode: str = "prior"  # prior | gold | reference: where the quality estimates came from
     calibration: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # per-model estimates, n, spend

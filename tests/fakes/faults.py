@@ -18,7 +18,7 @@ tail of real LLM latencies, where a few calls take ten times the median.
 
 Only well-formed 200 answers are billed: a fault is the provider's failure, and providers do not
 bill calls they failed to answer. (A call that the provider answered but the client gave up on, a
-timeout on our side, is billed: see fakeserver.)
+timeout on our side, is billed: see tests/fakes/server.py.)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
     POST /v1beta/models/M:generateContent   Gemini (a Gemini client's base_url is <url>)
     GET  /_stats                the server's own bill: calls answered and tokens, per model
     GET  /_bill                 the bill call by call: {"calls": {X-Client-Request-Id: {...}}, "unidentified": N}
-    POST /_faults               a seeded fault mix for every call from now on (see router/fakefaults.py)
+    POST /_faults               a seeded fault mix for every call from now on (see tests/fakes/faults.py)
     POST /_reset                zero the bill and drop scripted faults and the fault mix
     POST /_fail                 script the next answers: {"status": 429, "count": 1, "retry_after": "2",
                                 "retry_after_ms": null, "body": <JSON or text>, "hang_s": null,
@@ -436,7 +436,7 @@ class FakeProvider:
         return _json(200, {"calls": self.calls_by_id, "unidentified": self.unidentified, "faults_served": served})
 
     async def faults_mix(self, request: web.Request) -> web.Response:
-        """POST /_faults: set the fault mix (router/fakefaults.py); an empty body clears it."""
+        """POST /_faults: set the fault mix (tests/fakes/faults.py); an empty body clears it."""
         spec = await request.json()
         try:
             self.mix = FaultMix.from_json(spec) if spec else None
