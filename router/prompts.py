@@ -3,10 +3,15 @@
 Classification shows the labels as lettered options and asks for one letter. Answers come back in
 many shapes ("B", "B)", "(b) bug", "The answer is B", "bug"); `parse_label` maps them to exactly one
 label or to None when the answer names none or several.
+
+A summary is judged against its source by a model on a fixed rubric (faithful, covers the key points,
+within the length asked: `JUDGE_SPEC`, `judge_message`), answering one JSON object that
+`parse_judgement` reads back as pass, fail, or None when it cannot be read.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from dataclasses import dataclass
@@ -114,3 +119,114 @@ def spec_for(task: str, labels: tuple[str, ...] | list[str] | None, max_words: i
     if task == "classify":
         return classify_spec(tuple(labels or ()))
     return summarize_spec(max_words)
+
+
+# -- judging a summary against its source (calibration of summarize jobs) --------------------------
+
+# The rubric's name and version, in the judge's system prompt: a changed rubric is a different
+# measurement, and the sandbox recognises a judge's prompt by it.
+JUDGE_RUBRIC = "summary-judge/v1"
+JUDGE_CRITERIA = ("faithful", "covers", "length")
+JUDGE_SYSTEM = (
+    f"You judge a candidate summary against its source text (rubric {JUDGE_RUBRIC}).\n"
+    "Check three criteria, taking the source text as the only evidence:\n"
+    "- faithful: every claim in the summary is supported by the source; nothing is added, changed or contradicted.\n"
+    "- covers: the summary states the source's key points.\n"
+    "- length: the summary has no more words than the maximum given.\n"
+    'The verdict is "PASS" when all three hold, else "FAIL".\n'
+    "Answer with one JSON object and nothing else, in exactly this form:\n"
+    '{"faithful": true|false, "covers": true|false, "length": true|false, "verdict": "PASS"|"FAIL"}'
+)
+# The verdict object is about 20-25 tokens in common BPE tokenizers (JSON punctuation splits finely);
+# the cap leaves room for a code fence around it, not for an essay.
+JUDGE_EXPECTED_OUTPUT_TOKENS = 24
+JUDGE_MAX_OUTPUT_TOKENS = 64
+JUDGE_SPEC = PromptSpec(
+    system=JUDGE_SYSTEM, max_output_tokens=JUDGE_MAX_OUTPUT_TOKENS, expected_output_tokens=JUDGE_EXPECTED_OUTPUT_TOKENS
+)
+# The user message: the length asked, then the source and the summary, each between its own tags.
+_JUDGE_MESSAGE = "Maximum words: {words}\n\n<source>\n{source}\n</source>\n\n<summary>\n{summary}\n</summary>"
+_JUDGE_PARTS = re.compile(
+    r"\AMaximum words: (\d+)\n\n<source>\n(.*)\n</source>\n\n<summary>\n(.*)\n</summary>\Z", re.DOTALL
+)
+# The frame of the judge's message around the source and the summary, in tokens (for cost estimates).
+JUDGE_FRAME_TOKENS = estimate_tokens(_JUDGE_MESSAGE.format(words=DEFAULT_SUMMARY_WORDS, source="", summary=""))
+
+
+def judge_message(*, source: str, summary: str, max_words: int | None) -> str:
+    """The judge's user message for one candidate `summary` of `source` (asked in `max_words`)."""
+    return _JUDGE_MESSAGE.format(words=max_words or DEFAULT_SUMMARY_WORDS, source=source, summary=summary)
+
+
+def judge_parts(message: str) -> tuple[str, int, str] | None:
+    """(source, max words, summary) from a judge's user message; None if it is not one (the sandbox
+    reads its own prompts)."""
+    match = _JUDGE_PARTS.match(message)
+    if match is None:
+        return None
+    return match.group(2), int(match.group(1)), match.group(3)
+
+
+def is_judge_system(system: str) -> bool:
+    """Whether `system` is the summary judge's rubric."""
+    return f"(rubric {JUDGE_RUBRIC})" in system
+
+
+def judgement_text(*, faithful: bool, covers: bool, length: bool) -> str:
+    """A verdict in the rubric's form (the sandbox's answers, and tests)."""
+    verdict = "PASS" if faithful and covers and length else "FAIL"
+    flags = {"faithful": faithful, "covers": covers, "length": length}
+    return "{" + ", ".join(f'"{k}": {str(v).lower()}' for k, v in flags.items()) + f', "verdict": "{verdict}"}}'
+
+
+_JSON_OBJECT = re.compile(r"\{[^{}]*\}")
+# "faithful: yes" and the like; a value followed by "|" is the rubric's own schema echoed back, not an answer.
+_JUDGE_LINE = re.compile(r"\b(faithful|covers|length|verdict)\b\W{0,3}[:=]\W{0,3}(\w+)\b(?!\W{0,2}\|)", re.IGNORECASE)
+_YES = frozenset({"true", "yes", "pass"})
+_NO = frozenset({"false", "no", "fail"})
+
+
+def parse_judgement(text: str) -> bool | None:
+    """Whether a judge's answer passes the summary: True when faithful, covers and length all hold,
+    False when one does not, None when the answer cannot be read.
+
+    The rubric asks for one JSON object; a code fence or prose around it, values written yes/no, and
+    lines such as "faithful: yes" are read too. Unreadable: a criterion missing or not yes/no, a
+    criterion given twice with different values, or a verdict that contradicts the criteria."""
+    found = _JSON_OBJECT.search(text)
+    pairs: list[tuple[str, object]] = []
+    if found is not None:
+        try:
+            loaded = json.loads(found.group(0))
+        except ValueError:
+            loaded = None
+        if isinstance(loaded, dict):
+            pairs = [(str(key), value) for key, value in loaded.items()]
+    if not pairs:
+        pairs = [(m.group(1), m.group(2)) for m in _JUDGE_LINE.finditer(text)]
+    flags: dict[str, bool] = {}
+    for key, value in pairs:
+        name = key.strip().lower()
+        if name not in (*JUDGE_CRITERIA, "verdict"):
+            continue
+        flag = _yes_no(value)
+        if flag is None or flags.setdefault(name, flag) != flag:
+            return None
+    if any(name not in flags for name in JUDGE_CRITERIA):
+        return None
+    passed = all(flags[name] for name in JUDGE_CRITERIA)
+    if flags.get("verdict", passed) != passed:
+        return None
+    return passed
+
+
+def _yes_no(value: object) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _YES:
+            return True
+        if word in _NO:
+            return False
+    return None

@@ -53,16 +53,25 @@ class ChunkContext:
     job: JobSnapshot
     route: Route
     spec: PromptSpec
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # the labels answers are read as; none: answers are taken as given
     common: dict[str, Any]  # the columns every call row of the job shares
     stopped: dict[str, str]  # provider -> why it takes no more calls for this job
     purpose: str = "run"  # run | calibration: what the route's calls are for (drift checks are "drift")
 
     @classmethod
     def build(
-        cls, catalog: Catalog, job: JobSnapshot, *, route: Route | None = None, purpose: str = "run"
+        cls,
+        catalog: Catalog,
+        job: JobSnapshot,
+        *,
+        route: Route | None = None,
+        purpose: str = "run",
+        spec: PromptSpec | None = None,
     ) -> ChunkContext:
-        """The context of a chunk of `job` (which has a model): its own route, or `route` (calibration)."""
+        """The context of a chunk of `job` (which has a model): its own route, or `route` (calibration).
+
+        `spec` replaces the job's prompt (a summary judge's rubric): its answers are then read back
+        as the text given, not as the job's labels."""
         common = {
             "job_id": job.id,
             "tenant_id": job.tenant_id,
@@ -75,8 +84,8 @@ class ChunkContext:
         return cls(
             job=job,
             route=route,
-            spec=spec_for(job.task, job.labels, job.max_words),
-            labels=tuple(job.labels),
+            spec=spec or spec_for(job.task, job.labels, job.max_words),
+            labels=tuple(job.labels) if spec is None else (),
             common=common,
             stopped=dict(job.stopped_providers or {}),
             purpose=purpose,

@@ -25,6 +25,7 @@ from router.ledger import repo
 from router.ledger.db import session_scope
 from router.ledger.tables import JobStatus, utcnow
 from router.ledger.types import ClaimedItem, JobSnapshot
+from router.prompts import PromptSpec
 from router.providers.registry import close_all
 from router.route import Route
 from router.settings import Settings
@@ -125,11 +126,16 @@ def answer_items(
     model_id: str,
     items: list[ClaimedItem],
     purpose: str = "calibration",
+    spec: PromptSpec | None = None,
 ) -> dict[int, Answer] | None:
     """Have `model_id` answer `items` outside the job's route (calibration), reserving, recording and
     settling like any batch, without writing the items' outcomes. Returns each item's answer (retries
-    and the model's fallbacks excluded), or None when the team's budget cannot take the calls."""
-    chunk = ChunkContext.build(catalog, job, route=Route(kind="single", model_id=model_id), purpose=purpose)
+    and the model's fallbacks excluded), or None when the team's budget cannot take the calls.
+
+    Under a budget, only the leading items it takes at once are answered. `spec` replaces the job's
+    prompt (a summary judge's rubric, each item's text being the message to send); its answers come
+    back as the text given."""
+    chunk = ChunkContext.build(catalog, job, route=Route(kind="single", model_id=model_id), purpose=purpose, spec=spec)
     if job.has_budget:
         batch = reserve_batch(settings, catalog, chunk, items)
         if batch is None:

@@ -236,7 +236,7 @@ def _record_result(
             usage_estimated=usage.estimated,
             cost_usd=round_.prices[t.model_id].cost_usd(usage),
         )
-        output, error = _parse(result.text, chunk.job.task, chunk.labels)
+        output, error = _parse(result.text, chunk.labels)
     else:
         error = str(result)[:ERROR_CHARS]
         update.update(status=CallStatus.ERROR, error=error)
@@ -360,9 +360,10 @@ def _record_next_round(
     return recorded
 
 
-def _parse(text: str, task: str, labels: tuple[str, ...]) -> tuple[str | None, str | None]:
-    """(answer, None) when the answer is usable, else (None, why)."""
-    if task == "classify":
+def _parse(text: str, labels: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(answer, None) when the answer is usable, else (None, why): one of `labels` when the prompt
+    offered labels (classify), else the text as given (a summary, a judge's verdict)."""
+    if labels:
         label = parse_label(text, labels)
         if label is None:
             return None, f"answer {text[:80]!r} names no single label"

@@ -7,6 +7,11 @@ a sandbox result labels it SIMULATED.
 
 Its notion of the right label is a small keyword lexicon plus the label's own name; the demo data is
 written with the same words, so a simulated model's accuracy on it is close to its quality.
+
+Its summaries are the text's leading words, fewer for a weaker model. Asked to judge a summary
+(router.prompts.JUDGE_SYSTEM), it checks the summary's words against the source's (`summary_verdict`)
+and reports that verdict as often as the judging model's quality says, erring on the same hard
+items other judges err on.
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ import hashlib
 import re
 from dataclasses import replace
 
-from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, labels_from_system
+from router.prompts import (
+    MESSAGE_OVERHEAD_TOKENS,
+    estimate_tokens,
+    is_judge_system,
+    judge_parts,
+    judgement_text,
+    labels_from_system,
+)
 from router.providers.base import ChatRequest, Completion
 from router.usage import TokenUsage
 
@@ -60,7 +72,10 @@ def simulate(model: str, system: str, prompt: str, max_output_tokens: int, quali
     """Answer one chat call as `model` would in the sandbox."""
     q = default_quality(model) if quality is None else quality
     labels = labels_from_system(system)
-    if labels:
+    parts = judge_parts(prompt) if is_judge_system(system) else None
+    if parts is not None:
+        text = _judgement(model, prompt, parts, q)
+    elif labels:
         text = _classify_answer(model, prompt, labels, q)
     else:
         text = _summary(model, prompt, system, q)
@@ -124,6 +139,57 @@ def _summary(model: str, prompt: str, system: str, quality: float) -> str:
     return " ".join(words[:keep])
 
 
+# How the sandbox judges a summary (the truth its simulated judges report, or miss).
+# faithful: at least this share of the summary's words occur in the source; a summary that drifts
+# brings words of its own.
+FAITHFUL_SHARE = 0.9
+# covers: the key points are the source's lead, its first min(limit, half its words) words, which
+# the sandbox's best summarizer keeps whole (one of quality q keeps about q of it, see `_summary`).
+# The summary must hold a share of the lead's distinct words that is the item's own demand, drawn
+# between COVER_MIN and COVER_MIN + COVER_SPREAD, so its chance of passing rises with the share it
+# keeps: about (q - 0.6) / 0.35 for a summarizer of quality q (0.51 at 0.78, 0.97 at 0.94).
+COVER_MIN = 0.6
+COVER_SPREAD = 0.35
+# Words of fewer letters ("the", "and", "of") carry no point of their own and are not counted as
+# the lead's words (unless the lead has no other).
+KEY_WORD_LETTERS = 4
+# This share of a judge's answers come inside a ```json code fence, as some real models write them.
+JUDGE_FENCED = 0.25
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def summary_verdict(source: str, summary: str, max_words: int) -> tuple[bool, bool, bool]:
+    """(faithful, covers, length): the sandbox's own judgement of `summary` of `source`."""
+    said, known = _words(summary), set(_words(source))
+    faithful = bool(said) and sum(1 for w in said if w in known) >= FAITHFUL_SHARE * len(said)
+    source_words = _words(source)
+    lead = source_words[: max(1, min(max_words, len(source_words) // 2))]
+    keys = {w for w in lead if len(w) >= KEY_WORD_LETTERS} or set(lead)
+    demand = COVER_MIN + COVER_SPREAD * _unit("cover", source)
+    covers = bool(keys) and len(keys & set(said)) >= demand * len(keys)
+    length = len(summary.split()) <= max_words
+    return faithful, covers, length
+
+
+def _judgement(model: str, prompt: str, parts: tuple[str, int, str], quality: float) -> str:
+    """A judge's verdict: the sandbox's own (summary_verdict) when the judge is right on this
+    (source, summary), else the other verdict: a passing summary failed on one criterion, or a
+    failing one passed on all."""
+    source, max_words, summary = parts
+    faithful, covers, length = summary_verdict(source, summary, max_words)
+    if not is_right(model, prompt, quality):
+        if faithful and covers and length:
+            missed = int(_unit("missed", model, prompt) * 3)
+            faithful, covers, length = missed != 0, missed != 1, missed != 2
+        else:
+            faithful = covers = length = True
+    text = judgement_text(faithful=faithful, covers=covers, length=length)
+    return f"```json\n{text}\n```" if _unit("fence", model, prompt) < JUDGE_FENCED else text
+
+
 class SandboxProvider:
     """A provider that simulates every model it is asked for, offline and free of charge."""
 
@@ -134,6 +200,7 @@ class SandboxProvider:
         self._qualities = qualities or {}  # (api model, task kind) -> quality
 
     async def complete(self, request: ChatRequest) -> Completion:
+        # A judge of summaries judges as well as it summarizes: the catalog has no quality of its own for it.
         task = "classify" if labels_from_system(request.system) else "summarize"
         done = simulate(
             request.model,
