@@ -167,6 +167,13 @@ def _quality(profile: JobProfile, candidate: Candidate) -> tuple[float | None, s
         bound = quality.value
         shown_bound, shown_bar = _two_numbers(bound, bar)
         described = f"quality {shown_bound} (prior: {quality.source})"
+    elif quality.lower is not None:
+        bound = quality.lower
+        shown_bound, shown_bar = _two_numbers(bound, bar)
+        described = (
+            f"quality lower bound {shown_bound} (mean {quality.value:.3f}, n={quality.n:,}, "
+            f"{_percent(profile.confidence)} one-sided anytime-valid; {quality.source})"
+        )
     else:
         bound = wilson_lower_bound(quality.value, quality.n, profile.confidence)
         shown_bound, shown_bar = _two_numbers(bound, bar)
@@ -197,7 +204,12 @@ def _summary_chosen(
 
 
 def _summary_none(profile: JobProfile, judged: Sequence[tuple[Verdict, frozenset[_Exclusion]]]) -> str:
-    head = f"No model qualifies for bar {profile.min_quality:.3f}"
+    # A bar of 0 is a check of the constraints alone (a job that calibrates has its bar judged later).
+    head = (
+        f"No model qualifies for bar {profile.min_quality:.3f}"
+        if profile.min_quality
+        else "No model meets the constraints"
+    )
     if not judged:
         return f"{head} (task {profile.task}): no candidates."
     counts = [

@@ -8,6 +8,7 @@ interval (a one-sided 95% bound would use z = 1.645 and be less conservative).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from statistics import NormalDist
 
 
@@ -49,3 +50,105 @@ def wilson_upper_bound(mean: float, n: int, confidence: float = 0.95) -> float:
     Returns 1.0 when n == 0. Raises ValueError like `wilson_lower_bound`.
     """
     return _wilson(mean, n, confidence)[1]
+
+
+# Anytime-valid bounds: a confidence sequence, valid however many times the data is looked at.
+#
+# Calibration looks at a model's record after every slice and stops when it is decided, and it may
+# go on to more labelled items when they are there. A fixed-n interval (Wilson above) read after
+# every slice errs more often than its confidence says. The bounds below come from a mixture
+# martingale (Robbins' method of mixtures, one-sided): for the lower bound at p, the likelihood
+# ratio of every accuracy q > p against p, averaged over a uniform prior on q, is a nonnegative
+# martingale under p, so by Ville's inequality it exceeds 1/alpha at ANY look with probability at
+# most alpha. The lower bound is the smallest p it does not reject. One-sided: each end of the
+# interval holds at `confidence` on its own (the pair together at 2 * confidence - 1).
+
+
+def anytime_lower_bound(n: int, right: int, confidence: float = 0.95) -> float:
+    """The one-sided anytime-valid lower bound on an accuracy seen as `right` of `n` (0.0 for n = 0)."""
+    return _anytime(n, right, confidence)
+
+
+def anytime_upper_bound(n: int, right: int, confidence: float = 0.95) -> float:
+    """The one-sided anytime-valid upper bound (1.0 for n = 0): the lower bound of the misses, mirrored."""
+    return 1.0 - _anytime(n, n - right, confidence)
+
+
+@lru_cache(maxsize=200_000)
+def _anytime(n: int, right: int, confidence: float) -> float:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if n < 0 or not 0 <= right <= n:
+        raise ValueError(f"need 0 <= right <= n, got right={right!r}, n={n!r}")
+    if right == 0:
+        return 0.0
+    threshold = math.log(1.0 / (1.0 - confidence))
+    lo, hi = 1e-12, (right / n if right < n else 1.0 - 1e-12)
+    if _log_mixture(hi, n, right) >= threshold:
+        return hi
+    for _ in range(48):  # bisection to ~1e-14: far finer than any bar
+        mid = (lo + hi) / 2.0
+        if _log_mixture(mid, n, right) >= threshold:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _log_mixture(p: float, n: int, right: int) -> float:
+    """log of the mixture of likelihood ratios (q / p)^right ((1 - q) / (1 - p))^(n - right) over q
+    uniform on (p, 1): the evidence against "accuracy <= p"."""
+    wrong = n - right
+    log_integral = _log_beta(right + 1, wrong + 1) + _log_upper_tail(right + 1.0, wrong + 1.0, p)
+    return log_integral - math.log1p(-p) - right * math.log(p) - wrong * math.log1p(-p)
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def _log_upper_tail(a: float, b: float, x: float) -> float:
+    """log(1 - I_x(a, b)), the upper tail of the Beta(a, b) distribution, by its continued fraction."""
+    if x <= 0.0:
+        return 0.0
+    log_front = a * math.log(x) + b * math.log1p(-x) - _log_beta(a, b)
+    if x < (a + 1.0) / (a + b + 2.0):
+        lower_tail = math.exp(log_front) * _beta_fraction(a, b, x) / a
+        return math.log1p(-lower_tail) if lower_tail < 1.0 else -math.inf
+    return log_front + math.log(_beta_fraction(b, a, 1.0 - x) / b)
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        for numerator in (
+            m * (b - m) * x / ((a - 1.0 + 2 * m) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1.0 + 2 * m)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return h
+
+
+@lru_cache(maxsize=20_000)
+def share_to_prove(n: int, bar: float, confidence: float = 0.95) -> float | None:
+    """The smallest share right of `n` items whose anytime lower bound meets `bar` (None: none does)."""
+    if n <= 0 or anytime_lower_bound(n, n, confidence) < bar:
+        return None
+    lo, hi = 0, n  # hi proves
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if anytime_lower_bound(n, mid, confidence) >= bar:
+            hi = mid
+        else:
+            lo = mid
+    return hi / n

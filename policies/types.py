@@ -13,6 +13,9 @@ class QualityEstimate:
     value: float
     n: int | None
     source: str
+    # The lower bound calibration judged it by (anytime-valid, policies/confidence.py): when set, it
+    # is the value compared with the bar, so the bound shown is the bound used.
+    lower: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,8 +62,8 @@ class NotFoundError(PennyrouteError):
 class NoModelError(PennyrouteError):
     """Raised at submit when no model meets the job's bar and constraints; `decision` has every reason."""
 
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(decision.summary)
+    def __init__(self, decision: Decision, *, hint: str | None = None) -> None:
+        super().__init__(f"{decision.summary} {hint[0].upper()}{hint[1:]}." if hint else decision.summary)
         self.decision = decision
 
 

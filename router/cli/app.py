@@ -25,7 +25,7 @@ from router.errors import NoModelError, PennyrouteError
 from router.jobs import lifecycle
 from router.jobs.calibrate import calibrate_job
 from router.jobs.estimates import is_fresh
-from router.jobs.intake import JobRequest
+from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest
 from router.jobs.results import job_quality, job_state, result_records
 from router.jobs.submit import Submitted, submit_job
 from router.ledger import repo
@@ -146,6 +146,24 @@ def submit(
             "sample), or prior."
         ),
     ] = "auto",
+    calibration_budget: Annotated[
+        str,
+        typer.Option(
+            help="Most calibration may spend: a share of answering the whole job with the baseline model "
+            "(20%) or USD (5). It stops sooner when a further test would not pay for itself."
+        ),
+    ] = DEFAULT_CALIBRATION_BUDGET,
+    run_labelled: Annotated[
+        bool,
+        typer.Option(help="Also send labelled items to the route (by default their label is their answer)."),
+    ] = False,
+    if_unproven: Annotated[
+        str,
+        typer.Option(
+            help="When calibration proves no route: stop (default), or best: run the best-measured route, "
+            "marking the job and its results unproven."
+        ),
+    ] = "stop",
 ) -> None:
     """Submit a batch job. Prints the job id, the routing decision, and rejected lines."""
     settings = _settings()
@@ -162,6 +180,9 @@ def submit(
         models=_split(models),
         on_budget=on_budget,
         quality=quality,
+        calibration_budget=calibration_budget,
+        run_labelled=run_labelled,
+        if_unproven=if_unproven,
     )
     _submit_and_run(settings, request, wait=wait)
 
@@ -187,8 +208,9 @@ def _submit_and_run(settings: Settings, request: JobRequest, *, wait: bool, quie
     if submitted.calibrating:
         eligible = [v.model_id for v in submitted.decision.verdicts if v.meets_constraints]
         out.print(
-            f"[bold]calibrating[/]: {len(eligible)} eligible models ({', '.join(eligible)}) answer a sample of this "
-            "job's own items first, cheapest first; the model (or cascade) is chosen on what they score, not on priors"
+            f"[bold]calibrating[/]: {len(eligible)} eligible models ({', '.join(eligible)}); those worth testing "
+            "answer the job's labelled items first, while a test can save more than it costs (budget "
+            f"{request.calibration_budget}); the route is chosen on what they score, never on priors"
         )
     else:
         if not quiet_decision:

@@ -133,11 +133,15 @@ def quality_report(job: Any, facts: dict[str, Any], events: list[tuple[str, dict
     route = job.route or {}
     calibration = job.calibration or {}
     estimates = calibration.get("estimates") or {}
-    table.add_row("bar", f"{job.min_quality:.3f} (95% lower bound must meet it)")
-    cascade = calibration.get("cascade")
-    if route.get("kind") == "cascade" and cascade:
-        n, right = cascade["n"], cascade["right"]
-        table.add_row("measured", f"cascade {right}/{n} right on the sample; {cascade['escalated']}/{n} escalated")
+    bounds = calibration.get("bounds") or "95% Wilson"
+    table.add_row("bar", f"{job.min_quality:.3f} (the route's lower bound, {bounds}, must meet it)")
+    measure = calibration.get("route_measure")
+    if measure:
+        table.add_row(
+            "measured",
+            f"{measure['name']}: {measure['right']}/{measure['n']} right, mean {measure['mean']:.3f}, bounds "
+            f"[{measure['lower']:.3f}, {measure['upper']:.3f}] ({_confidence(measure)}; {measure['source']})",
+        )
     elif job.model_id in estimates:
         est = estimates[job.model_id]
         table.add_row(
@@ -145,6 +149,10 @@ def quality_report(job: Any, facts: dict[str, Any], events: list[tuple[str, dict
         )
     else:
         table.add_row("measured", "not measured on this job (priors or stored estimates: see the routing decision)")
+    if calibration.get("unproven"):
+        table.add_row("[red]unproven[/]", "no route was proven at the bar; " + str(calibration.get("message", "")))
+    if calibration.get("simulated_note"):
+        table.add_row("[yellow]simulated[/]", calibration["simulated_note"])
     total = sum(facts["answered"].values())
     shares = (
         ", ".join(f"{m} {k:,} ({k / total:.0%})" for m, k in sorted(facts["answered"].items(), key=lambda x: -x[1]))
@@ -209,22 +217,41 @@ def calibration_table(summary: dict[str, Any]) -> Table:
     truth = "gold labels" if mode == "gold" else f"agreement with {summary.get('reference_id')}"
     title = f"Calibration on {summary.get('sample', 0)} items ({truth}); spent {usd(summary.get('spent_usd'), 6)}"
     table = Table(title=title, title_justify="left")
-    for column in ("model", "n", "right", "mean", "95% interval"):
-        table.add_column(column, no_wrap=True)
-    for model_id, est in (summary.get("estimates") or {}).items():
+    bounds = summary.get("bounds") or "95% Wilson"
+    for column in ("route", "n", "right", "mean", f"bounds ({bounds})", "$ per item"):
+        table.add_column(column, no_wrap=column != "route", overflow="fold")
+    chosen = (summary.get("route_measure") or {}).get("name")
+    routes = summary.get("routes")
+    if routes is None:  # a calibration from before routes were kept
+        routes = [{"name": m, **e} for m, e in (summary.get("estimates") or {}).items()]
+    for route in routes:
+        mark = " [green](chosen)[/]" if route["name"] == chosen and summary.get("outcome") == "chosen" else ""
+        if route["name"] == chosen and summary.get("unproven"):
+            mark = " [red](best measured, unproven)[/]"
         table.add_row(
-            model_id,
-            str(est["n"]),
-            str(est["right"]),
-            f"{est['mean']:.3f}",
-            f"[{est['lower']:.3f}, {est['upper']:.3f}]",
+            route["name"] + mark,
+            str(route["n"]),
+            str(route["right"]),
+            f"{route['mean']:.3f}",
+            f"[{route['lower']:.3f}, {route['upper']:.3f}]"
+            + (f" at {_confidence(route)}" if route.get("kind") == "cascade" else ""),
+            f"${Decimal(route['usd_per_item']):.6f}" if route.get("usd_per_item") else "-",
         )
-    cascade = summary.get("cascade")
-    if cascade:
-        table.caption = (
-            "[green]cascade chosen[/]: " if cascade["use_cascade"] else "cascade not chosen: "
-        ) + "; ".join(cascade["reasons"])
+    lines = [str(summary.get("message", ""))]
+    if summary.get("budget_usd"):
+        lines.append(
+            f"calibration spent {usd(summary.get('spent_usd'), 6)} of a budget of {usd(summary.get('budget_usd'), 6)} "
+            f"({summary.get('budget') or '20%'}); answering every item with the baseline: {usd(summary.get('baseline_only_usd'), 6)}"
+        )
+    if summary.get("simulated_note"):
+        lines.append(f"[yellow]{summary['simulated_note']}[/]")
+    table.caption = "\n".join(line for line in lines if line)
     return table
+
+
+def _confidence(measure: dict[str, Any]) -> str:
+    confidence = float(measure.get("confidence") or 0.95)
+    return f"{confidence * 100:.4g}% one-sided, anytime-valid"
 
 
 # Piped or logged output has no terminal width; 120 columns keeps the decision table readable.

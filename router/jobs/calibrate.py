@@ -12,6 +12,7 @@ kind. A gold item answered by the chosen model keeps that answer as its result: 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -19,53 +20,59 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from policies.calibration import CalibrationStep, next_step
-from policies.cascade import CascadeChoice, choose_cascade
-from policies.cheapest_qualifying import choose_model
-from policies.confidence import wilson_lower_bound, wilson_upper_bound
+from policies.calibration import (
+    CalibrationJob,
+    Evidence,
+    Measure,
+    Option,
+    RouteOption,
+    Step,
+    cheapest_first,
+    next_step,
+    percent,
+)
+from policies.cheapest_qualifying import choose_model, expected_cost_usd
 from policies.scoring import agrees
-from policies.types import Candidate, JobProfile, QualityEstimate
+from policies.types import Candidate, Decision, JobProfile, QualityEstimate
 from router.candidates import candidates, decision_as_json
 from router.catalog import Catalog
 from router.engine.chunk import answer_items
 from router.errors import CalibrationBudgetError
 from router.jobs import estimates
+from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, parse_calibration_budget
 from router.ledger import repo
 from router.ledger.db import get_engine, session_scope
 from router.ledger.tables import ItemStatus, Job, JobStatus, utcnow
-from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens, spec_for
+from router.providers.sandbox import true_label
 from router.route import DEFAULT_DRIFT_SHARE, Route, fallbacks_from
 from router.settings import Settings
 
-# At most this many items are used to calibrate: at 200 items a Wilson bound is within about +-4
-# points of the mean at 90% accuracy, enough to separate models, and cheap next to a batch.
-MAX_SAMPLE = 200
-# A model answers the sample a slice at a time, so a clearly good or bad model is decided early.
-SLICE = 50
+# Reference mode (no labels): the strongest eligible model answers up to this many items, spread
+# over the job; its answers are those items' results (they are bought once) and the truth the
+# others are measured against.
+REFERENCE_SAMPLE = 200
 # Measured estimates are reused this long; older ones are measured again.
 ESTIMATE_TTL = timedelta(days=30)
+# The calibration bounds: one-sided, anytime-valid (policies/confidence.py), at this confidence.
+CONFIDENCE = 0.95
+# Amounts derived from a share are kept to this many places (prices need about 10).
+MONEY_PLACES = Decimal("0.0000000001")
+BOUNDS = "95% one-sided, anytime-valid"
 
 
 @dataclass
 class Calibration:
-    """What a calibration found: per model, the items it answered and which it got right."""
+    """What a calibration bought: per model, the answers it gave and which were right."""
 
     mode: str  # gold | reference
-    sample: list[Any]  # item rows (id, seq, text, gold)
+    sample: list[Any]  # item rows (id, seq, text, gold), in the order they are used
     truth: dict[int, str]  # item id -> the right answer (gold, or the reference's answer)
     answers: dict[str, dict[int, str | None]] = field(default_factory=dict)  # model -> item id -> answer
+    right: dict[str, dict[int, bool]] = field(default_factory=dict)  # model -> item id -> judged right
     calls: dict[str, dict[int, str]] = field(default_factory=dict)  # model -> item id -> call id
-    spent_usd: Decimal = Decimal(0)
     reference_id: str | None = None
     steps: list[str] = field(default_factory=list)
-
     task: str = "classify"
-
-    def counts(self, model_id: str) -> tuple[int, int]:
-        """(items judged, items right) for a model: items with a truth and an answer attempt."""
-        got = self.answers.get(model_id, {})
-        judged = [i for i in got if i in self.truth]
-        return len(judged), sum(1 for i in judged if agrees(self.task, got[i], self.truth[i]))
 
 
 def signature(job: Any) -> str:
@@ -84,33 +91,34 @@ def calibrate_job(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[
             full = repo.find_job(session, job_id)
             if job is None or full is None or full.status != JobStatus.CALIBRATING:
                 return {}
-            mode = full.quality_mode
             # A run cut short left calls in flight: their outcome is unknown (never charged twice).
             repo.interrupt_calibration_calls(session, job_id=job_id, now=utcnow())
-            sample_job = (full.calibration or {}).get("sample_job_id") or job_id
-            sample = repo.calibration_sample(session, job_id=sample_job, mode=mode, limit=MAX_SAMPLE)
-            decision = full.decision or {}
-            profile = _profile(full)
+            options = dict(full.calibration or {})
+            sample_job = options.get("sample_job_id") or job_id
+            # The reference answers at most a quarter of the job: the rest is what calibration can save on.
+            limit = None if full.quality_mode == "gold" else min(REFERENCE_SAMPLE, max(1, full.n_items // 4))
+            sample = repo.calibration_sample(session, job_id=sample_job, mode=full.quality_mode, limit=limit)
+            stored = estimates.fresh_estimates(session, catalog, tenant_id=job.tenant_id, signature=signature(job))
+            spent = repo.job_spend(session, job_id)
+        sample.sort(key=lambda row: _shuffled(job_id, row.id))  # files are often sorted by label
         pool = candidates(catalog, settings, task=job.task, simulated=job.simulated)
-        eligible = _eligible(decision)
-        cal = Calibration(mode=mode, sample=sample, truth={}, task=job.task)
-        only = bool((full.calibration or {}).get("only"))
+        cal = Calibration(mode=full.quality_mode, sample=sample, truth={}, task=job.task)
         try:
-            summary = _search(settings, catalog, full, job, profile, pool, cal, eligible, sample)
-            if only:
-                _close_without_bulk(settings, job_id)
-            return summary
+            summary = _search(settings, catalog, full, job, pool, cal, stored, spent)
         except CalibrationBudgetError as exc:
             return _stop(
                 settings,
                 full.id,
                 {
-                    "mode": mode,
+                    "mode": cal.mode,
                     "outcome": "budget",
                     "estimates": {},
                     "message": f"{exc}: raise it with `pennyroute budget set`, or submit with --quality prior",
                 },
             )
+        if options.get("only"):
+            _close_without_bulk(settings, job_id)
+        return summary
 
 
 def _search(
@@ -118,44 +126,91 @@ def _search(
     catalog: Catalog,
     full: Job,
     job: Any,
+    pool: list[Candidate],
+    cal: Calibration,
+    stored: dict[str, Any],
+    spent: Decimal,
+) -> dict[str, Any]:
+    """Test models while a test pays for itself (policies.calibration), then conclude."""
+    profile = _profile(full)
+    eligible = _eligible(full.decision or {})
+    if cal.mode == "gold":
+        cal.truth = {row.id: row.gold for row in cal.sample}
+    else:
+        cal.reference_id = _strongest(eligible, pool)
+        _answer(settings, catalog, job, cal, cal.reference_id, cal.sample)
+        cal.truth = {i: a for i, a in cal.answers[cal.reference_id].items() if a is not None}
+    plan = _plan(settings, catalog, full, profile, pool, cal, stored, eligible)
+    step = next_step(plan, _evidence(cal, spent, exclude=cal.reference_id))
+    while step.kind == "test":
+        assert step.model_id is not None
+        rows = [row for row in cal.sample if row.id in set(step.items)]
+        cal.steps.append(f"{step.model_id}: {len(rows)} items ({step.reason})")
+        _answer(settings, catalog, job, cal, step.model_id, rows)
+        with session_scope(settings) as session:
+            spent = repo.job_spend(session, full.id)
+        step = next_step(plan, _evidence(cal, spent, exclude=cal.reference_id))
+    return _conclude(settings, catalog, full, job, profile, pool, cal, plan, step)
+
+
+def _plan(
+    settings: Settings,
+    catalog: Catalog,
+    full: Job,
     profile: JobProfile,
     pool: list[Candidate],
     cal: Calibration,
+    stored: dict[str, Any],
     eligible: list[str],
-    sample: list[Any],
-) -> dict[str, Any]:
-    """Test candidates cheapest first until the choice is decided, then conclude."""
-    if cal.mode == "gold":
-        cal.truth = {row.id: row.gold for row in sample}
-    else:
-        cal.reference_id = _strongest(eligible, pool)
-        _answer(settings, catalog, job, cal, cal.reference_id, sample)
-        cal.truth = {i: a for i, a in cal.answers[cal.reference_id].items() if a is not None}
-    tested = [m for m in eligible if m != cal.reference_id]
-    costs = {m: _per_item_cost(catalog, job, m, sample) for m in eligible}
-    step = next_step(
-        models=tuple(tested),
-        counts={m: cal.counts(m) for m in cal.answers},
-        sample_size=len(cal.truth),
-        bar=profile.min_quality,
-        confidence=profile.confidence,
-        slice_size=SLICE,
-    )
-    while step.kind == "test":
-        assert step.model_id is not None
-        done = set(cal.answers.get(step.model_id, {}))
-        batch = [row for row in sample if row.id in cal.truth and row.id not in done][: step.n_items]
-        cal.steps.append(f"{step.model_id}: {len(batch)} items")
-        _answer(settings, catalog, job, cal, step.model_id, batch)
-        step = next_step(
-            models=tuple(tested),
-            counts={m: cal.counts(m) for m in cal.answers},
-            sample_size=len(cal.truth),
-            bar=profile.min_quality,
-            confidence=profile.confidence,
-            slice_size=SLICE,
+) -> CalibrationJob:
+    """The job as the calibration policy sees it: options, labels, sizes, prices and ceilings."""
+    by_id = {c.model_id: c for c in pool}
+    per_item = {m: expected_cost_usd(profile, by_id[m]) / max(1, profile.n_items) for m in eligible}
+    baseline_id = max(eligible, key=lambda m: (per_item[m], m))
+    settings_of = full.calibration or {}
+    own_labels = cal.mode == "gold" and not settings_of.get("sample_job_id")
+    n_labelled = len(cal.truth) if own_labels else 0
+    n_to_run = full.n_items - (0 if settings_of.get("run_labelled") else n_labelled)
+    if cal.mode == "reference":
+        n_to_run = full.n_items - len(cal.truth)  # the reference's answers are those items' results
+    kind, amount = parse_calibration_budget(settings_of.get("budget") or DEFAULT_CALIBRATION_BUDGET)
+    baseline_only = per_item[baseline_id] * full.n_items
+    judge = _judge_usd_per_item(catalog, full, baseline_id) if full.task == "summarize" else Decimal(0)
+    options = []
+    for model_id in eligible:
+        if model_id == cal.reference_id:
+            continue
+        prior = by_id[model_id].quality
+        row = stored.get(model_id)
+        options.append(
+            Option(
+                model_id,
+                per_item[model_id],
+                prior=prior.value if prior is not None and prior.n is None else None,
+                stored=(int(row.n), int(round(row.successes))) if row is not None else None,
+            )
         )
-    return _conclude(settings, catalog, full, job, profile, pool, cal, step, costs)
+    return CalibrationJob(
+        bar=full.min_quality,
+        options=cheapest_first(options),
+        labelled=tuple(row.id for row in cal.sample if row.id in cal.truth),
+        n_items=full.n_items,
+        n_to_run=max(0, n_to_run),
+        baseline_usd_per_item=per_item[baseline_id],
+        budget_usd=amount if kind == "usd" else (amount * baseline_only).quantize(MONEY_PLACES),
+        confidence=CONFIDENCE,
+        drift_share=DEFAULT_DRIFT_SHARE if full.task == "classify" else 0.0,
+        judge_usd_per_item=judge,
+        cascades=full.task == "classify",
+    )
+
+
+def _evidence(cal: Calibration, spent: Decimal, *, exclude: str | None) -> Evidence:
+    return Evidence(
+        right={m: r for m, r in cal.right.items() if m != exclude},
+        answers={m: a for m, a in cal.answers.items() if m != exclude},
+        spent_usd=spent,
+    )
 
 
 def _conclude(
@@ -166,41 +221,48 @@ def _conclude(
     profile: JobProfile,
     pool: list[Candidate],
     cal: Calibration,
-    step: CalibrationStep,
-    costs: dict[str, Decimal],
+    plan: CalibrationJob,
+    step: Step,
 ) -> dict[str, Any]:
-    measured = {m: cal.counts(m) for m in cal.answers if m != cal.reference_id}
-    source = "gold labels" if cal.mode == "gold" else f"agreement with {cal.reference_id}"
-    measured_pool = [_with_estimate(c, measured[c.model_id], source) if c.model_id in measured else c for c in pool]
-    decision = choose_model(profile, measured_pool)
-    cascade: CascadeChoice | None = None
-    if step.kind == "chosen" and job.task == "classify":
-        cascade = choose_cascade(
-            answers=cal.answers,
-            truth=cal.truth,
-            costs=costs,
-            single=step.model_id,
-            bar=profile.min_quality,
-            confidence=profile.confidence,
-        )
+    """Keep what was measured; set the route it proved (or the best-measured one, marked unproven,
+    under --if-unproven best), or stop the job with each option's estimate."""
+    settings_of = full.calibration or {}
+    measures = {r.model_id: r.measure for r in step.options if r.kind == "single" and r.measure.source == "this job"}
+    decision = choose_model(profile, _measured_pool(pool, step))
+    route_option = step.route
+    unproven = step.kind != "chosen"
+    run_anyway = unproven and settings_of.get("if_unproven") == "best" and route_option is not None
     summary: dict[str, Any] = {
         "mode": cal.mode,
         "reference_id": cal.reference_id,
         "sample": len(cal.truth),
+        "labelled_used": len({i for r in cal.right.values() for i in r}),
         "steps": cal.steps,
         "signature": signature(job),
-        "outcome": step.kind,
+        "outcome": "chosen"
+        if step.kind == "chosen"
+        else ("unproven" if run_anyway else "need_more" if step.more_labels else "none"),
         "message": step.reason,
-        "sample_job_id": (full.calibration or {}).get("sample_job_id"),
-        "estimates": {m: _estimate_json(n, k, profile.confidence) for m, (n, k) in measured.items()},
-        "cascade": cascade.as_json() if cascade else None,
+        "bounds": BOUNDS,
+        "sample_job_id": settings_of.get("sample_job_id"),
+        "estimates": {m: _estimate_json(r.measure) for m, r in _singles(step).items()},
+        "routes": [_route_json(r) for r in step.options],
+        "route_measure": _route_json(route_option) if route_option is not None else None,
+        "unproven": unproven,
+        "budget_usd": str(plan.budget_usd),
+        "baseline_only_usd": str((plan.baseline_usd_per_item * plan.n_items).quantize(MONEY_PLACES)),
+        "more_labels": step.more_labels,
+        "budget": settings_of.get("budget"),
+        "run_labelled": bool(settings_of.get("run_labelled")),
+        "if_unproven": settings_of.get("if_unproven", "stop"),
+        "simulated_note": _simulated_note(job, cal),
     }
     now = utcnow()
     with session_scope(settings) as session:
         repo.find_job(session, full.id, for_update=True)  # one conclusion at a time
         summary["spent_usd"] = str(repo.job_spend(session, full.id))
-        _store_estimates(session, catalog, job, measured, cal, profile.confidence, now)
-        if step.kind != "chosen" or not decision.ok:
+        _store_estimates(session, catalog, job, measures, cal, now)
+        if route_option is None or (unproven and not run_anyway):
             repo.update_job(
                 session,
                 full.id,
@@ -210,34 +272,61 @@ def _conclude(
                 finished_at=now,
             )
             repo.add_job_event(
-                session, job_id=full.id, kind="calibrated", detail={"outcome": step.kind, "message": step.reason}
+                session,
+                job_id=full.id,
+                kind="calibrated",
+                detail={"outcome": summary["outcome"], "message": step.reason},
             )
             return summary
-        route = _route(decision, cascade, cal, full)
+        route = _route(decision, route_option, full, plan)
         repo.update_job(
             session,
             full.id,
             route=route.as_json(),
             model_id=route.model_id,
             decision=decision_as_json(decision),
-            expected_cost_usd=(
-                cascade.expected_cost_usd * full.n_items
-                if route.kind == "cascade" and cascade
-                else decision.expected_cost_usd
-            ),
+            expected_cost_usd=route_option.usd_per_item * plan.n_to_run,
             calibration=summary,
             status=JobStatus.RUNNING,
         )
-        kept = _keep_answers(session, full, cal, route) if not (full.calibration or {}).get("sample_job_id") else 0
+        kept = _keep_answers(session, full, cal, route, run_labelled=bool(settings_of.get("run_labelled")))
         summary["kept_answers"] = kept
         repo.update_job(session, full.id, calibration=dict(summary))
         repo.add_job_event(
             session,
             job_id=full.id,
             kind="calibrated",
-            detail={"outcome": "chosen", "route": route.kind, "model_id": route.model_id, "kept_answers": kept},
+            detail={
+                "outcome": summary["outcome"],
+                "route": route.kind,
+                "model_id": route.model_id,
+                "kept_answers": kept,
+                "unproven": unproven,
+            },
         )
     return summary
+
+
+def _singles(step: Step) -> dict[str, Any]:
+    return {r.model_id: r for r in step.options if r.kind == "single"}
+
+
+def _measured_pool(pool: list[Candidate], step: Step) -> list[Candidate]:
+    """The candidates as routing sees them after calibration: a model measured on this job (or with
+    a fresh stored estimate) carries that measure and its bound; every other has none, so a prior
+    never outranks a measurement."""
+    singles = _singles(step)
+    out = []
+    for candidate in pool:
+        option = singles.get(candidate.model_id)
+        if option is None:
+            out.append(replace(candidate, quality=None))
+            continue
+        m = option.measure
+        source = "measured on this job" if m.source == "this job" else "a fresh stored estimate"
+        estimate = QualityEstimate(value=m.mean, n=m.n, source=source, lower=m.lower)
+        out.append(replace(candidate, quality=estimate))
+    return out
 
 
 def _close_without_bulk(settings: Settings, job_id: str) -> None:
@@ -264,21 +353,28 @@ def _stop(settings: Settings, job_id: str, summary: dict[str, Any]) -> dict[str,
     return summary
 
 
-def _route(decision: Any, cascade: CascadeChoice | None, cal: Calibration, job: Job) -> Route:
-    chosen = decision.model_id
-    reference = cal.reference_id or decision.baseline_model_id
-    drift_share = DEFAULT_DRIFT_SHARE if job.task == "classify" and reference and reference != chosen else 0.0
-    fallbacks = fallbacks_from(decision, exclude={chosen})
-    if cascade is not None and cascade.use_cascade:
+def _route(decision: Decision, option: RouteOption, job: Job, plan: CalibrationJob) -> Route:
+    """The route as it runs: the option calibration settled on, falling back to the models proven
+    after it (cheapest first), drift-checked against the baseline."""
+    reference = decision.baseline_model_id
+    chosen = option.model_id
+    drift_share = plan.drift_share if reference and reference not in (chosen, option.strong_id) else 0.0
+    fallbacks = fallbacks_from(decision, exclude={chosen, option.second_id or "", option.strong_id or ""})
+    reasons = (
+        f"{option.name}: {option.measure.right}/{option.measure.n} right, bounds [{option.measure.lower:.3f}, "
+        f"{option.measure.upper:.3f}] ({percent(option.measure.confidence)} one-sided, anytime-valid; "
+        f"{option.measure.source})",
+    )
+    if option.kind == "cascade":
         return Route(
             kind="cascade",
-            model_id=cascade.first_id,
-            second_id=cascade.second_id,
-            strong_id=cascade.strong_id,
+            model_id=option.model_id,
+            second_id=option.second_id,
+            strong_id=option.strong_id,
             fallbacks=fallbacks,
             reference_id=reference,
             drift_share=drift_share,
-            reasons=tuple(cascade.reasons),
+            reasons=reasons,
         )
     return Route(
         kind="single",
@@ -286,20 +382,31 @@ def _route(decision: Any, cascade: CascadeChoice | None, cal: Calibration, job: 
         fallbacks=fallbacks,
         reference_id=reference,
         drift_share=drift_share,
-        reasons=(decision.summary,),
+        reasons=reasons,
     )
 
 
-def _keep_answers(session: Any, job: Job, cal: Calibration, route: Route) -> int:
-    """Gold items whose answer under the chosen route is already known keep it: not charged twice.
+def _keep_answers(session: Any, job: Job, cal: Calibration, route: Route, *, run_labelled: bool) -> int:
+    """Items whose answer is already known are not bought again.
 
-    Single model: its calibration answer. Cascade: the two cheap models' shared answer, or, where
-    they disagreed, the strong model's answer when it was asked."""
-    if cal.mode != "gold":
+    gold       a labelled item's answer is its label: it is done with the label, no call made
+               (with --run-labelled, its answer under the route when calibration bought it)
+    reference  an item the reference answered keeps the reference's answer
+    Labels borrowed from an earlier job are that job's items: nothing here to keep."""
+    if (job.calibration or {}).get("sample_job_id"):
         return 0
+    now = utcnow()
+    if cal.mode == "gold" and not run_labelled:
+        done = repo.close_labelled(session, job_id=job.id, now=now)
+        repo.count_finished(session, job_id=job.id, done=done, failed=0, now=now)
+        return done
     rows = []
     for item_id in cal.truth:
-        found = _route_answer(cal, route, item_id)
+        if cal.mode == "reference":
+            assert cal.reference_id is not None
+            found: tuple[str, str] | None = (cal.truth[item_id], cal.calls[cal.reference_id][item_id])
+        else:
+            found = _route_answer(cal, route, item_id)
         if found is not None:
             answer, call_id = found
             rows.append(
@@ -309,13 +416,13 @@ def _keep_answers(session: Any, job: Job, cal: Calibration, route: Route) -> int
                     "output": answer,
                     "error": None,
                     "final_call_id": call_id,
-                    "finished_at": utcnow(),
+                    "finished_at": now,
                     "lease_until": None,
                     "held": 0,
                 }
             )
     done, _ = repo.finish_items(session, rows)  # still pending, never claimed: held with 0 tries
-    repo.count_finished(session, job_id=job.id, done=done, failed=0, now=utcnow())
+    repo.count_finished(session, job_id=job.id, done=done, failed=0, now=now)
     return done
 
 
@@ -338,7 +445,8 @@ def _route_answer(cal: Calibration, route: Route, item_id: int) -> tuple[str, st
 
 
 def _answer(settings: Settings, catalog: Catalog, job: Any, cal: Calibration, model_id: str, rows: list[Any]) -> None:
-    """Have `model_id` answer `rows` (purpose calibration), ledgered like any call."""
+    """Have `model_id` answer `rows` (purpose calibration), ledgered like any call, and judge each
+    answer against the truth (summaries: by the judge, where there is one)."""
     if not rows:
         return
     answers = answer_items(settings, catalog, job, model_id=model_id, items=rows)
@@ -349,6 +457,10 @@ def _answer(settings: Settings, catalog: Catalog, job: Any, cal: Calibration, mo
     for item_id, answer in answers.items():
         got[item_id] = answer.output
         calls[item_id] = answer.call_id
+    right = cal.right.setdefault(model_id, {})
+    for row in rows:
+        if row.id in cal.truth:
+            right[row.id] = agrees(cal.task, got.get(row.id), cal.truth[row.id])
 
 
 def _profile(job: Job) -> JobProfile:
@@ -387,50 +499,12 @@ def _strongest(eligible: list[str], pool: list[Candidate]) -> str:
     return max(eligible, key=strength)
 
 
-def _per_item_cost(catalog: Catalog, job: Any, model_id: str, sample: list[Any]) -> Decimal:
-    """Expected cost of one item on `model_id`, from the sample's lengths."""
-    spec = spec_for(job.task, job.labels, job.max_words)
-    if not sample:
-        return Decimal(0)
-    tokens = (
-        sum(estimate_tokens(row.text) for row in sample) / len(sample)
-        + estimate_tokens(spec.system)
-        + MESSAGE_OVERHEAD_TOKENS
-    )
-    price = catalog.price(model_id)
-    output = catalog.model(model_id).output_cap(spec.expected_output_tokens)  # thinking is billed as output
-    return (Decimal(int(tokens)) * price.input.base + Decimal(output) * price.output.base) / Decimal(1_000_000)
-
-
-def _with_estimate(candidate: Candidate, counts: tuple[int, int], source: str) -> Candidate:
-    n, k = counts
-    return replace(candidate, quality=QualityEstimate(value=k / n if n else 0.0, n=n, source=source))
-
-
-def _estimate_json(n: int, k: int, confidence: float) -> dict[str, Any]:
-    mean = k / n if n else 0.0
-    return {
-        "n": n,
-        "right": k,
-        "mean": round(mean, 4),
-        "lower": round(wilson_lower_bound(mean, n, confidence), 4),
-        "upper": round(wilson_upper_bound(mean, n, confidence), 4),
-    }
-
-
 def _store_estimates(
-    session: Any,
-    catalog: Catalog,
-    job: Any,
-    measured: dict[str, tuple[int, int]],
-    cal: Calibration,
-    confidence: float,
-    now: datetime,
+    session: Any, catalog: Catalog, job: Any, measures: dict[str, Measure], cal: Calibration, now: datetime
 ) -> None:
-    for model_id, (n, k) in measured.items():
-        if not n:
+    for model_id, m in measures.items():
+        if not m.n:
             continue
-        estimate = _estimate_json(n, k, confidence)
         price = catalog.price(model_id, now)
         repo.upsert_quality_estimate(
             session,
@@ -440,12 +514,12 @@ def _store_estimates(
                 "task": job.task,
                 "model_id": model_id,
                 "source": "gold" if cal.mode == "gold" else "reference",
-                "n": n,
-                "successes": float(k),
-                "mean": estimate["mean"],
-                "lower": estimate["lower"],
-                "upper": estimate["upper"],
-                "confidence": confidence,
+                "n": m.n,
+                "successes": float(m.right),
+                "mean": round(m.mean, 4),
+                "lower": round(m.lower, 4),
+                "upper": round(m.upper, 4),
+                "confidence": m.confidence,
                 "input_usd_per_mtok": price.input.base,
                 "output_usd_per_mtok": price.output.base,
                 "job_id": job.id,
@@ -454,6 +528,58 @@ def _store_estimates(
                 "drifted_at": None,
             },
         )
+
+
+def _estimate_json(m: Measure) -> dict[str, Any]:
+    return {
+        "n": m.n,
+        "right": m.right,
+        "mean": round(m.mean, 4),
+        "lower": round(m.lower, 4),
+        "upper": round(m.upper, 4),
+        "confidence": m.confidence,
+        "source": m.source,
+    }
+
+
+def _route_json(option: RouteOption) -> dict[str, Any]:
+    return {
+        "kind": option.kind,
+        "name": option.name,
+        "model_id": option.model_id,
+        "second_id": option.second_id,
+        "strong_id": option.strong_id,
+        "usd_per_item": str(option.usd_per_item),
+        "escalated": option.escalated,
+        **_estimate_json(option.measure),
+    }
+
+
+def _shuffled(job_id: str, item_id: int) -> bytes:
+    """A fixed, job-specific order for the labelled items (a file sorted by label is not sampled by label)."""
+    return hashlib.blake2b(f"{job_id}\x1f{item_id}".encode(), digest_size=8).digest()
+
+
+def _simulated_note(job: Any, cal: Calibration) -> str | None:
+    """The sandbox cannot know a user's own labels: say so where its accuracy shows."""
+    if not job.simulated:
+        return None
+    note = "SIMULATED: the sandbox answered, so these accuracies are not a measurement of any real model"
+    if cal.mode != "gold" or not job.labels:
+        return note
+    rows = [row for row in cal.sample if row.gold is not None][:200]
+    known = sum(true_label(row.text, tuple(job.labels)) == row.gold for row in rows)
+    if rows and known < 0.9 * len(rows):
+        note += (
+            f"; it knows only its own demo keywords, and agrees with {known}/{len(rows)} of your labels before "
+            "any model answers: simulated accuracy says nothing about real models on your labels"
+        )
+    return note
+
+
+def _judge_usd_per_item(catalog: Catalog, job: Job, judge_id: str) -> Decimal:
+    """Judging one summary (summaries are judged by overlap with the reference for now: free)."""
+    return Decimal(0)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ from router.errors import InputError
 TASKS = ("classify", "summarize")
 # Longest id kept; ids are for joining results back, not for storing documents.
 MAX_ID_LENGTH = 200
+
+
+# Calibration may spend up to a fifth of what answering the whole job with the baseline would cost;
+# it stops far sooner when tests stop paying for themselves (policies/calibration.py).
+DEFAULT_CALIBRATION_BUDGET = "20%"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +44,14 @@ class JobRequest:
     # use estimates measured by earlier jobs of this kind, else priors), gold, reference, or prior.
     quality: str = "auto"
     calibrate_only: bool = False  # `pennyroute calibrate`: measure the models, keep the estimates, run no bulk
+    # What calibration may spend: a share of the job's baseline-only cost ("20%") or dollars ("5", "$5").
+    calibration_budget: str = DEFAULT_CALIBRATION_BUDGET
+    run_labelled: bool = False  # also send labelled items to the route (their answers are known)
+    if_unproven: str = "stop"  # stop | best: when no route is proven, stop, or run the best-measured one
 
 
 ON_BUDGET = ("reject", "downgrade", "pause")
+IF_UNPROVEN = ("stop", "best")
 QUALITY_MODES = ("auto", "gold", "reference", "prior")
 
 
@@ -54,6 +65,12 @@ def check_request(request: JobRequest) -> None:
         raise InputError(
             f"unknown --quality '{request.quality}': use one of {', '.join(QUALITY_MODES)}", field="--quality"
         )
+    if request.if_unproven not in IF_UNPROVEN:
+        raise InputError(
+            f"unknown --if-unproven '{request.if_unproven}': use one of {', '.join(IF_UNPROVEN)}",
+            field="--if-unproven",
+        )
+    parse_calibration_budget(request.calibration_budget)
     if request.task not in TASKS:
         raise InputError(f"unknown task '{request.task}': use one of {', '.join(TASKS)}", field="--task")
     if not 0.0 <= request.min_quality <= 1.0:
@@ -149,3 +166,23 @@ def _parse(number: int, raw: bytes, task: str, labels: dict[str, str], seen: set
         return LineError(number, "id", f"duplicate id '{ext_id}' (first seen on an earlier line)")
     seen.add(ext_id)
     return ParsedItem(number, ext_id, text, gold)
+
+
+def parse_calibration_budget(text: str) -> tuple[str, Decimal]:
+    """("share", 0.2) for "20%", ("usd", 5) for "5" or "$5"; InputError naming the flag otherwise."""
+    raw = text.strip()
+    try:
+        if raw.endswith("%"):
+            share = Decimal(raw[:-1].strip()) / 100
+            if not share.is_finite() or not 0 <= share <= 1:
+                raise InvalidOperation
+            return "share", share
+        amount = Decimal(raw.removeprefix("$").strip())
+        if not amount.is_finite() or amount < 0:
+            raise InvalidOperation
+        return "usd", amount
+    except InvalidOperation:
+        raise InputError(
+            f"--calibration-budget '{text}' is neither a share (e.g. 20%) nor an amount in USD (e.g. 5 or $5)",
+            field="--calibration-budget",
+        ) from None

@@ -78,6 +78,8 @@ def result_record(row: Any, cost: Decimal) -> dict[str, Any]:
     }
     if row.gold is not None:
         record["gold"] = row.gold
+        if row.status == "done" and row.model_id is None:
+            record["answer_from"] = "gold label"  # labelled: its answer was known, no model was asked
     if row.simulated:
         record["simulated"] = True
     return record

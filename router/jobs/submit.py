@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from policies.budget_fit import fits
 from policies.cheapest_qualifying import choose_model
-from policies.types import Decision, JobProfile
+from policies.types import Candidate, Decision, JobProfile, QualityEstimate
 from router.candidates import candidates, decision_as_json, max_context
 from router.catalog import Catalog
 from router.errors import BudgetError, InputError, NoModelError
@@ -110,10 +110,14 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         mode, sample_job = estimates.mode_for(
             session, request, n_gold=n_gold, tenant_id=team.tenant_id, pool=pool, measured=measured, profile=profile
         )
-        # A job that calibrates first is routed on its measurements, later; now only its constraints count.
-        decision = choose_model(replace(profile, min_quality=0.0) if mode != "prior" else profile, pool)
+        # A job that calibrates first is routed on its measurements, later; now only its constraints
+        # count, and a model with no prior can still be measured.
+        if mode != "prior":
+            decision = choose_model(replace(profile, min_quality=0.0), [_measurable(c) for c in pool])
+        else:
+            decision = choose_model(profile, pool)
         if not decision.ok:
-            raise NoModelError(decision)  # rolls the whole job back
+            raise NoModelError(decision, hint=_no_measure_hint(decision, mode))  # rolls the whole job back
         _check_budget(session, settings, request, team, decision)
         baseline = catalog.price(decision.baseline_model_id) if decision.baseline_model_id else None
         repo.update_job(
@@ -134,8 +138,14 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             max_input_tokens=max_tokens,
             quality_mode=mode,
             status=JobStatus.RUNNING if mode == "prior" else JobStatus.CALIBRATING,
-            calibration={"sample_job_id": sample_job, "only": request.calibrate_only}
-            if sample_job or request.calibrate_only
+            calibration={
+                "sample_job_id": sample_job,
+                "only": request.calibrate_only,
+                "budget": request.calibration_budget,
+                "run_labelled": request.run_labelled,
+                "if_unproven": request.if_unproven,
+            }
+            if mode != "prior"
             else None,
         )
     return Submitted(job_id, n_items, rejected, n_rejected, decision, simulated, calibrating=mode != "prior")
@@ -207,6 +217,24 @@ def _check_budget(session: Session, settings: Settings, request: JobRequest, tea
         f"remaining budget ${remaining:.6f} (limit {period.limit_amount.normalize():f} {period.currency}, settled "
         f"{period.settled.normalize():f}, reserved {period.reserved.normalize():f}) for {period.period_start:%Y-%m}: "
         "raise it with `pennyroute budget set`, or submit with --on-budget pause"
+    )
+
+
+def _measurable(candidate: Candidate) -> Candidate:
+    """A candidate calibration can measure whether or not the catalog gives it a prior."""
+    if candidate.quality is not None:
+        return candidate
+    return replace(candidate, quality=QualityEstimate(value=0.0, n=None, source="to be measured by calibration"))
+
+
+def _no_measure_hint(decision: Decision, mode: str) -> str | None:
+    """How to give a job a measure, when nothing qualified because no model has a quality estimate."""
+    if mode != "prior" or any(v.quality_bound is not None for v in decision.verdicts if v.meets_constraints):
+        return None
+    return (
+        "no model meeting the constraints has a quality estimate for this task, and the job cannot measure "
+        'one: add labelled items (a "gold" field on some lines) to calibrate on, submit with --quality '
+        "reference to measure against the strongest model, or give the models a `quality` prior in the catalog"
     )
 
 

@@ -772,15 +772,28 @@ def interrupt_calibration_calls(session: Session, *, job_id: str, now: datetime)
     )
 
 
-def calibration_sample(session: Session, *, job_id: str, mode: str, limit: int) -> list[Any]:
-    """The items a calibration measures on: the first `limit` labelled items (gold), or an evenly
-    spread sample of `limit` items, every k-th (reference), not just the file's first lines."""
+def calibration_sample(session: Session, *, job_id: str, mode: str, limit: int | None = None) -> list[Any]:
+    """The items a calibration measures on: every labelled item (gold; the first `limit` when given),
+    or an evenly spread sample of `limit` items, every k-th (reference), not just the file's first lines."""
     query = select(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.gold, ITEM.c.attempts).where(ITEM.c.job_id == job_id)
     if mode == "gold":
         return list(session.execute(query.where(ITEM.c.gold.is_not(None)).order_by(ITEM.c.seq).limit(limit)).all())
     n_items = session.execute(select(JOB.c.n_items).where(JOB.c.id == job_id)).scalar() or 0
-    step = max(1, n_items // limit)
+    step = max(1, n_items // (limit or n_items or 1))
     return list(session.execute(query.where(ITEM.c.seq % step == 0).order_by(ITEM.c.seq).limit(limit)).all())
+
+
+def close_labelled(session: Session, *, job_id: str, now: datetime) -> int:
+    """Labelled items still pending are done with their gold label as the answer (no call is made:
+    the answer is known); returns how many. Their result says so (router/jobs/results.py)."""
+    return int(
+        session.execute(
+            update(ITEM)
+            .where(ITEM.c.job_id == job_id, ITEM.c.gold.is_not(None), ITEM.c.status == ItemStatus.PENDING)
+            .values(status=ItemStatus.DONE, output=ITEM.c.gold, error=None, finished_at=now, lease_until=None)
+        ).rowcount  # type: ignore[attr-defined]
+        or 0
+    )
 
 
 def count_gold(session: Session, job_id: str) -> int:
