@@ -49,6 +49,9 @@ CASCADE_POOL = 3
 CASCADE_MIN_SHARED = 20
 # A model whose measured accuracy is below this adds nothing to a cascade.
 CASCADE_MIN_ACCURACY = 0.6
+# Expected costs come from the job's average item; a slice of real items can cost more. Budget and
+# hard-rule checks count every expected cost this much higher, so variance does not break them.
+COST_MARGIN = Decimal("1.1")
 # Default strength of a catalog prior, in labelled items: enough to order tests, never to prove.
 PRIOR_WEIGHT = 4
 
@@ -78,6 +81,7 @@ class CalibrationJob:
     drift_share: float = 0.0  # share of run items also answered by the baseline (drift checks)
     judge_usd_per_item: Decimal = Decimal(0)  # summaries: judging one answer
     cascades: bool = True  # classification only: answers must be comparable
+    run_unproven: bool = False  # --if-unproven best: an unproven job still runs (on at most the baseline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +165,11 @@ def next_step(job: CalibrationJob, evidence: Evidence) -> Step:
         )
     proven = [r for r in routes if r.measure.lower >= job.bar]
     best = min(proven, key=lambda r: (r.usd_per_item, -r.measure.lower, r.name), default=None)
-    # The dearest the run can still turn out: the best proven route, else the baseline (no drift checks on itself).
-    worst_route_usd = best.usd_per_item if best is not None else job.baseline_usd_per_item
+    # The dearest the run can still turn out: the best proven route; with none, the route a test
+    # could prove (None), or the baseline when an unproven job runs anyway.
+    worst_route_usd: Decimal | None = best.usd_per_item if best is not None else None
+    if best is None and job.run_unproven:
+        worst_route_usd = job.baseline_usd_per_item
     tests = _tests(job, evidence, routes, best)
     affordable = [t for t in tests if _affordable(job, evidence, t, worst_route_usd)]
     worth = [t for t in affordable if t.value_usd > t.cost_usd]
@@ -259,7 +266,7 @@ def _cascades(job: CalibrationJob, evidence: Evidence) -> list[RouteOption]:
         if missing or len(shared) < CASCADE_MIN_SHARED:
             continue
         right = escalated = 0
-        a, b, s = (evidence.answers[m] for m in (first.model_id, second.model_id, strong.model_id))
+        a, b = evidence.answers[first.model_id], evidence.answers[second.model_id]
         for item in shared:
             if a[item] is not None and a[item] == b[item]:
                 right += evidence.right[first.model_id][item]
@@ -320,6 +327,7 @@ class _Test:
     value_usd: Decimal  # expected saving if it is carried to a decision, less the rest of its cost
     reason: str
     baseline: bool = False
+    route_usd: Decimal = Decimal(0)  # per item, the route this test could prove
 
 
 def _tests(job: CalibrationJob, evidence: Evidence, routes: list[RouteOption], best: RouteOption | None) -> list[_Test]:
@@ -370,6 +378,7 @@ def _single_test(job: CalibrationJob, evidence: Evidence, option: Option, curren
         value,
         reason,
         baseline=is_baseline,
+        route_usd=per_item,
     )
 
 
@@ -413,7 +422,7 @@ def _cascade_tests(job: CalibrationJob, evidence: Evidence, routes: list[RouteOp
                 f"test {strong.model_id} on the {len(missing)} labelled items where {first.model_id} and "
                 f"{second.model_id} disagree: judges cascade {name} ({chance:.0%} chance, worth ${worth:.4f})"
             )
-            out.append(_Test(strong.model_id, tuple(missing), cost, worth, reason))
+            out.append(_Test(strong.model_id, tuple(missing), cost, worth, reason, route_usd=usd))
             continue
         # Extend the pair: the one with fewer answers first.
         for cheap in sorted((first, second), key=lambda o: len(evidence.right.get(o.model_id, {}))):
@@ -427,18 +436,29 @@ def _cascade_tests(job: CalibrationJob, evidence: Evidence, routes: list[RouteOp
                     f"({chance:.0%} chance, worth ${worth:.4f})"
                 )
                 out.append(
-                    _Test(cheap.model_id, tuple(remaining[:slice_n]), cost, worth - expected_escalations, reason)
+                    _Test(
+                        cheap.model_id,
+                        tuple(remaining[:slice_n]),
+                        cost,
+                        worth - expected_escalations,
+                        reason,
+                        route_usd=usd,
+                    )
                 )
                 break
     return out
 
 
-def _affordable(job: CalibrationJob, evidence: Evidence, test: _Test, worst_route_usd: Decimal) -> bool:
-    """Within the calibration budget, and all in (spent + this test + the worst route still possible
-    on the items to run) within the baseline-only cost."""
-    after = evidence.spent_usd + test.cost_usd
+def _affordable(job: CalibrationJob, evidence: Evidence, test: _Test, worst_route_usd: Decimal | None) -> bool:
+    """Within the calibration budget, and all in (spent + this test + the dearest route the job can
+    still run on) within the baseline-only cost. That route is the best proven one; with none proven
+    it is the one this test could prove (a job that proves nothing stops, having spent only its
+    calibration), or the baseline when an unproven job runs anyway (--if-unproven best). Costs are
+    expected from the job's average item: real items vary, so both checks keep COST_MARGIN in hand."""
+    after = evidence.spent_usd + test.cost_usd * COST_MARGIN
     baseline_only = job.baseline_usd_per_item * job.n_items
-    return after <= job.budget_usd and after + worst_route_usd * job.n_to_run <= baseline_only
+    route = worst_route_usd if worst_route_usd is not None else test.route_usd
+    return after <= job.budget_usd and after + route * COST_MARGIN * job.n_to_run <= baseline_only
 
 
 def _last_resort(

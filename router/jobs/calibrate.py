@@ -32,7 +32,7 @@ from policies.calibration import (
     percent,
 )
 from policies.cheapest_qualifying import choose_model, expected_cost_usd
-from policies.scoring import agrees
+from policies.scoring import agrees, overlap_f1
 from policies.types import Candidate, Decision, JobProfile, QualityEstimate
 from router.candidates import candidates, decision_as_json
 from router.catalog import Catalog
@@ -40,6 +40,7 @@ from router.engine.chunk import answer_items
 from router.errors import CalibrationBudgetError
 from router.jobs import estimates
 from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, parse_calibration_budget
+from router.jobs.judge import judge_cost_per_item, judge_summaries
 from router.ledger import repo
 from router.ledger.db import get_engine, session_scope
 from router.ledger.tables import ItemStatus, Job, JobStatus, utcnow
@@ -58,6 +59,8 @@ CONFIDENCE = 0.95
 # Amounts derived from a share are kept to this many places (prices need about 10).
 MONEY_PLACES = Decimal("0.0000000001")
 BOUNDS = "95% one-sided, anytime-valid"
+# Summaries sharing less than this word overlap (ROUGE-1 F1) with the reference fail without a judge call.
+OVERLAP_FLOOR = 0.2
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Calibration:
     reference_id: str | None = None
     steps: list[str] = field(default_factory=list)
     task: str = "classify"
+    judge_id: str | None = None  # summaries: the model that judges each answer against its source
 
 
 def signature(job: Any) -> str:
@@ -134,12 +138,20 @@ def _search(
     """Test models while a test pays for itself (policies.calibration), then conclude."""
     profile = _profile(full)
     eligible = _eligible(full.decision or {})
+    if cal.task == "summarize":
+        cal.judge_id = _strongest(eligible, pool)
     if cal.mode == "gold":
         cal.truth = {row.id: row.gold for row in cal.sample}
     else:
         cal.reference_id = _strongest(eligible, pool)
         _answer(settings, catalog, job, cal, cal.reference_id, cal.sample)
         cal.truth = {i: a for i, a in cal.answers[cal.reference_id].items() if a is not None}
+    # The reference's answers are its sample items' results, bought once like any run: they are not
+    # calibration overhead (the plan counts the job without those items).
+    delivered = Decimal(0)
+    if cal.reference_id is not None:
+        with session_scope(settings) as session:
+            delivered = repo.job_spend(session, full.id) - spent
     plan = _plan(settings, catalog, full, profile, pool, cal, stored, eligible)
     step = next_step(plan, _evidence(cal, spent, exclude=cal.reference_id))
     while step.kind == "test":
@@ -148,7 +160,7 @@ def _search(
         cal.steps.append(f"{step.model_id}: {len(rows)} items ({step.reason})")
         _answer(settings, catalog, job, cal, step.model_id, rows)
         with session_scope(settings) as session:
-            spent = repo.job_spend(session, full.id)
+            spent = repo.job_spend(session, full.id) - delivered
         step = next_step(plan, _evidence(cal, spent, exclude=cal.reference_id))
     return _conclude(settings, catalog, full, job, profile, pool, cal, plan, step)
 
@@ -175,7 +187,9 @@ def _plan(
         n_to_run = full.n_items - len(cal.truth)  # the reference's answers are those items' results
     kind, amount = parse_calibration_budget(settings_of.get("budget") or DEFAULT_CALIBRATION_BUDGET)
     baseline_only = per_item[baseline_id] * full.n_items
-    judge = _judge_usd_per_item(catalog, full, baseline_id) if full.task == "summarize" else Decimal(0)
+    judge = Decimal(0)
+    if cal.judge_id is not None:
+        judge = judge_cost_per_item(catalog, full, cal.judge_id, full.total_input_tokens / max(1, full.n_items))
     options = []
     for model_id in eligible:
         if model_id == cal.reference_id:
@@ -194,7 +208,7 @@ def _plan(
         bar=full.min_quality,
         options=cheapest_first(options),
         labelled=tuple(row.id for row in cal.sample if row.id in cal.truth),
-        n_items=full.n_items,
+        n_items=full.n_items - (len(cal.truth) if cal.mode == "reference" else 0),
         n_to_run=max(0, n_to_run),
         baseline_usd_per_item=per_item[baseline_id],
         budget_usd=amount if kind == "usd" else (amount * baseline_only).quantize(MONEY_PLACES),
@@ -202,6 +216,7 @@ def _plan(
         drift_share=DEFAULT_DRIFT_SHARE if full.task == "classify" else 0.0,
         judge_usd_per_item=judge,
         cascades=full.task == "classify",
+        run_unproven=settings_of.get("if_unproven") == "best",
     )
 
 
@@ -458,9 +473,24 @@ def _answer(settings: Settings, catalog: Catalog, job: Any, cal: Calibration, mo
         got[item_id] = answer.output
         calls[item_id] = answer.call_id
     right = cal.right.setdefault(model_id, {})
-    for row in rows:
-        if row.id in cal.truth:
+    judged = [row for row in rows if row.id in cal.truth]
+    if cal.judge_id is None or model_id == cal.reference_id:
+        for row in judged:
             right[row.id] = agrees(cal.task, got.get(row.id), cal.truth[row.id])
+        return
+    # Summaries: word overlap with the reference is a cheap first filter (a summary sharing almost
+    # nothing with it fails unjudged); the rest are judged against their source on the rubric.
+    for row in judged:
+        summary = got.get(row.id)
+        if summary is None or overlap_f1(summary, cal.truth[row.id]) < OVERLAP_FLOOR:
+            right[row.id] = False
+    to_judge = [row for row in judged if row.id not in right]
+    verdicts = judge_summaries(
+        settings, catalog, job, judge_id=cal.judge_id, items=to_judge, summaries={r.id: got.get(r.id) for r in to_judge}
+    )
+    if verdicts is None:
+        raise CalibrationBudgetError("the team's budget cannot take the judge's calls")
+    right.update(verdicts)  # an item the judge could not judge is left out: it measures nothing
 
 
 def _profile(job: Job) -> JobProfile:
@@ -575,11 +605,6 @@ def _simulated_note(job: Any, cal: Calibration) -> str | None:
             "any model answers: simulated accuracy says nothing about real models on your labels"
         )
     return note
-
-
-def _judge_usd_per_item(catalog: Catalog, job: Job, judge_id: str) -> Decimal:
-    """Judging one summary (summaries are judged by overlap with the reference for now: free)."""
-    return Decimal(0)
 
 
 @contextmanager

@@ -178,7 +178,11 @@ def test_estimates_are_reused_by_the_next_job_of_the_kind_and_a_price_change_ret
         ).scalar_one()
         row.input_usd_per_mtok = row.input_usd_per_mtok + Decimal("0.01")
         session.add(row)
-    third, _ = _job(settings, catalog, tmp_path / "..", team, n=60, labelled=0, bar=0.85)
+    try:
+        third, _ = _job(settings, catalog, tmp_path / "..", team, n=60, labelled=0, bar=0.85)
+    except NoModelError as exc:  # what is still fresh does not meet the bar: refused, not routed on the stale one
+        assert chosen not in str(exc) or "measured on" not in str(exc)
+        return
     with session_scope(settings) as session:
         job = repo.get_job(session, third)
     if job.status == JobStatus.CALIBRATING:  # cheaper untested models: tested on the first job's labels if it pays
@@ -263,7 +267,7 @@ def test_drift_checks_reroute_the_rest_of_the_job_upward(
     assert stale is not None  # later jobs of this kind re-measure gpt-4o
 
 
-def test_summaries_are_scored_by_overlap_with_the_reference(
+def test_summaries_are_judged_against_their_source_and_the_judge_is_ledgered_as_calibration(
     sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]
 ) -> None:
     from policies.scoring import agrees, overlap_f1
@@ -276,7 +280,7 @@ def test_summaries_are_scored_by_overlap_with_the_reference(
     texts = [
         f"Customer {k} reports that the invoice for March charged the card twice and asks for a refund of one "
         f"payment before the end of the month, citing order {k}."
-        for k in range(120)
+        for k in range(800)
     ]
     path = write_jsonl(tmp_path / "docs.jsonl", [{"id": f"d{k}", "text": t} for k, t in enumerate(texts)])
     job_id = submit_job(
@@ -288,12 +292,17 @@ def test_summaries_are_scored_by_overlap_with_the_reference(
             tenant=team[0],
             task="summarize",
             max_words=30,
-            min_quality=0.8,
+            min_quality=0.6,
             quality="reference",
+            calibration_budget="50%",  # the judge is the dearest model: each judged answer costs about a baseline call
         ),
     ).job_id
     summary = calibrate_job(settings, catalog, job_id=job_id)
-    assert summary["outcome"] == "chosen" and summary["reference_id"]
+    assert summary["outcome"] == "chosen" and summary["reference_id"], summary["message"]
+    # The judge (the strongest eligible model) scored the answers: its calls are calibration calls,
+    # more of them than the reference's sample (every candidate answer it judged).
+    judge_calls = [c for c in _calls(settings, job_id) if c.purpose == "calibration" and c.cost_usd > 0]
+    assert len(judge_calls) > summary["sample"]
     assert all(e["n"] > 0 for e in summary["estimates"].values())
     with session_scope(settings) as session:
         job = repo.get_job(session, job_id)

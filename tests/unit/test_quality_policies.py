@@ -81,12 +81,15 @@ def test_a_model_priced_near_the_best_route_is_not_worth_testing() -> None:
 
 
 def test_calibration_never_breaks_the_baseline_only_cost() -> None:
-    """Spent + the next test + the worst run still possible stays within every item on the baseline."""
-    job = _job(labels=200, n_items=400)
+    """Spent + the next test + the dearest route the job can still run on stays within every item on
+    the baseline. A job that runs even unproven may run on the baseline: no test fits once the labels'
+    worth is spent. A job that stops when unproven can still test a cheap model (its run would be cheap)."""
+    job = _job(labels=200, n_items=400, run_unproven=True)
     spent = job.baseline_usd_per_item * 200  # as much as the labelled items are worth on the baseline
-    evidence = Evidence(right={}, answers={}, spent_usd=spent)
-    step = next_step(job, evidence)
+    step = next_step(job, Evidence(right={}, answers={}, spent_usd=spent))
     assert step.kind == "unproven" and "cost more, all in" in step.reason
+    stops = next_step(replace(job, run_unproven=False), Evidence(right={}, answers={}, spent_usd=spent))
+    assert stops.kind == "test" and stops.model_id == "cheap"
 
 
 def test_a_cascade_is_judged_on_answers_bought_and_the_strong_model_only_where_they_disagree() -> None:
