@@ -514,7 +514,8 @@ def _demo_summary(settings: Settings, submitted: Submitted, truth: dict[str, str
     out.print(f"[bold]Sample results{label}[/]")
     for record in sample:
         out.print(
-            f"  {record['id']}: {record['output']!s:<8} (gold {record.get('gold')}) {record['model']} {record['cost_usd']} USD"
+            f"  {record['id']}: {record['output']!s:<8} (gold {record.get('gold')}) "
+            f"{record['model'] or record.get('answer_from', '-')} {record['cost_usd']} USD"
         )
     if graded:
         out.print(
