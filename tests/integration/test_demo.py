@@ -19,7 +19,7 @@ def test_demo_runs_with_no_configuration(tmp_path: Path) -> None:
         )
     }
     result = subprocess.run(
-        [sys.executable, "-m", "router.cli.app", "demo", "--items", "300"],
+        [sys.executable, "-m", "router.cli.app", "demo", "--items", "2000", "--min-quality", "0.85"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -28,7 +28,7 @@ def test_demo_runs_with_no_configuration(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
-    assert "SIMULATED" in out and "300/300" in out
+    assert "SIMULATED" in out and "2000/2000" in out
     assert "Calibration on 200 items (gold labels)" in out and "route:" in out and "saved" in out
     assert (tmp_path / "pennyroute.db").exists()
     # A second run reuses the same ledger file (schema already current, demo team already there).
