@@ -47,8 +47,10 @@ FIRST_SLICE = 25
 CASCADE_POOL = 3
 # A cascade is looked at once its two cheap models share this many labelled answers.
 CASCADE_MIN_SHARED = 20
-# A model whose measured accuracy is below this adds nothing to a cascade.
+# A model whose measured accuracy is below this, or more than CASCADE_SPAN under the bar, adds little
+# to a cascade: its agreements are too often wrong, and it takes a pair's place from a better model.
 CASCADE_MIN_ACCURACY = 0.6
+CASCADE_SPAN = 0.15
 # Expected costs come from the job's average item; a slice of real items can cost more. Budget and
 # hard-rule checks count every expected cost this much higher, so variance does not break them.
 COST_MARGIN = Decimal("1.1")
@@ -224,7 +226,7 @@ def _single_measure(job: CalibrationJob, evidence: Evidence, option: Option) -> 
     return Measure(
         n,
         right,
-        anytime_lower_bound(n, right, job.confidence),
+        anytime_lower_bound(n, right, job.confidence, bar=job.bar),
         anytime_upper_bound(n, right, job.confidence),
         job.confidence,
         source,
@@ -232,25 +234,30 @@ def _single_measure(job: CalibrationJob, evidence: Evidence, option: Option) -> 
 
 
 def _strong(job: CalibrationJob, evidence: Evidence) -> Option:
-    """Where a cascade escalates: the best-measured model, else the best prior, else the dearest."""
-
-    def strength(option: Option) -> tuple[float, Decimal]:
-        record = evidence.right.get(option.model_id, {})
-        if len(record) >= CASCADE_MIN_SHARED:
-            return sum(record.values()) / len(record), option.usd_per_item
-        return (option.prior if option.prior is not None else 0.5), option.usd_per_item
-
-    return max(job.options, key=strength)
+    """Where a cascade escalates: the cheapest single model proven on this job, else the best prior,
+    else the dearest. Never picked by its record on the items it was asked (the pairs' disagreements
+    are the hardest items: every model looks weak there), so it does not drift from one to another."""
+    proven = [
+        o
+        for o in job.options
+        if (r := evidence.right.get(o.model_id))
+        and anytime_lower_bound(len(r), sum(r.values()), job.confidence, bar=job.bar) >= job.bar
+    ]
+    if proven:
+        return min(proven, key=lambda o: (o.usd_per_item, o.model_id))
+    return max(job.options, key=lambda o: (o.prior if o.prior is not None else -1.0, o.usd_per_item, o.model_id))
 
 
 def _pool(job: CalibrationJob, evidence: Evidence, strong: Option) -> list[Option]:
-    """The cheap models cascades are formed from: measured, useful, cheaper than the strong one."""
+    """The cheap models cascades are formed from: the cheapest few measured well enough to help
+    (their own accuracy within CASCADE_SPAN of the bar), each under half the strong model's price."""
+    floor = max(CASCADE_MIN_ACCURACY, job.bar - CASCADE_SPAN)
     useful = []
     for option in sorted(job.options, key=lambda o: (o.usd_per_item, o.model_id)):
         record = evidence.right.get(option.model_id, {})
         if option is strong or option.usd_per_item * 2 >= strong.usd_per_item:
             continue
-        if len(record) >= CASCADE_MIN_SHARED and sum(record.values()) / len(record) >= CASCADE_MIN_ACCURACY:
+        if len(record) >= CASCADE_MIN_SHARED and sum(record.values()) / len(record) >= floor:
             useful.append(option)
     return useful[:CASCADE_POOL]
 
@@ -278,7 +285,7 @@ def _cascades(job: CalibrationJob, evidence: Evidence) -> list[RouteOption]:
         measure = Measure(
             n,
             right,
-            anytime_lower_bound(n, right, confidence),
+            anytime_lower_bound(n, right, confidence, bar=job.bar),
             anytime_upper_bound(n, right, confidence),
             confidence,
             f"cascade, best of {len(pairs)} pair{'s' if len(pairs) > 1 else ''}",
@@ -345,7 +352,7 @@ def _single_test(job: CalibrationJob, evidence: Evidence, option: Option, curren
     remaining = [i for i in job.labelled if i not in record]
     if not remaining:
         return None
-    if n and anytime_lower_bound(n, right, job.confidence) >= job.bar:
+    if n and anytime_lower_bound(n, right, job.confidence, bar=job.bar) >= job.bar:
         return None  # already proven
     need = share_to_prove(len(job.labelled), job.bar, job.confidence)
     if need is None:
@@ -454,11 +461,12 @@ def _affordable(job: CalibrationJob, evidence: Evidence, test: _Test, worst_rout
     still run on) within the baseline-only cost. That route is the best proven one; with none proven
     it is the one this test could prove (a job that proves nothing stops, having spent only its
     calibration), or the baseline when an unproven job runs anyway (--if-unproven best). Costs are
-    expected from the job's average item: real items vary, so both checks keep COST_MARGIN in hand."""
+    expected from the job's average item: a slice of real items can cost more, so a test counts
+    COST_MARGIN more (the run's many items cost close to the average)."""
     after = evidence.spent_usd + test.cost_usd * COST_MARGIN
     baseline_only = job.baseline_usd_per_item * job.n_items
     route = worst_route_usd if worst_route_usd is not None else test.route_usd
-    return after <= job.budget_usd and after + route * COST_MARGIN * job.n_to_run <= baseline_only
+    return after <= job.budget_usd and after + route * job.n_to_run <= baseline_only
 
 
 def _last_resort(
@@ -497,7 +505,10 @@ def _items_to_decide(mean: float, n: int, bar: float, limit: int, confidence: fl
     total = max(n, FIRST_SLICE)
     while total < limit:
         right = round(mean * total)
-        if anytime_lower_bound(total, right, confidence) >= bar or anytime_upper_bound(total, right, confidence) < bar:
+        if (
+            anytime_lower_bound(total, right, confidence, bar=bar) >= bar
+            or anytime_upper_bound(total, right, confidence) < bar
+        ):
             return total
         total *= 2
     return limit
@@ -525,8 +536,12 @@ def _unproven(job: CalibrationJob, routes: list[RouteOption], why: str) -> Step:
     if m.mean <= job.bar:
         outcome = f"its rate {m.mean:.3f} is not above the bar: more labels would not prove it"
         more = 0
+    elif more > 10 * max(m.n, 100):
+        outcome = (
+            f"its rate {m.mean:.3f} is too close to the bar: over {10 * max(m.n, 100):,} more labels would be needed"
+        )
     else:
-        outcome = f"about {more} more labelled items would decide it"
+        outcome = f"about {more:,} more labelled items would decide it"
     detail = "; ".join(
         f"{r.name}: {r.measure.right}/{r.measure.n} [{r.measure.lower:.3f}, {r.measure.upper:.3f}]" for r in routes
     )
@@ -544,10 +559,10 @@ def _unproven(job: CalibrationJob, routes: list[RouteOption], why: str) -> Step:
 def labels_to_prove(bar: float, confidence: float) -> int:
     """The fewest labelled items that can prove `bar` at all (every answer right)."""
     n = 1
-    while anytime_lower_bound(n, n, confidence) < bar and n < 10_000_000:
+    while anytime_lower_bound(n, n, confidence, bar=bar) < bar and n < 10_000_000:
         n = max(n + 1, int(n * 1.1))
     lo = max(1, int(n / 1.1) - 1)
-    while lo < n and anytime_lower_bound(lo, lo, confidence) < bar:
+    while lo < n and anytime_lower_bound(lo, lo, confidence, bar=bar) < bar:
         lo += 1
     return lo
 
@@ -559,7 +574,7 @@ def more_labels(n: int, right: int, bar: float, confidence: float) -> int:
         return 0
     total = max(n, 1)
     while total < 10_000_000:
-        if anytime_lower_bound(total, round(mean * total), confidence) >= bar:
+        if anytime_lower_bound(total, round(mean * total), confidence, bar=bar) >= bar:
             return total - n
         total = int(total * 1.2) + 1
     return 0

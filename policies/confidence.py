@@ -64,18 +64,30 @@ def wilson_upper_bound(mean: float, n: int, confidence: float = 0.95) -> float:
 # interval holds at `confidence` on its own (the pair together at 2 * confidence - 1).
 
 
-def anytime_lower_bound(n: int, right: int, confidence: float = 0.95) -> float:
-    """The one-sided anytime-valid lower bound on an accuracy seen as `right` of `n` (0.0 for n = 0)."""
-    return _anytime(n, right, confidence)
+def anytime_lower_bound(n: int, right: int, confidence: float = 0.95, *, bar: float | None = None) -> float:
+    """The one-sided anytime-valid lower bound on an accuracy seen as `right` of `n` (0.0 for n = 0).
+
+    `bar`, when given, centres the mixture on the accuracies that matter for proving it: a Beta prior
+    on q of mean (1 + bar) / 2 and weight MIXTURE_WEIGHT. It must be fixed before the data is seen
+    (the job's bar is); the bound stays valid for any bar, and is tighter near it."""
+    if bar is None:
+        return _anytime(n, right, confidence, 1.0, 1.0)
+    centre = min(0.995, max(0.5, (1.0 + bar) / 2.0))
+    return _anytime(n, right, confidence, centre * MIXTURE_WEIGHT, (1.0 - centre) * MIXTURE_WEIGHT)
 
 
 def anytime_upper_bound(n: int, right: int, confidence: float = 0.95) -> float:
     """The one-sided anytime-valid upper bound (1.0 for n = 0): the lower bound of the misses, mirrored."""
-    return 1.0 - _anytime(n, n - right, confidence)
+    return 1.0 - _anytime(n, n - right, confidence, 1.0, 1.0)
+
+
+# The weight, in items, of the mixture a bar centres: enough to put most of its mass within a few
+# points of the accuracies that prove the bar, wide enough that a model far above it is still seen.
+MIXTURE_WEIGHT = 50.0
 
 
 @lru_cache(maxsize=200_000)
-def _anytime(n: int, right: int, confidence: float) -> float:
+def _anytime(n: int, right: int, confidence: float, a: float, b: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     if n < 0 or not 0 <= right <= n:
@@ -84,23 +96,24 @@ def _anytime(n: int, right: int, confidence: float) -> float:
         return 0.0
     threshold = math.log(1.0 / (1.0 - confidence))
     lo, hi = 1e-12, (right / n if right < n else 1.0 - 1e-12)
-    if _log_mixture(hi, n, right) >= threshold:
+    if _log_mixture(hi, n, right, a, b) >= threshold:
         return hi
     for _ in range(48):  # bisection to ~1e-14: far finer than any bar
         mid = (lo + hi) / 2.0
-        if _log_mixture(mid, n, right) >= threshold:
+        if _log_mixture(mid, n, right, a, b) >= threshold:
             lo = mid
         else:
             hi = mid
     return lo
 
 
-def _log_mixture(p: float, n: int, right: int) -> float:
+def _log_mixture(p: float, n: int, right: int, a: float, b: float) -> float:
     """log of the mixture of likelihood ratios (q / p)^right ((1 - q) / (1 - p))^(n - right) over q
-    uniform on (p, 1): the evidence against "accuracy <= p"."""
+    from Beta(a, b) restricted to (p, 1): the evidence against "accuracy <= p"."""
     wrong = n - right
-    log_integral = _log_beta(right + 1, wrong + 1) + _log_upper_tail(right + 1.0, wrong + 1.0, p)
-    return log_integral - math.log1p(-p) - right * math.log(p) - wrong * math.log1p(-p)
+    log_integral = _log_beta(a + right, b + wrong) + _log_upper_tail(a + right, b + wrong, p)
+    log_prior = _log_beta(a, b) + _log_upper_tail(a, b, p)
+    return log_integral - log_prior - right * math.log(p) - wrong * math.log1p(-p)
 
 
 def _log_beta(a: float, b: float) -> float:
@@ -141,13 +154,14 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
 
 @lru_cache(maxsize=20_000)
 def share_to_prove(n: int, bar: float, confidence: float = 0.95) -> float | None:
-    """The smallest share right of `n` items whose anytime lower bound meets `bar` (None: none does)."""
-    if n <= 0 or anytime_lower_bound(n, n, confidence) < bar:
+    """The smallest share right of `n` items whose anytime lower bound (centred on `bar`) meets `bar`
+    (None: none does)."""
+    if n <= 0 or anytime_lower_bound(n, n, confidence, bar=bar) < bar:
         return None
     lo, hi = 0, n  # hi proves
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if anytime_lower_bound(n, mid, confidence) >= bar:
+        if anytime_lower_bound(n, mid, confidence, bar=bar) >= bar:
             hi = mid
         else:
             lo = mid
