@@ -137,6 +137,24 @@ def run_job(
     spent = Decimal(0)
     steps = 0
     baseline_usd = per_item[baseline] * n_items
+
+    def ended(outcome: str, route_name: str, held: float | None, run_usd: Decimal) -> Run:
+        return Run(
+            table.name,
+            n_items,
+            labels,
+            bar_name,
+            bar,
+            seed,
+            outcome,
+            route_name,
+            held,
+            spent,
+            run_usd,
+            baseline_usd,
+            steps,
+        )
+
     try:
         step = next_step(job, Evidence(right, answers, spent))
         while step.kind == "test":
@@ -154,38 +172,10 @@ def run_job(
     except Exception as exc:  # the policy failed: the bench records it and goes on
         where = traceback.extract_tb(exc.__traceback__)[-1]
         failure = f"{type(exc).__name__} {exc} at {Path(where.filename).name}:{where.lineno}"
-        return Run(
-            table.name,
-            n_items,
-            labels,
-            bar_name,
-            bar,
-            seed,
-            "error",
-            failure,
-            None,
-            spent,
-            Decimal(0),
-            baseline_usd,
-            steps,
-        )
+        return ended("error", failure, None, Decimal(0))
     if step.kind != "chosen" or step.route is None:
         name = step.route.name if step.route is not None else "-"
-        return Run(
-            table.name,
-            n_items,
-            labels,
-            bar_name,
-            bar,
-            seed,
-            "unproven",
-            name,
-            None,
-            spent,
-            Decimal(0),
-            baseline_usd,
-            steps,
-        )
+        return ended("unproven", name, None, Decimal(0))
     route = step.route
     run_usd, right_count = run_route(table, route, unlabelled)
     if not (route.kind == "single" and route.model_id == baseline):  # the baseline checks nothing against itself
@@ -193,21 +183,7 @@ def run_job(
         every = round(1 / DRIFT_SHARE)
         run_usd += sum((table.cost[baseline][i] for i in unlabelled[::every]), Decimal(0))
     held = right_count / len(unlabelled) if unlabelled else None
-    return Run(
-        table.name,
-        n_items,
-        labels,
-        bar_name,
-        bar,
-        seed,
-        "chosen",
-        route.name,
-        held,
-        spent,
-        run_usd,
-        baseline_usd,
-        steps,
-    )
+    return ended("chosen", route.name, held, run_usd)
 
 
 def run_route(table: Table, route: RouteOption, items: Sequence[int]) -> tuple[Decimal, int]:

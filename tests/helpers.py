@@ -137,3 +137,22 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# Sentences of a contract dispute; each source is 2 to 5 of them, so sources differ in length and lead.
+CONTRACT_SENTENCES = (
+    "Order {k} of valves from plant {p} arrived {d} days late.",
+    "The buyer claims a discount of {d} percent under clause {c} of the supply contract.",
+    "The supplier blames the carrier for the delay and offers a credit note instead.",
+    "Inspection found {d} damaged crates, which the warehouse refused to sign for.",
+    "Payment of the invoice is withheld until both sides agree on the penalty.",
+    "Talks continue next week at the regional office with both legal teams present.",
+    "The carrier says its trucks were held at the border by a customs strike.",
+    "Insurance may cover the damaged goods if the claim is filed within thirty days.",
+)
+
+
+def contract_sentences(k: int) -> list[str]:
+    """The sentences of source text number k (deterministic)."""
+    pool = CONTRACT_SENTENCES
+    return [pool[(3 * k + i) % len(pool)].format(k=k, p=k % 5, d=k % 9 + 2, c=k % 11) for i in range(2 + k % 4)]

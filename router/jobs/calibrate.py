@@ -1,14 +1,16 @@
-"""Calibration: measure candidate models on a sample of the job's own items before the bulk runs.
+"""Calibration: measure models on the job's own labelled items before the bulk runs, then set its route.
 
-    gold       the job's labelled items (`gold`) are the sample; a model's score is its accuracy on them.
-    reference  no labels: the strongest eligible model answers a sample first, and a model's score is
-               its agreement with those answers.
+    gold       the job's labelled items (`gold`); a model's score is its accuracy on them.
+    reference  no labels: the strongest eligible model answers up to REFERENCE_SAMPLE items (their
+               results), and a model's score is its agreement with those answers.
 
-Candidates answer the sample cheapest first, a slice at a time, and the search stops as soon as the
-choice is decided (policies.calibration). Every call is ledgered with purpose "calibration". The
-measured estimates are kept per (tenant, task signature, model) and reused by later jobs of the same
-kind. A gold item answered by the chosen model keeps that answer as its result: it is not charged twice.
-"""
+Which model answers which labelled items next, and when to stop, is a cost decision
+(policies.calibration): a test runs while it can save more than it costs, within the calibration
+budget and the baseline-only cost. This module does the I/O around it: it buys the answers (every
+call ledgered with purpose "calibration"), judges them (summaries by a judge model), keeps the
+measured estimates per (tenant, task signature, model) for later jobs of the kind, and sets the
+route, or stops the job with each option's estimate. Labelled items end with their label.
+""""""
 
 from __future__ import annotations
 
@@ -156,7 +158,8 @@ def _search(
     step = next_step(plan, _evidence(cal, spent, exclude=cal.reference_id))
     while step.kind == "test":
         assert step.model_id is not None
-        rows = [row for row in cal.sample if row.id in set(step.items)]
+        asked = set(step.items)
+        rows = [row for row in cal.sample if row.id in asked]
         cal.steps.append(f"{step.model_id}: {len(rows)} items ({step.reason})")
         _answer(settings, catalog, job, cal, step.model_id, rows)
         with session_scope(settings) as session:

@@ -19,21 +19,10 @@ from router.ledger.db import session_scope
 from router.ledger.tables import Call, CallStatus, Item
 from router.ledger.types import JobSnapshot
 from router.settings import Settings
-from tests.helpers import write_jsonl
+from tests.helpers import contract_sentences, write_jsonl
 
 JUDGE = "gpt-4o"  # summarize quality 0.92 in the catalog: the sandbox's judge is right about that often
 MAX_WORDS = 60
-# Sentences of a contract dispute; each source is 2 to 5 of them, so sources differ in length and lead.
-POOL = (
-    "Order {k} of valves from plant {p} arrived {d} days late.",
-    "The buyer claims a discount of {d} percent under clause {c} of the supply contract.",
-    "The supplier blames the carrier for the delay and offers a credit note instead.",
-    "Inspection found {d} damaged crates, which the warehouse refused to sign for.",
-    "Payment of the invoice is withheld until both sides agree on the penalty.",
-    "Talks continue next week at the regional office with both legal teams present.",
-    "The carrier says its trucks were held at the border by a customs strike.",
-    "Insurance may cover the damaged goods if the claim is filed within thirty days.",
-)
 DRIFT = "The vendor also won a bonus for early shipping and plans to open a factory in Brazil next spring."
 
 
@@ -43,13 +32,9 @@ def sandbox(pg_url: str) -> tuple[Settings, Catalog]:
     return settings, load_catalog(None)
 
 
-def _sentences(k: int) -> list[str]:
-    return [POOL[(3 * k + i) % len(POOL)].format(k=k, p=k % 5, d=k % 9 + 2, c=k % 11) for i in range(2 + k % 4)]
-
-
 def _faithful(k: int) -> str:
     """The source's leading sentences, up to at least half its words: its key points, nothing added."""
-    sentences = _sentences(k)
+    sentences = contract_sentences(k)
     half = len(" ".join(sentences).split()) / 2
     kept: list[str] = []
     while len(" ".join(kept).split()) < half:
@@ -59,11 +44,11 @@ def _faithful(k: int) -> str:
 
 def _drifting(k: int) -> str:
     """The source's first sentence, then claims the source does not make."""
-    return f"{_sentences(k)[0]} {DRIFT}"
+    return f"{contract_sentences(k)[0]} {DRIFT}"
 
 
 def _summarize_job(settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], n: int) -> str:
-    rows = [{"id": f"c{k}", "text": " ".join(_sentences(k))} for k in range(n)]
+    rows = [{"id": f"c{k}", "text": " ".join(contract_sentences(k))} for k in range(n)]
     path = write_jsonl(tmp_path / "contracts.jsonl", rows)
     request = JobRequest(
         path=path, team=team[1], tenant=team[0], task="summarize", max_words=MAX_WORDS, min_quality=0.8, quality="prior"

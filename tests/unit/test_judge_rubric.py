@@ -21,6 +21,7 @@ from router.prompts import (
     summarize_spec,
 )
 from router.providers.sandbox import simulate, summary_verdict
+from tests.helpers import contract_sentences
 
 SOURCE = (
     "The supplier must deliver the ordered pumps within thirty days of the purchase order. "
@@ -104,24 +105,8 @@ def test_the_sandbox_passes_a_summary_that_keeps_the_lead_and_fails_one_that_dri
     assert _judge("any-judge", SOURCE, FAITHFUL, 1.0, max_words=12) is False
 
 
-# Sentences of a contract dispute; each source is 2 to 5 of them, so sources differ in length and lead.
-POOL = (
-    "Order {k} of valves from plant {p} arrived {d} days late.",
-    "The buyer claims a discount of {d} percent under clause {c} of the supply contract.",
-    "The supplier blames the carrier for the delay and offers a credit note instead.",
-    "Inspection found {d} damaged crates, which the warehouse refused to sign for.",
-    "Payment of the invoice is withheld until both sides agree on the penalty.",
-    "Talks continue next week at the regional office with both legal teams present.",
-    "The carrier says its trucks were held at the border by a customs strike.",
-    "Insurance may cover the damaged goods if the claim is filed within thirty days.",
-)
-
-
 def _sources(n: int) -> list[str]:
-    return [
-        " ".join(POOL[(3 * k + i) % len(POOL)].format(k=k, p=k % 5, d=k % 9 + 2, c=k % 11) for i in range(2 + k % 4))
-        for k in range(n)
-    ]
+    return [" ".join(contract_sentences(k)) for k in range(n)]
 
 
 def test_a_sandbox_judge_is_right_as_often_as_its_quality_and_deterministic() -> None:
