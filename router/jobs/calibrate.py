@@ -10,7 +10,7 @@ budget and the baseline-only cost. This module does the I/O around it: it buys t
 call ledgered with purpose "calibration"), judges them (summaries by a judge model), keeps the
 measured estimates per (tenant, task signature, model) for later jobs of the kind, and sets the
 route, or stops the job with each option's estimate. Labelled items end with their label.
-""""""
+"""
 
 from __future__ import annotations
 
