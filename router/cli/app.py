@@ -164,6 +164,12 @@ def submit(
             "marking the job and its results unproven."
         ),
     ] = "stop",
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help="summarize: the model that judges summaries in calibration (default: the strongest eligible)."
+        ),
+    ] = None,
 ) -> None:
     """Submit a batch job. Prints the job id, the routing decision, and rejected lines."""
     settings = _settings()
@@ -183,6 +189,7 @@ def submit(
         calibration_budget=calibration_budget,
         run_labelled=run_labelled,
         if_unproven=if_unproven,
+        judge=judge,
     )
     _submit_and_run(settings, request, wait=wait)
 
@@ -218,6 +225,9 @@ def _submit_and_run(settings: Settings, request: JobRequest, *, wait: bool, quie
         out.print(submitted.decision.summary)
     _start(settings, catalog, submitted.job_id, wait=wait)
     out.print(f"next: pennyroute status {submitted.job_id} | pennyroute results {submitted.job_id} -o results.jsonl")
+    with session_scope(settings) as session:
+        if repo.get_job(session, submitted.job_id).status == JobStatus.NO_MODEL:
+            raise typer.Exit(code=1)  # stopped at calibration: loud, and scripts can tell
     return submitted
 
 
@@ -255,7 +265,14 @@ class _Watcher:
 
     def calibrated(self, job_id: str, summary: dict[str, Any]) -> None:
         out.print(views.calibration_table(summary))
-        if summary.get("outcome") != "chosen":
+        if summary.get("outcome") == "labelled":
+            out.print(f"[bold]job {job_id}[/]: {summary.get('message')}")
+            return
+        if summary.get("outcome") == "unproven":
+            out.print(
+                f"[bold red]job {job_id}: no route is proven[/]; running the best-measured one (--if-unproven best)"
+            )
+        elif summary.get("outcome") != "chosen":
             out.print(f"[bold red]job {job_id} stopped before the bulk:[/] {summary.get('message')}")
             return
         with session_scope(self._settings) as session:
@@ -343,6 +360,7 @@ def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
         ("items", f"{job.n_items:,} accepted: {job.n_done:,} done, {job.n_failed:,} failed, {open_items:,} to go"),
         ("rejected lines", f"{job.n_rejected:,}"),
         ("route", views.route_text(job)),
+        *([("calibration", verdict)] if (verdict := views.calibration_verdict(job)) else []),
         ("calls", ", ".join(f"{m} {n:,}" for m, n in used) or "none yet"),
         ("spent so far", views.usd(spent, 6) + (" (simulated)" if job.simulated else "")),
         ("expected cost", views.usd(job.expected_cost_usd, 6)),
@@ -422,8 +440,18 @@ def calibrate(
     reference: Annotated[
         bool, typer.Option(help="No labels: score models by agreement with the strongest model.")
     ] = False,
+    calibration_budget: Annotated[
+        str, typer.Option(help="Most it may spend: a share of the job on the baseline model (20%) or USD (5).")
+    ] = DEFAULT_CALIBRATION_BUDGET,
+    judge: Annotated[str | None, typer.Option(help="summarize: the model that judges summaries.")] = None,
+    volume: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Items later jobs of this kind will run: what a measurement can save, against what it costs."
+        ),
+    ] = 10_000,
 ) -> None:
-    """Measure the candidate models on a labelled sample now, and keep the estimates for later jobs of this kind."""
+    """Measure the candidate models on the labelled items now, and keep the estimates for later jobs of this kind."""
     settings = _settings()
     request = JobRequest(
         path=file,
@@ -438,6 +466,9 @@ def calibrate(
         models=_split(models),
         quality="reference" if reference else "gold",
         calibrate_only=True,
+        calibration_budget=calibration_budget,
+        judge=judge,
+        volume=volume,
     )
     try:
         catalog = _catalog(settings)

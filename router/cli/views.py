@@ -125,6 +125,16 @@ def route_text(job: Any) -> str:
     return f"{text} ({mode})"
 
 
+def calibration_verdict(job: Any) -> str | None:
+    """What calibration concluded, when it did not simply prove the route: unproven, or stopped."""
+    calibration = job.calibration or {}
+    if not calibration.get("outcome") or calibration.get("outcome") == "chosen":
+        return None
+    if calibration.get("unproven") and job.status != "no_model":
+        return f"[red]UNPROVEN[/]: running the best-measured route anyway (--if-unproven best). {calibration.get('message', '')}"
+    return f"[red]stopped[/]: {calibration.get('message', '')}"
+
+
 def quality_report(job: Any, facts: dict[str, Any], events: list[tuple[str, dict[str, Any]]]) -> Table:
     """`status --quality`: the bar, the measured estimate, who answered, escalations, drift, cost vs baseline."""
     table = Table(show_header=False, title=f"Quality report, job {job.id}", title_justify="left")

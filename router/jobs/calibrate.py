@@ -54,6 +54,9 @@ from router.settings import Settings
 # over the job; its answers are those items' results (they are bought once) and the truth the
 # others are measured against.
 REFERENCE_SAMPLE = 200
+# `pennyroute calibrate` runs no bulk: its measurements pay off on later jobs of the kind, this many
+# items unless --volume says otherwise.
+DEFAULT_VOLUME = 10_000
 # Measured estimates are reused this long; older ones are measured again.
 ESTIMATE_TTL = timedelta(days=30)
 # The calibration bounds: one-sided, anytime-valid (policies/confidence.py), at this confidence.
@@ -141,7 +144,7 @@ def _search(
     profile = _profile(full)
     eligible = _eligible(full.decision or {})
     if cal.task == "summarize":
-        cal.judge_id = _strongest(eligible, pool)
+        cal.judge_id = (full.calibration or {}).get("judge") or _strongest(eligible, pool)
     if cal.mode == "gold":
         cal.truth = {row.id: row.gold for row in cal.sample}
     else:
@@ -188,8 +191,12 @@ def _plan(
     n_to_run = full.n_items - (0 if settings_of.get("run_labelled") else n_labelled)
     if cal.mode == "reference":
         n_to_run = full.n_items - len(cal.truth)  # the reference's answers are those items' results
+    n_items = full.n_items - (len(cal.truth) if cal.mode == "reference" else 0)
+    if settings_of.get("only"):  # `pennyroute calibrate`: what it measures pays off on later jobs' items
+        volume = int(settings_of.get("volume") or DEFAULT_VOLUME)
+        n_to_run, n_items = volume, n_items + volume
     kind, amount = parse_calibration_budget(settings_of.get("budget") or DEFAULT_CALIBRATION_BUDGET)
-    baseline_only = per_item[baseline_id] * full.n_items
+    baseline_only = per_item[baseline_id] * n_items
     judge = Decimal(0)
     if cal.judge_id is not None:
         judge = judge_cost_per_item(catalog, full, cal.judge_id, full.total_input_tokens / max(1, full.n_items))
@@ -211,7 +218,7 @@ def _plan(
         bar=full.min_quality,
         options=cheapest_first(options),
         labelled=tuple(row.id for row in cal.sample if row.id in cal.truth),
-        n_items=full.n_items - (len(cal.truth) if cal.mode == "reference" else 0),
+        n_items=n_items,
         n_to_run=max(0, n_to_run),
         baseline_usd_per_item=per_item[baseline_id],
         budget_usd=amount if kind == "usd" else (amount * baseline_only).quantize(MONEY_PLACES),
@@ -275,11 +282,28 @@ def _conclude(
         "if_unproven": settings_of.get("if_unproven", "stop"),
         "simulated_note": _simulated_note(job, cal),
     }
+    all_labelled = (
+        cal.mode == "gold"
+        and plan.n_to_run == 0
+        and not any(settings_of.get(k) for k in ("only", "sample_job_id", "run_labelled"))
+    )
+    if all_labelled and unproven:
+        summary.update(outcome="labelled", unproven=False)
+        summary["message"] = f"every item carries its label, so nothing is left to run ({step.reason})"
     now = utcnow()
     with session_scope(settings) as session:
         repo.find_job(session, full.id, for_update=True)  # one conclusion at a time
         summary["spent_usd"] = str(repo.job_spend(session, full.id))
         _store_estimates(session, catalog, job, measures, cal, now)
+        if summary["outcome"] == "labelled":  # done: each item's label is its answer
+            repo.update_job(
+                session, full.id, decision=decision_as_json(decision), calibration=summary, status=JobStatus.RUNNING
+            )
+            summary["kept_answers"] = done = repo.close_labelled(session, job_id=full.id, now=now)
+            repo.count_finished(session, job_id=full.id, done=done, failed=0, now=now)
+            repo.update_job(session, full.id, calibration=dict(summary))
+            repo.add_job_event(session, job_id=full.id, kind="calibrated", detail={"outcome": "labelled"})
+            return summary
         if route_option is None or (unproven and not run_anyway):
             repo.update_job(
                 session,

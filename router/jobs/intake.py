@@ -48,6 +48,8 @@ class JobRequest:
     calibration_budget: str = DEFAULT_CALIBRATION_BUDGET
     run_labelled: bool = False  # also send labelled items to the route (their answers are known)
     if_unproven: str = "stop"  # stop | best: when no route is proven, stop, or run the best-measured one
+    volume: int | None = None  # `pennyroute calibrate`: items later jobs of this kind will run
+    judge: str | None = None  # summarize: the model that judges summaries (default: the strongest eligible)
 
 
 ON_BUDGET = ("reject", "downgrade", "pause")
@@ -71,6 +73,8 @@ def check_request(request: JobRequest) -> None:
             field="--if-unproven",
         )
     parse_calibration_budget(request.calibration_budget)
+    if request.judge is not None and request.task != "summarize":
+        raise InputError("--judge applies to summarize jobs: a label is right or wrong without one", field="--judge")
     if request.task not in TASKS:
         raise InputError(f"unknown task '{request.task}': use one of {', '.join(TASKS)}", field="--task")
     if not 0.0 <= request.min_quality <= 1.0:

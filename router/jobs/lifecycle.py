@@ -118,13 +118,13 @@ def start(settings: Settings, *, job_id: str, dispatcher: Dispatcher) -> int:
 def calibrate_then_run(
     settings: Settings, catalog: Catalog, *, job_id: str, dispatcher: Dispatcher, watcher: Watcher | None = None
 ) -> dict[str, Any]:
-    """Calibrate a job on a sample of its items; when a route was chosen (and the job was not a
-    calibration only), hand its chunks over. Safe to run twice. Returns the calibration summary."""
+    """Calibrate a job on its labelled items; when it has a route to run (proven, or the best-measured
+    one under --if-unproven best; and the job was not a calibration only), hand its chunks over. Safe to run twice. Returns the calibration summary."""
     watcher = watcher or _Unwatched()
     with watcher.calibrating():
         summary = calibrate_job(settings, catalog, job_id=job_id)
     watcher.calibrated(job_id, summary)
-    if summary.get("outcome") == "chosen":
+    if summary.get("outcome") in ("chosen", "unproven"):  # unproven: --if-unproven best runs it anyway
         start(settings, job_id=job_id, dispatcher=dispatcher)  # runs nothing if the job has ended
     return summary
 

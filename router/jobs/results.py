@@ -58,9 +58,24 @@ def job_quality(settings: Settings, job_id: str) -> JobQuality:
 def result_records(settings: Settings, job_id: str) -> Iterator[dict[str, Any]]:
     """One record per item, in input order, streamed (a job of millions is never held whole)."""
     with session_scope(settings) as session:
-        repo.get_job(session, job_id)
+        unproven = unproven_note(repo.get_job(session, job_id))
         for row, cost in repo.iter_results(session, job_id):
-            yield result_record(row, cost)
+            record = result_record(row, cost)
+            if unproven and row.model_id is not None:
+                record["unproven"] = unproven
+            yield record
+
+
+def unproven_note(job: Job) -> str | None:
+    """For a job run on a route calibration did not prove (--if-unproven best): the estimate it ran on."""
+    calibration = job.calibration or {}
+    measure = calibration.get("route_measure")
+    if not calibration.get("unproven") or not measure:
+        return None
+    return (
+        f"{measure['name']}: {measure['right']}/{measure['n']} right, lower bound {measure['lower']:.3f} < bar "
+        f"{job.min_quality:.3f} ({calibration.get('bounds', '')})"
+    )
 
 
 def result_record(row: Any, cost: Decimal) -> dict[str, Any]:

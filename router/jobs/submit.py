@@ -46,6 +46,10 @@ class Submitted:
 def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Submitted:
     """Check, load and route a job; commit it. The caller starts it (jobs/lifecycle.py `start`)."""
     check_request(request)
+    if request.judge is not None and request.judge not in catalog.models:
+        raise InputError(
+            f"--judge {request.judge}: no such model in the catalog (`pennyroute models`)", field="--judge"
+        )
     ensure_schema(settings)
     simulated = settings.sandbox_active
     spec = spec_for(request.task, request.labels, request.max_words)
@@ -144,6 +148,8 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
                 "budget": request.calibration_budget,
                 "run_labelled": request.run_labelled,
                 "if_unproven": request.if_unproven,
+                "judge": request.judge,
+                "volume": request.volume,
             }
             if mode != "prior"
             else None,
