@@ -19,7 +19,7 @@ from rich.table import Table
 from sqlmodel import Session
 
 from router.catalog import Catalog, load_catalog
-from router.cli import views
+from router.cli import ends, views
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
 from router.errors import NoModelError, PennyrouteError
 from router.jobs import lifecycle
@@ -194,7 +194,9 @@ def submit(
     _submit_and_run(settings, request, wait=wait)
 
 
-def _submit_and_run(settings: Settings, request: JobRequest, *, wait: bool, quiet_decision: bool = False) -> Submitted:
+def _submit_and_run(
+    settings: Settings, request: JobRequest, *, wait: bool, quiet_decision: bool = False, exit_on_end: bool = True
+) -> Submitted:
     try:
         catalog = _catalog(settings)
         submitted = submit_job(settings, catalog, request)
@@ -225,10 +227,20 @@ def _submit_and_run(settings: Settings, request: JobRequest, *, wait: bool, quie
         out.print(submitted.decision.summary)
     _start(settings, catalog, submitted.job_id, wait=wait)
     out.print(f"next: pennyroute status {submitted.job_id} | pennyroute results {submitted.job_id} -o results.jsonl")
-    with session_scope(settings) as session:
-        if repo.get_job(session, submitted.job_id).status == JobStatus.NO_MODEL:
-            raise typer.Exit(code=1)  # stopped at calibration: loud, and scripts can tell
+    if settings.embedded or wait:
+        _end(settings, submitted.job_id, exit_now=exit_on_end)
     return submitted
+
+
+def _end(settings: Settings, job_id: str, *, exit_now: bool = True) -> int:
+    """Say how the job ended (counts, and why it waits or stopped); exit with its code (router/cli/ends.py)."""
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+    line, code = ends.outcome(job)
+    out.print(line)
+    if code and exit_now:
+        raise typer.Exit(code=code)
+    return code
 
 
 def _start(settings: Settings, catalog: Catalog, job_id: str, *, wait: bool) -> None:
@@ -246,12 +258,6 @@ def _start(settings: Settings, catalog: Catalog, job_id: str, *, wait: bool) -> 
         out.print(f"queued {what} for workers (`celery -A workers.app worker`)")
         if wait:
             _wait(settings, job_id)
-    with session_scope(settings) as session:
-        status = repo.get_job(session, job_id).status
-    if status == JobStatus.PAUSED:
-        out.print(
-            f"[yellow]job {job_id} is paused: its team's budget is spent[/] (`pennyroute budget set` raises it and resumes the job)"
-        )
 
 
 class _Watcher:
@@ -334,6 +340,7 @@ def status(
         info = job_status(settings, job_id)
     except PennyrouteError as exc:
         raise _fail(exc) from None
+    ended = wait and info["job"].status not in (JobStatus.RUNNING, JobStatus.CALIBRATING)
     if info["simulated"]:
         out.print(views.SIMULATED_BANNER)
     out.print(views.status_table(info))
@@ -348,6 +355,8 @@ def status(
             + (f", field '{line_error['field']}'" if line_error["field"] else "")
             + f": {line_error['reason']}"
         )
+    if ended:
+        _end(settings, job_id)
 
 
 def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
@@ -361,6 +370,7 @@ def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
         ("rejected lines", f"{job.n_rejected:,}"),
         ("route", views.route_text(job)),
         *([("calibration", verdict)] if (verdict := views.calibration_verdict(job)) else []),
+        *([("paused", ends.pause_reason(job))] if job.status == JobStatus.PAUSED else []),
         ("calls", ", ".join(f"{m} {n:,}" for m, n in used) or "none yet"),
         ("spent so far", views.usd(spent, 6) + (" (simulated)" if job.simulated else "")),
         ("expected cost", views.usd(job.expected_cost_usd, 6)),
@@ -524,10 +534,11 @@ def demo(
     request = JobRequest(
         path=path, team="support", tenant="demo", task="classify", labels=DEMO_LABELS, min_quality=min_quality
     )
-    submitted = _submit_and_run(settings, request, wait=True)
+    submitted = _submit_and_run(settings, request, wait=True, exit_on_end=False)
     info = job_status(settings, submitted.job_id)
     out.print(views.status_table(info))
     _demo_summary(settings, submitted, truth)
+    _end(settings, submitted.job_id)
 
 
 def _demo_summary(settings: Settings, submitted: Submitted, truth: dict[str, str]) -> None:
@@ -723,6 +734,8 @@ def _resume(settings: Settings, job_id: str) -> None:
         raise _fail(exc) from None
     if job.status != JobStatus.RUNNING:
         out.print(f"job {job_id} is {job.status}: nothing to resume")
+    if settings.embedded:  # it ran here: say how it ended, and exit with its code
+        _end(settings, job_id)
 
 
 def _resuming(job: Any) -> None:

@@ -106,7 +106,7 @@ def test_job_pauses_when_the_budget_is_spent_and_resumes_when_raised(sqlite_cli:
         "--quality",
         "prior",
     )
-    assert code == 0 and "is paused: its team's budget is spent" in output, output
+    assert code == 3 and "is paused" in output and "its team's budget is spent" in output, output  # 3: paused
     job_id = output.split("job ", 1)[1].split(":", 1)[0].strip()
     with session_scope(sqlite_cli) as session:
         job = session.get(Job, job_id)

@@ -89,7 +89,7 @@ def test_if_unproven_best_runs_the_best_measured_route_and_marks_it(
     # The same job without --if-unproven stops, says why, and runs nothing.
     code, out = _run(*args, "--models", "gpt-4o-mini,gpt-4o")
     stopped = _last_job(cli_env)
-    assert code == 1 and stopped.status == JobStatus.NO_MODEL and stopped.n_done == 0
+    assert code == 4 and stopped.status == JobStatus.NO_MODEL and stopped.n_done == 0  # 4: stopped
     code, status = _run("status", stopped.id)
     assert "stopped" in status and "no route is proven" in status
 
