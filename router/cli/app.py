@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
@@ -19,13 +19,13 @@ from rich.table import Table
 from sqlmodel import Session
 
 from router.catalog import Catalog, load_catalog
-from router.cli import ends, views
+from router.cli import ends, outputs, views
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
 from router.errors import NoModelError, PennyrouteError
 from router.jobs import lifecycle
 from router.jobs.calibrate import calibrate_job
 from router.jobs.estimates import is_fresh
-from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest
+from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, parse_soft_percent
 from router.jobs.results import job_quality, job_state, result_records
 from router.jobs.submit import Submitted, submit_job
 from router.ledger import repo
@@ -395,25 +395,29 @@ def results(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write JSONL here (default: standard output).")
     ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite the -o file if it exists.")] = False,
 ) -> None:
     """Per item: output, model, tokens, cost, and the error if it failed (JSONL)."""
     settings = _settings()
     try:
         ensure_schema(settings)
         job_state(settings, job_id)  # an unknown job is an error before any file is written
+        if output is None:
+            _write_results(sys.stdout, settings, job_id)
+            return
+        with outputs.replacing(output, force=force, ledger=outputs.ledger_path(settings)) as handle:
+            count = _write_results(handle, settings, job_id)
     except PennyrouteError as exc:
         raise _fail(exc) from None
-    handle = output.open("w") if output else sys.stdout
+    err.print(f"wrote {count:,} results to {output}")
+
+
+def _write_results(handle: TextIO, settings: Settings, job_id: str) -> int:
     count = 0
-    try:
-        for record in result_records(settings, job_id):
-            handle.write(json.dumps(record) + "\n")
-            count += 1
-    finally:
-        if output:
-            handle.close()
-    if output:
-        err.print(f"wrote {count:,} results to {output}")
+    for record in result_records(settings, job_id):
+        handle.write(json.dumps(record) + "\n")
+        count += 1
+    return count
 
 
 # -- quality ---------------------------------------------------------------------------------------
@@ -629,6 +633,7 @@ def report(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write here (default: standard output).")
     ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite the -o file if it exists.")] = False,
 ) -> None:
     """Monthly cost report from the ledger: spend, calls, tokens, failed and calibration spend,
     budget used, and savings against each job's baseline model."""
@@ -648,7 +653,11 @@ def report(
         return
     text = renderers[format](result)
     if output:
-        output.write_text(text)
+        try:
+            with outputs.replacing(output, force=force, ledger=outputs.ledger_path(_settings())) as handle:
+                handle.write(text)
+        except PennyrouteError as exc:
+            raise _fail(exc) from None
         err.print(f"wrote the {format} report for {month} to {output}")
     else:
         sys.stdout.write(text)
@@ -684,7 +693,7 @@ def budget_set(
             tenant=tenant,
             monthly=monthly,
             currency=currency,
-            soft=soft,
+            soft=None if soft is None else f"{parse_soft_percent(soft)!r}%",  # 0.8 and 80% are 80%
             dispatcher=lifecycle.dispatcher_for(settings, catalog, watcher=_Watcher(settings)),
             on_set=show,
             on_resumed=_resuming,
