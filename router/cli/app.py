@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TextIO
@@ -16,10 +18,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlmodel import Session
 
 from router.catalog import Catalog, load_catalog
-from router.cli import ends, outputs, views
+from router.cli import data, ends, outputs, views
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
 from router.errors import NoModelError, PennyrouteError
 from router.jobs import lifecycle
@@ -28,7 +31,7 @@ from router.jobs.estimates import is_fresh
 from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, parse_soft_percent
 from router.jobs.results import job_quality, job_state, result_records
 from router.jobs.submit import Submitted, submit_job
-from router.ledger import repo
+from router.ledger import budgets, repo
 from router.ledger.db import current_revision, ensure_schema, session_scope, upgrade
 from router.ledger.tables import BudgetPeriod, JobStatus, utcnow
 from router.reports import render as report_render
@@ -49,7 +52,7 @@ app.add_typer(team_app, name="team")
 budget_app = typer.Typer(
     no_args_is_help=True, help="Team budgets: monthly limits that concurrent workers cannot overrun."
 )
-jobs_app = typer.Typer(no_args_is_help=True, help="Jobs: resume, cancel.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Jobs: list, resume, cancel.")
 app.add_typer(budget_app, name="budget")
 app.add_typer(jobs_app, name="jobs")
 
@@ -70,6 +73,7 @@ def _root(
     ] = None,
 ) -> None:
     State.catalog_path = catalog
+    out.quiet = False  # each command decides (--quiet, --json)
 
 
 def _settings() -> Settings:
@@ -110,10 +114,16 @@ def _split(value: str | None) -> frozenset[str] | None:
 
 
 @app.command()
-def models(task: Annotated[str | None, typer.Option(help="Show the quality prior for this task only.")] = None) -> None:
+def models(
+    task: Annotated[str | None, typer.Option(help="Show the quality prior for this task only.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
     """List the catalog's models with prices, context windows, regions and quality priors."""
     try:
         settings = _settings()
+        if json_out:
+            data.emit(data.models(_catalog(settings)))
+            return
         out.print(views.models_table(_catalog(settings), task=task))
     except PennyrouteError as exc:
         raise _fail(exc) from None
@@ -124,7 +134,10 @@ def models(task: Annotated[str | None, typer.Option(help="Show the quality prior
 
 @app.command()
 def submit(
-    file: Annotated[Path, typer.Argument(help='JSONL, one item a line: {"id": ..., "text": ..., "gold": optional}.')],
+    file: Annotated[
+        Path,
+        typer.Argument(help='JSONL, one item a line: {"id": ..., "text": ..., "gold": optional}; - reads stdin.'),
+    ],
     task: Annotated[str, typer.Option(help="classify or summarize.")],
     team: Annotated[str, typer.Option(help="The team the job is billed to.")],
     min_quality: Annotated[float, typer.Option(help="Quality bar in 0..1 (0.9 = 90% accuracy).")] = 0.9,
@@ -164,6 +177,10 @@ def submit(
             "marking the job and its results unproven."
         ),
     ] = "stop",
+    quiet: Annotated[
+        bool, typer.Option(help="Print the job id alone on stdout (the rest on stderr or nowhere).")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the job's state as JSON at the end.")] = False,
     judge: Annotated[
         str | None,
         typer.Option(
@@ -173,8 +190,10 @@ def submit(
 ) -> None:
     """Submit a batch job. Prints the job id, the routing decision, and rejected lines."""
     settings = _settings()
+    out.quiet = quiet or json_out  # stdout carries the job id alone, or the JSON alone
+    spooled = _spool_stdin() if str(file) == "-" else None
     request = JobRequest(
-        path=file,
+        path=spooled or file,
         team=team,
         tenant=tenant,
         task=task,
@@ -191,11 +210,29 @@ def submit(
         if_unproven=if_unproven,
         judge=judge,
     )
-    _submit_and_run(settings, request, wait=wait)
+    try:
+        _submit_and_run(settings, request, wait=wait, quiet=quiet, json_out=json_out)
+    finally:
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)  # its items are in the ledger (or nothing was written)
+
+
+def _spool_stdin() -> Path:
+    """Standard input, copied to a temporary file a chunk at a time (never held whole in memory)."""
+    with tempfile.NamedTemporaryFile(prefix="pennyroute-stdin-", suffix=".jsonl", delete=False) as handle:
+        shutil.copyfileobj(sys.stdin.buffer, handle)
+    return Path(handle.name)
 
 
 def _submit_and_run(
-    settings: Settings, request: JobRequest, *, wait: bool, quiet_decision: bool = False, exit_on_end: bool = True
+    settings: Settings,
+    request: JobRequest,
+    *,
+    wait: bool,
+    quiet_decision: bool = False,
+    exit_on_end: bool = True,
+    quiet: bool = False,
+    json_out: bool = False,
 ) -> Submitted:
     try:
         catalog = _catalog(settings)
@@ -225,10 +262,17 @@ def _submit_and_run(
         if not quiet_decision:
             out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
         out.print(submitted.decision.summary)
+    if quiet:
+        sys.stdout.write(submitted.job_id + "\n")
+        sys.stdout.flush()
     _start(settings, catalog, submitted.job_id, wait=wait)
     out.print(f"next: pennyroute status {submitted.job_id} | pennyroute results {submitted.job_id} -o results.jsonl")
-    if settings.embedded or wait:
-        _end(settings, submitted.job_id, exit_now=exit_on_end)
+    code = _end(settings, submitted.job_id, exit_now=False) if settings.embedded or wait else 0
+    if json_out:
+        state = job_state(settings, submitted.job_id)
+        data.emit(data.job(state.job, state.spent_usd))
+    if code and exit_on_end:
+        raise typer.Exit(code=code)
     return submitted
 
 
@@ -330,9 +374,11 @@ def status(
             "estimate, models and their share, escalations, drift, cost against the baseline.",
         ),
     ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Counts, spend so far, and the model(s) a job runs on."""
     settings = _settings()
+    out.quiet = json_out  # the progress of --wait, too: stdout carries the JSON alone
     try:
         ensure_schema(settings)
         if wait:
@@ -341,6 +387,12 @@ def status(
     except PennyrouteError as exc:
         raise _fail(exc) from None
     ended = wait and info["job"].status not in (JobStatus.RUNNING, JobStatus.CALIBRATING)
+    if json_out:
+        record = data.job(info["job"], info["spent"])
+        data.emit(record)
+        if ended and record["exit_code"]:
+            raise typer.Exit(code=record["exit_code"])
+        return
     if info["simulated"]:
         out.print(views.SIMULATED_BANNER)
     out.print(views.status_table(info))
@@ -426,6 +478,7 @@ def _write_results(handle: TextIO, settings: Settings, job_id: str) -> int:
 @app.command("quality")
 def quality_cmd(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's estimates.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List measured quality estimates (per tenant, kind of task and model) with their intervals."""
     settings = _settings()
@@ -434,7 +487,11 @@ def quality_cmd(
         tenant_id = repo.get_tenant(session, name=tenant).id if tenant else None
         rows = repo.quality_estimates(session, tenant_id=tenant_id)
         now = utcnow()
-        out.print(views.estimates_table(rows, fresh={r.id: is_fresh(r, catalog, now) for r in rows}))
+        fresh = {r.id: is_fresh(r, catalog, now) for r in rows}
+        if json_out:
+            data.emit(data.estimates(rows, fresh))
+            return
+        out.print(views.estimates_table(rows, fresh=fresh))
 
 
 @app.command()
@@ -617,11 +674,15 @@ def team_create(name: str, tenant: Annotated[str, typer.Option(help="The tenant 
 
 
 @team_app.command("list")
-def team_list() -> None:
+def team_list(json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
     """List tenants and their teams."""
     with _ledger() as session:
-        for tenant, team in repo.list_teams(session):
-            out.print(f"{tenant}/{team}")
+        teams = repo.list_teams(session)
+    if json_out:
+        data.emit([{"tenant": tenant, "team": team} for tenant, team in teams])
+        return
+    for tenant, team in teams:
+        out.print(f"{tenant}/{team}", markup=False)
 
 
 @app.command()
@@ -705,10 +766,14 @@ def budget_set(
 @budget_app.command("show")
 def budget_show(
     month: Annotated[str | None, typer.Option(help="YYYY-MM (default: this month).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Every team's budget for a month: limit, settled, reserved, used."""
     with _ledger() as session:
         rows = repo.budget_rows(session, month=month)
+    if json_out:
+        data.emit(data.budgets(rows))
+        return
     table = Table(title=f"Budgets{' for ' + month if month else ' this month'}", title_justify="left")
     for column in ("tenant", "team", "month", "limit", "currency", "settled", "reserved", "used", "soft alert"):
         table.add_column(column)
@@ -726,6 +791,53 @@ def budget_show(
             (f"{row.soft_pct:g}%" + (" (sent)" if row.soft_alerted_at else "")) if row.soft_pct else "-",
         )
     out.print(table if rows else "no budgets set: `pennyroute budget set --team T --monthly 500`")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's jobs.")] = None,
+    team: Annotated[str | None, typer.Option(help="Only this team's jobs.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only jobs in this state: calibrating, running, paused, done, no_model, cancelled."),
+    ] = None,
+    month: Annotated[str | None, typer.Option(help="YYYY-MM: only jobs submitted that month (UTC).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List jobs, newest first: state, counts, spend so far."""
+    states = ("calibrating", "running", "paused", "done", "no_model", "cancelled")
+    if status is not None and status not in states:
+        raise _fail(PennyrouteError(f"--status: unknown state '{status}': use one of {', '.join(states)}"))
+    since = until = None
+    if month is not None:
+        try:
+            first = budgets.parse_month(month)
+        except PennyrouteError as exc:
+            raise _fail(exc) from None
+        since = datetime(first.year, first.month, 1, tzinfo=UTC)
+        until = datetime(first.year + first.month // 12, first.month % 12 + 1, 1, tzinfo=UTC)
+    with _ledger() as session:
+        rows = repo.list_jobs(session, tenant=tenant, team=team, status=status, since=since, until=until, limit=limit)
+    if json_out:
+        data.emit(data.jobs(rows))
+        return
+    table = Table(title="Jobs, newest first", title_justify="left")
+    for column in ("job", "tenant/team", "task", "status", "done", "failed", "items", "spent", "submitted"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.id,
+            Text(f"{r.tenant}/{r.team}"),
+            r.task,
+            r.status,
+            f"{r.n_done:,}",
+            f"{r.n_failed:,}",
+            f"{r.n_items:,}",
+            views.usd(r.spent_usd, 6) + (" (sim)" if r.simulated else ""),
+            f"{r.created_at:%Y-%m-%d %H:%M}" if r.created_at else "-",
+        )
+    out.print(table if rows else "no jobs match")
 
 
 @jobs_app.command("resume")

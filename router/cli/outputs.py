@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from sqlalchemy.engine import make_url
-
 from router.errors import InputError
 from router.settings import Settings
 
@@ -20,7 +18,8 @@ def ledger_path(settings: Settings) -> Path | None:
     """The SQLite ledger's file, or None on a server database."""
     if not settings.is_sqlite:
         return None
-    database = make_url(settings.sqlalchemy_url).database
+    url = settings.sqlalchemy_url  # sqlite:///relative.db, sqlite:////absolute.db, maybe ?options
+    database = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
     return Path(database).resolve() if database and database != ":memory:" else None
 
 

@@ -30,6 +30,7 @@ from router.ledger.rollup import CallFacts
 from router.ledger.tables import CallStatus, ItemStatus, utcnow
 from router.prompts import parse_label
 from router.providers.base import ChatRequest, Completion
+from router.redact import configured_secrets, redact
 from router.settings import Settings
 
 log = logging.getLogger("pennyroute.engine")
@@ -69,7 +70,7 @@ def execute(settings: Settings, catalog: Catalog, chunk: ChunkContext, batch: Ba
     strong model, then fallbacks: policies.escalation.after_stage). A provider that refuses us (bad
     key, quota spent) takes no more calls for this job. Returns what happened, for `finish` to write.
     """
-    progress = _Progress.start(chunk, batch)
+    progress = _Progress.start(chunk, batch, secrets=configured_secrets(settings))
     tries, recorded = batch.tries, batch.recorded
     while tries:
         # Looked up once a round, not once a call: the round's models and their prices at its start.
@@ -114,9 +115,10 @@ class _Progress:
     reservation_ids: list[str]
     unwritten: list[dict[str, Any]]  # call outcomes not yet written
     facts: dict[tuple[str, str], list[CallFacts]]
+    secrets: frozenset[str]  # the configured API keys: redacted from every provider error kept
 
     @classmethod
-    def start(cls, chunk: ChunkContext, batch: Batch) -> _Progress:
+    def start(cls, chunk: ChunkContext, batch: Batch, *, secrets: frozenset[str]) -> _Progress:
         texts = {row.id: row.text for row in batch.items}
         stages = tuple(chunk.route.stages())
         progress = cls(
@@ -134,6 +136,7 @@ class _Progress:
             reservation_ids=list(batch.reservation_ids),
             unwritten=[],
             facts={},
+            secrets=secrets,
         )
         for item_id in texts:  # items with nothing to call at all (every provider stopped)
             if progress.stage[item_id] >= len(stages):
@@ -238,9 +241,12 @@ def _record_result(
         )
         output, error = _parse(result.text, chunk.labels)
     else:
-        error = str(result)[:ERROR_CHARS]
+        # The one place a provider's error text enters the ledger (the call's row, the item's reason,
+        # a stopped provider's reason and its events): redacted here, once, before it is shortened.
+        said = redact(str(result), progress.secrets)
+        error = said[:ERROR_CHARS]
         update.update(status=CallStatus.ERROR, error=error)
-        _after_failure(catalog, progress, round_, t, result)
+        _after_failure(catalog, progress, round_, t, result, said)
     progress.unwritten.append(update)
     progress.facts.setdefault((t.model_id, t.purpose), []).append(
         CallFacts(
@@ -264,12 +270,14 @@ def _record_result(
         progress.answers[t.item_id][t.model_id] = Answer(output, call_id, error)
 
 
-def _after_failure(catalog: Catalog, progress: _Progress, round_: _Round, t: PlannedCall, error: ProviderError) -> None:
-    """A failed call: its provider takes no more calls for the job if it refused us; another try on
-    the same model follows if policies.escalation says so."""
+def _after_failure(
+    catalog: Catalog, progress: _Progress, round_: _Round, t: PlannedCall, error: ProviderError, said: str
+) -> None:
+    """A failed call (`said`: its error, redacted): its provider takes no more calls for the job if it
+    refused us; another try on the same model follows if policies.escalation says so."""
     provider = round_.infos[t.model_id].provider
     if error.stops_provider and provider not in progress.stopped:
-        progress.stopped[provider] = progress.newly_stopped[provider] = _stop_message(provider, error, catalog)
+        progress.stopped[provider] = progress.newly_stopped[provider] = _stop_message(provider, error, said, catalog)
     decision = after_failure(
         attempt=t.attempt,
         retryable=error.retryable,
@@ -371,8 +379,8 @@ def _parse(text: str, labels: tuple[str, ...]) -> tuple[str | None, str | None]:
     return text.strip(), None
 
 
-def _stop_message(provider: str, error: ProviderError, catalog: Catalog) -> str:
-    """Why a provider takes no more calls for the job, naming the setting to fix."""
+def _stop_message(provider: str, error: ProviderError, said: str, catalog: Catalog) -> str:
+    """Why a provider takes no more calls for the job (`said`: its error, redacted), naming the setting to fix."""
     info = catalog.providers.get(provider)
     env = info.api_key_env if info is not None else None
     if isinstance(error, ProviderStatusError) and error.quota_exhausted:
@@ -381,7 +389,7 @@ def _stop_message(provider: str, error: ProviderError, catalog: Catalog) -> str:
         fix = f"the key was refused: check {env}"
     else:
         fix = f"the key was refused: check provider {provider}'s settings in the catalog"
-    return f"{str(error)[:300]} ({fix}; then `pennyroute jobs resume JOB`)"
+    return f"{said[:300]} ({fix}; then `pennyroute jobs resume JOB`)"
 
 
 def _item_row(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -13,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, create_engine
 
@@ -25,6 +27,12 @@ POOL_SIZE = 8
 # What a statement raises while the database cannot be reached (restarting, failing over): worth
 # trying again later, unlike an error in the statement or the data.
 UNREACHABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+# A SQLite ledger holds every input text and what each team spent: its owner alone may read it.
+SQLITE_FILE_MODE = 0o600
+# The files SQLite keeps beside the database (WAL mode, and a rollback journal outside it).
+SQLITE_SIBLINGS = ("-wal", "-shm", "-journal")
+
+log = logging.getLogger("pennyroute.ledger")
 
 
 @lru_cache(maxsize=8)
@@ -38,10 +46,56 @@ def _engine(url: str, pid: int) -> Engine:
         # connection Postgres dropped (a restart) fails its first statement instead; SQLAlchemy then
         # discards the whole pool, and callers retry (router/engine/batch.py write_retrying, Celery's autoretry).
         kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
+    if url.startswith("sqlite"):
+        protect_sqlite_file(url)
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def protect_sqlite_file(url: str) -> None:
+    """Make a SQLite ledger file readable by its owner only (SQLITE_FILE_MODE), before SQLite opens it.
+
+    A missing file is created empty (a valid empty database) with that mode; SQLite then gives its
+    -wal, -shm and -journal files the database file's mode. An existing file, or sibling, that others
+    may read or write is tightened, with a warning. In-memory databases are left alone; so is a file
+    we may not change (another user's), with a warning. Postgres is not touched.
+    """
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, SQLITE_FILE_MODE)
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # a missing folder or a read-only place: SQLite's own error will name it
+    else:
+        os.close(fd)
+    for each in [path, *(path.with_name(path.name + suffix) for suffix in SQLITE_SIBLINGS)]:
+        _tighten(each)
+
+
+def _tighten(path: Path) -> None:
+    """Take away the group's and others' permissions on `path`, if it exists and has any."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, mode & ~0o077)
+    except OSError as exc:
+        log.warning(
+            "the ledger file %s can be read by others (mode %o) and could not be tightened: %s", path, mode, exc
+        )
+        return
+    log.warning(
+        "the ledger file %s could be read by others (mode %o); now %o, its owner's only", path, mode, mode & ~0o077
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -81,6 +135,8 @@ def alembic_config(settings: Settings) -> Config:
 
 def upgrade(settings: Settings) -> str:
     """Run migrations up to head; return the revision the database is at."""
+    if settings.is_sqlite:
+        protect_sqlite_file(settings.sqlalchemy_url)  # Alembic opens the file with an engine of its own
     command.upgrade(alembic_config(settings), "head")
     return current_revision(settings) or "base"
 

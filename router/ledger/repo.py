@@ -36,6 +36,7 @@ from router.ledger.tables import (
     Tenant,
 )
 from router.ledger.types import JobSnapshot
+from router.redact import is_control, printable
 
 ITEM = Item.__table__  # type: ignore[attr-defined]
 CALL = Call.__table__  # type: ignore[attr-defined]
@@ -46,11 +47,24 @@ QE = QualityEstimate.__table__  # type: ignore[attr-defined]
 # -- tenants and teams ---------------------------------------------------------------------------
 
 
-def create_tenant(session: Session, *, name: str, timezone: str = "UTC") -> Tenant:
-    """Create a tenant; a clear error if the name is taken or empty."""
+def checked_name(name: str, *, what: str) -> str:
+    """`name` without surrounding spaces; InputError if it is empty or holds a control character
+    (ESC, a newline, a bidirectional override: router.redact.is_control), which a terminal would act on
+    wherever the name is shown."""
     name = name.strip()
     if not name:
-        raise InputError("a tenant needs a name", field="name")
+        raise InputError(f"a {what} needs a name", field="name")
+    bad = sorted({printable(c) for c in name if is_control(c)})
+    if bad:
+        raise InputError(
+            f"a {what} name cannot hold control characters ({', '.join(bad)} in '{printable(name)}')", field="name"
+        )
+    return name
+
+
+def create_tenant(session: Session, *, name: str, timezone: str = "UTC") -> Tenant:
+    """Create a tenant; a clear error if the name is taken, empty or holds a control character."""
+    name = checked_name(name, what="tenant")
     if session.exec(sm_select(Tenant).where(Tenant.name == name)).first():
         raise InputError(f"tenant '{name}' already exists", field="name")
     tenant = Tenant(name=name, timezone=timezone)
@@ -60,10 +74,8 @@ def create_tenant(session: Session, *, name: str, timezone: str = "UTC") -> Tena
 
 
 def create_team(session: Session, *, tenant: str, name: str) -> Team:
-    """Create a team under `tenant`."""
-    name = name.strip()
-    if not name:
-        raise InputError("a team needs a name", field="name")
+    """Create a team under `tenant`; a clear error if the name is taken, empty or holds a control character."""
+    name = checked_name(name, what="team")
     owner = get_tenant(session, name=tenant)
     if session.exec(sm_select(Team).where(Team.tenant_id == owner.id, Team.name == name)).first():
         raise InputError(f"team '{name}' already exists in tenant '{tenant}'", field="name")
@@ -113,6 +125,55 @@ def list_teams(session: Session) -> list[tuple[str, str]]:
 
 
 # -- jobs and items --------------------------------------------------------------------------------
+
+
+def list_jobs(
+    session: Session,
+    *,
+    tenant: str | None = None,
+    team: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 1000,
+) -> list[Any]:
+    """Jobs newest first, with tenant and team names and their spend so far; filters are exact."""
+    tenant_t, team_t = Tenant.__table__, Team.__table__  # type: ignore[attr-defined]
+    spend = (
+        select(CALL.c.job_id, func.coalesce(func.sum(CALL.c.cost_usd), 0).label("spent_usd"))
+        .group_by(CALL.c.job_id)
+        .subquery()
+    )
+    query = (
+        select(
+            JOB.c.id,
+            tenant_t.c.name.label("tenant"),
+            team_t.c.name.label("team"),
+            JOB.c.task,
+            JOB.c.status,
+            JOB.c.n_items,
+            JOB.c.n_done,
+            JOB.c.n_failed,
+            JOB.c.model_id,
+            JOB.c.simulated,
+            JOB.c.created_at,
+            func.coalesce(spend.c.spent_usd, 0).label("spent_usd"),
+        )
+        .join(team_t, team_t.c.id == JOB.c.team_id)
+        .join(tenant_t, tenant_t.c.id == JOB.c.tenant_id)
+        .outerjoin(spend, spend.c.job_id == JOB.c.id)
+    )
+    if tenant is not None:
+        query = query.where(tenant_t.c.name == tenant)
+    if team is not None:
+        query = query.where(team_t.c.name == team)
+    if status is not None:
+        query = query.where(JOB.c.status == status)
+    if since is not None:
+        query = query.where(JOB.c.created_at >= since)
+    if until is not None:
+        query = query.where(JOB.c.created_at < until)
+    return list(session.execute(query.order_by(JOB.c.created_at.desc(), JOB.c.id).limit(limit)).all())
 
 
 def get_job(session: Session, job_id: str) -> Job:

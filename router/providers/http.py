@@ -30,7 +30,7 @@ import re
 import ssl
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ from router.errors import (
 )
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 from router.providers.base import ChatRequest, Completion
+from router.redact import redact
 from router.usage import TokenUsage
 
 Backend = Literal["aiohttp", "httpx"]
@@ -63,6 +64,8 @@ KEEPALIVE_EXPIRY_S = 30.0
 # Error bodies are quoted in exception messages up to this many characters: enough for any
 # provider's one-line error message, short enough for a log line or a ledger row.
 MAX_QUOTED_BODY_CHARS = 300
+# Headers that carry a provider's key: their values are redacted from the error bodies it quotes.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key", "api-key"})
 
 
 def build_client(
@@ -212,7 +215,12 @@ class JsonApiProvider(ABC):
             else {**self._headers, "X-Client-Request-Id": request.request_id}
         )
         body = await post_json(
-            self._client, self.url(request), body=self.request_body(request), headers=headers, provider=self.name
+            self._client,
+            self.url(request),
+            body=self.request_body(request),
+            headers=headers,
+            provider=self.name,
+            secrets=credentials(self._headers),
         )
         try:
             return self.parse(body, request)
@@ -224,6 +232,18 @@ class JsonApiProvider(ABC):
     async def aclose(self) -> None:
         """Close the client and its connections."""
         await self._client.aclose()
+
+
+def credentials(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The key values in `headers` (CREDENTIAL_HEADERS), with and without their scheme ("Bearer ...")."""
+    found: list[str] = []
+    for name, value in headers.items():
+        if name.lower() in CREDENTIAL_HEADERS and value:
+            found.append(value)
+            scheme, _, token = value.partition(" ")
+            if token and scheme.lower() in ("bearer", "basic", "token"):
+                found.append(token.strip())
+    return tuple(found)
 
 
 def estimated_usage(request: ChatRequest, text: str) -> TokenUsage:
@@ -242,11 +262,14 @@ async def post_json(
     body: dict[str, Any],
     headers: Mapping[str, str],
     provider: str,
+    secrets: Collection[str] = (),
 ) -> Any:
     """POST `body` as JSON to `path` and return the decoded 2xx body.
 
     Raises ProviderTimeout, ProviderConnectionError, ProviderStatusError (non-2xx, with the
     provider's own error message and any Retry-After) or MalformedResponse (2xx that is not JSON).
+    A body quoted in an error has `secrets` (the call's own key) redacted before it is shortened:
+    the engine redacts every stored error again, but a key cut in half would no longer match.
     """
     try:
         response = await client.post(path, json=body, headers=headers)
@@ -265,18 +288,19 @@ async def post_json(
     except httpx.DecodingError as exc:  # a body whose Content-Encoding does not decode
         raise MalformedResponse(_describe(exc), provider=provider) from exc
     if not response.is_success:
-        raise status_error(response, provider=provider)
+        raise status_error(response, provider=provider, secrets=secrets)
     try:
         return json.loads(response.content)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise MalformedResponse(
-            f"HTTP {response.status_code} body is not JSON: {_quote(response.content)}", provider=provider
+            f"HTTP {response.status_code} body is not JSON: {_quote(response.content, secrets)}", provider=provider
         ) from exc
 
 
-def status_error(response: httpx.Response, *, provider: str) -> ProviderError:
-    """A ProviderStatusError for a non-2xx response, quoting the provider's own error message."""
-    message = error_message(response.content)
+def status_error(response: httpx.Response, *, provider: str, secrets: Collection[str] = ()) -> ProviderError:
+    """A ProviderStatusError for a non-2xx response, quoting the provider's own error message
+    (`secrets` redacted)."""
+    message = error_message(response.content, secrets)
     return ProviderStatusError(
         f"HTTP {response.status_code}: {message}",
         provider=provider,
@@ -358,8 +382,8 @@ def _go_duration_s(value: str) -> float | None:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
-def error_message(content: bytes) -> str:
-    """The provider's error message from an error body, else the body itself (shortened).
+def error_message(content: bytes, secrets: Collection[str] = ()) -> str:
+    """The provider's error message from an error body, else the body itself (redacted, then shortened).
 
     Reads {"error": {"type": ..., "message": ...}} (OpenAI and Anthropic), {"error": "..."}
     (Ollama, some vLLM versions), {"message": ...} and {"detail": ...} (FastAPI-based servers).
@@ -367,7 +391,7 @@ def error_message(content: bytes) -> str:
     try:
         body = json.loads(content)
     except ValueError:
-        return _quote(content)
+        return _quote(content, secrets)
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -376,7 +400,7 @@ def error_message(content: bytes) -> str:
         for key in ("error", "message", "detail"):
             if isinstance(body.get(key), str):
                 return str(body[key])
-    return _quote(content)
+    return _quote(content, secrets)
 
 
 def retry_after_s(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -416,8 +440,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _quote(content: bytes) -> str:
-    text = content.decode("utf-8", errors="replace").strip()
+def _quote(content: bytes, secrets: Collection[str] = ()) -> str:
+    text = redact(content.decode("utf-8", errors="replace").strip(), secrets)
     if not text:
         return "(empty body)"
     return text if len(text) <= MAX_QUOTED_BODY_CHARS else text[:MAX_QUOTED_BODY_CHARS] + "..."

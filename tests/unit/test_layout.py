@@ -26,6 +26,7 @@ RANKS = [
     ("router.prompts", 1),
     ("router.route", 1),
     ("router.candidates", 1),
+    ("router.redact", 1),
     ("router.ledger", 2),
     ("router.providers", 2),
     ("router.reports", 3),
