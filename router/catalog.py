@@ -7,14 +7,16 @@ that price, and stored on the call's ledger row.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from genai_prices import data_snapshot
 from genai_prices import types as gp
@@ -107,6 +109,21 @@ class ModelInfo:
         return answer_tokens + (self.thinking or 0)
 
 
+# The keys a catalog file may hold. A provider's are ProviderInfo's fields; a model's are ModelInfo's,
+# spelled as in the file. A key not listed is a typo until proven otherwise, and is refused.
+TOP_KEYS = frozenset({"providers", "models", "defaults"})
+DEFAULTS_KEYS = frozenset({"quality_source"})
+PROVIDER_KEYS = frozenset(f.name for f in fields(ProviderInfo)) - {"name"}
+MODEL_KEYS = (frozenset(f.name for f in fields(ModelInfo)) - {"model_id", "price_override"}) | {
+    "id",
+    "price",
+    "quality_source",
+}
+PRICE_KEYS = frozenset(
+    {"input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "cache_write_usd_per_mtok", "source"}
+)
+
+
 class Catalog:
     """Providers and models, with prices resolved from genai-prices at a given time."""
 
@@ -167,15 +184,64 @@ def load_catalog(path: Path | None = None, *, replace_default: bool = False) -> 
     raw: dict[str, Any] = {"providers": {}, "models": [], "defaults": {}}
     if not (path and replace_default):
         raw = tomllib.loads(files("router").joinpath("data/catalog.toml").read_text())
+        check_file(raw, "default catalog")
     if path is not None:
         try:
             extra = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"catalog file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"catalog file {path} is a directory, not a TOML file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"catalog file {path} cannot be read: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"catalog file {path} is not valid TOML: {exc}") from None
+        check_file(extra, str(path))
         raw = _merge(raw, extra)
     return _build(raw, str(path or "default catalog"))
+
+
+def check_file(raw: dict[str, Any], where: str) -> None:
+    """Refuse a catalog file's shape mistakes, which would otherwise be ignored: unknown keys (with the
+    closest known one), a section of the wrong kind, a model without an id, and a model id given twice
+    in the file (an id that overrides a default model is fine)."""
+    _known_keys(raw, TOP_KEYS, where, "")
+    providers = raw.get("providers", {})
+    if not isinstance(providers, dict):
+        raise ConfigError(f"{where}: providers must be tables, e.g. [providers.openai]")
+    for name, entry in providers.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: provider {name}: must be a table ([providers.{name}])")
+        _known_keys(entry, PROVIDER_KEYS, where, f"provider {name}: ")
+    defaults = raw.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{where}: defaults must be a table ([defaults.quality_source])")
+    _known_keys(defaults, DEFAULTS_KEYS, where, "defaults: ")
+    models = raw.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(entry, dict) for entry in models):
+        raise ConfigError(f"{where}: models must be an array of tables, each opened with [[models]]")
+    seen: set[str] = set()
+    for number, entry in enumerate(models, start=1):
+        model_id = entry.get("id")
+        if not isinstance(model_id, str) or not model_id.strip():
+            raise ConfigError(f'{where}: [[models]] entry {number} has no id (a string, e.g. id = "my-model")')
+        _known_keys(entry, MODEL_KEYS, where, f"model {model_id}: ")
+        if isinstance(entry.get("price"), dict):
+            _known_keys(entry["price"], PRICE_KEYS, where, f"model {model_id}: price: ")
+        if model_id in seen:
+            raise ConfigError(
+                f"{where}: model {model_id}: id given twice in this file; keep one entry (an entry with a default "
+                "model's id overrides that model)"
+            )
+        seen.add(model_id)
+
+
+def _known_keys(entry: dict[str, Any], known: frozenset[str], where: str, what: str) -> None:
+    for key in entry:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"{where}: {what}unknown key '{key}' ({hint})")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -200,15 +266,16 @@ def _build(raw: dict[str, Any], where: str) -> Catalog:
             )
         if not entry.get("base_url"):
             raise ConfigError(f"{where}: provider {name}: base_url is required")
+        what = f"{where}: provider {name}: "
         providers[name] = ProviderInfo(
             name=name,
             kind=kind,
-            base_url=str(entry["base_url"]).rstrip("/"),
-            api_key_env=entry.get("api_key_env"),
-            prices_id=entry.get("prices_id"),
-            region=str(entry.get("region", "unknown")),
-            requires_key=bool(entry.get("requires_key", True)),
-            enabled=bool(entry.get("enabled", True)),
+            base_url=_base_url(entry["base_url"], what),
+            api_key_env=_text(entry, "api_key_env", what),
+            prices_id=_text(entry, "prices_id", what),
+            region=_text(entry, "region", what) or "unknown",
+            requires_key=_flag(entry, "requires_key", True, what),
+            enabled=_flag(entry, "enabled", True, what),
         )
     sources = raw.get("defaults", {}).get("quality_source", {})
     models: dict[str, ModelInfo] = {}
@@ -216,24 +283,32 @@ def _build(raw: dict[str, Any], where: str) -> Catalog:
         model_id = entry.get("id")
         if not model_id:
             raise ConfigError(f"{where}: a [[models]] entry has no id")
+        what = f"{where}: model {model_id}: "
         provider = entry.get("provider")
+        if provider is None:
+            raise ConfigError(f"{what}provider is required (one of {', '.join(sorted(providers))})")
         if provider not in providers:
-            raise ConfigError(f"{where}: model {model_id}: unknown provider '{provider}'")
+            close = difflib.get_close_matches(str(provider), sorted(providers), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"the catalog has {', '.join(sorted(providers))}"
+            raise ConfigError(f"{what}provider: unknown provider '{provider}' ({hint})")
         quality = {}
-        for task, value in (entry.get("quality") or {}).items():
+        qualities = entry.get("quality") or {}
+        if not isinstance(qualities, dict):
+            raise ConfigError(f"{what}quality must be a table, e.g. quality = {{ classify = 0.9, summarize = 0.85 }}")
+        for task, value in qualities.items():
             if task not in TASKS:
-                raise ConfigError(f"{where}: model {model_id}: quality for unknown task '{task}'")
-            if not 0 <= float(value) <= 1:
-                raise ConfigError(f"{where}: model {model_id}: quality {value} for {task} is outside 0..1")
+                raise ConfigError(f"{what}quality for unknown task '{task}' (tasks: {', '.join(TASKS)})")
+            if not _is_number(value) or not 0 <= float(value) <= 1:
+                raise ConfigError(f"{what}quality {value!r} for {task} is outside 0..1")
             source = (entry.get("quality_source") or {}).get(task) or sources.get(task) or where
             quality[task] = QualityEstimate(value=float(value), n=None, source=source)
         models[model_id] = ModelInfo(
             model_id=model_id,
             provider=provider,
-            api_model=entry.get("api_model", model_id),
-            context_window=entry.get("context_window"),
-            region=str(entry.get("region", providers[provider].region)),
-            open_weight=bool(entry.get("open_weight", False)),
+            api_model=_text(entry, "api_model", what) or model_id,
+            context_window=_limit(entry, "context_window", model_id, where),
+            region=_text(entry, "region", what) or providers[provider].region,
+            open_weight=_flag(entry, "open_weight", False, what),
             quality=quality,
             price_override=_price_override(entry.get("price"), model_id, where),
             rpm=_limit(entry, "rpm", model_id, where),
@@ -254,6 +329,39 @@ def _limit(entry: dict[str, Any], key: str, model_id: str, where: str) -> int | 
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{where}: model {model_id}: {key} must be a positive whole number, not {value!r}")
     return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text(entry: dict[str, Any], key: str, what: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{what}{key} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _flag(entry: dict[str, Any], key: str, default: bool, what: str) -> bool:
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what}{key} must be true or false (unquoted), not {value!r}")
+    return value
+
+
+def _base_url(value: object, what: str) -> str:
+    """An http(s) URL with a host, without its trailing slash."""
+    if isinstance(value, str):
+        try:
+            parts = urlsplit(value)
+            port_ok = parts.port is None or parts.port > 0  # .port raises ValueError for a port not a number
+        except ValueError:
+            port_ok = False
+        if port_ok and parts.scheme in ("http", "https") and parts.hostname:
+            return value.rstrip("/")
+    raise ConfigError(
+        f"{what}base_url must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1, not {value!r}"
+    )
 
 
 def _thinking(entry: dict[str, Any], kind: str, model_id: str, where: str) -> int | None:
@@ -291,20 +399,30 @@ def _reasoning_effort(entry: dict[str, Any], kind: str, model_id: str, where: st
 def _price_override(entry: dict[str, Any] | None, model_id: str, where: str) -> Price | None:
     if not entry:
         return None
-    try:
-
-        def rate(key: str) -> Rate:
-            return Rate(Decimal(str(entry.get(key, "0"))))
-
-        price = Price(
-            input=rate("input_usd_per_mtok"),
-            output=rate("output_usd_per_mtok"),
-            cached_input=rate("cached_input_usd_per_mtok"),
-            cache_write=rate("cache_write_usd_per_mtok"),
-            source=str(entry.get("source", where)),
+    if not isinstance(entry, dict):
+        raise ConfigError(
+            f'{where}: model {model_id}: price must be a table, e.g. price = {{ input_usd_per_mtok = "0.15" }}'
         )
-    except InvalidOperation:
-        raise ConfigError(f"{where}: model {model_id}: prices must be decimal numbers (as strings)") from None
-    if any(r.base < 0 for r in (price.input, price.output, price.cached_input, price.cache_write)):
-        raise ConfigError(f"{where}: model {model_id}: prices cannot be negative")
-    return price
+
+    def rate(key: str) -> Rate:
+        value = entry.get(key, "0")
+        try:
+            amount = (
+                Decimal(str(value)) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+            )
+        except InvalidOperation:
+            amount = None
+        if amount is None or not amount.is_finite() or amount < 0:
+            raise ConfigError(
+                f"{where}: model {model_id}: price.{key} must be a decimal number of USD, 0 or more "
+                f'(as a string, e.g. "0.15"), not {value!r}'
+            )
+        return Rate(amount)
+
+    return Price(
+        input=rate("input_usd_per_mtok"),
+        output=rate("output_usd_per_mtok"),
+        cached_input=rate("cached_input_usd_per_mtok"),
+        cache_write=rate("cache_write_usd_per_mtok"),
+        source=str(entry.get("source", where)),
+    )

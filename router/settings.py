@@ -8,19 +8,33 @@ answered by the sandbox.
 from __future__ import annotations
 
 import os
+import types
+import typing
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+import annotated_types
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from router.errors import ConfigError
+
+# The database URLs pennyroute can run on: Postgres (through psycopg 3) and SQLite.
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
+DATABASE_URL_HINT = "use postgresql://USER@HOST:5432/DB (or postgres://, postgresql+psycopg://) or sqlite:///PATH"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+# Settings whose values are never repeated in an error: URLs may carry a password, a webhook a token.
+UNSHOWN = frozenset({"alert_webhook", "api_keys"})
 
 
 class Settings(BaseSettings):
     """Everything pennyroute can be told; see README.md, section Settings."""
 
-    model_config = SettingsConfigDict(env_prefix="PENNYROUTE_", env_file=".env", extra="ignore")
+    # allow_inf_nan: a timeout or a wait of "inf" or "nan" is a mistake, not a setting.
+    model_config = SettingsConfigDict(env_prefix="PENNYROUTE_", env_file=".env", extra="ignore", allow_inf_nan=False)
 
     database_url: str = Field(
         default="sqlite:///pennyroute.db",
@@ -73,6 +87,37 @@ class Settings(BaseSettings):
     # Where a crossed soft budget limit is POSTed (JSON), besides the log line.
     alert_webhook: str | None = None
     api_keys: dict[str, SecretStr] = Field(default_factory=dict, exclude=True)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        scheme, sep, _rest = value.partition("://")
+        if not sep:
+            raise ValueError(f"not a database URL: {DATABASE_URL_HINT}")
+        if scheme.lower() not in POSTGRES_SCHEMES + SQLITE_SCHEMES:
+            raise ValueError(f"'{scheme}' databases are not supported: {DATABASE_URL_HINT}")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if value is not None and not _scheme(value):
+            raise ValueError("not a broker URL: use redis://HOST:6379/0 (or any URL Celery takes, e.g. amqp://)")
+        return value or None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and _scheme(value) not in REDIS_SCHEMES:
+            raise ValueError("not a Redis URL: use redis://HOST:6379/0 (or rediss://, unix://)")
+        return value or None
+
+    @field_validator("alert_webhook")
+    @classmethod
+    def _check_alert_webhook(cls, value: str | None) -> str | None:
+        if value is not None and (_scheme(value) not in ("http", "https") or not value.split("://", 1)[1].strip("/")):
+            raise ValueError("not a web address: use http://HOST/PATH or https://HOST/PATH")
+        return value or None
 
     @model_validator(mode="after")
     def _read_api_keys(self) -> Settings:
@@ -127,7 +172,82 @@ class Settings(BaseSettings):
         return not self.api_keys
 
 
+def _scheme(url: str) -> str:
+    """A URL's scheme, lower-cased; "" when `url` is not scheme://something."""
+    scheme, sep, rest = url.partition("://")
+    return scheme.lower() if sep and rest and scheme else ""
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once."""
-    return Settings()
+    """The process's settings, read once. A bad setting raises ConfigError naming its variable and
+    what it accepts."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(settings_problem(exc)) from None
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """One line per bad setting: the environment variable, the value (never a URL's, which may hold a
+    password), and the values accepted."""
+    lines = []
+    for error in exc.errors():
+        name = _field_of(str(error["loc"][0])) if error["loc"] else None
+        if name is None:
+            lines.append(str(error["msg"]))
+            continue
+        env = _env_name(name)
+        shown = "" if name in UNSHOWN or name.endswith("_url") else f"={error.get('input')!s}"
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "value_error":
+            lines.append(f"setting {env}: {reason}")
+        else:
+            lines.append(f"setting {env}{shown} is not accepted: {accepted_values(name)}")
+    return "; ".join(lines)
+
+
+def _field_of(loc: str) -> str | None:
+    """The Settings field an error location names (a field name or one of its environment aliases)."""
+    for name, info in Settings.model_fields.items():
+        aliases = info.validation_alias.choices if isinstance(info.validation_alias, AliasChoices) else []
+        if loc == name or loc in aliases or loc.upper() == f"PENNYROUTE_{name.upper()}":
+            return name
+    return None
+
+
+def _env_name(name: str) -> str:
+    """The environment variable that sets `name`: the one set, when it has several."""
+    info = Settings.model_fields[name]
+    choices = (
+        [str(c) for c in info.validation_alias.choices]
+        if isinstance(info.validation_alias, AliasChoices)
+        else [f"PENNYROUTE_{name.upper()}"]
+    )
+    return next((c for c in choices if c in os.environ), choices[0])
+
+
+def accepted_values(name: str) -> str:
+    """What the setting `name` accepts, said from its type and bounds."""
+    info = Settings.model_fields[name]
+    kind = info.annotation
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:  # X | None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if typing.get_origin(kind) is Literal:
+        return "use one of " + ", ".join(str(a) for a in typing.get_args(kind))
+    if kind is bool:
+        return "use true or false (or 1/0, yes/no, on/off)"
+    bounds: dict[str, Any] = {}
+    for item in info.metadata:
+        for key in ("ge", "gt", "le", "lt"):
+            if isinstance(item, getattr(annotated_types, key.capitalize())):
+                bounds[key] = getattr(item, key)
+    nouns: list[tuple[object, str]] = [(int, "a whole number"), (float, "a number"), (Decimal, "a decimal number")]
+    noun = next((words for type_, words in nouns if kind is type_), "a value")
+    if "ge" in bounds and "le" in bounds:
+        limits = f" from {bounds['ge']:,} to {bounds['le']:,}"
+    else:
+        words = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
+        limits = "".join(f" {words[key]} {value:,}" for key, value in bounds.items())
+    example = " (USD per EUR, e.g. 1.08)" if name == "usd_per_eur" else ""
+    return f"use {noun}{limits}{example}"

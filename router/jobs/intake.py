@@ -6,13 +6,15 @@ never held in memory whole: lines are read one at a time and written in batches.
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from router.catalog import Catalog
 from router.errors import InputError
 
 TASKS = ("classify", "summarize")
@@ -97,6 +99,28 @@ def check_request(request: JobRequest) -> None:
         raise InputError(f"file {request.path} does not exist", field="FILE")
     if not request.path.is_file():
         raise InputError(f"{request.path} is not a file", field="FILE")
+
+
+def check_names(request: JobRequest, catalog: Catalog) -> None:
+    """Raise InputError naming the flag when --region, --providers or --models name something the
+    catalog does not have (otherwise the job would only hear that no model qualifies)."""
+    regions = {model.region for model in catalog.models.values()}
+    _known(request.regions, regions, flag="--region", noun="region", listed=True)
+    _known(request.providers, catalog.providers, flag="--providers", noun="provider", listed=True)
+    _known(request.models, catalog.models, flag="--models", noun="model", listed=False)
+
+
+def _known(values: frozenset[str] | None, known: Iterable[str], *, flag: str, noun: str, listed: bool) -> None:
+    names = sorted(known)
+    unknown = sorted(set(values or ()) - set(names))
+    if not unknown:
+        return
+    said = []
+    for value in unknown:
+        close = [n for n in names if n.lower() == value.lower()] or difflib.get_close_matches(value, names, n=1)
+        said.append(f"'{value}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    where = f"the catalog has {', '.join(names)}" if listed else "`pennyroute models` lists them"
+    raise InputError(f"unknown {noun}{'s' if len(said) > 1 else ''} {', '.join(said)}: {where}", field=flag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +214,25 @@ def parse_calibration_budget(text: str) -> tuple[str, Decimal]:
             f"--calibration-budget '{text}' is neither a share (e.g. 20%) nor an amount in USD (e.g. 5 or $5)",
             field="--calibration-budget",
         ) from None
+
+
+def parse_soft_percent(text: str) -> float:
+    """--soft as a percentage of the limit in (0, 100]: "80%" and "80" are 80%, and so is 0.8, a fraction
+    (a bare number up to 1 is a fraction, never a share under 1%: write "0.8%" for that)."""
+    raw = text.strip()
+    try:
+        number = Decimal(raw.removesuffix("%").strip())
+        if not number.is_finite():
+            raise InvalidOperation
+    except InvalidOperation:
+        raise InputError(f"'{text}' is not a percentage (e.g. 80% or 0.8)", field="--soft") from None
+    if raw.endswith("%"):
+        if not 0 < number <= 100:
+            raise InputError(f"{text} must be between 0% and 100%", field="--soft")
+        return float(number)
+    if not 0 < number <= 100:
+        raise InputError(
+            f"{text} is neither a fraction of the limit in (0, 1] (0.8 = 80%) nor a percentage up to 100 (80 or 80%)",
+            field="--soft",
+        )
+    return float(number * 100 if number <= 1 else number)

@@ -18,7 +18,7 @@ from router.candidates import candidates, decision_as_json, max_context
 from router.catalog import Catalog
 from router.errors import BudgetError, InputError, NoModelError
 from router.jobs import estimates
-from router.jobs.intake import JobRequest, LineError, ParsedItem, check_request, read_items
+from router.jobs.intake import JobRequest, LineError, ParsedItem, check_names, check_request, read_items
 from router.ledger import budgets, repo
 from router.ledger.db import ensure_schema, session_scope
 from router.ledger.tables import Job, JobStatus, Team
@@ -46,6 +46,7 @@ class Submitted:
 def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Submitted:
     """Check, load and route a job; commit it. The caller starts it (jobs/lifecycle.py `start`)."""
     check_request(request)
+    check_names(request, catalog)
     if request.judge is not None and request.judge not in catalog.models:
         raise InputError(
             f"--judge {request.judge}: no such model in the catalog (`pennyroute models`)", field="--judge"
