@@ -77,7 +77,10 @@ def _root(
 
 
 def _settings() -> Settings:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except PennyrouteError as exc:  # a bad setting: named, with what it accepts (exit 2), never a traceback
+        raise _fail(exc) from None
     if State.catalog_path is not None:
         settings = settings.model_copy(update={"catalog": State.catalog_path})
     return settings

@@ -163,11 +163,6 @@ def test_a_bad_setting_is_named_with_what_it_accepts(
     get_settings.cache_clear()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router/cli/app.py: _settings() is called outside the commands' try blocks, so a ConfigError "
-    "from get_settings() escapes as a traceback; _settings() must catch PennyrouteError and _fail (issue 12 point 7)",
-)
 @pytest.mark.parametrize("command", [["budget", "show"], ["status", "nojob"], ["tenant", "create", "acme"]])
 def test_a_bad_setting_is_named_by_every_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
