@@ -99,21 +99,36 @@ class ProviderError(PennyrouteError):
     def stops_provider(self) -> bool:
         return False
 
+    @property
+    def maybe_billed(self) -> bool:
+        """Whether the provider may have answered, and billed, though we got no answer: the call is
+        then charged at its worst case (principle: a call that may have been billed is charged)."""
+        return False
 
-class ProviderTimeout(ProviderError):
+
+class _Unanswered(ProviderError):
+    """A call that got no answer; `sent` says whether the request may have reached the provider
+    (False only when the connection was never made: refused, DNS, connect timeout, no free connection)."""
+
+    def __init__(self, message: str, *, provider: str, sent: bool = True) -> None:
+        super().__init__(message, provider=provider)
+        self.sent = sent
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+    @property
+    def maybe_billed(self) -> bool:
+        return self.sent
+
+
+class ProviderTimeout(_Unanswered):
     """Raised when the provider did not answer within the timeout."""
 
-    @property
-    def retryable(self) -> bool:
-        return True
 
-
-class ProviderConnectionError(ProviderError):
+class ProviderConnectionError(_Unanswered):
     """Raised when the connection to the provider failed or broke mid-answer."""
-
-    @property
-    def retryable(self) -> bool:
-        return True
 
 
 class ProviderStatusError(ProviderError):

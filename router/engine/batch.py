@@ -117,13 +117,16 @@ class ChunkContext:
             tries.append(PlannedCall(item.id, reference, "drift"))
         return stage_index, tries
 
-    def worst_case_usd(self, catalog: Catalog, model_id: str, text: str, at: datetime) -> Decimal:
-        """An upper bound on one call's cost: input tokens <= prompt bytes, output <= its cap (thinking included)."""
+    def worst_usage(self, catalog: Catalog, model_id: str, text: str) -> TokenUsage:
+        """An upper bound on one call's tokens: input <= prompt bytes, output <= its cap (thinking included)."""
         worst_input = len(self.spec.system.encode()) + len(text.encode()) + MESSAGE_OVERHEAD_TOKENS
-        usage = TokenUsage(
-            input_tokens=worst_input, output_tokens=catalog.model(model_id).output_cap(self.spec.max_output_tokens)
-        )
-        return catalog.price(model_id, at).cost_usd(usage)
+        known = catalog.models.get(model_id)
+        output_cap = known.output_cap(self.spec.max_output_tokens) if known else self.spec.max_output_tokens
+        return TokenUsage(input_tokens=worst_input, output_tokens=output_cap, estimated=True)
+
+    def worst_case_usd(self, catalog: Catalog, model_id: str, text: str, at: datetime) -> Decimal:
+        """An upper bound on one call's cost, at the prices in force at `at`."""
+        return catalog.price(model_id, at).cost_usd(self.worst_usage(catalog, model_id, text))
 
 
 @dataclass(frozen=True, slots=True)

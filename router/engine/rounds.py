@@ -244,8 +244,23 @@ def _record_result(
         # The one place a provider's error text enters the ledger (the call's row, the item's reason,
         # a stopped provider's reason and its events): redacted here, once, before it is shortened.
         said = redact(str(result), progress.secrets)
+        if result.maybe_billed:
+            # The request left and no answer came back: the provider may have answered and billed it.
+            # Charged at its worst case, like a dead worker's call (the ledger may exceed the bill,
+            # never fall short of it); settled against the budget out of this call's reservation.
+            usage = chunk.worst_usage(catalog, t.model_id, progress.texts[t.item_id])
+            said = f"sent but unanswered, so it may have been billed (charged at its worst case): {said}"
+            update.update(
+                status=CallStatus.UNKNOWN,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                usage_estimated=True,
+                cost_usd=round_.prices[t.model_id].cost_usd(usage),
+            )
+        else:
+            update.update(status=CallStatus.ERROR)
         error = said[:ERROR_CHARS]
-        update.update(status=CallStatus.ERROR, error=error)
+        update.update(error=error)
         _after_failure(catalog, progress, round_, t, result, said)
     progress.unwritten.append(update)
     progress.facts.setdefault((t.model_id, t.purpose), []).append(

@@ -20,9 +20,7 @@ from router.ledger import budgets, repo
 from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows, upsert_rollups
 from router.ledger.tables import CallStatus, ItemStatus, utcnow
 from router.ledger.types import ClaimedItem, JobSnapshot
-from router.prompts import MESSAGE_OVERHEAD_TOKENS
 from router.settings import Settings
-from router.usage import TokenUsage
 
 
 def finish(
@@ -149,11 +147,9 @@ def charge_lost(
     updates: list[dict[str, Any]] = []
     facts: dict[tuple[str, str], list[CallFacts]] = {}
     for call in lost:
-        worst_input = len(chunk.spec.system.encode()) + len(texts[call.item_id].encode()) + MESSAGE_OVERHEAD_TOKENS
-        known = catalog.models.get(call.model_id)
-        output_cap = known.output_cap(chunk.spec.max_output_tokens) if known else chunk.spec.max_output_tokens
-        usage = TokenUsage(input_tokens=worst_input, output_tokens=output_cap, estimated=True)
-        if known:
+        usage = chunk.worst_usage(catalog, call.model_id, texts[call.item_id])
+        worst_input = usage.input_tokens
+        if call.model_id in catalog.models:
             cost = catalog.price(call.model_id, call.started_at).cost_usd(usage)
         else:
             cost = (worst_input * call.input_usd_per_mtok + usage.output_tokens * call.output_usd_per_mtok) / Decimal(

@@ -277,14 +277,17 @@ async def post_json(
         # httpx_aiohttp maps every aiohttp ClientConnectionError (refused, reset, server gone) to
         # httpx.ConnectTimeout; only a real aiohttp timeout is a timeout.
         cause = exc.__cause__
+        sent = not unsent(exc)
         if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, TimeoutError):
-            raise ProviderConnectionError(_describe(cause), provider=provider) from exc
-        raise ProviderTimeout(f"no answer within the timeout ({_describe(exc)})", provider=provider) from exc
+            raise ProviderConnectionError(_describe(cause), provider=provider, sent=sent) from exc
+        raise ProviderTimeout(f"no answer within the timeout ({_describe(exc)})", provider=provider, sent=sent) from exc
     except TimeoutError as exc:  # a bare timeout leaking from aiohttp (TimeoutError is an OSError too)
-        raise ProviderTimeout(f"no answer within the timeout ({_describe(exc)})", provider=provider) from exc
+        raise ProviderTimeout(
+            f"no answer within the timeout ({_describe(exc)})", provider=provider, sent=not unsent(exc)
+        ) from exc
     except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
         # aiohttp errors outside httpx_aiohttp's map (e.g. an unparsable HTTP response) leak through.
-        raise ProviderConnectionError(_describe(exc), provider=provider) from exc
+        raise ProviderConnectionError(_describe(exc), provider=provider, sent=not unsent(exc)) from exc
     except httpx.DecodingError as exc:  # a body whose Content-Encoding does not decode
         raise MalformedResponse(_describe(exc), provider=provider) from exc
     if not response.is_success:
@@ -295,6 +298,28 @@ async def post_json(
         raise MalformedResponse(
             f"HTTP {response.status_code} body is not JSON: {_quote(response.content, secrets)}", provider=provider
         ) from exc
+
+
+# Failures that happen before a request can leave: no connection was ever made (refused, DNS, TLS,
+# a connect timeout, or no free connection in the pool). Anything else may have reached the provider.
+_UNSENT_AIOHTTP = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+_UNSENT_HTTPX = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def unsent(exc: BaseException) -> bool:
+    """Whether the request certainly never reached the provider (so it cannot have been billed).
+
+    httpx_aiohttp maps every aiohttp connection error to httpx.ConnectTimeout, so the aiohttp cause,
+    when there is one, decides; a plain httpx transport's connect errors are pre-send by definition."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    native = [e for e in chain if isinstance(e, (aiohttp.ClientError, ConnectionRefusedError))]
+    if native:
+        return isinstance(native[-1], (*_UNSENT_AIOHTTP, ConnectionRefusedError))
+    return isinstance(exc, _UNSENT_HTTPX)
 
 
 def status_error(response: httpx.Response, *, provider: str, secrets: Collection[str] = ()) -> ProviderError:

@@ -410,6 +410,7 @@ class FakeProvider:
             self.faults.remove(fault)
         self.faults_served += 1
         if fault.hang_s:
+            await request.read()  # a provider has the whole request before it works on it (aiohttp keeps it)
             await asyncio.sleep(fault.hang_s)
         if fault.status == 200 and fault.body is None:
             return None  # only a delay: answer (and bill) normally
