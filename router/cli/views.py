@@ -1,4 +1,9 @@
-"""How pennyroute shows things in a terminal: decisions, job status, models. Rendering only."""
+"""How pennyroute shows things in a terminal: decisions, job status, models, budgets. Rendering only.
+
+Every amount goes through router/reports/render.py (`usd` for reading, `exact` for what a person typed
+or a price sheet says), so no figure prints an exponent and none differs between SQLite and Postgres.
+Money columns fold rather than cut: a cell never reads "$0.00...".
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 from policies.types import Decision, Verdict
-from router.catalog import Catalog
-from router.reports.render import usd
+from router.catalog import Catalog, Rate
+from router.ledger import budgets
+from router.ledger.tables import BudgetPeriod
+from router.reports.render import compared, exact, pct, usd
 
 SIMULATED_BANNER = "[bold black on yellow] SIMULATED [/] sandbox provider: answers are simulated, costs are what the real models would charge"
 
@@ -20,7 +27,7 @@ def decision_table(decision: Decision, catalog: Catalog, *, simulated: bool) -> 
     title = "Routing decision" + (" (SIMULATED)" if simulated else "")
     table = Table(title=title, title_justify="left")
     for column in ("", "model", "region", "$/Mtok in/out", "quality", "expected cost"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(column, overflow="fold")
     table.add_column("why", overflow="fold", ratio=1)
     for verdict in decision.verdicts:
         model = catalog.models.get(verdict.model_id)
@@ -34,9 +41,9 @@ def decision_table(decision: Decision, catalog: Catalog, *, simulated: bool) -> 
             mark,
             verdict.model_id,
             model.region if model else "",
-            f"{price.input.base} / {price.output.base}" if price else "",
+            f"{exact(price.input.base)} / {exact(price.output.base)}" if price else "",
             f"{verdict.quality_bound:.3f}" if verdict.quality_bound is not None else "-",
-            usd(verdict.expected_cost_usd),
+            usd(verdict.expected_cost_usd, 4),
             _why(verdict, decision),
         )
     return table
@@ -75,13 +82,15 @@ def models_table(catalog: Catalog, *, task: str | None) -> Table:
         price = catalog.price(model.model_id)
         tasks = [task] if task else sorted(model.quality)
         quality = ", ".join(f"{t} {model.quality[t].value:.2f}" for t in tasks if t in model.quality) or "-"
-        output = str(price.output) + ("" if not model.thinking else f" (+ up to {model.thinking:,} thinking/call)")
+        output = rate_text(price.output) + (
+            "" if not model.thinking else f" (+ up to {model.thinking:,} thinking/call)"
+        )
         table.add_row(
             model.model_id,
             model.provider,
             model.region,
-            str(price.input),
-            str(price.cached_input),
+            rate_text(price.input),
+            rate_text(price.cached_input),
             output,
             f"{model.context_window:,}" if model.context_window else "?",
             "yes" if model.open_weight else "",
@@ -89,6 +98,11 @@ def models_table(catalog: Catalog, *, task: str | None) -> Table:
             price.source,
         )
     return table
+
+
+def rate_text(rate: Rate) -> str:
+    """A price per million tokens as the price sheet says it, tiers included: 1.25 (>200,000: 2.5)."""
+    return exact(rate.base) + "".join(f" (>{start:,}: {exact(price)})" for start, price in rate.tiers)
 
 
 def status_table(info: dict[str, Any]) -> Table:
@@ -184,14 +198,26 @@ def quality_report(job: Any, facts: dict[str, Any], events: list[tuple[str, dict
     run = spend.get("run", Decimal(0))
     baseline = facts["baseline_usd"]
     if baseline:
-        total_spend = sum(spend.values(), Decimal(0))
+        # The saving is the run items' against the same items on the baseline model; calibration and
+        # drift checks are their own line (what choosing and watching the route cost), never a negative saving.
         table.add_row(
             "vs baseline",
-            f"{usd(total_spend, 6)} all in, against {usd(baseline, 6)} for the run items on "
-            f"{job.baseline_model_id}: {_saved(total_spend, baseline)} ({_saved(run, baseline)} before calibration "
-            "and drift checks)"
-            + ("; calibration pays for itself on larger jobs" if total_spend > baseline > run else ""),
+            f"run items {usd(run, 6)} against {usd(baseline, 6)} on the baseline model {job.baseline_model_id}: "
+            + (
+                f"{1 - run / baseline:.0%} saved ({usd(baseline - run, 6)})"
+                if run <= baseline
+                else f"{run / baseline:.1f}x the baseline, nothing saved"
+            ),
         )
+        checks = sum((c for p, c in spend.items() if p != "run"), Decimal(0))
+        if checks:
+            total_spend = run + checks
+            table.add_row(
+                "checks",
+                f"calibration and drift checks {usd(checks, 6)}, to choose and watch the route; all in "
+                f"{usd(total_spend, 6)}: {compared(total_spend, baseline)}"
+                + ("; calibration pays for itself on larger jobs" if total_spend > baseline else ""),
+            )
     for kind, detail in events:
         if kind in ("drift", "provider_stopped", "paused"):
             table.add_row(kind, ", ".join(f"{k}: {v}" for k, v in detail.items()))
@@ -245,7 +271,7 @@ def calibration_table(summary: dict[str, Any]) -> Table:
             f"{route['mean']:.3f}",
             f"[{route['lower']:.3f}, {route['upper']:.3f}]"
             + (f" at {_confidence(route)}" if route.get("kind") == "cascade" else ""),
-            f"${Decimal(route['usd_per_item']):.6f}" if route.get("usd_per_item") else "-",
+            usd(route["usd_per_item"], 6) if route.get("usd_per_item") else "-",
         )
     lines = [str(summary.get("message", ""))]
     if summary.get("budget_usd"):
@@ -276,8 +302,50 @@ def error_console() -> Console:
     return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else PIPED_WIDTH)
 
 
-def _saved(spent: Decimal, baseline: Decimal) -> str:
-    """ "80% saved", or "3.1x the baseline" where more was spent (a small job's calibration can cost more than it saves)."""
-    if spent <= baseline:
-        return f"{1 - spent / baseline:.0%} saved"
-    return f"{spent / baseline:.1f}x the baseline"
+# -- budgets ---------------------------------------------------------------------------------------
+
+
+def budget_set_text(team: str, period: BudgetPeriod) -> str:
+    """What `budget set` says: the limit as typed (500, never 5E+2), this month's spend so far (spend
+    made before the budget was set counts), and whether the month is already over."""
+    cur = period.currency
+    text = (
+        f"team {team}: {exact(period.limit_amount)} {cur} a month"
+        + (f", alert at {period.soft_pct:g}%" if period.soft_pct else "")
+        + f"; {period.period_start:%Y-%m} so far: settled {usd(period.settled, 6, currency=cur)}, "
+        f"reserved {usd(period.reserved, 6, currency=cur)}"
+    )
+    if budgets.is_over(period):
+        text += (
+            f"\n[red]over[/]: the team already spent {usd(period.settled, 6, currency=cur)} this month, "
+            f"{pct(period.settled * 100 / period.limit_amount)} of the new limit; nothing more runs until "
+            f"{_next_month(period)} or a higher limit"
+        )
+    return text
+
+
+def _next_month(period: BudgetPeriod) -> str:
+    start = period.period_start
+    return f"{start.year + start.month // 12:04d}-{start.month % 12 + 1:02d}-01"
+
+
+def budget_table(rows: list[Any], *, month: str | None) -> Table:
+    """`budget show`: every team's budget for a month, in its own currency; amounts never cut."""
+    table = Table(title=f"Budgets{' for ' + month if month else ' this month'}", title_justify="left")
+    for column in ("tenant", "team", "month", "limit", "currency", "settled", "reserved", "used", "soft alert"):
+        numeric = column in ("limit", "settled", "reserved", "used")
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        used = row.settled * 100 / row.limit_amount if row.limit_amount else None
+        table.add_row(
+            row.tenant,
+            row.team,
+            f"{row.period_start:%Y-%m}",
+            exact(row.limit_amount),
+            row.currency,
+            usd(row.settled, 6, currency=row.currency),
+            usd(row.reserved, 6, currency=row.currency),
+            pct(used) + (" (over)" if used is not None and used >= 100 else ""),
+            (f"{row.soft_pct:g}%" + (" (sent)" if row.soft_alerted_at else "")) if row.soft_pct else "-",
+        )
+    return table

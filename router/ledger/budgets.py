@@ -7,10 +7,17 @@ upper bound: input tokens are bounded by the prompt's UTF-8 bytes (the tokenizer
 least one byte per token) and output tokens by the call's max_tokens, so no settlement can exceed
 its reservation. Periods are calendar months in the tenant's time zone, created on first use from
 the team's standing budget: they roll over on the 1st with no cron job, and old ones stay as history.
+
+A budget set mid-month counts the month's spend so far: the period it creates starts settled at what
+the team already spent that month (from the rollups). When that already passes the limit, the one
+exception to the invariant, the period is over: nothing more is reserved until the limit is raised
+or the month ends (remaining_usd is 0, never negative). Calls of dead workers settled after their
+reservation was given back are the other (an `overshoot` event says so).
 """
 
 from __future__ import annotations
 
+import calendar
 import re
 import uuid
 from datetime import date, datetime, timedelta
@@ -25,6 +32,7 @@ from sqlmodel import Session
 from sqlmodel import select as sm_select
 
 from router.errors import InputError
+from router.ledger import sums
 from router.ledger.tables import BudgetEvent, BudgetPeriod, BudgetPolicy, Reservation, Team, Tenant, utcnow
 from router.settings import Settings
 
@@ -101,9 +109,13 @@ def set_budget(
     settings: Settings,
     now: datetime | None = None,
 ) -> BudgetPeriod:
-    """Set a team's standing monthly budget; it applies to the current period at once."""
+    """Set a team's standing monthly budget; it applies to the current period at once.
+
+    A period this creates (the team had no budget this month) starts with the month's spend so far
+    settled: a budget set on the 20th counts what the team spent since the 1st. If that already
+    passes the limit, the period is over (settled > limit: nothing more can be reserved)."""
     currency = currency.upper()
-    usd_per_unit(currency, settings)  # validates the currency and its rate
+    rate = usd_per_unit(currency, settings)  # validates the currency and its rate
     policy = session.get(BudgetPolicy, team.id)
     if policy is None:
         policy = BudgetPolicy(team_id=team.id, monthly_limit=monthly, currency=currency, soft_pct=soft_pct)  # type: ignore[arg-type]
@@ -116,31 +128,51 @@ def set_budget(
         )
     session.add(policy)
     session.flush()
-    period = current_period(session, team_id=team.id, now=now)  # type: ignore[arg-type]
-    assert period is not None
+    found = _ensure_period(session, team_id=team.id, now=now)  # type: ignore[arg-type]
+    assert found is not None
+    period, created = found
     if period.currency != currency and (period.settled or period.reserved):
         raise InputError(
             f"this month already has spend in {period.currency}; change the currency next month", field="--currency"
         )
+    detail: dict[str, Any] = {"monthly": format(monthly, "f"), "currency": currency, "soft_pct": soft_pct}
+    if created:
+        spent_usd = month_spend_usd(session, team_id=team.id, period_start=period.period_start)  # type: ignore[arg-type]
+        if spent_usd:
+            # Settled to the nearest unit, as a settlement is (settle); in the budget's currency.
+            _add(session, period.id, settled=(spent_usd / rate).quantize(QUANTUM, rounding=ROUND_HALF_EVEN))  # type: ignore[arg-type]
+            detail["spent_before_usd"] = format(spent_usd.quantize(QUANTUM), "f")  # the ledger's 10 places
     session.execute(
         update(PERIOD)
         .where(PERIOD.c.id == period.id)
         .values(limit_amount=monthly, currency=currency, soft_pct=soft_pct)
     )
-    record_event(
-        session,
-        team_id=team.id,  # type: ignore[arg-type]
-        period=period.period_start,
-        kind="limit_set",
-        detail={"monthly": str(monthly), "currency": currency, "soft_pct": soft_pct},
-    )
+    record_event(session, team_id=team.id, period=period.period_start, kind="limit_set", detail=detail)  # type: ignore[arg-type]
     session.refresh(period)
     return period
+
+
+def month_spend_usd(session: Session, *, team_id: int, period_start: date) -> Decimal:
+    """What the team spent in the (local) month starting `period_start`, budget or not."""
+    last = period_start.replace(day=calendar.monthrange(period_start.year, period_start.month)[1])
+    return sums.team_spend_usd(session, team_id=team_id, first=period_start, last=last)
+
+
+def is_over(period: BudgetPeriod) -> bool:
+    """The period can take nothing more: its settled spend alone reached the limit (spend made
+    before the budget was set can pass it)."""
+    return period.settled >= period.limit_amount
 
 
 def current_period(session: Session, *, team_id: int, now: datetime | None = None) -> BudgetPeriod | None:
     """The team's budget period for the month of `now` (created from its standing budget on first
     use), or None when the team has no budget."""
+    found = _ensure_period(session, team_id=team_id, now=now)
+    return None if found is None else found[0]
+
+
+def _ensure_period(session: Session, *, team_id: int, now: datetime | None = None) -> tuple[BudgetPeriod, bool] | None:
+    """current_period, and whether this call created the period; None when the team has no budget."""
     policy = session.get(BudgetPolicy, team_id)
     if policy is None:
         return None
@@ -157,24 +189,23 @@ def current_period(session: Session, *, team_id: int, now: datetime | None = Non
         "settled": Decimal(0),
         "reserved": Decimal(0),
     }
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        session.execute(
-            pg_insert(PERIOD).values(**values).on_conflict_do_nothing(index_elements=["team_id", "period_start"])
-        )
-    else:
-        session.execute(
-            sqlite_insert(PERIOD).values(**values).on_conflict_do_nothing(index_elements=["team_id", "period_start"])
-        )
-    return session.exec(
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    created = session.execute(
+        insert(PERIOD)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["team_id", "period_start"])
+        .returning(PERIOD.c.id)
+    ).first()
+    period = session.exec(
         sm_select(BudgetPeriod).where(BudgetPeriod.team_id == team_id, BudgetPeriod.period_start == start)
     ).one()
+    return period, created is not None
 
 
 def remaining_usd(period: BudgetPeriod, settings: Settings) -> Decimal:
-    """What the period can still take, in USD."""
+    """What the period can still take, in USD; 0 when it is over (never negative)."""
     left = period.limit_amount - period.settled - period.reserved
-    return left * usd_per_unit(period.currency, settings)
+    return max(left, Decimal(0)) * usd_per_unit(period.currency, settings)
 
 
 def release_expired(session: Session, *, period_id: int, now: datetime) -> None:

@@ -12,7 +12,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlmodel import Session, col
 
 from router.ledger.tables import BudgetPeriod, CallRollup, Team, Tenant
@@ -26,10 +26,11 @@ _SUMS = (
     "SUM(cached_input_tokens) AS cached_input_tokens, SUM(output_tokens) AS output_tokens, "
     "SUM(cost_usd) AS spend_usd, SUM(failed_cost_usd) AS failed_spend_usd, "
     "SUM(CASE WHEN purpose = 'calibration' THEN cost_usd ELSE 0 END) AS calibration_spend_usd, "
+    "SUM(CASE WHEN purpose = 'drift' THEN cost_usd ELSE 0 END) AS drift_spend_usd, "
     "SUM(baseline_cost_usd) AS baseline_usd"
 )
 INT_FIELDS = ("calls", "failed_calls", "simulated_calls", "input_tokens", "cached_input_tokens", "output_tokens")
-MONEY_FIELDS = ("spend_usd", "failed_spend_usd", "calibration_spend_usd", "baseline_usd")
+MONEY_FIELDS = ("spend_usd", "failed_spend_usd", "calibration_spend_usd", "drift_spend_usd", "baseline_usd")
 Sums = dict[str, Any]
 
 
@@ -101,6 +102,7 @@ def _sums_in_python(
             "spend_usd": rollup["cost_usd"],
             "failed_spend_usd": rollup["failed_cost_usd"],
             "calibration_spend_usd": rollup["cost_usd"] if rollup["purpose"] == "calibration" else Decimal(0),
+            "drift_spend_usd": rollup["cost_usd"] if rollup["purpose"] == "drift" else Decimal(0),
             "baseline_usd": rollup["baseline_cost_usd"],
         }
         for target in [total, *(acc[d].setdefault(rollup[COLUMN[d]], _zero()) for d in dims)]:
@@ -135,3 +137,14 @@ def month_budgets(session: Session, *, first: date, tenant_id: int | None) -> li
     if tenant_id is not None:
         query = query.where(col(Team.tenant_id) == tenant_id)
     return [(tenant, team, period) for tenant, team, period in session.execute(query).all()]
+
+
+def team_spend_usd(session: Session, *, team_id: int, first: date, last: date) -> Decimal:
+    """Everything one team spent over the local days [first, last] (every purpose, failed calls
+    included), from the rollups: what a budget set mid-month finds already spent."""
+    where = (ROLLUP.c.team_id == team_id, ROLLUP.c.day >= first, ROLLUP.c.day <= last)
+    if session.get_bind().dialect.name == "postgresql":
+        total = session.execute(select(func.sum(ROLLUP.c.cost_usd)).where(*where)).scalar_one()
+        return Decimal(total or 0)
+    # SQLite keeps money as text: add the Decimals here, exactly.
+    return sum((cost for (cost,) in session.execute(select(ROLLUP.c.cost_usd).where(*where))), Decimal(0))

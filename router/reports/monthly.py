@@ -26,10 +26,17 @@ CHARTS = ("day", "team", "model")
 
 @dataclass(frozen=True, slots=True)
 class ReportRow:
-    """The sums of one group (a team, a model, a day...) or of the whole report (key TOTAL)."""
+    """The sums of one group (a team, a model, a day...) or of the whole report (key TOTAL).
+
+    Spend has three purposes: run (the job's items on its route), calibration (testing models on the
+    job's labelled items) and drift (re-asking the baseline about a share of the items). Only run
+    items have a baseline (the same items on the job's baseline model), so the savings compare run
+    spend with it; calibration and drift are spent to choose and watch the route, and are reported
+    as their own figures, never as negative savings. `net_savings_usd` is the all-in comparison.
+    """
 
     key: str
-    spend_usd: Decimal = Decimal(0)
+    spend_usd: Decimal = Decimal(0)  # all of it: run, calibration and drift
     calls: int = 0
     failed_calls: int = 0
     input_tokens: int = 0
@@ -37,17 +44,36 @@ class ReportRow:
     output_tokens: int = 0
     failed_spend_usd: Decimal = Decimal(0)  # spend on calls that gave no usable answer
     calibration_spend_usd: Decimal = Decimal(0)  # spend on calls whose purpose is calibration
-    baseline_usd: Decimal = Decimal(0)  # each item once, its final call's tokens, at its job's baseline model's price
+    baseline_usd: Decimal = Decimal(
+        0
+    )  # each run item once, its final call's tokens, at its job's baseline model's price
     simulated_calls: int = 0  # answered by the sandbox, not a real provider
+    drift_spend_usd: Decimal = Decimal(0)  # spend on drift checks (the baseline model asked again)
+
+    @property
+    def checks_spend_usd(self) -> Decimal:
+        """Calibration and drift checks: what choosing and watching the route cost."""
+        return self.calibration_spend_usd + self.drift_spend_usd
+
+    @property
+    def run_spend_usd(self) -> Decimal:
+        """Spend on the run items, the spend the baseline compares with."""
+        return self.spend_usd - self.checks_spend_usd
 
     @property
     def savings_usd(self) -> Decimal:
-        return self.baseline_usd - self.spend_usd
+        """The run items against the same items on their jobs' baseline model."""
+        return self.baseline_usd - self.run_spend_usd
 
     @property
     def savings_pct(self) -> Decimal | None:
         """Savings as a percentage of the baseline; None when there is no baseline to compare with."""
         return self.savings_usd * 100 / self.baseline_usd if self.baseline_usd else None
+
+    @property
+    def net_savings_usd(self) -> Decimal:
+        """All in: the baseline against all spend, calibration and drift checks included."""
+        return self.baseline_usd - self.spend_usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +173,7 @@ def _row(values: Mapping[Any, Any]) -> ReportRow:
         output_tokens=n("output_tokens"),
         failed_spend_usd=usd("failed_spend_usd"),
         calibration_spend_usd=usd("calibration_spend_usd"),
+        drift_spend_usd=usd("drift_spend_usd"),
         baseline_usd=usd("baseline_usd"),
     )
 

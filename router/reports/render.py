@@ -16,6 +16,7 @@ from decimal import ROUND_CEILING, Context, Decimal
 from html import escape
 from typing import Any
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 
 from router.ledger.types import MONEY_SCALE
@@ -34,6 +35,10 @@ COLUMNS = (
     "savings_usd",
     "savings_pct",
     "simulated_calls",
+    # Added after the first release: appended, so the columns above keep their places.
+    "drift_spend_usd",
+    "run_spend_usd",
+    "net_savings_usd",
 )
 LEDGER_PLACES = Decimal(1).scaleb(-MONEY_SCALE)
 WIDE = Context(prec=60)  # padding a sum to 10 places must never run out of digits (the default is 28)
@@ -54,47 +59,79 @@ MONTHS = (
 )
 
 
-# -- numbers for reading: the one place money is rounded for display (the CLI uses these too) ------
+# -- numbers for reading: the one place money is formatted (the CLI uses these too) ----------------
+#
+# Two kinds of text, and only these: `plain` is the exact amount, for files and tooltips (CSV, JSON,
+# the page's hover text); `usd` is the amount for reading, rounded here and only here. Neither ever
+# prints an exponent ('5E+2', '1.2E-9'), and neither depends on how the backend handed the Decimal
+# over: SQLite keeps money as text ('0.00001590'), Postgres as NUMERIC(20, 10) ('0.0000159000'),
+# and both print the same digits.
 
 
-def plain(amount: Decimal) -> str:
-    """A Decimal as a plain string at full precision ('0.0000000012', never '1.2E-9'), with at least the
-    ledger's 10 places so every backend prints the same text; padded with zeros, never rounded."""
-    if amount.as_tuple().exponent > -MONEY_SCALE:  # type: ignore[operator]
-        amount = amount.quantize(LEDGER_PLACES, context=WIDE)
-    return format(amount, "f")
+def _decimal(amount: Decimal | str | int) -> Decimal:
+    value = amount if isinstance(amount, Decimal) else Decimal(str(amount))
+    return value.copy_abs() if value.is_zero() else value  # never '-0'
 
 
-def usd(amount: Decimal | str | None, places: int = 4) -> str:
-    """Money for display: rounded here, and only here."""
+def plain(amount: Decimal | str | int) -> str:
+    """The exact amount as a plain decimal string ('0.0000000012', never '1.2E-9'), with exactly the
+    ledger's 10 places (more only where the amount needs them), so every backend prints the same text
+    for the same amount; padded with zeros, never rounded."""
+    value = _decimal(amount)
+    if value.as_tuple().exponent < -MONEY_SCALE:  # type: ignore[operator]
+        value = value.normalize(WIDE)  # zeros past the 10th place are the text's, not the amount's
+    if value.as_tuple().exponent > -MONEY_SCALE:  # type: ignore[operator]
+        value = value.quantize(LEDGER_PLACES, context=WIDE)
+    return format(value, "f")
+
+
+def usd_exact(amount: Decimal | str | int, *, currency: str = "USD") -> str:
+    """`plain` with its unit, for hover text: $0.0076038173, -$0.0016000000, 4.5000000000 EUR."""
+    value = _decimal(amount)
+    sign, digits = ("-" if value < 0 else ""), plain(abs(value))
+    return f"{sign}${digits}" if currency == "USD" else f"{sign}{digits} {currency}"
+
+
+def exact(amount: Decimal | str | int) -> str:
+    """The exact amount in its fewest digits, never an exponent: 500 (not 5E+2), 499.99, 0.00000015.
+    For what a person typed or a price sheet says (limits, prices per million tokens)."""
+    value = _decimal(amount)
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def usd(amount: Decimal | str | int | None, places: int | None = None, *, currency: str = "USD") -> str:
+    """Money for reading: rounded here, and only here.
+
+    `places` None: cents from 1 up ($1,234.50); below, two significant digits, since calls cost
+    fractions of a cent ($0.0000159 reads $0.000016). `places` n: n places ($0.012000), and an amount
+    too small to show two significant digits in them keeps two ($0.0000012, not $0.000001 or $0.000000). Always plain
+    decimals with thousands separators, the sign in front (-$0.0016). USD as `$x`, another
+    currency as `x EUR`. None (no figure) reads '-'.
+    """
     if amount is None:
         return "-"
-    value = Decimal(str(amount))
-    if value and abs(value) < Decimal(10) ** -places:
-        # A tiny amount keeps two significant digits, in plain decimals: $0.000013, not $1.30E-5.
-        return f"${value:,.{-value.adjusted() + 1}f}"
-    return f"${value:,.{places}f}"
-
-
-def money(amount: Decimal) -> str:
-    """Rounded for display: cents from $1 up; below, two significant digits (calls cost fractions of a cent)."""
-    if amount == 0:
-        return "$0"
-    sign, size = ("-" if amount < 0 else ""), abs(amount)
-    if size >= 1:
-        return f"{sign}${size:,.2f}"
-    digits = f"{size:.{max(2, 1 - size.adjusted())}f}"
-    if len(digits) > 4 and digits.endswith("0"):  # 0.00000000090 reads as 0.0000000009; 0.50 keeps its cents
-        digits = digits[:-1]
-    return f"{sign}${digits}"
+    value = _decimal(amount)
+    size, sign = abs(value), "-" if value < 0 else ""
+    if size == 0:
+        digits = "0" if places is None else f"{size:.{places}f}"
+    elif size < (Decimal(1) if places is None else Decimal(1).scaleb(1 - places)):
+        # Two significant digits, but at least cents; a zero the rounding left at the end goes
+        # (0.00000000090 reads 0.0000000009), and so the text depends on the value only.
+        digits = f"{size:.{max(2, 1 - size.adjusted())}f}"
+        while digits.endswith("0") and len(digits.split(".")[1]) > 2:
+            digits = digits[:-1]
+    else:
+        digits = f"{size:,.{2 if places is None else places}f}"
+    return f"{sign}${digits}" if currency == "USD" else f"{sign}{digits} {currency}"
 
 
 def short_money(amount: Decimal) -> str:
     """Axis labels, which are round numbers: $0.0005, $20, $1.5k, $3M."""
     for unit, scale in (("M", Decimal(10) ** 6), ("k", Decimal(1000))):
         if abs(amount) >= scale:
-            return f"${(amount / scale).normalize():f}{unit}"
-    return f"${amount.normalize():f}"
+            return f"${exact(amount / scale)}{unit}"
+    return f"${exact(amount)}"
 
 
 def count(n: int) -> str:
@@ -109,10 +146,17 @@ def pct(value: Decimal | None) -> str:
     return "-" if value is None else f"{value.quantize(PCT)}%"
 
 
+# Savings compare with a baseline; a row without one (calibration only, or a cascade's first model
+# by model) has no savings, not negative ones: these cells are empty in CSV and null in JSON.
+COMPARED = ("savings_usd", "savings_pct", "net_savings_usd")
+
+
 def _cell(row: ReportRow, column: str) -> Any:
     value = getattr(row, column)
+    if column in COMPARED and not row.baseline_usd:
+        return ""
     if column == "savings_pct":
-        return "" if value is None else str(value.quantize(PCT))
+        return str(value.quantize(PCT))
     return plain(value) if isinstance(value, Decimal) else value
 
 
@@ -134,77 +178,151 @@ def _simulated_note(report: Report) -> str:
 
 # -- terminal, CSV, JSON ---------------------------------------------------------------------------
 
+# Rich cuts a cell that does not fit to "$0.00…" unless told otherwise: every column here folds
+# instead (a figure too wide for its column goes on two lines), so no cell ever hides its figure.
+FOLD: dict[str, Any] = {"overflow": "fold"}
 
-def render_table(report: Report) -> Table:
-    """The grouped rows and a TOTAL row, rounded for reading."""
+
+def render_table(report: Report) -> RenderableType:
+    """Two tables, rounded for reading: what was spent (grouped rows and a TOTAL row), then what the
+    run items saved against each job's baseline model, with calibration and drift checks apart."""
+    return Group(_spend_table(report), _savings_table(report))
+
+
+def _rows(report: Report) -> tuple[ReportRow, ...]:
+    return (*report.rows, report.totals)
+
+
+def _row_style(report: Report, row: ReportRow) -> dict[str, Any]:
+    return {
+        "style": "bold" if row is report.totals else None,
+        "end_section": row is report.rows[-1] if report.rows else False,
+    }
+
+
+def _spend_table(report: Report) -> Table:
     table = Table(title=_title(report), title_justify="left")
-    table.add_column(report.by, no_wrap=True)  # the key is what a reader looks for: never cut it
-    for name in (
-        "spend",
-        "calls",
-        "failed",
-        "tokens in",
-        "cached",
-        "tokens out",
-        "failed spend",
-        "calibration",
-        "baseline",
-        "saved",
-        "saved %",
-    ):
-        table.add_column(name, justify="right")
-    for row in (*report.rows, report.totals):
+    table.add_column(report.by, **FOLD)  # the key is what a reader looks for: folded, never cut
+    for name in ("spend", "calls", "failed", "tokens in", "cached", "tokens out", "failed spend"):
+        table.add_column(name, justify="right", **FOLD)
+    for row in _rows(report):
         table.add_row(
             row.key,
-            money(row.spend_usd),
+            usd(row.spend_usd),
             f"{row.calls:,}",
             f"{row.failed_calls:,}",
             f"{row.input_tokens:,}",
             f"{row.cached_input_tokens:,}",
             f"{row.output_tokens:,}",
-            money(row.failed_spend_usd),
-            money(row.calibration_spend_usd),
-            money(row.baseline_usd),
-            money(row.savings_usd),
-            pct(row.savings_pct),
-            style="bold" if row is report.totals else None,
-            end_section=row is report.rows[-1] if report.rows else False,
+            usd(row.failed_spend_usd),
+            **_row_style(report, row),
         )
     return table
+
+
+def _savings_table(report: Report) -> Table:
+    table = Table(
+        title=f"Savings of the run items against each job's baseline model, by {report.by}",
+        title_justify="left",
+        caption=savings_note(report.totals),
+        caption_justify="left",
+    )
+    table.add_column(report.by, **FOLD)
+    for name in ("run spend", "baseline", "saved", "saved %", "calibration", "drift checks"):
+        table.add_column(name, justify="right", **FOLD)
+    for row in _rows(report):
+        table.add_row(
+            row.key,
+            usd(row.run_spend_usd),
+            usd(row.baseline_usd) if row.baseline_usd else "-",
+            usd(row.savings_usd) if row.baseline_usd else "-",
+            pct(row.savings_pct),
+            usd(row.calibration_spend_usd),
+            usd(row.drift_spend_usd),
+            **_row_style(report, row),
+        )
+    return table
+
+
+def savings_note(totals: ReportRow) -> str:
+    """What the savings are against, and the all-in figure, in words (the table's caption, the page's footnote)."""
+    if not totals.baseline_usd:
+        return "No run items to compare with a baseline model this month."
+    checks = (
+        f" Calibration ({usd(totals.calibration_spend_usd)}) and drift checks ({usd(totals.drift_spend_usd)}) "
+        "choose and watch the route: they are listed apart, not taken from the savings."
+        if totals.checks_spend_usd
+        else ""
+    )
+    return (
+        "saved: the run items against the same items on each job's baseline model (the most expensive model "
+        f"that met the job's constraints).{checks} All in: {usd(totals.spend_usd)} spent against "
+        f"{usd(totals.baseline_usd)} on the baselines, {compared(totals.spend_usd, totals.baseline_usd)}."
+    )
+
+
+def compared(spent: Decimal, baseline: Decimal) -> str:
+    """'83% less than the baseline', or '3.1x the baseline' where more was spent (a small job's
+    calibration can cost more than the job saves)."""
+    if spent <= baseline:
+        return f"{1 - spent / baseline:.0%} less than the baseline"
+    return f"{spent / baseline:.1f}x the baseline"
 
 
 def render_budget_table(report: Report) -> Table:
     """The month's budget periods, in their own currencies."""
     table = Table(title=f"Budgets, {report.month}", title_justify="left")
     for name in ("tenant", "team", "limit", "settled", "reserved", "used"):
-        table.add_column(name, justify="left" if name in ("tenant", "team") else "right")
+        table.add_column(name, justify="left" if name in ("tenant", "team") else "right", **FOLD)
     for budget in report.budgets:
         table.add_row(
             budget.tenant,
             budget.team,
-            _amount(budget.limit, budget.currency),
-            _amount(budget.settled, budget.currency),
-            _amount(budget.reserved, budget.currency),
-            pct(budget.used_pct),
+            usd(budget.limit, currency=budget.currency),
+            usd(budget.settled, currency=budget.currency),
+            usd(budget.reserved, currency=budget.currency),
+            pct(budget.used_pct) + (" (over)" if budget.used_pct is not None and budget.used_pct > 100 else ""),
         )
     return table
 
 
+# A spreadsheet runs a cell that begins with one of these as a formula (=HYPERLINK(...) in a team
+# name); OWASP's CSV injection advice is to make such a cell text with a leading single quote.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text cell made safe for spreadsheets: one that begins like a formula gets a leading quote."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
 def render_csv(report: Report) -> str:
-    """A header, one row per group, then TOTAL; amounts at full precision."""
+    """A header, one row per group, then TOTAL; amounts at full precision.
+
+    Text cells (the group key: team, model, provider, task, job names) that begin with = + - @, a tab
+    or a carriage return are neutralized with a leading single quote. Numbers are left as they are,
+    so that they stay numbers: every number cell is written here from a Decimal or an int (a plain
+    decimal such as -0.0016000000, never text from outside), and a leading minus is its sign.
+    """
+    lines = [_csv_line((csv_text(report.by), *COLUMNS))]
+    lines += [_csv_line((csv_text(row.key), *(_cell(row, c) for c in COLUMNS))) for row in _rows(report)]
+    return "".join(lines)
+
+
+def _csv_line(cells: Sequence[Any]) -> str:
+    """One CSV line, ending in \\n. The csv module quotes a cell holding a carriage return only when
+    the line terminator has one (Python 3.11), and a bare CR starts a new row in some spreadsheets:
+    so the line is written with \\r\\n (every CR or LF inside a cell quoted), then ended with \\n."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow((report.by, *COLUMNS))
-    for row in (*report.rows, report.totals):
-        writer.writerow((row.key, *(_cell(row, c) for c in COLUMNS)))
-    return out.getvalue()
+    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    return out.getvalue().removesuffix("\r\n") + "\n"
 
 
 def render_json(report: Report) -> str:
     """Everything in the report; amounts as full-precision decimal strings."""
 
     def row(r: ReportRow) -> dict[str, Any]:
-        return {"key": r.key, **{c: _cell(r, c) for c in COLUMNS}, "savings_pct": _cell(r, "savings_pct") or None}
+        return {"key": r.key, **{c: _cell(r, c) if c not in COMPARED else _cell(r, c) or None for c in COLUMNS}}
 
     def budget(b: BudgetRow) -> dict[str, Any]:
         return {
@@ -241,10 +359,6 @@ def render_json(report: Report) -> str:
     return json.dumps(doc, indent=2)
 
 
-def _amount(value: Decimal, currency: str) -> str:
-    return money(value) if currency == "USD" else f"{value:,.2f} {currency}"
-
-
 # -- HTML ------------------------------------------------------------------------------------------
 
 
@@ -254,7 +368,7 @@ def render_html(report: Report) -> str:
     failed_share = f"{Decimal(t.failed_calls * 100) / t.calls:.1f}% of calls" if t.calls else "no calls"
     cards = "".join(
         (
-            _card("Spend", money(t.spend_usd), f"exact ${plain(t.spend_usd)}", t.spend_usd, accent=True),
+            _card("Spend", usd(t.spend_usd), f"exact {usd_exact(t.spend_usd)}", t.spend_usd, accent=True),
             _card("Calls", f"{t.calls:,}", f"{t.failed_calls:,} failed ({failed_share})"),
             _card(
                 "Tokens",
@@ -262,23 +376,32 @@ def render_html(report: Report) -> str:
                 f"in {count(t.input_tokens)} &middot; cached {count(t.cached_input_tokens)} &middot; out {count(t.output_tokens)}",
             ),
             _card(
-                "Saved vs baseline",
-                money(t.savings_usd),
-                f"{pct(t.savings_pct)} of {money(t.baseline_usd)} baseline",
-                t.savings_usd,
-                good=t.savings_usd >= 0,
+                "Run items saved vs baseline model",
+                usd(t.savings_usd) if t.baseline_usd else "-",
+                f"the run items cost {usd(t.run_spend_usd)} against {usd(t.baseline_usd)} on each job's "
+                f"baseline model: {pct(t.savings_pct)} saved"
+                if t.baseline_usd
+                else "no run items to compare with a baseline model",
+                t.savings_usd if t.baseline_usd else None,
+                good=(t.savings_usd >= 0) if t.baseline_usd else None,
+            ),
+            _card(
+                "Calibration and drift checks",
+                usd(t.checks_spend_usd),
+                f"calibration {usd(t.calibration_spend_usd)} &middot; drift {usd(t.drift_spend_usd)}; "
+                "choosing and watching the route, not taken from the savings"
+                + (
+                    f"; all in: {compared(t.spend_usd, t.baseline_usd)}"
+                    if t.baseline_usd and t.checks_spend_usd
+                    else ""
+                ),
+                t.checks_spend_usd,
             ),
             _card(
                 "Failed-call spend",
-                money(t.failed_spend_usd),
-                f"exact ${plain(t.failed_spend_usd)}",
+                usd(t.failed_spend_usd),
+                f"exact {usd_exact(t.failed_spend_usd)}",
                 t.failed_spend_usd,
-            ),
-            _card(
-                "Calibration spend",
-                money(t.calibration_spend_usd),
-                f"exact ${plain(t.calibration_spend_usd)}",
-                t.calibration_spend_usd,
             ),
         )
     )
@@ -300,13 +423,14 @@ def render_html(report: Report) -> str:
         by=escape(report.by),
         table=_group_table(report),
         budgets=_budget_table(report.budgets),
+        savings=escape(savings_note(t)),
     )
 
 
 def _card(
     label: str, value: str, note: str, exact: Decimal | None = None, *, accent: bool = False, good: bool | None = None
 ) -> str:
-    tip = f' title="${plain(exact)} exactly"' if exact is not None else ""
+    tip = f' title="{usd_exact(exact)} exactly"' if exact is not None else ""
     tone = " accent" if accent else (" good" if good else " bad" if good is False else "")
     return (
         f'<div class="card{tone}"><div class="label">{label}</div>'
@@ -358,7 +482,9 @@ def day_chart(days: Sequence[ReportRow]) -> str:
         x = left + band * i
         h = plot_h * row.spend_usd / ceiling
         weekend = day.weekday() >= 5
-        tip = f"{_DAYS[day.weekday()]} {row.key}: {money(row.spend_usd)} (${plain(row.spend_usd)}), {row.calls:,} calls"
+        tip = (
+            f"{_DAYS[day.weekday()]} {row.key}: {usd(row.spend_usd)} ({usd_exact(row.spend_usd)}), {row.calls:,} calls"
+        )
         parts.append(
             f'<g class="day"><title>{escape(tip)}</title>'
             + (f'<rect class="weekend" x="{_n(x)}" y="{top}" width="{_n(band)}" height="{plot_h}"/>' if weekend else "")
@@ -400,21 +526,21 @@ def bar_chart(rows: Sequence[ReportRow], *, color: str) -> str:
         y = row_h * i + 4
         w = max(span * row.spend_usd / peak, Decimal(1) if row.spend_usd else Decimal(0))
         label = row.key if len(row.key) <= 24 else row.key[:23] + "\u2026"
-        tip = f"{row.key}: {money(row.spend_usd)} (${plain(row.spend_usd)}), {row.calls:,} calls"
+        tip = f"{row.key}: {usd(row.spend_usd)} ({usd_exact(row.spend_usd)}), {row.calls:,} calls"
         parts.append(
             f"<g><title>{escape(tip)}</title>"
             f'<rect class="hover" x="0" y="{_n(y)}" width="{width}" height="{row_h - 2}"/>'
             f'<text class="label" x="{label_w - 10}" y="{_n(y + row_h / 2 + 3)}" text-anchor="end">{escape(label)}</text>'
             f'<rect x="{label_w}" y="{_n(y + 5)}" width="{_n(w)}" height="{row_h - 12}" rx="3" fill="{color}"/>'
-            f'<text class="val" x="{_n(label_w + w + 6)}" y="{_n(y + row_h / 2 + 3)}">{money(row.spend_usd)}</text></g>'
+            f'<text class="val" x="{_n(label_w + w + 6)}" y="{_n(y + row_h / 2 + 3)}">{usd(row.spend_usd)}</text></g>'
         )
     if rest:
         spend = sum((r.spend_usd for r in rest), Decimal(0))
         y = row_h * len(shown) + 4
-        tip = f"{len(rest)} others: {money(spend)} (${plain(spend)}), {sum(r.calls for r in rest):,} calls"
+        tip = f"{len(rest)} others: {usd(spend)} ({usd_exact(spend)}), {sum(r.calls for r in rest):,} calls"
         parts.append(
             f'<g><title>{escape(tip)}</title><text class="val" x="{label_w}" y="{_n(y + row_h / 2 + 3)}">'
-            f"+ {len(rest)} others: {money(spend)}</text></g>"
+            f"+ {len(rest)} others: {usd(spend)}</text></g>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -424,8 +550,10 @@ def _empty(message: str) -> str:
     return f'<div class="empty">{message}</div>'
 
 
-def _td(text: str, exact: Decimal | None = None, *, tag: str = "td", tip: str | None = None) -> str:
-    tip = f"${plain(exact)}" if exact is not None else tip
+def _td(
+    text: str, amount: Decimal | None = None, *, tag: str = "td", tip: str | None = None, currency: str = "USD"
+) -> str:
+    tip = usd_exact(amount, currency=currency) if amount is not None else tip
     return f'<{tag} title="{tip}">{text}</{tag}>' if tip else f"<{tag}>{text}</{tag}>"
 
 
@@ -441,6 +569,8 @@ def _group_table(report: Report) -> str:
             "tokens out",
             "failed spend",
             "calibration",
+            "drift checks",
+            "run spend",
             "baseline",
             "saved",
             "saved %",
@@ -459,7 +589,7 @@ def _group_table(report: Report) -> str:
             else ""
         )
         cells = [
-            _td(f"{bar}{money(row.spend_usd)}", row.spend_usd, tag=tag),
+            _td(f"{bar}{usd(row.spend_usd)}", row.spend_usd, tag=tag),
             _td(f"{row.calls:,}", tag=tag),
             _td(f"{row.failed_calls:,}", tag=tag),
             # Token counts run to billions: compact here, exact on hover.
@@ -468,14 +598,23 @@ def _group_table(report: Report) -> str:
                 for c in ("input_tokens", "cached_input_tokens", "output_tokens")
             ),
             *(
-                _td(money(getattr(row, c)), getattr(row, c), tag=tag)
-                for c in ("failed_spend_usd", "calibration_spend_usd", "baseline_usd", "savings_usd")
+                _td(usd(getattr(row, c)), getattr(row, c), tag=tag)
+                for c in ("failed_spend_usd", "calibration_spend_usd", "drift_spend_usd", "run_spend_usd")
+            ),
+            # Only run items have a baseline: a row without one has nothing saved or lost, just "-".
+            *(
+                (
+                    _td(usd(row.baseline_usd), row.baseline_usd, tag=tag),
+                    _td(usd(row.savings_usd), row.savings_usd, tag=tag),
+                )
+                if row.baseline_usd
+                else (_td("-", tag=tag), _td("-", tag=tag))
             ),
             _td(pct(row.savings_pct), tag=tag),
         ]
         return f'<tr><{tag} class="key">{escape(row.key)}</{tag}>{"".join(cells)}</tr>'
 
-    body = "".join(line(r) for r in report.rows) or '<tr><td colspan="12" class="empty">No calls this month.</td></tr>'
+    body = "".join(line(r) for r in report.rows) or '<tr><td colspan="15" class="empty">No calls this month.</td></tr>'
     return (
         f'<table><thead><tr><th class="key">{escape(report.by)}</th>{head}</tr></thead><tbody>{body}</tbody>'
         f"<tfoot>{line(report.totals, 'th')}</tfoot></table>"
@@ -497,9 +636,9 @@ def _budget_table(budgets: Sequence[BudgetRow]) -> str:
         )
         rows.append(
             f'<tr><td class="key">{escape(b.tenant)}</td><td class="key">{escape(b.team)}</td>'
-            + _td(_amount(b.limit, b.currency), b.limit)
-            + _td(_amount(b.settled, b.currency), b.settled)
-            + _td(_amount(b.reserved, b.currency), b.reserved)
+            + _td(usd(b.limit, currency=b.currency), b.limit, currency=b.currency)
+            + _td(usd(b.settled, currency=b.currency), b.settled, currency=b.currency)
+            + _td(usd(b.reserved, currency=b.currency), b.reserved, currency=b.currency)
             + f'<td class="meter-cell">{meter}<span class="pct">{pct(b.used_pct)}</span></td></tr>'
         )
     return (
@@ -566,9 +705,9 @@ footer {{ color:var(--muted); font-size:12px; margin-top:8px; }}
 <section class="panel"><h2>Spend per model</h2>{model_chart}</section></div>
 <section class="panel"><h2>By {by}</h2><div class="scroll">{table}</div></section>
 <section class="panel"><h2>Budgets</h2>{budgets}</section>
-<footer>Sums are exact; figures are rounded for display (hover a figure for its exact value). Savings compare
-each item's final answer, at the same tokens, with its job's baseline model (the most expensive model that met the job's
-constraints), its thinking included.
+<footer>Sums are exact; figures are rounded for display (hover a figure for its exact value). {savings}
+Calibration and drift checks are spent on every job's own items to choose its route and to watch it; a small
+job's checks can cost more than its run saves, and larger jobs repay them.
 Each tenant's month runs on its own time zone.</footer>
 </main></body></html>
 """

@@ -230,9 +230,13 @@ def test_team_report_sums_exactly(session: Session) -> None:
     report = monthly_report(session, month="2026-10", tenant=ACME, by="team")
     assert report.rows == (LEGAL, GROWTH)  # highest spend first
     assert report.totals == ACME_TOTAL
-    assert report.totals.savings_usd == D("0.0206612950")
-    assert GROWTH.savings_usd == D("0.0103462964")
-    assert report.totals.savings_pct == D("0.0206612950") * 100 / D("0.028265")
+    # Savings are the run items' against their baseline; calibration (growth's $0.0025) is its own
+    # figure. All in, calibration included, is the net saving (what `savings_usd` was before).
+    assert report.totals.net_savings_usd == D("0.0206612950")
+    assert GROWTH.net_savings_usd == D("0.0103462964")
+    assert report.totals.savings_usd == D("0.0231612950") == D("0.028265") - (D("0.0076037050") - D("0.0025"))
+    assert GROWTH.savings_usd == D("0.0128462964") and GROWTH.run_spend_usd == D("0.0001037036")
+    assert report.totals.savings_pct == D("0.0231612950") * 100 / D("0.028265")
     assert (report.first_day, report.last_day) == (date(2026, 10, 1), date(2026, 10, 31))
 
 
@@ -350,6 +354,9 @@ def test_csv_has_every_group_and_the_exact_total(session: Session) -> None:
         "savings_usd",
         "savings_pct",
         "simulated_calls",
+        "drift_spend_usd",
+        "run_spend_usd",
+        "net_savings_usd",
     ]
     assert [r[0] for r in rows[1:]] == ["legal", "growth", "TOTAL"]
     for row, want in zip(rows[1:], (LEGAL, GROWTH, ACME_TOTAL), strict=True):
@@ -365,8 +372,9 @@ def test_csv_has_every_group_and_the_exact_total(session: Session) -> None:
             want.baseline_usd,
             want.savings_usd,
         ]
-    assert rows[-1][1] == "0.0076037050" and rows[-1][10] == "0.0206612950"  # full precision, as stored
-    assert rows[-1][11] == "73.10"  # 0.020661295 / 0.028265, a display ratio
+    assert rows[-1][1] == "0.0076037050" and rows[-1][10] == "0.0231612950"  # full precision, as stored
+    assert rows[-1][11] == "81.94"  # 0.023161295 / 0.028265, a display ratio
+    assert rows[-1][13:] == ["0.0000000000", "0.0051037050", "0.0206612950"]  # drift, run, net (all in)
 
 
 def test_json_has_rows_totals_budgets_and_series_as_exact_strings(session: Session) -> None:
@@ -379,7 +387,8 @@ def test_json_has_rows_totals_budgets_and_series_as_exact_strings(session: Sessi
     }
     totals = doc["totals"]
     assert totals["spend_usd"] == "0.0076038173" and D(totals["baseline_usd"]) == D("0.02844")
-    assert D(totals["savings_usd"]) == D("0.0208361827") and totals["calls"] == 8
+    assert D(totals["savings_usd"]) == D("0.0233361827") and totals["calls"] == 8
+    assert D(totals["net_savings_usd"]) == D("0.0208361827")  # all in, calibration included
     assert D(totals["failed_spend_usd"]) == D("0.0000024699") and D(totals["calibration_spend_usd"]) == D("0.0025")
     assert [(b["team"], b["currency"], D(b["settled"])) for b in doc["budgets"]] == [
         ("growth", "USD", D("0.0026037036")),
@@ -403,7 +412,7 @@ def test_table_shows_groups_and_total(session: Session) -> None:
     console.print(render_table(monthly_report(session, month="2026-10", tenant=ACME)))
     out = console.export_text()
     assert "legal" in out and "growth" in out and "TOTAL" in out
-    assert "$0.0076" in out and "9,600" in out and "73.10%" in out
+    assert "$0.0076" in out and "9,600" in out and "81.94%" in out
 
 
 def _html(session: Session) -> tuple[Report, str]:
@@ -415,7 +424,7 @@ def test_html_is_one_self_contained_page_with_the_totals(session: Session) -> No
     report, page = _html(session)
     assert page.startswith("<!doctype html>") and page.count("<svg") == 3
     assert not re.search(r"<script|<link|<img|@import|url\(|src=|href=|https?:", page, re.I)  # nothing to fetch
-    for exact in ("0.0076038173", "0.0000024699", "0.0025000000", "0.0284400000", "0.0208361827"):
+    for exact in ("0.0076038173", "0.0000024699", "0.0025000000", "0.0284400000", "0.0233361827"):
         assert exact in page, exact
     assert "$0.0076" in page and "8</div>" in page  # the summary cards: spend and calls
     assert page.count('class="bar"') == 5  # one bar per day with spend
