@@ -1,7 +1,10 @@
 """A circuit breaker per provider: after too many failures in a row, stop calling it for a while.
 
 closed     calls go through; each retryable failure (5xx, timeout, connection) adds one to the
-           count, each success resets it.
+           count, each success resets it. A 5xx is the provider's own answer and counts on its own;
+           calls that got no answer (timeouts, resets) and started together (within CORRELATION_S of
+           the last counted one) fail for one cause and count once: 20 calls sent at once that time
+           out together are one burst, not "20 failures in a row".
 open       after THRESHOLD failures in a row: calls fail fast for COOLDOWN_S (the items move to
            their fallback models instead of hammering a provider that is down).
 half-open  after the cooldown: calls go through again; the first failure re-opens at once, the
@@ -17,6 +20,10 @@ from dataclasses import dataclass, replace
 THRESHOLD = 20
 # Long enough for a provider's incident to pass or an operator to notice; below MAX_WAIT_S of a chunk.
 COOLDOWN_S = 30.0
+# Calls started within this many seconds of each other fail together for one cause (a burst of
+# hangs, a reset of every pooled connection): so the breaker opens only after failures spread over
+# at least THRESHOLD of these windows with no success between them (a provider that is down).
+CORRELATION_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +31,7 @@ class BreakerState:
     failures: int = 0
     open_until: float = 0.0
     half_open: bool = False
+    burst_started: float = 0.0  # when the call behind the last counted failure started
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +52,25 @@ def allows(state: BreakerState, now: float) -> BreakerDecision:
 
 
 def on_failure(
-    state: BreakerState, now: float, *, threshold: int = THRESHOLD, cooldown_s: float = COOLDOWN_S
+    state: BreakerState,
+    now: float,
+    *,
+    started: float | None = None,
+    unanswered: bool = False,
+    threshold: int = THRESHOLD,
+    cooldown_s: float = COOLDOWN_S,
 ) -> BreakerState:
-    failures = state.failures + 1
-    if state.half_open or failures >= threshold:
+    """Count a failure of a call that started at `started` (default: now). An `unanswered` failure
+    (timeout, reset) of a call started within CORRELATION_S of the last counted one is the same burst."""
+    started = now if started is None else started
+    if state.half_open:
         return BreakerState(failures=0, open_until=now + cooldown_s, half_open=True)
-    return replace(state, failures=failures)
+    if unanswered and state.failures and abs(started - state.burst_started) < CORRELATION_S:
+        return state  # the same burst as the last counted failure: one signal
+    failures = state.failures + 1
+    if failures >= threshold:
+        return BreakerState(failures=0, open_until=now + cooldown_s, half_open=True)
+    return replace(state, failures=failures, burst_started=started)
 
 
 def on_success(state: BreakerState) -> BreakerState:

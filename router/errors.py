@@ -168,9 +168,10 @@ class MalformedResponse(ProviderError):
 
 
 class CircuitOpen(ProviderError):
-    """Raised (without calling) while a provider's circuit breaker is open; the item moves on to its
-    fallback model rather than waiting on a provider that keeps failing."""
+    """Raised (without calling) while a provider's circuit breaker is open, `retry_after` seconds
+    before it lets a probe through: the item moves on to its fallback model, or, with none left,
+    waits for the breaker rather than failing at once."""
 
     @property
     def retryable(self) -> bool:
-        return False
+        return True

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from router.catalog import Catalog, ModelInfo
 from router.engine import runtime
-from router.errors import CircuitOpen, ProviderError
+from router.errors import CircuitOpen, ProviderConnectionError, ProviderError, ProviderTimeout
 from router.providers.base import ChatRequest, Completion, Provider
 from router.providers.limits import SharedLimits
 from router.providers.registry import get_provider, shared_limits
@@ -74,14 +74,18 @@ async def call_one(
                 if not limits.known_clean(provider.name):
                     breaker = await limits.breaker(provider.name)
                     if not breaker.allowed:
-                        return key, CircuitOpen(breaker.reason, provider=provider.name), 0.0
+                        return (
+                            key,
+                            CircuitOpen(breaker.reason, provider=provider.name, retry_after=breaker.retry_in_s),
+                            0.0,
+                        )
                 if model is not None and (model.rpm or model.tpm):
                     # About 4 characters a token for the prompt, plus the most the answer may take.
                     tokens = (len(request.system) + len(request.prompt)) // 4 + request.output_cap
                     await limits.acquire(model.model_id, rpm=model.rpm, tpm=model.tpm, tokens=tokens)
             except Exception as exc:  # shared limits unreachable: call anyway; the provider's 429s still hold us back
                 log.warning("shared rate limits unavailable (%s); calling without them", exc)
-        started = time.perf_counter()
+        started, sent_at = time.perf_counter(), time.time()
         try:
             result: Completion | ProviderError = await provider.complete(request)
         except ProviderError as exc:
@@ -98,7 +102,12 @@ async def call_one(
             rate_limited = failing and result.status_code == 429  # type: ignore[union-attr]
             try:
                 # A 5xx, a timeout or a broken connection counts against the provider; a 429 slows the model.
-                await limits.record(provider.name, failed=failing and result.retryable and not rate_limited)  # type: ignore[union-attr]
+                await limits.record(
+                    provider.name,
+                    failed=failing and result.retryable and not rate_limited,  # type: ignore[union-attr]
+                    started=sent_at,
+                    unanswered=isinstance(result, (ProviderTimeout, ProviderConnectionError)),
+                )
                 if model is not None:
                     await limits.observe(
                         model.model_id,

@@ -23,7 +23,7 @@ from router.catalog import Catalog, ModelInfo, Price
 from router.engine import runtime
 from router.engine.batch import Batch, ChunkContext, PlannedCall, Recorded, record_calls, reserve_more, write_retrying
 from router.engine.calls import call_all
-from router.errors import ProviderError, ProviderStatusError
+from router.errors import CircuitOpen, ProviderError, ProviderStatusError
 from router.ledger import repo
 from router.ledger.db import session_scope
 from router.ledger.rollup import CallFacts
@@ -261,7 +261,7 @@ def _record_result(
             update.update(status=CallStatus.ERROR)
         error = said[:ERROR_CHARS]
         update.update(error=error)
-        _after_failure(catalog, progress, round_, t, result, said)
+        _after_failure(catalog, chunk, progress, round_, t, result, said)
     progress.unwritten.append(update)
     progress.facts.setdefault((t.model_id, t.purpose), []).append(
         CallFacts(
@@ -286,13 +286,21 @@ def _record_result(
 
 
 def _after_failure(
-    catalog: Catalog, progress: _Progress, round_: _Round, t: PlannedCall, error: ProviderError, said: str
+    catalog: Catalog,
+    chunk: ChunkContext,
+    progress: _Progress,
+    round_: _Round,
+    t: PlannedCall,
+    error: ProviderError,
+    said: str,
 ) -> None:
     """A failed call (`said`: its error, redacted): its provider takes no more calls for the job if it
     refused us; another try on the same model follows if policies.escalation says so."""
     provider = round_.infos[t.model_id].provider
     if error.stops_provider and provider not in progress.stopped:
         progress.stopped[provider] = progress.newly_stopped[provider] = _stop_message(provider, error, said, catalog)
+    if isinstance(error, CircuitOpen) and (t.purpose == "drift" or _fallback_left(catalog, chunk, progress, t)):
+        return  # the provider is known to be failing: on to the item's next stage now (a drift check is skipped)
     decision = after_failure(
         attempt=t.attempt,
         retryable=error.retryable,
@@ -302,6 +310,12 @@ def _after_failure(
     if decision.retry:
         round_.retry.append(PlannedCall(t.item_id, t.model_id, t.purpose, t.attempt + 1))
         round_.waits.append(decision.wait_s)
+
+
+def _fallback_left(catalog: Catalog, chunk: ChunkContext, progress: _Progress, t: PlannedCall) -> bool:
+    """Whether the item has a later stage whose models can all be called now."""
+    later = progress.stages[progress.stage[t.item_id] + 1 :] if t.purpose != "drift" else ()
+    return any(all(chunk.callable(catalog, m, progress.stopped) for m in stage) for stage in later)
 
 
 def _advance_items(catalog: Catalog, chunk: ChunkContext, progress: _Progress, round_: _Round) -> list[PlannedCall]:

@@ -184,18 +184,28 @@ class SharedLimits:
         """Whether calls to `provider` may go through now."""
         return allows(await self._state(provider), time.time())
 
-    async def record(self, provider: str, *, failed: bool) -> None:
-        """Count a call's outcome for the provider's breaker (5xx, timeouts, connection errors fail)."""
+    async def record(
+        self, provider: str, *, failed: bool, started: float | None = None, unanswered: bool = False
+    ) -> None:
+        """Count a call's outcome for the provider's breaker (5xx, timeouts, connection errors fail);
+        `started` (wall clock) groups unanswered failures of calls sent together into one signal."""
         state = await self._state(provider)
         if not failed and state == BreakerState():
             return  # closed and clean: nothing to write
-        new = on_failure(state, time.time()) if failed else on_success(state)
+        new = on_failure(state, time.time(), started=started, unanswered=unanswered) if failed else on_success(state)
+        if new == state:
+            return  # a failure of a burst already counted: nothing changes
         self._breakers[provider] = (time.monotonic(), new)
         client = self.client()
         if client is not None:
             await client.hset(
                 f"pennyroute:cb:{provider}",
-                mapping={"failures": new.failures, "open_until": new.open_until, "half_open": int(new.half_open)},
+                mapping={
+                    "failures": new.failures,
+                    "open_until": new.open_until,
+                    "half_open": int(new.half_open),
+                    "burst_started": new.burst_started,
+                },
             )
             await client.expire(f"pennyroute:cb:{provider}", KEY_TTL_S)
 
@@ -218,6 +228,7 @@ class SharedLimits:
                 failures=int(raw.get(b"failures", 0)),
                 open_until=float(raw.get(b"open_until", 0)),
                 half_open=bool(int(raw.get(b"half_open", 0))),
+                burst_started=float(raw.get(b"burst_started", 0)),
             )
             if raw
             else BreakerState()

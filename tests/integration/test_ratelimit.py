@@ -182,3 +182,70 @@ def test_a_failing_provider_trips_the_breaker_and_items_move_to_their_fallback(
         circuit and len(sent_500) <= 110
     )  # without the breaker: 3 tries x 100 items = 300 calls to a failing provider
     assert {c.provider for c in calls if c.status == "ok"} == {"anthropic"}
+
+
+def test_timeouts_of_calls_sent_together_are_one_signal_not_many() -> None:
+    """20 calls sent at once that all time out are one burst: the breaker stays closed. Bursts spread
+    over time with no success between them (a provider that is down) still open it; 5xx answers count
+    one by one."""
+    state = BreakerState()
+    for _ in range(THRESHOLD * 3):
+        state = on_failure(state, 105.0, started=100.0, unanswered=True)
+    assert state.failures == 1 and allows(state, 105.0).allowed
+    for k in range(1, THRESHOLD):
+        state = on_failure(state, 105.0 + k, started=100.0 + 2 * k, unanswered=True)
+    assert not allows(state, 125.0).allowed  # 20 bursts, two seconds apart, nothing answered
+    answered = BreakerState()
+    for _ in range(THRESHOLD):
+        answered = on_failure(answered, 100.0, started=100.0)  # 500s: each the provider's own answer
+    assert not allows(answered, 100.0).allowed
+
+
+def test_with_no_fallback_an_open_breaker_makes_items_wait_not_fail(
+    live_settings: object,
+    catalog: object,
+    tmp_path: Path,
+    team: tuple[str, str],
+    fake_provider: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The route has one model and its provider fails a whole round: the breaker opens, and the
+    items wait for it to let a probe through (here a 2 s cooldown) instead of failing at once."""
+    import functools
+
+    from router.engine import runtime
+    from router.engine.chunk import run_chunk
+    from router.jobs.intake import JobRequest
+    from router.jobs.submit import submit_job
+    from router.providers import limits
+    from router.providers.registry import close_all
+    from tests.fakes.server import OPENAI_PATH
+    from tests.helpers import ledger, tickets, write_jsonl
+
+    monkeypatch.setattr(limits, "on_failure", functools.partial(limits.on_failure, cooldown_s=2.0))
+    httpx.post(f"{fake_provider}/_reset")
+    runtime.run(close_all())  # fresh breakers for this process
+    path = write_jsonl(tmp_path / "items.jsonl", tickets(30))
+    job_id = submit_job(
+        live_settings,
+        catalog,
+        JobRequest(  # type: ignore[arg-type]
+            path=path,
+            team=team[1],
+            tenant=team[0],
+            task="classify",
+            labels=("billing", "bug", "other"),
+            min_quality=0.5,
+            models=frozenset({"gpt-4o-mini"}),
+            quality="prior",
+        ),
+    ).job_id
+    httpx.post(f"{fake_provider}/_fail", json={"status": 500, "count": 30, "path": OPENAI_PATH})
+    try:
+        outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=30)  # type: ignore[arg-type]
+    finally:
+        httpx.post(f"{fake_provider}/_reset")
+        runtime.run(close_all())
+    calls, items = ledger(live_settings, job_id)  # type: ignore[arg-type]
+    assert any(c.error and "circuit open" in c.error for c in calls)  # the breaker did open
+    assert outcome.done == 30 and all(i.status == "done" for i in items), [i.error for i in items if i.error]
