@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -741,12 +740,7 @@ def budget_set(
     settings = _settings()
 
     def show(period: BudgetPeriod) -> None:
-        out.print(
-            f"team {team}: {period.limit_amount.normalize():f} {period.currency} a month"
-            + (f", alert at {period.soft_pct:g}%" if period.soft_pct else "")
-            + f"; {period.period_start:%Y-%m} so far: "
-            f"settled {period.settled.normalize():f}, reserved {period.reserved.normalize():f}"
-        )
+        out.print(views.budget_set_text(team, period))
 
     try:
         ensure_schema(settings)
@@ -777,23 +771,11 @@ def budget_show(
     if json_out:
         data.emit(data.budgets(rows))
         return
-    table = Table(title=f"Budgets{' for ' + month if month else ' this month'}", title_justify="left")
-    for column in ("tenant", "team", "month", "limit", "currency", "settled", "reserved", "used", "soft alert"):
-        table.add_column(column)
-    for row in rows:
-        used = (row.settled / row.limit_amount) if row.limit_amount else Decimal(0)
-        table.add_row(
-            row.tenant,
-            row.team,
-            f"{row.period_start:%Y-%m}",
-            f"{row.limit_amount.normalize():,}",
-            row.currency,
-            f"{row.settled:,.6f}",
-            f"{row.reserved:,.6f}",
-            f"{used:.1%}",
-            (f"{row.soft_pct:g}%" + (" (sent)" if row.soft_alerted_at else "")) if row.soft_pct else "-",
-        )
-    out.print(table if rows else "no budgets set: `pennyroute budget set --team T --monthly 500`")
+    out.print(
+        views.budget_table(rows, month=month)
+        if rows
+        else "no budgets set: `pennyroute budget set --team T --monthly 500`"
+    )
 
 
 @jobs_app.command("list")

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from router.catalog import Catalog
 from router.cli.ends import outcome
+from router.reports.render import plain
 
 
 def emit(value: Any) -> None:
@@ -21,7 +22,7 @@ def emit(value: Any) -> None:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return format(value.normalize(), "f") if value else "0"
+        return plain(value)  # the reports' exact text: the same digits on every backend
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON")

@@ -12,6 +12,7 @@ from typing import Any
 from router.ledger import repo
 from router.ledger.db import session_scope
 from router.ledger.tables import Job
+from router.reports.render import plain
 from router.settings import Settings
 
 
@@ -87,7 +88,7 @@ def result_record(row: Any, cost: Decimal) -> dict[str, Any]:
         "model": row.model_id,
         "input_tokens": (row.input_tokens or 0) + (row.cached_input_tokens or 0),
         "output_tokens": row.output_tokens,
-        "cost_usd": str(cost),
+        "cost_usd": plain(cost),
         "attempts": row.attempts,
         "error": row.error,
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,8 @@ def test_submit_json_and_jobs_list_with_filters(team: str) -> None:
 def test_data_commands_speak_json(team: str) -> None:
     assert {"tenant": "acme", "team": team} in json.loads(runner.invoke(app, ["team", "list", "--json"]).stdout)
     models = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
-    assert any(m["model_id"] == "gpt-4o" and m["input_usd_per_mtok"] == "2.5" for m in models)
+    assert any(m["model_id"] == "gpt-4o" and Decimal(m["input_usd_per_mtok"]) == Decimal("2.5") for m in models)
     assert json.loads(runner.invoke(app, ["quality", "--json"]).stdout) == []
     assert runner.invoke(app, ["budget", "set", "--team", team, "--monthly", "500"]).exit_code == 0
     budgets = json.loads(runner.invoke(app, ["budget", "show", "--json"]).stdout)
-    assert budgets[0]["team"] == team and budgets[0]["limit"] == "500"
+    assert budgets[0]["team"] == team and Decimal(budgets[0]["limit"]) == 500 and "E" not in budgets[0]["limit"]

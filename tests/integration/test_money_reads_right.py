@@ -137,7 +137,9 @@ def test_a_cost_prints_the_same_digits_on_sqlite_and_postgres(live_settings: Set
             # NUMERIC(20, 10) pads it.
             _spend(session, team, "2026-10-02T09:00:00", D("0.00001590"), baseline=RATES)
             _spend(session, team, "2026-10-03T09:00:00", D("0.0025000"), purpose="calibration")
-            stored = session.execute(select(Call.cost_usd).where(Call.purpose == "run")).scalar_one()
+            stored = session.execute(
+                select(Call.cost_usd).where(Call.purpose == "run", Call.team_id == team.id)
+            ).scalar_one()
             assert stored == D("0.0000159")
             assert plain(stored) == "0.0000159000" and usd(stored, 6) == "$0.000016" and usd(stored) == "$0.000016"
             report = monthly_report(session, month="2026-10", tenant="money-digits")
