@@ -31,6 +31,73 @@ def after_success(factor: float) -> RateDecision:
     return RateDecision(new, "success" if new == factor else f"success: rate {factor:.1%} -> {new:.1%}")
 
 
-def limits_now(rpm: int | None, tpm: int | None, factor: float) -> tuple[float | None, float | None]:
+def limits_now(rpm: float | None, tpm: int | None, factor: float) -> tuple[float | None, float | None]:
     """Requests and tokens per second allowed now (None: unlimited)."""
     return (rpm * factor / 60 if rpm else None, tpm * factor / 60 if tpm else None)
+
+
+# -- limits nobody configured ----------------------------------------------------------------------
+#
+# A model with no `rpm` in the catalog runs unthrottled until its first 429. From then on it has a
+# learned rate (requests per second), seeded from the rate at which its calls were answered just
+# before (a provider over its limit answers at about its limit), cut by LEARN_CUT on a later 429
+# (once per CUT_GAP_S: the 429s of calls already sent at the old rate are one signal), and raised by
+# GROW_SHARE_PER_S of itself for every second in which it is what holds callers back: a cut of 15%
+# is won back in about 15 s, so the sawtooth stays above 90% of the real limit on average. Until its
+# first cut a seeded rate probes upward ten times as fast (TCP's slow start): a seed measured low
+# (slow answers, or one worker's share of them) is outgrown in seconds, not minutes.
+
+# A cut of 15%: halving would average 75% of the limit; 15% keeps the average above 90%.
+LEARN_CUT = 0.85
+# 429s within this long of a cut are answers to calls sent before it: the same signal, not a new one.
+CUT_GAP_S = 2.0
+# While the learned rate holds callers back it climbs 1% a second (of itself, so a seed that was
+# too low, one worker's share of the answers, say, is outgrown in minutes, not hours).
+GROW_SHARE_PER_S = 0.01
+# Growth until the first cut: 10% a second, doubling in about 7 s.
+PROBE_GROW_SHARE_PER_S = 0.1
+# Growth is counted over at most this long per update: a gate idle for a while has not earned more.
+MAX_GROW_S = 1.0
+# Never below one call every two seconds: a provider that refuses everything is still probed.
+MIN_LEARNED_RPS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedRate:
+    """A model's learned rate in requests per second (0: a 429 came, the rate is not measured yet),
+    when it was last cut or seeded, and when it last grew (wall-clock seconds)."""
+
+    rps: float
+    cut_at: float
+    grown_at: float
+    probing: bool = True  # seeded and not cut yet: grows at PROBE_GROW_SHARE_PER_S
+
+
+def first_429(*, now: float) -> LearnedRate:
+    """A model with no limit got its first 429: it waits, then is seeded (`seed_learned`)."""
+    return LearnedRate(0.0, now, now)
+
+
+def seed_learned(rate: LearnedRate, *, answered_rps: float, now: float) -> tuple[LearnedRate, str]:
+    """Hold a model to the rate at which its calls were answered around its first 429."""
+    rps = max(MIN_LEARNED_RPS, answered_rps)
+    return LearnedRate(
+        rps, now, now, True
+    ), f"429 with no configured limit: learned {rps * 60:.0f} rpm (the rate answered)"
+
+
+def after_learned_429(rate: LearnedRate, *, now: float) -> tuple[LearnedRate, str]:
+    """A 429 under a learned rate: cut it by LEARN_CUT, unless a cut was made within CUT_GAP_S."""
+    if rate.rps <= 0 or now - rate.cut_at < CUT_GAP_S:
+        return rate, "429 of a call sent before the last cut"
+    rps = max(MIN_LEARNED_RPS, rate.rps * LEARN_CUT)
+    return LearnedRate(rps, now, now, False), f"429: learned rate {rate.rps * 60:.0f} -> {rps * 60:.0f} rpm"
+
+
+def after_learned_hold(rate: LearnedRate, *, now: float) -> LearnedRate:
+    """The learned rate held callers back until `now`: it climbs for the time since it last grew."""
+    seconds = min(MAX_GROW_S, now - rate.grown_at)
+    if rate.rps <= 0 or seconds <= 0:
+        return rate
+    share = PROBE_GROW_SHARE_PER_S if rate.probing else GROW_SHARE_PER_S
+    return LearnedRate(rate.rps * (1 + share * seconds), rate.cut_at, now, rate.probing)

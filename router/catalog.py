@@ -82,6 +82,9 @@ class ProviderInfo:
     region: str
     requires_key: bool = True  # a self-hosted server may need none
     enabled: bool = True  # a provider can be listed but switched off
+    # Calls to this provider in flight at once, per worker process (a self-hosted vLLM or Ollama box
+    # behind one URL); narrowed further while it shows overload (router/providers/limits.py). None: no cap.
+    max_in_flight: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +279,7 @@ def _build(raw: dict[str, Any], where: str) -> Catalog:
             region=_text(entry, "region", what) or "unknown",
             requires_key=_flag(entry, "requires_key", True, what),
             enabled=_flag(entry, "enabled", True, what),
+            max_in_flight=_whole(entry, "max_in_flight", what),
         )
     sources = raw.get("defaults", {}).get("quality_source", {})
     models: dict[str, ModelInfo] = {}
@@ -323,11 +327,16 @@ def _build(raw: dict[str, Any], where: str) -> Catalog:
 
 
 def _limit(entry: dict[str, Any], key: str, model_id: str, where: str) -> int | None:
+    return _whole(entry, key, f"{where}: model {model_id}: ")
+
+
+def _whole(entry: dict[str, Any], key: str, what: str) -> int | None:
+    """A positive whole number, or None when the key is absent."""
     value = entry.get(key)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{where}: model {model_id}: {key} must be a positive whole number, not {value!r}")
+        raise ConfigError(f"{what}{key} must be a positive whole number, not {value!r}")
     return value
 
 

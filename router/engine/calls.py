@@ -38,9 +38,10 @@ async def call_all(
     gate = runtime.gate(settings.calls_in_flight)
     limits = None if simulated else shared_limits(settings)
     models = models_by_wire_name(catalog)
+    caps = {name: info.max_in_flight for name, info in catalog.providers.items()}
     return await asyncio.gather(
         *(
-            call_one(providers[name], gate, key, request, limits, models.get((name, request.model)))
+            call_one(providers[name], gate, key, request, limits, models.get((name, request.model)), caps.get(name))
             for key, name, request in requests
         )
     )
@@ -57,6 +58,13 @@ def models_by_wire_name(catalog: Catalog) -> dict[tuple[str, str], ModelInfo]:
     return found
 
 
+# A 429 is neither worked on nor billed: while the model's limit (configured or learned) holds it
+# back, the same call is sent again once the limit has room, up to this many times, before the 429
+# is handed to the round as a failed try. Eight: the first burst into an unknown limit is refused
+# mostly once, rarely twice; a provider that keeps refusing still fails the try within a minute or so.
+MAX_RESENDS = 8
+
+
 async def call_one(
     provider: Provider,
     gate: asyncio.Semaphore,
@@ -64,58 +72,105 @@ async def call_one(
     request: ChatRequest,
     limits: SharedLimits | None = None,
     model: ModelInfo | None = None,
+    max_in_flight: int | None = None,
 ) -> CallResult:
-    """Make one call once the gate lets it through, the provider's breaker allows it and the model's
-    shared rate limits have room; then tell the limits how it went. Shared limits that cannot be
+    """Make one call once the provider has a free slot (`max_in_flight`), the gate lets it through,
+    the provider's breaker allows it and the model's shared rate limits (configured or learned) have
+    room; then tell the limits how it went. A 429 is sent again once the limits have room (up to
+    MAX_RESENDS times, under the same call id: a 429 is not billed). Shared limits that cannot be
     reached are skipped (the provider's own 429s still hold us back)."""
-    async with gate:
-        if limits is not None:
-            try:
-                if not limits.known_clean(provider.name):
-                    breaker = await limits.breaker(provider.name)
-                    if not breaker.allowed:
-                        return (
-                            key,
-                            CircuitOpen(breaker.reason, provider=provider.name, retry_after=breaker.retry_in_s),
-                            0.0,
-                        )
-                if model is not None and (model.rpm or model.tpm):
-                    # About 4 characters a token for the prompt, plus the most the answer may take.
-                    tokens = (len(request.system) + len(request.prompt)) // 4 + request.output_cap
-                    await limits.acquire(model.model_id, rpm=model.rpm, tpm=model.tpm, tokens=tokens)
-            except Exception as exc:  # shared limits unreachable: call anyway; the provider's 429s still hold us back
-                log.warning("shared rate limits unavailable (%s); calling without them", exc)
-        started, sent_at = time.perf_counter(), time.time()
-        try:
-            result: Completion | ProviderError = await provider.complete(request)
-        except ProviderError as exc:
-            result = exc
-        except Exception as exc:  # a bug or an unmapped client error must fail the item, not the chunk
-            result = ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=provider.name)
-        elapsed = time.perf_counter() - started
-        if limits is not None and (
-            isinstance(result, ProviderError)
-            or not limits.known_clean(provider.name)
-            or (model is not None and (model.rpm or model.tpm))
-        ):
-            failing = isinstance(result, ProviderError)
-            rate_limited = failing and result.status_code == 429  # type: ignore[union-attr]
-            try:
-                # A 5xx, a timeout or a broken connection counts against the provider; a 429 slows the model.
-                await limits.record(
-                    provider.name,
-                    failed=failing and result.retryable and not rate_limited,  # type: ignore[union-attr]
-                    started=sent_at,
-                    unanswered=isinstance(result, (ProviderTimeout, ProviderConnectionError)),
-                )
-                if model is not None:
-                    await limits.observe(
-                        model.model_id,
-                        rpm=model.rpm,
-                        tpm=model.tpm,
-                        rate_limited=rate_limited,
-                        retry_after=result.retry_after if rate_limited else None,  # type: ignore[union-attr]
-                    )
-            except Exception as exc:  # the call is made and will be recorded; losing one observation is harmless
-                log.warning("shared rate limits unavailable (%s)", exc)
-        return key, result, elapsed
+    capped = limits is not None and max_in_flight is not None
+    if capped:
+        await limits.enter(provider.name, max_in_flight)  # type: ignore[union-attr,arg-type]
+    started = time.perf_counter()
+    result: Completion | ProviderError | None = None
+    try:
+        async with gate:
+            for resend in range(MAX_RESENDS + 1):
+                if limits is not None:
+                    if resend == 0 and (refused := await _breaker_refuses(limits, provider.name)) is not None:
+                        return key, refused, 0.0
+                    await _take_limits(limits, request, model)
+                sent_at = time.time()
+                try:
+                    result = await provider.complete(request)
+                except ProviderError as exc:
+                    result = exc
+                except Exception as exc:  # a bug or an unmapped client error must fail the item, not the chunk
+                    result = ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=provider.name)
+                if limits is None:
+                    break
+                await _observe(limits, provider.name, model, result, sent_at)
+                if not (isinstance(result, ProviderError) and result.status_code == 429 and model is not None):
+                    break
+    finally:
+        if capped:
+            overloaded = isinstance(result, (ProviderTimeout, ProviderConnectionError)) or (
+                isinstance(result, ProviderError) and result.status_code in OVERLOAD_STATUSES
+            )
+            await limits.leave(provider.name, overloaded=overloaded)  # type: ignore[union-attr]
+    assert result is not None  # the loop runs at least once
+    return key, result, time.perf_counter() - started
+
+
+# A server that answers these is overloaded (Anthropic's 529 says so; a 503 is a busy server): the
+# provider's calls-in-flight window narrows. A 429 is a rate limit, handled by the model's rate.
+OVERLOAD_STATUSES = frozenset({503, 529})
+
+
+async def _breaker_refuses(limits: SharedLimits, provider: str) -> CircuitOpen | None:
+    try:
+        if not limits.known_clean(provider):
+            breaker = await limits.breaker(provider)
+            if not breaker.allowed:
+                return CircuitOpen(breaker.reason, provider=provider, retry_after=breaker.retry_in_s)
+    except Exception as exc:  # shared limits unreachable: call anyway; the provider's 429s still hold us back
+        log.warning("shared rate limits unavailable (%s); calling without them", exc)
+    return None
+
+
+async def _take_limits(limits: SharedLimits, request: ChatRequest, model: ModelInfo | None) -> None:
+    """Wait for the model's configured limits, or its learned rate if it has one (no await if not)."""
+    if model is None or (not model.rpm and not model.tpm and limits.learned_known(model.model_id)):
+        return
+    try:
+        # About 4 characters a token for the prompt, plus the most the answer may take.
+        tokens = (len(request.system) + len(request.prompt)) // 4 + request.output_cap
+        await limits.acquire(model.model_id, rpm=model.rpm, tpm=model.tpm, tokens=tokens)
+    except Exception as exc:  # shared limits unreachable: call anyway; the provider's 429s still hold us back
+        log.warning("shared rate limits unavailable (%s); calling without them", exc)
+
+
+async def _observe(
+    limits: SharedLimits, provider: str, model: ModelInfo | None, result: Completion | ProviderError, sent_at: float
+) -> None:
+    """Tell the breaker and the model's rate how a call went; nothing to await in the common case."""
+    failing = isinstance(result, ProviderError)
+    rate_limited = failing and result.status_code == 429  # type: ignore[union-attr]
+    limited = model is not None and bool(model.rpm or model.tpm)
+    if not failing and limits.known_clean(provider) and not limited:
+        if model is not None:
+            if limits.learned_known(model.model_id):
+                limits.answered(model.model_id)  # the hot path: a note in memory, no await
+                return
+        else:
+            return
+    try:
+        # A 5xx, a timeout or a broken connection counts against the provider; a 429 slows the model.
+        if failing or not limits.known_clean(provider):
+            await limits.record(
+                provider,
+                failed=failing and result.retryable and not rate_limited,  # type: ignore[union-attr]
+                started=sent_at,
+                unanswered=isinstance(result, (ProviderTimeout, ProviderConnectionError)),
+            )
+        if model is not None and (not failing or rate_limited):
+            await limits.observe(
+                model.model_id,
+                rpm=model.rpm,
+                tpm=model.tpm,
+                rate_limited=rate_limited,
+                retry_after=result.retry_after if rate_limited else None,  # type: ignore[union-attr]
+            )
+    except Exception as exc:  # the call is made and will be recorded; losing one observation is harmless
+        log.warning("shared rate limits unavailable (%s)", exc)

@@ -7,6 +7,16 @@ second's worth (at least one call's tokens), so bursts stay small. The allowed r
 configured one times a factor that halves on a 429 and climbs back with successes
 (policies/rate_adapt.py); a 429's Retry-After pauses the model for every worker.
 
+Learned limits: a model with no `rpm`/`tpm` runs unthrottled until its first 429; then it waits out
+the Retry-After and is held to a learned rate (policies/rate_adapt.py: seeded from the rate its calls
+were answered at, cut on 429s, grown while it holds callers back). The learned rate is a Redis hash
+every worker reads (cached for a second) and writes by compare-and-set, and it drives the same
+bucket script as a configured limit.
+
+Calls in flight: a provider's catalog `max_in_flight` caps this process's calls to it at once, a
+window narrowed on overload (resets, timeouts, 503, 529) and widened as it answers
+(policies/in_flight.py).
+
 Breakers: per provider (policies/circuit_breaker.py); the state is a Redis hash every worker reads,
 cached for a second in each process, so a provider that keeps failing is left alone by all.
 
@@ -18,13 +28,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from policies.circuit_breaker import BreakerDecision, BreakerState, allows, on_failure, on_success
-from policies.rate_adapt import after_rate_limited, after_success, limits_now
+from policies.in_flight import Window, after_answer, after_overload
+from policies.rate_adapt import (
+    LearnedRate,
+    after_learned_429,
+    after_learned_hold,
+    after_rate_limited,
+    after_success,
+    first_429,
+    limits_now,
+    seed_learned,
+)
 
 # Buckets hold this many seconds of rate: small bursts, and a full bucket after a pause of 1 s.
 BURST_S = 1.0
@@ -36,6 +57,28 @@ BREAKER_CACHE_S = 1.0
 KEY_TTL_S = 600
 # Connections to Redis per process: calls queue for one (up to 5 s) rather than opening hundreds.
 REDIS_CONNECTIONS = 16
+# Each process re-reads a model's learned rate from Redis at most this often.
+LEARNED_CACHE_S = 1.0
+# The answers of the last this many seconds seed a learned rate (and no fewer than one second is
+# assumed, so a burst answered in a moment is not read as a rate of thousands a second).
+ANSWERED_WINDOW_S = 5.0
+# A model's first 429 with no Retry-After pauses it this long, so its answers can be counted.
+SEED_WAIT_S = 1.0
+# The learned rate grows only if it held a caller back this recently (it is what limits us).
+HELD_RECENTLY_S = 1.0
+# A growing learned rate is written at most this often, not once per answer.
+GROW_EVERY_S = 0.5
+
+# KEYS: a learned rate's hash. ARGV: the version read ('' when absent), then field, value pairs.
+# Writes the fields and bumps the version only if nobody wrote since the read; returns 1 or 0.
+CAS = """
+local v = redis.call('HGET', KEYS[1], 'v') or ''
+if v ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('EXPIRE', KEYS[1], TTL)
+return 1
+""".replace("TTL", str(KEY_TTL_S))
 
 # KEYS: request bucket, token bucket, factor, pause-until. ARGV: rps, tps, tokens.
 # Returns "0" when both buckets had room (and takes from both), else the seconds to wait.
@@ -90,30 +133,61 @@ class SharedLimits:
         self._refreshing: set[str] = set()  # providers whose breaker state is being read now
         self._buckets: dict[str, _Bucket] = {}  # in-memory mode only
         self._pause: dict[str, float] = {}  # in-memory mode only
+        self._cas: Any = None
+        self._learned: dict[str, tuple[float, LearnedRate | None, str]] = {}  # model -> (read at, rate, version)
+        self._answered: dict[str, deque[float]] = {}  # model -> when its recent calls were answered
+        self._held: dict[str, float] = {}  # model -> when its learned gate last held a caller back
+        self._windows: dict[str, Window] = {}  # provider -> its calls-in-flight window
+        self._active: dict[str, int] = {}  # provider -> calls in flight now
+        self._slot_free: dict[str, asyncio.Condition] = {}
 
     def client(self) -> Any:
         if self._redis is None and self._url:
             pool = aioredis.BlockingConnectionPool.from_url(self._url, max_connections=REDIS_CONNECTIONS, timeout=5)
             self._redis = aioredis.Redis(connection_pool=pool)
             self._script = self._redis.register_script(TAKE)
+            self._cas = self._redis.register_script(CAS)
         return self._redis
 
     # -- rate limits ------------------------------------------------------------------------------
 
     async def acquire(self, key: str, *, rpm: int | None, tpm: int | None, tokens: int) -> float:
-        """Wait until a call of `tokens` tokens to model `key` fits its limits; returns seconds waited."""
-        if not rpm and not tpm:
+        """Wait until a call of `tokens` tokens to model `key` fits its limits (configured, or else
+        learned); returns seconds waited."""
+        learned = not rpm and not tpm
+        if learned and await self.learned_rps(key) is None:
             return 0.0
         waited = 0.0
         while True:
-            wait = await self._take(key, rpm, tpm, tokens)
+            if learned:
+                rps = await self.learned_rps(key)
+                if rps is None:
+                    return waited  # forgotten (expired) meanwhile
+                if rps <= 0:  # a first 429: wait for its Retry-After, then measure the rate
+                    pause = await self._paused_for(key) or SEED_WAIT_S / 4
+                    await asyncio.sleep(min(pause, MAX_SLEEP_S))
+                    waited += min(pause, MAX_SLEEP_S)
+                    continue
+                wait = await self._take(key, rps * 60, None, tokens)
+            else:
+                wait = await self._take(key, rpm, tpm, tokens)
             if wait <= 0:
                 return waited
+            if learned:
+                self._held[key] = time.monotonic()
             pause = min(wait, MAX_SLEEP_S)
             await asyncio.sleep(pause)
             waited += pause
 
-    async def _take(self, key: str, rpm: int | None, tpm: int | None, tokens: int) -> float:
+    async def _paused_for(self, key: str) -> float:
+        """Seconds left of the model's Retry-After pause (0: none)."""
+        client = self.client()
+        if client is None:
+            return max(0.0, self._pause.get(key, 0.0) - time.monotonic())
+        until = float(await client.get(f"pennyroute:rl:{key}:pause") or 0)
+        return max(0.0, until - time.time())
+
+    async def _take(self, key: str, rpm: float | None, tpm: int | None, tokens: int) -> float:
         if self.client() is not None:
             keys = [
                 f"pennyroute:rl:{key}:req",
@@ -148,8 +222,10 @@ class SharedLimits:
     async def observe(
         self, key: str, *, rpm: int | None, tpm: int | None, rate_limited: bool, retry_after: float | None
     ) -> None:
-        """Feed a call's outcome to its model's rate: a 429 halves it (and pauses it for Retry-After)."""
+        """Feed a call's outcome to its model's rate: a 429 halves it (and pauses it for Retry-After);
+        with no configured limit, a 429 starts or cuts a learned rate, an answer may grow it."""
         if not rpm and not tpm:
+            await self._observe_learned(key, rate_limited=rate_limited, retry_after=retry_after)
             return
         factor = self._factor.get(key, 1.0)
         if not rate_limited and factor >= 1.0:
@@ -169,6 +245,136 @@ class SharedLimits:
         if rate_limited and retry_after:
             until = time.time() + retry_after
             await client.set(f"pennyroute:rl:{key}:pause", until, ex=max(1, int(retry_after) + 1))
+
+    # -- learned rates ----------------------------------------------------------------------------
+
+    def answered(self, key: str) -> None:
+        """Note that a call to model `key` was answered now (not a 429): what a learned rate is seeded from."""
+        stamps = self._answered.get(key)
+        if stamps is None:
+            stamps = self._answered[key] = deque(maxlen=100_000)
+        stamps.append(time.monotonic())
+
+    def _answered_rps(self, key: str) -> float:
+        stamps = self._answered.get(key) or deque()
+        now = time.monotonic()
+        while stamps and now - stamps[0] > ANSWERED_WINDOW_S:
+            stamps.popleft()
+        if not stamps:
+            return 0.0
+        return len(stamps) / max(1.0, now - stamps[0])
+
+    def learned_known(self, key: str) -> bool:
+        """True, without awaiting, when this process's fresh view says model `key` has no learned rate."""
+        cached = self._learned.get(key)
+        if cached is None:
+            return self._url is None
+        return cached[1] is None and (self._url is None or time.monotonic() - cached[0] < LEARNED_CACHE_S)
+
+    async def learned_rps(self, key: str) -> float | None:
+        """Model `key`'s learned rate in requests per second (0: measuring), None when it has none.
+        A rate still to be measured whose pause is over is seeded here, from this process's answers."""
+        rate, version = await self._learned_state(key)
+        if rate is None:
+            return None
+        if rate.rps <= 0 and await self._paused_for(key) <= 0:
+            seeded, _ = seed_learned(rate, answered_rps=self._answered_rps(key), now=time.time())
+            rate = await self._write_learned(key, seeded, version) or rate
+        return rate.rps
+
+    async def _learned_state(self, key: str, *, fresh: bool = False) -> tuple[LearnedRate | None, str]:
+        cached = self._learned.get(key)
+        client = self.client()
+        if cached is not None and (client is None or (not fresh and time.monotonic() - cached[0] < LEARNED_CACHE_S)):
+            return cached[1], cached[2]
+        if client is None:
+            return None, ""
+        raw = await client.hgetall(f"pennyroute:rl:{key}:learned")
+        rate = (
+            LearnedRate(float(raw[b"rps"]), float(raw[b"cut_at"]), float(raw[b"grown_at"]), raw.get(b"probing") == b"1")
+            if raw and b"rps" in raw
+            else None
+        )
+        version = raw.get(b"v", b"").decode() if raw else ""
+        self._learned[key] = (time.monotonic(), rate, version)
+        return rate, version
+
+    async def _write_learned(self, key: str, rate: LearnedRate, version: str) -> LearnedRate | None:
+        """Store `rate` if nobody changed it since `version` was read; the stored rate, or None if lost."""
+        client = self.client()
+        if client is None:
+            self._learned[key] = (time.monotonic(), rate, str(int(version or 0) + 1))
+            return rate
+        fields = ["rps", repr(rate.rps), "cut_at", repr(rate.cut_at), "grown_at", repr(rate.grown_at)]
+        fields += ["probing", "1" if rate.probing else "0"]
+        written = await self._cas(keys=[f"pennyroute:rl:{key}:learned"], args=[version, *fields])
+        if int(written):
+            self._learned[key] = (time.monotonic(), rate, str(int(version or 0) + 1))
+            return rate
+        self._learned.pop(key, None)  # someone else wrote first: read theirs next time
+        return None
+
+    async def _observe_learned(self, key: str, *, rate_limited: bool, retry_after: float | None) -> None:
+        if not rate_limited:
+            self.answered(key)
+            held = self._held.get(key)
+            cached = self._learned.get(key)
+            if held is None or time.monotonic() - held > HELD_RECENTLY_S or cached is None or cached[1] is None:
+                return
+            now = time.time()
+            if now - cached[1].grown_at < GROW_EVERY_S:
+                return  # grown a moment ago: no write for every answer
+            rate, version = await self._learned_state(key)
+            if rate is not None:
+                await self._write_learned(key, after_learned_hold(rate, now=now), version)
+            return
+        for _ in range(3):  # compare-and-set: another worker may write between our read and write
+            rate, version = await self._learned_state(key, fresh=True)
+            now = time.time()
+            new = first_429(now=now) if rate is None else after_learned_429(rate, now=now)[0]
+            if new == rate or await self._write_learned(key, new, version) is not None:
+                break
+        wait = retry_after or (SEED_WAIT_S if rate is None else 0)
+        if wait:
+            await self._set_pause(key, wait)
+
+    async def _set_pause(self, key: str, seconds: float) -> None:
+        client = self.client()
+        if client is None:
+            self._pause[key] = max(self._pause.get(key, 0.0), time.monotonic() + seconds)
+            return
+        until = time.time() + seconds
+        current = float(await client.get(f"pennyroute:rl:{key}:pause") or 0)
+        if until > current:
+            await client.set(f"pennyroute:rl:{key}:pause", until, ex=max(1, int(seconds) + 1))
+
+    # -- calls in flight per provider ---------------------------------------------------------------
+
+    async def enter(self, provider: str, cap: int) -> None:
+        """Wait for a free slot among the provider's calls in flight (at most `cap`, fewer under overload)."""
+        window = self._windows.get(provider)
+        if window is None or window.cap != cap:
+            window = self._windows[provider] = Window(float(cap), cap)
+        free = self._slot_free.get(provider)
+        if free is None:
+            free = self._slot_free[provider] = asyncio.Condition()
+        async with free:
+            while self._active.get(provider, 0) >= self._windows[provider].slots:
+                await free.wait()
+            self._active[provider] = self._active.get(provider, 0) + 1
+
+    async def leave(self, provider: str, *, overloaded: bool) -> None:
+        """Free a slot; an overload answer narrows the provider's window, any other widens it."""
+        window = self._windows[provider]
+        self._windows[provider] = after_overload(window, now=time.time())[0] if overloaded else after_answer(window)
+        free = self._slot_free[provider]
+        async with free:
+            self._active[provider] -= 1
+            free.notify(max(1, self._windows[provider].slots - self._active[provider]))
+
+    def window(self, provider: str) -> Window | None:
+        """The provider's calls-in-flight window in this process (None: it has no `max_in_flight`)."""
+        return self._windows.get(provider)
 
     # -- circuit breakers ---------------------------------------------------------------------------
 

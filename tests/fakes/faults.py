@@ -5,7 +5,8 @@
                              "truncated": 0.02, "malformed": 0.02, "hang": 0.01},
                    "retry_after_s": 1.0,
                    "burst_429": {"every_s": 10, "length_s": 1},
-                   "latency_ms": [0, 50]}
+                   "latency_ms": [0, 50],
+                   "rpm": {"limit": 1200, "burst_s": 1.0, "headers": true}}
 
 Each call draws one number from the seeded generator: below the cumulative rates, it gets that fault.
 Statuses are served as the vendor serves them (429 with Retry-After and retry-after-ms; 529 as
@@ -15,6 +16,13 @@ never answers (the client's timeout ends it). A 429 burst answers every call wit
 `length_s` seconds out of every `every_s`. `latency_ms` delays every answer by a uniform draw from
 [lo, hi], or, given as {"median": 1000, "sigma": 0.8, "max": 30000}, by a lognormal draw: the heavy
 tail of real LLM latencies, where a few calls take ten times the median.
+
+`rpm` enforces a requests-per-minute limit as providers do (OpenAI: "1,200 RPM may be enforced as
+20 requests per second"): a token bucket refilled at limit/60 a second that holds `burst_s` seconds
+of it. A call that finds it empty is answered 429 at once, with Retry-After (whole seconds, at least
+1) and retry-after-ms (the exact time to the next token); with `headers`, also OpenAI's
+x-ratelimit-limit-requests / -remaining-requests / -reset-requests. Refused calls are counted in
+`served["429"]` and `rpm_refused`; the check runs before the fault draw.
 
 Only well-formed 200 answers are billed: a fault is the provider's failure, and providers do not
 bill calls they failed to answer. (A call that the provider answered but the client gave up on, a
@@ -47,6 +55,12 @@ class FaultMix:
     latency_ms: tuple[float, float] = (0.0, 0.0)
     lognormal_ms: tuple[float, float, float] | None = None  # (median, sigma, max)
     served: dict[str, int] = field(default_factory=dict)
+    rpm_limit: int | None = None
+    rpm_burst_s: float = 1.0
+    rpm_headers: bool = False
+    rpm_refused: int = 0
+    _rpm_level: float | None = field(default=None, repr=False)
+    _rpm_ts: float = field(default_factory=time.monotonic, repr=False)
     _rng: random.Random = field(default_factory=random.Random, repr=False)
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
@@ -67,6 +81,9 @@ class FaultMix:
                 raise ValueError("latency_ms as a lognormal needs median > 0 and sigma >= 0 (and optionally max)")
             lognormal = (float(latency["median"]), float(latency["sigma"]), float(latency.get("max", 3_600_000)))
             latency = [0, 0]
+        rpm = spec.get("rpm") or {}
+        if rpm and (not isinstance(rpm, dict) or int(rpm.get("limit", 0)) <= 0 or float(rpm.get("burst_s", 1)) <= 0):
+            raise ValueError('rpm needs {"limit": N > 0} (and optionally "burst_s" > 0, "headers": true)')
         mix = cls(
             rates=rates,
             seed=int(spec.get("seed", 0)),
@@ -75,6 +92,9 @@ class FaultMix:
             burst_length_s=float(burst.get("length_s", 0)),
             latency_ms=(float(latency[0]), float(latency[1])),
             lognormal_ms=lognormal,
+            rpm_limit=int(rpm["limit"]) if rpm else None,
+            rpm_burst_s=float(rpm.get("burst_s", 1.0)) if rpm else 1.0,
+            rpm_headers=bool(rpm.get("headers", False)) if rpm else False,
         )
         mix._rng.seed(mix.seed)
         return mix
@@ -95,6 +115,36 @@ class FaultMix:
             if draw < edge:
                 return self._count(kind), delay
         return None, delay
+
+    def over_rpm(self) -> dict[str, str] | None:
+        """Take one request from the rpm bucket: None when it had room, else the 429's headers."""
+        if self.rpm_limit is None:
+            return None
+        rate = self.rpm_limit / 60
+        cap = max(1.0, rate * self.rpm_burst_s)
+        now = time.monotonic()
+        level = cap if self._rpm_level is None else min(cap, self._rpm_level + (now - self._rpm_ts) * rate)
+        self._rpm_ts = now
+        if level >= 1:
+            self._rpm_level = level - 1
+            return None
+        self._rpm_level = level
+        self.rpm_refused += 1
+        self._count("429")
+        wait_s = (1 - level) / rate
+        headers = {
+            "Retry-After": str(max(1, math.ceil(wait_s))),
+            "retry-after-ms": str(max(1, math.ceil(wait_s * 1000))),
+        }
+        if self.rpm_headers:
+            headers.update(
+                {
+                    "x-ratelimit-limit-requests": str(self.rpm_limit),
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": f"{max(1, math.ceil(wait_s * 1000))}ms",
+                }
+            )
+        return headers
 
     def _count(self, kind: str) -> str:
         self.served[kind] = self.served.get(kind, 0) + 1

@@ -4,7 +4,8 @@
                                 Mistral's own API speaks the same format
     POST /v1/messages           Anthropic Messages (an Anthropic client's base_url is <url>)
     POST /v1beta/models/M:generateContent   Gemini (a Gemini client's base_url is <url>)
-    GET  /_stats                the server's own bill: calls answered and tokens, per model
+    GET  /_stats                the server's own bill: calls answered and tokens, per model; and
+                                "in_flight_max", the most API calls it held at once since the reset
     GET  /_bill                 the bill call by call: {"calls": {X-Client-Request-Id: {...}}, "unidentified": N}
     POST /_faults               a seeded fault mix for every call from now on (see tests/fakes/faults.py)
     POST /_reset                zero the bill and drop scripted faults and the fault mix
@@ -129,10 +130,12 @@ class FakeProvider:
         self.calls_by_id: dict[str, dict[str, Any]] = {}
         self.unidentified = 0
         self._ids = itertools.count(1)
+        self.in_flight = 0
+        self.in_flight_max = 0
 
     def app(self) -> web.Application:
         """The aiohttp application serving this state."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._count_in_flight])
         app.router.add_post(OPENAI_PATH, self.openai)
         app.router.add_post(ANTHROPIC_PATH, self.anthropic)
         app.router.add_post(GEMINI_PATH, self.gemini)
@@ -142,6 +145,18 @@ class FakeProvider:
         app.router.add_post("/_reset", self.reset)
         app.router.add_post("/_fail", self.fail)
         return app
+
+    @web.middleware
+    async def _count_in_flight(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Count the API calls held at once (admin paths, under /_, are not counted)."""
+        if request.path.startswith("/_"):
+            return await handler(request)  # type: ignore[no-any-return]
+        self.in_flight += 1
+        self.in_flight_max = max(self.in_flight_max, self.in_flight)
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            self.in_flight -= 1
 
     # -- the two wire formats -------------------------------------------------------------
 
@@ -370,6 +385,10 @@ class FakeProvider:
         """Apply the fault mix, if one is set: a fault's response, or None to answer (after its latency)."""
         if self.mix is None:
             return None
+        if (refused := self.mix.over_rpm()) is not None:
+            response = _error(vendor, 429, "Rate limit reached for requests per minute")
+            response.headers.update(refused)
+            return response
         kind, delay = self.mix.decide()
         if delay:
             await asyncio.sleep(delay)
@@ -429,7 +448,10 @@ class FakeProvider:
         """GET /_stats: calls answered and tokens, per model and in total."""
         models = {name: vars(bill) for name, bill in sorted(self.bills.items())}
         totals = {key: sum(b[key] for b in models.values()) for key in vars(Bill())}
-        return _json(200, {**totals, "faults_served": self.faults_served, "models": models})
+        return _json(
+            200,
+            {**totals, "faults_served": self.faults_served, "in_flight_max": self.in_flight_max, "models": models},
+        )
 
     async def bill(self, request: web.Request) -> web.Response:
         """GET /_bill: every billed call by its X-Client-Request-Id, and how many came without one."""
@@ -453,6 +475,7 @@ class FakeProvider:
         self.mix = None
         self.calls_by_id.clear()
         self.unidentified = 0
+        self.in_flight_max = self.in_flight
         return _json(200, {"ok": True})
 
     async def fail(self, request: web.Request) -> web.Response:
