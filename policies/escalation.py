@@ -42,15 +42,31 @@ _NOT_RETRYABLE = RetryDecision(False, 0.0, "the failure is not retryable")
 _EXHAUSTED = RetryDecision(False, 0.0, f"all {MAX_ATTEMPTS} tries used")
 
 
-def after_failure(*, attempt: int, retryable: bool, retry_after: float | None, provider_stopped: bool) -> RetryDecision:
+def after_failure(
+    *,
+    attempt: int,
+    retryable: bool,
+    retry_after: float | None,
+    provider_stopped: bool,
+    time_left_s: float | None = None,
+) -> RetryDecision:
     """After a failed call (its `attempt`-th retry, 0 for the first try): retry on the same model while
     the failure is retryable, tries are left, the provider's Retry-After (if any) is at most
     MAX_WAIT_S and the provider is not stopped. The wait is the provider's Retry-After, else
-    BACKOFF_BASE_S * 2**attempt (a Retry-After of 0 counts as none)."""
+    BACKOFF_BASE_S * 2**attempt, at most MAX_WAIT_S (a Retry-After of 0 counts as none).
+
+    `time_left_s`, given for a transient fault (a rate limit, an overload, a 5xx, no answer, an open
+    breaker), lets the call go on past MAX_ATTEMPTS while that much time is left for the item's
+    faults: such faults are deferred, never final, until then."""
     if provider_stopped:
         return _STOPPED
     if not retryable:
         return _NOT_RETRYABLE
+    backoff = min(retry_after or BACKOFF_BASE_S * 2**attempt, MAX_WAIT_S)
+    if time_left_s is not None and (retry_after or 0) <= MAX_WAIT_S:
+        if backoff <= time_left_s:
+            return RetryDecision(True, backoff, f"transient fault: try {attempt + 2} in {backoff:g} s")
+        return RetryDecision(False, 0.0, "the time for this item's faults is up")
     if attempt + 1 >= MAX_ATTEMPTS:
         return _EXHAUSTED
     if (retry_after or 0) > MAX_WAIT_S:

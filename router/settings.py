@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     # How long a chunk that fits no budget waits for other chunks' reservations to settle before
     # its items are handed back and the job pauses. Below lease_s, so the chunk keeps its claim.
     budget_wait_s: float = Field(default=120.0, ge=0)
+    # How long a chunk keeps retrying an item's transient faults (429, 5xx, 529, timeouts, resets, an
+    # open breaker) before the item fails with its reason: faults are deferred, never final, until
+    # then. Capped at half the lease, so the chunk keeps its claim while it waits.
+    fault_wait_s: float = Field(default=300.0, ge=0)
     # The configured exchange rate for EUR budgets: USD per EUR, recorded with every charge.
     usd_per_eur: Decimal | None = Field(default=None, gt=0)
     # Where a crossed soft budget limit is POSTed (JSON), besides the log line.

@@ -23,7 +23,7 @@ from router.catalog import Catalog, ModelInfo, Price
 from router.engine import runtime
 from router.engine.batch import Batch, ChunkContext, PlannedCall, Recorded, record_calls, reserve_more, write_retrying
 from router.engine.calls import call_all
-from router.errors import CircuitOpen, ProviderError, ProviderStatusError
+from router.errors import CircuitOpen, ProviderConnectionError, ProviderError, ProviderStatusError, ProviderTimeout
 from router.ledger import repo
 from router.ledger.db import session_scope
 from router.ledger.rollup import CallFacts
@@ -71,6 +71,7 @@ def execute(settings: Settings, catalog: Catalog, chunk: ChunkContext, batch: Ba
     key, quota spent) takes no more calls for this job. Returns what happened, for `finish` to write.
     """
     progress = _Progress.start(chunk, batch, secrets=configured_secrets(settings))
+    progress.fault_deadline = time.monotonic() + min(settings.fault_wait_s, settings.lease_s / 2)
     tries, recorded = batch.tries, batch.recorded
     while tries:
         # Looked up once a round, not once a call: the round's models and their prices at its start.
@@ -116,6 +117,7 @@ class _Progress:
     unwritten: list[dict[str, Any]]  # call outcomes not yet written
     facts: dict[tuple[str, str], list[CallFacts]]
     secrets: frozenset[str]  # the configured API keys: redacted from every provider error kept
+    fault_deadline: float = 0.0  # time.monotonic() until which transient faults are retried
 
     @classmethod
     def start(cls, chunk: ChunkContext, batch: Batch, *, secrets: frozenset[str]) -> _Progress:
@@ -306,10 +308,34 @@ def _after_failure(
         retryable=error.retryable,
         retry_after=error.retry_after,
         provider_stopped=provider in progress.stopped,
+        time_left_s=progress.fault_deadline - time.monotonic()
+        if _deferrable(catalog, chunk, progress, t, error)
+        else None,
     )
     if decision.retry:
         round_.retry.append(PlannedCall(t.item_id, t.model_id, t.purpose, t.attempt + 1))
         round_.waits.append(decision.wait_s)
+
+
+def _deferrable(
+    catalog: Catalog, chunk: ChunkContext, progress: _Progress, t: PlannedCall, error: ProviderError
+) -> bool:
+    """A transient fault of an item with no other stage to go to: it waits out the fault (until the
+    chunk's fault deadline) instead of failing after MAX_ATTEMPTS. With a fallback left, it moves on."""
+    return t.purpose != "drift" and _transient(error) and not _fallback_left(catalog, chunk, progress, t)
+
+
+def _transient(error: ProviderError) -> bool:
+    """A fault that passes: a rate limit, an overload, a 5xx, no answer, an open breaker (not a bad
+    request, a refused key, or an answer we could not read)."""
+    return isinstance(error, (CircuitOpen, ProviderTimeout, ProviderConnectionError)) or error.status_code in (
+        429,
+        500,
+        502,
+        503,
+        504,
+        529,
+    )
 
 
 def _fallback_left(catalog: Catalog, chunk: ChunkContext, progress: _Progress, t: PlannedCall) -> bool:

@@ -14,6 +14,7 @@ import redis
 from policies.circuit_breaker import THRESHOLD, BreakerState, allows, on_failure, on_success
 from policies.rate_adapt import MIN_FACTOR, after_rate_limited, after_success, limits_now
 from router.providers.limits import SharedLimits
+from router.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -249,3 +250,54 @@ def test_with_no_fallback_an_open_breaker_makes_items_wait_not_fail(
     calls, items = ledger(live_settings, job_id)  # type: ignore[arg-type]
     assert any(c.error and "circuit open" in c.error for c in calls)  # the breaker did open
     assert outcome.done == 30 and all(i.status == "done" for i in items), [i.error for i in items if i.error]
+
+
+def test_an_outage_on_a_route_with_no_fallback_is_waited_out_not_failed(
+    live_settings: Settings,
+    catalog: object,
+    tmp_path: Path,
+    team: tuple[str, str],
+    fake_provider: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its only provider answers 500 to the next 40 calls (every item's first 3 tries and more): the
+    items wait the outage out, within the fault time (PENNYROUTE_FAULT_WAIT_S), and all end done."""
+    import functools
+
+    from router.engine import runtime
+    from router.engine.chunk import run_chunk
+    from router.jobs.intake import JobRequest
+    from router.jobs.submit import submit_job
+    from router.providers import limits
+    from router.providers.registry import close_all
+    from tests.fakes.server import OPENAI_PATH
+    from tests.helpers import ledger, tickets, write_jsonl
+
+    settings = live_settings.model_copy(update={"fault_wait_s": 120.0})
+    monkeypatch.setattr(limits, "on_failure", functools.partial(limits.on_failure, cooldown_s=1.0))
+    httpx.post(f"{fake_provider}/_reset")
+    runtime.run(close_all())
+    path = write_jsonl(tmp_path / "items.jsonl", tickets(10))
+    job_id = submit_job(
+        settings,
+        catalog,  # type: ignore[arg-type]
+        JobRequest(
+            path=path,
+            team=team[1],
+            tenant=team[0],
+            task="classify",
+            labels=("billing", "bug", "other"),
+            min_quality=0.5,
+            models=frozenset({"gpt-4o-mini"}),
+            quality="prior",
+        ),
+    ).job_id
+    httpx.post(f"{fake_provider}/_fail", json={"status": 500, "count": 40, "path": OPENAI_PATH})
+    try:
+        outcome = run_chunk(settings, catalog, job_id=job_id, lo=0, hi=10)  # type: ignore[arg-type]
+    finally:
+        httpx.post(f"{fake_provider}/_reset")
+        runtime.run(close_all())
+    calls, items = ledger(settings, job_id)
+    assert sum(1 for c in calls if c.error and "500" in c.error) == 40  # the whole outage was met
+    assert outcome.done == 10 and all(i.status == "done" for i in items), [i.error for i in items if i.error]

@@ -208,3 +208,29 @@ def test_after_stage(
 def test_every_outcome_is_covered() -> None:
     """The table above reaches every kind of decision (a new kind needs rows of its own)."""
     assert {case[5] for case in STAGE_CASES} == {WAIT, ACCEPT, ESCALATE, HOLD, FAIL}
+
+
+@pytest.mark.parametrize(
+    ("attempt", "retry_after", "time_left_s", "retry", "wait_s"),
+    [
+        (2, None, 60.0, True, 4.0),  # past MAX_ATTEMPTS, time left: the transient fault is waited out
+        (6, None, 60.0, True, MAX_WAIT_S),  # the backoff is capped
+        (6, None, 10.0, False, 0.0),  # the time for the item's faults is up
+        (5, 12.0, 60.0, True, 12.0),  # the provider's Retry-After is honoured
+        (0, 120.0, 600.0, False, 0.0),  # beyond what a chunk waits: not waited for
+    ],
+)
+def test_transient_faults_are_deferred_while_time_is_left(
+    attempt: int, retry_after: float | None, time_left_s: float, retry: bool, wait_s: float
+) -> None:
+    decision = after_failure(
+        attempt=attempt, retryable=True, retry_after=retry_after, provider_stopped=False, time_left_s=time_left_s
+    )
+    assert (decision.retry, decision.wait_s) == (retry, wait_s), decision.reason
+
+
+def test_without_time_left_the_tries_are_counted_as_before() -> None:
+    assert not after_failure(attempt=2, retryable=True, retry_after=None, provider_stopped=False).retry
+    assert not after_failure(
+        attempt=0, retryable=False, retry_after=None, provider_stopped=False, time_left_s=600.0
+    ).retry  # a bad request is not a transient fault
