@@ -108,6 +108,9 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | Non
         statuses = [s for (s,) in session.execute(select(Item.status).where(Item.job_id == submitted.job_id))]
     by_id = {c.id: c for c in calls}
     billed: dict[str, Any] = bill["calls"]
+    with session_scope(settings) as session:  # calls of an earlier case answered (and billed) late
+        late = [i for i in billed if i not in by_id]
+        by_id.update({c.id: c for c in session.execute(select(Call).where(Call.id.in_(late))).scalars()})  # type: ignore[attr-defined]
     missing = [i for i in billed if i not in by_id]
     unbilled_ok = [c.id for c in calls if c.status == "ok" and c.id not in billed]
     token_mismatch = [
