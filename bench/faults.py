@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         ok = r["missing_from_ledger"] + r["charged_below_bill"] + r["ok_not_billed"] + r["token_mismatches"] == 0
         print(
             f"\n  {case}: {r['seconds'] / clean['seconds']:.2f}x the fault-free time (target <= 2x); completion "
-            f"{r['done'] / r['items']:.2%} (target >= 99.9%); ledger never short of the bill: {ok and r['ledger_usd'] >= r['billed_usd']}"
+            f"{r['done'] / r['items']:.2%} (target >= 99.9%); every billed call in the ledger at >= its bill: {ok}"
         )
         if r["faults_served"]:
             print(f"  faults served: {r['faults_served']}")
