@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,6 +27,7 @@ from sqlmodel import Session
 from router.catalog import Catalog, load_catalog
 from router.cli import data, ends, outputs, views
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
+from router.engine import runtime
 from router.errors import NoModelError, PennyrouteError
 from router.jobs import lifecycle
 from router.jobs.calibrate import calibrate_job
@@ -293,17 +298,71 @@ def _start(settings: Settings, catalog: Catalog, job_id: str, *, wait: bool) -> 
     """Start a committed job: in this process without a broker (drawing its progress), else on the workers."""
     dispatcher = lifecycle.dispatcher_for(settings, catalog, watcher=_Watcher(settings))
     if settings.embedded:
-        out.print("[dim]no broker configured (BROKER_URL): running the job in this process[/]")
-        lifecycle.start(settings, job_id=job_id, dispatcher=dispatcher)
+        out.print("[dim]no broker configured (BROKER_URL): running the job in this process (Ctrl-C pauses it)[/]")
+        with _interruptible(settings, catalog, job_id):
+            lifecycle.start(settings, job_id=job_id, dispatcher=dispatcher)
     else:
         try:
             sent = lifecycle.start(settings, job_id=job_id, dispatcher=dispatcher)
         except Exception as exc:  # the broker is down: the job is safe in the ledger
-            raise _fail(PennyrouteError(f"job {job_id} is saved, but the broker did not take it: {exc}")) from None
+            raise _fail(
+                PennyrouteError(
+                    f"job {job_id} is saved, but the broker did not take it ({exc}). It runs once the broker is "
+                    f"back: `pennyroute jobs resume {job_id}` sends it again, or, with "
+                    "`celery -A workers.app beat` running, the sweeper sends a running job's pending items "
+                    "again after PENNYROUTE_SWEEP_IDLE_S (a calibrating job needs `jobs resume`)"
+                )
+            ) from None
         what = f"{sent:,} chunks" if sent else "its calibration (then its chunks)"
         out.print(f"queued {what} for workers (`celery -A workers.app worker`)")
         if wait:
             _wait(settings, job_id)
+
+
+@contextmanager
+def _interruptible(settings: Settings, catalog: Catalog, job_id: str) -> Iterator[None]:
+    """While a job runs in this process: a first Ctrl-C lets no new call start, lets the calls in
+    flight finish and pauses the job (lifecycle.settle_interrupted, once the run returns); a second
+    one charges the calls still in flight at their worst case, hands their items back, pauses the
+    job and exits at once (code 3)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    runtime.reset_stop()
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if not runtime.stopping():
+            runtime.stop_calls()
+            err.print(
+                f"[yellow]interrupted[/]: no new calls start; the {runtime.in_flight():,} calls in flight finish "
+                f"and are recorded, then job {job_id} pauses (Ctrl-C again stops at once)"
+            )
+            return
+        runtime.abort_calls()
+        err.print("[yellow]stopping now[/]: calls still in flight are charged at their worst case")
+        try:
+            job = lifecycle.settle_interrupted(settings, catalog, job_id=job_id)
+            line, _ = ends.outcome(job)
+            err.print(line)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(ends.PAUSED)  # the chunk threads wait on the loop for ever: leave without them
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if runtime.stopping():
+        with session_scope(settings) as session:
+            status = repo.get_job(session, job_id).status
+        if status == JobStatus.CALIBRATING:  # interrupted before its route was chosen
+            err.print(
+                f"[yellow]job {job_id} was interrupted while calibrating[/]: "
+                f"`pennyroute jobs resume {job_id}` calibrates it again"
+            )
+            raise typer.Exit(code=ends.PAUSED)
 
 
 class _Watcher:
@@ -834,11 +893,19 @@ def jobs_resume(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> N
 def _resume(settings: Settings, job_id: str) -> None:
     try:
         ensure_schema(settings)
-        dispatcher = lifecycle.dispatcher_for(settings, _catalog(settings), watcher=_Watcher(settings))
-        job = lifecycle.resume(settings, job_id=job_id, dispatcher=dispatcher, on_resumed=_resuming)
+        catalog = _catalog(settings)
+        dispatcher = lifecycle.dispatcher_for(settings, catalog, watcher=_Watcher(settings))
+        with _interruptible(settings, catalog, job_id) if settings.embedded else nullcontext():
+            job = lifecycle.resume(
+                settings, job_id=job_id, dispatcher=dispatcher, on_resumed=_resuming, catalog=catalog
+            )
     except PennyrouteError as exc:
         raise _fail(exc) from None
-    if job.status != JobStatus.RUNNING:
+    except Exception as exc:  # the broker is down (with a broker only: in-process errors are not caught here)
+        if settings.embedded:
+            raise
+        raise _fail(PennyrouteError(f"job {job_id} is saved, but the broker did not take it ({exc})")) from None
+    if job.status not in (JobStatus.RUNNING, JobStatus.CALIBRATING):
         out.print(f"job {job_id} is {job.status}: nothing to resume")
     if settings.embedded:  # it ran here: say how it ended, and exit with its code
         _end(settings, job_id)

@@ -5,7 +5,7 @@ Exit codes (README "Exit codes"):
     0  the job is done and every item is done (or it was handed to workers and not waited for)
     1  the job is done, but some items failed
     2  the command itself failed: bad input, a bad setting, an unknown job, a broker that is down
-    3  the job is paused: its budget is spent, or a provider refused it; `jobs resume` goes on
+    3  the job is paused: its budget is spent, a provider refused it, or it was interrupted (Ctrl-C); `jobs resume` goes on
     4  the job stopped before its end: no route was proven at calibration, or it was cancelled
 """
 
@@ -42,6 +42,8 @@ def outcome(job: Any) -> tuple[str, int]:
 
 def pause_reason(job: Any) -> str:
     """Why a paused job waits, and what resumes it."""
+    if job.pause_reason == "interrupted":
+        return f"interrupted (Ctrl-C): `pennyroute jobs resume {job.id}` goes on"
     stopped = job.stopped_providers or {}
     if job.pause_reason == "provider" or (stopped and job.pause_reason != "budget"):
         which = "; ".join(f"{provider}: {why}" for provider, why in stopped.items()) or "a provider refused the job"

@@ -2,9 +2,17 @@
 
     submit --> calibrating --calibrate_then_run--> running --> done
            \\-----------------------------------> running
-    running --(budget spent | every provider refused)--> paused
+    running --(budget spent | every provider refused | Ctrl-C in-process)--> paused
     paused --(resume | on_budget_raised | resume_paused, beat)--> running
-    calibrating | running | paused --cancel--> cancelled
+    no_model --resume--> calibrating (calibrated again against the current catalog and estimates)
+    calibrating | running | paused | no_model --cancel--> cancelled
+
+Interrupts in-process (no broker): a first Ctrl-C stops new calls (engine/runtime.py stop_calls),
+lets the calls in flight finish, hands the items not finished back and pauses the job
+("interrupted": `settle_interrupted`); a second one charges the calls still in flight at their worst
+case and hands their items back (`settle_interrupted` again) before the process exits. A run that
+died anyway (killed) leaves items running under its lease: in-process `resume` and `cancel` take
+them back first (`recover_dead_run`), charging their calls in flight as a dead worker's.
 
 Each shell (the CLI, the Celery tasks, the coming HTTP API) calls one function here and gets the
 same behaviour. Work is handed over through a Dispatcher (jobs/dispatch.py), chosen once per process
@@ -16,11 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
 from router.catalog import Catalog
+from router.engine import runtime
 from router.engine.batch import ChunkContext
 from router.engine.chunk import chunk_ranges, run_job_inline
 from router.engine.settle import charge_lost
@@ -32,8 +41,16 @@ from router.ledger.db import session_scope
 from router.ledger.tables import BudgetPeriod, ItemStatus, Job, JobStatus, utcnow
 from router.settings import Settings
 
-# A job in one of these states has ended: nothing resumes or cancels it.
-ENDED = (JobStatus.DONE, JobStatus.CANCELLED, JobStatus.NO_MODEL)
+# A job in one of these states has ended: nothing resumes or cancels it (a no_model job can be
+# cancelled, and resumed: it calibrates again).
+ENDED = (JobStatus.DONE, JobStatus.CANCELLED)
+# The pause reason of a job whose in-process run was interrupted (Ctrl-C); `jobs resume` goes on.
+INTERRUPTED = "interrupted"
+# When this process started: in-process (no broker, no other workers), an item claimed before it
+# was claimed by a run that is gone.
+PROCESS_STARTED = utcnow()
+# A cutoff later than every lease: every item running is taken back.
+EVERY_LEASE = timedelta(days=36_500)
 
 
 class Watcher(Protocol):
@@ -75,7 +92,10 @@ class InlineDispatcher:
         self._watcher: Watcher = watcher or _Unwatched()
 
     def calibrate(self, job_id: str) -> None:
-        calibrate_then_run(self._settings, self._catalog, job_id=job_id, dispatcher=self, watcher=self._watcher)
+        try:
+            calibrate_then_run(self._settings, self._catalog, job_id=job_id, dispatcher=self, watcher=self._watcher)
+        except runtime.Interrupted:  # Ctrl-C while calibrating: the job stays calibrating; resume calibrates it again
+            settle_interrupted(self._settings, self._catalog, job_id=job_id)
 
     def run(self, job_id: str, ranges: list[tuple[int, int]]) -> None:
         with session_scope(self._settings) as session:
@@ -89,6 +109,8 @@ class InlineDispatcher:
                 ranges=ranges,
                 progress=lambda outcome: advance(outcome.done + outcome.failed),
             )
+        if runtime.stopping():  # a Ctrl-C: what the run left goes back to pending, and the job pauses
+            settle_interrupted(self._settings, self._catalog, job_id=job_id)
 
 
 def dispatcher_for(settings: Settings, catalog: Catalog, *, watcher: Watcher | None = None) -> Dispatcher:
@@ -130,20 +152,82 @@ def calibrate_then_run(
 
 
 def resume(
-    settings: Settings, *, job_id: str, dispatcher: Dispatcher, on_resumed: Callable[[Job], None] | None = None
+    settings: Settings,
+    *,
+    job_id: str,
+    dispatcher: Dispatcher,
+    on_resumed: Callable[[Job], None] | None = None,
+    catalog: Catalog | None = None,
 ) -> Job:
     """Resume a paused job (after its budget was raised, a new month began, or a refused key was
     fixed: its stopped providers are tried again), and hand its remaining chunks over. A running job
     is handed over again (a hint costs nothing: only items nobody holds are claimed). Returns the
-    job; `on_resumed` is told just before its work is handed over."""
+    job; `on_resumed` is told just before its work is handed over.
+
+    A job that stopped with no model (`no_model`) is calibrated again (after the reason was fixed:
+    a key, the catalog, the budget), against the current catalog; a calibrating job's calibration is
+    handed over again (its message was lost: a broker that was down). In-process, the items and
+    calls a dead run of this job left are taken back first (`recover_dead_run`)."""
     with session_scope(settings) as session:
+        if repo.recalibrate_job(session, job_id):
+            repo.add_job_event(session, job_id=job_id, kind="resumed", detail={"from": JobStatus.NO_MODEL})
         job = repo.resume_job(session, job_id)
-    if job.status != JobStatus.RUNNING:
+    if job.status not in (JobStatus.RUNNING, JobStatus.CALIBRATING):
         return job
+    if settings.embedded and catalog is not None:
+        recover_dead_run(settings, catalog, job_id=job_id)
     if on_resumed is not None:
         on_resumed(job)
     start(settings, job_id=job_id, dispatcher=dispatcher)
     return job
+
+
+def dead_run_cutoff(settings: Settings, *, now: datetime | None = None) -> datetime:
+    """In-process: items whose lease ends before this were claimed by a run that is gone. SQLite
+    has no other process: every lease. A server database with no broker: leases taken before this
+    process started, or expired."""
+    now = now or utcnow()
+    if settings.is_sqlite:
+        return now + EVERY_LEASE
+    return max(now, PROCESS_STARTED + timedelta(seconds=settings.lease_s))
+
+
+def recover_dead_run(
+    settings: Settings, catalog: Catalog, *, job_id: str, cutoff: datetime | None = None
+) -> tuple[int, Decimal]:
+    """Take back the job's items left running by a run that is gone (lease ending before `cutoff`,
+    by default `dead_run_cutoff`): their calls in flight are recorded unknown at their worst case
+    (charge_lost, as a dead worker's), and they go back to pending. Returns (items, USD charged)."""
+    now = utcnow()
+    with session_scope(settings) as session:
+        dead = repo.expired_items(session, job_id=job_id, now=cutoff or dead_run_cutoff(settings, now=now))
+        if not dead:
+            return 0, Decimal(0)
+        snapshot = repo.job_for_chunk(session, job_id)
+        lost = Decimal(0)
+        if snapshot is not None and snapshot.model_id:
+            lost = charge_lost(session, settings, catalog, ChunkContext.build(catalog, snapshot), dead, now)
+        repo.release_items(session, [(row.id, row.attempts) for row in dead])
+        repo.add_job_event(
+            session,
+            job_id=job_id,
+            kind="recovered",
+            detail={"items_back_to_pending": len(dead), "lost_calls_usd": str(lost)},
+        )
+    return len(dead), lost
+
+
+def settle_interrupted(settings: Settings, catalog: Catalog, *, job_id: str) -> Job:
+    """After a Ctrl-C in-process: items this run still holds go back to pending (their calls in
+    flight recorded unknown at their worst case), budget reservations left are given back, and a
+    running job pauses ("interrupted"). A calibrating job stays calibrating (`resume` calibrates it
+    again). Returns the job."""
+    recover_dead_run(settings, catalog, job_id=job_id, cutoff=utcnow() + EVERY_LEASE)
+    with session_scope(settings) as session:
+        if repo.pause_job(session, job_id, reason=INTERRUPTED):
+            repo.add_job_event(session, job_id=job_id, kind="paused", detail={"reason": INTERRUPTED})
+        budgets.release_job(session, job_id=job_id)
+        return repo.get_job(session, job_id)
 
 
 def set_budget(
@@ -198,8 +282,11 @@ def resumable(settings: Settings, *, now: datetime | None = None) -> list[str]:
 def cancel(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[str, int | str]:
     """Stop a job: no more chunks run; its pending items end as cancelled; the calls of items whose
     worker died are recorded as unknown (at their worst case); its budget reservations are given
-    back. Calls in flight in live workers finish and are recorded as usual. Returns what happened."""
+    back. Calls in flight in live workers finish and are recorded as usual. In-process (no broker),
+    the items a dead run left running are taken as dead at once (`dead_run_cutoff`). A no_model job
+    ends cancelled too. Returns what happened."""
     now = utcnow()
+    expired_before = dead_run_cutoff(settings, now=now) if settings.embedded else now
     with session_scope(settings) as session:
         job = repo.find_job(session, job_id, for_update=True)
         if job is None:
@@ -207,7 +294,7 @@ def cancel(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[str, in
         if job.status in ENDED:
             return {"status": job.status, "cancelled": 0, "lost_calls_usd": "0", "in_flight": 0, "released": "0"}
         repo.update_job(session, job_id, status=JobStatus.CANCELLED, finished_at=now)
-        dead = repo.expired_items(session, job_id=job_id, now=now)
+        dead = repo.expired_items(session, job_id=job_id, now=expired_before)
         lost = Decimal(0)
         snapshot = repo.job_for_chunk(session, job_id)
         if dead and snapshot is not None and snapshot.model_id:

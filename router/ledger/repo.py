@@ -416,6 +416,16 @@ def resume_job(session: Session, job_id: str) -> Job:
     return job
 
 
+def recalibrate_job(session: Session, job_id: str) -> bool:
+    """Mark a job that stopped with no model calibrating again; True if it was one (the caller hands its calibration over)."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status != JobStatus.NO_MODEL:
+        return False
+    job.status, job.finished_at = JobStatus.CALIBRATING, None
+    session.add(job)
+    return True
+
+
 ITEM_COLUMNS = ("job_id", "seq", "ext_id", "text", "gold", "status", "attempts")
 
 
@@ -894,9 +904,11 @@ def try_lock(engine: Any, name: str) -> Iterator[bool]:
 
 
 def budget_paused_jobs(session: Session, *, team_id: int | None = None) -> list[tuple[str, int]]:
-    """(job id, team id) of paused jobs waiting for budget (not for a stopped provider), of one team or all."""
+    """(job id, team id) of paused jobs waiting for budget (not for a stopped provider, nor interrupted
+    by Ctrl-C: their owner resumes those), of one team or all."""
     query = select(JOB.c.id, JOB.c.team_id).where(
-        JOB.c.status == JobStatus.PAUSED, or_(JOB.c.pause_reason.is_(None), JOB.c.pause_reason != "provider")
+        JOB.c.status == JobStatus.PAUSED,
+        or_(JOB.c.pause_reason.is_(None), JOB.c.pause_reason.not_in(["provider", "interrupted"])),
     )
     if team_id is not None:
         query = query.where(JOB.c.team_id == team_id)
