@@ -58,13 +58,6 @@ def models_by_wire_name(catalog: Catalog) -> dict[tuple[str, str], ModelInfo]:
     return found
 
 
-# A 429 is neither worked on nor billed: while the model's limit (configured or learned) holds it
-# back, the same call is sent again once the limit has room, up to this many times, before the 429
-# is handed to the round as a failed try. Eight: the first burst into an unknown limit is refused
-# mostly once, rarely twice; a provider that keeps refusing still fails the try within a minute or so.
-MAX_RESENDS = 8
-
-
 async def call_one(
     provider: Provider,
     gate: asyncio.Semaphore,
@@ -76,9 +69,8 @@ async def call_one(
 ) -> CallResult:
     """Make one call once the provider has a free slot (`max_in_flight`), the gate lets it through,
     the provider's breaker allows it and the model's shared rate limits (configured or learned) have
-    room; then tell the limits how it went. A 429 is sent again once the limits have room (up to
-    MAX_RESENDS times, under the same call id: a 429 is not billed). Shared limits that cannot be
-    reached are skipped (the provider's own 429s still hold us back)."""
+    room; then tell the limits how it went. Shared limits that cannot be reached are skipped (the
+    provider's own 429s still hold us back)."""
     capped = limits is not None and max_in_flight is not None
     if capped:
         await limits.enter(provider.name, max_in_flight)  # type: ignore[union-attr,arg-type]
@@ -86,30 +78,26 @@ async def call_one(
     result: Completion | ProviderError | None = None
     try:
         async with gate:
-            for resend in range(MAX_RESENDS + 1):
-                if limits is not None:
-                    if resend == 0 and (refused := await _breaker_refuses(limits, provider.name)) is not None:
-                        return key, refused, 0.0
-                    await _take_limits(limits, request, model)
-                sent_at = time.time()
-                try:
-                    result = await provider.complete(request)
-                except ProviderError as exc:
-                    result = exc
-                except Exception as exc:  # a bug or an unmapped client error must fail the item, not the chunk
-                    result = ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=provider.name)
-                if limits is None:
-                    break
+            if limits is not None:
+                if (refused := await _breaker_refuses(limits, provider.name)) is not None:
+                    return key, refused, 0.0
+                await _take_limits(limits, request, model)
+            sent_at = time.time()
+            try:
+                result = await provider.complete(request)
+            except ProviderError as exc:
+                result = exc
+            except Exception as exc:  # a bug or an unmapped client error must fail the item, not the chunk
+                result = ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=provider.name)
+            if limits is not None:
                 await _observe(limits, provider.name, model, result, sent_at)
-                if not (isinstance(result, ProviderError) and result.status_code == 429 and model is not None):
-                    break
     finally:
         if capped:
             overloaded = isinstance(result, (ProviderTimeout, ProviderConnectionError)) or (
                 isinstance(result, ProviderError) and result.status_code in OVERLOAD_STATUSES
             )
             await limits.leave(provider.name, overloaded=overloaded)  # type: ignore[union-attr]
-    assert result is not None  # the loop runs at least once
+    assert result is not None  # set by the call (a refused breaker returned above)
     return key, result, time.perf_counter() - started
 
 

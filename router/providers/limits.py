@@ -62,7 +62,7 @@ LEARNED_CACHE_S = 1.0
 # The answers of the last this many seconds seed a learned rate (and no fewer than one second is
 # assumed, so a burst answered in a moment is not read as a rate of thousands a second).
 ANSWERED_WINDOW_S = 5.0
-# A model's first 429 with no Retry-After pauses it this long, so its answers can be counted.
+# A model's first 429 pauses it at least this long, so the answers of calls in flight can be counted.
 SEED_WAIT_S = 1.0
 # The learned rate grows only if it held a caller back this recently (it is what limits us).
 HELD_RECENTLY_S = 1.0
@@ -278,7 +278,10 @@ class SharedLimits:
         if rate is None:
             return None
         if rate.rps <= 0 and await self._paused_for(key) <= 0:
-            seeded, _ = seed_learned(rate, answered_rps=self._answered_rps(key), now=time.time())
+            answered = self._answered_rps(key)
+            if answered <= 0 and time.time() - rate.cut_at < ANSWERED_WINDOW_S:
+                return 0.0  # no answer in yet (slow answers): keep measuring
+            seeded, _ = seed_learned(rate, answered_rps=answered, now=time.time())
             rate = await self._write_learned(key, seeded, version) or rate
         return rate.rps
 
@@ -334,7 +337,8 @@ class SharedLimits:
             new = first_429(now=now) if rate is None else after_learned_429(rate, now=now)[0]
             if new == rate or await self._write_learned(key, new, version) is not None:
                 break
-        wait = retry_after or (SEED_WAIT_S if rate is None else 0)
+        # A first 429 waits at least SEED_WAIT_S, so the answers to calls already sent come in to be counted.
+        wait = max(retry_after or 0.0, SEED_WAIT_S) if rate is None else (retry_after or 0.0)
         if wait:
             await self._set_pause(key, wait)
 
