@@ -7,8 +7,8 @@ Cases (faults that come together, as real providers fail):
     mixed    a 20% mix of independent faults (below)
     hangs    a burst: the first 300 calls hang past the client's timeout, all at once, and are answered
              (and billed) after it gave up
-    outage   the only provider answers 500 to its next 2,000 calls, on a route with no fallback model: the
-             breaker opens and the items must wait for it, not fail
+    outage   the only provider answers 500 to every call for 20 s, on a route with no fallback model: the
+             breaker opens and the items must wait the outage out, not fail
 
 Prints, for each run: completion (items done / items), calls per item, wall time, and the
 ledger against the fake provider's own bill, call by call (billed calls missing from the ledger,
@@ -57,6 +57,8 @@ MIX = {
     "retry_after_s": 0.5,
 }
 LABELS = ("billing", "bug", "other")
+# The outage case: its only provider fails every call this long (well inside PENNYROUTE_FAULT_WAIT_S).
+OUTAGE_S = 20.0
 TEXTS = (
     "I was charged twice on my invoice",
     "The app crashes with an error on login",
@@ -75,7 +77,7 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | Non
         httpx.post(f"{fake_url}/_fail", json=hang).raise_for_status()
     elif case == "outage":
         models = frozenset({"cheap-model"})  # no fallback: the items can only wait
-        httpx.post(f"{fake_url}/_fail", json={"status": 500, "count": 2000}).raise_for_status()
+        httpx.post(f"{fake_url}/_fail", json={"status": 500, "for_s": OUTAGE_S}).raise_for_status()
     path = tmp / f"items-{case}.jsonl"
     with path.open("w") as handle:
         for i in range(n):

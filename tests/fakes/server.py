@@ -11,7 +11,8 @@
     POST /_reset                zero the bill and drop scripted faults and the fault mix
     POST /_fail                 script the next answers: {"status": 429, "count": 1, "retry_after": "2",
                                 "retry_after_ms": null, "body": <JSON or text>, "hang_s": null,
-                                "path": null, "headers": {}}
+                                "path": null, "headers": {}, "for_s": null}
+                                (`for_s`: every matching call for that many seconds, an outage)
 
 Answers come from an answer function `(model, system, prompt, max_output_tokens) -> Completion`,
 by default the sandbox's `simulate`. Only those answers are billed; scripted answers are not. A
@@ -104,6 +105,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     hang_s: float | None = None
     path: str | None = None
+    until: float | None = None  # time.monotonic() after which it no longer applies (an outage of `for_s`)
 
 
 @dataclass
@@ -421,6 +423,8 @@ class FakeProvider:
         """Serve the first scripted fault that matches this call, if any; None to answer normally."""
         if not self.faults:  # the fast path: a list check per call
             return None
+        now = time.monotonic()
+        self.faults = [f for f in self.faults if f.until is None or f.until > now]
         fault = next((f for f in self.faults if f.path in (None, request.path)), None)
         if fault is None:
             return None
@@ -493,7 +497,10 @@ class FakeProvider:
             headers=headers,
             hang_s=spec.get("hang_s"),
             path=spec.get("path"),
+            until=time.monotonic() + float(spec["for_s"]) if spec.get("for_s") is not None else None,
         )
+        if fault.until is not None and "count" not in spec:
+            fault.count = 10**12  # an outage of `for_s` seconds: every call until then
         self.faults.append(fault)
         return _json(200, {"ok": True, "pending": len(self.faults)})
 
