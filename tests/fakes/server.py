@@ -125,6 +125,7 @@ class FakeProvider:
         self.answer = answer or simulate
         self.latency_s = latency_ms / 1000
         self.api_key = api_key
+        self.generation = 0  # bumped by /_reset
         self.bills: dict[str, Bill] = {}
         self.faults: list[Fault] = []
         self.faults_served = 0
@@ -359,6 +360,8 @@ class FakeProvider:
                     reasoning_tokens=thoughts,
                 ),
             )
+        if request.get("generation", self.generation) != self.generation:
+            return done  # a call that came in before the last /_reset: the new bill does not hold it
         bill = self.bills.get(model)
         if bill is None:
             bill = self.bills[model] = Bill()
@@ -421,6 +424,7 @@ class FakeProvider:
 
     async def _scripted(self, request: web.Request, *, vendor: str) -> web.StreamResponse | None:
         """Serve the first scripted fault that matches this call, if any; None to answer normally."""
+        request["generation"] = self.generation  # the bill this call belongs to (see reset)
         if not self.faults:  # the fast path: a list check per call
             return None
         now = time.monotonic()
@@ -472,7 +476,9 @@ class FakeProvider:
         return _json(200, {"ok": True})
 
     async def reset(self, request: web.Request) -> web.Response:
-        """POST /_reset: zero the bill, drop scripted faults and the fault mix."""
+        """POST /_reset: zero the bill, drop scripted faults and the fault mix; calls still being
+        answered (a hang past a client's timeout) are answered but no longer billed."""
+        self.generation += 1
         self.bills.clear()
         self.faults.clear()
         self.faults_served = 0
