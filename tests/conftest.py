@@ -19,10 +19,10 @@ import redis
 
 from router.catalog import Catalog, load_catalog
 from router.ledger import repo
-from router.ledger.db import upgrade
-from router.settings import Settings
+from router.ledger.db import session_scope, upgrade
+from router.settings import Settings, get_settings
 from tests.fakes.server import start_in_thread
-from tests.helpers import FAKE_KEY, start_workers, stop_workers, worker_env, write_catalog
+from tests.helpers import FAKE_KEY, run_cli, start_workers, stop_workers, worker_env, write_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("PENNYROUTE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pennyroute_test")
@@ -98,3 +98,47 @@ def celery_worker(
     procs = start_workers(1, worker_env(pg_url=pg_url, broker_url=broker_url, catalog_file=catalog_file), tmp_path)
     yield procs[0]
     stop_workers(procs)
+
+
+# -- the CLI, as a user runs it ---------------------------------------------------------------------
+
+
+def clean_cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No broker, no catalog file, no ledger URL from the machine: each CLI fixture sets its own."""
+    for name in list(os.environ):
+        if name.startswith("PENNYROUTE_") and not name.startswith("PENNYROUTE_TEST_"):
+            monkeypatch.delenv(name)
+    for name in ("DATABASE_URL", "BROKER_URL", "CELERY_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PENNYROUTE_SANDBOX", "on")
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def cli_env(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The CLI on the test Postgres, sandbox answers, no broker (jobs run in-process)."""
+    clean_cli_env(monkeypatch)
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def cli_team(cli_env: Settings) -> str:
+    """A fresh team (in a tenant of its own) on the CLI's ledger."""
+    name = f"growth-{uuid.uuid4().hex[:6]}"
+    with session_scope(cli_env) as session:
+        repo.ensure_team(session, tenant=f"acme-{name}", team=name)
+    return name
+
+
+@pytest.fixture
+def sqlite_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The CLI on a fresh SQLite ledger (the embedded default), with team growth in tenant acme."""
+    clean_cli_env(monkeypatch)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    settings = get_settings()
+    assert run_cli("tenant", "create", "acme")[0] == 0
+    assert run_cli("team", "create", "growth", "--tenant", "acme")[0] == 0
+    yield settings
+    get_settings.cache_clear()

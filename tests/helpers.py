@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from router.catalog import Catalog
+from router.cli.app import app
 from router.ledger.db import session_scope
 from router.ledger.tables import Call, Item
 from router.settings import Settings
@@ -156,3 +158,9 @@ def contract_sentences(k: int) -> list[str]:
     """The sentences of source text number k (deterministic)."""
     pool = CONTRACT_SENTENCES
     return [pool[(3 * k + i) % len(pool)].format(k=k, p=k % 5, d=k % 9 + 2, c=k % 11) for i in range(2 + k % 4)]
+
+
+def run_cli(*args: str, stdin: str | None = None) -> tuple[int, str]:
+    """Run a pennyroute command in this process: (exit code, its output on one line; rich wraps long lines)."""
+    result = CliRunner().invoke(app, list(args), input=stdin)
+    return result.exit_code, " ".join(result.output.split())

@@ -4,7 +4,6 @@ bad input that changes nothing, and a job that pauses when the budget is spent a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,23 +15,9 @@ from router.cli.app import app
 from router.cli.demo import write_demo_file
 from router.ledger.db import session_scope
 from router.ledger.tables import BudgetEvent, BudgetPeriod, BudgetPolicy, Call, CallRollup, Job
-from router.settings import Settings, get_settings
+from router.settings import Settings
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def sqlite_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    for name in ("BROKER_URL", "PENNYROUTE_BROKER_URL", "CELERY_BROKER_URL", "PENNYROUTE_CATALOG", "DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PENNYROUTE_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
-    monkeypatch.setenv("PENNYROUTE_SANDBOX", "on")
-    get_settings.cache_clear()
-    settings = get_settings()
-    assert runner.invoke(app, ["tenant", "create", "acme"]).exit_code == 0
-    assert runner.invoke(app, ["team", "create", "growth", "--tenant", "acme"]).exit_code == 0
-    yield settings
-    get_settings.cache_clear()
 
 
 def _run(*args: str) -> tuple[int, str]:

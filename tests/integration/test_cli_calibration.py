@@ -5,48 +5,17 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
-from typer.testing import CliRunner
 
-from router.cli.app import app
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
-from router.ledger import repo
 from router.ledger.db import session_scope
 from router.ledger.tables import Call, Item, Job, JobStatus, QualityEstimate
-from router.settings import Settings, get_settings
-from tests.helpers import write_jsonl
+from router.settings import Settings
+from tests.helpers import run_cli, write_jsonl
 
-runner = CliRunner()
 LABELS = ",".join(DEMO_LABELS)
-
-
-@pytest.fixture
-def cli_env(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    for name in ("BROKER_URL", "PENNYROUTE_BROKER_URL", "CELERY_BROKER_URL", "PENNYROUTE_CATALOG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABASE_URL", pg_url)
-    monkeypatch.setenv("PENNYROUTE_SANDBOX", "on")
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
-
-
-@pytest.fixture
-def team(cli_env: Settings) -> str:
-    name = f"cal-{uuid.uuid4().hex[:6]}"
-    with session_scope(cli_env) as session:
-        repo.ensure_team(session, tenant=f"acme-{name}", team=name)
-    return name
-
-
-def _run(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, " ".join(result.output.split())
 
 
 def _last_job(settings: Settings) -> Job:
@@ -56,49 +25,49 @@ def _last_job(settings: Settings) -> Job:
         return job
 
 
-def test_bad_calibration_options_are_named(cli_env: Settings, team: str, tmp_path: Path) -> None:
+def test_bad_calibration_options_are_named(cli_env: Settings, cli_team: str, tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     write_demo_tickets(path, n=100, labelled=50)
-    base = ["submit", str(path), "--task", "classify", "--labels", LABELS, "--team", team]
-    code, out = _run(*base, "--calibration-budget", "lots")
+    base = ["submit", str(path), "--task", "classify", "--labels", LABELS, "--team", cli_team]
+    code, out = run_cli(*base, "--calibration-budget", "lots")
     assert code != 0 and "--calibration-budget" in out and "20%" in out
-    code, out = _run(*base, "--if-unproven", "maybe")
+    code, out = run_cli(*base, "--if-unproven", "maybe")
     assert code != 0 and "--if-unproven" in out
-    code, out = _run(*base, "--judge", "gpt-4o")
+    code, out = run_cli(*base, "--judge", "gpt-4o")
     assert code != 0 and "--judge applies to summarize jobs" in out
 
 
 def test_if_unproven_best_runs_the_best_measured_route_and_marks_it(
-    cli_env: Settings, team: str, tmp_path: Path
+    cli_env: Settings, cli_team: str, tmp_path: Path
 ) -> None:
     path = tmp_path / "t.jsonl"
     write_demo_tickets(path, n=600, labelled=200)
-    args = ["submit", str(path), "--task", "classify", "--labels", LABELS, "--team", team, "--min-quality", "0.97"]
-    code, out = _run(*args, "--models", "gpt-4o-mini,gpt-4o", "--if-unproven", "best")
+    args = ["submit", str(path), "--task", "classify", "--labels", LABELS, "--team", cli_team, "--min-quality", "0.97"]
+    code, out = run_cli(*args, "--models", "gpt-4o-mini,gpt-4o", "--if-unproven", "best")
     job = _last_job(cli_env)
     assert job.calibration and job.calibration["unproven"], out
     assert job.status == JobStatus.DONE and job.n_done == 600, out
-    code, status = _run("status", job.id)
+    code, status = run_cli("status", job.id)
     assert "UNPROVEN" in status
     results = tmp_path / "r.jsonl"
-    _run("results", job.id, "-o", str(results))
+    run_cli("results", job.id, "-o", str(results))
     records = [json.loads(line) for line in results.read_text().splitlines()]
     run = [r for r in records if "gold" not in r]
     assert run and all("lower bound" in r["unproven"] for r in run)
     assert all("unproven" not in r and r["answer_from"] == "gold label" for r in records if "gold" in r)
     # The same job without --if-unproven stops, says why, and runs nothing.
-    code, out = _run(*args, "--models", "gpt-4o-mini,gpt-4o")
+    code, out = run_cli(*args, "--models", "gpt-4o-mini,gpt-4o")
     stopped = _last_job(cli_env)
     assert code == 4 and stopped.status == JobStatus.NO_MODEL and stopped.n_done == 0  # 4: stopped
-    code, status = _run("status", stopped.id)
+    code, status = run_cli("status", stopped.id)
     assert "stopped" in status and "no route is proven" in status
 
 
-def test_run_labelled_sends_labelled_items_to_the_route(cli_env: Settings, team: str, tmp_path: Path) -> None:
+def test_run_labelled_sends_labelled_items_to_the_route(cli_env: Settings, cli_team: str, tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     write_demo_tickets(path, n=400, labelled=200)
-    code, out = _run(
-        "submit", str(path), "--task", "classify", "--labels", LABELS, "--team", team, "--min-quality", "0.85",
+    code, out = run_cli(
+        "submit", str(path), "--task", "classify", "--labels", LABELS, "--team", cli_team, "--min-quality", "0.85",
         "--run-labelled",
     )  # fmt: skip
     job = _last_job(cli_env)
@@ -109,12 +78,12 @@ def test_run_labelled_sends_labelled_items_to_the_route(cli_env: Settings, team:
 
 
 def test_calibrate_measures_for_later_jobs_and_keeps_the_estimates(
-    cli_env: Settings, team: str, tmp_path: Path
+    cli_env: Settings, cli_team: str, tmp_path: Path
 ) -> None:
     path = tmp_path / "labelled.jsonl"
     write_demo_tickets(path, n=300, labelled=300)
-    code, out = _run(
-        "calibrate", str(path), "--task", "classify", "--labels", LABELS, "--team", team, "--min-quality", "0.85"
+    code, out = run_cli(
+        "calibrate", str(path), "--task", "classify", "--labels", LABELS, "--team", cli_team, "--min-quality", "0.85"
     )
     assert code == 0, out
     job = _last_job(cli_env)
@@ -125,7 +94,9 @@ def test_calibrate_measures_for_later_jobs_and_keeps_the_estimates(
     assert "one-sided, anytime-valid" in out
 
 
-def test_the_sandbox_says_it_cannot_measure_a_users_own_labels(cli_env: Settings, team: str, tmp_path: Path) -> None:
+def test_the_sandbox_says_it_cannot_measure_a_users_own_labels(
+    cli_env: Settings, cli_team: str, tmp_path: Path
+) -> None:
     rng = random.Random(3)
     topics = ["shipping", "warranty", "returns"]
     lines = [
@@ -133,8 +104,17 @@ def test_the_sandbox_says_it_cannot_measure_a_users_own_labels(cli_env: Settings
         for k in range(300)
     ]
     path = write_jsonl(tmp_path / "own.jsonl", lines)
-    code, out = _run(
-        "submit", str(path), "--task", "classify", "--labels", ",".join(topics), "--team", team, "--min-quality", "0.6"
+    code, out = run_cli(
+        "submit",
+        str(path),
+        "--task",
+        "classify",
+        "--labels",
+        ",".join(topics),
+        "--team",
+        cli_team,
+        "--min-quality",
+        "0.6",
     )
     job = _last_job(cli_env)
     note = (job.calibration or {}).get("simulated_note") or ""

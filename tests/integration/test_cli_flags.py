@@ -52,18 +52,6 @@ def pg_team(pg_cli: Settings) -> str:
     return name
 
 
-@pytest.fixture
-def sqlite_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """CLI on a fresh SQLite ledger (the default setup), with team growth in tenant acme."""
-    _clean_env(monkeypatch)
-    monkeypatch.setenv("PENNYROUTE_DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
-    settings = get_settings()
-    assert runner.invoke(app, ["tenant", "create", "acme"]).exit_code == 0
-    assert runner.invoke(app, ["team", "create", "growth", "--tenant", "acme"]).exit_code == 0
-    yield settings
-    get_settings.cache_clear()
-
-
 def _run(*args: str) -> tuple[int, str]:
     result = runner.invoke(app, list(args))
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

@@ -4,8 +4,6 @@ wrong, and nothing is half-written (no job, no items)."""
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,34 +11,12 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from router.cli.app import app
-from router.ledger import repo
 from router.ledger.db import session_scope
 from router.ledger.tables import Item, Job
-from router.settings import Settings, get_settings
+from router.settings import Settings
 from tests.helpers import tickets, write_jsonl
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_env(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """CLI on the test Postgres, sandbox answers, no broker (jobs run in-process)."""
-    for name in ("BROKER_URL", "PENNYROUTE_BROKER_URL", "CELERY_BROKER_URL", "PENNYROUTE_CATALOG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABASE_URL", pg_url)
-    monkeypatch.setenv("PENNYROUTE_SANDBOX", "on")
-    get_settings.cache_clear()
-    settings = get_settings()
-    yield settings
-    get_settings.cache_clear()
-
-
-@pytest.fixture
-def cli_team(cli_env: Settings) -> str:
-    name = f"growth-{uuid.uuid4().hex[:6]}"
-    with session_scope(cli_env) as session:
-        repo.ensure_team(session, tenant=f"acme-{name}", team=name)
-    return name
 
 
 def _counts(settings: Settings) -> tuple[int, int]:

@@ -4,39 +4,28 @@ unwritable folder or a folder given as the file, and nothing half-written."""
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from router.cli.app import app
-from router.settings import get_settings
-from tests.helpers import tickets, write_jsonl
+from router.settings import Settings
+from tests.helpers import run_cli, tickets, write_jsonl
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def sqlite_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The embedded default: a SQLite ledger in tmp_path, the sandbox, one finished job; returns its id."""
-    for name in ("BROKER_URL", "PENNYROUTE_BROKER_URL", "CELERY_BROKER_URL", "PENNYROUTE_CATALOG", "DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
-    monkeypatch.setenv("PENNYROUTE_SANDBOX", "on")
-    get_settings.cache_clear()
-    team = f"out-{uuid.uuid4().hex[:6]}"
-    assert runner.invoke(app, ["tenant", "create", "acme"]).exit_code == 0
-    assert runner.invoke(app, ["team", "create", team, "--tenant", "acme"]).exit_code == 0
+def finished_job(sqlite_cli: Settings, tmp_path: Path) -> str:
+    """One finished job on the embedded default (SQLite in tmp_path, the sandbox); returns its id."""
     path = write_jsonl(tmp_path / "t.jsonl", tickets(5))
-    result = runner.invoke(
-        app,
-        ["submit", str(path), "--task", "classify", "--labels", "billing,bug,other", "--team", team]
-        + ["--min-quality", "0.5", "--quality", "prior"],
-    )
-    assert result.exit_code == 0, result.output
-    yield " ".join(result.output.split()).split("job ")[1].split(":")[0]
-    get_settings.cache_clear()
+    code, out = run_cli(
+        "submit", str(path), "--task", "classify", "--labels", "billing,bug,other", "--team", "growth",
+        "--min-quality", "0.5", "--quality", "prior",
+    )  # fmt: skip
+    assert code == 0, out
+    return out.split("job ")[1].split(":")[0]
 
 
 def _results(job_id: str, *args: str) -> tuple[int, str]:
@@ -44,37 +33,37 @@ def _results(job_id: str, *args: str) -> tuple[int, str]:
     return result.exit_code, " ".join(result.output.split())
 
 
-def test_results_never_overwrite_without_force_and_never_the_ledger(sqlite_cli: str, tmp_path: Path) -> None:
+def test_results_never_overwrite_without_force_and_never_the_ledger(finished_job: str, tmp_path: Path) -> None:
     target = tmp_path / "r.jsonl"
-    assert _results(sqlite_cli, "-o", str(target))[0] == 0 and len(target.read_text().splitlines()) == 5
+    assert _results(finished_job, "-o", str(target))[0] == 0 and len(target.read_text().splitlines()) == 5
     target.write_text("mine\n")
-    code, out = _results(sqlite_cli, "-o", str(target))
+    code, out = _results(finished_job, "-o", str(target))
     assert code == 2 and "already exists" in out and "--force" in out and target.read_text() == "mine\n"
-    assert _results(sqlite_cli, "-o", str(target), "--force")[0] == 0 and len(target.read_text().splitlines()) == 5
+    assert _results(finished_job, "-o", str(target), "--force")[0] == 0 and len(target.read_text().splitlines()) == 5
     ledger = tmp_path / "ledger.db"
     before = ledger.read_bytes()
-    code, out = _results(sqlite_cli, "-o", str(ledger), "--force")
+    code, out = _results(finished_job, "-o", str(ledger), "--force")
     assert code == 2 and "is the ledger itself" in out and ledger.read_bytes() == before
     report = runner.invoke(app, ["report", "--month", "2026-12", "--format", "csv", "-o", str(ledger), "--force"])
     assert report.exit_code == 2 and "is the ledger itself" in report.output and ledger.read_bytes() == before
 
 
-def test_bad_output_paths_are_named(sqlite_cli: str, tmp_path: Path) -> None:
-    code, out = _results(sqlite_cli, "-o", str(tmp_path / "missing" / "r.jsonl"))
+def test_bad_output_paths_are_named(finished_job: str, tmp_path: Path) -> None:
+    code, out = _results(finished_job, "-o", str(tmp_path / "missing" / "r.jsonl"))
     assert code == 2 and "does not exist" in out
-    code, out = _results(sqlite_cli, "-o", str(tmp_path))
+    code, out = _results(finished_job, "-o", str(tmp_path))
     assert code == 2 and "is a folder" in out
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]  # nothing half-written
 
 
-def test_an_unwritable_folder_is_named(sqlite_cli: str, tmp_path: Path) -> None:
+def test_an_unwritable_folder_is_named(finished_job: str, tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
         if os.access(locked, os.W_OK):  # root writes anywhere: nothing to test here
             pytest.skip("running as root: every folder is writable")
-        code, out = _results(sqlite_cli, "-o", str(locked / "r.jsonl"))
+        code, out = _results(finished_job, "-o", str(locked / "r.jsonl"))
         assert code == 2 and "not writable" in out
     finally:
         locked.chmod(0o700)

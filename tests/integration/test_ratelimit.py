@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,8 +15,18 @@ import redis
 
 from policies.circuit_breaker import THRESHOLD, BreakerState, allows, on_failure, on_success
 from policies.rate_adapt import MIN_FACTOR, after_rate_limited, after_success, limits_now
+from router.catalog import Catalog
+from router.engine import runtime
+from router.engine.chunk import run_chunk
+from router.jobs.intake import JobRequest
+from router.jobs.submit import submit_job
+from router.ledger.tables import Call, Item
+from router.providers import limits
 from router.providers.limits import SharedLimits
+from router.providers.registry import close_all
 from router.settings import Settings
+from tests.fakes.server import OPENAI_PATH
+from tests.helpers import ledger, tickets, write_jsonl
 
 
 @pytest.mark.parametrize(
@@ -145,13 +157,6 @@ def test_an_open_breaker_is_seen_by_every_process(shared: str) -> None:
 def test_a_failing_provider_trips_the_breaker_and_items_move_to_their_fallback(
     live_settings: object, catalog: object, tmp_path: Path, team: tuple[str, str], fake_provider: str
 ) -> None:
-    from router.engine import runtime
-    from router.engine.chunk import run_chunk
-    from router.jobs.intake import JobRequest
-    from router.jobs.submit import submit_job
-    from router.providers.registry import close_all
-    from tests.fakes.server import OPENAI_PATH
-    from tests.helpers import ledger, tickets, write_jsonl
 
     httpx.post(f"{fake_provider}/_reset")
     runtime.run(close_all())  # fresh breakers for this process
@@ -202,9 +207,39 @@ def test_timeouts_of_calls_sent_together_are_one_signal_not_many() -> None:
     assert not allows(answered, 100.0).allowed
 
 
+def _outage_on_one_model(
+    settings: Settings,
+    catalog: Catalog,
+    tmp_path: Path,
+    team: tuple[str, str],
+    fake_provider: str,
+    *,
+    n: int,
+    fails: int,
+) -> tuple[Any, list[Call], list[Item]]:
+    """A job of `n` items routed to gpt-4o-mini alone (no fallback), whose provider answers 500 to its
+    next `fails` calls; one chunk runs it with fresh breakers. Returns (outcome, calls, items)."""
+    httpx.post(f"{fake_provider}/_reset")
+    runtime.run(close_all())  # fresh breakers for this process
+    path = write_jsonl(tmp_path / "items.jsonl", tickets(n))
+    request = JobRequest(
+        path=path, team=team[1], tenant=team[0], task="classify", labels=("billing", "bug", "other"),
+        min_quality=0.5, models=frozenset({"gpt-4o-mini"}), quality="prior",
+    )  # fmt: skip
+    job_id = submit_job(settings, catalog, request).job_id
+    httpx.post(f"{fake_provider}/_fail", json={"status": 500, "count": fails, "path": OPENAI_PATH})
+    try:
+        outcome = run_chunk(settings, catalog, job_id=job_id, lo=0, hi=n)
+    finally:
+        httpx.post(f"{fake_provider}/_reset")
+        runtime.run(close_all())
+    calls, items = ledger(settings, job_id)
+    return outcome, calls, items
+
+
 def test_with_no_fallback_an_open_breaker_makes_items_wait_not_fail(
-    live_settings: object,
-    catalog: object,
+    live_settings: Settings,
+    catalog: Catalog,
     tmp_path: Path,
     team: tuple[str, str],
     fake_provider: str,
@@ -212,49 +247,15 @@ def test_with_no_fallback_an_open_breaker_makes_items_wait_not_fail(
 ) -> None:
     """The route has one model and its provider fails a whole round: the breaker opens, and the
     items wait for it to let a probe through (here a 2 s cooldown) instead of failing at once."""
-    import functools
-
-    from router.engine import runtime
-    from router.engine.chunk import run_chunk
-    from router.jobs.intake import JobRequest
-    from router.jobs.submit import submit_job
-    from router.providers import limits
-    from router.providers.registry import close_all
-    from tests.fakes.server import OPENAI_PATH
-    from tests.helpers import ledger, tickets, write_jsonl
-
     monkeypatch.setattr(limits, "on_failure", functools.partial(limits.on_failure, cooldown_s=2.0))
-    httpx.post(f"{fake_provider}/_reset")
-    runtime.run(close_all())  # fresh breakers for this process
-    path = write_jsonl(tmp_path / "items.jsonl", tickets(30))
-    job_id = submit_job(
-        live_settings,
-        catalog,
-        JobRequest(  # type: ignore[arg-type]
-            path=path,
-            team=team[1],
-            tenant=team[0],
-            task="classify",
-            labels=("billing", "bug", "other"),
-            min_quality=0.5,
-            models=frozenset({"gpt-4o-mini"}),
-            quality="prior",
-        ),
-    ).job_id
-    httpx.post(f"{fake_provider}/_fail", json={"status": 500, "count": 30, "path": OPENAI_PATH})
-    try:
-        outcome = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=30)  # type: ignore[arg-type]
-    finally:
-        httpx.post(f"{fake_provider}/_reset")
-        runtime.run(close_all())
-    calls, items = ledger(live_settings, job_id)  # type: ignore[arg-type]
+    outcome, calls, items = _outage_on_one_model(live_settings, catalog, tmp_path, team, fake_provider, n=30, fails=30)
     assert any(c.error and "circuit open" in c.error for c in calls)  # the breaker did open
     assert outcome.done == 30 and all(i.status == "done" for i in items), [i.error for i in items if i.error]
 
 
 def test_an_outage_on_a_route_with_no_fallback_is_waited_out_not_failed(
     live_settings: Settings,
-    catalog: object,
+    catalog: Catalog,
     tmp_path: Path,
     team: tuple[str, str],
     fake_provider: str,
@@ -262,42 +263,8 @@ def test_an_outage_on_a_route_with_no_fallback_is_waited_out_not_failed(
 ) -> None:
     """Its only provider answers 500 to the next 40 calls (every item's first 3 tries and more): the
     items wait the outage out, within the fault time (PENNYROUTE_FAULT_WAIT_S), and all end done."""
-    import functools
-
-    from router.engine import runtime
-    from router.engine.chunk import run_chunk
-    from router.jobs.intake import JobRequest
-    from router.jobs.submit import submit_job
-    from router.providers import limits
-    from router.providers.registry import close_all
-    from tests.fakes.server import OPENAI_PATH
-    from tests.helpers import ledger, tickets, write_jsonl
-
     settings = live_settings.model_copy(update={"fault_wait_s": 120.0})
     monkeypatch.setattr(limits, "on_failure", functools.partial(limits.on_failure, cooldown_s=1.0))
-    httpx.post(f"{fake_provider}/_reset")
-    runtime.run(close_all())
-    path = write_jsonl(tmp_path / "items.jsonl", tickets(10))
-    job_id = submit_job(
-        settings,
-        catalog,  # type: ignore[arg-type]
-        JobRequest(
-            path=path,
-            team=team[1],
-            tenant=team[0],
-            task="classify",
-            labels=("billing", "bug", "other"),
-            min_quality=0.5,
-            models=frozenset({"gpt-4o-mini"}),
-            quality="prior",
-        ),
-    ).job_id
-    httpx.post(f"{fake_provider}/_fail", json={"status": 500, "count": 40, "path": OPENAI_PATH})
-    try:
-        outcome = run_chunk(settings, catalog, job_id=job_id, lo=0, hi=10)  # type: ignore[arg-type]
-    finally:
-        httpx.post(f"{fake_provider}/_reset")
-        runtime.run(close_all())
-    calls, items = ledger(settings, job_id)
+    outcome, calls, items = _outage_on_one_model(settings, catalog, tmp_path, team, fake_provider, n=10, fails=40)
     assert sum(1 for c in calls if c.error and "500" in c.error) == 40  # the whole outage was met
     assert outcome.done == 10 and all(i.status == "done" for i in items), [i.error for i in items if i.error]
