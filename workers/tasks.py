@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
-from celery.signals import worker_process_shutdown, worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown, worker_ready
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from router.catalog import Catalog, load_catalog
@@ -15,6 +16,7 @@ from router.jobs import lifecycle
 from router.jobs.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_TASK, SWEEP_TASK, Dispatcher
 from router.jobs.sweeper import sweep
 from router.providers.registry import close_all
+from router.redact import RedactingFilter, configured_secrets
 from router.settings import get_settings
 from workers.app import app
 
@@ -73,6 +75,15 @@ def resume_paused_jobs_task() -> int:
 def _close_providers(**_: Any) -> None:
     """Close provider connections when the worker process stops."""
     runtime.run(close_all())
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_logs(logger: logging.Logger, **_: Any) -> None:
+    """Configured API keys (and key-shaped text) never reach the worker's log."""
+    redacting = RedactingFilter(configured_secrets(get_settings()))
+    for handler in logger.handlers:
+        handler.addFilter(redacting)
 
 
 @worker_ready.connect

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ from router.jobs.submit import Submitted, submit_job
 from router.ledger import budgets, repo
 from router.ledger.db import current_revision, ensure_schema, session_scope, upgrade
 from router.ledger.tables import BudgetPeriod, JobStatus, utcnow
+from router.redact import RedactingFilter, configured_secrets, printable
 from router.reports import render as report_render
 from router.reports.monthly import monthly_report
 from router.settings import Settings, get_settings
@@ -78,6 +80,21 @@ def _root(
 ) -> None:
     State.catalog_path = catalog
     out.quiet = False  # each command decides (--quiet, --json)
+    redact_logs()
+
+
+def redact_logs() -> None:
+    """Warnings to stderr, with configured API keys (and key-shaped text) redacted from every line."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        secrets = configured_secrets(get_settings())
+    except PennyrouteError:
+        secrets = frozenset()  # a bad setting is reported by the command itself
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter(secrets))
 
 
 def _settings() -> Settings:
@@ -743,7 +760,7 @@ def team_list(json_out: Annotated[bool, typer.Option("--json", help="Print JSON 
         data.emit([{"tenant": tenant, "team": team} for tenant, team in teams])
         return
     for tenant, team in teams:
-        out.print(f"{tenant}/{team}", markup=False)
+        out.print(f"{printable(tenant)}/{printable(team)}", markup=False)  # a control character shows, never acts
 
 
 @app.command()

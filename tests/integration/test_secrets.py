@@ -223,3 +223,30 @@ def test_tenant_and_team_names_with_control_characters_are_refused(
     with session_scope(live_settings) as session:
         assert session.exec(select(Tenant).where(Tenant.name == bad.strip())).first() is None
         assert session.exec(select(Team).where(Team.name == bad.strip())).first() is None
+
+
+def test_the_cli_and_the_worker_redact_keys_from_their_logs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A warning that quotes a configured key reaches stderr redacted (the CLI's handler filter)."""
+    import logging
+
+    from router.cli.app import redact_logs
+    from router.redact import RedactingFilter
+    from router.settings import get_settings
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-a-key-that-must-not-show-1234")
+    get_settings.cache_clear()
+    try:
+        redact_logs()
+        handlers = logging.getLogger().handlers
+        assert handlers and all(any(isinstance(f, RedactingFilter) for f in h.filters) for h in handlers)
+        record = logging.LogRecord(
+            "router", logging.WARNING, __file__, 1, "upstream said %s", ("sk-test-a-key-that-must-not-show-1234",), None
+        )
+        for handler in handlers:
+            for f in handler.filters:
+                f.filter(record)
+        assert "sk-test-a-key-that-must-not-show-1234" not in record.getMessage()
+    finally:
+        get_settings.cache_clear()
