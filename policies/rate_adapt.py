@@ -60,6 +60,18 @@ PROBE_GROW_SHARE_PER_S = 0.1
 MAX_GROW_S = 1.0
 # Never below one call every two seconds: a provider that refuses everything is still probed.
 MIN_LEARNED_RPS = 0.5
+# A provider over its limit answers 429 to much of what it is sent. A few 429s among many answers are
+# incidental (a shared key's neighbours, one node's hiccup, a fault mix): each call retries after its
+# Retry-After, but the model is not slowed for them. So a learned rate starts only when at least
+# START_SHARE of a model's recent answers (ANSWERED_WINDOW_S) are 429s, and is cut only when at least
+# CUT_SHARE are: held there, a learned limit costs under CUT_SHARE of the requests in 429s.
+START_SHARE = 0.10
+CUT_SHARE = 0.03
+
+
+def is_rate_limit(share_429: float, *, learned: bool) -> bool:
+    """Whether 429s at this share of a model's recent answers say it is over a limit (not incidental)."""
+    return share_429 >= (CUT_SHARE if learned else START_SHARE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from policies.rate_adapt import (
     after_rate_limited,
     after_success,
     first_429,
+    is_rate_limit,
     limits_now,
     seed_learned,
 )
@@ -136,6 +137,7 @@ class SharedLimits:
         self._cas: Any = None
         self._learned: dict[str, tuple[float, LearnedRate | None, str]] = {}  # model -> (read at, rate, version)
         self._answered: dict[str, deque[float]] = {}  # model -> when its recent calls were answered
+        self._limited: dict[str, deque[float]] = {}  # model -> when its recent calls were answered 429
         self._held: dict[str, float] = {}  # model -> when its learned gate last held a caller back
         self._windows: dict[str, Window] = {}  # provider -> its calls-in-flight window
         self._active: dict[str, int] = {}  # provider -> calls in flight now
@@ -317,7 +319,19 @@ class SharedLimits:
         self._learned.pop(key, None)  # someone else wrote first: read theirs next time
         return None
 
+    def _share_429(self, key: str) -> float:
+        """The share of model `key`'s answers in the last ANSWERED_WINDOW_S that were 429s (this process)."""
+        stamps = self._limited.setdefault(key, deque(maxlen=100_000))
+        now = time.monotonic()
+        while stamps and now - stamps[0] > ANSWERED_WINDOW_S:
+            stamps.popleft()
+        self._answered_rps(key)  # drops the answers older than the window
+        answered = len(self._answered.get(key) or ())
+        return len(stamps) / max(1, len(stamps) + answered)
+
     async def _observe_learned(self, key: str, *, rate_limited: bool, retry_after: float | None) -> None:
+        if rate_limited:
+            self._limited.setdefault(key, deque(maxlen=100_000)).append(time.monotonic())
         if not rate_limited:
             self.answered(key)
             held = self._held.get(key)
@@ -331,8 +345,11 @@ class SharedLimits:
             if rate is not None:
                 await self._write_learned(key, after_learned_hold(rate, now=now), version)
             return
+        share = self._share_429(key)
         for _ in range(3):  # compare-and-set: another worker may write between our read and write
             rate, version = await self._learned_state(key, fresh=True)
+            if not is_rate_limit(share, learned=rate is not None):
+                return  # incidental: the call retries after its Retry-After; the model is not slowed
             now = time.time()
             new = first_429(now=now) if rate is None else after_learned_429(rate, now=now)[0]
             if new == rate or await self._write_learned(key, new, version) is not None:
