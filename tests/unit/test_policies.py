@@ -409,3 +409,14 @@ def test_bar_bounds_are_valid() -> None:
     assert choose_model(job(min_quality=0.0), [cand("m")]).ok
     assert choose_model(job(min_quality=1.0), [cand("m", quality=prior(1.0))]).ok
     assert not choose_model(job(min_quality=1.0), [cand("m", quality=measured(1.0, 10_000))]).ok
+
+
+@pytest.mark.parametrize(
+    ("share", "learned", "limit"),
+    [(0.05, False, False), (0.12, False, True), (0.02, True, False), (0.05, True, True)],
+)
+def test_a_few_429s_among_many_answers_are_incidental(share: float, learned: bool, limit: bool) -> None:
+    """A 20% fault mix answers 429 to 5% of calls: that is not a rate limit to learn (it collapsed one)."""
+    from policies.rate_adapt import is_rate_limit
+
+    assert is_rate_limit(share, learned=learned) is limit
