@@ -66,7 +66,7 @@ MIN_LEARNED_RPS = 0.5
 # START_SHARE of a model's recent answers (ANSWERED_WINDOW_S) are 429s, and is cut only when at least
 # CUT_SHARE are: held there, a learned limit costs under CUT_SHARE of the requests in 429s.
 START_SHARE = 0.10
-CUT_SHARE = 0.03
+CUT_SHARE = 0.02
 
 
 def is_rate_limit(share_429: float, *, learned: bool) -> bool:

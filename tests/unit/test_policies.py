@@ -413,7 +413,7 @@ def test_bar_bounds_are_valid() -> None:
 
 @pytest.mark.parametrize(
     ("share", "learned", "limit"),
-    [(0.05, False, False), (0.12, False, True), (0.02, True, False), (0.05, True, True)],
+    [(0.05, False, False), (0.12, False, True), (0.01, True, False), (0.05, True, True)],
 )
 def test_a_few_429s_among_many_answers_are_incidental(share: float, learned: bool, limit: bool) -> None:
     """A 20% fault mix answers 429 to 5% of calls: that is not a rate limit to learn (it collapsed one)."""
