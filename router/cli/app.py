@@ -291,7 +291,8 @@ def _submit_and_run(
         sys.stdout.flush()
     _start(settings, catalog, submitted.job_id, wait=wait)
     out.print(f"next: pennyroute status {submitted.job_id} | pennyroute results {submitted.job_id} -o results.jsonl")
-    code = _end(settings, submitted.job_id, exit_now=False) if settings.embedded or wait else 0
+    ended = (settings.embedded or wait) and exit_on_end  # else the caller (the demo) says how it ended
+    code = _end(settings, submitted.job_id, exit_now=False) if ended else 0
     if json_out:
         state = job_state(settings, submitted.job_id)
         data.emit(data.job(state.job, state.spent_usd))
