@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -134,6 +135,7 @@ def run_job(settings: Settings, provider: str, n_items: int, tmp: Path, team: st
     with session_scope(settings) as session:
         calls = list(session.execute(select(Call).where(Call.job_id == job.id)).scalars())
         statuses = [s for (s,) in session.execute(select(Item.status).where(Item.job_id == job.id))]
+        finished = sorted(t for (t,) in session.execute(select(Item.finished_at).where(Item.job_id == job.id)) if t)
         spent = repo.job_spend(session, job.id)
     expected = sum(
         (catalog.price(c.model_id, c.started_at).cost_usd(TokenUsage(c.input_tokens, c.output_tokens)) for c in calls),
@@ -146,8 +148,19 @@ def run_job(settings: Settings, provider: str, n_items: int, tmp: Path, team: st
         "calls": len(calls),
         "ledger_usd": spent,
         "ledger_equals_tokens_x_prices": spent == expected,
+        "steady_items_per_s": steady_rate(finished),
     }
     return n_items / elapsed, checks
+
+
+def steady_rate(finished: list[datetime]) -> float:
+    """Items finished per second while the pipeline is full: between the 10th and the 90th percentile
+    of the items' finish times (the start, and the drain where the last slow calls finish alone, left out)."""
+    if len(finished) < 10:
+        return 0.0
+    lo, hi = finished[len(finished) // 10], finished[(len(finished) * 9) // 10]
+    span = (hi - lo).total_seconds()
+    return ((len(finished) * 9) // 10 - len(finished) // 10) / span if span > 0 else 0.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -298,12 +311,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     if tail is not None:
         tail_ideal = in_flight / TAIL_MEAN_S
+        steady = float(tail[1]["steady_items_per_s"])  # type: ignore[arg-type]
         rows.append(
             (
-                f"end to end, heavy-tailed latency, {args.tail_items:,} items",
+                f"heavy-tailed latency, {args.tail_items:,} items, pipeline full",
+                f"{steady:,.0f} items/s",
+                f"{steady / tail_ideal:.0%} of {in_flight} in flight / {TAIL_MEAN_S:g} s mean latency = {tail_ideal:,.0f}/s "
+                "(target >= 95%; items finished between the 10th and 90th percentile of finish times)",
+            )
+        )
+        rows.append(
+            (
+                f"heavy-tailed latency, {args.tail_items:,} items, end to end",
                 f"{tail[0]:,.0f} items/s",
-                f"{tail[0] / tail_ideal:.0%} of {in_flight} in flight / {TAIL_MEAN_S:g} s mean latency = {tail_ideal:,.0f}/s "
-                "(no target; the job also waits for its slowest call)",
+                f"{tail[0] / tail_ideal:.0%} of the same (the job also waits for its slowest call: with 15,000 "
+                "lognormal latencies the last one alone takes about 10-20 s)",
             )
         )
     print(

@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -24,6 +24,7 @@ from policies.budget_fit import items_that_fit
 from router.catalog import Catalog
 from router.ledger import budgets, repo
 from router.ledger.db import UNREACHABLE, session_scope
+from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows
 from router.ledger.tables import CallStatus, utcnow
 from router.ledger.types import ClaimedItem, JobSnapshot
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, spec_for
@@ -280,6 +281,47 @@ def record_calls(session: Session, *, catalog: Catalog, common: dict[str, Any], 
             item_ids=[tries[k].item_id for k in members],
         )
     return Recorded(ids, started)
+
+
+def rollups(
+    catalog: Catalog,
+    job: JobSnapshot,
+    facts: dict[tuple[str, str], list[CallFacts]],
+    *,
+    baseline_calls: Collection[str],
+) -> list[dict[str, Any]]:
+    """The rollup rows of a batch's calls, per (model, purpose) and day; `baseline_calls` are the calls
+    that stand for their items in the baseline (run calls only carry one)."""
+    baseline = _baseline_rates(catalog, job)
+    return [
+        row
+        for (model_id, purpose), group in facts.items()
+        for row in rollup_rows(
+            group,
+            tenant_id=job.tenant_id,
+            team_id=job.team_id,
+            job_id=job.id,
+            model_id=model_id,
+            provider=catalog.model(model_id).provider if model_id in catalog.models else "unknown",
+            task=job.task,
+            purpose=purpose,
+            timezone=job.timezone,
+            baseline_rates=baseline if purpose == "run" else None,
+            baseline_calls=baseline_calls,
+        )
+    ]
+
+
+def _baseline_rates(catalog: Catalog, job: JobSnapshot) -> BaselineRates | None:
+    """How the job's rollups price its run calls on its baseline model (None: it has none)."""
+    if (
+        job.baseline_input_usd_per_mtok is None or job.baseline_output_usd_per_mtok is None
+    ):  # submit sets both or neither
+        return None
+    known = catalog.models.get(job.baseline_model_id or "")
+    return BaselineRates(
+        job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok, (known.thinking or 0) if known else 0
+    )
 
 
 def _call_ids(n: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""Making a round's calls: through the process-wide gate, the shared rate limits and the circuit breakers.
+"""Making a batch's calls: through the process-wide gate, the shared rate limits and the circuit breakers.
 
 Runs on the I/O loop (router/engine/runtime.py). A call never raises: it gives back its key, the
 completion or the ProviderError it ended with, and its latency in seconds, for the caller to record.
@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Sequence
 
 from router.catalog import Catalog, ModelInfo
 from router.engine import runtime
@@ -25,25 +24,28 @@ log = logging.getLogger("pennyroute.engine")
 CallResult = tuple[int, Completion | ProviderError, float]  # (key, outcome, latency in seconds)
 
 
-async def call_all(
+async def call(
     catalog: Catalog,
     settings: Settings,
     simulated: bool,
-    requests: Sequence[tuple[int, str, ChatRequest]],
-) -> list[CallResult]:
-    """Make every (key, provider name, request) concurrently; results in the order of `requests`."""
-    providers = {
-        name: await get_provider(catalog, settings, name, simulated=simulated) for name in {p for _, p, _ in requests}
-    }
-    gate = runtime.gate(settings.calls_in_flight)
-    limits = None if simulated else shared_limits(settings)
-    models = models_by_wire_name(catalog)
-    caps = {name: info.max_in_flight for name, info in catalog.providers.items()}
-    return await asyncio.gather(
-        *(
-            call_one(providers[name], gate, key, request, limits, models.get((name, request.model)), caps.get(name))
-            for key, name, request in requests
-        )
+    key: int,
+    provider_name: str,
+    request: ChatRequest,
+    delay_s: float = 0.0,
+) -> CallResult:
+    """Make one call of a batch (after `delay_s`: a retry's wait), through call_one. Never raises."""
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
+    provider = await get_provider(catalog, settings, provider_name, simulated=simulated)
+    info = catalog.providers.get(provider_name)
+    return await call_one(
+        provider,
+        runtime.gate(settings.calls_in_flight),
+        key,
+        request,
+        None if simulated else shared_limits(settings),
+        models_by_wire_name(catalog).get((provider_name, request.model)),
+        info.max_in_flight if info is not None else None,
     )
 
 

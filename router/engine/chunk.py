@@ -19,11 +19,11 @@ from datetime import timedelta
 from router.catalog import Catalog
 from router.engine import runtime
 from router.engine.batch import ChunkContext, pause, reserve_batch, unbudgeted_batch
-from router.engine.rounds import Answer, Executed, execute
+from router.engine.rounds import Answer, execute
 from router.engine.settle import charge_lost, finish
 from router.ledger import repo
 from router.ledger.db import session_scope
-from router.ledger.tables import ItemStatus, JobStatus, utcnow
+from router.ledger.tables import JobStatus, utcnow
 from router.ledger.types import ClaimedItem, JobSnapshot
 from router.prompts import PromptSpec
 from router.providers.registry import close_all
@@ -86,43 +86,16 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         if batch is None:  # the budget cannot take even one more item: hand the rest back and pause
             pause(settings, chunk, pending)
             break
-        try:
-            executed = execute(settings, catalog, chunk, batch)
-        except runtime.Interrupted:  # calls that left cannot be told from those that did not
-            _charge_cut_batch(settings, catalog, chunk, pending)
-            break
-        if runtime.stopping():
-            hold_back_not_sent(executed)
+        executed = execute(settings, catalog, chunk, batch)  # after an interrupt, its unsent items come back held
         batch_done, batch_failed = finish(settings, catalog, chunk, executed, write_items=True)
         done, failed = done + batch_done, failed + batch_failed
         pending = pending[len(batch.items) :]
     return ChunkOutcome(claimed=len(claimed), done=done, failed=failed)
 
 
-def hold_back_not_sent(executed: Executed) -> None:
-    """After an interrupt: an item not done whose calls include one that never left (runtime.NotSent)
-    is handed back (pending, to run on resume), not failed. Its calls stay recorded as they went."""
-    for item_id, by_model in executed.answers.items():
-        row = executed.finished_items.get(item_id)
-        if row is not None and row["status"] == ItemStatus.DONE:
-            continue
-        if any(answer.error and runtime.NOT_SENT in answer.error for answer in by_model.values()):
-            executed.finished_items.pop(item_id, None)
-            if item_id not in executed.held_back:
-                executed.held_back.append(item_id)
-
-
 def _hand_back(settings: Settings, items: Sequence[ClaimedItem]) -> None:
     """Interrupted: `items` go back to pending, untried."""
     with session_scope(settings) as session:
-        repo.release_items(session, [(row.id, row.attempts) for row in items])
-
-
-def _charge_cut_batch(settings: Settings, catalog: Catalog, chunk: ChunkContext, items: Sequence[ClaimedItem]) -> None:
-    """A batch an interrupt cut short without its results: its calls still in flight are recorded
-    unknown at their worst case (charge_lost), and its items (and the chunk's others) go back to pending."""
-    with session_scope(settings) as session:
-        charge_lost(session, settings, catalog, chunk, items, utcnow())
         repo.release_items(session, [(row.id, row.attempts) for row in items])
 
 
@@ -183,12 +156,7 @@ def answer_items(
     else:
         with session_scope(settings) as session:
             batch = unbudgeted_batch(session, catalog=catalog, chunk=chunk, items=items)
-    try:
-        executed = execute(settings, catalog, chunk, batch)
-    except runtime.Interrupted:
-        with session_scope(settings) as session:
-            charge_lost(session, settings, catalog, chunk, items, utcnow())
-        raise
+    executed = execute(settings, catalog, chunk, batch, write_items=False)
     finish(settings, catalog, chunk, executed, write_items=False)
     if runtime.stopping():  # interrupted: its answers are incomplete; the calls made are recorded
         raise runtime.Interrupted("calibration was interrupted")

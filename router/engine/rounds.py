@@ -1,9 +1,13 @@
-"""Making a batch's calls, round by round: build the requests, call, parse, and move each item on.
+"""Making a batch's calls as a stream: build the requests, call, parse, and move each item on as
+its answers come in, so a slow or retried call holds back its own item and no other.
 
-Each round makes the calls planned so far, concurrently. What to do after a failed call or a
+Calls are launched on the I/O loop (runtime.Stream) and their results taken as they finish, a few
+at a time (those that come within LINGER_S of each other). What to do after a failed call or a
 finished stage is policies.escalation's decision (retry, accept, escalate, hold back, fail); this
-module applies it, reserves what escalations may cost, and records the next round's call rows before
-it is made. It returns what happened (`Executed`) for engine/settle.py to write.
+module applies it, reserves what escalations may cost, and in one transaction writes the outcomes
+so far (calls, the items finished, the job's counts, rollups) with the call rows of the calls it
+launches next, before they are made. The batch's last outcomes, its drift counts and the
+settlement of its reservations are written by engine/settle.py from what `execute` returns.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -21,10 +25,19 @@ from sqlmodel import Session
 from policies.escalation import ACCEPT, ESCALATE, FAIL, HOLD, MAX_WAIT_S, after_failure, after_stage
 from router.catalog import Catalog, ModelInfo, Price
 from router.engine import runtime
-from router.engine.batch import Batch, ChunkContext, PlannedCall, Recorded, record_calls, reserve_more, write_retrying
-from router.engine.calls import call_all
+from router.engine.batch import (
+    Batch,
+    ChunkContext,
+    PlannedCall,
+    Recorded,
+    record_calls,
+    reserve_more,
+    rollups,
+    write_retrying,
+)
+from router.engine.calls import call
 from router.errors import CircuitOpen, ProviderConnectionError, ProviderError, ProviderStatusError, ProviderTimeout
-from router.ledger import repo
+from router.ledger import budgets, repo
 from router.ledger.db import session_scope
 from router.ledger.rollup import CallFacts
 from router.ledger.tables import CallStatus, ItemStatus, utcnow
@@ -36,6 +49,9 @@ from router.settings import Settings
 log = logging.getLogger("pennyroute.engine")
 # A failed call's error is kept on its row up to this many characters: a provider's message, not its page.
 ERROR_CHARS = 2000
+# Results that come within this long of the first are handled and written together: an item is
+# recorded within about this long of its last answer, in a few transactions per batch, not one per call.
+LINGER_S = 0.2
 
 
 @dataclass(slots=True)
@@ -47,60 +63,76 @@ class Answer:
 
 @dataclass(slots=True)
 class Executed:
-    """What a batch's calls gave: finished item rows, answers per item and model, and what to write."""
+    """What a batch's calls gave: what is left to write (items, calls, rollup facts) once the last call
+    is back, what was written on the way (done, failed), answers per item and model, and the rest."""
 
-    finished_items: dict[int, dict[str, Any]]
+    finished_items: dict[int, dict[str, Any]]  # finished, not yet written
     answers: dict[int, dict[str, Answer]]
     held_back: list[int]
     unwritten: list[dict[str, Any]]
     facts: dict[tuple[str, str], list[CallFacts]]
+    baseline_calls: set[str]  # among the calls of `facts`, one per finished item: it stands for the item
     references: dict[int, str | None]
+    outputs: dict[int, str | None]  # every item done in the batch: its answer (for drift checks)
     reservation_ids: list[str]
     newly_stopped: dict[str, str]
     blocked: bool
     held: dict[int, int]  # item id -> its try count when claimed: only that holder may write it
+    spent_usd: Decimal  # what every call of the batch cost, written or not ...
+    settled_usd: Decimal  # ... of which settled against the budget on the way
+    done: int  # items written done on the way
+    failed: int  # items written failed on the way
 
 
-def execute(settings: Settings, catalog: Catalog, chunk: ChunkContext, batch: Batch) -> Executed:
-    """Make the batch's calls, stage by stage, recording each round's call rows before it is made.
+@dataclass(frozen=True, slots=True)
+class Launched:
+    """A call on its way: what it is for, its ledger row's id and when that row was recorded."""
 
-    Each round makes the calls planned so far, concurrently. A retryable failure is tried again
-    (policies.escalation.after_failure: up to MAX_ATTEMPTS, with backoff) on the same model; a final
-    failure, or two cheap models that disagree in a cascade, moves the item to its next stage (the
-    strong model, then fallbacks: policies.escalation.after_stage). A provider that refuses us (bad
-    key, quota spent) takes no more calls for this job. Returns what happened, for `finish` to write.
-    """
-    progress = _Progress.start(chunk, batch, secrets=configured_secrets(settings))
+    planned: PlannedCall
+    call_id: str
+    started: datetime
+
+
+def execute(
+    settings: Settings, catalog: Catalog, chunk: ChunkContext, batch: Batch, *, write_items: bool = True
+) -> Executed:
+    """Make the batch's calls, moving each item on as its answers come in; returns what is left to
+    write, for `finish`.
+
+    A retryable failure is tried again (policies.escalation.after_failure: up to MAX_ATTEMPTS, with
+    backoff, or until the fault deadline when the item has no other stage) on the same model, after
+    its own wait; a final failure, or two cheap models that disagree in a cascade, moves the item to
+    its next stage (the strong model, then fallbacks: policies.escalation.after_stage). A provider that
+    refuses us (bad key, quota spent) takes no more calls for this job. Items finished on the way are
+    written on the way (unless `write_items` is false: calibration writes only its calls). After an
+    interrupt nothing more is launched, and the items it cut short are handed back."""
+    progress = _Progress.start(chunk, batch, secrets=configured_secrets(settings), write_items=write_items)
     progress.fault_deadline = time.monotonic() + min(settings.fault_wait_s, settings.lease_s / 2)
-    tries, recorded = batch.tries, batch.recorded
-    while tries:
-        # Looked up once a round, not once a call: the round's models and their prices at its start.
-        infos = {m: catalog.model(m) for m in {t.model_id for t in tries}}
-        prices = {m: catalog.price(m, recorded.started) for m in infos}
-        requests = _requests(chunk, tries, recorded, infos, progress.texts)
-        results = runtime.run(call_all(catalog, settings, chunk.job.simulated, requests))
-        round_ = _Round(
-            tries=tries, recorded=recorded, infos=infos, prices=prices, finished=utcnow(), retry=[], waits=[]
-        )
-        for k, result, latency_s in results:
-            _record_result(catalog, chunk, progress, round_, k, result, latency_s)
-        advance = _reserve_escalations(
-            settings, catalog, chunk, progress, _advance_items(catalog, chunk, progress, round_)
-        )
+    stream = runtime.Stream()
+    _launch(settings, catalog, chunk, progress, stream, batch.tries, batch.recorded, delays=None)
+    while stream.pending:
+        round_ = _Round.of(catalog, progress, stream.take(LINGER_S))
+        for launched, result, latency_s in round_.results:
+            _record_result(catalog, chunk, progress, round_, launched, result, latency_s)
+        advance = _advance_items(catalog, chunk, progress, round_)
+        if runtime.stopping():  # interrupted: nothing new leaves; the items it would have called go back
+            _hold_back(progress, {t.item_id for t in round_.retry + advance if t.purpose != "drift"})
+            round_.retry, round_.waits, advance = [], [], []
+        advance = _reserve_escalations(settings, catalog, chunk, progress, advance)
         tries = round_.retry + advance
-        if tries:
-            recorded = _record_next_round(settings, catalog, chunk, progress, tries)
-            if round_.retry:
-                time.sleep(
-                    min(max(round_.waits), MAX_WAIT_S) * (1 + random.random() * 0.25)
-                )  # up to 25% jitter spreads the herd
-    return progress.executed(batch)
+        if not tries and not stream.pending:
+            break  # the batch's last outcomes: `finish` writes them with its settlement
+        recorded = _write_step(settings, catalog, chunk, progress, tries)
+        # Each retry waits its own time (up to 25% jitter spreads the herd); escalations go at once.
+        delays = [min(wait, MAX_WAIT_S) * (1 + random.random() * 0.25) for wait in round_.waits]
+        _launch(settings, catalog, chunk, progress, stream, tries, recorded, delays=delays + [0.0] * len(advance))
+    return progress.executed()
 
 
 @dataclass(slots=True)
 class _Progress:
-    """A batch's state across its rounds (one per batch): answers so far, finished and held-back
-    items, stopped providers, reservations, and the outcomes not yet written."""
+    """A batch's state while its calls are out: answers so far, finished and held-back items, calls
+    on their way, stopped providers, reservations, and the outcomes not yet written."""
 
     texts: dict[int, str]  # item id -> text, in claim order
     stages: tuple[tuple[str, ...], ...]
@@ -108,19 +140,30 @@ class _Progress:
     stage: dict[int, int]  # item id -> its current stage
     answers: dict[int, dict[str, Answer]]  # item id -> model -> its answer (drift checks excluded)
     references: dict[int, str | None]  # item id -> the reference model's answer (drift checks)
-    finished_items: dict[int, dict[str, Any]]
-    held_back: list[int]  # items handed back, to run later (budget, or every provider stopped)
+    finished_items: dict[int, dict[str, Any]]  # finished since the last write
+    held_back: list[int]  # items handed back, to run later (budget, stopped providers, an interrupt)
     blocked: bool  # some were handed back because the providers left to them are stopped
     stopped: dict[str, str]
     newly_stopped: dict[str, str]
     reservation_ids: list[str]
-    unwritten: list[dict[str, Any]]  # call outcomes not yet written
-    facts: dict[tuple[str, str], list[CallFacts]]
     secrets: frozenset[str]  # the configured API keys: redacted from every provider error kept
+    held: dict[int, int]
+    write_items: bool
     fault_deadline: float = 0.0  # time.monotonic() until which transient faults are retried
+    unwritten: list[dict[str, Any]] = field(default_factory=list)  # call outcomes since the last write
+    facts: dict[tuple[str, str], list[CallFacts]] = field(default_factory=dict)  # ... and their rollup facts
+    baseline_calls: set[str] = field(default_factory=set)
+    outputs: dict[int, str | None] = field(default_factory=dict)
+    launched: dict[int, Launched] = field(default_factory=dict)  # stream key -> the call on its way
+    outstanding: dict[int, int] = field(default_factory=dict)  # item id -> its calls on their way
+    next_key: int = 0
+    spent_usd: Decimal = Decimal(0)
+    settled_usd: Decimal = Decimal(0)  # of which settled against the budget on the way
+    done: int = 0
+    failed: int = 0
 
     @classmethod
-    def start(cls, chunk: ChunkContext, batch: Batch, *, secrets: frozenset[str]) -> _Progress:
+    def start(cls, chunk: ChunkContext, batch: Batch, *, secrets: frozenset[str], write_items: bool) -> _Progress:
         texts = {row.id: row.text for row in batch.items}
         stages = tuple(chunk.route.stages())
         progress = cls(
@@ -136,9 +179,9 @@ class _Progress:
             stopped=dict(chunk.stopped),
             newly_stopped={},
             reservation_ids=list(batch.reservation_ids),
-            unwritten=[],
-            facts={},
             secrets=secrets,
+            held={row.id: row.attempts for row in batch.items},
+            write_items=write_items,
         )
         for item_id in texts:  # items with nothing to call at all (every provider stopped)
             if progress.stage[item_id] >= len(stages):
@@ -146,33 +189,86 @@ class _Progress:
                 progress.blocked = True
         return progress
 
-    def executed(self, batch: Batch) -> Executed:
+    def executed(self) -> Executed:
         return Executed(
             finished_items=self.finished_items,
             answers=self.answers,
             held_back=self.held_back,
             unwritten=self.unwritten,
             facts=self.facts,
+            baseline_calls=self.baseline_calls,
             references=self.references,
+            outputs=self.outputs,
             reservation_ids=self.reservation_ids,
             newly_stopped=self.newly_stopped,
             blocked=self.blocked,
-            held={row.id: row.attempts for row in batch.items},
+            held=self.held,
+            spent_usd=self.spent_usd,
+            settled_usd=self.settled_usd,
+            done=self.done,
+            failed=self.failed,
         )
 
 
 @dataclass(slots=True)
 class _Round:
-    """One round's calls and what was looked up for them once (models, prices), plus the tries it
-    plans next on the same models (retries) and how long those ask to wait."""
+    """Results taken together, what was looked up for them once (models, prices), and the tries they
+    lead to on the same models (retries), each with how long it asks to wait."""
 
-    tries: list[PlannedCall]
-    recorded: Recorded
+    results: list[tuple[Launched, Completion | ProviderError, float]]
     infos: dict[str, ModelInfo]
-    prices: dict[str, Price]
+    prices: dict[tuple[str, datetime], Price]
     finished: datetime
     retry: list[PlannedCall]
     waits: list[float]
+
+    @classmethod
+    def of(cls, catalog: Catalog, progress: _Progress, taken: list[tuple[int, Any, float]]) -> _Round:
+        results = []
+        for key, result, latency_s in taken:
+            launched = progress.launched.pop(key)
+            item_id = launched.planned.item_id
+            progress.outstanding[item_id] -= 1
+            results.append((launched, result, latency_s))
+        models = {launched.planned.model_id for launched, _, _ in results}
+        return cls(
+            results=results,
+            infos={m: catalog.model(m) for m in models},
+            prices={
+                (launched.planned.model_id, launched.started): catalog.price(
+                    launched.planned.model_id, launched.started
+                )
+                for launched, _, _ in results
+            },
+            finished=utcnow(),
+            retry=[],
+            waits=[],
+        )
+
+
+def _launch(
+    settings: Settings,
+    catalog: Catalog,
+    chunk: ChunkContext,
+    progress: _Progress,
+    stream: runtime.Stream,
+    tries: list[PlannedCall],
+    recorded: Recorded,
+    *,
+    delays: list[float] | None,
+) -> None:
+    """Send `tries` (their call rows are recorded: `recorded`), each after its delay."""
+    infos = {m: catalog.model(m) for m in {t.model_id for t in tries}}
+    requests = _requests(chunk, tries, recorded, infos, progress.texts)
+    calls = []
+    for k, (provider, request) in enumerate(requests):
+        t, key = tries[k], progress.next_key
+        progress.next_key += 1
+        progress.launched[key] = Launched(t, recorded.ids[k], recorded.started)
+        progress.outstanding[t.item_id] = progress.outstanding.get(t.item_id, 0) + 1
+        delay = delays[k] if delays else 0.0
+        calls.append((key, call(catalog, settings, chunk.job.simulated, key, provider, request, delay)))
+    stream.launch(calls)
 
 
 def _requests(
@@ -181,12 +277,11 @@ def _requests(
     recorded: Recorded,
     infos: dict[str, ModelInfo],
     texts: dict[int, str],
-) -> list[tuple[int, str, ChatRequest]]:
-    """The round's requests as (index in `tries`, provider name, request); the call row's id goes along."""
+) -> list[tuple[str, ChatRequest]]:
+    """The requests of `tries`, in order, as (provider name, request); the call row's id goes along."""
     system, max_output = chunk.spec.system, chunk.spec.max_output_tokens
     return [
         (
-            k,
             infos[t.model_id].provider,
             ChatRequest(
                 model=infos[t.model_id].api_model,
@@ -207,13 +302,15 @@ def _record_result(
     chunk: ChunkContext,
     progress: _Progress,
     round_: _Round,
-    k: int,
+    launched: Launched,
     result: Completion | ProviderError,
     latency_s: float,
 ) -> None:
-    """Record the outcome of the round's `k`-th call: its row's update, its rollup facts, and the
-    item's answer (unless another try of the same call follows)."""
-    t, call_id = round_.tries[k], round_.recorded.ids[k]
+    """Record the outcome of a call: its row's update, its rollup facts, and the item's answer
+    (unless another try of the same call follows). A call an interrupt kept from leaving hands its
+    item back."""
+    t, call_id = launched.planned, launched.call_id
+    price = round_.prices[(t.model_id, launched.started)]
     update: dict[str, Any] = {
         "id": call_id,
         "latency_ms": int(latency_s * 1000),
@@ -239,7 +336,7 @@ def _record_result(
             output_tokens=usage.output_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             usage_estimated=usage.estimated,
-            cost_usd=round_.prices[t.model_id].cost_usd(usage),
+            cost_usd=price.cost_usd(usage),
         )
         output, error = _parse(result.text, chunk.labels)
     else:
@@ -257,17 +354,22 @@ def _record_result(
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 usage_estimated=True,
-                cost_usd=round_.prices[t.model_id].cost_usd(usage),
+                cost_usd=price.cost_usd(usage),
             )
         else:
             update.update(status=CallStatus.ERROR)
         error = said[:ERROR_CHARS]
         update.update(error=error)
-        _after_failure(catalog, chunk, progress, round_, t, result, said)
+        if isinstance(result, runtime.NotSent):
+            if t.purpose != "drift":
+                _hold_back(progress, {t.item_id})
+        else:
+            _after_failure(catalog, chunk, progress, round_, t, result, said)
     progress.unwritten.append(update)
+    progress.spent_usd += update["cost_usd"]
     progress.facts.setdefault((t.model_id, t.purpose), []).append(
         CallFacts(
-            started_at=round_.recorded.started,
+            started_at=launched.started,
             failed=output is None,
             input_tokens=update["input_tokens"],
             cached_input_tokens=update["cached_input_tokens"],
@@ -353,16 +455,19 @@ def _advance_items(catalog: Catalog, chunk: ChunkContext, progress: _Progress, r
     stopped_models = frozenset(
         m for m in progress.route_models if m in catalog.models and catalog.model(m).provider in stopped
     )
-    waiting = {t.item_id for t in round_.retry if t.purpose != "drift"}
-    stages, stage, finished_items, held_back = (
+    waiting = {t.item_id for t in round_.retry}
+    stages, stage, finished_items, held_back, outstanding = (
         progress.stages,
         progress.stage,
         progress.finished_items,
         progress.held_back,
+        progress.outstanding,
     )
+    # The items this round's results belong to; each waits until all its calls are back (drift checks too).
+    touched = dict.fromkeys(launched.planned.item_id for launched, _, _ in round_.results)
     advance: list[PlannedCall] = []
-    for item_id in progress.texts:
-        if item_id in finished_items or item_id in waiting or item_id in held_back:
+    for item_id in touched:
+        if item_id in finished_items or item_id in waiting or item_id in held_back or outstanding[item_id]:
             continue
         got, current = progress.answers[item_id], stage[item_id]
         decision = after_stage(
@@ -371,9 +476,7 @@ def _advance_items(catalog: Catalog, chunk: ChunkContext, progress: _Progress, r
         kind = decision.kind
         if kind == ACCEPT:
             first = got[stages[current][0]]
-            finished_items[item_id] = _item_row(
-                item_id, ItemStatus.DONE, first.output, None, first.call_id, round_.finished
-            )
+            _finish_item(progress, round_, item_id, ItemStatus.DONE, first.output, None, first.call_id)
         elif kind == ESCALATE:
             assert decision.stage is not None  # an escalation names its stage
             stage[item_id] = decision.stage
@@ -383,10 +486,33 @@ def _advance_items(catalog: Catalog, chunk: ChunkContext, progress: _Progress, r
             progress.blocked = True
         elif kind == FAIL:
             last = got[stages[current][-1]]
-            finished_items[item_id] = _item_row(
-                item_id, ItemStatus.FAILED, None, decision.reason, last.call_id, round_.finished
-            )
+            _finish_item(progress, round_, item_id, ItemStatus.FAILED, None, decision.reason, last.call_id)
     return advance
+
+
+def _finish_item(
+    progress: _Progress,
+    round_: _Round,
+    item_id: int,
+    status: str,
+    output: str | None,
+    error: str | None,
+    call_id: str,
+) -> None:
+    """An item is done or failed; `call_id` is the answer it keeps. One of its calls in this round
+    (that one if it is here) stands for it in the baseline: rollups are written with their calls."""
+    progress.finished_items[item_id] = _item_row(item_id, status, output, error, call_id, round_.finished)
+    if status == ItemStatus.DONE:
+        progress.outputs[item_id] = output
+    here = [launched.call_id for launched, _, _ in round_.results if launched.planned.item_id == item_id]
+    progress.baseline_calls.add(call_id if call_id in here else here[-1])
+
+
+def _hold_back(progress: _Progress, item_ids: set[int]) -> None:
+    """Hand `item_ids` back (to run later), unless finished or handed back already."""
+    for item_id in sorted(item_ids):
+        if item_id not in progress.finished_items and item_id not in progress.held_back:
+            progress.held_back.append(item_id)
 
 
 def _reserve_escalations(
@@ -408,18 +534,33 @@ def _reserve_escalations(
     return advance
 
 
-def _record_next_round(
+def _write_step(
     settings: Settings, catalog: Catalog, chunk: ChunkContext, progress: _Progress, tries: list[PlannedCall]
 ) -> Recorded:
-    """Write this round's outcomes and the next round's call rows in one transaction."""
-    done_calls = progress.unwritten
+    """In one transaction: the outcomes so far (calls, the items finished, the job's counts, rollups)
+    and the call rows of `tries`, before they are made."""
+    calls = progress.unwritten
+    items = (
+        [{**row, "held": progress.held[item_id]} for item_id, row in progress.finished_items.items()]
+        if progress.write_items
+        else []
+    )
+    rows = rollups(catalog, chunk.job, progress.facts, baseline_calls=progress.baseline_calls)
+
+    spent = sum((call["cost_usd"] for call in calls), Decimal(0))
 
     def write(session: Session) -> Recorded:
-        repo.finish_calls(session, done_calls)
+        if calls or items or rows:
+            repo.finish_batch(session, job_id=chunk.job.id, calls=calls, items=items, rollups=rows, now=utcnow())
+        if spent and progress.reservation_ids:  # under a budget, what the calls cost is settled with them
+            budgets.settle_part(session, reservation_id=progress.reservation_ids[0], actual_usd=spent)
         return record_calls(session, catalog=catalog, common=chunk.common, tries=tries)
 
     recorded = write_retrying(settings, write)
-    progress.unwritten = []
+    progress.settled_usd += spent
+    done = sum(1 for row in items if row["status"] == ItemStatus.DONE)
+    progress.done, progress.failed = progress.done + done, progress.failed + len(items) - done
+    progress.unwritten, progress.facts, progress.baseline_calls, progress.finished_items = [], {}, set(), {}
     return recorded
 
 

@@ -8,14 +8,13 @@ first use and rebuilt in a forked child, never at import.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import gc
-import inspect
 import os
+import queue
 import threading
-import weakref
-from collections.abc import Coroutine
-from typing import Any, Literal, TypeVar, cast
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, Literal, TypeVar
 
 from router.errors import ProviderError
 
@@ -40,7 +39,6 @@ def loop() -> asyncio.AbstractEventLoop:
                 new_loop.call_soon(ready.set)
                 new_loop.run_forever()
 
-            new_loop.set_task_factory(_task_factory)  # type: ignore[arg-type]
             threading.Thread(target=serve, name="pennyroute-io", daemon=True).start()
             ready.wait()
             _loop, _pid = new_loop, os.getpid()
@@ -50,45 +48,23 @@ def loop() -> asyncio.AbstractEventLoop:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` on the background loop and wait for its result (from any thread but the loop's).
 
-    After `stop_calls()`, a round of calls (engine/calls.py call_all) whose calls in flight have all
-    finished comes back at once: each call that never left is a NotSent error (see "interrupts")."""
+    Provider calls do not go through here but through a `Stream`, whose results come back one by one."""
     if _abort.is_set():
         coro.close()
         _abort_wait()
-    registry: list[asyncio.Task[Any]] = []
-
-    async def tracked() -> T:
-        _run_calls.set(registry)
-        return await coro
-
-    future = asyncio.run_coroutine_threadsafe(tracked(), loop())
-    settled_once = False
+    future = asyncio.run_coroutine_threadsafe(coro, loop())
     while True:
         try:
-            return future.result(timeout=STOP_POLL_S if _stop.is_set() else RUN_POLL_S)
+            return future.result(timeout=RUN_POLL_S)
         except TimeoutError:
             pass
         if _abort.is_set():
             future.cancel()
             _abort_wait()
-        if not _stop.is_set():
-            continue
-        found = asyncio.run_coroutine_threadsafe(_settled(registry), loop()).result()
-        if found is None:
-            settled_once = False
-            continue
-        if not settled_once:  # the same answer twice, STOP_POLL_S apart: every call of the round is in the registry
-            settled_once = True
-            continue
-        future.cancel()  # its calls that never left wait at the gate: cancel them
-        if found is _UNKNOWN_ROUND:
-            raise Interrupted("a round of calls was cut short by an interrupt")
-        return cast(T, found)
 
 
 # How often a thread waiting on the loop looks whether an interrupt came (a wake-up, not a delay).
 RUN_POLL_S = 0.25
-_UNKNOWN_ROUND: list[Any] = []
 
 
 def _abort_wait() -> None:
@@ -96,26 +72,84 @@ def _abort_wait() -> None:
     threading.Event().wait()
 
 
-async def _settled(registry: list[asyncio.Task[Any]]) -> list[Any] | None:
-    """On the loop, after `stop_calls()`: None while a call of this round is in flight (or the round
-    has made no call task yet); else the round's results, with NotSent for each call that never left
-    (_UNKNOWN_ROUND when they cannot be told apart: not call_one's coroutines)."""
-    if not registry or any(task in _held for task in registry):
-        return None
-    results: list[Any] = []
-    for task in registry:
-        if task.done():
-            if task.cancelled() or task.exception() is not None:
-                return _UNKNOWN_ROUND
-            results.append(task.result())
-        elif task in _sent:  # went through the gate and is not done: still in flight
-            return None
+class Stream:
+    """The calls of one batch, in flight on the loop, whose results come back as each finishes.
+
+    A chunk thread `launch`es calls (coroutines that never raise, each giving back its key: engine/calls.py)
+    and `take`s results as they come, so a slow or retried call holds back only its own item. After
+    `stop_calls()` every call that has not left (waiting at the gate, for a slot or for its retry
+    delay) comes back at once as a NotSent error; the calls in flight finish and come back as usual.
+    Used by one thread; its tasks are touched on the loop only.
+    """
+
+    def __init__(self) -> None:
+        self._results: queue.SimpleQueue[tuple[int, Any, float]] = queue.SimpleQueue()
+        self._tasks: dict[asyncio.Task[Any], int] = {}
+        self.pending = 0  # launched, not yet taken
+
+    def launch(self, calls: Sequence[tuple[int, Coroutine[Any, Any, tuple[int, Any, float]]]]) -> None:
+        """Start each (key, coroutine) on the loop now."""
+        if _abort.is_set():
+            for _, coro in calls:
+                coro.close()
+            _abort_wait()
+        if not calls:
+            return
+        self.pending += len(calls)
+        loop().call_soon_threadsafe(self._start, list(calls))
+
+    def take(self, linger_s: float) -> list[tuple[int, Any, float]]:
+        """Wait for at least one result (none when nothing is pending); then keep collecting for up
+        to `linger_s` after the first, or until nothing is pending, so results are written in groups."""
+        got: list[tuple[int, Any, float]] = []
+        first_at = 0.0
+        while self.pending:
+            wait = STOP_POLL_S if _stop.is_set() else RUN_POLL_S
+            if got:
+                wait = min(wait, max(0.0, first_at + linger_s - time.monotonic()))
+            try:
+                got.append(self._results.get(timeout=wait) if wait > 0 else self._results.get_nowait())
+                self.pending -= 1
+                if len(got) == 1:
+                    first_at = time.monotonic()
+                continue
+            except queue.Empty:
+                pass
+            if _abort.is_set():
+                _abort_wait()
+            if _stop.is_set():
+                loop().call_soon_threadsafe(self._cancel_unsent)
+            if got and time.monotonic() >= first_at + linger_s:
+                break
+        return got
+
+    def _start(self, calls: list[tuple[int, Coroutine[Any, Any, tuple[int, Any, float]]]]) -> None:
+        running = asyncio.get_running_loop()
+        for key, coro in calls:
+            task = running.create_task(coro)
+            self._tasks[task] = key
+            task.add_done_callback(self._done)
+        if _stop.is_set():
+            self._cancel_unsent()
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        key = self._tasks.pop(task)
+        if task.cancelled():
+            self._results.put((key, NotSent(), 0.0))
+        elif (
+            exc := task.exception()
+        ) is not None:  # the call coroutines never raise: a bug, reported as the call's error
+            self._results.put(
+                (key, ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider="pennyroute"), 0.0)
+            )
         else:
-            key = inspect.getcoroutinelocals(task.get_coro()).get("key")  # type: ignore[arg-type]
-            if not isinstance(key, int):
-                return _UNKNOWN_ROUND
-            results.append((key, NotSent(), 0.0))
-    return results
+            self._results.put(task.result())
+
+    def _cancel_unsent(self) -> None:
+        """After an interrupt: cancel the calls that have not gone through the gate (never sent)."""
+        for task in list(self._tasks):
+            if task not in _held and not task.done():
+                task.cancel()
 
 
 def gate(limit: int) -> asyncio.Semaphore:
@@ -149,27 +183,22 @@ def tune_gc(gen0_threshold: int) -> None:
 # -- interrupts (Ctrl-C in-process) ----------------------------------------------------------------
 #
 # A first Ctrl-C calls `stop_calls()`: the gate lets no new call start, the calls in flight finish,
-# and every round waiting on them gets back each call that never left as a NotSent error (recorded
-# at $0; engine/chunk.py hands its item back as pending). A round whose calls cannot be told apart
-# (the call coroutines are not call_one's) raises Interrupted instead, and its calls are charged
-# at their worst case. `abort_calls()` (a second Ctrl-C) stops handing results back at all.
+# and every Stream gets back each of its calls that never left as a NotSent error (recorded at $0;
+# engine/rounds.py hands its item back as pending). `abort_calls()` (a second Ctrl-C) stops handing
+# results back at all: the calls in flight stay `in_flight` in the ledger, and the next run charges
+# them at their worst case (jobs.lifecycle's recovery of a dead run).
 
 NOT_SENT = "not sent: the run was interrupted (Ctrl-C)"
-# How often a chunk thread waiting on its round looks whether an interrupt has settled it.
+# How often a chunk thread waiting on its calls looks again after an interrupt.
 STOP_POLL_S = 0.05
 
 _stop = threading.Event()
 _abort = threading.Event()
-_run_calls: contextvars.ContextVar[list[asyncio.Task[Any]] | None] = contextvars.ContextVar(
-    "pennyroute_run_calls", default=None
-)
-# Call tasks that went through the gate (touched on the loop's thread only; weak: a task is forgotten when done with).
-_sent: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 _held: set[asyncio.Task[Any]] = set()  # call tasks holding the gate now: calls in flight
 
 
 class Interrupted(Exception):
-    """Raised in a chunk thread when an interrupt cut its round (or batch) short."""
+    """Raised when an interrupt cut short work whose results are incomplete (a calibration sample)."""
 
 
 class NotSent(ProviderError):
@@ -215,24 +244,12 @@ class _Gate(asyncio.Semaphore):
                 break
             super().release()  # stopped while it waited: it does not start
         if task is not None:
-            _sent.add(task)
             _held.add(task)
         return True
 
     def release(self) -> None:
         _held.discard(asyncio.current_task())
         super().release()
-
-
-def _task_factory(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Task[Any]:
-    """Every task of the loop; a call's task (a coroutine taking a `key`: calls.py call_one) made
-    inside `run` is remembered by that run, so an interrupt can tell its calls apart."""
-    task = asyncio.Task(coro, loop=loop, **kwargs)
-    registry = _run_calls.get()
-    code = getattr(coro, "cr_code", None)
-    if registry is not None and code is not None and "key" in code.co_varnames[: code.co_argcount]:
-        registry.append(task)
-    return task
 
 
 def in_flight() -> int:

@@ -5,7 +5,7 @@ calls of a dead worker at their worst case.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -14,21 +14,23 @@ from sqlmodel import Session
 
 from router.catalog import Catalog
 from router.engine import alerts, drift
-from router.engine.batch import ChunkContext, pause, write_retrying
+from router.engine.batch import ChunkContext, pause, rollups, write_retrying
 from router.engine.rounds import Executed
 from router.ledger import budgets, repo
-from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows, upsert_rollups
-from router.ledger.tables import CallStatus, ItemStatus, utcnow
-from router.ledger.types import ClaimedItem, JobSnapshot
+from router.ledger.rollup import CallFacts, upsert_rollups
+from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
+from router.ledger.types import ClaimedItem
 from router.settings import Settings
 
 
 def finish(
     settings: Settings, catalog: Catalog, chunk: ChunkContext, executed: Executed, *, write_items: bool
 ) -> tuple[int, int]:
-    """Write the batch's outcome in one transaction: calls, items and counts (unless `write_items` is
-    false: calibration writes only its calls), rollups, drift counts, settlement. Then send any
-    soft-limit alert, pause the job if stopped providers blocked items, and judge drift."""
+    """Write the rest of the batch's outcome in one transaction: the calls and items not written on
+    the way and the job's counts (unless `write_items` is false: calibration writes only its calls),
+    rollups, drift counts, stopped providers, the settlement of its reservations. Then send any
+    soft-limit alert, pause the job if stopped providers blocked items, and judge drift. Returns the
+    batch's (done, failed), those written on the way included."""
     job = chunk.job
     rows = (
         [{**row, "held": executed.held[item_id]} for item_id, row in executed.finished_items.items()]
@@ -38,20 +40,27 @@ def finish(
     held_back = executed.held_back if write_items else []
     done = sum(1 for row in rows if row["status"] == ItemStatus.DONE)
     failed = len(rows) - done
-    final_calls = {row["final_call_id"] for row in executed.finished_items.values()}  # one per item, for the baseline
-    rollups = _rollups(catalog, job, executed.facts, baseline_calls=final_calls)
+    rows_of_rollups = rollups(catalog, job, executed.facts, baseline_calls=executed.baseline_calls)
     checked, agreed = _drift_tally(executed)
-    actual = sum((f.cost_usd for group in executed.facts.values() for f in group), Decimal(0))
 
     def write(session: Session) -> list[dict[str, Any]]:
-        repo.finish_batch(session, job_id=job.id, calls=executed.unwritten, items=rows, rollups=rollups, now=utcnow())
+        repo.finish_batch(
+            session, job_id=job.id, calls=executed.unwritten, items=rows, rollups=rows_of_rollups, now=utcnow()
+        )
         if held_back:
             repo.release_items(session, [(item_id, executed.held[item_id]) for item_id in held_back])
         if checked:
             repo.add_drift_counts(session, job_id=job.id, model_id=chunk.route.model_id, checked=checked, agreed=agreed)
         for provider, why in executed.newly_stopped.items():
             repo.stop_provider(session, job_id=job.id, provider=provider, why=why)
-        return _settle(session, reservation_ids=executed.reservation_ids, actual_usd=actual)
+        found = _settle(
+            session, reservation_ids=executed.reservation_ids, actual_usd=executed.spent_usd - executed.settled_usd
+        )
+        if write_items and job.has_budget and repo.job_status(session, job.id) == JobStatus.DONE:
+            # Every item is finished: what the job still holds is left by batches whose worker died after
+            # writing their items (their spend settled on the way); nothing will settle it now.
+            budgets.release_job(session, job_id=job.id)
+        return found
 
     for alert in write_retrying(settings, write):
         alerts.send_alert(alert, settings)
@@ -60,7 +69,9 @@ def finish(
         pause(settings, chunk, [], reason="provider", detail="; ".join(chunk.stopped.values()))
     if checked:
         drift.check(settings, catalog, job_id=job.id)
-    return done, failed
+    if not write_items:
+        return 0, 0
+    return executed.done + done, executed.failed + failed
 
 
 def _drift_tally(executed: Executed) -> tuple[int, int]:
@@ -68,10 +79,9 @@ def _drift_tally(executed: Executed) -> tuple[int, int]:
     those answers match the item's."""
     checked = agreed = 0
     for item_id, reference in executed.references.items():
-        row = executed.finished_items.get(item_id)
-        if reference is not None and row is not None and row["status"] == ItemStatus.DONE:
+        if reference is not None and item_id in executed.outputs:
             checked += 1
-            agreed += row["output"] == reference
+            agreed += executed.outputs[item_id] == reference
     return checked, agreed
 
 
@@ -86,47 +96,6 @@ def _settle(session: Session, *, reservation_ids: list[str], actual_usd: Decimal
         if alert:
             found.append(alert)
     return found
-
-
-def _rollups(
-    catalog: Catalog,
-    job: JobSnapshot,
-    facts: dict[tuple[str, str], list[CallFacts]],
-    *,
-    baseline_calls: Collection[str],
-) -> list[dict[str, Any]]:
-    """The rollup rows of a batch's calls, per (model, purpose) and day; `baseline_calls` are the calls
-    that stand for their items in the baseline (run calls only carry one)."""
-    baseline = _baseline_rates(catalog, job)
-    return [
-        row
-        for (model_id, purpose), group in facts.items()
-        for row in rollup_rows(
-            group,
-            tenant_id=job.tenant_id,
-            team_id=job.team_id,
-            job_id=job.id,
-            model_id=model_id,
-            provider=catalog.model(model_id).provider if model_id in catalog.models else "unknown",
-            task=job.task,
-            purpose=purpose,
-            timezone=job.timezone,
-            baseline_rates=baseline if purpose == "run" else None,
-            baseline_calls=baseline_calls,
-        )
-    ]
-
-
-def _baseline_rates(catalog: Catalog, job: JobSnapshot) -> BaselineRates | None:
-    """How the job's rollups price its run calls on its baseline model (None: it has none)."""
-    if (
-        job.baseline_input_usd_per_mtok is None or job.baseline_output_usd_per_mtok is None
-    ):  # submit sets both or neither
-        return None
-    known = catalog.models.get(job.baseline_model_id or "")
-    return BaselineRates(
-        job.baseline_input_usd_per_mtok, job.baseline_output_usd_per_mtok, (known.thinking or 0) if known else 0
-    )
 
 
 def charge_lost(
@@ -183,9 +152,7 @@ def charge_lost(
             )
         )
     repo.finish_calls(session, updates)
-    upsert_rollups(
-        session, _rollups(catalog, chunk.job, facts, baseline_calls=())
-    )  # lost: no answer stands for an item
+    upsert_rollups(session, rollups(catalog, chunk.job, facts, baseline_calls=()))  # lost: no answer stands for an item
     total = sum((u["cost_usd"] for u in updates), Decimal(0))
     if chunk.job.has_budget:
         budgets.settle_unknown(

@@ -360,9 +360,45 @@ def settle(session: Session, *, reservation_id: str, actual_usd: Decimal, now: d
         return None
     releases = status == "held"  # an expired reservation was already given back
     actual = (actual_usd / row.usd_per_unit).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
-    session.execute(update(RESERVATION).where(RESERVATION.c.id == reservation_id).values(settled_amount=actual))
+    before = session.execute(
+        select(RESERVATION.c.settled_amount).where(RESERVATION.c.id == reservation_id)
+    ).scalar_one()  # a part settled on the way (settle_part), if any
+    session.execute(
+        update(RESERVATION)
+        .where(RESERVATION.c.id == reservation_id)
+        .values(settled_amount=(before or Decimal(0)) + actual)
+    )
     _add(session, row.budget_period_id, reserved=-row.amount if releases else Decimal(0), settled=actual)
     return _soft_alert(session, row.budget_period_id, now)
+
+
+def settle_part(session: Session, *, reservation_id: str, actual_usd: Decimal) -> None:
+    """Settle `actual_usd` out of a reservation before its batch ends (the calls a batch writes on
+    the way), keeping the rest held: the spend is settled even if the worker dies before `settle`.
+
+    What the reservation still holds covers it (moved from reserved to settled); beyond that, or once
+    the reservation has expired (given back already), it is settled all the same: it was spent."""
+    row = session.execute(
+        select(
+            RESERVATION.c.amount,
+            RESERVATION.c.usd_per_unit,
+            RESERVATION.c.budget_period_id,
+            RESERVATION.c.status,
+            RESERVATION.c.settled_amount,
+        )
+        .where(RESERVATION.c.id == reservation_id)
+        .with_for_update()
+    ).first()
+    if row is None or row.status == "settled" or actual_usd <= 0:
+        return
+    part = (actual_usd / row.usd_per_unit).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+    take = min(part, row.amount) if row.status == "held" else Decimal(0)
+    session.execute(
+        update(RESERVATION)
+        .where(RESERVATION.c.id == reservation_id)
+        .values(amount=row.amount - take, settled_amount=(row.settled_amount or Decimal(0)) + part)
+    )
+    _add(session, row.budget_period_id, reserved=-take, settled=part)
 
 
 def _add(session: Session, period_id: int, *, reserved: Decimal = Decimal(0), settled: Decimal = Decimal(0)) -> None:
