@@ -413,7 +413,7 @@ class _Watcher:
         with _progress() as progress:
             bar = progress.add_task("items", total=total)
             progress.update(bar, completed=finished)
-            yield lambda n: progress.advance(bar, n)
+            yield lambda finished: progress.update(bar, completed=finished)
 
 
 def _progress() -> Progress:

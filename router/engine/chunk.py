@@ -12,7 +12,7 @@ and the job pauses when it takes no more.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -33,8 +33,9 @@ from router.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class ChunkOutcome:
-    """How many items a run of a chunk claimed, and how many of them it finished done or failed
-    (the rest were handed back: budget spent, providers stopped)."""
+    """How many items a run of a chunk claimed (its own, and the job's next ones it took on the way),
+    and how many of them it finished done or failed (the rest were handed back: budget spent,
+    providers stopped)."""
 
     claimed: int
     done: int
@@ -72,7 +73,7 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
             charge_lost(session, settings, catalog, chunk, retaken, now)
         # No budget (the common case): the call rows are committed with the claim.
         first = None if job.has_budget else unbudgeted_batch(session, catalog=catalog, chunk=chunk, items=list(claimed))
-    done = failed = 0
+    done = failed = taken = 0
     pending: list[ClaimedItem] = list(claimed)
     while pending:
         if first is None and _cancelled(settings, job_id, pending):
@@ -86,11 +87,15 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         if batch is None:  # the budget cannot take even one more item: hand the rest back and pause
             pause(settings, chunk, pending)
             break
-        executed = execute(settings, catalog, chunk, batch)  # after an interrupt, its unsent items come back held
+        # Without a budget, the batch takes the job's next items as its own run out (engine/rounds.py).
+        keep = 0 if batch.reservation_ids else settings.chunk_size
+        executed = execute(
+            settings, catalog, chunk, batch, keep=keep
+        )  # after an interrupt, unsent items come back held
         batch_done, batch_failed = finish(settings, catalog, chunk, executed, write_items=True)
-        done, failed = done + batch_done, failed + batch_failed
+        done, failed, taken = done + batch_done, failed + batch_failed, taken + executed.taken
         pending = pending[len(batch.items) :]
-    return ChunkOutcome(claimed=len(claimed), done=done, failed=failed)
+    return ChunkOutcome(claimed=len(claimed) + taken, done=done, failed=failed)
 
 
 def _hand_back(settings: Settings, items: Sequence[ClaimedItem]) -> None:
@@ -114,21 +119,34 @@ def run_job_inline(
     *,
     job_id: str,
     ranges: Sequence[tuple[int, int]],
-    progress: Callable[[ChunkOutcome], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """Run the chunks `ranges` of a job in this process (the embedded default: no broker, no worker);
-    `progress` hears each chunk's outcome, in order. Usually `ranges` is chunk_ranges(n_items, settings.chunk_size)."""
+    `progress` hears how many of the job's items are finished, as they are written (every
+    PROGRESS_POLL_S) and at the end. Usually `ranges` is chunk_ranges(n_items, settings.chunk_size)."""
     # SQLite takes one writer at a time; a server database takes as many chunks as a worker would.
     threads = 1 if settings.is_sqlite else settings.worker_threads
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pennyroute-chunk") as pool:
         futures = [pool.submit(run_chunk, settings, catalog, job_id=job_id, lo=lo, hi=hi) for lo, hi in ranges]
         try:
-            for future in futures:
-                outcome = future.result()
+            running = set(futures)
+            while running:
+                running = wait(running, timeout=PROGRESS_POLL_S).not_done
                 if progress:
-                    progress(outcome)
+                    progress(_finished(settings, job_id))
+            for future in futures:
+                future.result()  # a chunk's error is raised here
         finally:
             runtime.run(close_all())  # this process is done with providers: close their connections
+
+
+# How often the in-process runner reads how many of the job's items are finished, for its progress bar.
+PROGRESS_POLL_S = 0.5
+
+
+def _finished(settings: Settings, job_id: str) -> int:
+    with session_scope(settings) as session:
+        return repo.finished_count(session, job_id)
 
 
 def answer_items(

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +42,7 @@ from router.ledger import budgets, repo
 from router.ledger.db import session_scope
 from router.ledger.rollup import CallFacts
 from router.ledger.tables import CallStatus, ItemStatus, utcnow
+from router.ledger.types import ClaimedItem
 from router.prompts import parse_label
 from router.providers.base import ChatRequest, Completion
 from router.redact import configured_secrets, redact
@@ -73,7 +75,6 @@ class Executed:
     facts: dict[tuple[str, str], list[CallFacts]]
     baseline_calls: set[str]  # among the calls of `facts`, one per finished item: it stands for the item
     references: dict[int, str | None]
-    outputs: dict[int, str | None]  # every item done in the batch: its answer (for drift checks)
     reservation_ids: list[str]
     newly_stopped: dict[str, str]
     blocked: bool
@@ -82,6 +83,8 @@ class Executed:
     settled_usd: Decimal  # ... of which settled against the budget on the way
     done: int  # items written done on the way
     failed: int  # items written failed on the way
+    drift_checked: int  # drift checks written on the way
+    taken: int  # items claimed on the way (beyond the batch's own: see `execute`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +97,13 @@ class Launched:
 
 
 def execute(
-    settings: Settings, catalog: Catalog, chunk: ChunkContext, batch: Batch, *, write_items: bool = True
+    settings: Settings,
+    catalog: Catalog,
+    chunk: ChunkContext,
+    batch: Batch,
+    *,
+    write_items: bool = True,
+    keep: int = 0,
 ) -> Executed:
     """Make the batch's calls, moving each item on as its answers come in; returns what is left to
     write, for `finish`.
@@ -105,9 +114,19 @@ def execute(
     its next stage (the strong model, then fallbacks: policies.escalation.after_stage). A provider that
     refuses us (bad key, quota spent) takes no more calls for this job. Items finished on the way are
     written on the way (unless `write_items` is false: calibration writes only its calls). After an
-    interrupt nothing more is launched, and the items it cut short are handed back."""
-    progress = _Progress.start(chunk, batch, secrets=configured_secrets(settings), write_items=write_items)
-    progress.fault_deadline = time.monotonic() + min(settings.fault_wait_s, settings.lease_s / 2)
+    interrupt nothing more is launched, and the items it cut short are handed back.
+
+    With `keep` (a batch without a budget), when fewer than half of `keep` items are still going, the
+    job's next pending items are claimed with the next write, up to `keep`: the thread runs on while
+    its last slow calls finish, instead of waiting for them (repo.claim_next)."""
+    progress = _Progress.start(
+        chunk,
+        batch,
+        secrets=configured_secrets(settings),
+        write_items=write_items,
+        fault_window_s=_fault_window(settings),
+    )
+    progress.keep = keep if write_items else 0
     stream = runtime.Stream()
     _launch(settings, catalog, chunk, progress, stream, batch.tries, batch.recorded, delays=None)
     while stream.pending:
@@ -120,13 +139,19 @@ def execute(
             round_.retry, round_.waits, advance = [], [], []
         advance = _reserve_escalations(settings, catalog, chunk, progress, advance)
         tries = round_.retry + advance
-        if not tries and not stream.pending:
+        want = progress.wanted()
+        if not tries and not stream.pending and not want:
             break  # the batch's last outcomes: `finish` writes them with its settlement
-        recorded = _write_step(settings, catalog, chunk, progress, tries)
-        # Each retry waits its own time (up to 25% jitter spreads the herd); escalations go at once.
+        recorded, tries = _write_step(settings, catalog, chunk, progress, tries, want)
+        # Each retry waits its own time (up to 25% jitter spreads the herd); the others go at once.
         delays = [min(wait, MAX_WAIT_S) * (1 + random.random() * 0.25) for wait in round_.waits]
-        _launch(settings, catalog, chunk, progress, stream, tries, recorded, delays=delays + [0.0] * len(advance))
+        _launch(settings, catalog, chunk, progress, stream, tries, recorded, delays=delays)
     return progress.executed()
+
+
+def _fault_window(settings: Settings) -> float:
+    """How long an item with no other stage waits out transient faults, from its claim."""
+    return min(settings.fault_wait_s, settings.lease_s / 2)
 
 
 @dataclass(slots=True)
@@ -149,11 +174,11 @@ class _Progress:
     secrets: frozenset[str]  # the configured API keys: redacted from every provider error kept
     held: dict[int, int]
     write_items: bool
-    fault_deadline: float = 0.0  # time.monotonic() until which transient faults are retried
+    fault_window_s: float
+    deadline: dict[int, float]  # item id -> time.monotonic() until which its transient faults are retried
     unwritten: list[dict[str, Any]] = field(default_factory=list)  # call outcomes since the last write
     facts: dict[tuple[str, str], list[CallFacts]] = field(default_factory=dict)  # ... and their rollup facts
     baseline_calls: set[str] = field(default_factory=set)
-    outputs: dict[int, str | None] = field(default_factory=dict)
     launched: dict[int, Launched] = field(default_factory=dict)  # stream key -> the call on its way
     outstanding: dict[int, int] = field(default_factory=dict)  # item id -> its calls on their way
     next_key: int = 0
@@ -161,10 +186,24 @@ class _Progress:
     settled_usd: Decimal = Decimal(0)  # of which settled against the budget on the way
     done: int = 0
     failed: int = 0
+    drift_checked: int = 0
+    keep: int = 0  # items to keep going (0: only the batch's own)
+    active: int = 0  # items neither finished nor handed back
+    cursor: int = -1  # the highest seq claimed so far
+    taken: int = 0
 
     @classmethod
-    def start(cls, chunk: ChunkContext, batch: Batch, *, secrets: frozenset[str], write_items: bool) -> _Progress:
+    def start(
+        cls,
+        chunk: ChunkContext,
+        batch: Batch,
+        *,
+        secrets: frozenset[str],
+        write_items: bool,
+        fault_window_s: float,
+    ) -> _Progress:
         texts = {row.id: row.text for row in batch.items}
+        until = time.monotonic() + fault_window_s
         stages = tuple(chunk.route.stages())
         progress = cls(
             texts=texts,
@@ -182,12 +221,56 @@ class _Progress:
             secrets=secrets,
             held={row.id: row.attempts for row in batch.items},
             write_items=write_items,
+            fault_window_s=fault_window_s,
+            deadline=dict.fromkeys(texts, until),
+            active=len(texts),
+            cursor=max((row.seq for row in batch.items), default=-1),
         )
         for item_id in texts:  # items with nothing to call at all (every provider stopped)
             if progress.stage[item_id] >= len(stages):
-                progress.held_back.append(item_id)
+                _hold_back(progress, {item_id})
                 progress.blocked = True
         return progress
+
+    def wanted(self) -> int:
+        """How many more items to claim now: up to `keep` going, once fewer than half are."""
+        if not self.keep or runtime.stopping() or self.active > self.keep // 2:
+            return 0
+        return self.keep - self.active
+
+    def take(self, catalog: Catalog, chunk: ChunkContext, claimed: Sequence[ClaimedItem]) -> list[PlannedCall]:
+        """Items claimed on the way join the batch; returns their first calls."""
+        tries: list[PlannedCall] = []
+        until = time.monotonic() + self.fault_window_s
+        for row in claimed:
+            index, first = chunk.first_tries(catalog, row, self.stopped)
+            self.texts[row.id], self.answers[row.id], self.stage[row.id] = row.text, {}, index
+            self.held[row.id], self.deadline[row.id] = row.attempts, until
+            self.cursor = max(self.cursor, row.seq)
+            self.active += 1
+            if not first:  # nothing to call: every provider left to it is stopped
+                _hold_back(self, {row.id})
+                self.blocked = True
+            tries.extend(first)
+        self.taken += len(claimed)
+        if not claimed:
+            self.keep = 0  # the job has no pending item left: run out the batch
+        return tries
+
+    def forget(self, item_ids: Sequence[int]) -> None:
+        """Items written finished: nothing more about them is needed (a batch that takes items on
+        the way keeps only those still going)."""
+        for item_id in item_ids:
+            for kept in (
+                self.texts,
+                self.answers,
+                self.stage,
+                self.references,
+                self.outstanding,
+                self.held,
+                self.deadline,
+            ):
+                kept.pop(item_id, None)
 
     def executed(self) -> Executed:
         return Executed(
@@ -198,7 +281,6 @@ class _Progress:
             facts=self.facts,
             baseline_calls=self.baseline_calls,
             references=self.references,
-            outputs=self.outputs,
             reservation_ids=self.reservation_ids,
             newly_stopped=self.newly_stopped,
             blocked=self.blocked,
@@ -207,6 +289,8 @@ class _Progress:
             settled_usd=self.settled_usd,
             done=self.done,
             failed=self.failed,
+            drift_checked=self.drift_checked,
+            taken=self.taken,
         )
 
 
@@ -266,7 +350,7 @@ def _launch(
         progress.next_key += 1
         progress.launched[key] = Launched(t, recorded.ids[k], recorded.started)
         progress.outstanding[t.item_id] = progress.outstanding.get(t.item_id, 0) + 1
-        delay = delays[k] if delays else 0.0
+        delay = delays[k] if delays and k < len(delays) else 0.0
         calls.append((key, call(catalog, settings, chunk.job.simulated, key, provider, request, delay)))
     stream.launch(calls)
 
@@ -410,7 +494,7 @@ def _after_failure(
         retryable=error.retryable,
         retry_after=error.retry_after,
         provider_stopped=provider in progress.stopped,
-        time_left_s=progress.fault_deadline - time.monotonic()
+        time_left_s=progress.deadline[t.item_id] - time.monotonic()
         if _deferrable(catalog, chunk, progress, t, error)
         else None,
     )
@@ -502,8 +586,7 @@ def _finish_item(
     """An item is done or failed; `call_id` is the answer it keeps. One of its calls in this round
     (that one if it is here) stands for it in the baseline: rollups are written with their calls."""
     progress.finished_items[item_id] = _item_row(item_id, status, output, error, call_id, round_.finished)
-    if status == ItemStatus.DONE:
-        progress.outputs[item_id] = output
+    progress.active -= 1
     here = [launched.call_id for launched, _, _ in round_.results if launched.planned.item_id == item_id]
     progress.baseline_calls.add(call_id if call_id in here else here[-1])
 
@@ -513,6 +596,7 @@ def _hold_back(progress: _Progress, item_ids: set[int]) -> None:
     for item_id in sorted(item_ids):
         if item_id not in progress.finished_items and item_id not in progress.held_back:
             progress.held_back.append(item_id)
+            progress.active -= 1
 
 
 def _reserve_escalations(
@@ -535,33 +619,66 @@ def _reserve_escalations(
 
 
 def _write_step(
-    settings: Settings, catalog: Catalog, chunk: ChunkContext, progress: _Progress, tries: list[PlannedCall]
-) -> Recorded:
-    """In one transaction: the outcomes so far (calls, the items finished, the job's counts, rollups)
-    and the call rows of `tries`, before they are made."""
+    settings: Settings,
+    catalog: Catalog,
+    chunk: ChunkContext,
+    progress: _Progress,
+    tries: list[PlannedCall],
+    want: int,
+) -> tuple[Recorded, list[PlannedCall]]:
+    """In one transaction: the outcomes so far (calls, the items finished, the job's counts, rollups,
+    drift checks, spend settled against the budget), up to `want` more items claimed, and the call
+    rows of `tries` and of those items' first calls, before they are made. Returns the rows and the
+    calls to make (`tries` first)."""
     calls = progress.unwritten
-    items = (
-        [{**row, "held": progress.held[item_id]} for item_id, row in progress.finished_items.items()]
-        if progress.write_items
-        else []
-    )
+    finished = progress.finished_items if progress.write_items else {}
+    items = [{**row, "held": progress.held[item_id]} for item_id, row in finished.items()]
     rows = rollups(catalog, chunk.job, progress.facts, baseline_calls=progress.baseline_calls)
-
+    checked, agreed = drift_tally(finished, progress.references)
     spent = sum((call["cost_usd"] for call in calls), Decimal(0))
 
-    def write(session: Session) -> Recorded:
+    def write(session: Session) -> tuple[Recorded, list[PlannedCall], list[Any]]:
+        now = utcnow()
         if calls or items or rows:
-            repo.finish_batch(session, job_id=chunk.job.id, calls=calls, items=items, rollups=rows, now=utcnow())
+            repo.finish_batch(session, job_id=chunk.job.id, calls=calls, items=items, rollups=rows, now=now)
+        if checked:
+            repo.add_drift_counts(
+                session, job_id=chunk.job.id, model_id=chunk.route.model_id, checked=checked, agreed=agreed
+            )
         if spent and progress.reservation_ids:  # under a budget, what the calls cost is settled with them
             budgets.settle_part(session, reservation_id=progress.reservation_ids[0], actual_usd=spent)
-        return record_calls(session, catalog=catalog, common=chunk.common, tries=tries)
+        claimed = []
+        if want:
+            lease_until = now + timedelta(seconds=settings.lease_s)
+            claimed = repo.claim_next(
+                session, job_id=chunk.job.id, after_seq=progress.cursor, limit=want, now=now, lease_until=lease_until
+            )
+        first = [t for row in claimed for t in chunk.first_tries(catalog, row, progress.stopped)[1]]
+        return record_calls(session, catalog=catalog, common=chunk.common, tries=tries + first), first, claimed
 
-    recorded = write_retrying(settings, write)
-    progress.settled_usd += spent
+    recorded, _, claimed = write_retrying(settings, write)
     done = sum(1 for row in items if row["status"] == ItemStatus.DONE)
     progress.done, progress.failed = progress.done + done, progress.failed + len(items) - done
+    progress.drift_checked += checked
+    progress.settled_usd += spent
+    if progress.write_items:
+        progress.forget(list(finished))
     progress.unwritten, progress.facts, progress.baseline_calls, progress.finished_items = [], {}, set(), {}
-    return recorded
+    if want:
+        tries = tries + progress.take(catalog, chunk, claimed)
+    return recorded, tries
+
+
+def drift_tally(finished_items: dict[int, dict[str, Any]], references: dict[int, str | None]) -> tuple[int, int]:
+    """(checked, agreed): the items done whose reference model answered, and how many of those
+    answers match the item's."""
+    checked = agreed = 0
+    for item_id, row in finished_items.items():
+        reference = references.get(item_id)
+        if reference is not None and row["status"] == ItemStatus.DONE:
+            checked += 1
+            agreed += row["output"] == reference
+    return checked, agreed
 
 
 def _parse(text: str, labels: tuple[str, ...]) -> tuple[str | None, str | None]:

@@ -15,7 +15,7 @@ from sqlmodel import Session
 from router.catalog import Catalog
 from router.engine import alerts, drift
 from router.engine.batch import ChunkContext, pause, rollups, write_retrying
-from router.engine.rounds import Executed
+from router.engine.rounds import Executed, drift_tally
 from router.ledger import budgets, repo
 from router.ledger.rollup import CallFacts, upsert_rollups
 from router.ledger.tables import CallStatus, ItemStatus, JobStatus, utcnow
@@ -41,7 +41,7 @@ def finish(
     done = sum(1 for row in rows if row["status"] == ItemStatus.DONE)
     failed = len(rows) - done
     rows_of_rollups = rollups(catalog, job, executed.facts, baseline_calls=executed.baseline_calls)
-    checked, agreed = _drift_tally(executed)
+    checked, agreed = drift_tally(executed.finished_items if write_items else {}, executed.references)
 
     def write(session: Session) -> list[dict[str, Any]]:
         repo.finish_batch(
@@ -67,22 +67,11 @@ def finish(
     chunk.stopped.update(executed.newly_stopped)  # the chunk's next batches skip them too
     if executed.blocked and write_items:
         pause(settings, chunk, [], reason="provider", detail="; ".join(chunk.stopped.values()))
-    if checked:
+    if checked or executed.drift_checked:
         drift.check(settings, catalog, job_id=job.id)
     if not write_items:
         return 0, 0
     return executed.done + done, executed.failed + failed
-
-
-def _drift_tally(executed: Executed) -> tuple[int, int]:
-    """(checked, agreed): the batch's items done whose reference model answered, and how many of
-    those answers match the item's."""
-    checked = agreed = 0
-    for item_id, reference in executed.references.items():
-        if reference is not None and item_id in executed.outputs:
-            checked += 1
-            agreed += executed.outputs[item_id] == reference
-    return checked, agreed
 
 
 def _settle(session: Session, *, reservation_ids: list[str], actual_usd: Decimal) -> list[dict[str, Any]]:

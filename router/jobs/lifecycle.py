@@ -65,7 +65,8 @@ class Watcher(Protocol):
         ...
 
     def running(self, *, total: int, finished: int) -> AbstractContextManager[Callable[[int], None]]:
-        """Held while chunks run; yields a function called with how many more items finished."""
+        """Held while chunks run; yields a function called with how many of the job's items are
+        finished now (done or failed), as they are written."""
         ...
 
 
@@ -101,13 +102,13 @@ class InlineDispatcher:
         with session_scope(self._settings) as session:
             job = repo.get_job(session, job_id)
             total, finished = job.n_items, job.n_done + job.n_failed
-        with self._watcher.running(total=total, finished=finished) as advance:
+        with self._watcher.running(total=total, finished=finished) as show:
             run_job_inline(
                 self._settings,
                 self._catalog,
                 job_id=job_id,
                 ranges=ranges,
-                progress=lambda outcome: advance(outcome.done + outcome.failed),
+                progress=show,
             )
         if runtime.stopping():  # a Ctrl-C: what the run left goes back to pending, and the job pauses
             settle_interrupted(self._settings, self._catalog, job_id=job_id)

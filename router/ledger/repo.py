@@ -470,6 +470,35 @@ def claim_items(session: Session, *, job_id: str, lo: int, hi: int, now: datetim
     return sorted(rows, key=lambda r: r.seq)
 
 
+def claim_next(
+    session: Session, *, job_id: str, after_seq: int, limit: int, now: datetime, lease_until: datetime
+) -> list[Any]:
+    """Claim up to `limit` pending items of a running job with seq above `after_seq`, lowest first:
+    a chunk whose own items are nearly done takes the next ones, so its thread does not idle on its
+    last slow calls. Rows other claimers hold are skipped, not waited for (Postgres: SKIP LOCKED);
+    the chunk those items were planned for finds them claimed and has nothing to do."""
+    candidates = (
+        select(ITEM.c.id)
+        .where(ITEM.c.job_id == job_id, ITEM.c.seq > after_seq, ITEM.c.status == ItemStatus.PENDING)
+        .order_by(ITEM.c.seq)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    running = select(JOB.c.id).where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING).exists()
+    stmt = (
+        update(ITEM)
+        .where(ITEM.c.id.in_(candidates.scalar_subquery()), ITEM.c.status == ItemStatus.PENDING, running)
+        .values(status=ItemStatus.RUNNING, lease_until=lease_until, attempts=ITEM.c.attempts + 1)
+        .returning(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.attempts)
+    )
+    return sorted(session.execute(stmt).all(), key=lambda r: r.seq)
+
+
+def finished_count(session: Session, job_id: str) -> int:
+    """How many of the job's items are finished (done or failed)."""
+    return int(session.execute(select(JOB.c.n_done + JOB.c.n_failed).where(JOB.c.id == job_id)).scalar() or 0)
+
+
 def job_status(session: Session, job_id: str) -> str | None:
     return session.execute(select(JOB.c.status).where(JOB.c.id == job_id)).scalar()
 
