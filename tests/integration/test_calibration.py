@@ -154,12 +154,15 @@ def test_estimates_are_reused_by_the_next_job_of_the_kind_and_a_price_change_ret
     sandbox: tuple[Settings, Catalog], tmp_path: Path, team: tuple[str, str]
 ) -> None:
     settings, catalog = sandbox
-    job_id, _ = _job(settings, catalog, tmp_path, team, n=300, labelled=200, bar=0.85)
+    # A bar well under the sandbox models' qualities: the first job proves a single model on any
+    # shuffle of its labels. (At 0.85 it sometimes proves only a cascade, and a cascade's measure is
+    # not stored for later jobs: only single models' estimates are.)
+    job_id, _ = _job(settings, catalog, tmp_path, team, n=300, labelled=200, bar=0.80)
     first = calibrate_job(settings, catalog, job_id=job_id)
     assert first["outcome"] == "chosen"
     # The next job of the same kind has no labels: it routes on the stored estimates. Cheaper models
     # the first job did not test could be tested on its labels, but on 50 items no test pays: none is bought.
-    second, _ = _job(settings, catalog, tmp_path / "..", team, n=50, labelled=0, bar=0.85)
+    second, _ = _job(settings, catalog, tmp_path / "..", team, n=50, labelled=0, bar=0.80)
     with session_scope(settings) as session:
         job = repo.get_job(session, second)
     if job.status == JobStatus.CALIBRATING:
@@ -179,7 +182,7 @@ def test_estimates_are_reused_by_the_next_job_of_the_kind_and_a_price_change_ret
         row.input_usd_per_mtok = row.input_usd_per_mtok + Decimal("0.01")
         session.add(row)
     try:
-        third, _ = _job(settings, catalog, tmp_path / "..", team, n=60, labelled=0, bar=0.85)
+        third, _ = _job(settings, catalog, tmp_path / "..", team, n=60, labelled=0, bar=0.80)
     except NoModelError as exc:  # what is still fresh does not meet the bar: refused, not routed on the stale one
         assert chosen not in str(exc) or "measured on" not in str(exc)
         return
