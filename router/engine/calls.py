@@ -45,7 +45,9 @@ async def call(
         request,
         None if simulated else shared_limits(settings),
         models_by_wire_name(catalog).get((provider_name, request.model)),
-        info.max_in_flight if info is not None else None,
+        # No stated max_in_flight: the window starts at the gate's width and is learned (policies/in_flight.py).
+        (info.max_in_flight if info is not None else None) or settings.calls_in_flight,
+        learned=info is None or info.max_in_flight is None,
     )
 
 
@@ -68,6 +70,8 @@ async def call_one(
     limits: SharedLimits | None = None,
     model: ModelInfo | None = None,
     max_in_flight: int | None = None,
+    *,
+    learned: bool = False,
 ) -> CallResult:
     """Make one call once the provider has a free slot (`max_in_flight`), the gate lets it through,
     the provider's breaker allows it and the model's shared rate limits (configured or learned) have
@@ -75,7 +79,7 @@ async def call_one(
     provider's own 429s still hold us back)."""
     capped = limits is not None and max_in_flight is not None
     if capped:
-        await limits.enter(provider.name, max_in_flight)  # type: ignore[union-attr,arg-type]
+        await limits.enter(provider.name, max_in_flight, learned=learned)  # type: ignore[union-attr,arg-type]
     started = time.perf_counter()
     result: Completion | ProviderError | None = None
     try:

@@ -13,9 +13,10 @@ were answered at, cut on 429s, grown while it holds callers back). The learned r
 every worker reads (cached for a second) and writes by compare-and-set, and it drives the same
 bucket script as a configured limit.
 
-Calls in flight: a provider's catalog `max_in_flight` caps this process's calls to it at once, a
-window narrowed on overload (resets, timeouts, 503, 529) and widened as it answers
-(policies/in_flight.py).
+Calls in flight: a provider's catalog `max_in_flight` (else the process's calls-in-flight gate)
+caps this process's calls to it at once, a window narrowed on overload (resets, timeouts, 503, 529)
+and widened as it answers (policies/in_flight.py): a server that floods is found and held even when
+nobody wrote its limit down.
 
 Breakers: per provider (policies/circuit_breaker.py); the state is a Redis hash every worker reads,
 cached for a second in each process, so a provider that keeps failing is left alone by all.
@@ -371,11 +372,12 @@ class SharedLimits:
 
     # -- calls in flight per provider ---------------------------------------------------------------
 
-    async def enter(self, provider: str, cap: int) -> None:
-        """Wait for a free slot among the provider's calls in flight (at most `cap`, fewer under overload)."""
+    async def enter(self, provider: str, cap: int, *, learned: bool = False) -> None:
+        """Wait for a free slot among the provider's calls in flight (at most `cap`, fewer under
+        overload; `learned`: nobody stated the cap, policies/in_flight.py)."""
         window = self._windows.get(provider)
-        if window is None or window.cap != cap:
-            window = self._windows[provider] = Window(float(cap), cap)
+        if window is None or window.cap != cap or window.learned != learned:
+            window = self._windows[provider] = Window(float(cap), cap, learned=learned)
         free = self._slot_free.get(provider)
         if free is None:
             free = self._slot_free[provider] = asyncio.Condition()
@@ -394,7 +396,7 @@ class SharedLimits:
             free.notify(max(1, self._windows[provider].slots - self._active[provider]))
 
     def window(self, provider: str) -> Window | None:
-        """The provider's calls-in-flight window in this process (None: it has no `max_in_flight`)."""
+        """The provider's calls-in-flight window in this process (None: no call to it yet)."""
         return self._windows.get(provider)
 
     # -- circuit breakers ---------------------------------------------------------------------------
