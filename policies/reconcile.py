@@ -9,6 +9,8 @@ charged at its worst case (`unknown`), because the provider may have answered an
   ones it answered, and nothing for those it never got. `explained` says whether the unknown calls'
   charge covers the whole excess; what is left over is `unexplained_usd` (a price the catalog has
   wrong, calls billed by someone else's export filter...), worth a look but not a leak.
+- **shifted**: below the bill on its day, but not over the days up to it (running totals): calls that
+  started just before a UTC midnight, the ledger's day, and were answered, the bill's day, after it.
 - **below**: the bill holds more than the ledger: cost beyond the tolerance, or more requests, input
   or output tokens than the ledger recorded. Money was spent that no budget saw: a leak.
 
@@ -22,7 +24,8 @@ costs export is given (`Prices`), and decides which days the export covers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 MTOK = Decimal(1_000_000)
@@ -30,6 +33,9 @@ MTOK = Decimal(1_000_000)
 MATCHES = "matches"
 ABOVE = "above"
 BELOW = "below"
+# Below the bill on its day but not over the days up to it: calls that started before a UTC midnight
+# (the ledger's day) and were answered after it (the bill's day). Not a leak.
+SHIFTED = "shifted"
 # Not compared: the export holds no (whole) bucket for the day, or the bill names a model that is
 # none of the catalog's (not pennyroute's calls, as far as the ledger can tell).
 UNCOVERED = "uncovered"
@@ -191,6 +197,32 @@ def compare(
             f"({diff.requests:,} requests, {diff.input_tokens:,} input and {diff.output_tokens:,} output tokens more)"
         )
     return Line(ABOVE, mine, billed, source, ledger.unknown, diff, explained, unexplained, (why, *reasons))
+
+
+def carry_over(lines: Sequence[Line], *, tolerance_usd: Decimal = Decimal(0)) -> tuple[Line, ...]:
+    """One model's lines, in day order, with a day below the bill marked SHIFTED when the running totals
+    up to it (requests, input and output tokens, cost) are not below: the ledger counts a call on the
+    UTC day it started, a provider may bill it on the day it answered. A shortfall the days before
+    do not cover stays BELOW."""
+    ledger = bill = Totals()
+    out = []
+    for line in lines:
+        ledger, bill = ledger + line.ledger, bill + line.bill
+        if line.verdict == BELOW and line.bill_cost_from != "unpriced":
+            covered = (
+                ledger.requests >= bill.requests
+                and ledger.input_tokens >= bill.input_tokens
+                and ledger.output_tokens >= bill.output_tokens
+                and ledger.cost_usd >= bill.cost_usd - tolerance_usd
+            )
+            if covered:
+                why = (
+                    "below the bill on this day but not over the days up to it: calls that started before "
+                    "midnight UTC were billed after it (" + line.reasons[0].split("; ", 1)[-1] + ")"
+                )
+                line = replace(line, verdict=SHIFTED, reasons=(why, *line.reasons[1:]))
+        out.append(line)
+    return tuple(out)
 
 
 def _notes(ledger: LedgerSide, source: str) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
@@ -31,7 +31,19 @@ from rich.table import Table
 from rich.text import Text
 from sqlmodel import Session
 
-from policies.reconcile import ABOVE, BELOW, MATCHES, BillSide, LedgerSide, Line, Prices, Totals, compare
+from policies.reconcile import (
+    ABOVE,
+    BELOW,
+    MATCHES,
+    SHIFTED,
+    BillSide,
+    LedgerSide,
+    Line,
+    Prices,
+    Totals,
+    carry_over,
+    compare,
+)
 from router.catalog import Catalog
 from router.errors import PennyrouteError
 from router.ledger import repo, sums
@@ -176,6 +188,13 @@ def reconcile(
                 in_flight,
             )
         )
+    by_model: dict[str, list[int]] = {}
+    for n, r in enumerate(lines):  # in day order: keys are sorted by day
+        by_model.setdefault(r.model, []).append(n)
+    for indexes in by_model.values():
+        carried = carry_over([lines[n].line for n in indexes], tolerance_usd=tolerance_usd)
+        for n, line in zip(indexes, carried, strict=True):
+            lines[n] = replace(lines[n], line=line)
     return Reconciliation(provider, first, last, scope, tolerance_usd, tuple(lines), tuple(apart))
 
 
@@ -282,7 +301,7 @@ def _catalog_prices(catalog: Catalog, model_ids: list[str], day: date) -> Prices
 
 # -- rendering ------------------------------------------------------------------------------------
 
-VERDICT_STYLE = {MATCHES: "green", ABOVE: "yellow", BELOW: "bold red"}
+VERDICT_STYLE = {MATCHES: "green", ABOVE: "yellow", SHIFTED: "yellow", BELOW: "bold red"}
 CSV_COLUMNS = (
     "day",
     "model",
@@ -315,6 +334,8 @@ def _verdict_text(r: ReconLine) -> str:
         return "ledger above the bill" + (" (explained)" if line.explained else " (UNEXPLAINED)")
     if line.verdict == BELOW:
         return "LEDGER BELOW THE BILL"
+    if line.verdict == SHIFTED:
+        return "below on the day, billed across midnight"
     return "matches"
 
 
@@ -324,7 +345,12 @@ def summary(rec: Reconciliation) -> str:
     head = (
         f"{rec.provider}, {rec.scope}, UTC days {rec.first} to {rec.last}: {len(rec.lines):,} day-and-model lines "
         f"compared: {rec.count(MATCHES):,} match, {rec.count(ABOVE):,} ledger above the bill, "
-        f"{rec.count(BELOW):,} ledger BELOW the bill. Ledger {usd(ledger.cost_usd)} against a bill of "
+        + (
+            f"{rec.count(SHIFTED):,} below on the day but not up to it (across midnight), "
+            if rec.count(SHIFTED)
+            else ""
+        )
+        + f"{rec.count(BELOW):,} ledger BELOW the bill. Ledger {usd(ledger.cost_usd)} against a bill of "
         f"{usd(bill.cost_usd)} (difference {usd(ledger.cost_usd - bill.cost_usd)}; {unknown.requests:,} unknown "
         f"calls charged at their worst case hold {usd(unknown.cost_usd)})."
     )
@@ -478,6 +504,7 @@ def render_json(rec: Reconciliation, *, exit_code: int) -> str:
             "unknown": totals(rec.unknown_total),
             "matches": rec.count(MATCHES),
             "above": rec.count(ABOVE),
+            "shifted": rec.count(SHIFTED),
             "below": rec.count(BELOW),
         },
         "summary": summary(rec),
