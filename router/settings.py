@@ -253,7 +253,12 @@ def accepted_values(name: str) -> str:
         for key in ("ge", "gt", "le", "lt"):
             if isinstance(item, getattr(annotated_types, key.capitalize())):
                 bounds[key] = getattr(item, key)
-    nouns: list[tuple[object, str]] = [(int, "a whole number"), (float, "a number"), (Decimal, "a decimal number")]
+    nouns: list[tuple[object, str]] = [
+        (int, "a whole number"),
+        (float, "a number"),
+        (Decimal, "a decimal number"),
+        (SecretStr, "a key, as text"),
+    ]
     noun = next((words for type_, words in nouns if kind is type_), "a value")
     if "ge" in bounds and "le" in bounds:
         limits = f" from {bounds['ge']:,} to {bounds['le']:,}"

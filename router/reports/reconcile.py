@@ -301,6 +301,7 @@ def _catalog_prices(catalog: Catalog, model_ids: list[str], day: date) -> Prices
 
 # -- rendering ------------------------------------------------------------------------------------
 
+SPACE, REASONS = " ", " | "  # between a CSV cell's models, and its reasons
 VERDICT_STYLE = {MATCHES: "green", ABOVE: "yellow", SHIFTED: "yellow", BELOW: "bold red"}
 CSV_COLUMNS = (
     "day",
@@ -418,7 +419,7 @@ def _csv_cells(r: ReconLine) -> tuple[Any, ...]:
     return (
         r.day.isoformat(),
         csv_text(r.model),
-        csv_text(" ".join(r.model_ids)),
+        csv_text(SPACE.join(r.model_ids)),
         line.verdict,
         line.ledger.requests,
         line.bill.requests,
@@ -437,7 +438,7 @@ def _csv_cells(r: ReconLine) -> tuple[Any, ...]:
         plain(line.unexplained_usd),
         r.uncharged_errors,
         r.in_flight,
-        csv_text(" | ".join(line.reasons)),
+        csv_text(REASONS.join(line.reasons)),
     )
 
 
