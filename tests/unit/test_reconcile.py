@@ -15,10 +15,17 @@ import pytest
 from sqlmodel import select
 
 from policies.reconcile import ABOVE, BELOW, MATCHES, SHIFTED, BillSide, LedgerSide, Prices, Totals, carry_over, compare
-from router.errors import InputError
+from router.errors import InputError, PennyrouteError
 from router.ledger.db import session_scope
 from router.ledger.tables import Call, CallStatus, Job, Team
-from router.providers.openai_usage import line_item_model, parse_costs, parse_usage, read_costs, read_usage
+from router.providers.openai_usage import (
+    fetch_usage,
+    line_item_model,
+    parse_costs,
+    parse_usage,
+    read_costs,
+    read_usage,
+)
 from router.reports.reconcile import model_key
 from router.settings import Settings
 from tests.fakes.server import start_in_thread
@@ -254,6 +261,16 @@ def test_the_fake_serves_its_bill_in_openais_shapes_paged_and_only_to_the_admin_
     items = {r.line_item: r.amount_usd for r in parse_costs(costs, source="fake").rows}
     assert set(items) == {"gpt-4o-mini-2024-07-18, input", "gpt-4o-mini-2024-07-18, output"}
     assert items["gpt-4o-mini-2024-07-18, input"] == row.input_tokens * Decimal("0.15") / 1_000_000
+
+
+def test_a_fetch_follows_the_pages_and_a_refused_key_is_said_without_the_key(fake: str) -> None:
+    today = datetime.now(UTC).date()
+    pages = fetch_usage(base_url=f"{fake}/v1", admin_key="admin", first=date(today.year, 1, 1), last=today)
+    assert len(pages) == -(-((today - date(today.year, 1, 1)).days + 1) // 31)  # 31 days a page
+    assert len(parse_usage(pages, source="fake").days) == (today - date(today.year, 1, 1)).days + 1
+    with pytest.raises(PennyrouteError) as refused:
+        fetch_usage(base_url=f"{fake}/v1", admin_key="sk-proj-wrong-key-0123456789", first=today, last=today)
+    assert "the key was refused (HTTP 401)" in str(refused.value) and "wrong-key" not in str(refused.value)
 
 
 # -- the command, on a SQLite ledger --------------------------------------------------------------
