@@ -4,6 +4,10 @@
                                 Mistral's own API speaks the same format
     POST /v1/messages           Anthropic Messages (an Anthropic client's base_url is <url>)
     POST /v1beta/models/M:generateContent   Gemini (a Gemini client's base_url is <url>)
+    GET  /v1/organization/usage/completions   OpenAI's usage export of the bill (admin key; start_time,
+                                end_time, bucket_width 1m/1h/1d, group_by=model, limit, page)
+    GET  /v1/organization/costs OpenAI's costs export of the bill (group_by=line_item: "<model>, input",
+                                "<model>, cached input", "<model>, output"), priced from the default catalog
     GET  /_stats                the server's own bill: calls answered and tokens, per model; and
                                 "in_flight_max", the most API calls it held at once since the reset
     GET  /_bill                 the bill call by call: {"calls": {X-Client-Request-Id: {...}}, "unidentified": N}
@@ -13,6 +17,11 @@
                                 "retry_after_ms": null, "body": <JSON or text>, "hang_s": null,
                                 "path": null, "headers": {}, "for_s": null}
                                 (`for_s`: every matching call for that many seconds, an outage)
+
+The usage and costs exports are built from the calls the fake actually answered (and billed), late
+ones included, bucketed by when each was answered (UTC). Models are named as OpenAI bills them: a
+dated snapshot for an alias it knows (SNAPSHOTS: gpt-4o-mini is billed as gpt-4o-mini-2024-07-18).
+They take the admin key (`admin_key`, else the API key) and refuse any other with OpenAI's 401.
 
 Answers come from an answer function `(model, system, prompt, max_output_tokens) -> Completion`,
 by default the sandbox's `simulate`. Only those answers are billed; scripted answers are not. A
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import importlib
 import itertools
@@ -46,10 +56,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 
+from router.catalog import Catalog, load_catalog
 from router.providers.base import Completion
 from router.providers.sandbox import simulate
 from router.usage import TokenUsage
@@ -58,6 +71,14 @@ from tests.fakes.faults import HANG_S, FaultMix
 AnswerFn = Callable[[str, str, str, int], Completion]
 
 OPENAI_PATH = "/v1/chat/completions"
+USAGE_PATH = "/v1/organization/usage/completions"
+COSTS_PATH = "/v1/organization/costs"
+# How OpenAI names an alias's calls in its usage and costs exports: the snapshot that answered.
+SNAPSHOTS = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "gpt-4o": "gpt-4o-2024-08-06"}
+BUCKET_WIDTHS_S = {"1m": 60, "1h": 3_600, "1d": 86_400}
+# OpenAI's limits on buckets per page: (default, most) by width; costs take 1d only, up to 180.
+USAGE_LIMITS = {"1m": (60, 1_440), "1h": (24, 168), "1d": (7, 31)}
+COSTS_LIMITS = (7, 180)
 ANTHROPIC_PATH = "/v1/messages"
 GEMINI_PATH = "/v1beta/models/{model_action}"
 # Thinking tokens a thinking model spends per call when nothing bounds it lower: a few hundred is
@@ -108,6 +129,17 @@ class Fault:
     until: float | None = None  # time.monotonic() after which it no longer applies (an outage of `for_s`)
 
 
+@dataclass(frozen=True)
+class Billed:
+    """One call answered and billed, for the usage and costs exports."""
+
+    at: float  # time.time() when answered
+    model: str  # as requested
+    input_tokens: int  # cached excluded (TokenUsage's way)
+    cached_input_tokens: int
+    output_tokens: int
+
+
 @dataclass
 class Bill:
     """Per model: calls answered and tokens, as the answers reported them."""
@@ -121,10 +153,20 @@ class Bill:
 class FakeProvider:
     """The server's state: answer function, latency, bill and scripted faults."""
 
-    def __init__(self, *, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        latency_ms: float = 0,
+        answer: AnswerFn | None = None,
+        api_key: str | None = None,
+        admin_key: str | None = None,
+    ) -> None:
         self.answer = answer or simulate
         self.latency_s = latency_ms / 1000
         self.api_key = api_key
+        self.admin_key = admin_key
+        self.billed: list[Billed] = []
+        self._catalog: Catalog | None = None
         self.generation = 0  # bumped by /_reset
         self.bills: dict[str, Bill] = {}
         self.faults: list[Fault] = []
@@ -142,6 +184,8 @@ class FakeProvider:
         app.router.add_post(OPENAI_PATH, self.openai)
         app.router.add_post(ANTHROPIC_PATH, self.anthropic)
         app.router.add_post(GEMINI_PATH, self.gemini)
+        app.router.add_get(USAGE_PATH, self.usage_export)
+        app.router.add_get(COSTS_PATH, self.costs_export)
         app.router.add_get("/_stats", self.stats)
         app.router.add_get("/_bill", self.bill)
         app.router.add_post("/_faults", self.faults_mix)
@@ -369,6 +413,16 @@ class FakeProvider:
         bill.input_tokens += done.usage.input_tokens
         bill.output_tokens += done.usage.output_tokens
         bill.cached_input_tokens += done.usage.cached_input_tokens
+        if request.path == OPENAI_PATH:  # OpenAI's exports hold the chat completions it answered
+            self.billed.append(
+                Billed(
+                    time.time(),
+                    model,
+                    done.usage.input_tokens,
+                    done.usage.cached_input_tokens,
+                    done.usage.output_tokens,
+                )
+            )
         request_id = request.headers.get("X-Client-Request-Id")
         if request_id:
             # A call id billed twice would be a double charge: the ledger sends each try under a new id.
@@ -450,6 +504,126 @@ class FakeProvider:
         response.headers.update(fault.headers)
         return response
 
+    # -- OpenAI's usage and costs exports of the bill ----------------------------------------
+
+    async def usage_export(self, request: web.Request) -> web.Response:
+        """GET /v1/organization/usage/completions: the bill in OpenAI's usage shape."""
+        width = request.query.get("bucket_width", "1d")
+        if width not in BUCKET_WIDTHS_S:
+            return _error("openai", 400, f"Invalid bucket_width {width!r}: use 1m, 1h or 1d")
+        window = self._window(request, width=width, limits=USAGE_LIMITS[width])
+        if isinstance(window, web.Response):
+            return window
+        by_model = "model" in _group_by(request)
+        data = []
+        for start, end in window[0]:
+            groups: dict[str | None, list[int]] = {}
+            for b in self._billed_in(start, end):
+                total = groups.setdefault(_billed_as(b.model) if by_model else None, [0, 0, 0, 0])
+                total[0] += 1
+                total[1] += b.input_tokens + b.cached_input_tokens  # OpenAI counts cached inside
+                total[2] += b.cached_input_tokens
+                total[3] += b.output_tokens
+            results = [
+                {
+                    "object": "organization.usage.completions.result",
+                    "input_tokens": n_in,
+                    "output_tokens": n_out,
+                    "input_cached_tokens": n_cached,
+                    "input_audio_tokens": 0,
+                    "output_audio_tokens": 0,
+                    "num_model_requests": n,
+                    "project_id": None,
+                    "user_id": None,
+                    "api_key_id": None,
+                    "model": model,
+                    "batch": None,
+                    "service_tier": None,
+                }
+                for model, (n, n_in, n_cached, n_out) in sorted(groups.items(), key=lambda kv: str(kv[0]))
+            ]
+            data.append({"object": "bucket", "start_time": start, "end_time": end, "results": results})
+        return _json(200, {"object": "page", "data": data, "has_more": window[1] is not None, "next_page": window[1]})
+
+    async def costs_export(self, request: web.Request) -> web.Response:
+        """GET /v1/organization/costs: the bill in OpenAI's costs shape, priced at the default catalog's
+        prices (genai-prices) when each call was answered; models the catalog cannot price are left out."""
+        if request.query.get("bucket_width", "1d") != "1d":
+            return _error("openai", 400, "Invalid bucket_width: only 1d is supported")
+        window = self._window(request, width="1d", limits=COSTS_LIMITS)
+        if isinstance(window, web.Response):
+            return window
+        by_item = "line_item" in _group_by(request)
+        data = []
+        for start, end in window[0]:
+            amounts: dict[str | None, Decimal] = {}
+            for b in self._billed_in(start, end):
+                price = self._price(b)
+                if price is None:
+                    continue
+                name = _billed_as(b.model)
+                for kind, tokens, per_mtok in (
+                    ("input", b.input_tokens, price[0]),
+                    ("cached input", b.cached_input_tokens, price[1]),
+                    ("output", b.output_tokens, price[2]),
+                ):
+                    if tokens:
+                        item = f"{name}, {kind}" if by_item else None
+                        amounts[item] = amounts.get(item, Decimal(0)) + tokens * per_mtok / 1_000_000
+            results = [
+                {
+                    "object": "organization.costs.result",
+                    "amount": {"value": format(amount, "f"), "currency": "usd"},  # a decimal string, as observed
+                    "line_item": item,
+                    "project_id": None,
+                }
+                for item, amount in sorted(amounts.items(), key=lambda kv: str(kv[0]))
+            ]
+            data.append({"object": "bucket", "start_time": start, "end_time": end, "results": results})
+        return _json(200, {"object": "page", "data": data, "has_more": window[1] is not None, "next_page": window[1]})
+
+    def _window(
+        self, request: web.Request, *, width: str, limits: tuple[int, int]
+    ) -> tuple[list[tuple[int, int]], str | None] | web.Response:
+        """This page's buckets [(start, end)] and the next page's cursor, or an OpenAI error response."""
+        key = self.admin_key or self.api_key
+        if key and request.headers.get("Authorization") != f"Bearer {key}":
+            return _error("openai", 401, "Incorrect API key provided: the usage API needs an admin key.")
+        try:
+            start = int(request.query["start_time"])
+            end = int(request.query.get("end_time") or time.time() + 1)
+            limit = int(request.query.get("limit") or limits[0])
+            page = request.query.get("page")
+            if page:
+                start = int(base64.urlsafe_b64decode(page.removeprefix("page_")).decode())
+        except (KeyError, ValueError):
+            return _error("openai", 400, "Invalid query: start_time (Unix seconds) is required; end_time, limit, page")
+        if not 1 <= limit <= limits[1]:
+            return _error("openai", 400, f"Invalid limit {limit}: from 1 to {limits[1]}")
+        step = BUCKET_WIDTHS_S[width]
+        first = start - start % step  # buckets sit on UTC boundaries of their width
+        edges = list(range(first, end, step))
+        shown = edges[:limit]
+        cursor = None
+        if len(edges) > limit:
+            cursor = "page_" + base64.urlsafe_b64encode(str(edges[limit]).encode()).decode()
+        return [(b, b + step) for b in shown], cursor
+
+    def _billed_in(self, start: int, end: int) -> list[Billed]:
+        return [b for b in self.billed if start <= b.at < end]
+
+    def _price(self, billed: Billed) -> tuple[Decimal, Decimal, Decimal] | None:
+        """USD per million input, cached input and output tokens of an OpenAI model when answered."""
+        if self._catalog is None:
+            self._catalog = load_catalog()
+        model = next(
+            (m for m in self._catalog.models.values() if m.provider == "openai" and m.api_model == billed.model), None
+        )
+        if model is None:
+            return None
+        price = self._catalog.price(model.model_id, datetime.fromtimestamp(billed.at, UTC))
+        return price.input.base, price.cached_input.base, price.output.base
+
     # -- admin ----------------------------------------------------------------------------
 
     async def stats(self, request: web.Request) -> web.Response:
@@ -484,6 +658,7 @@ class FakeProvider:
         self.faults_served = 0
         self.mix = None
         self.calls_by_id.clear()
+        self.billed.clear()
         self.unidentified = 0
         self.in_flight_max = self.in_flight
         return _json(200, {"ok": True})
@@ -511,6 +686,17 @@ class FakeProvider:
         return _json(200, {"ok": True, "pending": len(self.faults)})
 
 
+def _group_by(request: web.Request) -> set[str]:
+    """group_by as given: repeated (group_by=model&group_by=batch), bracketed, or comma-separated."""
+    values = request.query.getall("group_by", []) + request.query.getall("group_by[]", [])
+    return {part.strip() for value in values for part in value.split(",") if part.strip()}
+
+
+def _billed_as(model: str) -> str:
+    """The name OpenAI's exports give a model's calls: its snapshot, for an alias."""
+    return SNAPSHOTS.get(model, model)
+
+
 def _text(content: Any) -> str:
     """A message's text: a string, or the text blocks of a list of content blocks."""
     if isinstance(content, str):
@@ -536,10 +722,15 @@ def _error(vendor: str, status: int, message: str) -> web.Response:
 
 
 def make_app(
-    *, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None, mix: FaultMix | None = None
+    *,
+    latency_ms: float = 0,
+    answer: AnswerFn | None = None,
+    api_key: str | None = None,
+    mix: FaultMix | None = None,
+    admin_key: str | None = None,
 ) -> web.Application:
     """A fresh fake provider application (each has its own bill)."""
-    state = FakeProvider(latency_ms=latency_ms, answer=answer, api_key=api_key)
+    state = FakeProvider(latency_ms=latency_ms, answer=answer, api_key=api_key, admin_key=admin_key)
     state.mix = mix
     return state.app()
 
@@ -553,10 +744,11 @@ async def serve(
     answer: AnswerFn | None = None,
     api_key: str | None = None,
     mix: FaultMix | None = None,
+    admin_key: str | None = None,
 ) -> AsyncIterator[str]:
     """Serve on the running loop; yields the base URL ("http://127.0.0.1:<port>", no /v1)."""
     runner = web.AppRunner(
-        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key, mix=mix),
+        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key, mix=mix, admin_key=admin_key),
         access_log=None,  # an access log line per call would cost more than the answer itself
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
@@ -570,14 +762,19 @@ async def serve(
 
 
 def start_in_thread(
-    port: int = 0, latency_ms: float = 0, answer: AnswerFn | None = None, *, api_key: str | None = None
+    port: int = 0,
+    latency_ms: float = 0,
+    answer: AnswerFn | None = None,
+    *,
+    api_key: str | None = None,
+    admin_key: str | None = None,
 ) -> tuple[str, Callable[[], None]]:
     """Serve from a daemon thread with its own loop; returns (base URL, stop). Port 0 picks a free one."""
     ready = threading.Event()
     stopping: dict[str, Any] = {}
 
     async def main() -> None:
-        async with serve(port=port, latency_ms=latency_ms, answer=answer, api_key=api_key) as url:
+        async with serve(port=port, latency_ms=latency_ms, answer=answer, api_key=api_key, admin_key=admin_key) as url:
             stopping["url"], stopping["event"] = url, asyncio.Event()
             stopping["loop"] = asyncio.get_running_loop()
             ready.set()
@@ -618,6 +815,7 @@ def main(argv: list[str] | None = None) -> None:
         help="sandbox: simulated answers; echo: a fixed one-word answer, cheapest for benchmarks",
     )
     parser.add_argument("--api-key", default=None, help="require this key (Bearer or x-api-key)")
+    parser.add_argument("--admin-key", default=None, help="the usage and costs exports' key (default: --api-key)")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed; benches only)")
     parser.add_argument(
         "--faults", default=None, help='a fault mix as JSON, e.g. \'{"seed": 1, "rates": {"429": 0.05}}\''
@@ -628,7 +826,13 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> None:
         async with serve(
-            host=args.host, port=args.port, latency_ms=args.latency_ms, answer=answer, api_key=args.api_key, mix=mix
+            host=args.host,
+            port=args.port,
+            latency_ms=args.latency_ms,
+            answer=answer,
+            api_key=args.api_key,
+            mix=mix,
+            admin_key=args.admin_key,
         ) as url:
             print(f"listening on {url}", flush=True)
             await asyncio.Event().wait()
