@@ -7,6 +7,7 @@ how to answer, and checks the ledger against the fake's own bill, call id by cal
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ import pytest
 from pydantic import SecretStr
 
 from router.catalog import Catalog
+from router.engine import runtime
 from router.engine.chunk import run_chunk
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
 from router.ledger.tables import Call, CallStatus, ItemStatus
+from router.providers.registry import close_all
 from router.settings import Settings
 from tests.helpers import FAKE_KEY, ledger, priced, tickets, write_jsonl
 
@@ -27,8 +30,12 @@ N = 4
 
 
 @pytest.fixture(autouse=True)
-def _reset_fake(fake_provider: str) -> None:
+def _reset_fake(fake_provider: str) -> Iterator[None]:
     httpx.post(f"{fake_provider}/_reset").raise_for_status()
+    yield
+    # The process caches providers by name, not by settings: leave none built with these settings
+    # behind for a later test that sets its own timeout (test_billed_timeouts.py).
+    runtime.run(close_all())
 
 
 @pytest.fixture
