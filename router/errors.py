@@ -11,7 +11,8 @@
         ├── ProviderTimeout         no answer within the timeout
         ├── ProviderConnectionError the connection failed or broke
         ├── ProviderStatusError     the provider answered with a non-2xx status
-        ├── MalformedResponse       a 2xx answer whose body cannot be read as the wire format says
+        ├── MalformedResponse       a 2xx answer whose body cannot be read as the wire format says;
+        │                           with `usage` when that could be read (billed: charged, not retried)
         └── CircuitOpen             not called: the provider failed too often in a row (providers/limits.py)
 
 Two properties say what a caller should do: `retryable` (another try may succeed: connection
@@ -26,6 +27,7 @@ A shell turns one into NoModelError only where it must refuse a request.
 from __future__ import annotations
 
 from policies.types import Decision
+from router.usage import TokenUsage
 
 # Statuses worth another try: timeouts, conflicts, rate limits, server faults, Anthropic's 529.
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -160,11 +162,17 @@ class ProviderStatusError(ProviderError):
 
 
 class MalformedResponse(ProviderError):
-    """Raised when a 2xx body cannot be read as the provider's wire format."""
+    """Raised when a 2xx body cannot be read as the provider's wire format. `usage`, when the body's
+    usage could be read though its content could not, is what the provider billed: the call is charged
+    with it, and not tried again (a whole answer in a shape we cannot read comes back the same way)."""
+
+    def __init__(self, message: str, *, provider: str, usage: TokenUsage | None = None) -> None:
+        super().__init__(message, provider=provider)
+        self.usage = usage
 
     @property
     def retryable(self) -> bool:
-        return True
+        return self.usage is None
 
 
 class CircuitOpen(ProviderError):

@@ -47,7 +47,7 @@ from router.errors import (
     ProviderTimeout,
 )
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
-from router.providers.base import ChatRequest, Completion
+from router.providers.base import ChatRequest, Completion, UnreadableAnswer
 from router.redact import redact
 from router.usage import TokenUsage
 
@@ -226,7 +226,9 @@ class JsonApiProvider(ABC):
             return self.parse(body, request)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedResponse(
-                f"unreadable {self.what} ({type(exc).__name__}: {exc})", provider=self.name
+                f"unreadable {self.what} ({type(exc).__name__}: {exc})",
+                provider=self.name,
+                usage=exc.usage if isinstance(exc, UnreadableAnswer) else None,  # read first: it was billed
             ) from exc
 
     async def aclose(self) -> None:

@@ -6,6 +6,11 @@ What is Mistral's own: it rejects fields it does not know (so nothing OpenAI-onl
 reports no cached-token detail, and its rate limits are per workspace, answered with 429 and no
 Retry-After (the engine then backs off on its own). A spent balance is a 429/402 naming billing,
 which stops the provider for the job (router.providers.http.quota_exhausted).
+
+Its reasoning models (Magistral, and others asked to reason) answer with `message.content` as a
+list of chunks, {type: "thinking", thinking: [{type: "text", text}...]} then {type: "text", text}:
+the text chunks are the answer (router.providers.openai.message_text). Its finish_reason adds
+"model_length" (cut off by the context) and "error" (broken off) to the chat-completions ones.
 """
 
 from __future__ import annotations

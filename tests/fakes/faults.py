@@ -12,7 +12,8 @@ Each call draws one number from the seeded generator: below the cumulative rates
 Statuses are served as the vendor serves them (429 with Retry-After and retry-after-ms; 529 as
 Anthropic's overloaded_error; Gemini's RESOURCE_EXHAUSTED). "truncated" is a 200 whose JSON body
 is cut off mid-way; "malformed" a 200 whose JSON has the wrong shape; "hang" accepts the call and
-never answers (the client's timeout ends it). A 429 burst answers every call with 429 for
+never answers (the client's timeout ends it). "cut", "refusal", "filtered", "blocked" and "chunks" are
+not faults but billed answers in the vendor's own dialect (tests/fakes/server.py). A 429 burst answers every call with 429 for
 `length_s` seconds out of every `every_s`. `latency_ms` delays every answer by a uniform draw from
 [lo, hi], or, given as {"median": 1000, "sigma": 0.8, "max": 30000}, by a lognormal draw: the heavy
 tail of real LLM latencies, where a few calls take ten times the median.
@@ -40,7 +41,25 @@ from typing import Any
 # A hang lasts this long: far beyond any client timeout a test uses, and short enough that a
 # stopping server's cleanup (which cancels open calls) is never held up by one in practice.
 HANG_S = 3600.0
-KINDS = ("408", "409", "429", "500", "502", "503", "504", "529", "truncated", "malformed", "hang")
+KINDS = (
+    "408",
+    "409",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+    "529",
+    "truncated",
+    "malformed",
+    "hang",
+    # Billed answers in a vendor's dialect rather than faults (tests/fakes/server.py ANSWER_DIALECTS).
+    "cut",
+    "refusal",
+    "filtered",
+    "blocked",
+    "chunks",
+)
 
 
 @dataclass

@@ -16,7 +16,9 @@
     POST /_fail                 script the next answers: {"status": 429, "count": 1, "retry_after": "2",
                                 "retry_after_ms": null, "body": <JSON or text>, "hang_s": null,
                                 "path": null, "headers": {}, "for_s": null}
-                                (`for_s`: every matching call for that many seconds, an outage)
+                                (`for_s`: every matching call for that many seconds, an outage);
+                                or {"answer": "refusal", "count": 1, "path": null}: the next answers
+                                in one of the vendors' own dialects (ANSWER_DIALECTS), billed as usual
 
 The usage and costs exports are built from the calls the fake actually answered (and billed), late
 ones included, bucketed by when each was answered (UTC). Models are named as OpenAI bills them: a
@@ -32,10 +34,24 @@ A scripted fault applies to the next `count` API calls (on `path` if given, else
 is a string serves that string as is, which is how a test gets a malformed body. A fault with only
 `hang_s` delays a normal, billed answer.
 
+Answer dialects, chosen per call by a scripted {"answer": KIND} (or drawn by the fault mix), are
+billed answers in each vendor's own words: "cut" (the cap is spent and the text stops short:
+finish_reason "length", stop_reason "max_tokens", finishReason "MAX_TOKENS"), "refusal" (OpenAI
+`message.refusal` with null content; Anthropic stop_reason "refusal"; Gemini finishReason "SAFETY"),
+"filtered" (OpenAI "content_filter"; Gemini "PROHIBITED_CONTENT"; Anthropic's refusal), "blocked"
+(Gemini: no candidates, promptFeedback.blockReason "SAFETY" and only the prompt's tokens; elsewhere
+a filtered answer with no output) and "chunks" (Mistral's list of content chunks, a thinking chunk
+then the text; Anthropic a thinking block; Gemini a thought part). Mistral's Magistral models
+always answer in chunks, as the real ones do.
+
+The Anthropic path plays API versions 2023-06-01 and 2026-10-21 (anything else is a 400); under
+2026-10-21 any temperature, top_p or top_k is a 400, as the real API answers.
+
 Thinking models are played as their vendors ship them. OpenAI's reasoning models (o1, o3, o4-mini,
 gpt-5; not gpt-5-chat) refuse `max_tokens` and any temperature but 1 with OpenAI's own 400s, and
 spend reasoning tokens (by `reasoning_effort`) inside `max_completion_tokens`. Gemini 2.5 models think
-unless thinkingBudget is 0 (Pro refuses 0), their thoughts inside maxOutputTokens. A cap that the
+unless thinkingBudget is 0 (Pro refuses 0), their thoughts inside maxOutputTokens; Gemini 3 and later
+think by thinkingLevel and refuse thinkingBudget (and 2.5 refuses thinkingLevel). A cap that the
 thinking uses up gives an empty, billed answer, as the real APIs do.
 
 Run it: `python -m tests.fakes.server --port 8765 --latency-ms 0`. In tests: `start_in_thread()`, or
@@ -55,7 +71,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -85,8 +101,40 @@ GEMINI_PATH = "/v1beta/models/{model_action}"
 # what Gemini 2.5 spends on its own ("dynamic" thinking) even on a one-word classification.
 GEMINI_DYNAMIC_THOUGHTS = 200
 # OpenAI reasoning tokens per call by reasoning_effort (None: the API's default, medium).
-OPENAI_REASONING_TOKENS = {"minimal": 0, "low": 64, "medium": 192, "high": 512, None: 192}
+OPENAI_REASONING_TOKENS = {
+    "none": 0,
+    "minimal": 0,
+    "low": 64,
+    "medium": 192,
+    "high": 512,
+    "xhigh": 1024,
+    "max": 2048,
+    None: 192,
+}
 OPENAI_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(?!.*chat)")
+# The efforts OpenAI's own 400s hold each family to (its docs and error bodies): the fake's own table.
+OPENAI_EFFORTS = (
+    (re.compile(r"^o\d"), ("low", "medium", "high")),
+    (re.compile(r"^gpt-5-pro"), ("high",)),
+    (re.compile(r"^gpt-5\.1(?!-codex-max)"), ("none", "low", "medium", "high")),
+    (re.compile(r"^gpt-5(-mini|-nano)?(-\d{4}-\d{2}-\d{2})?$"), ("minimal", "low", "medium", "high")),
+)
+# Gemini 3 and later think by level: thoughts per call by thinkingLevel (None: their default, high).
+GEMINI_LEVEL_THOUGHTS = {
+    "minimal": 0,
+    "low": 64,
+    "medium": 128,
+    "high": GEMINI_DYNAMIC_THOUGHTS,
+    None: GEMINI_DYNAMIC_THOUGHTS,
+}
+GEMINI_LEVEL_MODEL = re.compile(r"^gemini-(?:[3-9]|\d\d)")
+# The Anthropic API versions the fake knows; the second removed the sampling parameters.
+ANTHROPIC_VERSIONS = ("2023-06-01", "2026-10-21")
+# Answer dialects a call can be given (POST /_fail {"answer": KIND}, or the fault mix): see the docstring.
+ANSWER_DIALECTS = ("cut", "refusal", "filtered", "blocked", "chunks")
+REFUSAL_TEXT = "I'm sorry, but I can't help with that."
+THINKING_TEXT = "Let me work out which answer fits."
+MISTRAL_REASONING_MODEL = re.compile(r"^magistral")
 GEMINI_STATUSES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -127,6 +175,7 @@ class Fault:
     hang_s: float | None = None
     path: str | None = None
     until: float | None = None  # time.monotonic() after which it no longer applies (an outage of `for_s`)
+    answer: str | None = None  # an answer dialect (ANSWER_DIALECTS): answered and billed, in that dialect
 
 
 @dataclass(frozen=True)
@@ -222,7 +271,8 @@ class FakeProvider:
         except (ValueError, KeyError, TypeError) as exc:
             return _error("openai", 400, f"Invalid request: {exc!r}")
         thoughts = 0
-        if OPENAI_REASONING_MODEL.match(model.rsplit("/", 1)[-1]):
+        name = model.rsplit("/", 1)[-1]
+        if OPENAI_REASONING_MODEL.match(name):
             if "max_tokens" in body:
                 return _error(
                     "openai",
@@ -237,21 +287,38 @@ class FakeProvider:
                     f"Unsupported value: 'temperature' does not support {body['temperature']} "
                     "with this model. Only the default (1) value is supported.",
                 )
-            if body.get("reasoning_effort") not in OPENAI_REASONING_TOKENS:
+            effort = body.get("reasoning_effort")
+            allowed = next((efforts for pattern, efforts in OPENAI_EFFORTS if pattern.match(name)), None)
+            if effort not in OPENAI_REASONING_TOKENS or (effort is not None and allowed and effort not in allowed):
+                supported = ", ".join(f"'{e}'" for e in allowed or OPENAI_REASONING_TOKENS if e)
                 return _error(
                     "openai",
                     400,
-                    f"Unsupported value: 'reasoning_effort' does not support "
-                    f"{body['reasoning_effort']!r} with this model.",
+                    f"Unsupported value: {effort!r} is not supported with the '{name}' model. "
+                    f"Supported values are: {supported}.",
                 )
-            thoughts = OPENAI_REASONING_TOKENS[body.get("reasoning_effort")]
+            thoughts = OPENAI_REASONING_TOKENS[effort]
         if (faulty := await self._mixed(request, vendor="openai")) is not None:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts)
+        dialect = request.get("dialect") or ("chunks" if MISTRAL_REASONING_MODEL.match(name) else None)
+        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts, dialect=dialect)
         usage = done.usage
         prompt_tokens = usage.input_tokens + usage.cached_input_tokens  # OpenAI counts cached inside
+        message: dict[str, Any] = {"role": "assistant", "content": done.text}
+        finish = "length" if usage.output_tokens >= cap else "stop"
+        if dialect == "chunks":  # Mistral's reasoning models: a thinking chunk, then the answer's text chunk
+            message["content"] = [
+                {"type": "thinking", "thinking": [{"type": "text", "text": THINKING_TEXT}]},
+                {"type": "text", "text": done.text},
+            ]
+        elif dialect == "refusal":
+            message.update(content=None, refusal=REFUSAL_TEXT)
+            finish = "stop"
+        elif dialect in ("filtered", "blocked"):
+            message["content"] = None
+            finish = "content_filter"
         return _json(
             200,
             {
@@ -259,13 +326,7 @@ class FakeProvider:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": done.text},
-                        "finish_reason": "length" if usage.output_tokens >= cap else "stop",
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 "usage": {
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": usage.output_tokens,
@@ -282,8 +343,11 @@ class FakeProvider:
             return scripted
         if self.api_key and request.headers.get("x-api-key") != self.api_key:
             return _error("anthropic", 401, "invalid x-api-key")
-        if "anthropic-version" not in request.headers:
+        version = request.headers.get("anthropic-version")
+        if version is None:
             return _error("anthropic", 400, "anthropic-version: header is required")
+        if version not in ANTHROPIC_VERSIONS:
+            return _error("anthropic", 400, f"anthropic-version: {version!r} is not a valid version")
         try:
             body = json.loads(await request.read())
             model = body["model"]
@@ -292,12 +356,23 @@ class FakeProvider:
             prompt = "\n".join(_text(m["content"]) for m in body["messages"] if m["role"] == "user")
         except (ValueError, KeyError, TypeError) as exc:
             return _error("anthropic", 400, f"Invalid request: {exc!r}")
+        sampling = [key for key in ("temperature", "top_p", "top_k") if key in body]
+        if version >= "2026-10-21" and sampling:
+            return _error("anthropic", 400, f"{sampling[0]}: is not supported in API version {version}")
         if (faulty := await self._mixed(request, vendor="anthropic")) is not None:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        done = self._answer(model, system, prompt, cap, request)
+        dialect = request.get("dialect")
+        done = self._answer(model, system, prompt, cap, request, dialect=dialect)
         usage = done.usage
+        content: list[dict[str, Any]] = [{"type": "text", "text": done.text}]
+        stop_reason, stop_details = ("max_tokens" if usage.output_tokens >= cap else "end_turn"), None
+        if dialect == "chunks":
+            content.insert(0, {"type": "thinking", "thinking": THINKING_TEXT, "signature": "fake-signature"})
+        elif dialect in ("refusal", "filtered", "blocked"):  # Anthropic's one way to decline: stop_reason refusal
+            content, stop_reason = [], "refusal"
+            stop_details = {"type": "refusal", "category": "general_harms", "explanation": None}
         return _json(
             200,
             {
@@ -305,9 +380,10 @@ class FakeProvider:
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": done.text}],
-                "stop_reason": "max_tokens" if usage.output_tokens >= cap else "end_turn",
+                "content": content,
+                "stop_reason": stop_reason,
                 "stop_sequence": None,
+                **({"stop_details": stop_details} if stop_details else {}),
                 "usage": {
                     "input_tokens": usage.input_tokens,  # Anthropic counts cache reads and writes apart
                     "output_tokens": usage.output_tokens,
@@ -335,19 +411,35 @@ class FakeProvider:
             )
             config = body.get("generationConfig") or {}
             cap = int(config.get("maxOutputTokens") or DEFAULT_MAX_TOKENS)
-            budget = (config.get("thinkingConfig") or {}).get("thinkingBudget")
+            thinking = config.get("thinkingConfig") or {}
+            budget = thinking.get("thinkingBudget")
             budget = None if budget is None else int(budget)
+            level = thinking.get("thinkingLevel")
+            level = None if level is None else str(level).lower()
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return _error("gemini", 400, f"Invalid JSON payload received: {exc!r}")
-        thinks = "2.5" in model or model.startswith("gemini-3")
-        if budget is not None and not thinks:
+        by_level = bool(GEMINI_LEVEL_MODEL.match(model))
+        thinks = "2.5" in model or by_level
+        if budget is not None and level is not None:
+            return _error("gemini", 400, "You can only set one of thinking budget and thinking level.")
+        if (budget is not None or level is not None) and not thinks:
             return _error("gemini", 400, "Thinking is not supported for this model.")
+        if budget is not None and by_level:
+            return _error("gemini", 400, "Thinking budget is not supported for this model. Use thinking level instead.")
+        if level is not None and not by_level:
+            return _error("gemini", 400, "Thinking level is not supported for this model.")
+        if level is not None and level not in GEMINI_LEVEL_THOUGHTS:
+            return _error(
+                "gemini", 400, f"Invalid value at 'generation_config.thinking_config.thinking_level': {level}"
+            )
         if budget == 0 and "pro" in model:
             return _error("gemini", 400, "Budget 0 is invalid. This model only works in thinking mode.")
-        # -1 (or nothing) is dynamic thinking; a budget bounds it.
+        # -1 (or nothing) is dynamic thinking; a budget bounds it; a level sets it.
         thoughts = (
             0
             if not thinks
+            else GEMINI_LEVEL_THOUGHTS[level]
+            if by_level
             else GEMINI_DYNAMIC_THOUGHTS
             if budget in (None, -1)
             else min(budget, GEMINI_DYNAMIC_THOUGHTS)
@@ -356,39 +448,62 @@ class FakeProvider:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts)
+        dialect = request.get("dialect")
+        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts, dialect=dialect)
         usage = done.usage
         answer_tokens = usage.output_tokens - usage.reasoning_tokens
         metadata: dict[str, Any] = {
             "promptTokenCount": usage.input_tokens + usage.cached_input_tokens,  # Gemini counts cached inside
-            "candidatesTokenCount": answer_tokens,  # thoughts are reported apart
             "totalTokenCount": usage.input_tokens + usage.cached_input_tokens + usage.output_tokens,
         }
+        if dialect != "blocked":
+            metadata["candidatesTokenCount"] = answer_tokens  # thoughts are reported apart
         if usage.reasoning_tokens:
             metadata["thoughtsTokenCount"] = usage.reasoning_tokens
         if usage.cached_input_tokens:
             metadata["cachedContentTokenCount"] = usage.cached_input_tokens
+        answered: dict[str, Any] = {
+            "usageMetadata": metadata,
+            "modelVersion": model,
+            "responseId": f"fake-{next(self._ids)}",
+        }
+        if dialect == "blocked":  # the prompt never reached the model: no candidates, only the prompt's tokens
+            ratings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
+            return _json(200, {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": ratings}, **answered})
+        parts = [{"text": done.text}] if done.text else []
+        if dialect == "chunks":
+            parts.insert(0, {"text": THINKING_TEXT, "thought": True})
+        finish = "MAX_TOKENS" if usage.output_tokens >= cap else "STOP"
+        if dialect in ("refusal", "filtered"):
+            parts, finish = [], "SAFETY" if dialect == "refusal" else "PROHIBITED_CONTENT"
         return _json(
             200,
             {
                 # A cap that thinking used up leaves a candidate with no content at all, as Gemini gives it.
                 "candidates": [
                     {
-                        **({"content": {"parts": [{"text": done.text}], "role": "model"}} if done.text else {}),
-                        "finishReason": "MAX_TOKENS" if usage.output_tokens >= cap else "STOP",
+                        **({"content": {"parts": parts, "role": "model"}} if parts else {}),
+                        "finishReason": finish,
                         "index": 0,
                     }
                 ],
-                "usageMetadata": metadata,
-                "modelVersion": model,
-                "responseId": f"fake-{next(self._ids)}",
+                **answered,
             },
         )
 
     def _answer(
-        self, model: str, system: str, prompt: str, cap: int, request: web.Request, *, thoughts: int = 0
+        self,
+        model: str,
+        system: str,
+        prompt: str,
+        cap: int,
+        request: web.Request,
+        *,
+        thoughts: int = 0,
+        dialect: str | None = None,
     ) -> Completion:
-        """The answer function's answer, with `thoughts` thinking tokens spent first inside `cap`."""
+        """The answer function's answer, with `thoughts` thinking tokens spent first inside `cap`, and
+        shaped by the answer `dialect` (ANSWER_DIALECTS) before it is billed."""
         thoughts = min(thoughts, cap)
         done = self.answer(model, system, prompt, max(cap - thoughts, 1))
         if thoughts:
@@ -404,6 +519,7 @@ class FakeProvider:
                     reasoning_tokens=thoughts,
                 ),
             )
+        done = _in_dialect(done, dialect, cap)
         if request.get("generation", self.generation) != self.generation:
             return done  # a call that came in before the last /_reset: the new bill does not hold it
         bill = self.bills.get(model)
@@ -453,6 +569,9 @@ class FakeProvider:
             await asyncio.sleep(delay)
         if kind is None:
             return None
+        if kind in ANSWER_DIALECTS:
+            request["dialect"] = kind  # a billed answer in that dialect, not a fault
+            return None
         if kind == "hang":
             await asyncio.sleep(HANG_S)
             return _error(vendor, 504, "hung")
@@ -493,6 +612,9 @@ class FakeProvider:
         if fault.hang_s:
             await request.read()  # a provider has the whole request before it works on it (aiohttp keeps it)
             await asyncio.sleep(fault.hang_s)
+        if fault.answer is not None:
+            request["dialect"] = fault.answer  # answered (and billed) normally, in that dialect
+            return None
         if fault.status == 200 and fault.body is None:
             return None  # only a delay: answer (and bill) normally
         if fault.body is None:
@@ -679,7 +801,10 @@ class FakeProvider:
             hang_s=spec.get("hang_s"),
             path=spec.get("path"),
             until=time.monotonic() + float(spec["for_s"]) if spec.get("for_s") is not None else None,
+            answer=spec.get("answer"),
         )
+        if fault.answer is not None and fault.answer not in ANSWER_DIALECTS:
+            return _json(400, {"error": f"unknown answer {fault.answer!r}; known: {', '.join(ANSWER_DIALECTS)}"})
         if fault.until is not None and "count" not in spec:
             fault.count = 10**12  # an outage of `for_s` seconds: every call until then
         self.faults.append(fault)
@@ -695,6 +820,24 @@ def _group_by(request: web.Request) -> set[str]:
 def _billed_as(model: str) -> str:
     """The name OpenAI's exports give a model's calls: its snapshot, for an alias."""
     return SNAPSHOTS.get(model, model)
+
+
+def _in_dialect(done: Completion, dialect: str | None, cap: int) -> Completion:
+    """An answer as the dialect bills it: "cut" spends the whole cap and stops the text short; "refusal"
+    bills a refusal's few tokens; "filtered" bills what was generated and withheld; "blocked" bills the
+    prompt only; "chunks" (and none) leave it as it is."""
+    usage = done.usage
+    if dialect == "cut":
+        words = done.text.split()
+        text = " ".join(words[: len(words) // 2]) if len(words) > 1 else done.text[: max(1, len(done.text) // 2)]
+        return Completion(text, replace(usage, output_tokens=cap))
+    if dialect == "refusal":
+        return Completion("", replace(usage, output_tokens=min(cap, usage.reasoning_tokens + len(REFUSAL_TEXT) // 4)))
+    if dialect == "filtered":
+        return Completion("", usage)
+    if dialect == "blocked":
+        return Completion("", replace(usage, output_tokens=0, reasoning_tokens=0))
+    return done
 
 
 def _text(content: Any) -> str:

@@ -24,7 +24,7 @@ from router.errors import (
     ProviderTimeout,
 )
 from router.providers.anthropic import AnthropicProvider
-from router.providers.base import ChatRequest, Completion
+from router.providers.base import STOP, ChatRequest, Completion
 from router.providers.gemini import GeminiProvider
 from router.providers.http import BACKENDS, Backend, ClientPool, build_client, retry_after_s
 from router.providers.mistral import MistralProvider
@@ -119,7 +119,7 @@ both_vendors = pytest.mark.parametrize("vendor", list(VENDORS))
 @both_vendors
 def test_success_parses_text_and_tokens_and_is_billed(base_url: str, vendor: str, backend: Backend) -> None:
     done = call(base_url, vendor, backend)
-    assert done == EXPECTED
+    assert (done.text, done.usage, done.finish) == (EXPECTED.text, EXPECTED.usage, STOP)
     assert not done.usage.estimated
     bill = stats(base_url)
     assert bill["models"] == {
@@ -145,7 +145,9 @@ def test_openai_cached_tokens_are_taken_out_of_prompt_tokens(base_url: str, back
     }
     script(base_url, path=OPENAI_PATH, body=body)
     done = call(base_url, "openai", backend)
-    assert done == Completion(text="B", usage=TokenUsage(input_tokens=232, output_tokens=2, cached_input_tokens=768))
+    assert done == Completion(
+        text="B", usage=TokenUsage(input_tokens=232, output_tokens=2, cached_input_tokens=768), finish_reason="stop"
+    )
     assert stats(base_url)["calls"] == 0  # scripted answers are not billed
 
 
@@ -171,7 +173,7 @@ def test_anthropic_cache_reads_and_writes_are_apart_from_input(base_url: str, ba
     assert done == Completion(
         text="The answer is B.",
         usage=TokenUsage(input_tokens=12, output_tokens=5, cached_input_tokens=900, cache_write_tokens=40),
-    )
+    )  # no stop_reason in the body: taken as a whole answer
 
 
 @both_backends
@@ -288,7 +290,8 @@ def test_client_pool_spreads_calls_round_robin_and_works_with_a_provider(base_ur
         finally:
             await provider.aclose()
 
-    assert asyncio.run(go()) == EXPECTED
+    done = asyncio.run(go())
+    assert (done.text, done.usage, done.finish) == (EXPECTED.text, EXPECTED.usage, STOP)
     assert hits == [0, 1, 2, 0, 1, 2, 0]
     assert stats(base_url)["calls"] == 6
 
@@ -423,7 +426,9 @@ def test_gemini_cached_tokens_are_inside_the_prompt_and_thoughts_are_billed_as_o
     script(base_url, path=GEMINI_CALL_PATH, body=body)
     done = call(base_url, "gemini", backend)
     assert done == Completion(
-        text="B", usage=TokenUsage(input_tokens=400, output_tokens=52, cached_input_tokens=600, reasoning_tokens=50)
+        text="B",
+        usage=TokenUsage(input_tokens=400, output_tokens=52, cached_input_tokens=600, reasoning_tokens=50),
+        finish_reason="STOP",
     )
 
 
