@@ -18,8 +18,8 @@ from datetime import timedelta
 
 from router.catalog import Catalog
 from router.engine import runtime
-from router.engine.batch import ChunkContext, pause, reserve_batch, unbudgeted_batch
-from router.engine.rounds import Answer, execute
+from router.engine.batch import Batch, ChunkContext, pause, reserve_batch, unbudgeted_batch
+from router.engine.rounds import Answer, Executed, execute
 from router.engine.settle import charge_lost, finish
 from router.ledger import repo
 from router.ledger.db import session_scope
@@ -73,10 +73,46 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
             charge_lost(session, settings, catalog, chunk, retaken, now)
         # No budget (the common case): the call rows are committed with the claim.
         first = None if job.has_budget else unbudgeted_batch(session, catalog=catalog, chunk=chunk, items=list(claimed))
+    outcome, last = _run_items(settings, catalog, chunk, list(claimed), first)
+    # The batch stopped taking the job's next items because the job changed (a re-route after drift, a
+    # budget set, a provider stopped): the next ones run on the job as it is now.
+    while last is not None and last.changed and not runtime.stopping():
+        now = utcnow()
+        with session_scope(settings) as session:
+            job = repo.job_for_chunk(session, job_id)
+            if job is None or job.status != JobStatus.RUNNING or job.model_id is None:
+                break
+            claimed = repo.claim_next(
+                session,
+                job_id=job_id,
+                after_seq=last.cursor,
+                limit=settings.chunk_size,
+                now=now,
+                lease_until=now + timedelta(seconds=settings.lease_s),
+            )
+            if not claimed:
+                break
+            chunk = ChunkContext.build(catalog, job)
+            first = (
+                None if job.has_budget else unbudgeted_batch(session, catalog=catalog, chunk=chunk, items=list(claimed))
+            )
+        more, last = _run_items(settings, catalog, chunk, list(claimed), first)
+        outcome = ChunkOutcome(
+            claimed=outcome.claimed + more.claimed, done=outcome.done + more.done, failed=outcome.failed + more.failed
+        )
+    return outcome
+
+
+def _run_items(
+    settings: Settings, catalog: Catalog, chunk: ChunkContext, claimed: list[ClaimedItem], first: Batch | None
+) -> tuple[ChunkOutcome, Executed | None]:
+    """Run claimed items batch by batch (`first`: the first batch, already recorded, when there is no
+    budget); returns the outcome and the last batch's record."""
     done = failed = taken = 0
-    pending: list[ClaimedItem] = list(claimed)
+    pending = claimed
+    executed = None
     while pending:
-        if first is None and _cancelled(settings, job_id, pending):
+        if first is None and _cancelled(settings, chunk.job.id, pending):
             failed += len(pending)
             break
         if first is None and runtime.stopping():  # interrupted: no new batch; the rest go back untried
@@ -95,7 +131,7 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         batch_done, batch_failed = finish(settings, catalog, chunk, executed, write_items=True)
         done, failed, taken = done + batch_done, failed + batch_failed, taken + executed.taken
         pending = pending[len(batch.items) :]
-    return ChunkOutcome(claimed=len(claimed) + taken, done=done, failed=failed)
+    return ChunkOutcome(claimed=len(claimed) + taken, done=done, failed=failed), executed
 
 
 def _hand_back(settings: Settings, items: Sequence[ClaimedItem]) -> None:

@@ -25,7 +25,7 @@ from sqlmodel import Session
 
 from policies.escalation import ACCEPT, ESCALATE, FAIL, HOLD, MAX_WAIT_S, after_failure, after_stage
 from router.catalog import Catalog, ModelInfo, Price
-from router.engine import runtime
+from router.engine import drift, runtime
 from router.engine.batch import (
     Batch,
     ChunkContext,
@@ -90,8 +90,9 @@ class Executed:
     settled_usd: Decimal  # ... of which settled against the budget on the way
     done: int  # items written done on the way
     failed: int  # items written failed on the way
-    drift_checked: int  # drift checks written on the way
     taken: int  # items claimed on the way (beyond the batch's own: see `execute`)
+    cursor: int  # the highest seq the batch claimed
+    changed: bool  # it stopped taking items because the job changed (route, budget, stopped providers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +194,11 @@ class _Progress:
     settled_usd: Decimal = Decimal(0)  # of which settled against the budget on the way
     done: int = 0
     failed: int = 0
-    drift_checked: int = 0
     keep: int = 0  # items to keep going (0: only the batch's own)
     active: int = 0  # items neither finished nor handed back
     cursor: int = -1  # the highest seq claimed so far
     taken: int = 0
+    changed: bool = False  # the job changed since the chunk read it: take no more items
 
     @classmethod
     def start(
@@ -296,8 +297,9 @@ class _Progress:
             settled_usd=self.settled_usd,
             done=self.done,
             failed=self.failed,
-            drift_checked=self.drift_checked,
             taken=self.taken,
+            cursor=self.cursor,
+            changed=self.changed,
         )
 
 
@@ -663,7 +665,7 @@ def _write_step(
     checked, agreed = drift_tally(finished, progress.references)
     spent = sum((call["cost_usd"] for call in calls), Decimal(0))
 
-    def write(session: Session) -> tuple[Recorded, list[PlannedCall], list[Any]]:
+    def write(session: Session) -> tuple[Recorded, list[Any], bool]:
         now = utcnow()
         if calls or items or rows:
             repo.finish_batch(session, job_id=chunk.job.id, calls=calls, items=items, rollups=rows, now=now)
@@ -673,25 +675,31 @@ def _write_step(
             )
         if spent and progress.reservation_ids:  # under a budget, what the calls cost is settled with them
             budgets.settle_part(session, reservation_id=progress.reservation_ids[0], actual_usd=spent)
-        claimed = []
-        if want:
+        claimed: list[Any] = []
+        # Items are taken only while the job is as the chunk read it: a re-route, a budget or a stopped
+        # provider ends the batch, and the chunk goes on with the job as it is (engine/chunk.py).
+        changed = bool(want) and repo.job_for_chunk(session, chunk.job.id) != chunk.job
+        if want and not changed:
             lease_until = now + timedelta(seconds=settings.lease_s)
             claimed = repo.claim_next(
                 session, job_id=chunk.job.id, after_seq=progress.cursor, limit=want, now=now, lease_until=lease_until
             )
         first = [t for row in claimed for t in chunk.first_tries(catalog, row, progress.stopped)[1]]
-        return record_calls(session, catalog=catalog, common=chunk.common, tries=tries + first), first, claimed
+        return record_calls(session, catalog=catalog, common=chunk.common, tries=tries + first), claimed, changed
 
-    recorded, _, claimed = write_retrying(settings, write)
+    recorded, claimed, changed = write_retrying(settings, write)
+    if checked:  # judged as the checks come in: a re-route reaches the items claimed after it
+        drift.check(settings, catalog, job_id=chunk.job.id)
     done = sum(1 for row in items if row["status"] == ItemStatus.DONE)
     progress.done, progress.failed = progress.done + done, progress.failed + len(items) - done
-    progress.drift_checked += checked
     progress.settled_usd += spent
     if progress.write_items:
         progress.forget(list(finished))
     progress.unwritten, progress.facts, progress.baseline_calls, progress.finished_items = [], {}, set(), {}
-    if want:
-        tries = tries + progress.take(catalog, chunk, claimed)
+    if changed:
+        progress.changed, progress.keep = True, 0
+    elif want:
+        tries = tries + progress.take(catalog, chunk, claimed)  # none left: the batch runs out
     return recorded, tries
 
 

@@ -67,7 +67,7 @@ def finish(
     chunk.stopped.update(executed.newly_stopped)  # the chunk's next batches skip them too
     if executed.blocked and write_items:
         pause(settings, chunk, [], reason="provider", detail="; ".join(chunk.stopped.values()))
-    if checked or executed.drift_checked:
+    if checked:
         drift.check(settings, catalog, job_id=job.id)
     if not write_items:
         return 0, 0

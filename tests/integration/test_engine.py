@@ -117,14 +117,17 @@ def test_job_is_done_when_every_chunk_is(
     from router.ledger.db import session_scope
 
     job_id = _submit(live_settings, catalog, tmp_path, team, 25)
-    run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=10)
-    with session_scope(live_settings) as session:
-        assert repo.get_job(session, job_id).status == "running"
-    run_chunk(live_settings, catalog, job_id=job_id, lo=10, hi=25)
+    # A chunk whose own items run out takes the job's next pending ones (no thread idles on its last
+    # calls): the first chunk runs all 25, and the chunk planned for items 10-24 finds nothing to do.
+    first = run_chunk(live_settings, catalog, job_id=job_id, lo=0, hi=10)
+    assert (first.claimed, first.done + first.failed) == (25, 25)
     with session_scope(live_settings) as session:
         job = repo.get_job(session, job_id)
         assert job.status == "done" and job.n_done + job.n_failed == 25 and job.finished_at is not None
         assert repo.job_spend(session, job_id) == sum(c.cost_usd for c in ledger(live_settings, job_id)[0])
+    assert run_chunk(live_settings, catalog, job_id=job_id, lo=10, hi=25).claimed == 0
+    calls, items = ledger(live_settings, job_id)
+    assert len(calls) == 25 and sorted(i.attempts for i in items) == [1] * 25  # each item claimed and called once
 
 
 def test_anthropic_model_runs_over_the_messages_api(
