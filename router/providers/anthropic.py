@@ -29,6 +29,13 @@ timeout_error, 529 overloaded_error. Two spend limits hide behind those types:
   (a 400 with no code), and a 429 rate_limit_error naming a "spend limit" without details
   (can1357/oh-my-pi#5418).
 
+The official SDK (anthropic 2.17, anthropic/types/shared/*_error_details.py) names more codes in
+error.details.error_code, read here too: contract_spend_limit_reached (a 429: "the organization has
+reached the spend limit of its contract") stops Anthropic; ramp_limit_exceeded (a 429: usage grew too
+fast, "retry after the time in the retry-after header") is a rate limit; organization_on_hold (a 400)
+stops it; any 402 (billing_error, linked_organization_spend_limit_reached,
+linked_organization_billing_unavailable) stops it.
+
 The wait of a 429 is its retry-after; without one, the reset time (anthropic-ratelimit-*-reset, RFC
 3339) of the limit whose -remaining is 0, else the latest reset given (as anthropic-sdk-typescript#357
 asked of the SDK). x-should-retry is obeyed (router.providers.http.status_error).
@@ -64,6 +71,14 @@ TIER_CAP = (
 )
 CREDIT_LOW = "credit balance is too low: buy credits in the Claude Console (Plans & Billing)"
 BILLING = "billing has a problem (billing_error): check the payment details in the Claude Console"
+# error.details.error_code values after which no call can succeed for now (module docstring).
+STOP_CODES = {
+    "enforced_spend_limit_reached": TIER_CAP,
+    "contract_spend_limit_reached": (
+        "contract's spend limit is reached (contract_spend_limit_reached): ask Anthropic to raise it"
+    ),
+    "organization_on_hold": "organization is on hold (organization_on_hold): see the Claude Console",
+}
 
 
 class AnthropicProvider(JsonApiProvider):
@@ -103,10 +118,10 @@ def read_error(status: int, headers: Mapping[str, str], body: Any, *, now: float
     message = text_field(error, "message") or ""
     lowered = message.lower()
     quota: str | None = None
-    if error_code == "enforced_spend_limit_reached":
-        quota = TIER_CAP
-    elif kind == "billing_error":
-        quota = BILLING
+    if error_code in STOP_CODES:
+        quota = STOP_CODES[error_code]
+    elif kind == "billing_error" or status == 402:
+        quota = f"{BILLING} ({error_code})" if error_code else BILLING
     elif status == 400 and "api usage limits" in lowered and "you have reached your specified" in lowered:
         quota = (
             f"spend limit is reached ({message[:160]}): raise or remove it in the Claude Console, or wait until then"

@@ -55,10 +55,11 @@ from router.providers.http import (
 from router.usage import TokenUsage
 
 PATH = "/chat/completions"
-# A window that refills later than this still pauses the model's shared rate only this long: the
-# halved rate and the items' own backoff hold calls back after that. Past it, a "6m0s" tokens window
-# would stop every worker on the model for six minutes (issue 13, finding 6).
-WINDOW_RESET_CAP_S = 5.0
+# A window that refills later than this still pauses the model's shared rate only this long: one
+# second is what a shared bucket holds (router.providers.limits.BURST_S), and after it the halved or
+# learned rate and the items' own backoff hold the calls back. Uncapped, a "6m0s" window would stop
+# every worker on the model for six minutes (issue 13, finding 6).
+WINDOW_RESET_CAP_S = 1.0
 # error.code values that say the allowance is spent, not the rate: what is spent, and what to do.
 # Source: OpenAI's error-codes guide, 429 "You exceeded your current quota" (see the module docstring).
 QUOTA_CODES = {

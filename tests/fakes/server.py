@@ -89,8 +89,6 @@ class Fault:
     hang_s: float | None = None
     path: str | None = None
     until: float | None = None  # time.monotonic() after which it no longer applies (an outage of `for_s`)
-    preset: str | None = None  # a real error response by name (tests/fakes/faults.py PRESETS)
-    options: dict[str, Any] = field(default_factory=dict)  # the preset's options
 
 
 @dataclass
@@ -425,10 +423,6 @@ class FakeProvider:
         if fault.hang_s:
             await request.read()  # a provider has the whole request before it works on it (aiohttp keeps it)
             await asyncio.sleep(fault.hang_s)
-        if fault.preset is not None:
-            response = _respond(PRESETS[fault.preset](**fault.options))
-            response.headers.update(fault.headers)
-            return response
         if fault.status == 200 and fault.body is None:
             return None  # only a delay: answer (and bill) normally
         if fault.body is None:
@@ -489,16 +483,19 @@ class FakeProvider:
             headers["Retry-After"] = str(spec["retry_after"])
         if spec.get("retry_after_ms") is not None:
             headers["retry-after-ms"] = str(spec["retry_after_ms"])
+        status, body = int(spec.get("status", 200)), spec.get("body")
+        if preset is not None:  # built once: every call it answers gets the same response, request id included
+            options = {k: spec[k] for k in ("retry_delay", "retry_after", "code") if k in spec}
+            status, body, preset_headers = PRESETS[preset](**options)
+            headers = {**preset_headers, **headers}
         fault = Fault(
             count=int(spec.get("count", 1)),
-            status=int(spec.get("status", 200)),
-            body=spec.get("body"),
+            status=status,
+            body=body,
             headers=headers,
             hang_s=spec.get("hang_s"),
             path=spec.get("path"),
             until=time.monotonic() + float(spec["for_s"]) if spec.get("for_s") is not None else None,
-            preset=preset,
-            options={k: spec[k] for k in ("retry_delay", "retry_after", "code") if k in spec},
         )
         if fault.until is not None and "count" not in spec:
             fault.count = 10**12  # an outage of `for_s` seconds: every call until then
