@@ -435,13 +435,16 @@ def error_message(content: bytes, secrets: Collection[str] = ()) -> str:
 
     Reads {"error": {"type": ..., "message": ...}} (OpenAI and Anthropic; OpenAI's `code` follows the
     type), {"error": {"status": ..., "message": ...}} (Gemini), {"error": "..."} (Ollama, some vLLM
-    versions), {"message": ...} (Mistral) and {"detail": ...} (FastAPI-based servers).
+    versions), {"object": "error", "message", "type", "code"} and {"message": ...} (Mistral) and
+    {"detail": ...} (FastAPI-based servers).
     """
     body = error_body(content)
     if body is None:
         return _quote(content, secrets)
     if isinstance(body, dict):
         error = body.get("error")
+        if body.get("object") == "error":  # Mistral: the error's fields at the top level
+            error = body
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             kinds = [
                 k for k in (error.get("type") or error.get("status"), error.get("code")) if isinstance(k, str) and k

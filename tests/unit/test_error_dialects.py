@@ -102,6 +102,30 @@ TABLE: list[tuple[str, Dialect, str, float | None, str | None]] = [
     ("anthropic", vendor_error("anthropic", 413, "Request exceeds the maximum size"), FAIL, None, None),
     ("anthropic", vendor_error("anthropic", 500, "Internal server error"), RETRY, None, None),
     ("anthropic", vendor_error("anthropic", 504, "Request timed out"), RETRY, None, None),
+    # More codes from the official SDK's error details (anthropic/types/shared/*_error_details.py).
+    (
+        "anthropic",
+        error_body("anthropic", 429, "Spend limit", details={"error_code": "contract_spend_limit_reached"}),
+        STOP,
+        None,
+        "contract's spend limit",
+    ),
+    (
+        "anthropic",
+        with_headers(
+            error_body("anthropic", 429, "Ramp limit", details={"error_code": "ramp_limit_exceeded"}), retry_after="4"
+        ),
+        RETRY,
+        4.0,
+        None,
+    ),
+    (
+        "anthropic",
+        error_body("anthropic", 400, "On hold", details={"error_code": "organization_on_hold"}),
+        STOP,
+        None,
+        "on hold",
+    ),
     # Fallback: a rate_limit_error naming a spend limit, without details (can1357/oh-my-pi#5418).
     (
         "anthropic",
@@ -183,15 +207,15 @@ def test_an_openai_window_reset_informs_the_shared_rate_capped_and_is_not_a_wait
 @pytest.mark.parametrize(
     ("headers", "window"),
     [
-        ({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}, 1.0),  # unknown which: the sooner
+        ({"x-ratelimit-reset-requests": "300ms", "x-ratelimit-reset-tokens": "6m0s"}, 0.3),  # unknown which: the sooner
         ({"x-ratelimit-reset-tokens": "20ms"}, 0.02),
         (
             {
-                "x-ratelimit-reset-requests": "2s",
+                "x-ratelimit-reset-requests": "500ms",
                 "x-ratelimit-remaining-requests": "0",
                 "x-ratelimit-reset-tokens": "20ms",
             },
-            2.0,
+            0.5,
         ),
         ({"x-ratelimit-reset-tokens": "1h2m3.5s", "x-ratelimit-remaining-tokens": "0"}, openai.WINDOW_RESET_CAP_S),
         ({"x-ratelimit-reset-requests": "soon"}, None),
