@@ -742,7 +742,7 @@ def _stop_message(provider: str, error: ProviderError, said: str, catalog: Catal
     info = catalog.providers.get(provider)
     env = info.api_key_env if info is not None else None
     if isinstance(error, ProviderStatusError) and error.quota_exhausted:
-        fix = f"the {provider} account's quota or credit is spent: add credit or raise its spend limit"
+        fix = f"the {provider} account's {error.quota}"
     elif env:
         fix = f"the key was refused: check {env}"
     else:

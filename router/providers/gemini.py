@@ -22,11 +22,36 @@ it broke off. Each is billed and charged (base.Completion).
 Usage (usageMetadata), read first: promptTokenCount INCLUDES cachedContentTokenCount (so input =
 prompt - cached); candidatesTokenCount EXCLUDES thoughtsTokenCount, and thinking is billed at the
 output price, so output = candidates + thoughts (reasoning_tokens = thoughts). A body without usage
-gets an estimate, flagged estimated=True. Errors are {"error": {"code", "message", "status"}}.
+gets an estimate, flagged estimated=True.
+
+Errors (`read_error`) are google.rpc.Status bodies: {"error": {"code", "message", "status", "details"}}
+(the SDK's google.genai.errors.APIError reads code, status and message from them). A 429 is
+RESOURCE_EXHAUSTED whatever the limit, and its message is the same for a minute's limit and a day's:
+"You exceeded your current quota, please check your plan and billing details." Which limit it was is
+in `details`, as a real per-minute 429 shows (RooCodeInc/Roo-Code#3883):
+
+    {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+     "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count",
+                     "quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier", ...}]},
+    {"@type": "type.googleapis.com/google.rpc.Help", "links": [...]},
+    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "26s"}
+
+A quotaId with "PerDay" (GenerateRequestsPerDayPerProjectPerModel-FreeTier, google-gemini/gemini-cli#8437)
+is the daily quota: it stops Gemini for the job ("Requests per day (RPD) quotas reset at midnight Pacific
+time", https://ai.google.dev/gemini-api/docs/rate-limits). Any other 429 is a rate limit: wait and
+retry, for RetryInfo.retryDelay (a protobuf Duration: "26s", "0.5s"). Gemini sends no Retry-After
+header; the wait lives only in the body. A 429 without details ("Resource has been exhausted (e.g.
+check quota).", googleapis/python-genai#2065) is a rate limit; an ErrorInfo whose metadata.quota_limit
+names a day ("Gemini25ProRequestsPerDay", gemini-cli#10925) is the daily quota, and, as the documented
+fallback for bodies without details, so is a message naming a per-day limit ("...limit:
+GenerateRequestsPerDayPerProjectPerModel"). A bad key is 400 INVALID_ARGUMENT with an ErrorInfo
+reason API_KEY_INVALID (or the message "API key not valid"). Error responses carry no request id.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -43,10 +68,17 @@ from router.providers.base import (
     Completion,
     UnreadableAnswer,
 )
-from router.providers.http import ClientPool, JsonApiProvider, estimated_usage
+from router.providers.http import ClientPool, ErrorReading, JsonApiProvider, error_fields, estimated_usage, text_field
 from router.usage import TokenUsage
 
 API_VERSION = "v1beta"
+QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+# A protobuf Duration in its JSON form: seconds with up to nine decimals and an "s".
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+# A per-day limit as named in a quotaId, a quota_limit or (fallback) a message.
+_PER_DAY = re.compile(r"per ?day", re.IGNORECASE)
 
 
 class GeminiProvider(JsonApiProvider):
@@ -68,6 +100,51 @@ class GeminiProvider(JsonApiProvider):
 
     def parse(self, body: Any, request: ChatRequest) -> Completion:
         return parse_generate_content(body, request)
+
+    def read_error(self, status: int, headers: Mapping[str, str], body: Any) -> ErrorReading:
+        return read_error(status, headers, body)
+
+
+def read_error(status: int, headers: Mapping[str, str], body: Any) -> ErrorReading:
+    """A Gemini error, read from error.status and error.details (module docstring)."""
+    error = error_fields(body)
+    name = text_field(error, "status")
+    message = text_field(error, "message") or ""
+    details = [d for d in error.get("details") or [] if isinstance(d, dict)]
+    quota_ids = [
+        str(v.get("quotaId"))
+        for d in details
+        if d.get("@type") == QUOTA_FAILURE
+        for v in d.get("violations") or []
+        if isinstance(v, dict) and v.get("quotaId")
+    ]
+    infos = [d for d in details if d.get("@type") == ERROR_INFO]
+    limits = [str((d.get("metadata") or {}).get("quota_limit") or "") for d in infos]
+    daily = [q for q in quota_ids + limits if _PER_DAY.search(q)]
+    if not daily and not quota_ids and not any(limits) and _PER_DAY.search(message):
+        daily = ["named in the message"]  # the documented fallback: a body with no details
+    quota = None
+    if status == 429 and daily:
+        quota = (
+            f"daily quota is spent ({daily[0]}): it resets at midnight Pacific time; wait for it, or raise "
+            "the project's usage tier"
+        )
+    delays = [duration_s(str(d.get("retryDelay") or "")) for d in details if d.get("@type") == RETRY_INFO]
+    key_refused = any(d.get("reason") == "API_KEY_INVALID" for d in infos) or (
+        status == 400 and "api key not valid" in message.lower()
+    )
+    return ErrorReading(
+        code="/".join([name, *quota_ids] if name else quota_ids) or None,
+        quota=quota,
+        key_refused=key_refused,
+        retry_after=next((d for d in delays if d is not None), None),
+    )
+
+
+def duration_s(value: str) -> float | None:
+    """Seconds in a protobuf Duration's JSON form ("26s", "0.5s"); None if unreadable."""
+    found = _DURATION.match(value)
+    return float(found.group(1)) if found else None
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:

@@ -3,7 +3,8 @@
     POST /v1/chat/completions   OpenAI chat completions (so an OpenAI client's base_url is <url>/v1);
                                 Mistral's own API speaks the same format
     POST /v1/messages           Anthropic Messages (an Anthropic client's base_url is <url>)
-    POST /v1beta/models/M:generateContent   Gemini (a Gemini client's base_url is <url>)
+    POST /v1beta/models/M:generateContent   Gemini (a Gemini client's base_url is <url>); also under /v1,
+                                the stable version, as the real API serves both
     GET  /v1/organization/usage/completions   OpenAI's usage export of the bill (admin key; start_time,
                                 end_time, bucket_width 1m/1h/1d, group_by=model, limit, page)
     GET  /v1/organization/costs OpenAI's costs export of the bill (group_by=line_item: "<model>, input",
@@ -15,8 +16,10 @@
     POST /_reset                zero the bill and drop scripted faults and the fault mix
     POST /_fail                 script the next answers: {"status": 429, "count": 1, "retry_after": "2",
                                 "retry_after_ms": null, "body": <JSON or text>, "hang_s": null,
-                                "path": null, "headers": {}, "for_s": null}
-                                (`for_s`: every matching call for that many seconds, an outage);
+                                "path": null, "headers": {}, "for_s": null, "preset": null}
+                                (`for_s`: every matching call for that many seconds, an outage;
+                                `preset`: a real error response by name, tests/fakes/faults.py PRESETS,
+                                with its options, e.g. {"preset": "gemini.per_minute", "retry_delay": "0.2s"});
                                 or {"answer": "refusal", "count": 1, "path": null}: the next answers
                                 in one of the vendors' own dialects (ANSWER_DIALECTS), billed as usual
 
@@ -82,7 +85,7 @@ from router.catalog import Catalog, load_catalog
 from router.providers.base import Completion
 from router.providers.sandbox import simulate
 from router.usage import TokenUsage
-from tests.fakes.faults import HANG_S, FaultMix
+from tests.fakes.faults import HANG_S, PRESETS, Dialect, FaultMix, gemini_429, mix_error, vendor_error
 
 AnswerFn = Callable[[str, str, str, int], Completion]
 
@@ -97,6 +100,7 @@ USAGE_LIMITS = {"1m": (60, 1_440), "1h": (24, 168), "1d": (7, 31)}
 COSTS_LIMITS = (7, 180)
 ANTHROPIC_PATH = "/v1/messages"
 GEMINI_PATH = "/v1beta/models/{model_action}"
+GEMINI_V1_PATH = "/v1/models/{model_action}"
 # Thinking tokens a thinking model spends per call when nothing bounds it lower: a few hundred is
 # what Gemini 2.5 spends on its own ("dynamic" thinking) even on a one-word classification.
 GEMINI_DYNAMIC_THOUGHTS = 200
@@ -135,33 +139,12 @@ ANSWER_DIALECTS = ("cut", "refusal", "filtered", "blocked", "chunks")
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 THINKING_TEXT = "Let me work out which answer fits."
 MISTRAL_REASONING_MODEL = re.compile(r"^magistral")
-GEMINI_STATUSES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
 # What a chat completion gets when it names no output cap: OpenAI's own default is "the model's
 # maximum"; 4096 is a common one and keeps the sandbox's answers unchanged.
 DEFAULT_MAX_TOKENS = 4096
 # A stopping server waits this long for calls still being answered (a scripted hang may last far
 # longer), so that a test's teardown never waits on a fault it scripted.
 SHUTDOWN_TIMEOUT_S = 0.5
-# Error "type"s by status, in each vendor's own vocabulary.
-OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "rate_limit_exceeded"}
-ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-    500: "api_error",
-    529: "overloaded_error",
-}
 
 
 @dataclass
@@ -233,6 +216,7 @@ class FakeProvider:
         app.router.add_post(OPENAI_PATH, self.openai)
         app.router.add_post(ANTHROPIC_PATH, self.anthropic)
         app.router.add_post(GEMINI_PATH, self.gemini)
+        app.router.add_post(GEMINI_V1_PATH, self.gemini)
         app.router.add_get(USAGE_PATH, self.usage_export)
         app.router.add_get(COSTS_PATH, self.costs_export)
         app.router.add_get("/_stats", self.stats)
@@ -261,7 +245,11 @@ class FakeProvider:
         if (scripted := await self._scripted(request, vendor="openai")) is not None:
             return scripted
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return _error("openai", 401, "Incorrect API key provided.")
+            return _error(
+                "openai",
+                401,
+                "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+            )
         try:
             body = json.loads(await request.read())
             model = body["model"]
@@ -394,7 +382,7 @@ class FakeProvider:
         )
 
     async def gemini(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1beta/models/{model}:generateContent."""
+        """POST /v1beta/models/{model}:generateContent (or /v1/models/...)."""
         model, _, action = request.match_info["model_action"].partition(":")
         if action != "generateContent":
             return _error("gemini", 404, f"unknown method {action!r}")
@@ -402,7 +390,7 @@ class FakeProvider:
             return scripted
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if self.api_key and key != self.api_key:
-            return _error("gemini", 400, "API key not valid. Please pass a valid API key.")
+            return _error("gemini", 400, "API key not valid. Please pass a valid API key.", code="API_KEY_INVALID")
         try:
             body = json.loads(await request.read())
             system = "".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts", []))
@@ -561,6 +549,9 @@ class FakeProvider:
         if self.mix is None:
             return None
         if (refused := self.mix.over_rpm()) is not None:
+            if vendor == "gemini":  # the wait in the body's RetryInfo, never in a header
+                wait_s = float(refused["retry-after-ms"]) / 1000
+                return _respond(gemini_429(per="Minute", retry_delay=f"{wait_s:g}s"))
             response = _error(vendor, 429, "Rate limit reached for requests per minute")
             response.headers.update(refused)
             return response
@@ -585,15 +576,8 @@ class FakeProvider:
         if kind == "malformed":
             return _json(200, {"object": "list", "data": [], "note": "not a chat answer"})
         status = int(kind)
-        if vendor == "anthropic" and status == 529:
-            response = _error(vendor, 529, "Overloaded")
-        else:
-            response = _error(
-                vendor, status, "Rate limit reached for requests" if status == 429 else f"fault mix: HTTP {status}"
-            )
-        if status in (429, 503, 529):
-            response.headers.update(self.mix.retry_after_headers())
-        return response
+        message = "Rate limit reached for requests" if status == 429 else f"fault mix: HTTP {status}"
+        return _respond(mix_error(vendor, status, message, retry_after_s=self.mix.retry_after_s))
 
     async def _scripted(self, request: web.Request, *, vendor: str) -> web.StreamResponse | None:
         """Serve the first scripted fault that matches this call, if any; None to answer normally."""
@@ -788,15 +772,23 @@ class FakeProvider:
     async def fail(self, request: web.Request) -> web.Response:
         """POST /_fail: script the next answers (see the module docstring)."""
         spec = await request.json()
+        preset = spec.get("preset")
+        if preset is not None and preset not in PRESETS:
+            return _json(400, {"error": f"unknown preset {preset!r}; known: {', '.join(PRESETS)}"})
         headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
         if spec.get("retry_after") is not None:
             headers["Retry-After"] = str(spec["retry_after"])
         if spec.get("retry_after_ms") is not None:
             headers["retry-after-ms"] = str(spec["retry_after_ms"])
+        status, body = int(spec.get("status", 200)), spec.get("body")
+        if preset is not None:  # built once: every call it answers gets the same response, request id included
+            options = {k: spec[k] for k in ("retry_delay", "retry_after", "code") if k in spec}
+            status, body, preset_headers = PRESETS[preset](**options)
+            headers = {**preset_headers, **headers}
         fault = Fault(
             count=int(spec.get("count", 1)),
-            status=int(spec.get("status", 200)),
-            body=spec.get("body"),
+            status=status,
+            body=body,
             headers=headers,
             hang_s=spec.get("hang_s"),
             path=spec.get("path"),
@@ -851,17 +843,16 @@ def _json(status: int, body: Any) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
 
 
-def _error(vendor: str, status: int, message: str) -> web.Response:
-    """An error body shaped as the vendor shapes it."""
-    if vendor == "gemini":
-        return _json(
-            status, {"error": {"code": status, "message": message, "status": GEMINI_STATUSES.get(status, "UNKNOWN")}}
-        )
-    if vendor == "anthropic":
-        kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
-        return _json(status, {"type": "error", "error": {"type": kind, "message": message}})
-    kind = OPENAI_ERROR_TYPES.get(status, "server_error")
-    return _json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+def _error(vendor: str, status: int, message: str, *, code: str | None = None) -> web.Response:
+    """An error body shaped as the vendor shapes it (tests/fakes/faults.py vendor_error)."""
+    return _respond(vendor_error(vendor, status, message, code=code))
+
+
+def _respond(dialect: Dialect) -> web.Response:
+    status, body, headers = dialect
+    response = _json(status, body)
+    response.headers.update(headers)
+    return response
 
 
 def make_app(
