@@ -13,9 +13,11 @@ report; imports flow one way, down this list (tests/unit/test_layout.py checks i
                   settle (write outcomes, rollups, settlement; charge lost calls), calls (the gate,
                   shared limits, breakers), drift, alerts (soft-limit webhook), runtime (the I/O loop)
     providers/    one module per vendor over one HTTP client builder (http.py); limits (shared rate
-                  limits and breakers in Redis); sandbox (the simulated provider of the demo)
+                  limits and breakers in Redis); sandbox (the simulated provider of the demo);
+                  openai_usage (OpenAI's usage and costs exports, for reconcile)
     ledger/       tables, repo (every query), sums (report sums), rollup, budgets (reservations), db
-    reports/      monthly (the month's report from the rollups), render (table, csv, json, html; money)
+    reports/      monthly (the month's report from the rollups), render (table, csv, json, html; money),
+                  reconcile (the ledger against a provider's usage export, per UTC day and model)
     ground floor  settings, errors (the tree), usage (TokenUsage), catalog (models, prices), prompts,
                   route (a job's route as data), candidates (the catalog as routing candidates)
     policies/     (beside router/) pure decisions: frozen values in, a decision with its reasons out

@@ -8,6 +8,7 @@ that price, and stored on the call's ledger row.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -27,7 +28,11 @@ from router.usage import TokenUsage
 
 TASKS = ("classify", "summarize")
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "mistral")
-REASONING_EFFORTS = ("minimal", "low", "medium", "high")
+# OpenAI's reasoning_effort values (the openai SDK's ReasoningEffort); which a model takes is
+# `openai_efforts`. Gemini 3 and later take a thinking level instead of a budget (google-genai's
+# ThinkingLevel), set with the same catalog key: `gemini_levels`.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+THINKING_LEVELS = ("minimal", "low", "medium", "high", "xhigh")
 MTOK = Decimal(1_000_000)
 
 
@@ -105,7 +110,9 @@ class ModelInfo:
     # A thinking model's reasoning counts inside its output cap (router.providers.base.ChatRequest):
     # None, it does not think; 0, switch thinking off; N, let it think up to N tokens per call.
     thinking: int | None = None
-    reasoning_effort: str | None = None  # OpenAI reasoning models: "minimal", "low", "medium", "high"
+    # OpenAI reasoning models: their reasoning_effort ("none" ... "max"); Gemini 3 and later: their
+    # thinkingLevel ("minimal" ... "xhigh"). Checked against what the model takes at load.
+    reasoning_effort: str | None = None
 
     def output_cap(self, answer_tokens: int) -> int:
         """The most output tokens one call can be billed for: the answer's cap plus any thinking allowed."""
@@ -387,22 +394,125 @@ def _thinking(entry: dict[str, Any], kind: str, model_id: str, where: str) -> in
         raise ConfigError(
             f"{where}: model {model_id}: thinking applies to openai and gemini providers, not {kind}; leave it unset"
         )
+    if kind == "gemini":
+        _gemini_thinking(str(entry.get("api_model") or model_id), value, f"{where}: model {model_id}: thinking")
     return value
+
+
+def _gemini_thinking(api_model: str, value: int, what: str) -> None:
+    """Refuse a Gemini thinking setting its API refuses: a budget out of the model's range, thinking
+    switched off where it cannot be, or thinking on a model that does not think."""
+    if gemini_levels(api_model) is not None:
+        if value == 0:
+            raise ConfigError(
+                f"{what}: {api_model} thinks by level and cannot switch thinking off; set thinking to the tokens its "
+                'thoughts may take per call (sent as room in maxOutputTokens) and reasoning_effort = "low" '
+                "(its thinkingLevel) to keep them few"
+            )
+        return
+    budget = gemini_budget(api_model)
+    if budget is None:
+        raise ConfigError(f"{what}: {api_model} does not think (Gemini 2.5 takes a budget, 3 and later a level)")
+    smallest, largest, can_stop = budget
+    if value == 0 and not can_stop:
+        raise ConfigError(f"{what}: {api_model} cannot switch thinking off (its smallest budget is {smallest})")
+    if value != 0 and not smallest <= value <= largest:
+        raise ConfigError(f"{what}: {api_model} takes a thinking budget of {smallest} to {largest}, not {value}")
 
 
 def _reasoning_effort(entry: dict[str, Any], kind: str, model_id: str, where: str) -> str | None:
     value = entry.get("reasoning_effort")
     if value is None:
         return None
-    if kind != "openai" or entry.get("thinking") is None:
+    what = f"{where}: model {model_id}: reasoning_effort"
+    api_model = str(entry.get("api_model") or model_id)
+    if kind == "gemini":
+        levels = gemini_levels(api_model)
+        if levels is None:
+            raise ConfigError(
+                f"{what}: {api_model} takes a thinking budget (thinking = N), not a thinking level; "
+                "reasoning_effort (sent as thinkingLevel) is for Gemini 3 and later"
+            )
+        if value not in levels:
+            raise ConfigError(
+                f"{what} (its thinkingLevel) must be one of {', '.join(levels)} for {api_model}, not {value!r}"
+            )
+        return str(value)
+    if kind != "openai" or not (openai_reasoning_model(api_model) or entry.get("thinking") is not None):
         raise ConfigError(
-            f"{where}: model {model_id}: reasoning_effort is for OpenAI reasoning models, which also set thinking"
+            f"{what} is for OpenAI reasoning models (o-series, gpt-5; or an entry that sets thinking) and "
+            "Gemini 3 and later (its thinkingLevel)"
         )
     if value not in REASONING_EFFORTS:
-        raise ConfigError(
-            f"{where}: model {model_id}: reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, not {value!r}"
-        )
+        raise ConfigError(f"{what} must be one of {', '.join(REASONING_EFFORTS)}, not {value!r}")
+    efforts = openai_efforts(api_model)
+    if efforts is not None and value not in efforts:
+        raise ConfigError(f"{what} {value!r} is refused by {api_model}, which takes {', '.join(efforts)}")
     return str(value)
+
+
+# What the providers accept, by model family: the rules the APIs enforce with a 400, checked here at
+# load time so that a catalog entry cannot fail every call. Names may carry a router's prefix
+# ("openai/gpt-5"); the last path segment is the model.
+_OPENAI_REASONING = re.compile(r"^(o\d|gpt-5)(?!.*chat)")
+# Documented per-model reasoning_effort values: o-series: low, medium, high; gpt-5 (mini, nano) before
+# 5.1: minimal to high, no none; gpt-5-pro: high only; gpt-5.1: none, low, medium, high (no minimal);
+# gpt-5.1-codex-max and later: every value the API knows (the API judges those).
+_OPENAI_EFFORTS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (re.compile(r"^o\d"), ("low", "medium", "high")),
+    (re.compile(r"^gpt-5-pro"), ("high",)),
+    (re.compile(r"^gpt-5(-mini|-nano|-codex)?(-\d{4}-\d{2}-\d{2})?$"), ("minimal", "low", "medium", "high")),
+    (re.compile(r"^gpt-5\.1(?!-codex-max)"), ("none", "low", "medium", "high")),
+)
+_GEMINI_LEVELS = re.compile(r"^gemini-(?:[3-9]|\d\d)")  # Gemini 3 and later: thinkingLevel, no thinkingBudget
+_GEMINI_BUDGETS = re.compile(r"^gemini-2\.5")  # Gemini 2.5: thinkingBudget
+# Documented per-model thinking levels: Gemini 3 Pro takes low and high; 3.1 Pro low, medium, high;
+# xhigh only from Gemini 4 on. Other Gemini 3 models: minimal to high.
+_GEMINI_LEVEL_RULES: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (re.compile(r"^gemini-3-pro"), ("low", "high")),
+    (re.compile(r"^gemini-3\.1-pro"), ("low", "medium", "high")),
+    (re.compile(r"^gemini-3"), ("minimal", "low", "medium", "high")),
+)
+# Gemini 2.5 thinking budgets: (smallest budget that is not 0, largest, whether 0 switches thinking off).
+_GEMINI_BUDGET_RULES: tuple[tuple[re.Pattern[str], tuple[int, int, bool]], ...] = (
+    (re.compile(r"^gemini-2\.5-pro"), (128, 32768, False)),
+    (re.compile(r"^gemini-2\.5-flash-lite"), (512, 24576, True)),
+    (re.compile(r"^gemini-2\.5-flash"), (1, 24576, True)),
+)
+
+
+def _bare(api_model: str) -> str:
+    return api_model.rsplit("/", 1)[-1]
+
+
+def openai_reasoning_model(api_model: str) -> bool:
+    """Whether an OpenAI model reasons (o-series, gpt-5 but not gpt-5-chat): it refuses `max_tokens` and a
+    temperature, and takes `max_completion_tokens`, with or without a catalog `thinking`."""
+    return bool(_OPENAI_REASONING.match(_bare(api_model)))
+
+
+def openai_efforts(api_model: str) -> tuple[str, ...] | None:
+    """The reasoning_effort values an OpenAI model is documented to take; None when not known here."""
+    name = _bare(api_model)
+    return next((efforts for pattern, efforts in _OPENAI_EFFORTS if pattern.match(name)), None)
+
+
+def gemini_levels(api_model: str) -> tuple[str, ...] | None:
+    """The thinking levels a Gemini model takes when it thinks by level (Gemini 3 and later: it refuses
+    thinkingBudget); None for a model that does not (Gemini 2.5 takes a budget, older ones no thinking)."""
+    name = _bare(api_model)
+    if not _GEMINI_LEVELS.match(name):
+        return None
+    return next((levels for pattern, levels in _GEMINI_LEVEL_RULES if pattern.match(name)), THINKING_LEVELS)
+
+
+def gemini_budget(api_model: str) -> tuple[int, int, bool] | None:
+    """A Gemini 2.5 model's thinking budget range (smallest but 0, largest, whether 0 is allowed); None for
+    a model that takes no budget."""
+    name = _bare(api_model)
+    if not _GEMINI_BUDGETS.match(name):
+        return None
+    return next((rule for pattern, rule in _GEMINI_BUDGET_RULES if pattern.match(name)), (1, 24576, True))
 
 
 def _price_override(entry: dict[str, Any] | None, model_id: str, where: str) -> Price | None:

@@ -54,8 +54,10 @@ _SHAPES = re.compile(r"(?<![A-Za-z0-9])(?:sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-
 
 
 def configured_secrets(settings: Settings) -> frozenset[str]:
-    """The values of every API key the settings hold (each *_API_KEY set in the environment)."""
-    return frozenset(secret.get_secret_value() for secret in settings.api_keys.values())
+    """The values of every API key the settings hold (each *_API_KEY set in the environment, and
+    OPENAI_ADMIN_KEY)."""
+    admin = (settings.openai_admin_key,) if settings.openai_admin_key is not None else ()
+    return frozenset(secret.get_secret_value() for secret in (*settings.api_keys.values(), *admin))
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

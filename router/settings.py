@@ -27,7 +27,7 @@ SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
 DATABASE_URL_HINT = "use postgresql://USER@HOST:5432/DB (or postgres://, postgresql+psycopg://) or sqlite:///PATH"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 # Settings whose values are never repeated in an error: URLs may carry a password, a webhook a token.
-UNSHOWN = frozenset({"alert_webhook", "api_keys"})
+UNSHOWN = frozenset({"alert_webhook", "api_keys", "openai_admin_key"})
 
 
 class Settings(BaseSettings):
@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     # Where a crossed soft budget limit is POSTed (JSON), besides the log line.
     alert_webhook: str | None = None
     api_keys: dict[str, SecretStr] = Field(default_factory=dict, exclude=True)
+    # An OpenAI organization admin key, for `pennyroute reconcile --fetch` (the usage and costs APIs
+    # refuse project keys). Not a *_API_KEY: it never makes a model call, nor turns the sandbox off.
+    openai_admin_key: SecretStr | None = Field(
+        default=None,
+        exclude=True,
+        validation_alias=AliasChoices("PENNYROUTE_OPENAI_ADMIN_KEY", "OPENAI_ADMIN_KEY"),
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -246,7 +253,12 @@ def accepted_values(name: str) -> str:
         for key in ("ge", "gt", "le", "lt"):
             if isinstance(item, getattr(annotated_types, key.capitalize())):
                 bounds[key] = getattr(item, key)
-    nouns: list[tuple[object, str]] = [(int, "a whole number"), (float, "a number"), (Decimal, "a decimal number")]
+    nouns: list[tuple[object, str]] = [
+        (int, "a whole number"),
+        (float, "a number"),
+        (Decimal, "a decimal number"),
+        (SecretStr, "a key, as text"),
+    ]
     noun = next((words for type_, words in nouns if kind is type_), "a value")
     if "ge" in bounds and "le" in bounds:
         limits = f" from {bounds['ge']:,} to {bounds['le']:,}"

@@ -13,7 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, TextIO
@@ -39,9 +40,12 @@ from router.jobs.submit import Submitted, submit_job
 from router.ledger import budgets, repo
 from router.ledger.db import current_revision, ensure_schema, session_scope, upgrade
 from router.ledger.tables import BudgetPeriod, JobStatus, utcnow
+from router.providers import openai_usage
 from router.redact import RedactingFilter, configured_secrets, printable
+from router.reports import reconcile as reconciling
 from router.reports import render as report_render
 from router.reports.monthly import monthly_report
+from router.reports.monthly import parse_month as month_days
 from router.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -801,6 +805,159 @@ def report(
         err.print(f"wrote the {format} report for {month} to {output}")
     else:
         sys.stdout.write(text)
+
+
+@app.command()
+def reconcile(
+    provider: Annotated[
+        str, typer.Option(help="The catalog provider whose calls are compared (OpenAI's format).")
+    ] = "openai",
+    usage: Annotated[
+        Path | None,
+        typer.Option(
+            help="The completions usage export: JSON as GET /v1/organization/usage/completions "
+            "(group_by=model) returns it, one page or a list of pages."
+        ),
+    ] = None,
+    costs: Annotated[
+        Path | None,
+        typer.Option(
+            help="The costs export (GET /v1/organization/costs, group_by=line_item): the bill's "
+            "amounts. Without it, the bill's tokens are priced at the ledger's recorded prices."
+        ),
+    ] = None,
+    fetch: Annotated[
+        bool, typer.Option(help="Fetch both exports from the provider's API with OPENAI_ADMIN_KEY instead of files.")
+    ] = False,
+    api_base: Annotated[
+        str | None, typer.Option(help="With --fetch: the API's base URL (default: the catalog provider's base_url).")
+    ] = None,
+    month: Annotated[str | None, typer.Option(help="YYYY-MM: the UTC days of that month.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="YYYY-MM-DD: the first UTC day (with --until, or to today).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="YYYY-MM-DD: the last UTC day, included.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's calls on the ledger side.")] = None,
+    team: Annotated[str | None, typer.Option(help="Only this team's calls on the ledger side.")] = None,
+    project: Annotated[
+        str | None, typer.Option(help="Only this OpenAI project's usage on the bill side (project_id).")
+    ] = None,
+    tolerance: Annotated[
+        str, typer.Option(help="USD: a cost difference up to this, per day and model, is rounding.")
+    ] = str(reconciling.DEFAULT_TOLERANCE_USD),
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write CSV here (JSON with --json).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite the -o file if it exists.")] = False,
+) -> None:
+    """Compare the ledger with the provider's bill per UTC day and model: matches, ledger above the bill
+    (calls charged at their worst case), or ledger BELOW the bill (a money leak: exit code 5)."""
+    settings = _settings()
+    out.quiet = json_out and output is None
+    try:
+        first, last = _reconcile_days(month, since, until)
+        allowance = _tolerance(tolerance)
+        if output is not None:
+            outputs.check(output, force=force, ledger=outputs.ledger_path(settings))
+        catalog = _catalog(settings)
+        usage_export, costs_export = _exports(
+            settings, catalog, provider, usage=usage, costs=costs, fetch=fetch, api_base=api_base,
+            first=first, last=last, project=project,
+        )  # fmt: skip
+        ensure_schema(settings)
+        with session_scope(settings) as session:
+            result = reconciling.reconcile(
+                session, catalog, provider=provider, usage=usage_export, costs=costs_export, first=first, last=last,
+                tenant=tenant, team=team, tolerance_usd=allowance,
+            )  # fmt: skip
+        code = ends.BELOW_BILL if result.below else ends.DONE
+        if output is not None:
+            with outputs.replacing(output, force=force, ledger=outputs.ledger_path(settings)) as handle:
+                handle.write(
+                    reconciling.render_json(result, exit_code=code) if json_out else reconciling.render_csv(result)
+                )
+            err.print(f"wrote the reconciliation to {output}")
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    if json_out and output is None:
+        sys.stdout.write(reconciling.render_json(result, exit_code=code))
+    elif not json_out:
+        out.print(reconciling.render_table(result))
+    if code:
+        raise typer.Exit(code=code)
+
+
+def _reconcile_days(month: str | None, since: str | None, until: str | None) -> tuple[date, date]:
+    """The UTC days to reconcile: a month, a range, or (by default) this month so far."""
+    if month is not None and (since or until):
+        raise PennyrouteError("--month: give a month, or --since/--until, not both")
+    today = datetime.now(UTC).date()
+    if month is not None:
+        return month_days(month)
+    if until and not since:
+        raise PennyrouteError("--until needs --since")
+    if since:
+        first = _day(since, "--since")
+        last = _day(until, "--until") if until else today
+        if last < first:
+            raise PennyrouteError(f"--until {last} is before --since {first}")
+        return first, last
+    return today.replace(day=1), today
+
+
+def _day(value: str, flag: str) -> date:
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise PennyrouteError(f"{flag}: '{value}' is not a day: use YYYY-MM-DD, e.g. 2026-12-01") from None
+
+
+def _tolerance(value: str) -> Decimal:
+    try:
+        amount = Decimal(value.strip().removeprefix("$"))
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount < 0:
+        raise PennyrouteError(f"--tolerance: '{value}' is not an amount of USD (0 or more, e.g. 0.000001)")
+    return amount
+
+
+def _exports(
+    settings: Settings,
+    catalog: Catalog,
+    provider: str,
+    *,
+    usage: Path | None,
+    costs: Path | None,
+    fetch: bool,
+    api_base: str | None,
+    first: date,
+    last: date,
+    project: str | None,
+) -> tuple[openai_usage.Export, openai_usage.Export | None]:
+    """The usage export (and the costs export, if any): read from files, or fetched with the admin key."""
+    if not fetch:
+        if usage is None:
+            raise PennyrouteError("--usage FILE: give the provider's usage export, or --fetch to fetch it")
+        return (
+            openai_usage.read_usage(usage, project=project),
+            openai_usage.read_costs(costs, project=project) if costs is not None else None,
+        )
+    if usage is not None or costs is not None:
+        raise PennyrouteError("--fetch: fetch the exports, or give them as --usage/--costs files, not both")
+    if settings.openai_admin_key is None:
+        raise PennyrouteError("--fetch needs an OpenAI organization admin key: set OPENAI_ADMIN_KEY")
+    if provider not in catalog.providers:
+        raise PennyrouteError(f"--provider: unknown provider '{provider}'")
+    base = api_base or catalog.providers[provider].base_url
+    key = settings.openai_admin_key.get_secret_value()
+    with out.status(f"fetching the usage and costs of {first} to {last} from {base}..."):
+        pages = openai_usage.fetch_usage(base_url=base, admin_key=key, first=first, last=last, project=project)
+        cost_pages = openai_usage.fetch_costs(base_url=base, admin_key=key, first=first, last=last, project=project)
+    where = base.rstrip("/")
+    return (
+        openai_usage.parse_usage(pages, source=f"GET {where}{openai_usage.USAGE_PATH}", project=project),
+        openai_usage.parse_costs(cost_pages, source=f"GET {where}{openai_usage.COSTS_PATH}", project=project),
+    )
 
 
 @budget_app.command("set")

@@ -7,6 +7,7 @@ Exit codes (README "Exit codes"):
     2  the command itself failed: bad input, a bad setting, an unknown job, a broker that is down
     3  the job is paused: its budget is spent, a provider refused it, or it was interrupted (Ctrl-C); `jobs resume` goes on
     4  the job stopped before its end: no route was proven at calibration, or it was cancelled
+    5  `reconcile`: the ledger is BELOW the provider's bill on some day and model (a money leak)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from router.ledger.tables import JobStatus
 
-DONE, FAILED_ITEMS, PAUSED, STOPPED = 0, 1, 3, 4
+DONE, FAILED_ITEMS, PAUSED, STOPPED, BELOW_BILL = 0, 1, 3, 4, 5
 
 
 def outcome(job: Any) -> tuple[str, int]:

@@ -164,7 +164,7 @@ async def _observe(
                 rpm=model.rpm,
                 tpm=model.tpm,
                 rate_limited=rate_limited,
-                retry_after=result.retry_after if rate_limited else None,  # type: ignore[union-attr]
+                retry_after=result.rate_pause_s if rate_limited else None,  # type: ignore[union-attr]
             )
     except Exception as exc:  # the call is made and will be recorded; losing one observation is harmless
         log.warning("shared rate limits unavailable (%s)", exc)

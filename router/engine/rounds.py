@@ -37,14 +37,21 @@ from router.engine.batch import (
     write_retrying,
 )
 from router.engine.calls import call
-from router.errors import CircuitOpen, ProviderConnectionError, ProviderError, ProviderStatusError, ProviderTimeout
+from router.errors import (
+    CircuitOpen,
+    MalformedResponse,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStatusError,
+    ProviderTimeout,
+)
 from router.ledger import budgets, repo
 from router.ledger.db import session_scope
 from router.ledger.rollup import CallFacts
 from router.ledger.tables import CallStatus, ItemStatus, utcnow
 from router.ledger.types import ClaimedItem
 from router.prompts import parse_label
-from router.providers.base import ChatRequest, Completion
+from router.providers.base import CUT, STOP, ChatRequest, Completion
 from router.redact import configured_secrets, redact
 from router.settings import Settings
 
@@ -413,6 +420,8 @@ def _record_result(
     output: str | None = None
     error: str | None = None
     if isinstance(result, Completion):
+        # Every answer is charged as billed, usable or not (refused, filtered, blocked, cut off); one
+        # that is not used is not tried again on the same model: the stage's answer is a failed one.
         usage = result.usage
         update.update(
             status=CallStatus.OK,
@@ -424,12 +433,29 @@ def _record_result(
             usage_estimated=usage.estimated,
             cost_usd=price.cost_usd(usage),
         )
-        output, error = _parse(result.text, chunk.labels)
+        output, error = _parse(result, chunk.labels)
+        if error is not None and result.finish != STOP:  # the call's row says why its answer was not used
+            error = redact(error, progress.secrets)[:ERROR_CHARS]
+            update.update(error=error)
     else:
         # The one place a provider's error text enters the ledger (the call's row, the item's reason,
         # a stopped provider's reason and its events): redacted here, once, before it is shortened.
         said = redact(str(result), progress.secrets)
-        if result.maybe_billed:
+        if isinstance(result, MalformedResponse) and result.usage is not None:
+            # Answered and billed, but its content could not be read: charged with the tokens it reported.
+            usage = result.usage
+            said = f"answered and billed, but unreadable (charged with its tokens): {said}"
+            update.update(
+                status=CallStatus.ERROR,
+                input_tokens=usage.input_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                output_tokens=usage.output_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                usage_estimated=usage.estimated,
+                cost_usd=price.cost_usd(usage),
+            )
+        elif result.maybe_billed:
             # The request left and no answer came back: the provider may have answered and billed it.
             # Charged at its worst case, like a dead worker's call (the ledger may exceed the bill,
             # never fall short of it); settled against the budget out of this call's reservation.
@@ -689,14 +715,25 @@ def drift_tally(finished_items: dict[int, dict[str, Any]], references: dict[int,
     return checked, agreed
 
 
-def _parse(text: str, labels: tuple[str, ...]) -> tuple[str | None, str | None]:
-    """(answer, None) when the answer is usable, else (None, why): one of `labels` when the prompt
-    offered labels (classify), else the text as given (a summary, a judge's verdict)."""
+def _parse(answer: Completion, labels: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(output, None) when the answer is usable, else (None, why): one of `labels` when the prompt
+    offered labels (classify), else the text as given (a summary, a judge's verdict).
+
+    A refused, filtered, blocked or broken answer is not usable (Completion.unusable says why). One cut
+    off by the output cap is not a whole summary or verdict, so it fails with that reason; a label read
+    from it stands (a label is a few tokens: the answer named it before the cap cut it off)."""
+    if (why := answer.unusable) is not None:
+        return None, why
+    text = answer.text
     if labels:
         label = parse_label(text, labels)
         if label is None:
+            if answer.finish == CUT:
+                return None, answer.cut_reason
             return None, f"answer {text[:80]!r} names no single label"
         return label, None
+    if answer.finish == CUT:
+        return None, answer.cut_reason
     return text.strip(), None
 
 
@@ -705,7 +742,7 @@ def _stop_message(provider: str, error: ProviderError, said: str, catalog: Catal
     info = catalog.providers.get(provider)
     env = info.api_key_env if info is not None else None
     if isinstance(error, ProviderStatusError) and error.quota_exhausted:
-        fix = f"the {provider} account's quota or credit is spent: add credit or raise its spend limit"
+        fix = f"the {provider} account's {error.quota}"
     elif env:
         fix = f"the key was refused: check {env}"
     else:

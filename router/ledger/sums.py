@@ -1,4 +1,5 @@
-"""The month's sums, read from the daily call rollups (never the call rows), for reports/monthly.py.
+"""The month's sums, read from the daily call rollups (never the call rows), for reports/monthly.py;
+and one provider's calls per UTC day, read from the call rows, for reports/reconcile.py.
 
 Postgres sums money in SQL (NUMERIC, exact), in one scan with GROUPING SETS; SQLite stores money as
 text, so there the month's rollup rows are summed here, as Decimal. Nothing is rounded. Sums come
@@ -8,18 +9,19 @@ back as plain mappings of the SUMS names; reports/ turns them into rows.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Date, cast, func, select, text
 from sqlmodel import Session, col
 
-from router.ledger.tables import BudgetPeriod, CallRollup, Team, Tenant
+from router.ledger.tables import BudgetPeriod, Call, CallRollup, Team, Tenant
 
 # The rollup column each grouping reads.
 COLUMN = {"team": "team_id", "model": "model_id", "provider": "provider", "task": "task", "job": "job_id", "day": "day"}
 ROLLUP = CallRollup.__table__  # type: ignore[attr-defined]
+CALL = Call.__table__  # type: ignore[attr-defined]
 _SUMS = (
     "SUM(calls) AS calls, SUM(failed_calls) AS failed_calls, SUM(simulated_calls) AS simulated_calls, "
     "SUM(input_tokens) AS input_tokens, "
@@ -148,3 +150,74 @@ def team_spend_usd(session: Session, *, team_id: int, first: date, last: date) -
         return Decimal(total or 0)
     # SQLite keeps money as text: add the Decimals here, exactly.
     return sum((cost for (cost,) in session.execute(select(ROLLUP.c.cost_usd).where(*where))), Decimal(0))
+
+
+# -- one provider's calls per UTC day (reconcile) ------------------------------------------------
+
+# What provider_day_sums groups by, then sums.
+DAY_KEYS = ("day", "model_id", "status", "input_usd_per_mtok", "cached_input_usd_per_mtok", "output_usd_per_mtok")
+DAY_SUMS = ("calls", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd")
+
+
+def provider_day_sums(
+    session: Session,
+    *,
+    provider: str,
+    first: date,
+    last: date,
+    tenant_id: int | None = None,
+    team_id: int | None = None,
+) -> list[Sums]:
+    """One provider's calls over the UTC days [first, last] (by when each call started), grouped by
+    UTC day, model, status and the prices recorded on the call: their count, tokens and cost.
+
+    Read from the call rows, not the rollups: rollups are days in each tenant's time zone and do not
+    tell `unknown` calls apart, while a provider's usage export is in UTC days. Sandbox calls
+    (simulated) never reached a provider and are left out."""
+    since = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    until = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+    where = [
+        CALL.c.provider == provider,
+        CALL.c.simulated.is_(False),
+        CALL.c.started_at >= since,
+        CALL.c.started_at < until,
+    ]
+    if tenant_id is not None:
+        where.append(CALL.c.tenant_id == tenant_id)
+    if team_id is not None:
+        where.append(CALL.c.team_id == team_id)
+    prices = [CALL.c.input_usd_per_mtok, CALL.c.cached_input_usd_per_mtok, CALL.c.output_usd_per_mtok]
+    if session.get_bind().dialect.name == "postgresql":
+        day = cast(func.timezone("UTC", CALL.c.started_at), Date).label("day")
+        query = (
+            select(
+                day,
+                CALL.c.model_id,
+                CALL.c.status,
+                *prices,
+                func.count().label("calls"),
+                func.sum(CALL.c.input_tokens).label("input_tokens"),
+                func.sum(CALL.c.cached_input_tokens).label("cached_input_tokens"),
+                func.sum(CALL.c.output_tokens).label("output_tokens"),
+                func.sum(CALL.c.cost_usd).label("cost_usd"),
+            )
+            .where(*where)
+            .group_by(day, CALL.c.model_id, CALL.c.status, *prices)
+        )
+        return [{**dict(row), "cost_usd": Decimal(row["cost_usd"] or 0)} for row in session.execute(query).mappings()]
+    # SQLite keeps money as text and times as naive UTC text: group here, exactly, in Python.
+    query = select(CALL.c.started_at, CALL.c.model_id, CALL.c.status, *prices, *[CALL.c[c] for c in DAY_SUMS[1:]])
+    groups: dict[tuple[Any, ...], Sums] = {}
+    for row in session.execute(query.where(*where)).mappings():
+        started = row["started_at"]
+        day_of = (started.astimezone(UTC) if started.tzinfo else started).date()
+        key = (day_of, *(row[k] for k in DAY_KEYS[1:]))
+        sums = groups.setdefault(key, {**dict(zip(DAY_KEYS, key, strict=True)), "calls": 0} | _zero_day())
+        sums["calls"] += 1
+        for name in DAY_SUMS[1:]:
+            sums[name] += row[name]
+    return list(groups.values())
+
+
+def _zero_day() -> Sums:
+    return {"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0, "cost_usd": Decimal(0)}

@@ -25,7 +25,8 @@ class ChatRequest:
     temperature: float = 0.0
     request_id: str | None = None  # the ledger's call id, sent as X-Client-Request-Id where a provider takes it
     thinking_tokens: int | None = None
-    reasoning_effort: str | None = None  # OpenAI reasoning models: "minimal", "low", ... sent as given
+    # OpenAI reasoning models: reasoning_effort; Gemini 3 and later: thinkingLevel. Sent as given.
+    reasoning_effort: str | None = None
 
     @property
     def output_cap(self) -> int:
@@ -33,12 +34,63 @@ class ChatRequest:
         return self.max_output_tokens + (self.thinking_tokens or 0)
 
 
+# How an answer ended, in pennyroute's terms; each provider module maps its vendor's words onto these.
+STOP = "stop"  # a whole answer (OpenAI/Mistral "stop", Anthropic "end_turn", Gemini "STOP")
+CUT = "cut"  # cut off by the output cap (OpenAI/Mistral "length", Anthropic "max_tokens", Gemini "MAX_TOKENS")
+REFUSED = "refused"  # the model declined (Anthropic "refusal", OpenAI `message.refusal`)
+FILTERED = "filtered"  # the provider's filter withheld or cut the answer (OpenAI "content_filter", Gemini "SAFETY"...)
+BLOCKED = "blocked"  # the prompt was blocked before any answer (Gemini `promptFeedback.blockReason`)
+BROKEN = "broken"  # the provider ended the answer in error (Mistral "error", Gemini "OTHER"...)
+FINISHES = (STOP, CUT, REFUSED, FILTERED, BLOCKED, BROKEN)
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A successful answer."""
+    """An answer the provider gave, and billed: its text, its usage, and how it ended.
+
+    `finish` says how it ended (STOP, CUT, REFUSED, FILTERED, BLOCKED, BROKEN); `finish_reason` is
+    the vendor's own value for it ("length", "max_tokens", "SAFETY", ...) and `detail` anything the
+    vendor said beside it (a refusal's text, a block's reason). Only a STOP answer is whole; any other
+    is still charged with its usage (the provider billed it), and `unusable` says why it is not used.
+    """
 
     text: str
     usage: TokenUsage
+    finish: str = STOP
+    finish_reason: str | None = None
+    detail: str | None = None
+
+    @property
+    def unusable(self) -> str | None:
+        """Why this answer cannot be used whatever the task, or None. A CUT answer is not whole, but a
+        label read from it may stand (the caller decides): it is described by `cut_reason`."""
+        said = f"{self.finish_reason}" + (f": {self.detail}" if self.detail else "")
+        if self.finish == REFUSED:
+            return f"refused by the model ({said}); charged, not retried on the same model"
+        if self.finish == FILTERED:
+            return f"withheld by the provider's content filter ({said}); charged, not retried on the same model"
+        if self.finish == BLOCKED:
+            return f"prompt blocked by the provider before any answer ({said}); charged, not retried on the same model"
+        if self.finish == BROKEN:
+            return f"the provider ended the answer in error ({said}); charged"
+        return None
+
+    @property
+    def cut_reason(self) -> str:
+        """The reason a CUT answer is failed: it names the cap and the vendor's finish reason."""
+        return (
+            f"cut off by the output cap ({self.finish_reason}, {self.usage.output_tokens} output tokens billed); "
+            "a larger cap would need a new reservation, so it is not retried on the same model"
+        )
+
+
+class UnreadableAnswer(ValueError):
+    """Raised by a provider's parser when a 2xx body's content cannot be read but its usage could:
+    the provider billed it, so the caller records `usage` (router.errors.MalformedResponse)."""
+
+    def __init__(self, message: str, *, usage: TokenUsage) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class Provider(Protocol):

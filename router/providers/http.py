@@ -26,11 +26,11 @@ import datetime
 import email.utils
 import itertools
 import json
-import re
 import ssl
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
 from router.errors import (
+    QUOTA_SPENT,
     ConfigError,
     MalformedResponse,
     ProviderConnectionError,
@@ -47,7 +48,7 @@ from router.errors import (
     ProviderTimeout,
 )
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
-from router.providers.base import ChatRequest, Completion
+from router.providers.base import ChatRequest, Completion, UnreadableAnswer
 from router.redact import redact
 from router.usage import TokenUsage
 
@@ -207,6 +208,11 @@ class JsonApiProvider(ABC):
     def parse(self, body: Any, request: ChatRequest) -> Completion:
         """The vendor's answer as a Completion (raise KeyError/TypeError/... when unreadable)."""
 
+    def read_error(self, status: int, headers: Mapping[str, str], body: Any) -> ErrorReading:
+        """What the vendor's error response says, from its own codes (see ErrorReading); a vendor
+        module overrides it. `body` is the decoded JSON, or None."""
+        return read_generic_error(status, headers, body)
+
     async def complete(self, request: ChatRequest) -> Completion:
         """Make one call; raise a ProviderError subclass (router.errors) on failure."""
         headers = (
@@ -221,12 +227,15 @@ class JsonApiProvider(ABC):
             headers=headers,
             provider=self.name,
             secrets=credentials(self._headers),
+            reader=self.read_error,
         )
         try:
             return self.parse(body, request)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedResponse(
-                f"unreadable {self.what} ({type(exc).__name__}: {exc})", provider=self.name
+                f"unreadable {self.what} ({type(exc).__name__}: {exc})",
+                provider=self.name,
+                usage=exc.usage if isinstance(exc, UnreadableAnswer) else None,  # read first: it was billed
             ) from exc
 
     async def aclose(self) -> None:
@@ -263,11 +272,13 @@ async def post_json(
     headers: Mapping[str, str],
     provider: str,
     secrets: Collection[str] = (),
+    reader: ErrorReader | None = None,
 ) -> Any:
     """POST `body` as JSON to `path` and return the decoded 2xx body.
 
     Raises ProviderTimeout, ProviderConnectionError, ProviderStatusError (non-2xx, with the
-    provider's own error message and any Retry-After) or MalformedResponse (2xx that is not JSON).
+    provider's own error message, its request id and wait, decided by `reader`: see status_error)
+    or MalformedResponse (2xx that is not JSON).
     A body quoted in an error has `secrets` (the call's own key) redacted before it is shortened:
     the engine redacts every stored error again, but a key cut in half would no longer match.
     """
@@ -291,7 +302,7 @@ async def post_json(
     except httpx.DecodingError as exc:  # a body whose Content-Encoding does not decode
         raise MalformedResponse(_describe(exc), provider=provider) from exc
     if not response.is_success:
-        raise status_error(response, provider=provider, secrets=secrets)
+        raise status_error(response, provider=provider, secrets=secrets, reader=reader or read_generic_error)
     try:
         return json.loads(response.content)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
@@ -322,106 +333,127 @@ def unsent(exc: BaseException) -> bool:
     return isinstance(exc, _UNSENT_HTTPX)
 
 
-def status_error(response: httpx.Response, *, provider: str, secrets: Collection[str] = ()) -> ProviderError:
+@dataclass(frozen=True, slots=True)
+class ErrorReading:
+    """What one provider's error response says, read from its codes by the provider's own module
+    (`JsonApiProvider.read_error`). Headers every provider shares (Retry-After, retry-after-ms,
+    x-should-retry, x-request-id / request-id) are read here, by `status_error`."""
+
+    code: str | None = None  # the provider's own code: "insufficient_quota", "RESOURCE_EXHAUSTED", ...
+    quota: str | None = None  # set when the account's allowance is spent: what is spent and what to do
+    key_refused: bool = False  # the key is refused (401 and 403 always are; Gemini says it with a 400)
+    retry_after: float | None = None  # a wait the provider gives outside Retry-After (Gemini's RetryInfo)
+    window_reset_s: float | None = None  # time until the rate window is full again: not a wait
+    request_id: str | None = None  # the provider's request id, when only the body carries it
+
+
+ErrorReader = Callable[[int, Mapping[str, str], Any], ErrorReading]
+"""(status, headers, decoded JSON body or None) -> ErrorReading."""
+
+
+def read_generic_error(status: int, headers: Mapping[str, str], body: Any) -> ErrorReading:
+    """The reading for a server with no dialect of its own: only 402 Payment Required says that the
+    account's credit is spent (OpenRouter and other gateways answer it so)."""
+    if status == 402:
+        return ErrorReading(code="402", quota=f"credit is spent (HTTP 402 payment required): {QUOTA_SPENT}")
+    return ErrorReading()
+
+
+def error_body(content: bytes) -> Any:
+    """The decoded JSON of an error body, or None when it is not JSON. Google APIs sometimes wrap
+    the error object in a one-element list; it is unwrapped."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]
+    return body
+
+
+def status_error(
+    response: httpx.Response,
+    *,
+    provider: str,
+    secrets: Collection[str] = (),
+    reader: ErrorReader = read_generic_error,
+) -> ProviderError:
     """A ProviderStatusError for a non-2xx response, quoting the provider's own error message
-    (`secrets` redacted)."""
-    message = error_message(response.content, secrets)
+    (`secrets` redacted) and its request id, and decided by `reader` (the provider's own codes).
+
+    The wait is Retry-After (or retry-after-ms) when given, else the one the reader found elsewhere
+    (Gemini's RetryInfo in the body, Anthropic's reset headers). `x-should-retry` ("true"/"false", the
+    header OpenAI's and Anthropic's SDKs obey before the status) is kept and wins over the status.
+    """
+    headers = response.headers
+    body = error_body(response.content)
+    try:
+        reading = reader(response.status_code, headers, body)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        reading = ErrorReading()  # a body in no shape we know: the status decides
+    request_id = headers.get("x-request-id") or headers.get("request-id") or reading.request_id
+    should_retry = {"true": True, "false": False}.get((headers.get("x-should-retry") or "").strip().lower())
+    explicit = retry_after_s(headers)
+    where = f" (request {request_id})" if request_id else ""
     return ProviderStatusError(
-        f"HTTP {response.status_code}: {message}",
+        f"HTTP {response.status_code}{where}: {error_message(response.content, secrets)}",
         provider=provider,
         status_code=response.status_code,
-        retry_after=retry_after_s(response.headers)
-        if response.status_code != 429
-        else rate_limit_wait_s(response.headers),
-        quota_exhausted=quota_exhausted(response.status_code, response.content),
-        key_refused=response.status_code == 400
-        and any(marker in response.content[:2000] for marker in (b"API_KEY_INVALID", b"API key not valid")),
+        retry_after=explicit if explicit is not None else reading.retry_after,
+        quota=reading.quota,
+        key_refused=reading.key_refused,
+        code=reading.code,
+        request_id=request_id,
+        should_retry=should_retry,
+        window_reset_s=reading.window_reset_s,
     )
 
 
-# What providers say when the account (not the minute) has run out. OpenAI: 429 with type/code
-# "insufficient_quota". Anthropic: 400 "Your credit balance is too low..." and workspace spend
-# limits. Gemini: 429 RESOURCE_EXHAUSTED naming a per-day quota. Mistral: 429 with "quota" or
-# "billing" (a rate limit there says "Requests rate limit exceeded").
-_QUOTA_MARKERS = (
-    "insufficient_quota",
-    "credit balance",
-    "spend limit",
-    "spending limit",
-    "billing",
-    "exceeded your current quota",
-    "perday",
-    "per_day",
-    "per day",
-    "quota exceeded for quota metric",
-)
-
-
-def quota_exhausted(status: int, content: bytes) -> bool:
-    """Whether a 400, 402, 403 or 429 says the account's quota or credit is spent."""
-    if status not in (400, 402, 403, 429):
-        return False
-    if status == 402:  # Payment Required: some gateways (OpenRouter) say it this way
-        return True
-    text = content[:4000].decode("utf-8", errors="replace").lower().replace("-", "_")
-    return any(marker.replace("-", "_") in text for marker in _QUOTA_MARKERS)
-
-
-def rate_limit_wait_s(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """How long a 429 asks us to wait: Retry-After (or retry-after-ms) when given, else the latest
-    of the rate-limit reset headers: OpenAI's x-ratelimit-reset-requests / -tokens ("1s", "6m0s",
-    "20ms") and Anthropic's anthropic-ratelimit-*-reset (RFC 3339 times)."""
-    explicit = retry_after_s(headers, now=now)
-    if explicit is not None:
-        return explicit
-    waits = []
-    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-        if (value := headers.get(name)) is not None and (seconds := _go_duration_s(value)) is not None:
-            waits.append(seconds)
-    for name in (
-        "anthropic-ratelimit-requests-reset",
-        "anthropic-ratelimit-tokens-reset",
-        "anthropic-ratelimit-input-tokens-reset",
-        "anthropic-ratelimit-output-tokens-reset",
-    ):
-        if (value := headers.get(name)) is not None:
-            try:
-                when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                continue
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=datetime.UTC)
-            waits.append(max(0.0, when.timestamp() - (time.time() if now is None else now)))
-    return max(waits) if waits else None
-
-
-_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
-
-def _go_duration_s(value: str) -> float | None:
-    """Seconds in a Go-style duration such as "1h2m3.5s", "6m0s" or "20ms"; None if unreadable."""
-    parts = _GO_DURATION.findall(value.strip())
-    if not parts or "".join(n + u for n, u in parts) != value.strip():
+def reset_in_s(value: str, *, now: float | None = None) -> float | None:
+    """Seconds from now until an RFC 3339 time ("2026-11-22T10:00:05Z"); 0.0 if past, None if unreadable."""
+    try:
+        when = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
         return None
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_fields(body: Any) -> dict[str, Any]:
+    """The `error` object of an error body ({"error": {...}}), or {} when there is none."""
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def text_field(fields: Any, name: str) -> str | None:
+    """`fields[name]` when `fields` is a dict and that value a non-empty string, else None."""
+    value = fields.get(name) if isinstance(fields, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def error_message(content: bytes, secrets: Collection[str] = ()) -> str:
     """The provider's error message from an error body, else the body itself (redacted, then shortened).
 
-    Reads {"error": {"type": ..., "message": ...}} (OpenAI and Anthropic), {"error": "..."}
-    (Ollama, some vLLM versions), {"message": ...} and {"detail": ...} (FastAPI-based servers).
+    Reads {"error": {"type": ..., "message": ...}} (OpenAI and Anthropic; OpenAI's `code` follows the
+    type), {"error": {"status": ..., "message": ...}} (Gemini), {"error": "..."} (Ollama, some vLLM
+    versions), {"object": "error", "message", "type", "code"} and {"message": ...} (Mistral) and
+    {"detail": ...} (FastAPI-based servers).
     """
-    try:
-        body = json.loads(content)
-    except ValueError:
+    body = error_body(content)
+    if body is None:
         return _quote(content, secrets)
     if isinstance(body, dict):
         error = body.get("error")
+        if body.get("object") == "error":  # Mistral: the error's fields at the top level
+            error = body
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            kind = error.get("type") or error.get("code")
-            return f"{kind}: {error['message']}" if isinstance(kind, str) and kind else error["message"]
+            kinds = [
+                k for k in (error.get("type") or error.get("status"), error.get("code")) if isinstance(k, str) and k
+            ]
+            kind = "/".join(dict.fromkeys(kinds))  # "requests/rate_limit_exceeded"; one when type == code
+            message = redact(error["message"], secrets)
+            return f"{kind}: {message}" if kind else message
         for key in ("error", "message", "detail"):
             if isinstance(body.get(key), str):
                 return str(body[key])

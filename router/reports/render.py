@@ -304,12 +304,12 @@ def render_csv(report: Report) -> str:
     so that they stay numbers: every number cell is written here from a Decimal or an int (a plain
     decimal such as -0.0016000000, never text from outside), and a leading minus is its sign.
     """
-    lines = [_csv_line((csv_text(report.by), *COLUMNS))]
-    lines += [_csv_line((csv_text(row.key), *(_cell(row, c) for c in COLUMNS))) for row in _rows(report)]
+    lines = [csv_line((csv_text(report.by), *COLUMNS))]
+    lines += [csv_line((csv_text(row.key), *(_cell(row, c) for c in COLUMNS))) for row in _rows(report)]
     return "".join(lines)
 
 
-def _csv_line(cells: Sequence[Any]) -> str:
+def csv_line(cells: Sequence[Any]) -> str:
     """One CSV line, ending in \\n. The csv module quotes a cell holding a carriage return only when
     the line terminator has one (Python 3.11), and a bare CR starts a new row in some spreadsheets:
     so the line is written with \\r\\n (every CR or LF inside a cell quoted), then ended with \\n."""

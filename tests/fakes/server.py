@@ -3,7 +3,12 @@
     POST /v1/chat/completions   OpenAI chat completions (so an OpenAI client's base_url is <url>/v1);
                                 Mistral's own API speaks the same format
     POST /v1/messages           Anthropic Messages (an Anthropic client's base_url is <url>)
-    POST /v1beta/models/M:generateContent   Gemini (a Gemini client's base_url is <url>)
+    POST /v1beta/models/M:generateContent   Gemini (a Gemini client's base_url is <url>); also under /v1,
+                                the stable version, as the real API serves both
+    GET  /v1/organization/usage/completions   OpenAI's usage export of the bill (admin key; start_time,
+                                end_time, bucket_width 1m/1h/1d, group_by=model, limit, page)
+    GET  /v1/organization/costs OpenAI's costs export of the bill (group_by=line_item: "<model>, input",
+                                "<model>, cached input", "<model>, output"), priced from the default catalog
     GET  /_stats                the server's own bill: calls answered and tokens, per model; and
                                 "in_flight_max", the most API calls it held at once since the reset
     GET  /_bill                 the bill call by call: {"calls": {X-Client-Request-Id: {...}}, "unidentified": N}
@@ -11,8 +16,17 @@
     POST /_reset                zero the bill and drop scripted faults and the fault mix
     POST /_fail                 script the next answers: {"status": 429, "count": 1, "retry_after": "2",
                                 "retry_after_ms": null, "body": <JSON or text>, "hang_s": null,
-                                "path": null, "headers": {}, "for_s": null}
-                                (`for_s`: every matching call for that many seconds, an outage)
+                                "path": null, "headers": {}, "for_s": null, "preset": null}
+                                (`for_s`: every matching call for that many seconds, an outage;
+                                `preset`: a real error response by name, tests/fakes/faults.py PRESETS,
+                                with its options, e.g. {"preset": "gemini.per_minute", "retry_delay": "0.2s"});
+                                or {"answer": "refusal", "count": 1, "path": null}: the next answers
+                                in one of the vendors' own dialects (ANSWER_DIALECTS), billed as usual
+
+The usage and costs exports are built from the calls the fake actually answered (and billed), late
+ones included, bucketed by when each was answered (UTC). Models are named as OpenAI bills them: a
+dated snapshot for an alias it knows (SNAPSHOTS: gpt-4o-mini is billed as gpt-4o-mini-2024-07-18).
+They take the admin key (`admin_key`, else the API key) and refuse any other with OpenAI's 401.
 
 Answers come from an answer function `(model, system, prompt, max_output_tokens) -> Completion`,
 by default the sandbox's `simulate`. Only those answers are billed; scripted answers are not. A
@@ -23,10 +37,24 @@ A scripted fault applies to the next `count` API calls (on `path` if given, else
 is a string serves that string as is, which is how a test gets a malformed body. A fault with only
 `hang_s` delays a normal, billed answer.
 
+Answer dialects, chosen per call by a scripted {"answer": KIND} (or drawn by the fault mix), are
+billed answers in each vendor's own words: "cut" (the cap is spent and the text stops short:
+finish_reason "length", stop_reason "max_tokens", finishReason "MAX_TOKENS"), "refusal" (OpenAI
+`message.refusal` with null content; Anthropic stop_reason "refusal"; Gemini finishReason "SAFETY"),
+"filtered" (OpenAI "content_filter"; Gemini "PROHIBITED_CONTENT"; Anthropic's refusal), "blocked"
+(Gemini: no candidates, promptFeedback.blockReason "SAFETY" and only the prompt's tokens; elsewhere
+a filtered answer with no output) and "chunks" (Mistral's list of content chunks, a thinking chunk
+then the text; Anthropic a thinking block; Gemini a thought part). Mistral's Magistral models
+always answer in chunks, as the real ones do.
+
+The Anthropic path plays API versions 2023-06-01 and 2026-10-21 (anything else is a 400); under
+2026-10-21 any temperature, top_p or top_k is a 400, as the real API answers.
+
 Thinking models are played as their vendors ship them. OpenAI's reasoning models (o1, o3, o4-mini,
 gpt-5; not gpt-5-chat) refuse `max_tokens` and any temperature but 1 with OpenAI's own 400s, and
 spend reasoning tokens (by `reasoning_effort`) inside `max_completion_tokens`. Gemini 2.5 models think
-unless thinkingBudget is 0 (Pro refuses 0), their thoughts inside maxOutputTokens. A cap that the
+unless thinkingBudget is 0 (Pro refuses 0), their thoughts inside maxOutputTokens; Gemini 3 and later
+think by thinkingLevel and refuse thinkingBudget (and 2.5 refuses thinkingLevel). A cap that the
 thinking uses up gives an empty, billed answer, as the real APIs do.
 
 Run it: `python -m tests.fakes.server --port 8765 --latency-ms 0`. In tests: `start_in_thread()`, or
@@ -37,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import importlib
 import itertools
@@ -45,54 +74,77 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 
+from router.catalog import Catalog, load_catalog
 from router.providers.base import Completion
 from router.providers.sandbox import simulate
 from router.usage import TokenUsage
-from tests.fakes.faults import HANG_S, FaultMix
+from tests.fakes.faults import HANG_S, PRESETS, Dialect, FaultMix, gemini_429, mix_error, vendor_error
 
 AnswerFn = Callable[[str, str, str, int], Completion]
 
 OPENAI_PATH = "/v1/chat/completions"
+USAGE_PATH = "/v1/organization/usage/completions"
+COSTS_PATH = "/v1/organization/costs"
+# How OpenAI names an alias's calls in its usage and costs exports: the snapshot that answered.
+SNAPSHOTS = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18", "gpt-4o": "gpt-4o-2024-08-06"}
+BUCKET_WIDTHS_S = {"1m": 60, "1h": 3_600, "1d": 86_400}
+# OpenAI's limits on buckets per page: (default, most) by width; costs take 1d only, up to 180.
+USAGE_LIMITS = {"1m": (60, 1_440), "1h": (24, 168), "1d": (7, 31)}
+COSTS_LIMITS = (7, 180)
 ANTHROPIC_PATH = "/v1/messages"
 GEMINI_PATH = "/v1beta/models/{model_action}"
+GEMINI_V1_PATH = "/v1/models/{model_action}"
 # Thinking tokens a thinking model spends per call when nothing bounds it lower: a few hundred is
 # what Gemini 2.5 spends on its own ("dynamic" thinking) even on a one-word classification.
 GEMINI_DYNAMIC_THOUGHTS = 200
 # OpenAI reasoning tokens per call by reasoning_effort (None: the API's default, medium).
-OPENAI_REASONING_TOKENS = {"minimal": 0, "low": 64, "medium": 192, "high": 512, None: 192}
-OPENAI_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(?!.*chat)")
-GEMINI_STATUSES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
+OPENAI_REASONING_TOKENS = {
+    "none": 0,
+    "minimal": 0,
+    "low": 64,
+    "medium": 192,
+    "high": 512,
+    "xhigh": 1024,
+    "max": 2048,
+    None: 192,
 }
+OPENAI_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(?!.*chat)")
+# The efforts OpenAI's own 400s hold each family to (its docs and error bodies): the fake's own table.
+OPENAI_EFFORTS = (
+    (re.compile(r"^o\d"), ("low", "medium", "high")),
+    (re.compile(r"^gpt-5-pro"), ("high",)),
+    (re.compile(r"^gpt-5\.1(?!-codex-max)"), ("none", "low", "medium", "high")),
+    (re.compile(r"^gpt-5(-mini|-nano)?(-\d{4}-\d{2}-\d{2})?$"), ("minimal", "low", "medium", "high")),
+)
+# Gemini 3 and later think by level: thoughts per call by thinkingLevel (None: their default, high).
+GEMINI_LEVEL_THOUGHTS = {
+    "minimal": 0,
+    "low": 64,
+    "medium": 128,
+    "high": GEMINI_DYNAMIC_THOUGHTS,
+    None: GEMINI_DYNAMIC_THOUGHTS,
+}
+GEMINI_LEVEL_MODEL = re.compile(r"^gemini-(?:[3-9]|\d\d)")
+# The Anthropic API versions the fake knows; the second removed the sampling parameters.
+ANTHROPIC_VERSIONS = ("2023-06-01", "2026-10-21")
+# Answer dialects a call can be given (POST /_fail {"answer": KIND}, or the fault mix): see the docstring.
+ANSWER_DIALECTS = ("cut", "refusal", "filtered", "blocked", "chunks")
+REFUSAL_TEXT = "I'm sorry, but I can't help with that."
+THINKING_TEXT = "Let me work out which answer fits."
+MISTRAL_REASONING_MODEL = re.compile(r"^magistral")
 # What a chat completion gets when it names no output cap: OpenAI's own default is "the model's
 # maximum"; 4096 is a common one and keeps the sandbox's answers unchanged.
 DEFAULT_MAX_TOKENS = 4096
 # A stopping server waits this long for calls still being answered (a scripted hang may last far
 # longer), so that a test's teardown never waits on a fault it scripted.
 SHUTDOWN_TIMEOUT_S = 0.5
-# Error "type"s by status, in each vendor's own vocabulary.
-OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "rate_limit_exceeded"}
-ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-    500: "api_error",
-    529: "overloaded_error",
-}
 
 
 @dataclass
@@ -106,6 +158,18 @@ class Fault:
     hang_s: float | None = None
     path: str | None = None
     until: float | None = None  # time.monotonic() after which it no longer applies (an outage of `for_s`)
+    answer: str | None = None  # an answer dialect (ANSWER_DIALECTS): answered and billed, in that dialect
+
+
+@dataclass(frozen=True)
+class Billed:
+    """One call answered and billed, for the usage and costs exports."""
+
+    at: float  # time.time() when answered
+    model: str  # as requested
+    input_tokens: int  # cached excluded (TokenUsage's way)
+    cached_input_tokens: int
+    output_tokens: int
 
 
 @dataclass
@@ -121,10 +185,20 @@ class Bill:
 class FakeProvider:
     """The server's state: answer function, latency, bill and scripted faults."""
 
-    def __init__(self, *, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        latency_ms: float = 0,
+        answer: AnswerFn | None = None,
+        api_key: str | None = None,
+        admin_key: str | None = None,
+    ) -> None:
         self.answer = answer or simulate
         self.latency_s = latency_ms / 1000
         self.api_key = api_key
+        self.admin_key = admin_key
+        self.billed: list[Billed] = []
+        self._catalog: Catalog | None = None
         self.generation = 0  # bumped by /_reset
         self.bills: dict[str, Bill] = {}
         self.faults: list[Fault] = []
@@ -142,6 +216,9 @@ class FakeProvider:
         app.router.add_post(OPENAI_PATH, self.openai)
         app.router.add_post(ANTHROPIC_PATH, self.anthropic)
         app.router.add_post(GEMINI_PATH, self.gemini)
+        app.router.add_post(GEMINI_V1_PATH, self.gemini)
+        app.router.add_get(USAGE_PATH, self.usage_export)
+        app.router.add_get(COSTS_PATH, self.costs_export)
         app.router.add_get("/_stats", self.stats)
         app.router.add_get("/_bill", self.bill)
         app.router.add_post("/_faults", self.faults_mix)
@@ -168,7 +245,11 @@ class FakeProvider:
         if (scripted := await self._scripted(request, vendor="openai")) is not None:
             return scripted
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return _error("openai", 401, "Incorrect API key provided.")
+            return _error(
+                "openai",
+                401,
+                "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+            )
         try:
             body = json.loads(await request.read())
             model = body["model"]
@@ -178,7 +259,8 @@ class FakeProvider:
         except (ValueError, KeyError, TypeError) as exc:
             return _error("openai", 400, f"Invalid request: {exc!r}")
         thoughts = 0
-        if OPENAI_REASONING_MODEL.match(model.rsplit("/", 1)[-1]):
+        name = model.rsplit("/", 1)[-1]
+        if OPENAI_REASONING_MODEL.match(name):
             if "max_tokens" in body:
                 return _error(
                     "openai",
@@ -193,21 +275,38 @@ class FakeProvider:
                     f"Unsupported value: 'temperature' does not support {body['temperature']} "
                     "with this model. Only the default (1) value is supported.",
                 )
-            if body.get("reasoning_effort") not in OPENAI_REASONING_TOKENS:
+            effort = body.get("reasoning_effort")
+            allowed = next((efforts for pattern, efforts in OPENAI_EFFORTS if pattern.match(name)), None)
+            if effort not in OPENAI_REASONING_TOKENS or (effort is not None and allowed and effort not in allowed):
+                supported = ", ".join(f"'{e}'" for e in allowed or OPENAI_REASONING_TOKENS if e)
                 return _error(
                     "openai",
                     400,
-                    f"Unsupported value: 'reasoning_effort' does not support "
-                    f"{body['reasoning_effort']!r} with this model.",
+                    f"Unsupported value: {effort!r} is not supported with the '{name}' model. "
+                    f"Supported values are: {supported}.",
                 )
-            thoughts = OPENAI_REASONING_TOKENS[body.get("reasoning_effort")]
+            thoughts = OPENAI_REASONING_TOKENS[effort]
         if (faulty := await self._mixed(request, vendor="openai")) is not None:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts)
+        dialect = request.get("dialect") or ("chunks" if MISTRAL_REASONING_MODEL.match(name) else None)
+        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts, dialect=dialect)
         usage = done.usage
         prompt_tokens = usage.input_tokens + usage.cached_input_tokens  # OpenAI counts cached inside
+        message: dict[str, Any] = {"role": "assistant", "content": done.text}
+        finish = "length" if usage.output_tokens >= cap else "stop"
+        if dialect == "chunks":  # Mistral's reasoning models: a thinking chunk, then the answer's text chunk
+            message["content"] = [
+                {"type": "thinking", "thinking": [{"type": "text", "text": THINKING_TEXT}]},
+                {"type": "text", "text": done.text},
+            ]
+        elif dialect == "refusal":
+            message.update(content=None, refusal=REFUSAL_TEXT)
+            finish = "stop"
+        elif dialect in ("filtered", "blocked"):
+            message["content"] = None
+            finish = "content_filter"
         return _json(
             200,
             {
@@ -215,13 +314,7 @@ class FakeProvider:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": done.text},
-                        "finish_reason": "length" if usage.output_tokens >= cap else "stop",
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 "usage": {
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": usage.output_tokens,
@@ -238,8 +331,11 @@ class FakeProvider:
             return scripted
         if self.api_key and request.headers.get("x-api-key") != self.api_key:
             return _error("anthropic", 401, "invalid x-api-key")
-        if "anthropic-version" not in request.headers:
+        version = request.headers.get("anthropic-version")
+        if version is None:
             return _error("anthropic", 400, "anthropic-version: header is required")
+        if version not in ANTHROPIC_VERSIONS:
+            return _error("anthropic", 400, f"anthropic-version: {version!r} is not a valid version")
         try:
             body = json.loads(await request.read())
             model = body["model"]
@@ -248,12 +344,23 @@ class FakeProvider:
             prompt = "\n".join(_text(m["content"]) for m in body["messages"] if m["role"] == "user")
         except (ValueError, KeyError, TypeError) as exc:
             return _error("anthropic", 400, f"Invalid request: {exc!r}")
+        sampling = [key for key in ("temperature", "top_p", "top_k") if key in body]
+        if version >= "2026-10-21" and sampling:
+            return _error("anthropic", 400, f"{sampling[0]}: is not supported in API version {version}")
         if (faulty := await self._mixed(request, vendor="anthropic")) is not None:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        done = self._answer(model, system, prompt, cap, request)
+        dialect = request.get("dialect")
+        done = self._answer(model, system, prompt, cap, request, dialect=dialect)
         usage = done.usage
+        content: list[dict[str, Any]] = [{"type": "text", "text": done.text}]
+        stop_reason, stop_details = ("max_tokens" if usage.output_tokens >= cap else "end_turn"), None
+        if dialect == "chunks":
+            content.insert(0, {"type": "thinking", "thinking": THINKING_TEXT, "signature": "fake-signature"})
+        elif dialect in ("refusal", "filtered", "blocked"):  # Anthropic's one way to decline: stop_reason refusal
+            content, stop_reason = [], "refusal"
+            stop_details = {"type": "refusal", "category": "general_harms", "explanation": None}
         return _json(
             200,
             {
@@ -261,9 +368,10 @@ class FakeProvider:
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": done.text}],
-                "stop_reason": "max_tokens" if usage.output_tokens >= cap else "end_turn",
+                "content": content,
+                "stop_reason": stop_reason,
                 "stop_sequence": None,
+                **({"stop_details": stop_details} if stop_details else {}),
                 "usage": {
                     "input_tokens": usage.input_tokens,  # Anthropic counts cache reads and writes apart
                     "output_tokens": usage.output_tokens,
@@ -274,7 +382,7 @@ class FakeProvider:
         )
 
     async def gemini(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1beta/models/{model}:generateContent."""
+        """POST /v1beta/models/{model}:generateContent (or /v1/models/...)."""
         model, _, action = request.match_info["model_action"].partition(":")
         if action != "generateContent":
             return _error("gemini", 404, f"unknown method {action!r}")
@@ -282,7 +390,7 @@ class FakeProvider:
             return scripted
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if self.api_key and key != self.api_key:
-            return _error("gemini", 400, "API key not valid. Please pass a valid API key.")
+            return _error("gemini", 400, "API key not valid. Please pass a valid API key.", code="API_KEY_INVALID")
         try:
             body = json.loads(await request.read())
             system = "".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts", []))
@@ -291,19 +399,35 @@ class FakeProvider:
             )
             config = body.get("generationConfig") or {}
             cap = int(config.get("maxOutputTokens") or DEFAULT_MAX_TOKENS)
-            budget = (config.get("thinkingConfig") or {}).get("thinkingBudget")
+            thinking = config.get("thinkingConfig") or {}
+            budget = thinking.get("thinkingBudget")
             budget = None if budget is None else int(budget)
+            level = thinking.get("thinkingLevel")
+            level = None if level is None else str(level).lower()
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return _error("gemini", 400, f"Invalid JSON payload received: {exc!r}")
-        thinks = "2.5" in model or model.startswith("gemini-3")
-        if budget is not None and not thinks:
+        by_level = bool(GEMINI_LEVEL_MODEL.match(model))
+        thinks = "2.5" in model or by_level
+        if budget is not None and level is not None:
+            return _error("gemini", 400, "You can only set one of thinking budget and thinking level.")
+        if (budget is not None or level is not None) and not thinks:
             return _error("gemini", 400, "Thinking is not supported for this model.")
+        if budget is not None and by_level:
+            return _error("gemini", 400, "Thinking budget is not supported for this model. Use thinking level instead.")
+        if level is not None and not by_level:
+            return _error("gemini", 400, "Thinking level is not supported for this model.")
+        if level is not None and level not in GEMINI_LEVEL_THOUGHTS:
+            return _error(
+                "gemini", 400, f"Invalid value at 'generation_config.thinking_config.thinking_level': {level}"
+            )
         if budget == 0 and "pro" in model:
             return _error("gemini", 400, "Budget 0 is invalid. This model only works in thinking mode.")
-        # -1 (or nothing) is dynamic thinking; a budget bounds it.
+        # -1 (or nothing) is dynamic thinking; a budget bounds it; a level sets it.
         thoughts = (
             0
             if not thinks
+            else GEMINI_LEVEL_THOUGHTS[level]
+            if by_level
             else GEMINI_DYNAMIC_THOUGHTS
             if budget in (None, -1)
             else min(budget, GEMINI_DYNAMIC_THOUGHTS)
@@ -312,39 +436,62 @@ class FakeProvider:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts)
+        dialect = request.get("dialect")
+        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts, dialect=dialect)
         usage = done.usage
         answer_tokens = usage.output_tokens - usage.reasoning_tokens
         metadata: dict[str, Any] = {
             "promptTokenCount": usage.input_tokens + usage.cached_input_tokens,  # Gemini counts cached inside
-            "candidatesTokenCount": answer_tokens,  # thoughts are reported apart
             "totalTokenCount": usage.input_tokens + usage.cached_input_tokens + usage.output_tokens,
         }
+        if dialect != "blocked":
+            metadata["candidatesTokenCount"] = answer_tokens  # thoughts are reported apart
         if usage.reasoning_tokens:
             metadata["thoughtsTokenCount"] = usage.reasoning_tokens
         if usage.cached_input_tokens:
             metadata["cachedContentTokenCount"] = usage.cached_input_tokens
+        answered: dict[str, Any] = {
+            "usageMetadata": metadata,
+            "modelVersion": model,
+            "responseId": f"fake-{next(self._ids)}",
+        }
+        if dialect == "blocked":  # the prompt never reached the model: no candidates, only the prompt's tokens
+            ratings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
+            return _json(200, {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": ratings}, **answered})
+        parts = [{"text": done.text}] if done.text else []
+        if dialect == "chunks":
+            parts.insert(0, {"text": THINKING_TEXT, "thought": True})
+        finish = "MAX_TOKENS" if usage.output_tokens >= cap else "STOP"
+        if dialect in ("refusal", "filtered"):
+            parts, finish = [], "SAFETY" if dialect == "refusal" else "PROHIBITED_CONTENT"
         return _json(
             200,
             {
                 # A cap that thinking used up leaves a candidate with no content at all, as Gemini gives it.
                 "candidates": [
                     {
-                        **({"content": {"parts": [{"text": done.text}], "role": "model"}} if done.text else {}),
-                        "finishReason": "MAX_TOKENS" if usage.output_tokens >= cap else "STOP",
+                        **({"content": {"parts": parts, "role": "model"}} if parts else {}),
+                        "finishReason": finish,
                         "index": 0,
                     }
                 ],
-                "usageMetadata": metadata,
-                "modelVersion": model,
-                "responseId": f"fake-{next(self._ids)}",
+                **answered,
             },
         )
 
     def _answer(
-        self, model: str, system: str, prompt: str, cap: int, request: web.Request, *, thoughts: int = 0
+        self,
+        model: str,
+        system: str,
+        prompt: str,
+        cap: int,
+        request: web.Request,
+        *,
+        thoughts: int = 0,
+        dialect: str | None = None,
     ) -> Completion:
-        """The answer function's answer, with `thoughts` thinking tokens spent first inside `cap`."""
+        """The answer function's answer, with `thoughts` thinking tokens spent first inside `cap`, and
+        shaped by the answer `dialect` (ANSWER_DIALECTS) before it is billed."""
         thoughts = min(thoughts, cap)
         done = self.answer(model, system, prompt, max(cap - thoughts, 1))
         if thoughts:
@@ -360,6 +507,7 @@ class FakeProvider:
                     reasoning_tokens=thoughts,
                 ),
             )
+        done = _in_dialect(done, dialect, cap)
         if request.get("generation", self.generation) != self.generation:
             return done  # a call that came in before the last /_reset: the new bill does not hold it
         bill = self.bills.get(model)
@@ -369,6 +517,16 @@ class FakeProvider:
         bill.input_tokens += done.usage.input_tokens
         bill.output_tokens += done.usage.output_tokens
         bill.cached_input_tokens += done.usage.cached_input_tokens
+        if request.path == OPENAI_PATH:  # OpenAI's exports hold the chat completions it answered
+            self.billed.append(
+                Billed(
+                    time.time(),
+                    model,
+                    done.usage.input_tokens,
+                    done.usage.cached_input_tokens,
+                    done.usage.output_tokens,
+                )
+            )
         request_id = request.headers.get("X-Client-Request-Id")
         if request_id:
             # A call id billed twice would be a double charge: the ledger sends each try under a new id.
@@ -391,6 +549,9 @@ class FakeProvider:
         if self.mix is None:
             return None
         if (refused := self.mix.over_rpm()) is not None:
+            if vendor == "gemini":  # the wait in the body's RetryInfo, never in a header
+                wait_s = float(refused["retry-after-ms"]) / 1000
+                return _respond(gemini_429(per="Minute", retry_delay=f"{wait_s:g}s"))
             response = _error(vendor, 429, "Rate limit reached for requests per minute")
             response.headers.update(refused)
             return response
@@ -398,6 +559,9 @@ class FakeProvider:
         if delay:
             await asyncio.sleep(delay)
         if kind is None:
+            return None
+        if kind in ANSWER_DIALECTS:
+            request["dialect"] = kind  # a billed answer in that dialect, not a fault
             return None
         if kind == "hang":
             await asyncio.sleep(HANG_S)
@@ -412,15 +576,8 @@ class FakeProvider:
         if kind == "malformed":
             return _json(200, {"object": "list", "data": [], "note": "not a chat answer"})
         status = int(kind)
-        if vendor == "anthropic" and status == 529:
-            response = _error(vendor, 529, "Overloaded")
-        else:
-            response = _error(
-                vendor, status, "Rate limit reached for requests" if status == 429 else f"fault mix: HTTP {status}"
-            )
-        if status in (429, 503, 529):
-            response.headers.update(self.mix.retry_after_headers())
-        return response
+        message = "Rate limit reached for requests" if status == 429 else f"fault mix: HTTP {status}"
+        return _respond(mix_error(vendor, status, message, retry_after_s=self.mix.retry_after_s))
 
     async def _scripted(self, request: web.Request, *, vendor: str) -> web.StreamResponse | None:
         """Serve the first scripted fault that matches this call, if any; None to answer normally."""
@@ -439,6 +596,9 @@ class FakeProvider:
         if fault.hang_s:
             await request.read()  # a provider has the whole request before it works on it (aiohttp keeps it)
             await asyncio.sleep(fault.hang_s)
+        if fault.answer is not None:
+            request["dialect"] = fault.answer  # answered (and billed) normally, in that dialect
+            return None
         if fault.status == 200 and fault.body is None:
             return None  # only a delay: answer (and bill) normally
         if fault.body is None:
@@ -449,6 +609,126 @@ class FakeProvider:
             response = _json(fault.status, fault.body)
         response.headers.update(fault.headers)
         return response
+
+    # -- OpenAI's usage and costs exports of the bill ----------------------------------------
+
+    async def usage_export(self, request: web.Request) -> web.Response:
+        """GET /v1/organization/usage/completions: the bill in OpenAI's usage shape."""
+        width = request.query.get("bucket_width", "1d")
+        if width not in BUCKET_WIDTHS_S:
+            return _error("openai", 400, f"Invalid bucket_width {width!r}: use 1m, 1h or 1d")
+        window = self._window(request, width=width, limits=USAGE_LIMITS[width])
+        if isinstance(window, web.Response):
+            return window
+        by_model = "model" in _group_by(request)
+        data = []
+        for start, end in window[0]:
+            groups: dict[str | None, list[int]] = {}
+            for b in self._billed_in(start, end):
+                total = groups.setdefault(_billed_as(b.model) if by_model else None, [0, 0, 0, 0])
+                total[0] += 1
+                total[1] += b.input_tokens + b.cached_input_tokens  # OpenAI counts cached inside
+                total[2] += b.cached_input_tokens
+                total[3] += b.output_tokens
+            results = [
+                {
+                    "object": "organization.usage.completions.result",
+                    "input_tokens": n_in,
+                    "output_tokens": n_out,
+                    "input_cached_tokens": n_cached,
+                    "input_audio_tokens": 0,
+                    "output_audio_tokens": 0,
+                    "num_model_requests": n,
+                    "project_id": None,
+                    "user_id": None,
+                    "api_key_id": None,
+                    "model": model,
+                    "batch": None,
+                    "service_tier": None,
+                }
+                for model, (n, n_in, n_cached, n_out) in sorted(groups.items(), key=lambda kv: str(kv[0]))
+            ]
+            data.append({"object": "bucket", "start_time": start, "end_time": end, "results": results})
+        return _json(200, {"object": "page", "data": data, "has_more": window[1] is not None, "next_page": window[1]})
+
+    async def costs_export(self, request: web.Request) -> web.Response:
+        """GET /v1/organization/costs: the bill in OpenAI's costs shape, priced at the default catalog's
+        prices (genai-prices) when each call was answered; models the catalog cannot price are left out."""
+        if request.query.get("bucket_width", "1d") != "1d":
+            return _error("openai", 400, "Invalid bucket_width: only 1d is supported")
+        window = self._window(request, width="1d", limits=COSTS_LIMITS)
+        if isinstance(window, web.Response):
+            return window
+        by_item = "line_item" in _group_by(request)
+        data = []
+        for start, end in window[0]:
+            amounts: dict[str | None, Decimal] = {}
+            for b in self._billed_in(start, end):
+                price = self._price(b)
+                if price is None:
+                    continue
+                name = _billed_as(b.model)
+                for kind, tokens, per_mtok in (
+                    ("input", b.input_tokens, price[0]),
+                    ("cached input", b.cached_input_tokens, price[1]),
+                    ("output", b.output_tokens, price[2]),
+                ):
+                    if tokens:
+                        item = f"{name}, {kind}" if by_item else None
+                        amounts[item] = amounts.get(item, Decimal(0)) + tokens * per_mtok / 1_000_000
+            results = [
+                {
+                    "object": "organization.costs.result",
+                    "amount": {"value": format(amount, "f"), "currency": "usd"},  # a decimal string, as observed
+                    "line_item": item,
+                    "project_id": None,
+                }
+                for item, amount in sorted(amounts.items(), key=lambda kv: str(kv[0]))
+            ]
+            data.append({"object": "bucket", "start_time": start, "end_time": end, "results": results})
+        return _json(200, {"object": "page", "data": data, "has_more": window[1] is not None, "next_page": window[1]})
+
+    def _window(
+        self, request: web.Request, *, width: str, limits: tuple[int, int]
+    ) -> tuple[list[tuple[int, int]], str | None] | web.Response:
+        """This page's buckets [(start, end)] and the next page's cursor, or an OpenAI error response."""
+        key = self.admin_key or self.api_key
+        if key and request.headers.get("Authorization") != f"Bearer {key}":
+            return _error("openai", 401, "Incorrect API key provided: the usage API needs an admin key.")
+        try:
+            start = int(request.query["start_time"])
+            end = int(request.query.get("end_time") or time.time() + 1)
+            limit = int(request.query.get("limit") or limits[0])
+            page = request.query.get("page")
+            if page:
+                start = int(base64.urlsafe_b64decode(page.removeprefix("page_")).decode())
+        except (KeyError, ValueError):
+            return _error("openai", 400, "Invalid query: start_time (Unix seconds) is required; end_time, limit, page")
+        if not 1 <= limit <= limits[1]:
+            return _error("openai", 400, f"Invalid limit {limit}: from 1 to {limits[1]}")
+        step = BUCKET_WIDTHS_S[width]
+        first = start - start % step  # buckets sit on UTC boundaries of their width
+        edges = list(range(first, end, step))
+        shown = edges[:limit]
+        cursor = None
+        if len(edges) > limit:
+            cursor = "page_" + base64.urlsafe_b64encode(str(edges[limit]).encode()).decode()
+        return [(b, b + step) for b in shown], cursor
+
+    def _billed_in(self, start: int, end: int) -> list[Billed]:
+        return [b for b in self.billed if start <= b.at < end]
+
+    def _price(self, billed: Billed) -> tuple[Decimal, Decimal, Decimal] | None:
+        """USD per million input, cached input and output tokens of an OpenAI model when answered."""
+        if self._catalog is None:
+            self._catalog = load_catalog()
+        model = next(
+            (m for m in self._catalog.models.values() if m.provider == "openai" and m.api_model == billed.model), None
+        )
+        if model is None:
+            return None
+        price = self._catalog.price(model.model_id, datetime.fromtimestamp(billed.at, UTC))
+        return price.input.base, price.cached_input.base, price.output.base
 
     # -- admin ----------------------------------------------------------------------------
 
@@ -484,6 +764,7 @@ class FakeProvider:
         self.faults_served = 0
         self.mix = None
         self.calls_by_id.clear()
+        self.billed.clear()
         self.unidentified = 0
         self.in_flight_max = self.in_flight
         return _json(200, {"ok": True})
@@ -491,24 +772,64 @@ class FakeProvider:
     async def fail(self, request: web.Request) -> web.Response:
         """POST /_fail: script the next answers (see the module docstring)."""
         spec = await request.json()
+        preset = spec.get("preset")
+        if preset is not None and preset not in PRESETS:
+            return _json(400, {"error": f"unknown preset {preset!r}; known: {', '.join(PRESETS)}"})
         headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
         if spec.get("retry_after") is not None:
             headers["Retry-After"] = str(spec["retry_after"])
         if spec.get("retry_after_ms") is not None:
             headers["retry-after-ms"] = str(spec["retry_after_ms"])
+        status, body = int(spec.get("status", 200)), spec.get("body")
+        if preset is not None:  # built once: every call it answers gets the same response, request id included
+            options = {k: spec[k] for k in ("retry_delay", "retry_after", "code") if k in spec}
+            status, body, preset_headers = PRESETS[preset](**options)
+            headers = {**preset_headers, **headers}
         fault = Fault(
             count=int(spec.get("count", 1)),
-            status=int(spec.get("status", 200)),
-            body=spec.get("body"),
+            status=status,
+            body=body,
             headers=headers,
             hang_s=spec.get("hang_s"),
             path=spec.get("path"),
             until=time.monotonic() + float(spec["for_s"]) if spec.get("for_s") is not None else None,
+            answer=spec.get("answer"),
         )
+        if fault.answer is not None and fault.answer not in ANSWER_DIALECTS:
+            return _json(400, {"error": f"unknown answer {fault.answer!r}; known: {', '.join(ANSWER_DIALECTS)}"})
         if fault.until is not None and "count" not in spec:
             fault.count = 10**12  # an outage of `for_s` seconds: every call until then
         self.faults.append(fault)
         return _json(200, {"ok": True, "pending": len(self.faults)})
+
+
+def _group_by(request: web.Request) -> set[str]:
+    """group_by as given: repeated (group_by=model&group_by=batch), bracketed, or comma-separated."""
+    values = request.query.getall("group_by", []) + request.query.getall("group_by[]", [])
+    return {part.strip() for value in values for part in value.split(",") if part.strip()}
+
+
+def _billed_as(model: str) -> str:
+    """The name OpenAI's exports give a model's calls: its snapshot, for an alias."""
+    return SNAPSHOTS.get(model, model)
+
+
+def _in_dialect(done: Completion, dialect: str | None, cap: int) -> Completion:
+    """An answer as the dialect bills it: "cut" spends the whole cap and stops the text short; "refusal"
+    bills a refusal's few tokens; "filtered" bills what was generated and withheld; "blocked" bills the
+    prompt only; "chunks" (and none) leave it as it is."""
+    usage = done.usage
+    if dialect == "cut":
+        words = done.text.split()
+        text = " ".join(words[: len(words) // 2]) if len(words) > 1 else done.text[: max(1, len(done.text) // 2)]
+        return Completion(text, replace(usage, output_tokens=cap))
+    if dialect == "refusal":
+        return Completion("", replace(usage, output_tokens=min(cap, usage.reasoning_tokens + len(REFUSAL_TEXT) // 4)))
+    if dialect == "filtered":
+        return Completion("", usage)
+    if dialect == "blocked":
+        return Completion("", replace(usage, output_tokens=0, reasoning_tokens=0))
+    return done
 
 
 def _text(content: Any) -> str:
@@ -522,24 +843,28 @@ def _json(status: int, body: Any) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
 
 
-def _error(vendor: str, status: int, message: str) -> web.Response:
-    """An error body shaped as the vendor shapes it."""
-    if vendor == "gemini":
-        return _json(
-            status, {"error": {"code": status, "message": message, "status": GEMINI_STATUSES.get(status, "UNKNOWN")}}
-        )
-    if vendor == "anthropic":
-        kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
-        return _json(status, {"type": "error", "error": {"type": kind, "message": message}})
-    kind = OPENAI_ERROR_TYPES.get(status, "server_error")
-    return _json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+def _error(vendor: str, status: int, message: str, *, code: str | None = None) -> web.Response:
+    """An error body shaped as the vendor shapes it (tests/fakes/faults.py vendor_error)."""
+    return _respond(vendor_error(vendor, status, message, code=code))
+
+
+def _respond(dialect: Dialect) -> web.Response:
+    status, body, headers = dialect
+    response = _json(status, body)
+    response.headers.update(headers)
+    return response
 
 
 def make_app(
-    *, latency_ms: float = 0, answer: AnswerFn | None = None, api_key: str | None = None, mix: FaultMix | None = None
+    *,
+    latency_ms: float = 0,
+    answer: AnswerFn | None = None,
+    api_key: str | None = None,
+    mix: FaultMix | None = None,
+    admin_key: str | None = None,
 ) -> web.Application:
     """A fresh fake provider application (each has its own bill)."""
-    state = FakeProvider(latency_ms=latency_ms, answer=answer, api_key=api_key)
+    state = FakeProvider(latency_ms=latency_ms, answer=answer, api_key=api_key, admin_key=admin_key)
     state.mix = mix
     return state.app()
 
@@ -553,10 +878,11 @@ async def serve(
     answer: AnswerFn | None = None,
     api_key: str | None = None,
     mix: FaultMix | None = None,
+    admin_key: str | None = None,
 ) -> AsyncIterator[str]:
     """Serve on the running loop; yields the base URL ("http://127.0.0.1:<port>", no /v1)."""
     runner = web.AppRunner(
-        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key, mix=mix),
+        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key, mix=mix, admin_key=admin_key),
         access_log=None,  # an access log line per call would cost more than the answer itself
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
@@ -570,14 +896,19 @@ async def serve(
 
 
 def start_in_thread(
-    port: int = 0, latency_ms: float = 0, answer: AnswerFn | None = None, *, api_key: str | None = None
+    port: int = 0,
+    latency_ms: float = 0,
+    answer: AnswerFn | None = None,
+    *,
+    api_key: str | None = None,
+    admin_key: str | None = None,
 ) -> tuple[str, Callable[[], None]]:
     """Serve from a daemon thread with its own loop; returns (base URL, stop). Port 0 picks a free one."""
     ready = threading.Event()
     stopping: dict[str, Any] = {}
 
     async def main() -> None:
-        async with serve(port=port, latency_ms=latency_ms, answer=answer, api_key=api_key) as url:
+        async with serve(port=port, latency_ms=latency_ms, answer=answer, api_key=api_key, admin_key=admin_key) as url:
             stopping["url"], stopping["event"] = url, asyncio.Event()
             stopping["loop"] = asyncio.get_running_loop()
             ready.set()
@@ -618,6 +949,7 @@ def main(argv: list[str] | None = None) -> None:
         help="sandbox: simulated answers; echo: a fixed one-word answer, cheapest for benchmarks",
     )
     parser.add_argument("--api-key", default=None, help="require this key (Bearer or x-api-key)")
+    parser.add_argument("--admin-key", default=None, help="the usage and costs exports' key (default: --api-key)")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed; benches only)")
     parser.add_argument(
         "--faults", default=None, help='a fault mix as JSON, e.g. \'{"seed": 1, "rates": {"429": 0.05}}\''
@@ -628,7 +960,13 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> None:
         async with serve(
-            host=args.host, port=args.port, latency_ms=args.latency_ms, answer=answer, api_key=args.api_key, mix=mix
+            host=args.host,
+            port=args.port,
+            latency_ms=args.latency_ms,
+            answer=answer,
+            api_key=args.api_key,
+            mix=mix,
+            admin_key=args.admin_key,
         ) as url:
             print(f"listening on {url}", flush=True)
             await asyncio.Event().wait()

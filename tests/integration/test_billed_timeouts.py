@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from router.catalog import Catalog
+from router.engine import runtime
 from router.engine.chunk import run_chunk
 from router.errors import ProviderConnectionError
 from router.jobs.intake import JobRequest
@@ -20,6 +21,7 @@ from router.ledger import repo
 from router.ledger.db import session_scope
 from router.ledger.tables import CallStatus
 from router.providers.http import unsent
+from router.providers.registry import close_all
 from router.settings import Settings
 from router.usage import TokenUsage
 from tests.helpers import ledger, tickets, write_jsonl
@@ -28,6 +30,9 @@ from tests.helpers import ledger, tickets, write_jsonl
 @pytest.fixture(autouse=True)
 def _reset_fake(fake_provider: str) -> None:
     httpx.post(f"{fake_provider}/_reset")
+    # The process caches providers by name, not by settings: one built by an earlier test (with its
+    # own, longer timeout) would outlast this test's 0.3 s and see no timeout at all.
+    runtime.run(close_all())
 
 
 def test_a_timed_out_call_the_provider_billed_is_charged_at_its_worst_case(

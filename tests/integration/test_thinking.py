@@ -21,7 +21,8 @@ from router.errors import ConfigError, ProviderStatusError
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
 from router.ledger.tables import CallStatus, ItemStatus
-from router.providers.base import ChatRequest, Completion
+from router.providers.base import STOP, ChatRequest, Completion
+from router.providers.openai import request_body as openai_body
 from router.settings import Settings
 from tests.helpers import FAKE_KEY, ledger, priced, tickets, write_jsonl
 from tests.unit.test_providers import call
@@ -45,9 +46,18 @@ def ask(model: str, **kw: object) -> ChatRequest:
 
 
 def test_openai_reasoning_model_refuses_max_tokens_and_gets_max_completion_tokens(fake_provider: str) -> None:
-    with pytest.raises(ProviderStatusError) as refused:
-        complete(fake_provider, "openai", ask("gpt-5-mini"))
-    assert refused.value.status_code == 400 and "max_completion_tokens" in str(refused.value)
+    # The fake refuses max_tokens (and a temperature) as OpenAI does...
+    refused = httpx.post(
+        f"{fake_provider}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {FAKE_KEY}"},
+        json={"model": "gpt-5-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": CAP},
+    )
+    assert refused.status_code == 400 and "max_completion_tokens" in refused.json()["error"]["message"]
+    # ...and a reasoning model gets max_completion_tokens and no temperature, with or without `thinking`.
+    assert "max_tokens" not in openai_body(ask("gpt-5-mini")) and "temperature" not in openai_body(ask("gpt-5-mini"))
+    assert openai_body(ask("openai/o4-mini"))["max_completion_tokens"] == CAP
+    bare = complete(fake_provider, "openai", ask("gpt-5-mini", reasoning_effort="minimal"))
+    assert bare.text and bare.finish == STOP and bare.usage.reasoning_tokens == 0  # "minimal": no reasoning
     done = complete(fake_provider, "openai", ask("gpt-5-mini", thinking_tokens=256, reasoning_effort="low"))
     assert done.text and done.usage.reasoning_tokens == 64  # the fake's "low" effort
     assert (
@@ -102,10 +112,14 @@ def test_default_catalog_bounds_gemini_thinking() -> None:
         ),
         ('id = "gpt-5-mini"\nprovider = "openai"\nthinking = "lots"', "thinking must be 0 (off)"),
         ('id = "claude-haiku-4-5"\nprovider = "anthropic"\nthinking = 1024', "thinking applies to openai and gemini"),
-        ('id = "gpt-5-mini"\nprovider = "openai"\nreasoning_effort = "low"', "which also set thinking"),
+        ('id = "gpt-4o"\nprovider = "openai"\nreasoning_effort = "low"', "is for OpenAI reasoning models"),
+        (
+            'id = "gpt-5-mini"\nprovider = "openai"\nthinking = 64\nreasoning_effort = "ultra"',
+            "reasoning_effort must be one of none, minimal, low, medium, high, xhigh, max",
+        ),
         (
             'id = "gpt-5-mini"\nprovider = "openai"\nthinking = 64\nreasoning_effort = "max"',
-            "reasoning_effort must be one of",
+            "reasoning_effort 'max' is refused by gpt-5-mini, which takes minimal, low, medium, high",
         ),
     ],
 )
