@@ -1,7 +1,7 @@
 """A 10,000-item job under faults, against the same job without faults, on Postgres + Redis + a real
 Celery worker and the local fake provider.
 
-    python bench/faults.py [--items 10000] [--latency-ms 50] [--timeout-s 5] [--cases mixed,hangs,outage]
+    python bench/faults.py [--items 10000] [--latency-ms 50] [--timeout-s 5] [--cases mixed,hangs,outage,flood]
 
 Cases (faults that come together, as real providers fail):
     mixed    a 20% mix of independent faults (below)
@@ -9,6 +9,9 @@ Cases (faults that come together, as real providers fail):
              (and billed) after it gave up
     outage   the only provider answers 500 to every call for 20 s, on a route with no fallback model: the
              breaker opens and the items must wait the outage out, not fail
+    flood    a small server behind one URL (a self-hosted vLLM or Ollama box) holds FLOOD_CAPACITY calls
+             at once and resets the connection of any beyond; the catalog states no max_in_flight and
+             the route has no fallback: the worker (400 calls in flight) must find the limit and hold it
 
 Prints, for each run: completion (items done / items), calls per item, wall time, and the
 ledger against the fake provider's own bill, call by call (billed calls missing from the ledger,
@@ -59,6 +62,8 @@ MIX = {
 LABELS = ("billing", "bug", "other")
 # The outage case: its only provider fails every call this long (well inside PENNYROUTE_FAULT_WAIT_S).
 OUTAGE_S = 20.0
+# The flood case: the calls the small server holds at once (the worker would send 400).
+FLOOD_CAPACITY = 50
 TEXTS = (
     "I was charged twice on my invoice",
     "The app crashes with an error on login",
@@ -78,6 +83,9 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | Non
     elif case == "outage":
         models = frozenset({"cheap-model"})  # no fallback: the items can only wait
         httpx.post(f"{fake_url}/_fail", json={"status": 500, "for_s": OUTAGE_S}).raise_for_status()
+    elif case == "flood":
+        models = frozenset({"cheap-model"})  # no fallback: the items can only wait for room
+        httpx.post(f"{fake_url}/_capacity", json={"max_in_flight": FLOOD_CAPACITY}).raise_for_status()
     path = tmp / f"items-{case}.jsonl"
     with path.open("w") as handle:
         for i in range(n):
@@ -105,6 +113,7 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | Non
         time.sleep(0.1)
     elapsed = time.perf_counter() - started
     bill = httpx.get(f"{fake_url}/_bill").json()
+    stats = httpx.get(f"{fake_url}/_stats").json()
     with session_scope(settings) as session:
         calls = list(session.execute(select(Call).where(Call.job_id == submitted.job_id)).scalars())
         statuses = [s for (s,) in session.execute(select(Item.status).where(Item.job_id == submitted.job_id))]
@@ -154,6 +163,8 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | Non
         "billed_usd": billed_usd,
         "ledger_usd": ledger_usd,
         "faults_served": bill.get("faults_served", {}),
+        "refused": stats.get("refused", 0),
+        "server_in_flight_max": stats.get("in_flight_max", 0),
         "by_model": sorted({(c.model_id, c.status) for c in calls}),
     }
 
@@ -163,10 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--timeout-s", type=float, default=5.0, help="per-call timeout: what a hung connection costs")
-    parser.add_argument("--cases", default="mixed,hangs,outage", help="which fault cases to run (see above)")
+    parser.add_argument("--cases", default="mixed,hangs,outage,flood", help="which fault cases to run (see above)")
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
-    unknown = set(cases) - {"mixed", "hangs", "outage"}
+    unknown = set(cases) - {"mixed", "hangs", "outage", "flood"}
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
 
@@ -219,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         ("ledger ok calls the provider did not bill", lambda r: str(r["ok_not_billed"])),
         ("token mismatches, call by call", lambda r: str(r["token_mismatches"])),
         ("unknown calls (charged at worst case)", lambda r: str(r["unknown"])),
+        ("connections the server reset (flood)", lambda r: str(r["refused"])),
         ("provider's bill", lambda r: f"${r['billed_usd']:.6f}"),
         ("ledger", lambda r: f"${r['ledger_usd']:.6f}"),
     ]
@@ -234,6 +246,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         if r["faults_served"]:
             print(f"  faults served: {r['faults_served']}")
+        if case == "flood":
+            print(
+                f"  the server held at most {r['server_in_flight_max']} calls at once (capacity {FLOOD_CAPACITY}) "
+                f"and reset {r['refused']:,} connections: {r['refused'] / max(1, r['calls']):.2%} of the calls"
+            )
 
 
 if __name__ == "__main__":

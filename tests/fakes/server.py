@@ -10,10 +10,14 @@
     GET  /v1/organization/costs OpenAI's costs export of the bill (group_by=line_item: "<model>, input",
                                 "<model>, cached input", "<model>, output"), priced from the default catalog
     GET  /_stats                the server's own bill: calls answered and tokens, per model; and
-                                "in_flight_max", the most API calls it held at once since the reset
+                                "in_flight_max", the most API calls it held at once since the reset, "refused" (/_capacity)
     GET  /_bill                 the bill call by call: {"calls": {X-Client-Request-Id: {...}}, "unidentified": N}
     POST /_faults               a seeded fault mix for every call from now on (see tests/fakes/faults.py)
-    POST /_reset                zero the bill and drop scripted faults and the fault mix
+    POST /_reset                zero the bill and drop scripted faults, the fault mix and the capacity
+    POST /_capacity             a small server's limit: {"max_in_flight": 50, "refuse": "reset"}: an API
+                                call beyond 50 held at once has its connection reset (or, with
+                                "refuse": "503", is answered 503 as Ollama does past its queue);
+                                {"max_in_flight": null} lifts it
     POST /_fail                 script the next answers: {"status": 429, "count": 1, "retry_after": "2",
                                 "retry_after_ms": null, "body": <JSON or text>, "hang_s": null,
                                 "path": null, "headers": {}, "for_s": null, "preset": null}
@@ -209,6 +213,9 @@ class FakeProvider:
         self._ids = itertools.count(1)
         self.in_flight = 0
         self.in_flight_max = 0
+        self.capacity: int | None = None  # POST /_capacity: calls held at once beyond this are refused
+        self.refuse = "reset"
+        self.refused = 0
 
     def app(self) -> web.Application:
         """The aiohttp application serving this state."""
@@ -224,6 +231,7 @@ class FakeProvider:
         app.router.add_post("/_faults", self.faults_mix)
         app.router.add_post("/_reset", self.reset)
         app.router.add_post("/_fail", self.fail)
+        app.router.add_post("/_capacity", self.set_capacity)
         return app
 
     @web.middleware
@@ -231,6 +239,13 @@ class FakeProvider:
         """Count the API calls held at once (admin paths, under /_, are not counted)."""
         if request.path.startswith("/_"):
             return await handler(request)  # type: ignore[no-any-return]
+        if self.capacity is not None and self.in_flight >= self.capacity:
+            self.refused += 1  # a small server past its limit: not answered, not billed
+            if self.refuse == "503":
+                return _json(503, {"error": "server busy, please try again. maximum pending requests exceeded"})
+            if request.transport is not None:
+                request.transport.abort()  # the connection is reset under the client's request
+            raise web.HTTPServiceUnavailable()  # never reaches the client: its connection is gone
         self.in_flight += 1
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
         try:
@@ -738,7 +753,13 @@ class FakeProvider:
         totals = {key: sum(b[key] for b in models.values()) for key in vars(Bill())}
         return _json(
             200,
-            {**totals, "faults_served": self.faults_served, "in_flight_max": self.in_flight_max, "models": models},
+            {
+                **totals,
+                "faults_served": self.faults_served,
+                "in_flight_max": self.in_flight_max,
+                "refused": self.refused,
+                "models": models,
+            },
         )
 
     async def bill(self, request: web.Request) -> web.Response:
@@ -767,6 +788,16 @@ class FakeProvider:
         self.billed.clear()
         self.unidentified = 0
         self.in_flight_max = self.in_flight
+        self.capacity, self.refuse, self.refused = None, "reset", 0
+        return _json(200, {"ok": True})
+
+    async def set_capacity(self, request: web.Request) -> web.Response:
+        """POST /_capacity: how many API calls the server holds at once before it refuses more."""
+        spec = await request.json()
+        limit, refuse = spec.get("max_in_flight"), spec.get("refuse", "reset")
+        if (limit is not None and (not isinstance(limit, int) or limit < 1)) or refuse not in ("reset", "503"):
+            return _json(400, {"error": 'expected {"max_in_flight": N >= 1 or null, "refuse": "reset" | "503"}'})
+        self.capacity, self.refuse = limit, refuse
         return _json(200, {"ok": True})
 
     async def fail(self, request: web.Request) -> web.Response:
