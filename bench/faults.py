@@ -74,7 +74,7 @@ TEXTS = (
 def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | None) -> dict[str, Any]:
     catalog = load_catalog(settings.catalog)
     httpx.post(f"{fake_url}/_reset").raise_for_status()
-    models = None
+    models = frozenset({"cheap-model", "fallback-model"})  # the flood case's small server is not for the others
     if case == "mixed":
         httpx.post(f"{fake_url}/_faults", json=MIX).raise_for_status()
     elif case == "hangs":
@@ -84,7 +84,7 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | Non
         models = frozenset({"cheap-model"})  # no fallback: the items can only wait
         httpx.post(f"{fake_url}/_fail", json={"status": 500, "for_s": OUTAGE_S}).raise_for_status()
     elif case == "flood":
-        models = frozenset({"cheap-model"})  # no fallback: the items can only wait for room
+        models = frozenset({"small-model"})  # its own server; no fallback: the items can only wait for room
         httpx.post(f"{fake_url}/_capacity", json={"max_in_flight": FLOOD_CAPACITY}).raise_for_status()
     path = tmp / f"items-{case}.jsonl"
     with path.open("w") as handle:
@@ -182,12 +182,20 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
 
     tmp = fresh_bench_state(PG_URL, BROKER_URL, "pennyroute-faults")
-    with fake_server(args.latency_ms, answer="sandbox") as (url, _pid):
+    with (
+        fake_server(args.latency_ms, answer="sandbox") as (url, _pid),
+        fake_server(args.latency_ms, answer="sandbox") as (small_url, _small_pid),
+    ):
         catalog_file = tmp / "catalog.toml"
-        # Two providers (two wire formats) at the fake server: the cheap model and its fallback.
+        # Two providers (two wire formats) at the fake server: the cheap model and its fallback; and the
+        # small server of the flood case, on a server of its own (the other cases' hangs hold the first
+        # one's calls for an hour), with no max_in_flight stated.
         catalog_file.write_text(
             f'[providers.one]\nkind = "openai"\nbase_url = "{url}/v1"\nrequires_key = false\nregion = "local"\n\n'
             f'[providers.two]\nkind = "anthropic"\nbase_url = "{url}"\nrequires_key = false\nregion = "local"\n\n'
+            f'[providers.small]\nkind = "openai"\nbase_url = "{small_url}/v1"\nrequires_key = false\nregion = "local"\n\n'
+            '[[models]]\nid = "small-model"\nprovider = "small"\ncontext_window = 128000\n'
+            'price = { input_usd_per_mtok = "0.15", output_usd_per_mtok = "0.6" }\nquality = { classify = 0.95 }\n\n'
             '[[models]]\nid = "cheap-model"\nprovider = "one"\ncontext_window = 128000\n'
             'price = { input_usd_per_mtok = "0.15", output_usd_per_mtok = "0.6" }\nquality = { classify = 0.95 }\n\n'
             '[[models]]\nid = "fallback-model"\nprovider = "two"\ncontext_window = 128000\n'
@@ -214,7 +222,9 @@ def main(argv: list[str] | None = None) -> None:
             repo.ensure_team(session, tenant="bench", team="bench")
         with worker(env, tmp / "worker.log"):
             clean = run(settings, url, args.items, tmp, case=None)
-            results = {case: run(settings, url, args.items, tmp, case=case) for case in cases}
+            results = {
+                case: run(settings, small_url if case == "flood" else url, args.items, tmp, case=case) for case in cases
+            }
 
     print(
         f"\npennyroute faults: {args.items:,} items, 1 worker, fake provider at {args.latency_ms} ms, "

@@ -502,6 +502,11 @@ def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
         ("status", job.status),
         ("task", job.task + (f" ({', '.join(job.labels)})" if job.labels else "") + f", bar {job.min_quality:.2f}"),
         ("items", f"{job.n_items:,} accepted: {job.n_done:,} done, {job.n_failed:,} failed, {open_items:,} to go"),
+        *(
+            [("failed items", ", ".join(f"{n:,} {kind}" for kind, n in state.failures.items()))]
+            if state.failures
+            else []
+        ),
         ("rejected lines", f"{job.n_rejected:,}"),
         ("route", views.route_text(job)),
         *([("calibration", verdict)] if (verdict := views.calibration_verdict(job)) else []),

@@ -102,7 +102,9 @@ async def call_one(
             overloaded = isinstance(result, (ProviderTimeout, ProviderConnectionError)) or (
                 isinstance(result, ProviderError) and result.status_code in OVERLOAD_STATUSES
             )
-            await limits.leave(provider.name, overloaded=overloaded)  # type: ignore[union-attr]
+            # A call the breaker refused (or an interrupt cancelled) never reached the provider: it says
+            # nothing of the provider's load, so the window stays as it is.
+            await limits.leave(provider.name, overloaded=overloaded, called=result is not None)  # type: ignore[union-attr]
     assert result is not None  # set by the call (a refused breaker returned above)
     return key, result, time.perf_counter() - started
 

@@ -23,6 +23,7 @@ class JobState:
     job: Job
     spent_usd: Decimal  # every call of the job, retries, calibration and drift checks included
     calls_by_model: list[tuple[str, int]]  # (model id, calls), most calls first
+    failures: dict[str, int]  # failed items by what failed them (refused, filtered, cut off, ...), most first
 
     @property
     def open_items(self) -> int:
@@ -43,7 +44,10 @@ def job_state(settings: Settings, job_id: str) -> JobState:
     with session_scope(settings) as session:
         job = repo.get_job(session, job_id)
         return JobState(
-            job=job, spent_usd=repo.job_spend(session, job_id), calls_by_model=repo.job_models(session, job_id)
+            job=job,
+            spent_usd=repo.job_spend(session, job_id),
+            calls_by_model=repo.job_models(session, job_id),
+            failures=repo.failure_kinds(session, job_id) if job.n_failed else {},
         )
 
 

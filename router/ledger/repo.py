@@ -494,6 +494,29 @@ def claim_next(
     return sorted(session.execute(stmt).all(), key=lambda r: r.seq)
 
 
+# How a failed item's error reads, by kind (router/providers/base.py Completion.unusable and cut_reason
+# write the first four; engine/rounds.py the next two), first match wins; the rest are "other".
+FAILURE_KINDS = (
+    ("refused by the model", "%refused by the model%"),
+    ("withheld by a content filter", "%content filter%"),
+    ("prompt blocked", "%prompt blocked%"),
+    ("cut off by the output cap", "%cut off by the output cap%"),
+    ("billed but unreadable", "%unreadable%"),
+    ("cancelled", "cancelled%"),
+)
+
+
+def failure_kinds(session: Session, job_id: str) -> dict[str, int]:
+    """The job's failed items counted by what failed them (FAILURE_KINDS, else "other"), most first."""
+    kind = case(*((ITEM.c.error.like(pattern), name) for name, pattern in FAILURE_KINDS), else_="other")
+    rows = session.execute(
+        select(kind.label("kind"), func.count())
+        .where(ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.FAILED)
+        .group_by(kind)
+    ).all()
+    return dict(sorted(((str(k), int(n)) for k, n in rows), key=lambda kv: (-kv[1], kv[0])))
+
+
 def finished_count(session: Session, job_id: str) -> int:
     """How many of the job's items are finished (done or failed)."""
     return int(session.execute(select(JOB.c.n_done + JOB.c.n_failed).where(JOB.c.id == job_id)).scalar() or 0)

@@ -386,10 +386,12 @@ class SharedLimits:
                 await free.wait()
             self._active[provider] = self._active.get(provider, 0) + 1
 
-    async def leave(self, provider: str, *, overloaded: bool) -> None:
-        """Free a slot; an overload answer narrows the provider's window, any other widens it."""
+    async def leave(self, provider: str, *, overloaded: bool, called: bool = True) -> None:
+        """Free a slot; an overload answer narrows the provider's window, any other widens it (a call
+        that was never made, `called` false, leaves it as it is)."""
         window = self._windows[provider]
-        self._windows[provider] = after_overload(window, now=time.time())[0] if overloaded else after_answer(window)
+        if called:
+            self._windows[provider] = after_overload(window, now=time.time())[0] if overloaded else after_answer(window)
         free = self._slot_free[provider]
         async with free:
             self._active[provider] -= 1

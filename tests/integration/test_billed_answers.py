@@ -19,7 +19,9 @@ from router.catalog import Catalog
 from router.engine import runtime
 from router.engine.chunk import run_chunk
 from router.jobs.intake import JobRequest
+from router.jobs.results import job_state
 from router.jobs.submit import submit_job
+from router.ledger.repo import FAILURE_KINDS
 from router.ledger.tables import Call, CallStatus, ItemStatus
 from router.providers.registry import close_all
 from router.settings import Settings
@@ -135,6 +137,9 @@ def test_a_blocked_refused_or_filtered_answer_is_charged_not_retried_and_fails_w
             assert call.output_tokens == 0 and call.input_tokens > 0  # the prompt's tokens, billed
     assert [i.status for i in items] == [ItemStatus.FAILED] * N
     assert all(reason in (i.error or "") and i.output is None for i in items), [i.error for i in items]
+    # Their own outcome in the job's status, not a bare failure count.
+    kind = next(name for name, pattern in FAILURE_KINDS if pattern.strip("%") in reason)
+    assert job_state(settings, items[0].job_id).failures == {kind: N}
 
 
 @pytest.mark.parametrize(
@@ -163,6 +168,7 @@ def test_a_summary_cut_off_by_the_output_cap_is_not_done(
     assert [i.status for i in items] == [ItemStatus.FAILED] * N
     for item in items:
         assert item.output is None and f"cut off by the output cap ({finish}" in (item.error or ""), item.error
+    assert job_state(settings, items[0].job_id).failures == {"cut off by the output cap": N}
 
 
 def test_whole_summaries_are_still_done(
