@@ -67,11 +67,14 @@ MIN_LEARNED_RPS = 0.5
 # CUT_SHARE are: held there, a learned limit costs under CUT_SHARE of the requests in 429s.
 START_SHARE = 0.10
 CUT_SHARE = 0.02
+# A share means something only over this many recent responses (429s and answers): a 429 answered at
+# once while the answers to the calls sent with it are still on their way is 100% of one response.
+MIN_RESPONSES = 20
 
 
-def is_rate_limit(share_429: float, *, learned: bool) -> bool:
-    """Whether 429s at this share of a model's recent answers say it is over a limit (not incidental)."""
-    return share_429 >= (CUT_SHARE if learned else START_SHARE)
+def is_rate_limit(share_429: float, *, learned: bool, responses: int = MIN_RESPONSES) -> bool:
+    """Whether 429s at this share of a model's recent `responses` say it is over a limit (not incidental)."""
+    return responses >= MIN_RESPONSES and share_429 >= (CUT_SHARE if learned else START_SHARE)
 
 
 @dataclass(frozen=True, slots=True)

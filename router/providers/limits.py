@@ -320,15 +320,16 @@ class SharedLimits:
         self._learned.pop(key, None)  # someone else wrote first: read theirs next time
         return None
 
-    def _share_429(self, key: str) -> float:
-        """The share of model `key`'s answers in the last ANSWERED_WINDOW_S that were 429s (this process)."""
+    def _share_429(self, key: str) -> tuple[float, int]:
+        """The share of model `key`'s responses in the last ANSWERED_WINDOW_S that were 429s, and how
+        many responses that is (this process)."""
         stamps = self._limited.setdefault(key, deque(maxlen=100_000))
         now = time.monotonic()
         while stamps and now - stamps[0] > ANSWERED_WINDOW_S:
             stamps.popleft()
         self._answered_rps(key)  # drops the answers older than the window
-        answered = len(self._answered.get(key) or ())
-        return len(stamps) / max(1, len(stamps) + answered)
+        responses = len(stamps) + len(self._answered.get(key) or ())
+        return len(stamps) / max(1, responses), responses
 
     async def _observe_learned(self, key: str, *, rate_limited: bool, retry_after: float | None) -> None:
         if rate_limited:
@@ -346,10 +347,10 @@ class SharedLimits:
             if rate is not None:
                 await self._write_learned(key, after_learned_hold(rate, now=now), version)
             return
-        share = self._share_429(key)
+        share, responses = self._share_429(key)
         for _ in range(3):  # compare-and-set: another worker may write between our read and write
             rate, version = await self._learned_state(key, fresh=True)
-            if not is_rate_limit(share, learned=rate is not None):
+            if not is_rate_limit(share, learned=rate is not None, responses=responses):
                 return  # incidental: the call retries after its Retry-After; the model is not slowed
             now = time.time()
             new = first_429(now=now) if rate is None else after_learned_429(rate, now=now)[0]

@@ -420,3 +420,13 @@ def test_a_few_429s_among_many_answers_are_incidental(share: float, learned: boo
     from policies.rate_adapt import is_rate_limit
 
     assert is_rate_limit(share, learned=learned) is limit
+
+
+def test_a_first_429_before_the_answers_come_in_is_not_a_rate_limit() -> None:
+    """429s come back at once, answers after their latency: the first 429 of a burst is 100% of one
+    response. A share is judged over MIN_RESPONSES responses, so it does not start a learned rate."""
+    from policies.rate_adapt import MIN_RESPONSES, is_rate_limit
+
+    assert not is_rate_limit(1.0, learned=False, responses=1)
+    assert not is_rate_limit(0.5, learned=True, responses=MIN_RESPONSES - 1)
+    assert is_rate_limit(0.5, learned=False, responses=MIN_RESPONSES)
