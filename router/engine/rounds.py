@@ -54,6 +54,7 @@ from router.prompts import parse_label
 from router.providers.base import CUT, STOP, ChatRequest, Completion
 from router.redact import configured_secrets, redact
 from router.settings import Settings
+from router.usage import TokenUsage
 
 log = logging.getLogger("pennyroute.engine")
 # A failed call's error is kept on its row up to this many characters: a provider's message, not its page.
@@ -422,17 +423,7 @@ def _record_result(
     if isinstance(result, Completion):
         # Every answer is charged as billed, usable or not (refused, filtered, blocked, cut off); one
         # that is not used is not tried again on the same model: the stage's answer is a failed one.
-        usage = result.usage
-        update.update(
-            status=CallStatus.OK,
-            input_tokens=usage.input_tokens,
-            cached_input_tokens=usage.cached_input_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            output_tokens=usage.output_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            usage_estimated=usage.estimated,
-            cost_usd=price.cost_usd(usage),
-        )
+        update.update(status=CallStatus.OK, **_charged(result.usage, price))
         output, error = _parse(result, chunk.labels)
         if error is not None and result.finish != STOP:  # the call's row says why its answer was not used
             error = redact(error, progress.secrets)[:ERROR_CHARS]
@@ -443,18 +434,8 @@ def _record_result(
         said = redact(str(result), progress.secrets)
         if isinstance(result, MalformedResponse) and result.usage is not None:
             # Answered and billed, but its content could not be read: charged with the tokens it reported.
-            usage = result.usage
             said = f"answered and billed, but unreadable (charged with its tokens): {said}"
-            update.update(
-                status=CallStatus.ERROR,
-                input_tokens=usage.input_tokens,
-                cached_input_tokens=usage.cached_input_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                output_tokens=usage.output_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                usage_estimated=usage.estimated,
-                cost_usd=price.cost_usd(usage),
-            )
+            update.update(status=CallStatus.ERROR, **_charged(result.usage, price))
         elif result.maybe_billed:
             # The request left and no answer came back: the provider may have answered and billed it.
             # Charged at its worst case, like a dead worker's call (the ledger may exceed the bill,
@@ -499,6 +480,19 @@ def _record_result(
         progress.references[t.item_id] = output
     else:
         progress.answers[t.item_id][t.model_id] = Answer(output, call_id, error)
+
+
+def _charged(usage: TokenUsage, price: Price) -> dict[str, Any]:
+    """A call row's tokens and cost for an answer the provider billed with `usage`."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "usage_estimated": usage.estimated,
+        "cost_usd": price.cost_usd(usage),
+    }
 
 
 def _after_failure(
