@@ -166,6 +166,7 @@ async def _observe(
                 rpm=model.rpm,
                 tpm=model.tpm,
                 rate_limited=rate_limited,
+                unanswered=max(0, limits.in_flight(provider) - 1) if rate_limited else 0,
                 retry_after=result.rate_pause_s if rate_limited else None,  # type: ignore[union-attr]
             )
     except Exception as exc:  # the call is made and will be recorded; losing one observation is harmless

@@ -223,12 +223,20 @@ class SharedLimits:
         return 0.0
 
     async def observe(
-        self, key: str, *, rpm: int | None, tpm: int | None, rate_limited: bool, retry_after: float | None
+        self,
+        key: str,
+        *,
+        rpm: int | None,
+        tpm: int | None,
+        rate_limited: bool,
+        retry_after: float | None,
+        unanswered: int = 0,
     ) -> None:
         """Feed a call's outcome to its model's rate: a 429 halves it (and pauses it for Retry-After);
-        with no configured limit, a 429 starts or cuts a learned rate, an answer may grow it."""
+        with no configured limit, a 429 starts or cuts a learned rate, an answer may grow it.
+        `unanswered`: calls to the provider still on their way in this process (see _share_429)."""
         if not rpm and not tpm:
-            await self._observe_learned(key, rate_limited=rate_limited, retry_after=retry_after)
+            await self._observe_learned(key, rate_limited=rate_limited, retry_after=retry_after, unanswered=unanswered)
             return
         factor = self._factor.get(key, 1.0)
         if not rate_limited and factor >= 1.0:
@@ -320,18 +328,22 @@ class SharedLimits:
         self._learned.pop(key, None)  # someone else wrote first: read theirs next time
         return None
 
-    def _share_429(self, key: str) -> tuple[float, int]:
+    def _share_429(self, key: str, *, unanswered: int = 0) -> tuple[float, int]:
         """The share of model `key`'s responses in the last ANSWERED_WINDOW_S that were 429s, and how
-        many responses that is (this process)."""
+        many responses that is (this process). `unanswered` calls still on their way count as
+        responses to come: a 429 comes back at once and an answer after its latency, so the first
+        429s of a burst are judged against the whole burst, not against the answers back so far."""
         stamps = self._limited.setdefault(key, deque(maxlen=100_000))
         now = time.monotonic()
         while stamps and now - stamps[0] > ANSWERED_WINDOW_S:
             stamps.popleft()
         self._answered_rps(key)  # drops the answers older than the window
         responses = len(stamps) + len(self._answered.get(key) or ())
-        return len(stamps) / max(1, responses), responses
+        return len(stamps) / max(1, responses + unanswered), responses
 
-    async def _observe_learned(self, key: str, *, rate_limited: bool, retry_after: float | None) -> None:
+    async def _observe_learned(
+        self, key: str, *, rate_limited: bool, retry_after: float | None, unanswered: int = 0
+    ) -> None:
         if rate_limited:
             self._limited.setdefault(key, deque(maxlen=100_000)).append(time.monotonic())
         if not rate_limited:
@@ -347,7 +359,7 @@ class SharedLimits:
             if rate is not None:
                 await self._write_learned(key, after_learned_hold(rate, now=now), version)
             return
-        share, responses = self._share_429(key)
+        share, responses = self._share_429(key, unanswered=unanswered)
         for _ in range(3):  # compare-and-set: another worker may write between our read and write
             rate, version = await self._learned_state(key, fresh=True)
             if not is_rate_limit(share, learned=rate is not None, responses=responses):
@@ -397,6 +409,10 @@ class SharedLimits:
         async with free:
             self._active[provider] -= 1
             free.notify(max(1, self._windows[provider].slots - self._active[provider]))
+
+    def in_flight(self, provider: str) -> int:
+        """The provider's calls in this process that hold a calls-in-flight slot now."""
+        return self._active.get(provider, 0)
 
     def window(self, provider: str) -> Window | None:
         """The provider's calls-in-flight window in this process (None: no call to it yet)."""

@@ -37,3 +37,21 @@ def test_a_learned_window_finds_a_flooded_servers_limit() -> None:
             overloaded = k >= 50  # the calls beyond the server's 50
             window = after_overload(window, now=now)[0] if overloaded else after_answer(window)
     assert 35 <= window.slots <= 80  # held near what the server takes, not at 400, not at 1
+
+
+def test_the_first_429s_of_a_burst_are_judged_against_the_whole_burst() -> None:
+    """A 429 comes back at once, answers after their latency: 20 of 400 calls sent together answered
+    429 (a 5% fault mix) are 5% of the burst, not 100% of the responses back so far, and start no
+    learned rate; 200 of 400 (a real limit) do."""
+    import asyncio
+
+    from router.providers.limits import SharedLimits
+
+    async def learned_after(n_429: int, burst: int) -> bool:
+        limits = SharedLimits(None)  # in memory: this process only
+        for k in range(n_429):
+            await limits.observe("m", rpm=None, tpm=None, rate_limited=True, retry_after=None, unanswered=burst - 1 - k)
+        return not limits.learned_known("m")  # known to have no learned rate, or not
+
+    assert not asyncio.run(learned_after(20, 400))
+    assert asyncio.run(learned_after(200, 400))
