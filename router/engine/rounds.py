@@ -247,12 +247,12 @@ class _Progress:
             return 0
         return self.keep - self.active
 
-    def take(self, catalog: Catalog, chunk: ChunkContext, claimed: Sequence[ClaimedItem]) -> list[PlannedCall]:
-        """Items claimed on the way join the batch; returns their first calls."""
+    def take(self, planned: Sequence[tuple[ClaimedItem, int, list[PlannedCall]]]) -> list[PlannedCall]:
+        """Items claimed on the way join the batch, each with its first stage and first calls (their
+        rows recorded already); returns those calls, in order."""
         tries: list[PlannedCall] = []
         until = time.monotonic() + self.fault_window_s
-        for row in claimed:
-            index, first = chunk.first_tries(catalog, row, self.stopped)
+        for row, index, first in planned:
             self.texts[row.id], self.answers[row.id], self.stage[row.id] = row.text, {}, index
             self.held[row.id], self.deadline[row.id] = row.attempts, until
             self.cursor = max(self.cursor, row.seq)
@@ -261,8 +261,8 @@ class _Progress:
                 _hold_back(self, {row.id})
                 self.blocked = True
             tries.extend(first)
-        self.taken += len(claimed)
-        if not claimed:
+        self.taken += len(planned)
+        if not planned:
             self.keep = 0  # the job has no pending item left: run out the batch
         return tries
 
@@ -659,7 +659,7 @@ def _write_step(
     checked, agreed = drift_tally(finished, progress.references)
     spent = sum((call["cost_usd"] for call in calls), Decimal(0))
 
-    def write(session: Session) -> tuple[Recorded, list[Any], bool]:
+    def write(session: Session) -> tuple[Recorded, list[tuple[Any, int, list[PlannedCall]]], bool]:
         now = utcnow()
         if calls or items or rows:
             repo.finish_batch(session, job_id=chunk.job.id, calls=calls, items=items, rollups=rows, now=now)
@@ -678,10 +678,11 @@ def _write_step(
             claimed = repo.claim_next(
                 session, job_id=chunk.job.id, after_seq=progress.cursor, limit=want, now=now, lease_until=lease_until
             )
-        first = [t for row in claimed for t in chunk.first_tries(catalog, row, progress.stopped)[1]]
-        return record_calls(session, catalog=catalog, common=chunk.common, tries=tries + first), claimed, changed
+        planned = [(row, *chunk.first_tries(catalog, row, progress.stopped)) for row in claimed]
+        first = [t for _, _, calls in planned for t in calls]
+        return record_calls(session, catalog=catalog, common=chunk.common, tries=tries + first), planned, changed
 
-    recorded, claimed, changed = write_retrying(settings, write)
+    recorded, planned, changed = write_retrying(settings, write)
     if checked:  # judged as the checks come in: a re-route reaches the items claimed after it
         drift.check(settings, catalog, job_id=chunk.job.id)
     done = sum(1 for row in items if row["status"] == ItemStatus.DONE)
@@ -693,7 +694,7 @@ def _write_step(
     if changed:
         progress.changed, progress.keep = True, 0
     elif want:
-        tries = tries + progress.take(catalog, chunk, claimed)  # none left: the batch runs out
+        tries = tries + progress.take(planned)  # none left: the batch runs out
     return recorded, tries
 
 
