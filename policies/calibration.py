@@ -16,15 +16,18 @@ tested; the baseline itself is tested only when nothing cheaper can be proven an
 it answers are ones the baseline-only job would have paid for anyway.
 
 Every label is used: a model is tested a slice at a time (the slice doubling as its record grows)
-until its anytime-valid bound decides it or the labels run out. The bounds (policies/confidence.py)
-stay valid however many looks are taken, so the bound shown is the bound used.
+until its bound decides it or the labels run out. The bounds (policies/confidence.py `proving_bound`)
+stay valid however many looks are taken: a fifth of the error allowed goes to an anytime-valid bound
+read at every look, the rest to one exact bound read at the last look, when the record holds every
+label. The bound shown is the bound used.
 
 Routes are single models or cascades. A cascade (two cheap models; where they agree their answer
 stands, else the item escalates to a strong model) is judged from answers already bought: the two
 cheap models' answers on the labels they share, and the strong model's answers on the items where
 they disagree (bought for that, and only those). Being picked as the best of several pairs on the
-same labels overstates a pair, so a cascade's bound is taken at the confidence shared out over
-the pairs considered (Bonferroni).
+same labels overstates a pair, so at the early looks the error is shared out over the pairs
+considered (Bonferroni), and the last look's share goes to one pair only, picked before its labels
+are scored: the cheapest to run, by how often its two models agree (answers, not labels).
 
 Pure: frozen values in, a Step (with its reasons) out.
 """
@@ -37,7 +40,7 @@ from decimal import Decimal
 from itertools import combinations
 from statistics import NormalDist
 
-from policies.confidence import anytime_lower_bound, anytime_upper_bound, share_to_prove
+from policies.confidence import BOUNDS_NOTE, anytime_lower_bound, anytime_upper_bound, proving_bound, share_to_prove
 
 # A model's first look uses this many labelled items; each later slice doubles its record (25, 50,
 # 100, 200, ...), so a clear case is decided in one or two looks and a close one gets every label.
@@ -79,7 +82,7 @@ class CalibrationJob:
     n_to_run: int  # items the route will answer after calibration
     baseline_usd_per_item: Decimal
     budget_usd: Decimal  # the calibration budget
-    confidence: float = 0.95  # one-sided, anytime-valid
+    confidence: float = 0.95  # one-sided, over every look (policies/confidence.py proving_bound)
     drift_share: float = 0.0  # share of run items also answered by the baseline (drift checks)
     judge_usd_per_item: Decimal = Decimal(0)  # summaries: judging one answer
     cascades: bool = True  # classification only: answers must be comparable
@@ -97,7 +100,8 @@ class Evidence:
 
 @dataclass(frozen=True, slots=True)
 class Measure:
-    """One route's record: n judged, right, and its anytime-valid bounds at the confidence shown."""
+    """One route's record: n judged, right, and its bounds at the confidence shown (the lower one is
+    the proving bound the decision used)."""
 
     n: int
     right: int
@@ -109,6 +113,11 @@ class Measure:
     @property
     def mean(self) -> float:
         return self.right / self.n if self.n else 0.0
+
+    @property
+    def bounds(self) -> str:
+        """What kind of bounds these are, as shown with them."""
+        return "one-sided, anytime-valid" if self.source == "stored" else BOUNDS_NOTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +169,7 @@ def next_step(job: CalibrationJob, evidence: Evidence) -> Step:
         return Step(
             "unproven",
             f"{len(job.labelled)} labelled items cannot prove a bar of {job.bar:.3f} even if every answer is right "
-            f"({percent(job.confidence)} one-sided, anytime-valid): at least {least:,} are needed, so about "
+            f"({percent(job.confidence)} {BOUNDS_NOTE}): at least {least:,} are needed, so about "
             f"{least - len(job.labelled):,} more labelled items would decide it; nothing was tested",
             more_labels=max(0, least - len(job.labelled)),
             options=tuple(routes),
@@ -188,7 +197,7 @@ def next_step(job: CalibrationJob, evidence: Evidence) -> Step:
         return Step(
             "chosen",
             f"{best.name}: {best.measure.right}/{best.measure.n} right, lower bound {best.measure.lower:.3f} >= bar "
-            f"{job.bar:.3f} ({percent(best.measure.confidence)} one-sided, anytime-valid; {best.measure.source}); {why}",
+            f"{job.bar:.3f} ({percent(best.measure.confidence)} {best.measure.bounds}; {best.measure.source}); {why}",
             model_id=best.model_id,
             route=best,
             options=tuple(routes),
@@ -218,19 +227,26 @@ def percent(fraction: float) -> str:
 def _single_measure(job: CalibrationJob, evidence: Evidence, option: Option) -> Measure | None:
     record = evidence.right.get(option.model_id, {})
     n, right = len(record), sum(record.values())
-    source = "this job"
-    if not n and option.stored is not None:
-        (n, right), source = option.stored, "stored"
-    if not n:
+    if n:
+        lower = _lower(job, n, right)
+        return Measure(n, right, lower, anytime_upper_bound(n, right, job.confidence), job.confidence, "this job")
+    if option.stored is None or not option.stored[0]:
         return None
+    # A stored estimate is another job's record: no last look of this job's labels, anytime-valid only.
+    n, right = option.stored
     return Measure(
         n,
         right,
         anytime_lower_bound(n, right, job.confidence, bar=job.bar),
         anytime_upper_bound(n, right, job.confidence),
         job.confidence,
-        source,
+        "stored",
     )
+
+
+def _lower(job: CalibrationJob, n: int, right: int, *, ways: int = 1, last: bool = True) -> float:
+    """The proving bound of a record on this job's labels (policies/confidence.py proving_bound)."""
+    return proving_bound(n, right, len(job.labelled), job.confidence, bar=job.bar, ways=ways, last=last)
 
 
 def _strong(job: CalibrationJob, evidence: Evidence) -> Option:
@@ -240,8 +256,7 @@ def _strong(job: CalibrationJob, evidence: Evidence) -> Option:
     proven = [
         o
         for o in job.options
-        if (r := evidence.right.get(o.model_id))
-        and anytime_lower_bound(len(r), sum(r.values()), job.confidence, bar=job.bar) >= job.bar
+        if (r := evidence.right.get(o.model_id)) and _lower(job, len(r), sum(r.values())) >= job.bar
     ]
     if proven:
         return min(proven, key=lambda o: (o.usd_per_item, o.model_id))
@@ -266,8 +281,7 @@ def _cascades(job: CalibrationJob, evidence: Evidence) -> list[RouteOption]:
     strong = _strong(job, evidence)
     pool = _pool(job, evidence, strong)
     pairs = list(combinations(pool, 2))
-    confidence = 1.0 - (1.0 - job.confidence) / max(1, len(pairs))
-    out = []
+    records = []
     for first, second in pairs:
         shared, missing = _shared(job, evidence, first.model_id, second.model_id, strong.model_id)
         if missing or len(shared) < CASCADE_MIN_SHARED:
@@ -282,13 +296,26 @@ def _cascades(job: CalibrationJob, evidence: Evidence) -> list[RouteOption]:
                 right += evidence.right[strong.model_id][item]
         n = len(shared)
         usd = first.usd_per_item + second.usd_per_item + strong.usd_per_item * Decimal(escalated) / Decimal(n)
+        records.append((first, second, n, right, escalated, usd))
+    # The last look's share goes to one pair: among those whose record holds every label, the cheapest
+    # to run. Its cost comes from how often its models agree, not from the labels, so picking it does not
+    # overstate its accuracy.
+    complete = [r for r in records if r[2] >= len(job.labelled)]
+    last_pair = min(complete, key=lambda r: (r[5], r[0].model_id, r[1].model_id), default=None)
+    out = []
+    for record in records:
+        first, second, n, right, escalated, usd = record
+        last = record is last_pair
+        plural = "s" if len(pairs) > 1 else ""
         measure = Measure(
             n,
             right,
-            anytime_lower_bound(n, right, confidence, bar=job.bar),
-            anytime_upper_bound(n, right, confidence),
-            confidence,
-            f"cascade, best of {len(pairs)} pair{'s' if len(pairs) > 1 else ''}",
+            _lower(job, n, right, ways=len(pairs), last=last),
+            anytime_upper_bound(n, right, job.confidence),
+            job.confidence,
+            f"cascade, last look: cheapest of {len(pairs)} pair{plural}"
+            if last
+            else f"cascade, 1 of {len(pairs)} pair{plural}, early looks only",
         )
         out.append(
             RouteOption(
@@ -352,7 +379,7 @@ def _single_test(job: CalibrationJob, evidence: Evidence, option: Option, curren
     remaining = [i for i in job.labelled if i not in record]
     if not remaining:
         return None
-    if n and anytime_lower_bound(n, right, job.confidence, bar=job.bar) >= job.bar:
+    if n and _lower(job, n, right) >= job.bar:
         return None  # already proven
     need = share_to_prove(len(job.labelled), job.bar, job.confidence)
     if need is None:
@@ -393,9 +420,8 @@ def _cascade_tests(job: CalibrationJob, evidence: Evidence, routes: list[RouteOp
     """The strong model on the items where a promising pair disagreed, or a pair's next slice."""
     strong = _strong(job, evidence)
     pool = _pool(job, evidence, strong)
-    n_pairs = max(1, len(pool) * (len(pool) - 1) // 2)
-    confidence = 1.0 - (1.0 - job.confidence) / n_pairs
-    need = share_to_prove(len(job.labelled), job.bar, confidence)
+    # What a pair must reach on every label: the last look's bound (one pair gets it).
+    need = share_to_prove(len(job.labelled), job.bar, job.confidence)
     if need is None:
         return []
     measured = {(r.model_id, r.second_id): r for r in routes if r.kind == "cascade"}
@@ -506,7 +532,7 @@ def _items_to_decide(mean: float, n: int, bar: float, limit: int, confidence: fl
     while total < limit:
         right = round(mean * total)
         if (
-            anytime_lower_bound(total, right, confidence, bar=bar) >= bar
+            proving_bound(total, right, limit, confidence, bar=bar) >= bar
             or anytime_upper_bound(total, right, confidence) < bar
         ):
             return total
@@ -547,7 +573,7 @@ def _unproven(job: CalibrationJob, routes: list[RouteOption], why: str) -> Step:
     )
     return Step(
         "unproven",
-        f"no route is proven at bar {job.bar:.3f} ({percent(job.confidence)} one-sided, anytime-valid bounds): best "
+        f"no route is proven at bar {job.bar:.3f} ({percent(job.confidence)} {BOUNDS_NOTE}): best "
         f"{best.name} at {m.right}/{m.n} (lower bound {m.lower:.3f}); {outcome}. Stopped: {why}. Measured: {detail}",
         model_id=best.model_id,
         route=best,
@@ -559,22 +585,23 @@ def _unproven(job: CalibrationJob, routes: list[RouteOption], why: str) -> Step:
 def labels_to_prove(bar: float, confidence: float) -> int:
     """The fewest labelled items that can prove `bar` at all (every answer right)."""
     n = 1
-    while anytime_lower_bound(n, n, confidence, bar=bar) < bar and n < 10_000_000:
+    while proving_bound(n, n, n, confidence, bar=bar) < bar and n < 10_000_000:
         n = max(n + 1, int(n * 1.1))
     lo = max(1, int(n / 1.1) - 1)
-    while lo < n and anytime_lower_bound(lo, lo, confidence, bar=bar) < bar:
+    while lo < n and proving_bound(lo, lo, lo, confidence, bar=bar) < bar:
         lo += 1
     return lo
 
 
 def more_labels(n: int, right: int, bar: float, confidence: float) -> int:
-    """More labelled items, at the same rate, for the lower bound to meet the bar (0 if it never would)."""
+    """More labelled items, at the same rate, for the bound at the last look on them all to meet the bar
+    (0 if it never would)."""
     mean = right / n if n else 0.0
     if mean <= bar:
         return 0
     total = max(n, 1)
     while total < 10_000_000:
-        if anytime_lower_bound(total, round(mean * total), confidence, bar=bar) >= bar:
+        if proving_bound(total, round(mean * total), total, confidence, bar=bar) >= bar:
             return total - n
         total = int(total * 1.2) + 1
     return 0

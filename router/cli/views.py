@@ -270,7 +270,7 @@ def calibration_table(summary: dict[str, Any]) -> Table:
             str(route["right"]),
             f"{route['mean']:.3f}",
             f"[{route['lower']:.3f}, {route['upper']:.3f}]"
-            + (f" at {_confidence(route)}" if route.get("kind") == "cascade" else ""),
+            + (f" ({route['source']})" if route.get("kind") == "cascade" and route.get("source") else ""),
             usd(route["usd_per_item"], 6) if route.get("usd_per_item") else "-",
         )
     lines = [str(summary.get("message", ""))]
@@ -287,7 +287,7 @@ def calibration_table(summary: dict[str, Any]) -> Table:
 
 def _confidence(measure: dict[str, Any]) -> str:
     confidence = float(measure.get("confidence") or 0.95)
-    return f"{confidence * 100:.4g}% one-sided, anytime-valid"
+    return f"{confidence * 100:.4g}% {measure.get('bounds') or 'one-sided, anytime-valid'}"
 
 
 # Piped or logged output has no terminal width; 120 columns keeps the decision table readable.

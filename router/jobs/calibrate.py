@@ -59,11 +59,11 @@ REFERENCE_SAMPLE = 200
 DEFAULT_VOLUME = 10_000
 # Measured estimates are reused this long; older ones are measured again.
 ESTIMATE_TTL = timedelta(days=30)
-# The calibration bounds: one-sided, anytime-valid (policies/confidence.py), at this confidence.
+# The calibration bounds: one-sided, valid over every look (policies/confidence.py proving_bound), at this confidence.
 CONFIDENCE = 0.95
 # Amounts derived from a share are kept to this many places (prices need about 10).
 MONEY_PLACES = Decimal("0.0000000001")
-BOUNDS = "95% one-sided, anytime-valid"
+BOUNDS = "95% one-sided, sequential"
 # Summaries sharing less than this word overlap (ROUGE-1 F1) with the reference fail without a judge call.
 OVERLAP_FLOOR = 0.2
 
@@ -404,7 +404,7 @@ def _route(decision: Decision, option: RouteOption, job: Job, plan: CalibrationJ
     fallbacks = fallbacks_from(decision, exclude={chosen, option.second_id or "", option.strong_id or ""})
     reasons = (
         f"{option.name}: {option.measure.right}/{option.measure.n} right, bounds [{option.measure.lower:.3f}, "
-        f"{option.measure.upper:.3f}] ({percent(option.measure.confidence)} one-sided, anytime-valid; "
+        f"{option.measure.upper:.3f}] ({percent(option.measure.confidence)} {option.measure.bounds}; "
         f"{option.measure.source})",
     )
     if option.kind == "cascade":
@@ -595,6 +595,7 @@ def _estimate_json(m: Measure) -> dict[str, Any]:
         "lower": round(m.lower, 4),
         "upper": round(m.upper, 4),
         "confidence": m.confidence,
+        "bounds": m.bounds,
         "source": m.source,
     }
 

@@ -91,7 +91,7 @@ def test_calibrate_measures_for_later_jobs_and_keeps_the_estimates(
         stored = list(session.execute(select(QualityEstimate).where(QualityEstimate.job_id == job.id)).scalars())
         run_calls = session.execute(select(Call).where(Call.job_id == job.id, Call.purpose == "run")).all()
     assert stored and not run_calls
-    assert "one-sided, anytime-valid" in out
+    assert "one-sided, sequential" in out
 
 
 def test_the_sandbox_says_it_cannot_measure_a_users_own_labels(

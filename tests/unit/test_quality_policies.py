@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from policies.calibration import FIRST_SLICE, CalibrationJob, Evidence, Option, labels_to_prove, next_step
-from policies.confidence import anytime_lower_bound, anytime_upper_bound
+from policies.confidence import anytime_lower_bound, anytime_upper_bound, exact_lower_bound, proving_bound
 from policies.drift import MIN_CHECKS, judge_drift
 
 
@@ -44,7 +44,7 @@ def test_the_cheapest_model_is_tested_first_and_a_clear_record_is_chosen() -> No
     assert (step.kind, step.model_id, len(step.items)) == ("test", "cheap", FIRST_SLICE)
     step = next_step(_job(), _evidence(cheap=(100, 100)))
     assert step.kind == "chosen" and step.route is not None and step.route.model_id == "cheap"
-    assert "anytime-valid" in step.reason and f"{step.route.measure.lower:.3f}" in step.reason
+    assert "sequential" in step.reason and f"{step.route.measure.lower:.3f}" in step.reason
 
 
 def test_a_model_is_never_chosen_on_its_prior() -> None:
@@ -144,3 +144,70 @@ def test_anytime_bounds_hold_however_many_looks() -> None:
 )
 def test_drift(n: int, agree: int, drifted: bool) -> None:
     assert judge_drift(n=n, agree=agree, bar=0.9).drifted is drifted
+
+
+def test_the_exact_bound_is_clopper_pearson() -> None:
+    """P(at least `right` of n | the bound) is the error allowed, summed from the binomial itself."""
+    from math import comb
+
+    for n, right in ((200, 190), (50, 45), (10, 3), (1000, 940)):
+        p = exact_lower_bound(n, right, 0.955)
+        tail = sum(comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(right, n + 1))
+        assert abs(tail - 0.045) < 1e-9
+    assert exact_lower_bound(30, 30, 0.95) == pytest.approx(0.05 ** (1 / 30))
+    assert exact_lower_bound(10, 0) == 0.0
+
+
+def test_the_proving_bound_holds_over_every_look_and_the_last() -> None:
+    """At a true rate of exactly the bar, read after every 10 labels and at the last look on all 200,
+    it clears the bar in at most 5% of jobs (the early looks' 0.5% plus the last look's 4.5%)."""
+    import random
+
+    runs, crossed = 2000, 0
+    for run in range(runs):
+        rng, right = random.Random(run), 0
+        for n in range(1, 201):
+            right += rng.random() < 0.909
+            if n % 10 == 0 and proving_bound(n, right, 200, bar=0.909) >= 0.909:
+                crossed += 1
+                break
+    assert 0.02 <= crossed / runs <= 0.05
+
+
+def test_the_last_look_proves_what_the_anytime_bound_alone_cannot() -> None:
+    """The issue's case: 189 of 200 labels proves 0.909 at the look on all 200 labels, not before."""
+    assert proving_bound(200, 189, 200, bar=0.909) >= 0.909
+    assert proving_bound(200, 189, 400, bar=0.909) < 0.909  # 200 of 400 labels: an early look
+    assert anytime_lower_bound(200, 189, 0.95, bar=0.909) < 0.909
+    assert proving_bound(200, 188, 200, bar=0.909) < 0.909
+
+
+def test_the_last_look_goes_to_one_pair_picked_by_its_cost() -> None:
+    """Three cheap models make three pairs; at the last look only the cheapest pair to run (the one
+    whose models agree most: answers, not labels) gets the last look's share."""
+    n = 200
+    models = ("c1", "c2", "c3")
+    # c1 and c2 agree on all but 10 items; c3 disagrees with both on 20 more.
+    answers = {
+        "c1": {i: "a" if i >= 10 else "x" for i in range(n)},
+        "c2": {i: "a" if i >= 10 else "y" for i in range(n)},
+        "c3": {i: "a" if i >= 30 else "z" for i in range(n)},
+    }
+    right = {m: {i: a[i] == "a" for i in range(n)} for m, a in answers.items()}
+    right["dear"] = dict.fromkeys(range(30), True)
+    answers["dear"] = dict.fromkeys(range(30), "a")
+    job = replace(
+        _job(labels=n, bar=0.97),  # no cheap model alone is proven: the strong one is the best prior
+        options=(
+            *(Option(m, Decimal("0.0001"), prior=0.85) for m in models),
+            Option("dear", Decimal("0.001"), prior=0.99),
+        ),
+    )
+    routes = {r.name: r for r in next_step(job, Evidence(right=right, answers=answers, spent_usd=Decimal(0))).options}
+    last = [r for r in routes.values() if r.kind == "cascade" and "last look" in r.measure.source]
+    assert [r.name for r in last] == ["cascade c1 + c2 -> dear"]
+    others = [r for r in routes.values() if r.kind == "cascade" and r not in last]
+    assert len(others) == 2 and all("1 of 3 pairs" in r.measure.source for r in others)
+    # Every cascade is right on all 200; only the early looks' share (shared by 3) bounds the others.
+    assert all(r.measure.right == n for r in routes.values() if r.kind == "cascade")
+    assert all(r.measure.lower < last[0].measure.lower for r in others)
