@@ -51,7 +51,7 @@ from router.ledger.rollup import CallFacts
 from router.ledger.tables import CallStatus, ItemStatus, utcnow
 from router.ledger.types import ClaimedItem
 from router.prompts import parse_label
-from router.providers.base import CUT, STOP, ChatRequest, Completion
+from router.providers.base import CUT, OUTCOME_OF_FINISH, STOP, ChatRequest, Completion
 from router.redact import configured_secrets, redact
 from router.settings import Settings
 from router.usage import TokenUsage
@@ -417,14 +417,18 @@ def _record_result(
         "usage_estimated": False,
         "cost_usd": Decimal(0),
         "error": None,
+        "finish": None,
     }
     output: str | None = None
     error: str | None = None
+    outcome: str | None = None
     if isinstance(result, Completion):
         # Every answer is charged as billed, usable or not (refused, filtered, blocked, cut off); one
         # that is not used is not tried again on the same model: the stage's answer is a failed one.
-        update.update(status=CallStatus.OK, **_charged(result.usage, price))
+        update.update(status=CallStatus.OK, finish=result.finish, **_charged(result.usage, price))
         output, error = _parse(result, chunk.labels)
+        if output is None:
+            outcome = OUTCOME_OF_FINISH.get(result.finish)  # its own outcome in the reports
         if error is not None and result.finish != STOP:  # the call's row says why its answer was not used
             error = redact(error, progress.secrets)[:ERROR_CHARS]
             update.update(error=error)
@@ -471,6 +475,7 @@ def _record_result(
             simulated=chunk.job.simulated,
             reasoning_tokens=update["reasoning_tokens"],
             call_id=call_id,
+            outcome=outcome,
         )
     )
     retry = round_.retry
@@ -591,7 +596,10 @@ def _advance_items(catalog: Catalog, chunk: ChunkContext, progress: _Progress, r
             held_back.append(item_id)  # a stopped provider, not the item, is at fault: keep it for later
             progress.blocked = True
         elif kind == FAIL:
-            last = got[stages[current][-1]]
+            # The item keeps the call whose error fails it (the last one, as the policy reads them), so
+            # its result's model and outcome (refused, cut off...) are that call's.
+            failing = [answer for answer in got.values() if answer.error == decision.reason]
+            last = failing[-1] if failing else got[stages[current][-1]]
             _finish_item(progress, round_, item_id, ItemStatus.FAILED, None, decision.reason, last.call_id)
     return advance
 

@@ -126,6 +126,7 @@ def charge_lost(
                 "cost_usd": cost,
                 "latency_ms": None,
                 "finished_at": now,
+                "finish": None,
                 "error": "worker lost while the call was in flight: outcome unknown, charged at its worst case",
             }
         )

@@ -11,7 +11,8 @@ from typing import Any
 
 from router.ledger import repo
 from router.ledger.db import session_scope
-from router.ledger.tables import Job
+from router.ledger.tables import ItemStatus, Job
+from router.providers.base import OUTCOME_OF_FINISH
 from router.reports.render import plain
 from router.settings import Settings
 
@@ -84,7 +85,9 @@ def unproven_note(job: Job) -> str | None:
 
 
 def result_record(row: Any, cost: Decimal) -> dict[str, Any]:
-    """An item's result: id, status, output, model, tokens, exact cost (retries included), tries, error."""
+    """An item's result: id, status, output, model, tokens, exact cost (retries included), tries, error,
+    and the outcome of an item failed on a billed answer not used because of how it ended (refused,
+    filtered, blocked, cut_off: its final call's finish), else None."""
     record = {
         "id": row.ext_id,
         "status": row.status,
@@ -95,6 +98,7 @@ def result_record(row: Any, cost: Decimal) -> dict[str, Any]:
         "cost_usd": plain(cost),
         "attempts": row.attempts,
         "error": row.error,
+        "outcome": OUTCOME_OF_FINISH.get(row.finish) if row.status == ItemStatus.FAILED else None,
     }
     if row.gold is not None:
         record["gold"] = row.gold

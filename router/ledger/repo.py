@@ -602,6 +602,7 @@ _CALL_OUTCOME = {
     "cost_usd": "numeric",
     "latency_ms": "int",
     "error": "text",
+    "finish": "text",
     "finished_at": "timestamptz",
 }
 _ITEM_OUTCOME = {
@@ -848,6 +849,7 @@ def iter_results(session: Session, job_id: str, batch: int = 2000) -> Iterable[t
                 CALL.c.cached_input_tokens,
                 CALL.c.output_tokens,
                 CALL.c.simulated,
+                CALL.c.finish,
             )
             .select_from(ITEM.outerjoin(CALL, CALL.c.id == ITEM.c.final_call_id))
             .where(ITEM.c.job_id == job_id, ITEM.c.seq > last)

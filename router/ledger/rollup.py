@@ -20,6 +20,11 @@ from router.ledger.tables import CallRollup
 
 ROLLUP = CallRollup.__table__  # type: ignore[attr-defined]
 KEY = ("tenant_id", "team_id", "job_id", "model_id", "purpose", "day")
+# How a billed answer that was not used ended, as reports and results name it; each has a count
+# (`<outcome>_calls`) and a cost (`<outcome>_cost_usd`) in the rollup.
+OUTCOMES = ("refused", "filtered", "blocked", "cut_off")
+OUTCOME_COUNTS = tuple(f"{o}_calls" for o in OUTCOMES)
+OUTCOME_COSTS = tuple(f"{o}_cost_usd" for o in OUTCOMES)
 SUMS = (
     "calls",
     "failed_calls",
@@ -30,6 +35,8 @@ SUMS = (
     "cost_usd",
     "failed_cost_usd",
     "baseline_cost_usd",
+    *OUTCOME_COUNTS,
+    *OUTCOME_COSTS,
 )
 MTOK = Decimal(1_000_000)
 
@@ -47,6 +54,7 @@ class CallFacts:
     simulated: bool = False  # answered by the sandbox
     reasoning_tokens: int = 0  # thinking, inside output_tokens
     call_id: str | None = None
+    outcome: str | None = None  # one of OUTCOMES, on a failed call: a billed answer not used because of how it ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +110,8 @@ def rollup_rows(
                 "cost_usd": Decimal(0),
                 "failed_cost_usd": Decimal(0),
                 "baseline_cost_usd": Decimal(0),
+                **{k: 0 for k in OUTCOME_COUNTS},
+                **{k: Decimal(0) for k in OUTCOME_COSTS},
             }
         row["calls"] += 1
         row["simulated_calls"] += call.simulated
@@ -112,6 +122,9 @@ def rollup_rows(
         if call.failed:
             row["failed_calls"] += 1
             row["failed_cost_usd"] += call.cost_usd
+        if call.outcome is not None:  # a failed call's, so also in failed_calls and failed_cost_usd
+            row[f"{call.outcome}_calls"] += 1
+            row[f"{call.outcome}_cost_usd"] += call.cost_usd
         if baseline_rates is not None and (baseline_calls is None or call.call_id in baseline_calls):
             # The same input, the same answer, and the baseline's own thinking in place of this call's.
             output = call.output_tokens - call.reasoning_tokens + (0 if call.failed else baseline_rates.thinking_tokens)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Date, cast, func, select, text
 from sqlmodel import Session, col
 
+from router.ledger.rollup import OUTCOMES
 from router.ledger.tables import BudgetPeriod, Call, CallRollup, Team, Tenant
 
 # The rollup column each grouping reads.
@@ -29,10 +30,27 @@ _SUMS = (
     "SUM(cost_usd) AS spend_usd, SUM(failed_cost_usd) AS failed_spend_usd, "
     "SUM(CASE WHEN purpose = 'calibration' THEN cost_usd ELSE 0 END) AS calibration_spend_usd, "
     "SUM(CASE WHEN purpose = 'drift' THEN cost_usd ELSE 0 END) AS drift_spend_usd, "
-    "SUM(baseline_cost_usd) AS baseline_usd"
+    "SUM(baseline_cost_usd) AS baseline_usd, "
+    # Answers billed but not used, by how they ended: the rollup's <outcome>_calls and <outcome>_cost_usd.
+    + ", ".join(f"SUM({o}_calls) AS {o}_calls, SUM({o}_cost_usd) AS {o}_spend_usd" for o in OUTCOMES)
 )
-INT_FIELDS = ("calls", "failed_calls", "simulated_calls", "input_tokens", "cached_input_tokens", "output_tokens")
-MONEY_FIELDS = ("spend_usd", "failed_spend_usd", "calibration_spend_usd", "drift_spend_usd", "baseline_usd")
+INT_FIELDS = (
+    "calls",
+    "failed_calls",
+    "simulated_calls",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    *(f"{o}_calls" for o in OUTCOMES),
+)
+MONEY_FIELDS = (
+    "spend_usd",
+    "failed_spend_usd",
+    "calibration_spend_usd",
+    "drift_spend_usd",
+    "baseline_usd",
+    *(f"{o}_spend_usd" for o in OUTCOMES),
+)
 Sums = dict[str, Any]
 
 
@@ -106,6 +124,8 @@ def _sums_in_python(
             "calibration_spend_usd": rollup["cost_usd"] if rollup["purpose"] == "calibration" else Decimal(0),
             "drift_spend_usd": rollup["cost_usd"] if rollup["purpose"] == "drift" else Decimal(0),
             "baseline_usd": rollup["baseline_cost_usd"],
+            **{f"{o}_calls": rollup[f"{o}_calls"] for o in OUTCOMES},
+            **{f"{o}_spend_usd": rollup[f"{o}_cost_usd"] for o in OUTCOMES},
         }
         for target in [total, *(acc[d].setdefault(rollup[COLUMN[d]], _zero()) for d in dims)]:
             for name, value in values.items():

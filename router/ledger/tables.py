@@ -161,6 +161,9 @@ class Call(SQLModel, table=True):
     cost_usd: Decimal = _money()
     latency_ms: int | None = None
     error: str | None = None
+    # How a billed answer ended (router.providers.base FINISHES: stop, cut, refused, filtered, blocked,
+    # broken); None when no answer came back (an error, an unknown outcome, an unreadable body).
+    finish: str | None = None
     started_at: datetime | None = _ts(default=utcnow, nullable=False)
     finished_at: datetime | None = _ts()
 
@@ -251,6 +254,16 @@ class CallRollup(SQLModel, table=True):
     baseline_cost_usd: Decimal = (
         _money()
     )  # items' final calls' tokens (plus its thinking) at the job's baseline model's price
+    # Answers billed but not used, by how they ended (rollup.OUTCOMES): their count and their cost,
+    # already inside failed_calls and failed_cost_usd.
+    refused_calls: int = 0  # the model declined
+    filtered_calls: int = 0  # the provider's content filter withheld the answer
+    blocked_calls: int = 0  # the prompt was blocked before any answer
+    cut_off_calls: int = 0  # cut off by the output cap, and not usable
+    refused_cost_usd: Decimal = _money()
+    filtered_cost_usd: Decimal = _money()
+    blocked_cost_usd: Decimal = _money()
+    cut_off_cost_usd: Decimal = _money()
 
 
 class JobEvent(SQLModel, table=True):

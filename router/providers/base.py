@@ -42,6 +42,9 @@ FILTERED = "filtered"  # the provider's filter withheld or cut the answer (OpenA
 BLOCKED = "blocked"  # the prompt was blocked before any answer (Gemini `promptFeedback.blockReason`)
 BROKEN = "broken"  # the provider ended the answer in error (Mistral "error", Gemini "OTHER"...)
 FINISHES = (STOP, CUT, REFUSED, FILTERED, BLOCKED, BROKEN)
+# An answer not used because of how it ended is its own outcome in results and reports (named as
+# router.ledger.rollup.OUTCOMES names them); a BROKEN one is counted as a plain failure.
+OUTCOME_OF_FINISH = {REFUSED: "refused", FILTERED: "filtered", BLOCKED: "blocked", CUT: "cut_off"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,16 @@ class ReportRow:
     )  # each run item once, its final call's tokens, at its job's baseline model's price
     simulated_calls: int = 0  # answered by the sandbox, not a real provider
     drift_spend_usd: Decimal = Decimal(0)  # spend on drift checks (the baseline model asked again)
+    # Answers billed but not used because of how they ended (router.ledger.rollup.OUTCOMES): calls
+    # and their spend, already counted in failed_calls and failed_spend_usd.
+    refused_calls: int = 0  # the model declined
+    refused_spend_usd: Decimal = Decimal(0)
+    filtered_calls: int = 0  # the provider's content filter withheld the answer
+    filtered_spend_usd: Decimal = Decimal(0)
+    blocked_calls: int = 0  # the prompt was blocked before any answer (its tokens billed)
+    blocked_spend_usd: Decimal = Decimal(0)
+    cut_off_calls: int = 0  # cut off by the output cap, and not usable (a label read from one stands)
+    cut_off_spend_usd: Decimal = Decimal(0)
 
     @property
     def checks_spend_usd(self) -> Decimal:
@@ -175,6 +185,14 @@ def _row(values: Mapping[Any, Any]) -> ReportRow:
         calibration_spend_usd=usd("calibration_spend_usd"),
         drift_spend_usd=usd("drift_spend_usd"),
         baseline_usd=usd("baseline_usd"),
+        refused_calls=n("refused_calls"),
+        refused_spend_usd=usd("refused_spend_usd"),
+        filtered_calls=n("filtered_calls"),
+        filtered_spend_usd=usd("filtered_spend_usd"),
+        blocked_calls=n("blocked_calls"),
+        blocked_spend_usd=usd("blocked_spend_usd"),
+        cut_off_calls=n("cut_off_calls"),
+        cut_off_spend_usd=usd("cut_off_spend_usd"),
     )
 
 

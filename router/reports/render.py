@@ -39,7 +39,18 @@ COLUMNS = (
     "drift_spend_usd",
     "run_spend_usd",
     "net_savings_usd",
+    # Answers billed but not used because of how they ended, each with its spend (appended too).
+    "refused_calls",
+    "refused_spend_usd",
+    "filtered_calls",
+    "filtered_spend_usd",
+    "blocked_calls",
+    "blocked_spend_usd",
+    "cut_off_calls",
+    "cut_off_spend_usd",
 )
+# Those outcomes (router.ledger.rollup.OUTCOMES) as the table and the page name them.
+OUTCOME_NAMES = (("refused", "refused"), ("filtered", "filtered"), ("blocked", "blocked"), ("cut_off", "cut off"))
 LEDGER_PLACES = Decimal(1).scaleb(-MONEY_SCALE)
 WIDE = Context(prec=60)  # padding a sum to 10 places must never run out of digits (the default is 28)
 PCT = Decimal("0.01")  # percentages are ratios, not money: two places are plenty
@@ -185,8 +196,37 @@ FOLD: dict[str, Any] = {"overflow": "fold"}
 
 def render_table(report: Report) -> RenderableType:
     """Two tables, rounded for reading: what was spent (grouped rows and a TOTAL row), then what the
-    run items saved against each job's baseline model, with calibration and drift checks apart."""
-    return Group(_spend_table(report), _savings_table(report))
+    run items saved against each job's baseline model, with calibration and drift checks apart; and a
+    third when some answers were billed but not used (refused, filtered, blocked, cut off)."""
+    tables: list[RenderableType] = [_spend_table(report), _savings_table(report)]
+    if any_unused(report.totals):
+        tables.append(_outcomes_table(report))
+    return Group(*tables)
+
+
+def any_unused(row: ReportRow) -> bool:
+    """Whether any answer of `row` was billed but not used because of how it ended."""
+    return any(getattr(row, f"{name}_calls") for name, _ in OUTCOME_NAMES)
+
+
+def _outcome_cell(row: ReportRow, name: str) -> str:
+    calls, spend = getattr(row, f"{name}_calls"), getattr(row, f"{name}_spend_usd")
+    return f"{calls:,} ({usd(spend)})" if calls else "-"
+
+
+def _outcomes_table(report: Report) -> Table:
+    table = Table(
+        title=f"Answers billed but not used, by {report.by}: calls (their spend)",
+        title_justify="left",
+        caption="Counted in failed and failed spend above; never tried again on the same model.",
+        caption_justify="left",
+    )
+    table.add_column(report.by, **FOLD)
+    for _, label in OUTCOME_NAMES:
+        table.add_column(label, justify="right", **FOLD)
+    for row in _rows(report):
+        table.add_row(row.key, *(_outcome_cell(row, name) for name, _ in OUTCOME_NAMES), **_row_style(report, row))
+    return table
 
 
 def _rows(report: Report) -> tuple[ReportRow, ...]:
@@ -400,7 +440,12 @@ def render_html(report: Report) -> str:
             _card(
                 "Failed-call spend",
                 usd(t.failed_spend_usd),
-                f"exact {usd_exact(t.failed_spend_usd)}",
+                f"exact {usd_exact(t.failed_spend_usd)}"
+                + "".join(
+                    f" &middot; {label} {getattr(t, f'{name}_calls'):,}"
+                    for name, label in OUTCOME_NAMES
+                    if getattr(t, f"{name}_calls")
+                ),
                 t.failed_spend_usd,
             ),
         )
@@ -422,6 +467,7 @@ def render_html(report: Report) -> str:
         model_chart=bar_chart(report.spend_by_model, color="#7c3aed"),
         by=escape(report.by),
         table=_group_table(report),
+        outcomes=_outcomes_html(report),
         budgets=_budget_table(report.budgets),
         savings=escape(savings_note(t)),
     )
@@ -621,6 +667,27 @@ def _group_table(report: Report) -> str:
     )
 
 
+def _outcomes_html(report: Report) -> str:
+    """Refused, filtered, blocked and cut-off answers per group: calls and their spend (exact on hover)."""
+    if not any_unused(report.totals):
+        return '<p class="empty">No answer was refused, filtered, blocked or cut off this month.</p>'
+    head = "".join(f"<th>{label}</th><th>{label} spend</th>" for _, label in OUTCOME_NAMES)
+
+    def line(row: ReportRow, tag: str = "td") -> str:
+        cells = "".join(
+            _td(f"{getattr(row, f'{name}_calls'):,}", tag=tag)
+            + _td(usd(getattr(row, f"{name}_spend_usd")), getattr(row, f"{name}_spend_usd"), tag=tag)
+            for name, _ in OUTCOME_NAMES
+        )
+        return f'<tr><{tag} class="key">{escape(row.key)}</{tag}>{cells}</tr>'
+
+    body = "".join(line(r) for r in report.rows if any_unused(r))
+    return (
+        f'<table><thead><tr><th class="key">{escape(report.by)}</th>{head}</tr></thead><tbody>{body}</tbody>'
+        f"<tfoot>{line(report.totals, 'th')}</tfoot></table>"
+    )
+
+
 def _budget_table(budgets: Sequence[BudgetRow]) -> str:
     if not budgets:
         return '<p class="empty">No budgets set for this month.</p>'
@@ -704,6 +771,7 @@ footer {{ color:var(--muted); font-size:12px; margin-top:8px; }}
 <div class="row2"><section class="panel"><h2>Spend per team</h2>{team_chart}</section>
 <section class="panel"><h2>Spend per model</h2>{model_chart}</section></div>
 <section class="panel"><h2>By {by}</h2><div class="scroll">{table}</div></section>
+<section class="panel"><h2>Answers billed but not used, by {by}</h2><div class="scroll">{outcomes}</div></section>
 <section class="panel"><h2>Budgets</h2>{budgets}</section>
 <footer>Sums are exact; figures are rounded for display (hover a figure for its exact value). {savings}
 Calibration and drift checks are spent on every job's own items to choose its route and to watch it; a small

@@ -299,6 +299,7 @@ def test_outcomes_with_awkward_text_are_written_exactly(
                     "cost_usd": Decimal("0.0000000001") * k,
                     "latency_ms": None,
                     "error": text,
+                    "finish": None,
                     "finished_at": now,
                 }
                 for k, (i, text) in enumerate(zip(ids, awkward, strict=True))

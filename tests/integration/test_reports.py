@@ -357,6 +357,14 @@ def test_csv_has_every_group_and_the_exact_total(session: Session) -> None:
         "drift_spend_usd",
         "run_spend_usd",
         "net_savings_usd",
+        "refused_calls",
+        "refused_spend_usd",
+        "filtered_calls",
+        "filtered_spend_usd",
+        "blocked_calls",
+        "blocked_spend_usd",
+        "cut_off_calls",
+        "cut_off_spend_usd",
     ]
     assert [r[0] for r in rows[1:]] == ["legal", "growth", "TOTAL"]
     for row, want in zip(rows[1:], (LEGAL, GROWTH, ACME_TOTAL), strict=True):
@@ -374,7 +382,7 @@ def test_csv_has_every_group_and_the_exact_total(session: Session) -> None:
         ]
     assert rows[-1][1] == "0.0076037050" and rows[-1][10] == "0.0231612950"  # full precision, as stored
     assert rows[-1][11] == "81.94"  # 0.023161295 / 0.028265, a display ratio
-    assert rows[-1][13:] == ["0.0000000000", "0.0051037050", "0.0206612950"]  # drift, run, net (all in)
+    assert rows[-1][13:16] == ["0.0000000000", "0.0051037050", "0.0206612950"]  # drift, run, net (all in)
 
 
 def test_json_has_rows_totals_budgets_and_series_as_exact_strings(session: Session) -> None:
