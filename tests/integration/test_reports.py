@@ -46,6 +46,7 @@ class C:
     cost_usd: Decimal
     failed: bool = False
     cached_input_tokens: int = 0
+    outcome: str | None = None  # a failed call's answer, billed and not used: refused, filtered, blocked, cut_off
 
 
 # (job, tenant, team, task, model, provider, purpose, baseline rates per Mtok in/out, calls)
@@ -61,7 +62,7 @@ CALLS = [
         (D("2.5"), D("10")),
         [
             C("2026-10-01T09:00:00", 1000, 10, D("0.0000012345")),  # baseline 2600/1M = 0.0026
-            C("2026-10-01T10:00:00", 2000, 20, D("0.0000024690"), failed=True, cached_input_tokens=500),  # 0.00645
+            C("2026-10-01T10:00:00", 2000, 20, D("0.0000024690"), True, 500, "cut_off"),  # 0.00645
             C("2026-10-15T12:00:00", 1500, 15, D("0.0001000001")),  # 0.0039
         ],
     ),
@@ -89,7 +90,8 @@ CALLS = [
         (D("3"), D("15")),
         [
             C("2026-10-10T00:00:00", 4000, 200, D("0.0050000005")),  # 0.015
-            C("2026-10-31T23:59:59", 100, 1, D("0.0000000009"), failed=True),  # 0.000315, last second of October
+            # 0.000315, last second of October
+            C("2026-10-31T23:59:59", 100, 1, D("0.0000000009"), True, outcome="refused"),
             C("2026-11-01T00:00:00", 100, 1, D("0.7000000000")),  # November
             C("2026-09-30T23:59:59", 100, 1, D("0.3000000000")),  # September
         ],
@@ -119,11 +121,18 @@ BUDGETS = [
     (ACME, "growth", date(2026, 11, 1), D("10"), "USD", D("0.7"), D("0")),  # another month: never shown
 ]
 
+# Growth's failed call was cut off by the output cap, legal's refused: their own outcome, inside failed.
+CUT_OFF = {"cut_off_calls": 1, "cut_off_spend_usd": D("0.0000024690")}
+REFUSED = {"refused_calls": 1, "refused_spend_usd": D("0.0000000009")}
 GROWTH = ReportRow("growth", D("0.0026037036"), 4, 1, 5500, 500, 50, D("0.0000024690"), D("0.0025"), D("0.01295"))
+GROWTH = replace(GROWTH, **CUT_OFF)
 LEGAL = ReportRow("legal", D("0.0050000014"), 2, 1, 4100, 0, 201, D("0.0000000009"), D("0"), D("0.015315"))
+LEGAL = replace(LEGAL, **REFUSED)
 OPS = ReportRow("ops", D("0.0000001123"), 2, 0, 50, 0, 5, D("0"), D("0"), D("0.000175"))
 ACME_TOTAL = ReportRow("TOTAL", D("0.0076037050"), 6, 2, 9600, 500, 251, D("0.0000024699"), D("0.0025"), D("0.028265"))
+ACME_TOTAL = replace(ACME_TOTAL, **CUT_OFF, **REFUSED)
 ALL_TOTAL = ReportRow("TOTAL", D("0.0076038173"), 8, 2, 9650, 500, 256, D("0.0000024699"), D("0.0025"), D("0.02844"))
+ALL_TOTAL = replace(ALL_TOTAL, **CUT_OFF, **REFUSED)
 
 
 def build_ledger(session: Session) -> None:
@@ -177,7 +186,13 @@ def build_ledger(session: Session) -> None:
             )
             facts.append(
                 CallFacts(
-                    started, call.failed, call.input_tokens, call.cached_input_tokens, call.output_tokens, call.cost_usd
+                    started,
+                    call.failed,
+                    call.input_tokens,
+                    call.cached_input_tokens,
+                    call.output_tokens,
+                    call.cost_usd,
+                    outcome=call.outcome,
                 )
             )
         session.flush()
@@ -421,6 +436,37 @@ def test_table_shows_groups_and_total(session: Session) -> None:
     out = console.export_text()
     assert "legal" in out and "growth" in out and "TOTAL" in out
     assert "$0.0076" in out and "9,600" in out and "81.94%" in out
+
+
+def test_refused_and_cut_off_answers_are_their_own_outcome_in_every_format(session: Session) -> None:
+    """Answers billed but not used because of how they ended: counted and costed per group, exactly,
+    apart from (and inside) the failed calls."""
+    report = monthly_report(session, month="2026-10", tenant=ACME)
+    rows = {r[0]: r for r in csv.reader(io.StringIO(render_csv(report)))}
+    header = rows["team"]
+    cell = {key: dict(zip(header, row, strict=True)) for key, row in rows.items()}
+    assert cell["growth"]["cut_off_calls"] == "1" and cell["growth"]["cut_off_spend_usd"] == "0.0000024690"
+    assert cell["growth"]["refused_calls"] == "0" and cell["growth"]["refused_spend_usd"] == "0.0000000000"
+    assert cell["legal"]["refused_calls"] == "1" and cell["legal"]["refused_spend_usd"] == "0.0000000009"
+    assert [cell["TOTAL"][f"{o}_calls"] for o in ("refused", "filtered", "blocked", "cut_off")] == ["1", "0", "0", "1"]
+    doc = json.loads(render_json(report))
+    legal = next(r for r in doc["rows"] if r["key"] == "legal")
+    assert (legal["refused_calls"], legal["refused_spend_usd"], legal["cut_off_calls"]) == (1, "0.0000000009", 0)
+    assert (doc["totals"]["cut_off_calls"], doc["totals"]["cut_off_spend_usd"]) == (1, "0.0000024690")
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(render_table(report))
+    out = console.export_text()
+    assert "Answers billed but not used, by team" in out and "1 ($0.0000025)" in out and "1 ($0.0000000009)" in out
+    page = render_html(report)
+    assert "Answers billed but not used, by team" in page and "cut off 1" in page and "refused 1" in page
+    # A month with none says so, and the table shows no third table.
+    quiet = monthly_report(session, month="2026-10", tenant=GLOBEX)
+    console = Console(record=True, width=200)
+    console.print(render_table(quiet))
+    assert "not used" not in console.export_text()
+    assert "No answer was refused, filtered, blocked or cut off this month." in render_html(quiet)
 
 
 def _html(session: Session) -> tuple[Report, str]:
