@@ -785,7 +785,8 @@ def report(
     force: Annotated[bool, typer.Option(help="Overwrite the -o file if it exists.")] = False,
 ) -> None:
     """Monthly cost report from the ledger: spend, calls, tokens, failed and calibration spend,
-    budget used, and savings against each job's baseline model."""
+    answers refused, filtered, blocked or cut off (calls and spend), budget used, and savings against
+    each job's baseline model."""
     renderers = {"csv": report_render.render_csv, "json": report_render.render_json, "html": report_render.render_html}
     if format not in (*renderers, "table"):
         raise _fail(PennyrouteError(f"--format: unknown format '{format}': use table, csv, json or html"))
