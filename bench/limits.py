@@ -1,6 +1,6 @@
 """A rate limit the catalog does not state, and the same limit stated: is it found and held?
 
-    python bench/limits.py [--items 1500] [--rpm 1200] [--quick] [--memory]
+    python bench/limits.py [--items 1500] [--rpm 1200] [--quick] [--memory] [--timeline SECONDS]
 
 Runs one job in this process (Postgres for the ledger, Redis for the shared limits unless --memory)
 against the local fake provider enforcing --rpm requests per minute (a token bucket holding one
@@ -136,6 +136,13 @@ def run(label: str, *, stated: bool, args: argparse.Namespace, tmp: Path, url: s
         ]
     _, answered, refused = watch.samples[-1]
     requests = answered + refused
+    if args.timeline:
+        print(f"{label}: answers and 429s per {args.timeline:g} s")
+        t0, last = watch.samples[0][0], (0, 0)
+        for t, a, r in watch.samples:
+            if t - t0 >= args.timeline or (t, a, r) == watch.samples[-1]:
+                print(f"  +{t - watch.samples[0][0]:6.1f}s  answered {a - last[0]:5d}  429 {r - last[1]:5d}")
+                t0, last = t, (a, r)
     return {
         "case": label,
         "items done": f"{sum(s == ItemStatus.DONE for s in statuses) / args.items:.1%}",
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rpm", type=int, default=1200, help="the limit the fake provider enforces")
     parser.add_argument("--quick", action="store_true", help="600 items: about 30 s for both runs")
     parser.add_argument("--memory", action="store_true", help="limits in this process's memory, not Redis")
+    parser.add_argument("--timeline", type=float, default=0, help="also print answers and 429s every this many seconds")
     args = parser.parse_args(argv)
     if args.quick:
         args.items = 600

@@ -56,6 +56,12 @@ CUT_GAP_S = 2.0
 GROW_SHARE_PER_S = 0.01
 # Growth until the first cut: 10% a second, doubling in about 7 s.
 PROBE_GROW_SHARE_PER_S = 0.1
+# Past the rate of its last cut (the ceiling: where 429s came), a learned rate climbs this much slower:
+# it spends its time just under the limit it found, not over it (as TCP CUBIC plateaus near the
+# window of its last loss), and still finds a limit that was raised.
+PAST_CEILING_SLOWDOWN = 10.0
+# The ceiling sits this far under the rate where the 429s came (that rate was already over the limit).
+CEILING_MARGIN = 0.95
 # Growth is counted over at most this long per update: a gate idle for a while has not earned more.
 MAX_GROW_S = 1.0
 # Never below one call every two seconds: a provider that refuses everything is still probed.
@@ -69,7 +75,7 @@ START_SHARE = 0.10
 CUT_SHARE = 0.02
 # A share means something only over this many recent responses (429s and answers): a 429 answered at
 # once while the answers to the calls sent with it are still on their way is 100% of one response.
-MIN_RESPONSES = 20
+MIN_RESPONSES = 10
 
 
 def is_rate_limit(share_429: float, *, learned: bool, responses: int = MIN_RESPONSES) -> bool:
@@ -86,6 +92,7 @@ class LearnedRate:
     cut_at: float
     grown_at: float
     probing: bool = True  # seeded and not cut yet: grows at PROBE_GROW_SHARE_PER_S
+    ceiling: float = 0.0  # the rate at the last cut (0: none yet)
 
 
 def first_429(*, now: float) -> LearnedRate:
@@ -106,7 +113,8 @@ def after_learned_429(rate: LearnedRate, *, now: float) -> tuple[LearnedRate, st
     if rate.rps <= 0 or now - rate.cut_at < CUT_GAP_S:
         return rate, "429 of a call sent before the last cut"
     rps = max(MIN_LEARNED_RPS, rate.rps * LEARN_CUT)
-    return LearnedRate(rps, now, now, False), f"429: learned rate {rate.rps * 60:.0f} -> {rps * 60:.0f} rpm"
+    ceiling = rate.rps * CEILING_MARGIN
+    return LearnedRate(rps, now, now, False, ceiling), f"429: learned rate {rate.rps * 60:.0f} -> {rps * 60:.0f} rpm"
 
 
 def after_learned_hold(rate: LearnedRate, *, now: float) -> LearnedRate:
@@ -115,4 +123,6 @@ def after_learned_hold(rate: LearnedRate, *, now: float) -> LearnedRate:
     if rate.rps <= 0 or seconds <= 0:
         return rate
     share = PROBE_GROW_SHARE_PER_S if rate.probing else GROW_SHARE_PER_S
-    return LearnedRate(rate.rps * (1 + share * seconds), rate.cut_at, now, rate.probing)
+    if rate.ceiling and rate.rps >= rate.ceiling:
+        share /= PAST_CEILING_SLOWDOWN
+    return LearnedRate(rate.rps * (1 + share * seconds), rate.cut_at, now, rate.probing, rate.ceiling)

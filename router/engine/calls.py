@@ -89,12 +89,17 @@ async def call_one(
                     return key, refused, 0.0
                 await _take_limits(limits, request, model)
             sent_at = time.time()
+            if limits is not None:
+                limits.sending(provider.name, +1)
             try:
                 result = await provider.complete(request)
             except ProviderError as exc:
                 result = exc
             except Exception as exc:  # a bug or an unmapped client error must fail the item, not the chunk
                 result = ProviderError(f"unexpected {type(exc).__name__}: {exc}", provider=provider.name)
+            finally:
+                if limits is not None:
+                    limits.sending(provider.name, -1)
             if limits is not None:
                 await _observe(limits, provider.name, model, result, sent_at)
     finally:
@@ -102,9 +107,10 @@ async def call_one(
             overloaded = isinstance(result, (ProviderTimeout, ProviderConnectionError)) or (
                 isinstance(result, ProviderError) and result.status_code in OVERLOAD_STATUSES
             )
-            # A call the breaker refused (or an interrupt cancelled) never reached the provider: it says
-            # nothing of the provider's load, so the window stays as it is.
-            await limits.leave(provider.name, overloaded=overloaded, called=result is not None)  # type: ignore[union-attr]
+            # A call the breaker refused (or an interrupt cancelled) never reached the provider, and a
+            # 429 is the model's rate, not the server's load: neither moves the window.
+            rate_limited = isinstance(result, ProviderError) and result.status_code == 429
+            await limits.leave(provider.name, overloaded=overloaded, called=result is not None and not rate_limited)  # type: ignore[union-attr]
     assert result is not None  # set by the call (a refused breaker returned above)
     return key, result, time.perf_counter() - started
 
@@ -166,7 +172,7 @@ async def _observe(
                 rpm=model.rpm,
                 tpm=model.tpm,
                 rate_limited=rate_limited,
-                unanswered=max(0, limits.in_flight(provider) - 1) if rate_limited else 0,
+                unanswered=limits.sent(provider) if rate_limited else 0,
                 retry_after=result.rate_pause_s if rate_limited else None,  # type: ignore[union-attr]
             )
     except Exception as exc:  # the call is made and will be recorded; losing one observation is harmless

@@ -36,7 +36,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from policies.circuit_breaker import BreakerDecision, BreakerState, allows, on_failure, on_success
-from policies.in_flight import Window, after_answer, after_overload
+from policies.in_flight import Window, after_answer, after_overload, first_window
 from policies.rate_adapt import (
     LearnedRate,
     after_learned_429,
@@ -139,6 +139,7 @@ class SharedLimits:
         self._learned: dict[str, tuple[float, LearnedRate | None, str]] = {}  # model -> (read at, rate, version)
         self._answered: dict[str, deque[float]] = {}  # model -> when its recent calls were answered
         self._limited: dict[str, deque[float]] = {}  # model -> when its recent calls were answered 429
+        self._sent: dict[str, int] = {}  # provider -> calls on the wire now
         self._held: dict[str, float] = {}  # model -> when its learned gate last held a caller back
         self._windows: dict[str, Window] = {}  # provider -> its calls-in-flight window
         self._active: dict[str, int] = {}  # provider -> calls in flight now
@@ -288,7 +289,9 @@ class SharedLimits:
         rate, version = await self._learned_state(key)
         if rate is None:
             return None
-        if rate.rps <= 0 and await self._paused_for(key) <= 0:
+        # Seeded once the first 429's pause is over, and never sooner than SEED_WAIT_S after it (the
+        # pause is written after the rate: a caller in between must not seed from the first few answers).
+        if rate.rps <= 0 and time.time() - rate.cut_at >= SEED_WAIT_S and await self._paused_for(key) <= 0:
             answered = self._answered_rps(key)
             if answered <= 0 and time.time() - rate.cut_at < ANSWERED_WINDOW_S:
                 return 0.0  # no answer in yet (slow answers): keep measuring
@@ -305,7 +308,13 @@ class SharedLimits:
             return None, ""
         raw = await client.hgetall(f"pennyroute:rl:{key}:learned")
         rate = (
-            LearnedRate(float(raw[b"rps"]), float(raw[b"cut_at"]), float(raw[b"grown_at"]), raw.get(b"probing") == b"1")
+            LearnedRate(
+                float(raw[b"rps"]),
+                float(raw[b"cut_at"]),
+                float(raw[b"grown_at"]),
+                raw.get(b"probing") == b"1",
+                float(raw.get(b"ceiling") or 0),
+            )
             if raw and b"rps" in raw
             else None
         )
@@ -320,7 +329,7 @@ class SharedLimits:
             self._learned[key] = (time.monotonic(), rate, str(int(version or 0) + 1))
             return rate
         fields = ["rps", repr(rate.rps), "cut_at", repr(rate.cut_at), "grown_at", repr(rate.grown_at)]
-        fields += ["probing", "1" if rate.probing else "0"]
+        fields += ["probing", "1" if rate.probing else "0", "ceiling", repr(rate.ceiling)]
         written = await self._cas(keys=[f"pennyroute:rl:{key}:learned"], args=[version, *fields])
         if int(written):
             self._learned[key] = (time.monotonic(), rate, str(int(version or 0) + 1))
@@ -390,7 +399,7 @@ class SharedLimits:
         overload; `learned`: nobody stated the cap, policies/in_flight.py)."""
         window = self._windows.get(provider)
         if window is None or window.cap != cap or window.learned != learned:
-            window = self._windows[provider] = Window(float(cap), cap, learned=learned)
+            window = self._windows[provider] = first_window(cap, learned=learned)
         free = self._slot_free.get(provider)
         if free is None:
             free = self._slot_free[provider] = asyncio.Condition()
@@ -409,6 +418,16 @@ class SharedLimits:
         async with free:
             self._active[provider] -= 1
             free.notify(max(1, self._windows[provider].slots - self._active[provider]))
+
+    def sending(self, provider: str, change: int) -> None:
+        """A call to the provider went on the wire (+1) or came back (-1)."""
+        self._sent[provider] = self._sent.get(provider, 0) + change
+
+    def sent(self, provider: str) -> int:
+        """The provider's calls in this process on the wire now: sent, not answered yet. (Calls
+        waiting at a rate gate hold a calls-in-flight slot but were not sent: a 429's share is
+        judged against what the provider was sent.)"""
+        return self._sent.get(provider, 0)
 
     def in_flight(self, provider: str) -> int:
         """The provider's calls in this process that hold a calls-in-flight slot now."""

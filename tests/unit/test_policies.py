@@ -430,3 +430,32 @@ def test_a_first_429_before_the_answers_come_in_is_not_a_rate_limit() -> None:
     assert not is_rate_limit(1.0, learned=False, responses=1)
     assert not is_rate_limit(0.5, learned=True, responses=MIN_RESPONSES - 1)
     assert is_rate_limit(0.5, learned=False, responses=MIN_RESPONSES)
+
+
+def test_a_learned_rate_grows_slowly_past_the_rate_of_its_last_cut() -> None:
+    """After a cut, the learned rate climbs back at GROW_SHARE_PER_S to just under where the 429s came
+    (its ceiling), then PAST_CEILING_SLOWDOWN times slower: it stays near the limit, not over it."""
+    from policies.rate_adapt import (
+        CEILING_MARGIN,
+        GROW_SHARE_PER_S,
+        LEARN_CUT,
+        PAST_CEILING_SLOWDOWN,
+        LearnedRate,
+        after_learned_429,
+        after_learned_hold,
+    )
+
+    cut, _ = after_learned_429(LearnedRate(20.0, 0.0, 0.0, probing=True), now=100.0)
+    assert cut.rps == pytest.approx(20.0 * LEARN_CUT) and cut.ceiling == pytest.approx(20.0 * CEILING_MARGIN)
+    assert not cut.probing
+    below = after_learned_hold(cut, now=101.0)
+    assert below.rps == pytest.approx(cut.rps * (1 + GROW_SHARE_PER_S))
+    at = replace_rate(cut, rps=cut.ceiling)
+    past = after_learned_hold(at, now=101.0)
+    assert past.rps == pytest.approx(at.rps * (1 + GROW_SHARE_PER_S / PAST_CEILING_SLOWDOWN))
+
+
+def replace_rate(rate: Any, **changes: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(rate, **changes)
