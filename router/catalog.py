@@ -324,8 +324,9 @@ def _build(raw: dict[str, Any], where: str) -> Catalog:
             price_override=_price_override(entry.get("price"), model_id, where),
             rpm=_limit(entry, "rpm", model_id, where),
             tpm=_limit(entry, "tpm", model_id, where),
-            thinking=_thinking(entry, providers[provider].kind, model_id, where),
+            # The effort first: a value the model refuses is the clearer message.
             reasoning_effort=_reasoning_effort(entry, providers[provider].kind, model_id, where),
+            thinking=_thinking(entry, providers[provider].kind, model_id, where),
         )
     catalog = Catalog(providers, models)
     for model_id in models:  # fail at load, not mid-job, when a price cannot be found
@@ -383,6 +384,16 @@ def _base_url(value: object, what: str) -> str:
 def _thinking(entry: dict[str, Any], kind: str, model_id: str, where: str) -> int | None:
     value = entry.get("thinking")
     if value is None:
+        api_model = str(entry.get("api_model") or model_id)
+        if kind == "openai" and openai_reasoning_model(api_model) and entry.get("reasoning_effort") != "none":
+            # Its reasoning is billed as output and counted inside max_completion_tokens: with no room
+            # for it, the reasoning eats the answer's cap and every answer is cut off.
+            raise ConfigError(
+                f"{where}: model {model_id}: {_bare(api_model)} is an OpenAI reasoning model (o-series, gpt-5): "
+                "it reasons inside its output cap, so set thinking = N, the most reasoning tokens a call may "
+                'take (e.g. thinking = 2048 with reasoning_effort = "low"), or reasoning_effort = "none" where the '
+                "model takes it; without either its reasoning eats the answer's cap"
+            )
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(

@@ -221,8 +221,8 @@ def load(tmp_path: Path, entry: str) -> object:
     "entry",
     [
         'id = "gpt-5.1"\nprovider = "openai"\nreasoning_effort = "none"',
-        'id = "gpt-5"\nprovider = "openai"\nreasoning_effort = "minimal"',
-        'id = "gpt-5.2"\nprovider = "openai"\nreasoning_effort = "xhigh"',
+        'id = "gpt-5"\nprovider = "openai"\nthinking = 256\nreasoning_effort = "minimal"',
+        'id = "gpt-5.2"\nprovider = "openai"\nthinking = 4096\nreasoning_effort = "xhigh"',
         'id = "gpt-5.5"\nprovider = "openai"\nthinking = 512\nreasoning_effort = "max"',
         'id = "o3"\nprovider = "openai"\nthinking = 1024\nreasoning_effort = "high"',
         'id = "gemini-3-flash-preview"\nprovider = "google"\nthinking = 256\nreasoning_effort = "minimal"',
@@ -237,6 +237,15 @@ def test_current_reasoning_and_thinking_settings_are_accepted(tmp_path: Path, en
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
+        (
+            'id = "o4-mini"\nprovider = "openai"',
+            "model o4-mini: o4-mini is an OpenAI reasoning model (o-series, gpt-5): it reasons inside its output "
+            "cap, so set thinking = N",
+        ),
+        (
+            'id = "gpt-5-mini"\nprovider = "openai"\nreasoning_effort = "low"',
+            "model gpt-5-mini: gpt-5-mini is an OpenAI reasoning model",
+        ),
         (
             'id = "o3"\nprovider = "openai"\nreasoning_effort = "minimal"',
             "model o3: reasoning_effort 'minimal' is refused by o3, which takes low, medium, high",
