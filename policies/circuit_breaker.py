@@ -7,8 +7,10 @@ closed     calls go through; each retryable failure (5xx, timeout, connection) a
            out together are one burst, not "20 failures in a row".
 open       after THRESHOLD failures in a row: calls fail fast for COOLDOWN_S (the items move to
            their fallback models instead of hammering a provider that is down).
-half-open  after the cooldown: calls go through again; the first failure re-opens at once, the
-           first success closes.
+half-open  after the cooldown: one call goes through as a probe (the others wait PROBE_WAIT_S and
+           ask again); its failure re-opens for another cooldown, its success closes. One probe per
+           cooldown costs a provider that is down one call every few seconds, so the cooldown can
+           be short and a provider back from an outage is used again within COOLDOWN_S.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from dataclasses import dataclass, replace
 # 20 failures in a row: far more than a fault mix of 20% ever gives by chance (0.2^20), few enough
 # that a provider that is down is noticed within one chunk's worth of calls.
 THRESHOLD = 20
-# Long enough for a provider's incident to pass or an operator to notice; below MAX_WAIT_S of a chunk.
-COOLDOWN_S = 30.0
+# Short: only one probe call goes out per cooldown, so a long outage costs one call per COOLDOWN_S,
+# and items resume within COOLDOWN_S of the provider coming back.
+COOLDOWN_S = 5.0
+# Callers refused while another call probes ask again after this long.
+PROBE_WAIT_S = 1.0
 # Calls started within this many seconds of each other fail together for one cause (a burst of
 # hangs, a reset of every pooled connection): so the breaker opens only after failures spread over
 # at least THRESHOLD of these windows with no success between them (a provider that is down).
@@ -39,6 +44,7 @@ class BreakerDecision:
     allowed: bool
     retry_in_s: float
     reason: str
+    probe: bool = False  # half-open: allowed only for the one caller that claims the probe
 
 
 def allows(state: BreakerState, now: float) -> BreakerDecision:
@@ -48,7 +54,14 @@ def allows(state: BreakerState, now: float) -> BreakerDecision:
             state.open_until - now,
             f"circuit open after {THRESHOLD} failures in a row; retry in {state.open_until - now:.0f} s",
         )
-    return BreakerDecision(True, 0.0, "half-open: probing" if state.half_open else "closed")
+    if state.half_open:
+        return BreakerDecision(True, 0.0, "half-open: probing", probe=True)
+    return BreakerDecision(True, 0.0, "closed")
+
+
+def probing_elsewhere() -> BreakerDecision:
+    """Half-open, and another call is the probe: wait for its outcome."""
+    return BreakerDecision(False, PROBE_WAIT_S, "circuit half-open: one call is probing whether the provider is back")
 
 
 def on_failure(

@@ -10,12 +10,6 @@ those must not throttle it; a flooded server fails a large share of what it is s
 cut happens once per CUT_GAP_S (the other calls sent with it were sent at the old width) and never
 below MIN_WINDOW; each answer adds 1/window, so the window widens by one per window's worth of
 answers, back up to the cap.
-
-A learned window also starts small, as TCP does (slow start): INITIAL_LEARNED calls, one more per
-answer (so it doubles every round trip) until the cap or its first cut. A provider whose limits
-nobody stated is not sent the process's whole gate at once: a rate limit of 20 calls a second answers
-a first burst of 400 calls with 380 429s, a burst of 32 with 12. At a latency of 1 s the window is at
-400 after about 4 s.
 """
 
 from __future__ import annotations
@@ -34,8 +28,6 @@ MIN_WINDOW = 1.0
 # it cannot hold fails far more.
 OVERLOAD_SHARE = 0.2
 SHARE_SPAN = 50
-# A learned window's first width (slow start, above).
-INITIAL_LEARNED = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +40,10 @@ class Window:
     cut_at: float = 0.0
     learned: bool = False
     overload_share: float = 0.0
-    slow_start: bool = False  # widening by one per answer (learned windows, until the first cut)
 
     @property
     def slots(self) -> int:
         return max(1, int(self.width))
-
-
-def first_window(cap: int, *, learned: bool) -> Window:
-    """A provider's window before its first call: the stated cap, or a learned window in slow start."""
-    if not learned:
-        return Window(float(cap), cap)
-    return Window(float(min(cap, INITIAL_LEARNED)), cap, learned=True, slow_start=cap > INITIAL_LEARNED)
 
 
 def after_overload(window: Window, *, now: float) -> tuple[Window, str]:
@@ -72,15 +56,14 @@ def after_overload(window: Window, *, now: float) -> tuple[Window, str]:
         return replace(window, overload_share=share), "overload of a call sent before the last cut"
     width = max(MIN_WINDOW, window.width * OVERLOAD_CUT)
     return (
-        replace(window, width=width, cut_at=now, overload_share=share, slow_start=False),
+        replace(window, width=width, cut_at=now, overload_share=share),
         f"overload: {window.slots} -> {max(1, int(width))} calls in flight",
     )
 
 
 def after_answer(window: Window) -> Window:
-    """An answer: widen by 1/width (by 1 in slow start), up to the cap."""
+    """An answer: widen by 1/width, up to the cap."""
     share = window.overload_share * (1 - 1 / SHARE_SPAN)
     if window.width >= window.cap:
-        return window if not window.overload_share else replace(window, overload_share=share, slow_start=False)
-    width = window.width + (1.0 if window.slow_start else 1 / window.width)
-    return replace(window, width=min(float(window.cap), width), overload_share=share)
+        return window if not window.overload_share else replace(window, overload_share=share)
+    return replace(window, width=min(float(window.cap), window.width + 1 / window.width), overload_share=share)

@@ -133,6 +133,8 @@ async def _breaker_refuses(limits: SharedLimits, provider: str) -> CircuitOpen |
 
 async def _take_limits(limits: SharedLimits, request: ChatRequest, model: ModelInfo | None) -> None:
     """Wait for the model's configured limits, or its learned rate if it has one (no await if not)."""
+    if model is not None and not model.rpm and not model.tpm:
+        await limits.first_calls(model.model_id)
     if model is None or (not model.rpm and not model.tpm and limits.learned_known(model.model_id)):
         return
     try:
@@ -150,6 +152,8 @@ async def _observe(
     failing = isinstance(result, ProviderError)
     rate_limited = failing and result.status_code == 429  # type: ignore[union-attr]
     limited = model is not None and bool(model.rpm or model.tpm)
+    if model is not None and not limited:
+        limits.came_back(model.model_id, rate_limited=rate_limited)
     if not failing and limits.known_clean(provider) and not limited:
         if model is not None:
             if limits.learned_known(model.model_id):

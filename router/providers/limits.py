@@ -35,8 +35,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from policies.circuit_breaker import BreakerDecision, BreakerState, allows, on_failure, on_success
-from policies.in_flight import Window, after_answer, after_overload, first_window
+from policies.circuit_breaker import (
+    BreakerDecision,
+    BreakerState,
+    allows,
+    on_failure,
+    on_success,
+    probing_elsewhere,
+)
+from policies.in_flight import Window, after_answer, after_overload
 from policies.rate_adapt import (
     LearnedRate,
     after_learned_429,
@@ -59,6 +66,12 @@ BREAKER_CACHE_S = 1.0
 KEY_TTL_S = 600
 # Connections to Redis per process: calls queue for one (up to 5 s) rather than opening hundreds.
 REDIS_CONNECTIONS = 16
+# A model with no stated limits: its first calls in a process, before one comes back (first_calls).
+FIRST_CALLS = 32
+FIRST_WAIT_S = 10.0
+FIRST_POLL_S = 0.02
+# A half-open breaker's probe claim lasts at most this long (a probe that never comes back frees it).
+PROBE_HOLD_S = 30.0
 # Each process re-reads a model's learned rate from Redis at most this often.
 LEARNED_CACHE_S = 1.0
 # The answers of the last this many seconds seed a learned rate (and no fewer than one second is
@@ -140,6 +153,8 @@ class SharedLimits:
         self._answered: dict[str, deque[float]] = {}  # model -> when its recent calls were answered
         self._limited: dict[str, deque[float]] = {}  # model -> when its recent calls were answered 429
         self._sent: dict[str, int] = {}  # provider -> calls on the wire now
+        self._probe_until: dict[str, float] = {}  # in-memory mode only: provider -> its probe's claim ends
+        self._first: dict[str, list[Any]] = {}  # model -> [calls sent, one came back, first call at]
         self._held: dict[str, float] = {}  # model -> when its learned gate last held a caller back
         self._windows: dict[str, Window] = {}  # provider -> its calls-in-flight window
         self._active: dict[str, int] = {}  # provider -> calls in flight now
@@ -257,6 +272,31 @@ class SharedLimits:
         if rate_limited and retry_after:
             until = time.time() + retry_after
             await client.set(f"pennyroute:rl:{key}:pause", until, ex=max(1, int(retry_after) + 1))
+
+    # -- a model's first calls --------------------------------------------------------------------
+
+    async def first_calls(self, key: str) -> None:
+        """A model nobody stated limits for: until one of this process's calls to it comes back with
+        anything but a 429 (an answer, an error, a timeout), at most FIRST_CALLS of them go out (or
+        FIRST_WAIT_S passes). A rate limit answers 429 at once, before any answer is back: so a first
+        burst against a limit nobody knows is FIRST_CALLS calls, not the whole gate, and its 429s
+        start the learned rate before the rest are sent. A burst of hangs is held FIRST_CALLS at a
+        time only until the first of them times out."""
+        entry = self._first.get(key)
+        if entry is None:
+            entry = self._first[key] = [0, False, time.monotonic()]
+        while entry[0] >= FIRST_CALLS and not entry[1]:
+            if time.monotonic() - entry[2] >= FIRST_WAIT_S:
+                entry[1] = True
+                break
+            await asyncio.sleep(FIRST_POLL_S)  # polled, not an Event: no tie to one event loop
+        entry[0] += 1
+
+    def came_back(self, key: str, *, rate_limited: bool) -> None:
+        """A call to model `key` came back: anything but a 429 lets the rest of its first calls go."""
+        entry = self._first.get(key)
+        if entry is not None and not rate_limited:
+            entry[1] = True
 
     # -- learned rates ----------------------------------------------------------------------------
 
@@ -399,7 +439,7 @@ class SharedLimits:
         overload; `learned`: nobody stated the cap, policies/in_flight.py)."""
         window = self._windows.get(provider)
         if window is None or window.cap != cap or window.learned != learned:
-            window = self._windows[provider] = first_window(cap, learned=learned)
+            window = self._windows[provider] = Window(float(cap), cap, learned=learned)
         free = self._slot_free.get(provider)
         if free is None:
             free = self._slot_free[provider] = asyncio.Condition()
@@ -448,8 +488,29 @@ class SharedLimits:
         return cached[1] == CLEAN and (self._url is None or time.monotonic() - cached[0] < BREAKER_CACHE_S)
 
     async def breaker(self, provider: str) -> BreakerDecision:
-        """Whether calls to `provider` may go through now."""
-        return allows(await self._state(provider), time.time())
+        """Whether calls to `provider` may go through now (half-open: only the call that claims the
+        probe, across every worker)."""
+        decision = allows(await self._state(provider), time.time())
+        if decision.probe and not await self._claim_probe(provider):
+            return probing_elsewhere()
+        return decision
+
+    async def _claim_probe(self, provider: str) -> bool:
+        client = self.client()
+        if client is None:
+            now = time.monotonic()
+            if self._probe_until.get(provider, 0.0) > now:
+                return False
+            self._probe_until[provider] = now + PROBE_HOLD_S
+            return True
+        return bool(await client.set(f"pennyroute:cb:{provider}:probe", 1, nx=True, px=int(PROBE_HOLD_S * 1000)))
+
+    async def _probe_done(self, provider: str) -> None:
+        client = self.client()
+        if client is None:
+            self._probe_until.pop(provider, None)
+        else:
+            await client.delete(f"pennyroute:cb:{provider}:probe")
 
     async def record(
         self, provider: str, *, failed: bool, started: float | None = None, unanswered: bool = False
@@ -463,6 +524,8 @@ class SharedLimits:
         if new == state:
             return  # a failure of a burst already counted: nothing changes
         self._breakers[provider] = (time.monotonic(), new)
+        if state.half_open:
+            await self._probe_done(provider)  # closed, or open again: the next cooldown's probe may go
         client = self.client()
         if client is not None:
             await client.hset(

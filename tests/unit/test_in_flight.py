@@ -3,8 +3,6 @@ max_in_flight) only when overload answers are a large share of the recent ones."
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from policies.in_flight import CUT_GAP_S, OVERLOAD_CUT, Window, after_answer, after_overload
 
 
@@ -57,22 +55,3 @@ def test_the_first_429s_of_a_burst_are_judged_against_the_whole_burst() -> None:
 
     assert not asyncio.run(learned_after(20, 400))
     assert asyncio.run(learned_after(200, 400))
-
-
-def test_a_learned_window_starts_small_and_doubles_each_round_trip() -> None:
-    """Slow start: a provider nobody stated limits for gets INITIAL_LEARNED calls first, one more per
-    answer (a window's worth of answers doubles it), up to the cap; a stated cap is used at once."""
-    from policies.in_flight import INITIAL_LEARNED, first_window
-
-    assert first_window(400, learned=False).slots == 400
-    window = first_window(400, learned=True)
-    assert window.slots == INITIAL_LEARNED and window.slow_start
-    for _ in range(INITIAL_LEARNED):  # one round trip
-        window = after_answer(window)
-    assert window.slots == 2 * INITIAL_LEARNED
-    window = _run(window, [False] * 1000, seconds_per_answer=0.01)
-    assert window.slots == 400
-    # The first cut ends slow start: from then on the window widens by one per window's worth.
-    cut = after_overload(replace(first_window(400, learned=True), overload_share=0.5), now=10.0)[0]
-    assert not cut.slow_start and after_answer(cut).width < cut.width + 1
-    assert first_window(8, learned=True).slots == 8  # a gate smaller than the first width
