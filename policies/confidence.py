@@ -88,10 +88,7 @@ MIXTURE_WEIGHT = 50.0
 
 @lru_cache(maxsize=200_000)
 def _anytime(n: int, right: int, confidence: float, a: float, b: float) -> float:
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    if n < 0 or not 0 <= right <= n:
-        raise ValueError(f"need 0 <= right <= n, got right={right!r}, n={n!r}")
+    _check(n, right, confidence)
     if right == 0:
         return 0.0
     threshold = math.log(1.0 / (1.0 - confidence))
@@ -105,6 +102,13 @@ def _anytime(n: int, right: int, confidence: float, a: float, b: float) -> float
         else:
             hi = mid
     return lo
+
+
+def _check(n: int, right: int, confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if n < 0 or not 0 <= right <= n:
+        raise ValueError(f"need 0 <= right <= n, got right={right!r}, n={n!r}")
 
 
 def _log_mixture(p: float, n: int, right: int, a: float, b: float) -> float:
@@ -188,10 +192,7 @@ def exact_lower_bound(n: int, right: int, confidence: float = 0.95) -> float:
     """The one-sided Clopper-Pearson lower bound on an accuracy seen as `right` of `n`, valid for one
     look at a sample size fixed in advance: the accuracy p at which P(at least `right` of `n` | p) is
     1 - confidence. (P(X >= k | p) is the regularized incomplete beta I_p(k, n - k + 1).)"""
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    if n < 0 or not 0 <= right <= n:
-        raise ValueError(f"need 0 <= right <= n, got right={right!r}, n={n!r}")
+    _check(n, right, confidence)
     if right == 0:
         return 0.0
     alpha = 1.0 - confidence
