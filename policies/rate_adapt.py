@@ -7,6 +7,7 @@ call adds STEP back (additive increase, up to 1.0), so the rate climbs back over
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # Never below 5% of the configured rate: a misbehaving provider still gets probed.
@@ -78,9 +79,44 @@ CUT_SHARE = 0.02
 MIN_RESPONSES = 10
 
 
-def is_rate_limit(share_429: float, *, learned: bool, responses: int = MIN_RESPONSES) -> bool:
-    """Whether 429s at this share of a model's recent `responses` say it is over a limit (not incidental)."""
-    return responses >= MIN_RESPONSES and share_429 >= (CUT_SHARE if learned else START_SHARE)
+# A learned rate starts only when the 429s among a model's recent responses are too many to be
+# incidental: more than a provider answering INCIDENTAL_SHARE of calls 429 at any load would give with
+# probability START_ALPHA (an exact one-sided binomial test). A share alone is not enough at small
+# counts: a model that gets little traffic (a fallback) sees 10 responses, and one incidental 429
+# among them is 10%; a learned rate started on it is then cut by every later incidental 429 (a 20%
+# fault mix held a fallback model at 2 requests a second). A provider over its limit fails a large
+# share of a burst: 32 calls with 12 429s start it.
+INCIDENTAL_SHARE = 0.10
+START_ALPHA = 1e-3
+
+
+def is_rate_limit(share_429: float, *, learned: bool, responses: int = MIN_RESPONSES, calls: int | None = None) -> bool:
+    """Whether 429s at this share of a model's recent `responses` say it is over a limit (not
+    incidental). `calls`: what the share is of, when more than the responses (the calls still on
+    their way count as responses to come)."""
+    if responses < MIN_RESPONSES:
+        return False
+    if learned:
+        return share_429 >= CUT_SHARE
+    calls = max(calls or responses, responses)
+    limited = round(share_429 * calls)
+    return share_429 >= START_SHARE and binomial_tail(calls, limited, INCIDENTAL_SHARE) < START_ALPHA
+
+
+def binomial_tail(n: int, k: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed exactly (in logs) until its terms stop counting."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    total = 0.0
+    for i in range(k, n + 1):
+        term = math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+        total += term
+        if i > n * p and term < total * 1e-12:
+            break
+    return min(1.0, total)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from sqlmodel import Session
 from policies.budget_fit import items_that_fit
 from router.catalog import Catalog
 from router.ledger import budgets, repo
-from router.ledger.db import UNREACHABLE, session_scope
+from router.ledger.db import UNREACHABLE, rolled_back, session_scope
 from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows
 from router.ledger.tables import CallStatus, utcnow
 from router.ledger.types import ClaimedItem, JobSnapshot
@@ -340,9 +340,15 @@ def write_retrying(settings: Settings, write: Callable[[Session], T]) -> T:
         try:
             with session_scope(settings) as session:
                 return write(session)
-        except UNREACHABLE:
+        except UNREACHABLE as exc:
             if time.monotonic() + delay > deadline:
                 raise
+            if rolled_back(exc):  # a deadlock or serialization failure: nothing was written; again at once
+                log.warning(
+                    "recording a batch was rolled back (%s); trying again", type(getattr(exc, "orig", exc)).__name__
+                )
+                time.sleep(random.random() * DB_RETRY_FIRST_S / 10)
+                continue
             log.warning("database unreachable while recording a batch; trying again in %.1f s", delay)
             time.sleep(delay * (1 + random.random() * 0.25))  # jitter: workers do not all come back at once
             delay = min(delay * 2, DB_RETRY_MAX_S)

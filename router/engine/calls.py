@@ -100,8 +100,10 @@ async def call_one(
             finally:
                 if limits is not None:
                     limits.sending(provider.name, -1)
-            if limits is not None:
-                await _observe(limits, provider.name, model, result, sent_at)
+        # Out of the gate: telling the breaker and the rate how it went (a Redis round trip after a
+        # failure) must not hold a calls-in-flight slot that another call could be using.
+        if limits is not None:
+            await _observe(limits, provider.name, model, result, sent_at)
     finally:
         if capped:
             overloaded = isinstance(result, (ProviderTimeout, ProviderConnectionError)) or (

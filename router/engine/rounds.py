@@ -138,24 +138,63 @@ def execute(
     progress.keep = keep if write_items else 0
     stream = runtime.Stream()
     _launch(settings, catalog, chunk, progress, stream, batch.tries, batch.recorded, delays=None)
-    while stream.pending:
-        round_ = _Round.of(catalog, progress, stream.take(LINGER_S))
+    deferred = progress.deferred  # retries waiting for their time, not yet recorded: (due, try)
+    last_write = time.monotonic()
+    while stream.pending or deferred:
+        until = _next_write(deferred, last_write, progress) if deferred or progress.unwritten else None
+        round_ = _Round.of(catalog, progress, stream.take(LINGER_S, until=until))
         for launched, result, latency_s in round_.results:
             _record_result(catalog, chunk, progress, round_, launched, result, latency_s)
         advance = _advance_items(catalog, chunk, progress, round_)
-        if runtime.stopping():  # interrupted: nothing new leaves; the items it would have called go back
-            _hold_back(progress, {t.item_id for t in round_.retry + advance if t.purpose != "drift"})
-            round_.retry, round_.waits, advance = [], [], []
-        advance = _reserve_escalations(settings, catalog, chunk, progress, advance)
-        tries = round_.retry + advance
-        want = progress.wanted()
-        if not tries and not stream.pending and not want:
-            break  # the batch's last outcomes: `finish` writes them with its settlement
-        recorded, tries = _write_step(settings, catalog, chunk, progress, tries, want)
+        now = time.monotonic()
         # Each retry waits its own time (up to 25% jitter spreads the herd); the others go at once.
-        delays = [min(wait, MAX_WAIT_S) * (1 + random.random() * 0.25) for wait in round_.waits]
-        _launch(settings, catalog, chunk, progress, stream, tries, recorded, delays=delays)
+        deferred.extend(
+            (now + min(wait, MAX_WAIT_S) * (1 + random.random() * 0.25), t)
+            for t, wait in zip(round_.retry, round_.waits, strict=True)
+        )
+        if runtime.stopping():  # interrupted: nothing new leaves; the items it would have called go back
+            _hold_back(progress, {t.item_id for t in [t for _, t in deferred] + advance if t.purpose != "drift"})
+            deferred.clear()
+            advance = []
+        advance = _reserve_escalations(settings, catalog, chunk, progress, advance)
+        want = progress.wanted()
+        if not advance and not deferred and not stream.pending and not want:
+            break  # the batch's last outcomes: `finish` writes them with its settlement
+        if not advance and not want and stream.pending and _write_can_wait(deferred, last_write, progress, now):
+            continue  # nothing must leave yet: the next results are written with these
+        due = [max(0.0, at - time.monotonic()) for at, _ in deferred]
+        tries = [t for _, t in deferred] + advance
+        deferred.clear()
+        recorded, tries = _write_step(settings, catalog, chunk, progress, tries, want)
+        last_write = time.monotonic()
+        _launch(settings, catalog, chunk, progress, stream, tries, recorded, delays=due)
     return progress.executed()
+
+
+# A retry's call row is recorded this long before it is due to leave (a write takes tens of ms, and
+# more when the worker is busy): retries due within it are recorded together, in one write.
+WRITE_AHEAD_S = 0.25
+# Outcomes are written at most this long after they came back, even when nothing else needs a write
+# (finished items show in progress and results within it).
+WRITE_EVERY_S = 1.0
+
+
+def _next_write(deferred: list[tuple[float, PlannedCall]], last_write: float, progress: _Progress) -> float:
+    """When the batch must write next, if no result comes first that needs it sooner (monotonic)."""
+    at = last_write + WRITE_EVERY_S if progress.unwritten else float("inf")
+    if deferred:
+        at = min(at, min(due for due, _ in deferred) - WRITE_AHEAD_S)
+    return at
+
+
+def _write_can_wait(
+    deferred: list[tuple[float, PlannedCall]], last_write: float, progress: _Progress, now: float
+) -> bool:
+    """Whether this round's outcomes and retries can wait for the next round's write: no retry is
+    due within WRITE_AHEAD_S and no outcome has waited WRITE_EVERY_S. Retries wait their backoff
+    anyway, so a batch under a fault mix writes once per backoff, not once per round: fewer, larger
+    transactions on the job's rows, and less of the worker's time spent writing."""
+    return _next_write(deferred, last_write, progress) > now
 
 
 def _fault_window(settings: Settings) -> float:
@@ -200,6 +239,9 @@ class _Progress:
     cursor: int = -1  # the highest seq claimed so far
     taken: int = 0
     changed: bool = False  # the job changed since the chunk read it: take no more items
+    deferred: list[tuple[float, PlannedCall]] = field(
+        default_factory=list
+    )  # retries not yet recorded, with when they are due
 
     @classmethod
     def start(
@@ -566,7 +608,7 @@ def _advance_items(catalog: Catalog, chunk: ChunkContext, progress: _Progress, r
     stopped_models = frozenset(
         m for m in progress.route_models if m in catalog.models and catalog.model(m).provider in stopped
     )
-    waiting = {t.item_id for t in round_.retry}
+    waiting = {t.item_id for t in round_.retry} | {t.item_id for _, t in progress.deferred}
     stages, stage, finished_items, held_back, outstanding = (
         progress.stages,
         progress.stage,
@@ -669,14 +711,6 @@ def _write_step(
 
     def write(session: Session) -> tuple[Recorded, list[tuple[Any, int, list[PlannedCall]]], bool]:
         now = utcnow()
-        if calls or items or rows:
-            repo.finish_batch(session, job_id=chunk.job.id, calls=calls, items=items, rollups=rows, now=now)
-        if checked:
-            repo.add_drift_counts(
-                session, job_id=chunk.job.id, model_id=chunk.route.model_id, checked=checked, agreed=agreed
-            )
-        if spent and progress.reservation_ids:  # under a budget, what the calls cost is settled with them
-            budgets.settle_part(session, reservation_id=progress.reservation_ids[0], actual_usd=spent)
         claimed: list[Any] = []
         # Items are taken only while the job is as the chunk read it: a re-route, a budget or a stopped
         # provider ends the batch, and the chunk goes on with the job as it is (engine/chunk.py).
@@ -688,7 +722,25 @@ def _write_step(
             )
         planned = [(row, *chunk.first_tries(catalog, row, progress.stopped)) for row in claimed]
         first = [t for _, _, calls in planned for t in calls]
-        return record_calls(session, catalog=catalog, common=chunk.common, tries=tries + first), planned, changed
+        recorded = record_calls(session, catalog=catalog, common=chunk.common, tries=tries + first)
+        # Last, the rows every thread running the job writes (the job's counts, its rollups, then the
+        # budget, in the order every writer takes them): their row locks are held from here to the
+        # commit, so the job's other writers queue behind a statement, not behind this transaction.
+        # With nothing after them, they are committed in the same round trip (not after this thread's
+        # next turn to run).
+        settling = bool(spent and progress.reservation_ids)
+        if calls or items or rows:
+            last = not checked and not settling
+            repo.finish_batch(
+                session, job_id=chunk.job.id, calls=calls, items=items, rollups=rows, now=now, commit=last
+            )
+        if checked:
+            repo.add_drift_counts(
+                session, job_id=chunk.job.id, model_id=chunk.route.model_id, checked=checked, agreed=agreed
+            )
+        if settling:  # under a budget, what the calls cost is settled with them
+            budgets.settle_part(session, reservation_id=progress.reservation_ids[0], actual_usd=spent)
+        return recorded, planned, changed
 
     recorded, planned, changed = write_retrying(settings, write)
     if checked:  # judged as the checks come in: a re-route reaches the items claimed after it

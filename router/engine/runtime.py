@@ -98,15 +98,18 @@ class Stream:
         self.pending += len(calls)
         loop().call_soon_threadsafe(self._start, list(calls))
 
-    def take(self, linger_s: float) -> list[tuple[int, Any, float]]:
-        """Wait for at least one result (none when nothing is pending); then keep collecting for up
-        to `linger_s` after the first, or until nothing is pending, so results are written in groups."""
+    def take(self, linger_s: float, *, until: float | None = None) -> list[tuple[int, Any, float]]:
+        """Wait for at least one result (none when nothing is pending, or by `until`, a
+        time.monotonic() the caller must act at); then keep collecting for up to `linger_s` after the
+        first, or until nothing is pending, so results are written in groups."""
         got: list[tuple[int, Any, float]] = []
         first_at = 0.0
         while self.pending:
             wait = STOP_POLL_S if _stop.is_set() else RUN_POLL_S
             if got:
                 wait = min(wait, max(0.0, first_at + linger_s - time.monotonic()))
+            if until is not None:
+                wait = min(wait, max(0.0, until - time.monotonic()))
             try:
                 got.append(self._results.get(timeout=wait) if wait > 0 else self._results.get_nowait())
                 self.pending -= 1
@@ -120,6 +123,8 @@ class Stream:
             if _stop.is_set():
                 loop().call_soon_threadsafe(self._cancel_unsent)
             if got and time.monotonic() >= first_at + linger_s:
+                break
+            if until is not None and time.monotonic() >= until:
                 break
         return got
 

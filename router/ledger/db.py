@@ -11,12 +11,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import psycopg.errors
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session, create_engine
 
 from router.errors import ConfigError
@@ -27,6 +29,14 @@ POOL_SIZE = 8
 # What a statement raises while the database cannot be reached (restarting, failing over): worth
 # trying again later, unlike an error in the statement or the data.
 UNREACHABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+
+
+def rolled_back(exc: BaseException) -> bool:
+    """Whether the database rolled the transaction back on its own (a deadlock broken, a serialization
+    failure): nothing of it was written, and running it again is safe."""
+    return isinstance(getattr(exc, "orig", None), psycopg.errors.TransactionRollback)
+
+
 # A SQLite ledger holds every input text and what each team spent: its owner alone may read it.
 SQLITE_FILE_MODE = 0o600
 # The files SQLite keeps beside the database (WAL mode, and a rollback journal outside it).
@@ -120,6 +130,37 @@ def session_scope(settings: Settings) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def execute_and_commit(session: Session, statement: str, params: dict[str, Any]) -> None:
+    """Run `statement` (SQL text, :named parameters) as the transaction's last, and commit it: on
+    Postgres in one round trip (psycopg's pipeline), elsewhere as usual (session_scope commits).
+
+    The statement that adds to the rows every writer of a job adds to (its counts, its rollups) holds
+    their locks until the commit. Sent one after the other, the commit leaves only once this thread
+    has read the statement's result, and under load a thread waits its turn for the GIL to do that:
+    every other writer of the job waited behind it (a 20% fault mix, with its extra writes, ran at
+    half the rate). Pipelined, the server commits as soon as the statement is done."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        session.execute(text(statement), params)
+        return
+    compiled = _compiled(statement, connection.dialect)
+    raw = connection.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    values = compiled.construct_params(params)
+    try:
+        with raw.pipeline():
+            raw.execute(compiled.string, values)
+            raw.commit()  # session_scope's commit then finds nothing left to commit
+    except psycopg.Error as exc:  # raised as SQLAlchemy raises it: callers catch one tree (UNREACHABLE ...)
+        raise DBAPIError.instance(compiled.string, values, exc, psycopg.Error, dialect=connection.dialect) from exc
+
+
+@lru_cache(maxsize=512)
+def _compiled(statement: str, dialect: Any) -> Any:
+    """`statement` compiled for `dialect`, once per distinct text (a batch's write has a few shapes)."""
+    return text(statement).compile(dialect=dialect)
 
 
 def migrations_dir() -> Path:

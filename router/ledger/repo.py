@@ -19,7 +19,8 @@ from sqlmodel import select as sm_select
 
 from router.errors import InputError, NotFoundError
 from router.ledger.budgets import parse_month
-from router.ledger.rollup import upsert_rollups, upsert_sql
+from router.ledger.db import execute_and_commit
+from router.ledger.rollup import in_lock_order, upsert_rollups, upsert_sql
 from router.ledger.tables import (
     BudgetPeriod,
     BudgetPolicy,
@@ -721,10 +722,13 @@ def finish_batch(
     items: Sequence[dict[str, Any]],
     rollups: Sequence[dict[str, Any]],
     now: datetime,
+    commit: bool = False,
 ) -> None:
     """Record a batch's outcome: call rows, item rows, the job's counts and the daily rollups.
 
     Postgres: one statement (data-modifying CTEs), one round trip. Elsewhere: one statement each.
+    `commit`: it is the transaction's last statement; on Postgres it is committed in the same round
+    trip (db.execute_and_commit), so the job's row and rollups are locked only while it runs.
     """
     if not _is_postgres(session):
         finish_calls(session, calls)
@@ -751,11 +755,13 @@ def finish_batch(
             f"finished_at = CASE WHEN {total} >= n_items AND finished_at IS NULL THEN CAST(:now AS timestamptz) ELSE finished_at END "
             f"WHERE id = :job_id RETURNING 1)"
         )
-    for k, row in enumerate(rollups):
+    for k, row in enumerate(in_lock_order(rollups)):
         sql, rollup_params = upsert_sql(row, prefix=f"r{k}")
         params.update(rollup_params)
         parts.append(f"r{k} AS ({sql} RETURNING 1)")
-    if parts:
+    if parts and commit:
+        execute_and_commit(session, f"WITH {', '.join(parts)} SELECT 1", params)
+    elif parts:
         session.execute(text(f"WITH {', '.join(parts)} SELECT 1"), params)
 
 

@@ -147,11 +147,19 @@ def upsert_sql(row: dict[str, Any], *, prefix: str) -> tuple[str, dict[str, Any]
     return sql, {f"{prefix}_{c}": v for c, v in row.items()}
 
 
+def in_lock_order(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` sorted by their key. Every writer of a job's rollups upserts them in this one order: two
+    transactions taking the same two rows in opposite orders deadlock, and Postgres breaks a deadlock
+    only after deadlock_timeout (1 s), with every other writer of the job queued behind them."""
+    return sorted(rows, key=lambda row: tuple(str(row[k]) for k in KEY))
+
+
 def upsert_rollups(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Add `rows` to the rollup: one INSERT ... ON CONFLICT DO UPDATE on Postgres (exact NUMERIC
     sums); on SQLite, where money is text, read-add-write in Python (SQLite has one writer)."""
     if not rows:
         return
+    rows = in_lock_order(rows)
     if session.get_bind().dialect.name == "postgresql":
         for row in rows:
             sql, params = upsert_sql(row, prefix="r")

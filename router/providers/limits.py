@@ -65,7 +65,7 @@ BREAKER_CACHE_S = 1.0
 # Redis keys expire when unused for this long, so dropped models leave nothing behind.
 KEY_TTL_S = 600
 # Connections to Redis per process: calls queue for one (up to 5 s) rather than opening hundreds.
-REDIS_CONNECTIONS = 16
+REDIS_CONNECTIONS = 64
 # A model with no stated limits: its first calls in a process, before one comes back (first_calls).
 FIRST_CALLS = 32
 FIRST_WAIT_S = 10.0
@@ -411,7 +411,7 @@ class SharedLimits:
         share, responses = self._share_429(key, unanswered=unanswered)
         for _ in range(3):  # compare-and-set: another worker may write between our read and write
             rate, version = await self._learned_state(key, fresh=True)
-            if not is_rate_limit(share, learned=rate is not None, responses=responses):
+            if not is_rate_limit(share, learned=rate is not None, responses=responses, calls=responses + unanswered):
                 return  # incidental: the call retries after its Retry-After; the model is not slowed
             now = time.time()
             new = first_429(now=now) if rate is None else after_learned_429(rate, now=now)[0]
@@ -528,16 +528,18 @@ class SharedLimits:
             await self._probe_done(provider)  # closed, or open again: the next cooldown's probe may go
         client = self.client()
         if client is not None:
-            await client.hset(
-                f"pennyroute:cb:{provider}",
-                mapping={
-                    "failures": new.failures,
-                    "open_until": new.open_until,
-                    "half_open": int(new.half_open),
-                    "burst_started": new.burst_started,
-                },
-            )
-            await client.expire(f"pennyroute:cb:{provider}", KEY_TTL_S)
+            async with client.pipeline(transaction=False) as pipe:  # one round trip for both
+                pipe.hset(
+                    f"pennyroute:cb:{provider}",
+                    mapping={
+                        "failures": new.failures,
+                        "open_until": new.open_until,
+                        "half_open": int(new.half_open),
+                        "burst_started": new.burst_started,
+                    },
+                )
+                pipe.expire(f"pennyroute:cb:{provider}", KEY_TTL_S)
+                await pipe.execute()
 
     async def _state(self, provider: str) -> BreakerState:
         cached = self._breakers.get(provider)

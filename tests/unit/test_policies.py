@@ -412,14 +412,50 @@ def test_bar_bounds_are_valid() -> None:
 
 
 @pytest.mark.parametrize(
-    ("share", "learned", "limit"),
-    [(0.05, False, False), (0.12, False, True), (0.01, True, False), (0.05, True, True)],
+    ("share", "responses", "learned", "limit"),
+    [
+        (0.05, 400, False, False),
+        (0.12, 400, False, False),  # a little over the incidental share, but not surely
+        (0.1, 10, False, False),  # one 429 among a fallback model's 10 responses
+        (0.3, 10, False, False),
+        (0.6, 10, False, True),
+        (12 / 32, 32, False, True),  # a first burst of 32 calls into a limit
+        (0.2, 400, False, True),
+        (0.01, 400, True, False),
+        (0.05, 400, True, True),
+    ],
 )
-def test_a_few_429s_among_many_answers_are_incidental(share: float, learned: bool, limit: bool) -> None:
+def test_a_few_429s_among_many_answers_are_incidental(share: float, responses: int, learned: bool, limit: bool) -> None:
     """A 20% fault mix answers 429 to 5% of calls: that is not a rate limit to learn (it collapsed one)."""
     from policies.rate_adapt import is_rate_limit
 
-    assert is_rate_limit(share, learned=learned) is limit
+    assert is_rate_limit(share, learned=learned, responses=responses) is limit
+
+
+def test_incidental_429s_of_a_small_model_start_no_learned_rate() -> None:
+    """A model answering 5% 429s at random, judged on every 429 over windows of 10 to 60 responses:
+    its learned rate starts in well under 1% of 2,000 simulated windows."""
+    import random
+
+    from policies.rate_adapt import is_rate_limit
+
+    rng = random.Random(7)
+    starts = 0
+    for _ in range(2000):
+        n = rng.randint(10, 60)
+        k = sum(rng.random() < 0.05 for _ in range(n))
+        starts += is_rate_limit(k / n, learned=False, responses=n)
+    assert starts <= 2
+
+
+def test_binomial_tail_matches_the_sum() -> None:
+    from math import comb
+
+    from policies.rate_adapt import binomial_tail
+
+    for n, k, p in ((10, 3, 0.1), (32, 12, 0.1), (50, 0, 0.3), (20, 21, 0.5), (400, 80, 0.1)):
+        exact = sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)) if k <= n else 0.0
+        assert binomial_tail(n, k, p) == pytest.approx(exact, rel=1e-9, abs=1e-300)
 
 
 def test_a_first_429_before_the_answers_come_in_is_not_a_rate_limit() -> None:
@@ -429,7 +465,7 @@ def test_a_first_429_before_the_answers_come_in_is_not_a_rate_limit() -> None:
 
     assert not is_rate_limit(1.0, learned=False, responses=1)
     assert not is_rate_limit(0.5, learned=True, responses=MIN_RESPONSES - 1)
-    assert is_rate_limit(0.5, learned=False, responses=MIN_RESPONSES)
+    assert is_rate_limit(0.6, learned=False, responses=MIN_RESPONSES)
 
 
 def test_a_learned_rate_grows_slowly_past_the_rate_of_its_last_cut() -> None:
