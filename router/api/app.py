@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 
 from router.api import errors, jobs, metrics, openai_batch
 from router.catalog import Catalog, load_catalog
@@ -29,6 +29,10 @@ DESCRIPTION = """pennyroute's HTTP API for teams: submit batch jobs, read their 
 reports and budgets, and send OpenAI Batch files to /v1 with the official openai SDK.
 Authenticate with `Authorization: Bearer <key>` (a key from `pennyroute keys create`)."""
 
+# Every endpoint's router and its prefix (the isolation test reads the endpoints from these, and
+# checks them against the app's OpenAPI paths).
+ROUTERS: tuple[tuple[APIRouter, str], ...] = ((jobs.router, ""), (openai_batch.router, "/v1"), (metrics.router, ""))
+
 
 def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
     """The application over these settings (the server secret is required: ConfigError without it)."""
@@ -39,9 +43,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
     app.state.catalog = catalog or load_catalog(settings.catalog, replace_default=settings.catalog_replace)
     app.state.threads = []
     errors.install(app)
-    app.include_router(jobs.router)
-    app.include_router(openai_batch.router, prefix="/v1")
-    app.include_router(metrics.router)
+    for router, prefix in ROUTERS:
+        app.include_router(router, prefix=prefix)
 
     @app.middleware("http")
     async def _count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
