@@ -3,7 +3,8 @@
 The map. One folder per stage of the data path, submit -> queue -> worker -> provider -> ledger ->
 report; imports flow one way, down this list (tests/unit/test_layout.py checks it):
 
-    cli/ (api/)   shells: parse input, call jobs/ and reports/, show the answer; no rules of their own
+    cli/, api/    shells: parse input, call jobs/ and reports/, show the answer; no rules of their own
+                  (api/: `pennyroute serve`, tenant keys, the jobs API, OpenAI Batch-compatible /v1, /metrics)
     jobs/         intake (read and check a JSONL file), submit (load, route, commit), estimates (stored
                   quality), calibrate (measure models on the job's own items), lifecycle (start, calibrate
                   then run, pause, resume, cancel: every rule about what follows what), dispatch (the one

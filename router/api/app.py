@@ -50,16 +50,23 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
     async def _count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
         count_request(
             method=request.method,
-            route=getattr(route, "path", "unmatched"),  # the template, never the ids: bounded labels
+            route=_template(request) if request.scope.get("route") is not None else "unmatched",
             status=response.status_code,
             seconds=time.perf_counter() - started,
         )
         return response
 
     return app
+
+
+def _template(request: Request) -> str:
+    """The request's path with its parameters named, not valued (/jobs/{job_id}): a bounded label."""
+    path = request.url.path
+    for name, value in request.path_params.items():
+        path = path.replace(f"/{value}", f"/{{{name}}}", 1)
+    return path
 
 
 def log_config(settings: Settings) -> dict[str, Any]:
