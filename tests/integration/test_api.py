@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -156,3 +157,26 @@ def test_cancel_and_resume(client: TestClient, settings: Settings, tmp_path: Pat
     cancelled = client.post(f"/jobs/{job_id}/cancel", headers=auth(owner.key)).json()
     assert cancelled["status"] == "cancelled"
     assert client.get(f"/jobs/{job_id}", headers=auth(owner.key)).json()["status"] == "cancelled"
+
+
+def test_with_a_broker_the_job_runs_on_a_real_worker(
+    settings: Settings, catalog: Catalog, broker_url: str, celery_worker: object, tmp_path: Path
+) -> None:
+    brokered = settings.model_copy(update={"broker_url": broker_url})
+    owner = make_tenant(brokered)
+    with TestClient(create_app(brokered, catalog)) as client:
+        path = write_jsonl(tmp_path / "items.jsonl", tickets(300))
+        created = _upload(client, owner.key, path, team=owner.team)
+        assert created.status_code == 201, created.text
+        job_id = created.json()["job_id"]
+        assert client.app.state.threads == []  # type: ignore[attr-defined]  # nothing ran here
+        deadline = time.monotonic() + 120
+        while (state := client.get(f"/jobs/{job_id}", headers=auth(owner.key)).json())["status"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+    assert state["status"] == "done" and state["n_done"] == 300
+
+
+def test_serve_needs_the_server_secret(cli_env: Settings) -> None:
+    code, text = run_cli("serve", "--port", "1")
+    assert code == 2 and "PENNYROUTE_SERVER_SECRET is not set" in text
