@@ -102,11 +102,7 @@ class Settings(BaseSettings):
     # The HTTP API's secret (`pennyroute serve`, `pennyroute keys`): tenant API keys are kept only as
     # an HMAC-SHA256 under it, so a copy of the database alone cannot check a guessed key. Not a
     # *_API_KEY: it never makes a model call, nor turns the sandbox off. Changing it voids every key.
-    server_secret: SecretStr | None = Field(
-        default=None,
-        exclude=True,
-        validation_alias=AliasChoices("PENNYROUTE_SERVER_SECRET"),
-    )
+    server_secret: SecretStr | None = Field(default=None, exclude=True)
     # The bearer token Prometheus sends to GET /metrics (its figures are every tenant's: a tenant key
     # never reads them). Without it /metrics answers 403.
     metrics_token: SecretStr | None = Field(default=None, exclude=True)

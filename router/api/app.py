@@ -23,7 +23,7 @@ from router.catalog import Catalog, load_catalog
 from router.ledger.db import ensure_schema
 from router.metrics import count_request
 from router.redact import RedactingFilter, configured_secrets
-from router.settings import Settings
+from router.settings import Settings, get_settings
 
 DESCRIPTION = """pennyroute's HTTP API for teams: submit batch jobs, read their state, results,
 reports and budgets, and send OpenAI Batch files to /v1 with the official openai SDK.
@@ -42,6 +42,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.catalog = catalog or load_catalog(settings.catalog, replace_default=settings.catalog_replace)
     app.state.threads = []
+    app.state.trusted_keys = {}  # router/api/auth.py: keys found good lately, by their HMAC
     errors.install(app)
     for router, prefix in ROUTERS:
         app.include_router(router, prefix=prefix)
@@ -59,6 +60,12 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
         return response
 
     return app
+
+
+def from_environment() -> FastAPI:
+    """The application over the process's settings: what each of `pennyroute serve --workers N`'s
+    processes builds (uvicorn's factory)."""
+    return create_app(get_settings())
 
 
 def _template(request: Request) -> str:

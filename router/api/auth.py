@@ -6,6 +6,7 @@ of which); 403 for a key without the scope the endpoint needs. The key is never 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Annotated
 
@@ -19,6 +20,10 @@ from router.ledger.keys import Principal
 from router.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="A tenant API key from `pennyroute keys create`.")
+
+# A key found good is trusted for this long by this process without reading the ledger again: a
+# status poller's read then costs no key lookup. A revoked key is refused everywhere within this.
+TRUST_S = 5.0
 
 UNAUTHORIZED = "missing, malformed, unknown or revoked API key: send `Authorization: Bearer pr_live_...`"
 
@@ -37,8 +42,7 @@ def require(scope: str) -> Callable[..., Principal]:
         settings = settings_of(request)
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise ApiError(401, UNAUTHORIZED, kind="invalid_request_error", code="invalid_api_key")
-        with session_scope(settings) as session:
-            principal = keys.authenticate(session, key=credentials.credentials, secret=settings.key_secret())
+        principal = _trusted(request, settings, credentials.credentials)
         if principal is None:
             raise ApiError(401, UNAUTHORIZED, kind="invalid_request_error", code="invalid_api_key")
         if scope not in principal.scopes:
@@ -53,3 +57,23 @@ def require(scope: str) -> Callable[..., Principal]:
 
     check.__name__ = f"require_{scope.replace(':', '_')}"
     return check
+
+
+def _trusted(request: Request, settings: Settings, key: str) -> Principal | None:
+    """The key's principal: from this process's cache of keys found good in the last TRUST_S
+    seconds (keyed by the key's HMAC, never the key), else from the ledger."""
+    cache: dict[str, tuple[float, Principal]] = request.app.state.trusted_keys
+    digest = keys.key_hash(key, settings.key_secret())
+    now = time.monotonic()
+    found = cache.get(digest)
+    if found is not None and now - found[0] < TRUST_S:
+        return found[1]
+    with session_scope(settings) as session:
+        principal = keys.authenticate(session, key=key, secret=settings.key_secret())
+    if principal is None:
+        cache.pop(digest, None)
+        return None
+    if len(cache) > 10_000:  # a bound on memory: forget them all (they are found again in one read)
+        cache.clear()
+    cache[digest] = (now, principal)
+    return principal

@@ -28,7 +28,7 @@ from router.errors import PennyrouteError
 from router.jobs import lifecycle
 from router.jobs.estimates import is_fresh
 from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, parse_soft_percent
-from router.jobs.results import job_state, result_records
+from router.jobs.results import job_state, owned_job_state, result_records
 from router.jobs.submit import submit_job
 from router.ledger import budgets, keys, repo
 from router.ledger.db import ensure_schema, session_scope
@@ -168,8 +168,7 @@ def _owned(request: Request, principal: Principal, job_id: str) -> None:
 
 @router.get("/jobs/{job_id}", tags=["jobs"], summary="A job's state (as `status --json`)")
 def get_job(request: Request, job_id: str, principal: Annotated[Principal, Depends(require("jobs:read"))]) -> Any:
-    _owned(request, principal, job_id)
-    state = job_state(settings_of(request), job_id)
+    state = owned_job_state(settings_of(request), job_id, tenant_id=principal.tenant_id, team_id=principal.team_id)
     return _json(
         {
             **data.job(state.job, state.spent_usd),

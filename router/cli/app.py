@@ -1128,6 +1128,9 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> N
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes (each answers requests; 1 per core is a good start).")
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs): jobs, reports, budgets, OpenAI Batch-compatible /v1,
     /metrics. Needs PENNYROUTE_SERVER_SECRET (tenant keys are checked against a hash under it)."""
@@ -1136,9 +1139,19 @@ def serve(
         application = create_app(settings, _catalog(settings))
     except PennyrouteError as exc:
         raise _fail(exc) from None
+    if workers > 1 and settings.embedded:
+        raise _fail(
+            PennyrouteError("--workers: without a broker jobs run in the server's process; use one, or set BROKER_URL")
+        )
     where = "in this process (no broker)" if settings.embedded else "on the broker's workers"
     err.print(f"pennyroute API on http://{host}:{port} (docs at /docs); jobs run {where}")
-    uvicorn.run(application, host=host, port=port, log_config=api_log_config(settings), server_header=False)
+    config = {"host": host, "port": port, "log_config": api_log_config(settings), "server_header": False}
+    if workers == 1:
+        uvicorn.run(application, **config)  # type: ignore[arg-type]
+        return
+    if State.catalog_path is not None:  # each worker process reads its settings afresh
+        os.environ["PENNYROUTE_CATALOG"] = str(State.catalog_path.resolve())
+    uvicorn.run("router.api.app:from_environment", factory=True, workers=workers, **config)  # type: ignore[arg-type]
 
 
 @keys_app.command("create")

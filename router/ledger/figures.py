@@ -5,6 +5,7 @@ per job state. Every worker writes the same ledger, so these figures add up acro
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
@@ -48,3 +49,18 @@ def open_items_by_state(session: Session) -> list[tuple[str, int]]:
     """(job status, items not yet done or failed) over every job."""
     query = select(JOB.c.status, func.sum(JOB.c.n_items - JOB.c.n_done - JOB.c.n_failed)).group_by(JOB.c.status)
     return [(status, int(n or 0)) for status, n in session.execute(query).all()]
+
+
+def job_rolled(session: Session, *, job_id: str, tenant_id: int, team_id: int) -> tuple[Decimal, list[tuple[str, int]]]:
+    """A job's spend and its settled calls per model, most first, from its rollups: a few rows read
+    through the rollup's primary key (tenant, team, job, ...), however many calls the job made. The
+    spend equals the call rows' sum (repo.job_spend): rollups are written with the calls' outcomes."""
+    r = ROLLUP.c
+    rows = session.execute(
+        select(r.model_id, func.sum(r.calls), func.sum(r.cost_usd))
+        .where(r.tenant_id == tenant_id, r.team_id == team_id, r.job_id == job_id)
+        .group_by(r.model_id)
+    ).all()
+    spent = sum((Decimal(row[2] or 0) for row in rows), Decimal(0))
+    calls = sorted(((str(row[0]), int(row[1] or 0)) for row in rows), key=lambda mc: (-mc[1], mc[0]))
+    return spent, calls

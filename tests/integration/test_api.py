@@ -12,9 +12,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from router.api import auth as api_auth
 from router.api.app import create_app
 from router.catalog import Catalog
-from router.ledger import repo
+from router.ledger import keys, repo
 from router.ledger.db import session_scope
 from router.settings import Settings
 from tests.api_support import api_settings, auth, make_key, make_tenant, wait_threads
@@ -180,3 +181,15 @@ def test_with_a_broker_the_job_runs_on_a_real_worker(
 def test_serve_needs_the_server_secret(cli_env: Settings) -> None:
     code, text = run_cli("serve", "--port", "1")
     assert code == 2 and "PENNYROUTE_SERVER_SECRET is not set" in text
+
+
+def test_a_revoked_key_is_refused_within_the_trust_window(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = make_tenant(settings)
+    assert client.get("/jobs", headers=auth(owner.key)).status_code == 200
+    with session_scope(settings) as session:
+        keys.revoke_key(session, prefix=owner.key)
+    assert client.get("/jobs", headers=auth(owner.key)).status_code == 200  # trusted a few seconds more
+    monkeypatch.setattr(api_auth, "TRUST_S", 0.0)  # ... and no longer once they have passed
+    assert client.get("/jobs", headers=auth(owner.key)).status_code == 401
