@@ -175,7 +175,7 @@ def create_batch(
                 ApiFile(
                     id=intake.new_id("file"),
                     tenant_id=principal.tenant_id,
-                    team_id=principal.team_id,
+                    team_id=batch.team_id,  # the billed team's: its team-scoped keys read them too
                     filename=f"{batch.id}_{kind}.jsonl",
                     purpose="batch_output",
                     batch_id=batch.id,

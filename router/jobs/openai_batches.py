@@ -253,7 +253,8 @@ def refresh(settings: Settings, batch: ApiBatch) -> tuple[ApiBatch, list[Job]]:
 def as_openai(batch: ApiBatch, jobs: list[Job], *, usage: dict[str, Any] | None = None) -> dict[str, Any]:
     """The OpenAI `Batch` object for this batch."""
     completed = sum(job.n_done for job in jobs)
-    failed = sum(job.n_failed + job.n_rejected for job in jobs)
+    # A job that ended (done, no route proven, cancelled) answers no more: what it did not answer failed.
+    failed = sum((job.n_items - job.n_done if job.status in ENDED else job.n_failed) + job.n_rejected for job in jobs)
     ended = batch.status in ("completed", "cancelled", "failed", "expired")
     return {
         "id": batch.id,
@@ -286,19 +287,25 @@ def output_lines(settings: Settings, batch: ApiBatch, *, errors: bool) -> Iterat
     streamed from the jobs' results."""
     created = _ts(batch.created_at) or 0
     for job_id in batch.job_ids:
+        with session_scope(settings) as session:
+            job = repo.get_job(session, job_id)
         for seq, record in enumerate(result_records(settings, job_id)):
             line_id = f"batch_req_{job_id}_{seq}"
             done = record["status"] == "done"
-            if errors == done or record["status"] not in ("done", "failed"):
+            # An answer goes to the output file; a failure, or a line its ended job never ran, to errors.
+            if errors == done or (record["status"] != "failed" and not done and job.status not in ENDED):
                 continue
             if not done:
+                ran = record["status"] == "failed"
                 yield {
                     "id": line_id,
                     "custom_id": record["id"],
                     "response": None,
                     "error": {
-                        "code": record.get("outcome") or "request_failed",
-                        "message": record.get("error") or "failed",
+                        "code": record.get("outcome") or ("request_failed" if ran else job.status),
+                        "message": record.get("error")
+                        or (job.calibration or {}).get("message")
+                        or f"not run: the job is {job.status}",
                     },
                 }
                 continue
@@ -335,19 +342,29 @@ def output_lines(settings: Settings, batch: ApiBatch, *, errors: bool) -> Iterat
 
 
 def usage_of(settings: Settings, batch: ApiBatch) -> dict[str, Any]:
-    """The batch's usage (OpenAI's BatchUsage): the answered lines' tokens."""
+    """The batch's usage (OpenAI's BatchUsage): the answered lines' tokens. Summed once, when the
+    batch has ended, and kept with it (a poller's reads do not sum a large batch again)."""
+    kept = (batch.lines or {}).get("usage")
+    if kept is not None:
+        return dict(kept)
     inputs = outputs = 0
     for line in output_lines(settings, batch, errors=False):
         usage = line["response"]["body"]["usage"]
         inputs += usage["prompt_tokens"]
         outputs += usage["completion_tokens"]
-    return {
+    usage = {
         "input_tokens": inputs,
         "input_tokens_details": {"cached_tokens": 0},
         "output_tokens": outputs,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": inputs + outputs,
     }
+    if batch.status in ("completed", "cancelled", "failed"):
+        lines = {**(batch.lines or {}), "usage": usage}
+        with session_scope(settings) as session:
+            batches.update_batch(session, batch.id, lines=lines)
+        batch.lines = lines
+    return usage
 
 
 def file_object(file: ApiFile) -> dict[str, Any]:

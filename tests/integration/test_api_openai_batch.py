@@ -168,3 +168,31 @@ def test_an_upload_is_kept_in_pieces(settings: Settings, server: str, tmp_path: 
     assert len(pieces) == -(-path.stat().st_size // (1 << 20)) > 1
     assert client.files.content(uploaded.id).content == path.read_bytes()
     assert client.files.retrieve(uploaded.id).bytes == path.stat().st_size
+
+
+def test_a_cancelled_batch_names_every_line_it_did_not_answer(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner = make_tenant(settings)
+    tiny = httpx.put(f"{server}/budgets/{owner.team}", headers=auth(owner.key), json={"monthly": "0.000001"})
+    assert tiny.status_code == 200
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "paused.jsonl", ["gpt-4o-mini"], 30)
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    metadata = {"team": owner.team, "labels": LABELS, "on_budget": "pause"}
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+    )
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{server}/jobs", headers=auth(owner.key)).json()[0]["status"] != "paused":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.batches.retrieve(batch.id).status == "in_progress"  # paused for budget: still in progress
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
+    counts = cancelled.request_counts
+    assert counts is not None and counts.total == 30 and counts.completed + counts.failed == 30
+    errors = [json.loads(line) for line in client.files.content(cancelled.error_file_id).text.splitlines()]
+    answered = [json.loads(line) for line in client.files.content(cancelled.output_file_id).text.splitlines()]
+    assert len(errors) == counts.failed and len(answered) == counts.completed
+    assert sorted(line["custom_id"] for line in errors + answered) == sorted(f"req-{k}" for k in range(30))
+    assert all(line["response"] is None and line["error"]["code"] for line in errors)
