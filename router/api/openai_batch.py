@@ -104,6 +104,9 @@ def file_content(
     def made(found: ApiBatch) -> Iterator[bytes]:
         for line in intake.output_lines(settings, found, errors=row.kind == "error"):
             yield (json.dumps(line) + "\n").encode()
+        if row.kind == "error":
+            for line in intake.rejected_lines(settings, found):
+                yield (json.dumps(line) + "\n").encode()
 
     return StreamingResponse(stored() if batch is None else made(batch), media_type="application/octet-stream")
 

@@ -341,6 +341,37 @@ def output_lines(settings: Settings, batch: ApiBatch, *, errors: bool) -> Iterat
             }
 
 
+def rejected_lines(settings: Settings, batch: ApiBatch) -> Iterator[dict[str, Any]]:
+    """Error lines for the batch's lines that its jobs' intake rejected (a text longer than every
+    eligible model's context window): found again by reading the input file, since a job keeps the
+    line numbers of its own file, which holds its model's lines in the input's order. A job keeps its
+    first rejections only (jobs/submit.py KEPT_REJECTIONS); request_counts counts them all."""
+    wanted: dict[str, dict[int, str]] = {}
+    with session_scope(settings) as session:
+        for model, job_id in ((batch.lines or {}).get("jobs") or {}).items():
+            job = repo.get_job(session, job_id)
+            if job.rejected:
+                wanted[model] = {int(r["line"]): str(r["reason"]) for r in job.rejected}
+    if not wanted:
+        return
+    seen: dict[str, int] = {}
+    with session_scope(settings) as session:
+        for raw in _lines(batches.pieces(session, batch.input_file_id)):
+            if not raw.strip():
+                continue
+            line = json.loads(raw)  # validated when the batch was made
+            model = line["body"]["model"]
+            seen[model] = seen.get(model, 0) + 1
+            reason = wanted.get(model, {}).get(seen[model])
+            if reason is not None:
+                yield {
+                    "id": f"batch_req_{batch.id}_{line['custom_id']}",
+                    "custom_id": line["custom_id"],
+                    "response": None,
+                    "error": {"code": "invalid_request", "message": reason},
+                }
+
+
 def usage_of(settings: Settings, batch: ApiBatch) -> dict[str, Any]:
     """The batch's usage (OpenAI's BatchUsage): the answered lines' tokens. Summed once, when the
     batch has ended, and kept with it (a poller's reads do not sum a large batch again)."""

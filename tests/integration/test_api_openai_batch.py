@@ -196,3 +196,19 @@ def test_a_cancelled_batch_names_every_line_it_did_not_answer(settings: Settings
     assert len(errors) == counts.failed and len(answered) == counts.completed
     assert sorted(line["custom_id"] for line in errors + answered) == sorted(f"req-{k}" for k in range(30))
     assert all(line["response"] is None and line["error"]["code"] for line in errors)
+
+
+def test_a_line_too_long_for_the_model_is_in_the_error_file(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "long.jsonl", ["gpt-4o-mini"], 5)
+    huge = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "word " * 120_000}]}  # ~150k tokens > 128k
+    with path.open("a") as handle:
+        handle.write(
+            json.dumps({"custom_id": "too-long", "method": "POST", "url": "/v1/chat/completions", "body": huge}) + "\n"
+        )
+    batch, lines = _run(client, path, {"team": owner.team, "labels": LABELS})
+    assert sorted(line["custom_id"] for line in lines) == [f"req-{k}" for k in range(5)]
+    assert batch.request_counts is not None and batch.request_counts.failed == 1
+    errors = [json.loads(line) for line in client.files.content(batch.error_file_id).text.splitlines()]
+    assert [e["custom_id"] for e in errors] == ["too-long"] and "context window" in errors[0]["error"]["message"]
