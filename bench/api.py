@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             session, secret=settings.key_secret(), tenant="bench", team="load", scopes=list(keys.SCOPES)
         )
     procs: list[subprocess.Popen[bytes]] = []
-    with fake_server(args.latency_ms) as (fake_url, _fake_pid):
+    with fake_server(args.latency_ms, answer="sandbox") as (fake_url, _fake_pid):
         catalog = scratch / "catalog.toml"
         catalog.write_text(f'[providers.openai]\nbase_url = "{fake_url}/v1"\n')
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}

@@ -167,8 +167,17 @@ def _owned(request: Request, principal: Principal, job_id: str) -> None:
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], summary="A job's state (as `status --json`)")
-def get_job(request: Request, job_id: str, principal: Annotated[Principal, Depends(require("jobs:read"))]) -> Any:
-    state = owned_job_state(settings_of(request), job_id, tenant_id=principal.tenant_id, team_id=principal.team_id)
+def get_job(
+    request: Request,
+    job_id: str,
+    principal: Annotated[Principal, Depends(require("jobs:read"))],
+    failures: Annotated[bool, Query(description="Also count failed items by kind (reads each failed item).")] = False,
+) -> Any:
+    """As `status --json`, with the calls per model and the rejected lines (and, with failures=true,
+    the failed items by kind). Cheap to poll: the job row and its rollups."""
+    state = owned_job_state(
+        settings_of(request), job_id, tenant_id=principal.tenant_id, team_id=principal.team_id, failures=failures
+    )
     return _json(
         {
             **data.job(state.job, state.spent_usd),

@@ -52,10 +52,13 @@ def job_state(settings: Settings, job_id: str) -> JobState:
         )
 
 
-def owned_job_state(settings: Settings, job_id: str, *, tenant_id: int, team_id: int | None) -> JobState:
+def owned_job_state(
+    settings: Settings, job_id: str, *, tenant_id: int, team_id: int | None, failures: bool = False
+) -> JobState:
     """The job's state for a tenant (and team): NotFoundError for a job not theirs, as for an unknown
     one. Read in one session from the job row and its rollups (a status poller's read: a few rows,
-    however large the job); its spend is job_state's, its calls per model the settled ones."""
+    however large the job); its spend is job_state's, its calls per model the settled ones. Its
+    failed items are counted by kind only when asked (`failures`: a read of every failed item)."""
     with session_scope(settings) as session:
         job = keys.owned_job(session, job_id, tenant_id=tenant_id, team_id=team_id)
         spent, by_model = figures.job_rolled(session, job_id=job_id, tenant_id=job.tenant_id, team_id=job.team_id)
@@ -63,7 +66,7 @@ def owned_job_state(settings: Settings, job_id: str, *, tenant_id: int, team_id:
             job=job,
             spent_usd=spent,
             calls_by_model=by_model,
-            failures=repo.failure_kinds(session, job_id) if job.n_failed else {},
+            failures=repo.failure_kinds(session, job_id) if failures and job.n_failed else {},
         )
 
 

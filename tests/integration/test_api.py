@@ -157,7 +157,10 @@ def test_cancel_and_resume(client: TestClient, settings: Settings, tmp_path: Pat
     wait_threads(client.app)  # type: ignore[arg-type]
     cancelled = client.post(f"/jobs/{job_id}/cancel", headers=auth(owner.key)).json()
     assert cancelled["status"] == "cancelled"
-    assert client.get(f"/jobs/{job_id}", headers=auth(owner.key)).json()["status"] == "cancelled"
+    state = client.get(f"/jobs/{job_id}", headers=auth(owner.key)).json()
+    assert state["status"] == "cancelled" and state["failures"] == {}  # counted by kind only when asked
+    counted = client.get(f"/jobs/{job_id}", headers=auth(owner.key), params={"failures": "true"}).json()
+    assert counted["failures"] == {"cancelled": counted["n_failed"]} and counted["n_failed"] > 0
 
 
 def test_with_a_broker_the_job_runs_on_a_real_worker(
