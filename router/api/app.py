@@ -99,4 +99,7 @@ def log_config(settings: Settings) -> dict[str, Any]:
             "uvicorn.access": {"handlers": ["default"], "level": "INFO", "propagate": False},
             "pennyroute": {"handlers": ["default"], "level": "INFO", "propagate": False},
         },
+        # Everything else (httpx, celery, sqlalchemy) at WARNING, through the same filter: a provider
+        # URL with a key in its query string is never printed whole.
+        "root": {"handlers": ["default"], "level": "WARNING"},
     }
