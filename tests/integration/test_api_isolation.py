@@ -272,7 +272,20 @@ def test_a_team_scoped_key_cannot_reach_another_team(world: World, settings: Set
             assert answer.status_code == 404, (method, path, answer.status_code, answer.text)
 
 
-def test_no_key_in_any_table_or_log(world: World, settings: Settings, catalog: Catalog) -> None:
+@pytest.fixture
+def server_logging() -> Iterator[None]:
+    """Logging as `pennyroute serve` sets it, for one test; the process's own is put back after."""
+    names = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "pennyroute")
+    kept = [(logging.getLogger(n), logging.getLogger(n).handlers[:], logging.getLogger(n).level,
+             logging.getLogger(n).propagate, logging.getLogger(n).disabled) for n in names]  # fmt: skip
+    yield
+    for logger, handlers, level, propagate, disabled in kept:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled
+
+
+def test_no_key_in_any_table_or_log(world: World, settings: Settings, catalog: Catalog, server_logging: None) -> None:
     stream = io.StringIO()
     logging.config.dictConfig(log_config(settings))  # what `pennyroute serve` runs uvicorn with
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "pennyroute"):
