@@ -232,9 +232,11 @@ def month_report(
     month report is its tenant's, every team in it."""
     if principal.team is not None:
         raise ApiError(
-            403, "a month report covers the whole tenant: use a key that is not team-scoped",
-            kind="permission_error", code="insufficient_scope",
-        )  # fmt: skip
+            403,
+            "a month report covers the whole tenant: use a key that is not team-scoped",
+            kind="permission_error",
+            code="insufficient_scope",
+        )
     renderers = {"csv": report_render.render_csv, "json": report_render.render_json, "html": report_render.render_html}
     if format not in renderers:
         raise PennyrouteError(f"--format: unknown format '{format}': use csv, json or html")

@@ -99,9 +99,11 @@ def metrics(request: Request) -> Response:
     token = settings.metrics_token.get_secret_value() if settings.metrics_token is not None else ""
     if not token:
         raise ApiError(
-            403, "/metrics is off: set PENNYROUTE_METRICS_TOKEN and send it as a bearer token",
-            kind="permission_error", code="metrics_off",
-        )  # fmt: skip
+            403,
+            "/metrics is off: set PENNYROUTE_METRICS_TOKEN and send it as a bearer token",
+            kind="permission_error",
+            code="metrics_off",
+        )
     sent = request.headers.get("authorization", "")
     if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
         raise ApiError(401, "/metrics needs `Authorization: Bearer <PENNYROUTE_METRICS_TOKEN>`", code="invalid_token")

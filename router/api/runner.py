@@ -92,6 +92,11 @@ def set_team_budget(
 ) -> BudgetPeriod:
     """`budget set`: the budget now, then the team's paused jobs resumed."""
     return lifecycle.set_budget(
-        _settings(request), team=team, tenant=tenant, monthly=monthly, currency=currency, soft=soft,
+        _settings(request),
+        team=team,
+        tenant=tenant,
+        monthly=monthly,
+        currency=currency,
+        soft=soft,
         dispatcher=dispatcher(request),
-    )  # fmt: skip
+    )
