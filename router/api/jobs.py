@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +26,7 @@ from router.api.auth import require, settings_of
 from router.api.errors import ApiError
 from router.api.runner import catalog_of, run_resume, set_team_budget, start_job
 from router.cli import data
-from router.errors import PennyrouteError
+from router.errors import NotFoundError, PennyrouteError
 from router.jobs import lifecycle
 from router.jobs.estimates import is_fresh
 from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, parse_soft_percent
@@ -134,6 +136,11 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=data.json_default))
 
 
+def _answer(value: Any) -> Response:
+    """`value` as a JSON answer, written once (money as the CLI's exact decimal strings)."""
+    return Response(json.dumps(value, default=data.json_default), media_type="application/json")
+
+
 @router.get("/jobs", tags=["jobs"], summary="List jobs, newest first (as `jobs list --json`)")
 def list_jobs(
     request: Request,
@@ -158,12 +165,30 @@ def list_jobs(
         rows = repo.list_jobs(
             session, tenant=principal.tenant, team=team, status=status, since=since, until=until, limit=limit
         )
-    return _json(data.jobs(rows))
+    return _answer(data.jobs(rows))
 
 
 def _owned(request: Request, principal: Principal, job_id: str) -> None:
     with session_scope(settings_of(request)) as session:
         keys.owned_job(session, job_id, tenant_id=principal.tenant_id, team_id=principal.team_id)
+
+
+# A job's status answer is kept this long by the process that read it: many pollers of one job then
+# cost one ledger read per half second between them, not one each. Cancel and resume forget it.
+STATUS_FRESH_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class _Status:
+    read_at: float
+    tenant_id: int
+    team_id: int
+    body: bytes
+
+
+def _status_cache(request: Request) -> dict[str, _Status]:
+    cache: dict[str, _Status] = request.app.state.job_status
+    return cache
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], summary="A job's state (as `status --json`)")
@@ -174,18 +199,31 @@ def get_job(
     failures: Annotated[bool, Query(description="Also count failed items by kind (reads each failed item).")] = False,
 ) -> Any:
     """As `status --json`, with the calls per model and the rejected lines (and, with failures=true,
-    the failed items by kind). Cheap to poll: the job row and its rollups."""
+    the failed items by kind). Cheap to poll: the job row and its rollups, at most every
+    STATUS_FRESH_S per server process."""
+    cache, now = _status_cache(request), time.monotonic()
+    kept = None if failures else cache.get(job_id)
+    if kept is not None and now - kept.read_at < STATUS_FRESH_S:
+        if kept.tenant_id != principal.tenant_id or principal.team_id not in (None, kept.team_id):
+            raise NotFoundError(f"unknown job '{job_id}'")
+        return Response(kept.body, media_type="application/json")
     state = owned_job_state(
         settings_of(request), job_id, tenant_id=principal.tenant_id, team_id=principal.team_id, failures=failures
     )
-    return _json(
+    body = json.dumps(
         {
             **data.job(state.job, state.spent_usd),
             "calls_by_model": dict(state.calls_by_model),
             "failures": state.failures,
             "rejected": state.job.rejected or [],
-        }
-    )
+        },
+        default=data.json_default,
+    ).encode()
+    if not failures:
+        if len(cache) > 10_000:  # a bound on memory: forget them all
+            cache.clear()
+        cache[job_id] = _Status(now, state.job.tenant_id, state.job.team_id, body)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/jobs/{job_id}/results", tags=["jobs"], summary="Per item results, streamed JSONL (as `results`)")
@@ -207,6 +245,7 @@ def cancel_job(request: Request, job_id: str, principal: Annotated[Principal, De
     _owned(request, principal, job_id)
     settings = settings_of(request)
     done = lifecycle.cancel(settings, catalog_of(request), job_id=job_id)
+    _status_cache(request).pop(job_id, None)
     return {"job_id": job_id, **done}
 
 
@@ -214,6 +253,7 @@ def cancel_job(request: Request, job_id: str, principal: Annotated[Principal, De
 def resume_job(request: Request, job_id: str, principal: Annotated[Principal, Depends(require("jobs:write"))]) -> Any:
     _owned(request, principal, job_id)
     job = run_resume(request, job_id)
+    _status_cache(request).pop(job_id, None)
     return {"job_id": job_id, "status": job.status}
 
 
@@ -294,7 +334,7 @@ def set_budget(
 
 @router.get("/models", tags=["catalog"], summary="The catalog's models and prices (as `models --json`)")
 def list_models(request: Request, principal: Annotated[Principal, Depends(require("reports:read"))]) -> Any:
-    return _json(data.models(catalog_of(request)))
+    return _answer(data.models(catalog_of(request)))
 
 
 @router.get("/quality", tags=["catalog"], summary="The tenant's measured quality estimates (as `quality --json`)")

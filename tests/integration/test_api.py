@@ -196,3 +196,17 @@ def test_a_revoked_key_is_refused_within_the_trust_window(
     assert client.get("/jobs", headers=auth(owner.key)).status_code == 200  # trusted a few seconds more
     monkeypatch.setattr(api_auth, "TRUST_S", 0.0)  # ... and no longer once they have passed
     assert client.get("/jobs", headers=auth(owner.key)).status_code == 401
+
+
+def test_a_status_kept_for_pollers_is_still_its_tenants_only(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    owner, other = make_tenant(settings), make_tenant(settings)
+    path = write_jsonl(tmp_path / "items.jsonl", tickets(5))
+    job_id = _upload(client, owner.key, path, team=owner.team).json()["job_id"]
+    wait_threads(client.app)  # type: ignore[arg-type]
+    first = client.get(f"/jobs/{job_id}", headers=auth(owner.key))
+    assert first.status_code == 200
+    assert job_id in client.app.state.job_status  # type: ignore[attr-defined]  # kept for the next poller
+    assert client.get(f"/jobs/{job_id}", headers=auth(other.key)).status_code == 404  # from the kept answer too
+    assert client.get(f"/jobs/{job_id}", headers=auth(owner.key)).content == first.content
