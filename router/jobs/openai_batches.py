@@ -19,6 +19,7 @@ in OpenAI's line shape, whichever provider answered.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import secrets
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from router.catalog import Catalog
-from router.errors import InputError
+from router.errors import InputError, NotFoundError, PennyrouteError
 from router.jobs import lifecycle
 from router.jobs.intake import JobRequest
 from router.jobs.results import result_records
@@ -42,6 +43,8 @@ from router.settings import Settings
 AUTO = "pennyroute-auto"
 ENDPOINT = "/v1/chat/completions"
 ENDED = (JobStatus.DONE, JobStatus.NO_MODEL, JobStatus.CANCELLED)
+# An upload is written to the ledger in pieces this large: memory stays flat whatever the file's size.
+PIECE_BYTES = 1 << 20
 # OpenAI's limits for a batch's metadata: 16 pairs, keys up to 64 characters, values up to 512.
 MAX_METADATA = 16
 
@@ -411,3 +414,170 @@ def file_object(file: ApiFile) -> dict[str, Any]:
         "expires_at": None,
         "status_details": None,
     }
+
+
+# -- what the /v1 endpoints do (router/api/openai_batch.py calls these) -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Whose request it is: the key's tenant, and its team for a team-scoped key."""
+
+    tenant_id: int
+    tenant: str
+    team_id: int | None
+    team: str | None
+
+
+def add_input_file(settings: Settings, owner: Owner, *, filename: str, purpose: str, stream: Any) -> ApiFile:
+    """Store an uploaded batch input file, read from `stream` PIECE_BYTES at a time into the ledger."""
+    if purpose != "batch":
+        raise InputError(f"purpose '{purpose}' is not supported: use batch", field="purpose")
+    with session_scope(settings) as session:
+        row = batches.add_file(
+            session,
+            ApiFile(
+                id=new_id("file"), tenant_id=owner.tenant_id, team_id=owner.team_id, filename=filename, purpose="batch"
+            ),
+        )
+        size = seq = 0
+        while piece := stream.read(PIECE_BYTES):
+            batches.add_piece(session, file_id=row.id, seq=seq, data=piece)
+            size, seq = size + len(piece), seq + 1
+        batches.set_file_bytes(session, file_id=row.id, size=size)
+        row.bytes = size
+    return row
+
+
+def create_batch(
+    settings: Settings,
+    catalog: Catalog,
+    owner: Owner,
+    *,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str,
+    metadata: dict[str, str],
+) -> tuple[ApiBatch, list[str]]:
+    """Make a batch from an uploaded file: (the batch, the ids of the jobs to start now). A create
+    repeated within settings.batch_dedupe_s (same tenant, file, endpoint and metadata) answers the
+    first one's batch and starts nothing. A file that fails validation, or whose jobs cannot be
+    submitted (no model qualifies, the budget cannot take them), makes a failed batch."""
+    if len(metadata) > MAX_METADATA:
+        raise InputError(f"metadata holds at most {MAX_METADATA} pairs", field="metadata")
+    if endpoint != ENDPOINT:
+        raise InputError(f"endpoint '{endpoint}' is not supported: use {ENDPOINT}", field="endpoint")
+    if completion_window != "24h":
+        raise InputError("only 24h is supported", field="completion_window")
+    team = owner.team or metadata.get("team")
+    if not team:
+        raise InputError("name the team billed in metadata.team (or use a team-scoped key)", field="metadata.team")
+    if owner.team is not None and metadata.get("team", team) != team:
+        raise NotFoundError(f"unknown team '{metadata['team']}'")
+    key = dedupe_key(input_file_id=input_file_id, endpoint=endpoint, metadata=metadata)
+    with session_scope(settings) as session:
+        # The file's row lock makes concurrent retries of one create wait for each other: the
+        # second finds the first's batch.
+        batches.owned_file(session, input_file_id, tenant_id=owner.tenant_id, team_id=owner.team_id, for_update=True)
+        since = utcnow() - timedelta(seconds=settings.batch_dedupe_s)
+        found = batches.recent_batch(session, tenant_id=owner.tenant_id, dedupe_key=key, since=since)
+        if found is not None:
+            return found, []
+        team_id = owner.team_id or repo.find_team(session, name=team, tenant=owner.tenant).id
+        assert team_id is not None
+        batch = batches.add_batch(
+            session,
+            ApiBatch(
+                id=new_id("batch"),
+                tenant_id=owner.tenant_id,
+                team_id=team_id,
+                input_file_id=input_file_id,
+                endpoint=endpoint,
+                completion_window=completion_window,
+                batch_metadata=metadata or None,
+                dedupe_key=key,
+            ),
+        )
+    with session_scope(settings) as session:
+        split = split_file(batches.pieces(session, input_file_id), endpoint=endpoint, catalog=catalog)
+    if split.errors:
+        return _failed(settings, batch, split.errors), []
+    try:
+        made = submit_split(settings, catalog, split, team=team, tenant=owner.tenant, metadata=metadata)
+    except PennyrouteError as exc:
+        said = {"code": "invalid_request", "line": None, "message": str(exc), "param": getattr(exc, "field", None)}
+        return _failed(settings, batch, [said]), []
+    with session_scope(settings) as session:
+        files = {
+            kind: batches.add_file(
+                session,
+                ApiFile(
+                    id=new_id("file"),
+                    tenant_id=owner.tenant_id,
+                    team_id=team_id,  # the billed team's: its team-scoped keys read them too
+                    filename=f"{batch.id}_{kind}.jsonl",
+                    purpose="batch_output",
+                    batch_id=batch.id,
+                    kind=kind,
+                ),
+            ).id
+            for kind in ("output", "error")
+        }
+        changes = {
+            "status": "in_progress",
+            "in_progress_at": utcnow(),
+            "job_ids": list(made.values()),
+            "lines": {"jobs": made, "counts": split.counts},
+            "n_total": split.total,
+            "output_file_id": files["output"],
+            "error_file_id": files["error"],
+        }
+        batches.update_batch(session, batch.id, **changes)
+    for name, value in changes.items():
+        setattr(batch, name, value)
+    return batch, list(made.values())
+
+
+def _failed(settings: Settings, batch: ApiBatch, errors: list[dict[str, Any]]) -> ApiBatch:
+    now = utcnow()
+    with session_scope(settings) as session:
+        batches.update_batch(session, batch.id, status="failed", failed_at=now, errors=errors)
+    batch.status, batch.failed_at, batch.errors = "failed", now, errors
+    return batch
+
+
+def view(settings: Settings, batch: ApiBatch) -> dict[str, Any]:
+    """The batch as OpenAI shows it, brought up to date (its usage once it has completed)."""
+    batch, jobs = refresh(settings, batch)
+    usage = usage_of(settings, batch) if batch.status == "completed" else None
+    return as_openai(batch, jobs, usage=usage)
+
+
+def cancel_batch(settings: Settings, catalog: Catalog, owner: Owner, *, batch_id: str) -> dict[str, Any]:
+    """Cancel a batch: cancelling, its jobs cancelled (lifecycle.cancel), then cancelled once they ended."""
+    with session_scope(settings) as session:
+        batch = batches.owned_batch(
+            session, batch_id, tenant_id=owner.tenant_id, team_id=owner.team_id, for_update=True
+        )
+        if batch.status in ("validating", "in_progress"):
+            batches.update_batch(session, batch_id, status="cancelling", cancelling_at=utcnow())
+            batch.status = "cancelling"
+    if batch.status == "cancelling":
+        for job_id in batch.job_ids:
+            lifecycle.cancel(settings, catalog, job_id=job_id)
+    return view(settings, batch)
+
+
+def file_lines(settings: Settings, file: ApiFile) -> Iterator[bytes]:
+    """A file's bytes: an input file's as uploaded; a batch's output or error file made from its results."""
+    if file.batch_id is None:
+        with session_scope(settings) as session:
+            yield from batches.pieces(session, file.id)
+        return
+    with session_scope(settings) as session:
+        batch = batches.owned_batch(session, file.batch_id, tenant_id=file.tenant_id, team_id=None)
+    lines = output_lines(settings, batch, errors=file.kind == "error")
+    if file.kind == "error":
+        lines = itertools.chain(lines, rejected_lines(settings, batch))
+    for line in lines:
+        yield (json.dumps(line) + "\n").encode()
