@@ -144,6 +144,12 @@ def test_bad_files_fail_whole_and_errors_read_as_openais(settings: Settings, ser
         metadata={"team": owner.team},
     )
     assert batch.status == "failed" and batch.errors is not None
+    with pytest.raises(openai.BadRequestError) as unbilled:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert unbilled.value.body["param"] == "metadata.team"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as wrong_endpoint:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+    assert "is not supported: use /v1/chat/completions" in wrong_endpoint.value.message
     assert [(e.code, e.line) for e in batch.errors.data] == [("model_not_found", 2), ("model_not_found", 4)]
     with pytest.raises(openai.NotFoundError) as found:
         client.batches.retrieve("batch_nope")
