@@ -30,7 +30,7 @@ from router.errors import NotFoundError, PennyrouteError
 from router.jobs import lifecycle
 from router.jobs.estimates import is_fresh
 from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, parse_soft_percent
-from router.jobs.results import job_state, owned_job_state, result_records
+from router.jobs.results import job_quality, job_state, owned_job_state, result_records
 from router.jobs.submit import submit_job
 from router.ledger import budgets, keys, repo
 from router.ledger.db import ensure_schema, session_scope
@@ -224,6 +224,36 @@ def get_job(
             cache.clear()
         cache[job_id] = _Status(now, state.job.tenant_id, state.job.team_id, body)
     return Response(body, media_type="application/json")
+
+
+@router.get("/jobs/{job_id}/quality", tags=["jobs"], summary="A job's quality facts (as `status --quality`)")
+def job_quality_report(
+    request: Request, job_id: str, principal: Annotated[Principal, Depends(require("jobs:read"))]
+) -> Response:
+    """What `status --quality` shows, as data: the bar and where the estimates came from, what
+    calibration measured, who answered the items, calls and spend by purpose and model, the run items'
+    cost on the baseline model, and the job's events (drift, providers stopped, pauses)."""
+    _owned(request, principal, job_id)
+    report = job_quality(settings_of(request), job_id)
+    job, facts = report.job, report.facts
+    return _answer(
+        {
+            "job_id": job.id,
+            "min_quality": job.min_quality,
+            "quality_mode": job.quality_mode,
+            "route": job.route,
+            "baseline_model_id": job.baseline_model_id,
+            "calibration": job.calibration,
+            "drift": {"checked": job.n_drift_checked, "agreed": job.n_drift_agreed},
+            "answered_by": facts["answered"],
+            "calls": [
+                {"purpose": purpose, "model_id": model, "calls": n, "cost_usd": cost}
+                for purpose, model, n, cost in facts["calls"]
+            ],
+            "baseline_usd": facts["baseline_usd"],
+            "events": [{"kind": kind, "detail": detail} for kind, detail in report.events],
+        }
+    )
 
 
 @router.get("/jobs/{job_id}/results", tags=["jobs"], summary="Per item results, streamed JSONL (as `results`)")

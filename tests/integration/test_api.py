@@ -69,6 +69,9 @@ def test_a_job_submitted_over_http_runs_in_process_and_reads_as_the_cli_says(
     assert [r["id"] for r in records] == [f"i{k}" for k in range(250)]
     assert all(r["status"] == "done" and r["output"] in LABELS.split(",") for r in records)
 
+    quality = client.get(f"/jobs/{job_id}/quality", headers=auth(owner.key)).json()
+    assert quality["quality_mode"] == "prior" and sum(quality["answered_by"].values()) == 250
+    assert sum(Decimal(c["cost_usd"]) for c in quality["calls"]) == Decimal(state["spent_usd"])
     # The same job, read by the CLI, says the same.
     code, text = run_cli("status", job_id, "--json")
     assert code == 0 and json.loads(text)["spent_usd"] == state["spent_usd"]

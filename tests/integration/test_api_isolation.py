@@ -165,6 +165,7 @@ def call(world: World, method: str, template: str, headers: dict[str, str], ids:
 KNOWN = {
     ("GET", "/jobs/{job_id}"),
     ("GET", "/jobs/{job_id}/results"),
+    ("GET", "/jobs/{job_id}/quality"),
     ("POST", "/jobs/{job_id}/cancel"),
     ("POST", "/jobs/{job_id}/resume"),
     ("GET", "/reports/{month}"),
