@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -64,8 +66,8 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-def status_reads(base: str, key: str, job_id: str, *, readers: int, seconds: float) -> tuple[int, list[float], int]:
-    """(reads, their latencies in s, errors) of `readers` threads reading the job's status for `seconds`."""
+def _reader_process(base: str, key: str, job_id: str, threads: int, seconds: float, out: Any) -> None:
+    """One reader process: `threads` threads reading the job's status until `seconds` have passed."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -84,12 +86,36 @@ def status_reads(base: str, key: str, job_id: str, *, readers: int, seconds: flo
             latencies.extend(mine)
             errors[0] += bad
 
-    threads = [threading.Thread(target=read) for _ in range(readers)]
-    for thread in threads:
+    workers = [threading.Thread(target=read) for _ in range(threads)]
+    for thread in workers:
         thread.start()
-    for thread in threads:
+    for thread in workers:
         thread.join()
-    return len(latencies), latencies, errors[0]
+    out.put((latencies, errors[0]))
+
+
+def status_reads(
+    base: str, key: str, job_id: str, *, readers: int, processes: int, seconds: float
+) -> tuple[int, list[float], int]:
+    """(reads, their latencies in s, errors) of `readers` threads, spread over `processes` client
+    processes (one Python process cannot send fast enough alone), reading the job's status."""
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    procs = [
+        context.Process(target=_reader_process, args=(base, key, job_id, max(1, readers // processes), seconds, out))
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    latencies: list[float] = []
+    errors = 0
+    for _ in procs:
+        found, bad = out.get()
+        latencies.extend(found)
+        errors += bad
+    for proc in procs:
+        proc.join()
+    return len(latencies), latencies, errors
 
 
 def write_batch_file(path: Path, megabytes: int) -> int:
@@ -149,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upload-mb", type=int, default=200, help="size of the uploaded batch file")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the status readers read")
     parser.add_argument("--readers", type=int, default=16, help="threads reading the job's status")
+    parser.add_argument("--reader-processes", type=int, default=4, help="client processes the readers run in")
     parser.add_argument("--latency-ms", type=int, default=200, help="the fake provider's latency")
     parser.add_argument("--server-workers", type=int, default=2, help="`pennyroute serve --workers`")
     parser.add_argument("--port", type=int, default=8765)
@@ -207,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
             created.raise_for_status()
             job_id = created.json()["job_id"]
             submit_s = time.perf_counter() - started
-            reads, latencies, errors = status_reads(base, key, job_id, readers=args.readers, seconds=args.seconds)
+            reads, latencies, errors = status_reads(
+                base, key, job_id, readers=args.readers, processes=args.reader_processes, seconds=args.seconds
+            )
             state = httpx.get(f"{base}/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}).json()
             with tempfile.TemporaryDirectory() as folder:
                 batch = Path(folder) / "batch.jsonl"
@@ -228,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         f"while the worker ran it ({state['n_done']:,} done at the end of the reads, {args.latency_ms} ms provider latency):"
     )
     print(
-        f"  GET /jobs/{{id}}: {reads / args.seconds:,.0f} reads/s by {args.readers} readers over {args.seconds:g} s, "
+        f"  GET /jobs/{{id}}: {reads / args.seconds:,.0f} reads/s by {args.readers} readers in {args.reader_processes} "
+        f"processes over {args.seconds:g} s, server {args.server_workers} processes, "
         f"p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms, "
         f"max {max(latencies) * 1000:.1f} ms, {errors} errors"
     )
