@@ -218,3 +218,17 @@ def test_a_line_too_long_for_the_model_is_in_the_error_file(settings: Settings, 
     assert batch.request_counts is not None and batch.request_counts.failed == 1
     errors = [json.loads(line) for line in client.files.content(batch.error_file_id).text.splitlines()]
     assert [e["custom_id"] for e in errors] == ["too-long"] and "context window" in errors[0]["error"]["message"]
+
+
+def test_a_batch_runs_on_a_real_worker_with_a_broker(
+    settings: Settings, catalog: Catalog, broker_url: str, celery_worker: object, tmp_path: Path
+) -> None:
+    brokered = settings.model_copy(update={"broker_url": broker_url})
+    owner = make_tenant(brokered)
+    with serving(brokered, catalog) as (base, app):
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=owner.key, max_retries=0)
+        path = _batch_file(tmp_path / "worker.jsonl", ["gpt-4o-mini", "claude-haiku-4-5"], 250)
+        batch, lines = _run(client, path, {"team": owner.team, "labels": LABELS})
+        assert app.state.threads == []  # the worker ran it, not the server
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"req-{k}" for k in range(250))
+    assert batch.request_counts is not None and batch.request_counts.completed == 250
