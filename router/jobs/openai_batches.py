@@ -8,7 +8,8 @@ custom_ids unique. Its lines are then split by the model they name, one pennyrou
   ledgered and budgeted like any job;
 - `pennyroute-auto`: routed. The batch's metadata gives the bar (`min_quality`, required), and
   optionally `task` (classify or summarize), `labels` (comma-separated, for classify) and
-  `max_words`; its quality is measured against the strongest eligible model (reference mode).
+  `max_words`; its quality is measured against the strongest eligible model (reference mode),
+  unless earlier work of this kind measured it already (fresh stored estimates: routed on them).
 
 Each item's text is the text of the line's user messages; the job's task (classify when the metadata
 gives labels, else summarize) decides the prompt, as for any pennyroute job. The team billed is the
@@ -24,14 +25,14 @@ import json
 import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from router.catalog import Catalog
 from router.errors import InputError, NotFoundError, PennyrouteError
-from router.jobs import lifecycle
+from router.jobs import estimates, lifecycle
 from router.jobs.intake import JobRequest
 from router.jobs.results import result_records
 from router.jobs.submit import submit_job
@@ -217,6 +218,8 @@ def submit_split(
     try:
         for model, path in split.files.items():
             request = job_request(path, model=model, team=team, tenant=tenant, metadata=metadata)
+            if model == AUTO and _measured_before(settings, catalog, request):
+                request = replace(request, quality="auto")  # route on what earlier batches measured
             made[model] = submit_job(settings, catalog, request).job_id
     except Exception:
         for job_id in made.values():
@@ -225,6 +228,18 @@ def submit_split(
     finally:
         split.discard()
     return made
+
+
+def _measured_before(settings: Settings, catalog: Catalog, request: JobRequest) -> bool:
+    """Whether the tenant has fresh quality estimates for this kind of job (an earlier batch or job
+    measured them): then a pennyroute-auto batch is routed on them rather than measured again."""
+    with session_scope(settings) as session:
+        tenant = repo.get_tenant(session, name=request.tenant or "")
+        assert tenant.id is not None
+        found = estimates.fresh_estimates(
+            session, catalog, tenant_id=tenant.id, signature=estimates.signature_of(request)
+        )
+    return bool(found)
 
 
 # -- a batch as OpenAI shows it -------------------------------------------------------------------------

@@ -127,8 +127,19 @@ def test_pennyroute_auto_is_routed_and_measured(settings: Settings, server: str,
         row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
         job = repo.get_job(session, row.job_ids[0])
     assert job.quality_mode == "reference" and job.min_quality == 0.8
+    calls, _ = ledger(settings, job.id)
+    assert any(c.purpose == "calibration" for c in calls)  # measured against the strongest model
+    # A second batch of the same kind is routed on what the first measured: no calibration again.
+    again = _batch_file(tmp_path / "again.jsonl", ["pennyroute-auto"], 20)
+    second, lines = _run(client, again, {"min_quality": "0.8", "labels": LABELS, "team": owner.team})
+    assert len(lines) == 20
+    with session_scope(settings) as session:
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == second.id)).scalar_one()
+        job = repo.get_job(session, row.job_ids[0])
+    calls, _ = ledger(settings, job.id)
+    assert job.quality_mode == "prior" and calls and not any(c.purpose == "calibration" for c in calls)
     listed = client.batches.list(limit=5)
-    assert [b.id for b in listed.data] == [batch.id]
+    assert [b.id for b in listed.data] == [second.id, batch.id]
 
 
 def test_bad_files_fail_whole_and_errors_read_as_openais(settings: Settings, server: str, tmp_path: Path) -> None:
