@@ -86,6 +86,7 @@ def serving(settings: Settings, catalog: Catalog) -> Iterator[tuple[str, FastAPI
             time.sleep(0.05)
     try:
         yield base, app
+        wait_threads(app)  # the jobs it ran in-process end before the next test
     finally:
         server.should_exit = True
         thread.join(10)

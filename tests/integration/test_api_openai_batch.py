@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
@@ -243,3 +244,31 @@ def test_a_batch_runs_on_a_real_worker_with_a_broker(
         assert app.state.threads == []  # the worker ran it, not the server
     assert sorted(line["custom_id"] for line in lines) == sorted(f"req-{k}" for k in range(250))
     assert batch.request_counts is not None and batch.request_counts.completed == 250
+
+
+def test_creates_sent_at_once_make_one_batch(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "twice.jsonl", ["gpt-4o-mini"], 200)
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+
+    def create() -> str:
+        return client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"team": owner.team, "labels": LABELS},
+        ).id
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(lambda _: create(), range(4)))  # a create and three retries racing it
+    assert len(set(ids)) == 1
+    assert [b.id for b in client.batches.list().data] == ids[:1]
+    other = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"team": owner.team, "labels": "billing,bug"},
+    )
+    assert other.id != ids[0]  # other metadata: another batch
