@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reader-processes", type=int, default=4, help="client processes the readers run in")
     parser.add_argument("--latency-ms", type=int, default=200, help="the fake provider's latency")
     parser.add_argument("--server-workers", type=int, default=2, help="`pennyroute serve --workers`")
+    parser.add_argument(
+        "--no-worker", action="store_true", help="read with no worker running (the server's own ceiling)"
+    )
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args(argv)
 
@@ -206,16 +209,18 @@ def main(argv: list[str] | None = None) -> None:
                 cwd=ROOT, env=env, stdout=(logs / "server.log").open("wb"), stderr=subprocess.STDOUT,
             )  # fmt: skip
             procs.append(server)
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel", "INFO",
-                 "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                cwd=ROOT, env=env, stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            procs.append(worker)
+            worker = None
+            if not args.no_worker:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--loglevel", "INFO",
+                     "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                    cwd=ROOT, env=env, stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT,
+                )  # fmt: skip
+                procs.append(worker)
             base = f"http://127.0.0.1:{args.port}"
             wait_for(f"{base}/openapi.json")
             deadline = time.monotonic() + 60
-            while b"ready." not in (logs / "worker.log").read_bytes():
+            while worker is not None and b"ready." not in (logs / "worker.log").read_bytes():
                 assert time.monotonic() < deadline and worker.poll() is None, (logs / "worker.log").read_text()[-2000:]
                 time.sleep(0.2)
             items = scratch / "items.jsonl"
@@ -255,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"job of {args.items:,} items submitted over HTTP in {submit_s:.1f} s (POST /jobs: upload, load, route)")
     print(
         f"while the worker ran it ({state['n_done']:,} done at the end of the reads, {args.latency_ms} ms provider latency):"
+        if not args.no_worker
+        else "with no worker running:"
     )
     print(
         f"  GET /jobs/{{id}}: {reads / args.seconds:,.0f} reads/s by {args.readers} readers in {args.reader_processes} "
