@@ -27,6 +27,8 @@ SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
 DATABASE_URL_HINT = "use postgresql://USER@HOST:5432/DB (or postgres://, postgresql+psycopg://) or sqlite:///PATH"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 # Settings whose values are never repeated in an error: URLs may carry a password, a webhook a token.
+# A server secret shorter than this could be guessed, and every key hash checked against it offline.
+MIN_SERVER_SECRET_BYTES = 16
 UNSHOWN = frozenset({"alert_webhook", "api_keys", "openai_admin_key", "server_secret", "metrics_token"})
 
 
@@ -199,7 +201,13 @@ class Settings(BaseSettings):
                 'Set it to a long random value, e.g. `export PENNYROUTE_SERVER_SECRET="$(openssl rand -hex 32)"`, '
                 "the same for `pennyroute serve` and `pennyroute keys`"
             )
-        return self.server_secret.get_secret_value().encode()
+        secret = self.server_secret.get_secret_value().encode()
+        if len(secret) < MIN_SERVER_SECRET_BYTES:
+            raise ConfigError(
+                f"PENNYROUTE_SERVER_SECRET is too short: use at least {MIN_SERVER_SECRET_BYTES} characters, "
+                'e.g. `export PENNYROUTE_SERVER_SECRET="$(openssl rand -hex 32)"`'
+            )
+        return secret
 
     @property
     def sandbox_active(self) -> bool:

@@ -49,3 +49,10 @@ def test_keys_need_the_server_secret_and_known_scopes(cli_env: Settings, cli_tea
 def test_unknown_scope_is_named(secret_env: Settings, cli_team: str) -> None:
     code, text = run_cli("keys", "create", "--tenant", f"acme-{cli_team}", "--scopes", "jobs:read,admin")
     assert code == 2 and "--scopes: unknown scope 'admin'" in text
+
+
+def test_a_short_server_secret_is_refused(cli_env: Settings, cli_team: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PENNYROUTE_SERVER_SECRET", "tiny-secret")
+    get_settings.cache_clear()
+    code, text = run_cli("keys", "create", "--tenant", f"acme-{cli_team}", "--scopes", "jobs:read")
+    assert code == 2 and "PENNYROUTE_SERVER_SECRET is too short" in text and "tiny-secret" not in text
