@@ -3,11 +3,13 @@
 The map. One folder per stage of the data path, submit -> queue -> worker -> provider -> ledger ->
 report; imports flow one way, down this list (tests/unit/test_layout.py checks it):
 
-    cli/ (api/)   shells: parse input, call jobs/ and reports/, show the answer; no rules of their own
+    cli/, api/    shells: parse input, call jobs/ and reports/, show the answer; no rules of their own
+                  (api/: `pennyroute serve`, tenant keys, the jobs API, OpenAI Batch-compatible /v1, /metrics)
     jobs/         intake (read and check a JSONL file), submit (load, route, commit), estimates (stored
                   quality), calibrate (measure models on the job's own items), lifecycle (start, calibrate
                   then run, pause, resume, cancel: every rule about what follows what), dispatch (the one
-                  seam: Celery or in-process), results (what a job is and gave), sweeper (lost messages)
+                  seam: Celery or in-process), results (what a job is and gave), sweeper (lost messages),
+                  openai_batches (OpenAI Batch files as jobs: validate, split per model, output lines)
     engine/       a worker's work: chunk (claim a range of items and run it), batch (plan, reserve the
                   worst case, record call rows before the calls), rounds (call, parse, retry, escalate),
                   settle (write outcomes, rollups, settlement; charge lost calls), calls (the gate,
@@ -15,7 +17,8 @@ report; imports flow one way, down this list (tests/unit/test_layout.py checks i
     providers/    one module per vendor over one HTTP client builder (http.py); limits (shared rate
                   limits and breakers in Redis); sandbox (the simulated provider of the demo);
                   openai_usage (OpenAI's usage and costs exports, for reconcile)
-    ledger/       tables, repo (every query), sums (report sums), rollup, budgets (reservations), db
+    ledger/       tables, repo (every query), sums (report sums), rollup, budgets (reservations), db,
+                  keys (API keys), batches (/v1 files and batches), figures (/metrics sums)
     reports/      monthly (the month's report from the rollups), render (table, csv, json, html; money),
                   reconcile (the ledger against a provider's usage export, per UTC day and model)
     ground floor  settings, errors (the tree), usage (TokenUsage), catalog (models, prices), prompts,

@@ -13,7 +13,7 @@ What `redact` hides, each replaced by REDACTED:
   `token=` query parameter;
 - a bearer token anywhere (`Bearer abc...`);
 - strings shaped like common provider keys: `sk-...` (OpenAI, `sk-ant-...` Anthropic, `sk-or-...`
-  OpenRouter) and `AIza...` (Google).
+  OpenRouter) and `AIza...` (Google), and pennyroute's own API keys (`pr_live_...`).
 
 `RedactingFilter` applies the same rule to log records, for a shell to attach to its handlers.
 
@@ -50,13 +50,16 @@ _NAMED = re.compile(
 _BEARER = re.compile(r"(?i)\b(?P<scheme>bearer\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})")
 # Provider key shapes: OpenAI sk-... / sk-proj-..., Anthropic sk-ant-api03-..., OpenRouter sk-or-v1-...
 # (all well over 20 characters after "sk-"); Google AIza followed by 35 characters.
-_SHAPES = re.compile(r"(?<![A-Za-z0-9])(?:sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{30,})")
+# pennyroute's own tenant keys: pr_live_ and at least 16 more characters (router/ledger/keys.py).
+_SHAPES = re.compile(r"(?<![A-Za-z0-9])(?:sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{30,}|pr_live_[A-Za-z0-9]{16,})")
 
 
 def configured_secrets(settings: Settings) -> frozenset[str]:
-    """The values of every API key the settings hold (each *_API_KEY set in the environment, and
-    OPENAI_ADMIN_KEY)."""
-    admin = (settings.openai_admin_key,) if settings.openai_admin_key is not None else ()
+    """The values of every API key the settings hold (each *_API_KEY set in the environment,
+    OPENAI_ADMIN_KEY, PENNYROUTE_SERVER_SECRET and PENNYROUTE_METRICS_TOKEN)."""
+    admin = tuple(
+        s for s in (settings.openai_admin_key, settings.server_secret, settings.metrics_token) if s is not None
+    )
     return frozenset(secret.get_secret_value() for secret in (*settings.api_keys.values(), *admin))
 
 

@@ -27,7 +27,9 @@ SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
 DATABASE_URL_HINT = "use postgresql://USER@HOST:5432/DB (or postgres://, postgresql+psycopg://) or sqlite:///PATH"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 # Settings whose values are never repeated in an error: URLs may carry a password, a webhook a token.
-UNSHOWN = frozenset({"alert_webhook", "api_keys", "openai_admin_key"})
+# A server secret shorter than this could be guessed, and every key hash checked against it offline.
+MIN_SERVER_SECRET_BYTES = 16
+UNSHOWN = frozenset({"alert_webhook", "api_keys", "openai_admin_key", "server_secret", "metrics_token"})
 
 
 class Settings(BaseSettings):
@@ -98,6 +100,24 @@ class Settings(BaseSettings):
         exclude=True,
         validation_alias=AliasChoices("PENNYROUTE_OPENAI_ADMIN_KEY", "OPENAI_ADMIN_KEY"),
     )
+
+    # The HTTP API's secret (`pennyroute serve`, `pennyroute keys`): tenant API keys are kept only as
+    # an HMAC-SHA256 under it, so a copy of the database alone cannot check a guessed key. Not a
+    # *_API_KEY: it never makes a model call, nor turns the sandbox off. Changing it voids every key.
+    server_secret: SecretStr | None = Field(default=None, exclude=True)
+    # The bearer token Prometheus sends to GET /metrics (its figures are every tenant's: a tenant key
+    # never reads them). Without it /metrics answers 403.
+    metrics_token: SecretStr | None = Field(default=None, exclude=True)
+    # prometheus_client's multiprocess folder (its own variable, read here so only settings reads the
+    # environment): set it, the same empty folder, for the server and every worker, and their
+    # counters add up in one /metrics.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "PENNYROUTE_PROMETHEUS_MULTIPROC_DIR")
+    )
+    # How long a repeated `POST /v1/batches` (same tenant, input file, endpoint and metadata) answers
+    # with the batch the first one made: the openai SDK retries a POST on a timeout or a 5xx, with no
+    # idempotency key, so a slow answer must not become two batches.
+    batch_dedupe_s: float = Field(default=600.0, ge=0)
 
     @field_validator("database_url")
     @classmethod
@@ -172,6 +192,22 @@ class Settings(BaseSettings):
             return None
         secret = self.api_keys.get(env_name)
         return secret.get_secret_value() if secret else None
+
+    def key_secret(self) -> bytes:
+        """The server secret's bytes, for hashing API keys; ConfigError when it is not set."""
+        if self.server_secret is None or not self.server_secret.get_secret_value().strip():
+            raise ConfigError(
+                "PENNYROUTE_SERVER_SECRET is not set: the HTTP API keeps API keys only as a keyed hash under it. "
+                'Set it to a long random value, e.g. `export PENNYROUTE_SERVER_SECRET="$(openssl rand -hex 32)"`, '
+                "the same for `pennyroute serve` and `pennyroute keys`"
+            )
+        secret = self.server_secret.get_secret_value().encode()
+        if len(secret) < MIN_SERVER_SECRET_BYTES:
+            raise ConfigError(
+                f"PENNYROUTE_SERVER_SECRET is too short: use at least {MIN_SERVER_SECRET_BYTES} characters, "
+                'e.g. `export PENNYROUTE_SERVER_SECRET="$(openssl rand -hex 32)"`'
+            )
+        return secret
 
     @property
     def sandbox_active(self) -> bool:

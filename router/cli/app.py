@@ -21,11 +21,14 @@ from typing import Annotated, Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
+import uvicorn
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 from sqlmodel import Session
 
+from router.api.app import create_app
+from router.api.app import log_config as api_log_config
 from router.catalog import Catalog, load_catalog
 from router.cli import data, ends, outputs, views
 from router.cli.demo import DEMO_LABELS, write_demo_tickets
@@ -37,7 +40,7 @@ from router.jobs.estimates import is_fresh
 from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, parse_soft_percent
 from router.jobs.results import job_quality, job_state, result_records
 from router.jobs.submit import Submitted, submit_job
-from router.ledger import budgets, repo
+from router.ledger import budgets, keys, repo
 from router.ledger.db import current_revision, ensure_schema, session_scope, upgrade
 from router.ledger.tables import BudgetPeriod, JobStatus, utcnow
 from router.providers import openai_usage
@@ -65,6 +68,8 @@ budget_app = typer.Typer(
 jobs_app = typer.Typer(no_args_is_help=True, help="Jobs: list, resume, cancel.")
 app.add_typer(budget_app, name="budget")
 app.add_typer(jobs_app, name="jobs")
+keys_app = typer.Typer(no_args_is_help=True, help="Tenant API keys for the HTTP API (`pennyroute serve`).")
+app.add_typer(keys_app, name="keys")
 
 out = views.console()
 err = views.error_console()
@@ -1114,6 +1119,98 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> N
         f"recorded as their calls return; budget given back {done['released']}; calls of dead workers "
         f"charged at their worst case ${done['lost_calls_usd']}"
     )
+
+
+# -- the HTTP API --------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes (each answers requests; 1 per core is a good start).")
+    ] = 1,
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs): jobs, reports, budgets, OpenAI Batch-compatible /v1,
+    /metrics. Needs PENNYROUTE_SERVER_SECRET (tenant keys are checked against a hash under it)."""
+    settings = _settings()
+    try:
+        application = create_app(settings, _catalog(settings))
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    if workers > 1 and settings.embedded:
+        raise _fail(
+            PennyrouteError("--workers: without a broker jobs run in the server's process; use one, or set BROKER_URL")
+        )
+    where = "in this process (no broker)" if settings.embedded else "on the broker's workers"
+    err.print(f"pennyroute API on http://{host}:{port} (docs at /docs); jobs run {where}")
+    config = {"host": host, "port": port, "log_config": api_log_config(settings), "server_header": False}
+    if workers == 1:
+        uvicorn.run(application, **config)  # type: ignore[arg-type]
+        return
+    if State.catalog_path is not None:  # each worker process reads its settings afresh
+        os.environ["PENNYROUTE_CATALOG"] = str(State.catalog_path.resolve())
+    uvicorn.run("router.api.app:from_environment", factory=True, workers=workers, **config)  # type: ignore[arg-type]
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
+    scopes: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(keys.SCOPES)}.")],
+    team: Annotated[str | None, typer.Option(help="Limit the key to this team of the tenant.")] = None,
+) -> None:
+    """Make an API key and print it once (only its prefix and a keyed hash are kept)."""
+    settings = _settings()
+    try:
+        secret = settings.key_secret()
+        wanted = keys.parse_scopes(scopes)
+        ensure_schema(settings)
+        with session_scope(settings) as session:
+            key, row = keys.create_key(session, secret=secret, tenant=tenant, team=team, scopes=wanted)
+    except PennyrouteError as exc:
+        raise _fail(exc) from None
+    sys.stdout.write(key + "\n")
+    scoped = f"tenant {tenant}" + (f" team {team}" if team else "")
+    err.print(
+        f"key {row.prefix}... for {scoped}, scopes {', '.join(wanted)}: shown once, keep it now "
+        f"(`pennyroute keys revoke {row.prefix}` ends it)"
+    )
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List API keys: prefix, tenant, team, scopes, created, last used, revoked (never the key)."""
+    with _ledger() as session:
+        rows = keys.list_keys(session, tenant=tenant)
+    if json_out:
+        data.emit([dict(r._mapping) for r in rows])
+        return
+    table = Table(title="API keys", title_justify="left")
+    for column in ("prefix", "tenant", "team", "scopes", "created", "last used", "revoked"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.prefix,
+            Text(printable(r.tenant)),
+            Text(printable(r.team or "-")),
+            ",".join(r.scopes),
+            f"{r.created_at:%Y-%m-%d %H:%M}" if r.created_at else "-",
+            f"{r.last_used_at:%Y-%m-%d %H:%M}" if r.last_used_at else "never",
+            f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "",
+        )
+    out.print(table if rows else "no keys: `pennyroute keys create --tenant T --scopes jobs:read`")
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix (pr_live_ and 12 characters).")]) -> None:
+    """Revoke an API key: it answers 401 from now on."""
+    with _ledger() as session:
+        revoked = keys.revoke_key(session, prefix=prefix)
+    out.print(f"key {prefix[:20]} revoked" if revoked else f"key {prefix[:20]} was revoked already")
 
 
 def main() -> None:

@@ -17,10 +17,11 @@ from router.reports.render import plain
 
 def emit(value: Any) -> None:
     """Write `value` as JSON on standard output, alone (rich markup and tables go elsewhere)."""
-    sys.stdout.write(json.dumps(value, default=_plain, indent=2) + "\n")
+    sys.stdout.write(json.dumps(value, default=json_default, indent=2) + "\n")
 
 
-def _plain(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """A value json.dumps cannot write, as the CLI writes it (its `default`; the HTTP API's too)."""
     if isinstance(value, Decimal):
         return plain(value)  # the reports' exact text: the same digits on every backend
     if isinstance(value, (datetime, date)):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from router.ledger import repo
+from router.ledger import figures, keys, repo
 from router.ledger.db import session_scope
 from router.ledger.tables import ItemStatus, Job
 from router.providers.base import OUTCOME_OF_FINISH
@@ -49,6 +49,24 @@ def job_state(settings: Settings, job_id: str) -> JobState:
             spent_usd=repo.job_spend(session, job_id),
             calls_by_model=repo.job_models(session, job_id),
             failures=repo.failure_kinds(session, job_id) if job.n_failed else {},
+        )
+
+
+def owned_job_state(
+    settings: Settings, job_id: str, *, tenant_id: int, team_id: int | None, failures: bool = False
+) -> JobState:
+    """The job's state for a tenant (and team): NotFoundError for a job not theirs, as for an unknown
+    one. Read in one session from the job row and its rollups (a status poller's read: a few rows,
+    however large the job); its spend is job_state's, its calls per model the settled ones. Its
+    failed items are counted by kind only when asked (`failures`: a read of every failed item)."""
+    with session_scope(settings) as session:
+        job = keys.owned_job(session, job_id, tenant_id=tenant_id, team_id=team_id)
+        spent, by_model = figures.job_rolled(session, job_id=job_id, tenant_id=job.tenant_id, team_id=job.team_id)
+        return JobState(
+            job=job,
+            spent_usd=spent,
+            calls_by_model=by_model,
+            failures=repo.failure_kinds(session, job_id) if failures and job.n_failed else {},
         )
 
 

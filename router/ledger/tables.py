@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from router.ledger.types import Money
@@ -304,3 +304,77 @@ class QualityEstimate(SQLModel, table=True):
     measured_at: datetime | None = _ts(default=utcnow)
     expires_at: datetime | None = _ts()
     drifted_at: datetime | None = _ts()
+
+
+# -- the HTTP API (router/api/) ----------------------------------------------------------------------
+
+
+class ApiKey(SQLModel, table=True):
+    """A tenant's API key: its public prefix and an HMAC-SHA256 of the whole key under the server
+    secret (router/ledger/keys.py). The key itself is shown once, at creation, and never stored."""
+
+    __tablename__ = "api_key"
+    id: int | None = Field(default=None, primary_key=True)
+    prefix: str = Field(unique=True, index=True)  # pr_live_ and the key's public id: how a key is found
+    key_hash: str  # hex HMAC-SHA256 of the whole key
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    team_id: int | None = Field(default=None, foreign_key="team.id")  # a team-scoped key sees that team only
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime | None = _ts(default=utcnow)
+    last_used_at: datetime | None = _ts()
+    revoked_at: datetime | None = _ts()
+
+
+class ApiFile(SQLModel, table=True):
+    """A file uploaded through the OpenAI-compatible `POST /v1/files` (purpose batch): its bytes
+    are in ApiFileChunk rows. A batch's output and error files are made from the ledger when read."""
+
+    __tablename__ = "api_file"
+    id: str = Field(primary_key=True)  # file-...
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    team_id: int | None = Field(default=None, foreign_key="team.id")
+    filename: str
+    purpose: str  # batch | batch_output
+    bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    batch_id: str | None = None  # for batch_output files: the batch whose output (or errors) it is
+    kind: str = "input"  # input | output | error
+    created_at: datetime | None = _ts(default=utcnow)
+
+
+class ApiFileChunk(SQLModel, table=True):
+    """One piece of an uploaded file, in order: an upload is written a piece at a time, never held whole."""
+
+    __tablename__ = "api_file_chunk"
+    file_id: str = Field(foreign_key="api_file.id", primary_key=True)
+    seq: int = Field(primary_key=True)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class ApiBatch(SQLModel, table=True):
+    """An OpenAI-compatible batch: its input file, the pennyroute jobs that run its lines (one per
+    model named, `pennyroute-auto` routed), and the OpenAI statuses and times it went through."""
+
+    __tablename__ = "api_batch"
+    __table_args__ = (Index("ix_api_batch_dedupe", "tenant_id", "dedupe_key", "created_at"),)
+    id: str = Field(primary_key=True)  # batch_...
+    tenant_id: int = Field(foreign_key="tenant.id", index=True)
+    team_id: int = Field(foreign_key="team.id")
+    input_file_id: str = Field(foreign_key="api_file.id")
+    endpoint: str
+    completion_window: str = "24h"
+    batch_metadata: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSON))
+    dedupe_key: str  # sha256 of input file, endpoint and metadata: a retried create finds its batch
+    status: str = "validating"
+    job_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    lines: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # model -> job id, line count
+    n_total: int = 0
+    errors: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: datetime | None = _ts(default=utcnow)
+    in_progress_at: datetime | None = _ts()
+    finalizing_at: datetime | None = _ts()
+    completed_at: datetime | None = _ts()
+    failed_at: datetime | None = _ts()
+    cancelling_at: datetime | None = _ts()
+    cancelled_at: datetime | None = _ts()

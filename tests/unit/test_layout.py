@@ -27,6 +27,7 @@ RANKS = [
     ("router.route", 1),
     ("router.candidates", 1),
     ("router.redact", 1),
+    ("router.metrics", 1),
     ("router.ledger", 2),
     ("router.providers", 2),
     ("router.reports", 3),

@@ -1,0 +1,1 @@
+"""The HTTP API: a second shell beside cli/ (router/api/app.py)."""

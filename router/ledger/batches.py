@@ -1,0 +1,117 @@
+"""The OpenAI-compatible intake's rows: uploaded files (kept in pieces) and batches. Every read
+takes the caller's tenant (and team): another tenant's id is not found, in the words an unknown id gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlmodel import Session
+
+from router.errors import NotFoundError
+from router.ledger.tables import ApiBatch, ApiFile, ApiFileChunk
+
+FILE = ApiFile.__table__  # type: ignore[attr-defined]
+CHUNK = ApiFileChunk.__table__  # type: ignore[attr-defined]
+BATCH = ApiBatch.__table__  # type: ignore[attr-defined]
+# Pieces read per query when a file is streamed back: 16 pieces of 1 MiB at most.
+READ_PIECES = 16
+
+
+def add_file(session: Session, file: ApiFile) -> ApiFile:
+    session.add(file)
+    session.flush()
+    return file
+
+
+def add_piece(session: Session, *, file_id: str, seq: int, data: bytes) -> None:
+    session.execute(insert(CHUNK).values(file_id=file_id, seq=seq, data=data))
+
+
+def set_file_bytes(session: Session, *, file_id: str, size: int) -> None:
+    session.execute(update(FILE).where(FILE.c.id == file_id).values(bytes=size))
+
+
+def owned_file(
+    session: Session, file_id: str, *, tenant_id: int, team_id: int | None, for_update: bool = False
+) -> ApiFile:
+    """The file, when it is the tenant's (and team's); else NotFoundError."""
+    query = select(ApiFile).where(FILE.c.id == file_id)
+    if for_update:
+        query = query.with_for_update()
+    found = session.execute(query).scalars().first()
+    if found is None or found.tenant_id != tenant_id or (team_id is not None and found.team_id != team_id):
+        raise NotFoundError(f"No such File object: {file_id}")
+    return found
+
+
+def pieces(session: Session, file_id: str) -> Iterator[bytes]:
+    """The file's bytes, a piece at a time, in order (READ_PIECES per query: never the whole file)."""
+    after = -1
+    while True:
+        rows = session.execute(
+            select(CHUNK.c.seq, CHUNK.c.data)
+            .where(CHUNK.c.file_id == file_id, CHUNK.c.seq > after)
+            .order_by(CHUNK.c.seq)
+            .limit(READ_PIECES)
+        ).all()
+        if not rows:
+            return
+        for seq, data in rows:
+            after = seq
+            yield bytes(data)
+
+
+def add_batch(session: Session, batch: ApiBatch) -> ApiBatch:
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def recent_batch(session: Session, *, tenant_id: int, dedupe_key: str, since: datetime) -> ApiBatch | None:
+    """The tenant's batch made from the same request since `since`, if any (a retried create)."""
+    return (
+        session.execute(
+            select(ApiBatch)
+            .where(BATCH.c.tenant_id == tenant_id, BATCH.c.dedupe_key == dedupe_key, BATCH.c.created_at >= since)
+            .order_by(BATCH.c.created_at.desc())
+        )
+        .scalars()
+        .first()
+    )
+
+
+def owned_batch(
+    session: Session, batch_id: str, *, tenant_id: int, team_id: int | None, for_update: bool = False
+) -> ApiBatch:
+    """The batch, when it is the tenant's (and team's); else NotFoundError."""
+    query = select(ApiBatch).where(BATCH.c.id == batch_id)
+    if for_update:
+        query = query.with_for_update()
+    found = session.execute(query).scalars().first()
+    if found is None or found.tenant_id != tenant_id or (team_id is not None and found.team_id != team_id):
+        raise NotFoundError(f"No such Batch object: {batch_id}")
+    return found
+
+
+def list_batches(
+    session: Session, *, tenant_id: int, team_id: int | None, after: str | None, limit: int
+) -> list[ApiBatch]:
+    """The tenant's (team's) batches, newest first, after the batch `after` (a cursor), `limit` of them."""
+    query = select(ApiBatch).where(BATCH.c.tenant_id == tenant_id)
+    if team_id is not None:
+        query = query.where(BATCH.c.team_id == team_id)
+    if after:
+        cursor = owned_batch(session, after, tenant_id=tenant_id, team_id=team_id)
+        query = query.where(
+            (BATCH.c.created_at < cursor.created_at)
+            | ((BATCH.c.created_at == cursor.created_at) & (BATCH.c.id < cursor.id))
+        )
+    return list(session.execute(query.order_by(BATCH.c.created_at.desc(), BATCH.c.id.desc()).limit(limit)).scalars())
+
+
+def update_batch(session: Session, batch_id: str, **values: Any) -> None:
+    session.execute(update(BATCH).where(BATCH.c.id == batch_id).values(**values))

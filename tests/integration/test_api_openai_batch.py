@@ -1,0 +1,274 @@
+"""The /v1 intake with the official openai SDK as the client, on a real server, jobs in-process,
+providers the fake server: every custom_id answered once, usage per line, ledger = usage x prices,
+budget settled; a retried create is one batch; errors in OpenAI's shape."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import select
+
+from router.catalog import Catalog
+from router.ledger import budgets, repo
+from router.ledger.db import session_scope
+from router.ledger.tables import ApiBatch, ApiFileChunk
+from router.settings import Settings
+from router.usage import TokenUsage
+from tests.api_support import Tenant, api_settings, auth, make_tenant, serving
+from tests.helpers import ledger, priced, tickets
+
+LABELS = "billing,bug,other"
+
+
+@pytest.fixture
+def settings(live_settings: Settings, fake_provider: str) -> Settings:
+    httpx.post(f"{fake_provider}/_reset")
+    return api_settings(live_settings)
+
+
+@pytest.fixture
+def server(settings: Settings, catalog: Catalog) -> Iterator[str]:
+    with serving(settings, catalog) as (base, _app):
+        yield base
+
+
+def _batch_file(path: Path, models: list[str], n: int) -> Path:
+    with path.open("w") as handle:
+        for k, ticket in enumerate(tickets(n)):
+            body = {
+                "model": models[k % len(models)],
+                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": ticket["text"]}],
+                "max_tokens": 20,
+            }
+            handle.write(
+                json.dumps({"custom_id": f"req-{k}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+                + "\n"
+            )
+    return path
+
+
+def _run(client: openai.OpenAI, path: Path, metadata: dict[str, str]) -> tuple[openai.types.Batch, list[dict]]:
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    assert uploaded.bytes == path.stat().st_size and uploaded.purpose == "batch"
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+    )
+    again = client.batches.create(  # as the SDK retries a create that timed out: the same batch
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+    )
+    assert again.id == batch.id
+    deadline = time.monotonic() + 180
+    while batch.status not in ("completed", "failed", "cancelled"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.3)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch.errors
+    lines = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    return batch, lines
+
+
+def test_named_models_through_the_openai_sdk(settings: Settings, catalog: Catalog, server: str, tmp_path: Path) -> None:
+    owner: Tenant = make_tenant(settings)
+    assert (
+        httpx.put(f"{server}/budgets/{owner.team}", headers=auth(owner.key), json={"monthly": "10"}).status_code == 200
+    )
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    n = 40
+    path = _batch_file(tmp_path / "batch.jsonl", ["gpt-4o-mini", "claude-haiku-4-5"], n)
+    batch, lines = _run(client, path, {"task": "classify", "labels": LABELS, "team": owner.team})
+
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"req-{k}" for k in range(n))  # each once
+    assert batch.request_counts.total == n and batch.request_counts.completed == n and batch.request_counts.failed == 0
+    assert client.files.content(batch.error_file_id).text == ""
+    expected = Decimal(0)
+    for line in lines:
+        body = line["response"]["body"]
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        assert body["model"] == ("gpt-4o-mini" if int(line["custom_id"][4:]) % 2 == 0 else "claude-haiku-4-5")
+        assert body["choices"][0]["message"]["content"] in LABELS.split(",")
+        usage = body["usage"]
+        assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        expected += catalog.price(body["model"]).cost_usd(
+            TokenUsage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"])
+        )
+    assert batch.usage is not None
+    assert batch.usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in lines)
+
+    with session_scope(settings) as session:
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+        team = repo.find_team(session, name=owner.team, tenant=owner.tenant)
+        period = budgets.current_period(session, team_id=team.id)  # type: ignore[arg-type]
+        assert period is not None
+    spent = Decimal(0)
+    for job_id in row.job_ids:
+        calls, _ = ledger(settings, job_id)
+        assert all(c.cost_usd == priced(catalog, c) for c in calls)
+        spent += sum((c.cost_usd for c in calls), Decimal(0))
+    assert spent == expected > 0  # the ledger is the lines' usage at the catalog's prices, to the cent and below
+    assert period.settled == spent and period.reserved == 0  # the budget is settled, nothing left held
+
+
+def test_pennyroute_auto_is_routed_and_measured(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "auto.jsonl", ["pennyroute-auto"], 60)
+    batch, lines = _run(client, path, {"min_quality": "0.8", "labels": LABELS, "team": owner.team})
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"req-{k}" for k in range(60))
+    with session_scope(settings) as session:
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+        job = repo.get_job(session, row.job_ids[0])
+    assert job.quality_mode == "reference" and job.min_quality == 0.8
+    calls, _ = ledger(settings, job.id)
+    assert any(c.purpose == "calibration" for c in calls)  # measured against the strongest model
+    # A second batch of the same kind is routed on what the first measured: no calibration again.
+    again = _batch_file(tmp_path / "again.jsonl", ["pennyroute-auto"], 20)
+    second, lines = _run(client, again, {"min_quality": "0.8", "labels": LABELS, "team": owner.team})
+    assert len(lines) == 20
+    with session_scope(settings) as session:
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == second.id)).scalar_one()
+        job = repo.get_job(session, row.job_ids[0])
+    calls, _ = ledger(settings, job.id)
+    assert job.quality_mode == "prior" and calls and not any(c.purpose == "calibration" for c in calls)
+    listed = client.batches.list(limit=5)
+    assert [b.id for b in listed.data] == [second.id, batch.id]
+
+
+def test_bad_files_fail_whole_and_errors_read_as_openais(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "bad.jsonl", ["gpt-4o-mini", "no-such-model"], 4)
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"team": owner.team},
+    )
+    assert batch.status == "failed" and batch.errors is not None
+    with pytest.raises(openai.BadRequestError) as unbilled:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert unbilled.value.body["param"] == "metadata.team"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as wrong_endpoint:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+    assert "is not supported: use /v1/chat/completions" in wrong_endpoint.value.message
+    assert [(e.code, e.line) for e in batch.errors.data] == [("model_not_found", 2), ("model_not_found", 4)]
+    with pytest.raises(openai.NotFoundError) as found:
+        client.batches.retrieve("batch_nope")
+    assert found.value.body == {
+        "message": "No such Batch object: batch_nope",
+        "type": "not_found_error",
+        "param": None,
+        "code": "not_found",
+    }
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="pr_live_nothing", max_retries=0).batches.list()
+
+
+def test_an_upload_is_kept_in_pieces(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "big.jsonl", ["gpt-4o-mini"], 12_000)  # about 2.5 MB
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    with session_scope(settings) as session:
+        pieces = session.execute(select(ApiFileChunk.seq).where(ApiFileChunk.file_id == uploaded.id)).all()
+    assert len(pieces) == -(-path.stat().st_size // (1 << 20)) > 1
+    assert client.files.content(uploaded.id).content == path.read_bytes()
+    assert client.files.retrieve(uploaded.id).bytes == path.stat().st_size
+
+
+def test_a_cancelled_batch_names_every_line_it_did_not_answer(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner = make_tenant(settings)
+    tiny = httpx.put(f"{server}/budgets/{owner.team}", headers=auth(owner.key), json={"monthly": "0.000001"})
+    assert tiny.status_code == 200
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "paused.jsonl", ["gpt-4o-mini"], 30)
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    metadata = {"team": owner.team, "labels": LABELS, "on_budget": "pause"}
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+    )
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{server}/jobs", headers=auth(owner.key)).json()[0]["status"] != "paused":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.batches.retrieve(batch.id).status == "in_progress"  # paused for budget: still in progress
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
+    counts = cancelled.request_counts
+    assert counts is not None and counts.total == 30 and counts.completed + counts.failed == 30
+    errors = [json.loads(line) for line in client.files.content(cancelled.error_file_id).text.splitlines()]
+    answered = [json.loads(line) for line in client.files.content(cancelled.output_file_id).text.splitlines()]
+    assert len(errors) == counts.failed and len(answered) == counts.completed
+    assert sorted(line["custom_id"] for line in errors + answered) == sorted(f"req-{k}" for k in range(30))
+    assert all(line["response"] is None and line["error"]["code"] for line in errors)
+
+
+def test_a_line_too_long_for_the_model_is_in_the_error_file(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "long.jsonl", ["gpt-4o-mini"], 5)
+    huge = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "word " * 120_000}]}  # ~150k tokens > 128k
+    with path.open("a") as handle:
+        handle.write(
+            json.dumps({"custom_id": "too-long", "method": "POST", "url": "/v1/chat/completions", "body": huge}) + "\n"
+        )
+    batch, lines = _run(client, path, {"team": owner.team, "labels": LABELS})
+    assert sorted(line["custom_id"] for line in lines) == [f"req-{k}" for k in range(5)]
+    assert batch.request_counts is not None and batch.request_counts.failed == 1
+    errors = [json.loads(line) for line in client.files.content(batch.error_file_id).text.splitlines()]
+    assert [e["custom_id"] for e in errors] == ["too-long"] and "context window" in errors[0]["error"]["message"]
+
+
+def test_a_batch_runs_on_a_real_worker_with_a_broker(
+    settings: Settings, catalog: Catalog, broker_url: str, celery_worker: object, tmp_path: Path
+) -> None:
+    brokered = settings.model_copy(update={"broker_url": broker_url})
+    owner = make_tenant(brokered)
+    with serving(brokered, catalog) as (base, app):
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=owner.key, max_retries=0)
+        path = _batch_file(tmp_path / "worker.jsonl", ["gpt-4o-mini", "claude-haiku-4-5"], 250)
+        batch, lines = _run(client, path, {"team": owner.team, "labels": LABELS})
+        assert app.state.threads == []  # the worker ran it, not the server
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"req-{k}" for k in range(250))
+    assert batch.request_counts is not None and batch.request_counts.completed == 250
+
+
+def test_creates_sent_at_once_make_one_batch(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "twice.jsonl", ["gpt-4o-mini"], 200)
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+
+    def create() -> str:
+        return client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"team": owner.team, "labels": LABELS},
+        ).id
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(lambda _: create(), range(4)))  # a create and three retries racing it
+    assert len(set(ids)) == 1
+    assert [b.id for b in client.batches.list().data] == ids[:1]
+    other = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"team": owner.team, "labels": "billing,bug"},
+    )
+    assert other.id != ids[0]  # other metadata: another batch
