@@ -9,6 +9,10 @@
                                 end_time, bucket_width 1m/1h/1d, group_by=model, limit, page)
     GET  /v1/organization/costs OpenAI's costs export of the bill (group_by=line_item: "<model>, input",
                                 "<model>, cached input", "<model>, output"), priced from the default catalog
+    batch APIs                  OpenAI /v1/files + /v1/batches, Mistral /v1/batch/jobs, Anthropic
+                                /v1/messages/batches, Gemini :batchGenerateContent + /v1beta/batches,
+                                with knobs (POST /_batch) and a bill at batch prices (GET /_batch_bill):
+                                tests/fakes/batches.py
     GET  /_stats                the server's own bill: calls answered and tokens, per model; and
                                 "in_flight_max", the most API calls it held at once since the reset, "refused" (/_capacity)
     GET  /_bill                 the bill call by call: {"calls": {X-Client-Request-Id: {...}}, "unidentified": N}
@@ -89,7 +93,7 @@ from router.catalog import Catalog, load_catalog
 from router.providers.base import Completion
 from router.providers.sandbox import simulate
 from router.usage import TokenUsage
-from tests.fakes.batches import FakeBatches
+from tests.fakes.batches import BatchKnobs, FakeBatches
 from tests.fakes.faults import HANG_S, PRESETS, Dialect, FaultMix, gemini_429, mix_error, vendor_error
 
 AnswerFn = Callable[[str, str, str, int], Completion]
@@ -147,6 +151,9 @@ MISTRAL_REASONING_MODEL = re.compile(r"^magistral")
 # What a chat completion gets when it names no output cap: OpenAI's own default is "the model's
 # maximum"; 4096 is a common one and keeps the sandbox's answers unchanged.
 DEFAULT_MAX_TOKENS = 4096
+# The largest request body the fake reads: a batch input file or inline batch (OpenAI takes 200 MB,
+# Anthropic 256 MB); aiohttp's default of 1 MB would refuse a 20,000-line batch.
+MAX_BODY_BYTES = 512 * 1024 * 1024
 # A stopping server waits this long for calls still being answered (a scripted hang may last far
 # longer), so that a test's teardown never waits on a fault it scripted.
 SHUTDOWN_TIMEOUT_S = 0.5
@@ -221,7 +228,7 @@ class FakeProvider:
 
     def app(self) -> web.Application:
         """The aiohttp application serving this state."""
-        app = web.Application(middlewares=[self._count_in_flight])
+        app = web.Application(middlewares=[self._count_in_flight], client_max_size=MAX_BODY_BYTES)
         app.router.add_post(OPENAI_PATH, self.openai)
         app.router.add_post(ANTHROPIC_PATH, self.anthropic)
         app.router.add_post(GEMINI_PATH, self.gemini)
@@ -980,10 +987,13 @@ def make_app(
     api_key: str | None = None,
     mix: FaultMix | None = None,
     admin_key: str | None = None,
+    batch: BatchKnobs | None = None,
 ) -> web.Application:
-    """A fresh fake provider application (each has its own bill)."""
+    """A fresh fake provider application (each has its own bill); `batch`: the batch APIs' first knobs."""
     state = FakeProvider(latency_ms=latency_ms, answer=answer, api_key=api_key, admin_key=admin_key)
     state.mix = mix
+    if batch is not None:
+        state.batches.knobs = batch
     return state.app()
 
 
@@ -997,10 +1007,11 @@ async def serve(
     api_key: str | None = None,
     mix: FaultMix | None = None,
     admin_key: str | None = None,
+    batch: BatchKnobs | None = None,
 ) -> AsyncIterator[str]:
     """Serve on the running loop; yields the base URL ("http://127.0.0.1:<port>", no /v1)."""
     runner = web.AppRunner(
-        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key, mix=mix, admin_key=admin_key),
+        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key, mix=mix, admin_key=admin_key, batch=batch),
         access_log=None,  # an access log line per call would cost more than the answer itself
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
@@ -1020,13 +1031,16 @@ def start_in_thread(
     *,
     api_key: str | None = None,
     admin_key: str | None = None,
+    batch: BatchKnobs | None = None,
 ) -> tuple[str, Callable[[], None]]:
     """Serve from a daemon thread with its own loop; returns (base URL, stop). Port 0 picks a free one."""
     ready = threading.Event()
     stopping: dict[str, Any] = {}
 
     async def main() -> None:
-        async with serve(port=port, latency_ms=latency_ms, answer=answer, api_key=api_key, admin_key=admin_key) as url:
+        async with serve(
+            port=port, latency_ms=latency_ms, answer=answer, api_key=api_key, admin_key=admin_key, batch=batch
+        ) as url:
             stopping["url"], stopping["event"] = url, asyncio.Event()
             stopping["loop"] = asyncio.get_running_loop()
             ready.set()
@@ -1072,8 +1086,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--faults", default=None, help='a fault mix as JSON, e.g. \'{"seed": 1, "rates": {"429": 0.05}}\''
     )
+    parser.add_argument(
+        "--batch",
+        default=None,
+        help="the batch APIs' knobs as JSON (tests/fakes/batches.py BatchKnobs), e.g. "
+        '\'{"delay_s": 30, "errored": 0.05, "expired": 0.02, "expired_billed": true}\'',
+    )
     args = parser.parse_args(argv)
     mix = FaultMix.from_json(json.loads(args.faults)) if args.faults else None
+    batch = BatchKnobs.from_json(json.loads(args.batch)) if args.batch else None
     answer = echo_answer if args.answer == "echo" else None
 
     async def run() -> None:
@@ -1085,6 +1106,7 @@ def main(argv: list[str] | None = None) -> None:
             api_key=args.api_key,
             mix=mix,
             admin_key=args.admin_key,
+            batch=batch,
         ) as url:
             print(f"listening on {url}", flush=True)
             await asyncio.Event().wait()
