@@ -14,7 +14,8 @@ report; imports flow one way, down this list (tests/unit/test_layout.py checks i
                   shared limits, breakers), drift, alerts (soft-limit webhook), runtime (the I/O loop)
     providers/    one module per vendor over one HTTP client builder (http.py); limits (shared rate
                   limits and breakers in Redis); sandbox (the simulated provider of the demo);
-                  openai_usage (OpenAI's usage and costs exports, for reconcile)
+                  openai_usage (OpenAI's usage and costs exports, for reconcile); batch_api (the seam to
+                  a vendor's batch API) and <vendor>_batch beside each vendor module, over batch_http
     ledger/       tables, repo (every query), sums (report sums), rollup, budgets (reservations), db
     reports/      monthly (the month's report from the rollups), render (table, csv, json, html; money),
                   reconcile (the ledger against a provider's usage export, per UTC day and model)

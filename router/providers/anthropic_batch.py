@@ -51,6 +51,7 @@ from router.providers.batch_http import (
     check_lines,
     encode,
     line_error,
+    read_state,
     safe_id,
     said,
     stream_lines,
@@ -143,6 +144,10 @@ class AnthropicBatchAPI:
         await self._client.aclose()
 
     def state(self, batch: Any) -> BatchState:
+        """The batch object as a BatchState (MalformedResponse when unreadable)."""
+        return read_state(self.read_batch, batch, provider=self.name)
+
+    def read_batch(self, batch: Any) -> BatchState:
         status = str(batch.get("processing_status") or "")
         counts = {k: int(v or 0) for k, v in (batch.get("request_counts") or {}).items() if k != "processing"}
         processing = int((batch.get("request_counts") or {}).get("processing") or 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -34,6 +34,7 @@ MAX_LIST_PAGES = 100
 PARSE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 
 Parser = Callable[[Any, ChatRequest], Completion]
+T = TypeVar("T")
 
 
 def encode(value: Any) -> bytes:
@@ -69,21 +70,25 @@ async def call_json(
     secrets: Collection[str],
     reader: ErrorReader,
     **kwargs: Any,
-) -> Any:
+) -> dict[str, Any]:
     """One call (`kwargs` as httpx takes them: json, params, files, data, content) and its decoded 2xx
-    JSON body ({} for an empty one). Raises what `post_json` raises, for the same reasons."""
+    JSON object ({} for an empty body). Raises what `post_json` raises, for the same reasons; a 2xx body
+    that is not a JSON object is a MalformedResponse."""
     response = await send(client, method, url, provider=provider, headers=headers, **kwargs)
     if not response.is_success:
         raise status_error(response, provider=provider, secrets=secrets, reader=reader)
     if not response.content:
         return {}
     try:
-        return json.loads(response.content)
-    except ValueError as exc:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):  # every batch endpoint answers a JSON object
         raise MalformedResponse(
-            f"HTTP {response.status_code} body is not JSON: {error_message(response.content, secrets)[:200]}",
+            f"HTTP {response.status_code} body is not a JSON object: {error_message(response.content, secrets)[:200]}",
             provider=provider,
-        ) from exc
+        )
+    return body
 
 
 async def send(
@@ -179,6 +184,17 @@ def said(error: Any, secrets: Collection[str]) -> str:
     code = error.get("code") or error.get("status") or error.get("type")
     message = str(error.get("message") or "")[:300]
     return redact(f"{code}: {message}" if code else message, secrets)
+
+
+def read_state(read: Callable[[Any], T], body: Any, *, provider: str) -> T:
+    """A batch object read by `read`; MalformedResponse when the body is not the shape the vendor
+    documents (as a synchronous call's unreadable 2xx body is)."""
+    try:
+        return read(body)
+    except PARSE_ERRORS as exc:
+        raise MalformedResponse(
+            f"unreadable batch ({type(exc).__name__}: {str(exc)[:200]})", provider=provider
+        ) from exc
 
 
 def usage_or_none(read: Callable[[Any], TokenUsage | None], value: Any) -> TokenUsage | None:

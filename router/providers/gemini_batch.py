@@ -63,6 +63,7 @@ from router.providers.batch_http import (
     check_lines,
     encode,
     line_error,
+    read_state,
     safe_id,
     said,
     send,
@@ -249,6 +250,10 @@ class GeminiBatchAPI:
         return f"{API}/batches/{safe_id(rest)}"
 
     def state(self, operation: Any) -> BatchState:
+        """The batch operation as a BatchState (MalformedResponse when unreadable)."""
+        return read_state(self.read_batch, operation, provider=self.name)
+
+    def read_batch(self, operation: Any) -> BatchState:
         batch = batch_of(operation)
         status = str(batch.get("state") or "")
         stats = batch.get("batchStats") or {}

@@ -115,7 +115,7 @@ class MistralBatchAPI(OpenAIBatchAPI):
     def result_files(self, batch: dict[str, Any]) -> list[str]:
         return [str(batch[key]) for key in ("output_file", "error_file") if batch.get(key)]
 
-    def state(self, batch: Any) -> BatchState:
+    def read_batch(self, batch: Any) -> BatchState:
         status = str(batch.get("status") or "")
         total = int(batch.get("total_requests") or 0)
         failed = int(batch.get("failed_requests") or 0)

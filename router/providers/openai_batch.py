@@ -55,6 +55,7 @@ from router.providers.batch_http import (
     check_lines,
     encode,
     line_error,
+    read_state,
     safe_id,
     said,
     stream_lines,
@@ -197,6 +198,10 @@ class OpenAIBatchAPI:
         return [str(batch[key]) for key in ("output_file_id", "error_file_id") if batch.get(key)]
 
     def state(self, batch: Any) -> BatchState:
+        """The batch object as a BatchState (MalformedResponse when unreadable)."""
+        return read_state(self.read_batch, batch, provider=self.name)
+
+    def read_batch(self, batch: Any) -> BatchState:
         status = str(batch.get("status") or "")
         counts = batch.get("request_counts") or {}
         completed, failed = int(counts.get("completed") or 0), int(counts.get("failed") or 0)

@@ -851,7 +851,7 @@ class FakeBatches:
             self.advance(batch)
         if batch is None or not batch.ended:
             return _respond(vendor_error("anthropic", 404, "Message batch results are not available yet"))
-        return await self.stream(request, self.result_lines(batch, None), "application/binary")
+        return await self.stream(request, self.result_lines(batch, None), "application/jsonl")
 
     # -- Gemini -------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ knobs through POST /_batch; custom_ids are unique per test, so the shared batch 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import tracemalloc
 import uuid
@@ -40,7 +41,7 @@ from router.providers.batch_api import (
 )
 from router.providers.gemini import GeminiProvider
 from router.providers.gemini_batch import GeminiBatchAPI
-from router.providers.http import build_client
+from router.providers.http import BACKENDS, Backend, build_client
 from router.providers.mistral import MistralProvider
 from router.providers.mistral_batch import MistralBatchAPI
 from router.providers.openai import OpenAIProvider
@@ -118,12 +119,20 @@ def lines_for(vendor: str, n: int, *, cap: int = 16, model: str | None = None) -
 
 
 def with_api(
-    base_url: str, vendor: str, go: Callable[[BatchAPI], Awaitable[T]], *, api_key: str = FAKE_KEY, **kw: Any
+    base_url: str,
+    vendor: str,
+    go: Callable[[BatchAPI], Awaitable[T]],
+    *,
+    api_key: str = FAKE_KEY,
+    backend: Backend = "aiohttp",
+    **kw: Any,
 ) -> T:
     """Run `go` with a fresh BatchAPI for `vendor`, built and closed inside its own loop."""
 
     async def run() -> T:
-        client = build_client(base_url=base_url + SUFFIX[vendor], headers={}, timeout_s=10, max_connections=4)
+        client = build_client(
+            base_url=base_url + SUFFIX[vendor], headers={}, timeout_s=10, max_connections=4, backend=backend
+        )
         api: BatchAPI = BATCH_APIS[vendor](name=vendor, client=client, api_key=api_key, **kw)
         try:
             return await go(api)
@@ -454,8 +463,9 @@ def test_a_rate_limited_poll_is_retryable_with_the_providers_wait(base_url: str,
 # -- streaming ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_results_stream_lines_before_the_file_has_ended(base_url: str, vendor: str) -> None:
+def test_results_stream_lines_before_the_file_has_ended(base_url: str, vendor: str, backend: Backend) -> None:
     """The fake holds its result stream after 10 lines; the client must already have yielded them."""
     knobs(base_url, hold_after_lines=10, chunk_lines=5)
     lines = lines_for(vendor, 60)
@@ -475,7 +485,7 @@ def test_results_stream_lines_before_the_file_has_ended(base_url: str, vendor: s
         return holding, count
 
     started = time.monotonic()
-    holding, count = with_api(base_url, vendor, go, **extra)
+    holding, count = with_api(base_url, vendor, go, backend=backend, **extra)
     assert holding == [True] and count == 60
     assert time.monotonic() - started < 5  # released, not timed out (the hold lasts up to 10 s)
 
@@ -504,3 +514,91 @@ def test_a_large_result_file_is_read_with_flat_memory(base_url: str) -> None:
     assert count == 20_000
     # The whole file is ~14 MB; reading it streamed holds a few chunks and the ids seen (~2 MB).
     assert peak < 6 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB while reading"
+
+
+# -- result lines the fake does not produce, read directly ------------------------------------------------
+
+
+def read_lines(vendor: str, raws: list[Any]) -> list[LineResult | None]:
+    """Result lines read by the vendor's BatchAPI without a server (its client is never used)."""
+
+    async def go() -> list[LineResult | None]:
+        client = build_client(base_url="http://127.0.0.1:1", headers={}, timeout_s=1, max_connections=1)
+        api = BATCH_APIS[vendor](name=vendor, client=client, api_key=FAKE_KEY)
+        try:
+            if vendor == "gemini":
+                return [api.read_entry(raw, key=raw.get("key"), model="gemini-2.0-flash") for raw in raws]
+            if vendor == "anthropic":
+                return [api.read_line(json.dumps(raw)) for raw in raws]
+            return [api.read_line(json.dumps(raw), model=MODELS[vendor]) for raw in raws]
+        finally:
+            await api.aclose()
+
+    return asyncio.run(go())
+
+
+USAGE_ON_THE_WIRE = {
+    "openai": {"prompt_tokens": 30, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 10}},
+    "anthropic": {"input_tokens": 20, "output_tokens": 7, "cache_read_input_tokens": 10},
+    "gemini": {
+        "promptTokenCount": 30,
+        "candidatesTokenCount": 5,
+        "thoughtsTokenCount": 2,
+        "cachedContentTokenCount": 10,
+    },
+}
+
+
+@every_vendor
+def test_an_errored_line_that_reports_usage_keeps_it_and_a_line_without_an_id_is_skipped(vendor: str) -> None:
+    wire = USAGE_ON_THE_WIRE["openai" if vendor == "mistral" else vendor]
+    if vendor in ("openai", "mistral"):
+        errored = {
+            "custom_id": "c1",
+            "response": {
+                "status_code": 500,
+                "body": {"error": {"message": f"boom {FAKE_KEY}", "type": "server_error"}, "usage": wire},
+            },
+        }
+        no_id = {"response": {"status_code": 200, "body": {}}}
+    elif vendor == "anthropic":
+        errored = {
+            "custom_id": "c1",
+            "result": {
+                "type": "errored",
+                "error": {"type": "error", "error": {"type": "api_error", "message": f"boom {FAKE_KEY}"}},
+                "usage": wire,
+            },
+        }
+        no_id = {"result": {"type": "succeeded"}}
+    else:
+        errored = {
+            "key": "c1",
+            "error": {"code": 13, "message": f"boom {FAKE_KEY}", "status": "INTERNAL"},
+            "response": {"usageMetadata": wire},
+        }
+        no_id = {"response": {}}
+    result, skipped = read_lines(vendor, [errored, no_id])
+    assert skipped is None
+    assert result is not None and (result.custom_id, result.outcome, result.retryable) == ("c1", ERRORED, True)
+    assert result.usage is not None and (
+        result.usage.input_tokens,
+        result.usage.cached_input_tokens,
+        result.usage.output_tokens,
+    ) == (20, 10, 7)
+    assert result.error and "boom" in result.error and FAKE_KEY not in result.error
+
+
+@every_vendor
+def test_an_answer_that_cannot_be_read_but_reports_usage_is_charged_and_not_retried(vendor: str) -> None:
+    wire = USAGE_ON_THE_WIRE["openai" if vendor == "mistral" else vendor]
+    if vendor in ("openai", "mistral"):
+        raw = {"custom_id": "c2", "response": {"status_code": 200, "body": {"choices": "not a list", "usage": wire}}}
+    elif vendor == "anthropic":
+        raw = {"custom_id": "c2", "result": {"type": "succeeded", "message": {"content": "not blocks", "usage": wire}}}
+    else:
+        raw = {"key": "c2", "response": {"candidates": "nope", "usageMetadata": wire}}
+    (result,) = read_lines(vendor, [raw])
+    assert result is not None and (result.outcome, result.retryable) == (ERRORED, False)
+    assert result.usage is not None and result.usage.output_tokens == 7
+    assert result.error and result.error.startswith("unreadable")
