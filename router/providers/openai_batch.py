@@ -90,7 +90,6 @@ class OpenAIBatchAPI:
     simulated: bool
     limits = LIMITS
     what = "chat completion"
-    tag_key = TAG_KEY
 
     def __init__(self, *, name: str, client: httpx.AsyncClient, api_key: str | None, simulated: bool = False) -> None:
         self.name = name

@@ -19,10 +19,16 @@
     POST /_batch/release   let a held result stream go on
     GET  /_batch_bill      the batch bill, line by line: {"lines": {custom_id: {vendor, model, batch_id,
                            outcome, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens,
-                           reasoning_tokens, multiplier, repeats}}, "models": {model: {lines,
+                           reasoning_tokens, multiplier, repeats}} (the latest billing of that id;
+                           `repeats` counts the billings before it: the ledger sends each try under a
+                           new id, so anything but 0 is a double charge), "models": {model: {lines,
                            input_tokens, cached_input_tokens, output_tokens}}, "multipliers": {vendor:
                            "0.5"}, "batches": {id: {vendor, status, lines}}}
     POST /_reset           (the server's) also drops every batch, file, the batch bill and the knobs
+
+From a test or a bench: `set_knobs(base_url, errored=0.05, expired=0.02)` and `read_bill(base_url)`
+(below), or the same calls with any HTTP client; `python -m tests.fakes.server --batch '{...}'` starts a
+server with knobs in force.
 
 A batch line is answered exactly as the synchronous path answers the same body (the server's
 `read_call`, `answer_for` and `reply`): same text, same usage, same finish; a body the synchronous path
@@ -65,6 +71,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+import httpx
 from aiohttp import web
 
 from router.providers.base import Completion
@@ -998,6 +1005,22 @@ class FakeBatches:
         if start + size < len(newest_first):
             body["nextPageToken"] = str(start + size)
         return _json(200, body)
+
+
+def set_knobs(base_url: str, **knobs: Any) -> dict[str, Any]:
+    """Set the fake's batch knobs (POST /_batch; `reset=True` first restores the defaults); the knobs now."""
+    response = httpx.post(f"{base_url}/_batch", json=knobs)
+    response.raise_for_status()
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def read_bill(base_url: str) -> dict[str, Any]:
+    """The fake's batch bill (GET /_batch_bill)."""
+    response = httpx.get(f"{base_url}/_batch_bill")
+    response.raise_for_status()
+    bill: dict[str, Any] = response.json()
+    return bill
 
 
 def _rfc3339(at: float) -> str:

@@ -46,6 +46,7 @@ from router.providers.mistral import MistralProvider
 from router.providers.mistral_batch import MistralBatchAPI
 from router.providers.openai import OpenAIProvider
 from router.providers.openai_batch import OpenAIBatchAPI
+from tests.fakes.batches import read_bill, set_knobs
 from tests.helpers import FAKE_KEY
 
 T = TypeVar("T")
@@ -92,16 +93,7 @@ def base_url(fake_provider: str) -> str:
     return fake_provider
 
 
-def knobs(base_url: str, **values: Any) -> dict[str, Any]:
-    response = httpx.post(f"{base_url}/_batch", json=values)
-    response.raise_for_status()
-    answer: dict[str, Any] = response.json()
-    return answer
-
-
-def batch_bill(base_url: str) -> dict[str, Any]:
-    bill: dict[str, Any] = httpx.get(f"{base_url}/_batch_bill").json()
-    return bill
+knobs, batch_bill = set_knobs, read_bill
 
 
 def lines_for(vendor: str, n: int, *, cap: int = 16, model: str | None = None) -> list[BatchLine]:
@@ -194,7 +186,9 @@ def test_a_batch_answers_each_line_as_the_sync_path_does_and_bills_it_at_batch_p
     base_url: str, vendor: str
 ) -> None:
     lines = lines_for(vendor, 6) + lines_for(vendor, 1, cap=1)  # the last one is cut off by its cap
+    sync_calls = httpx.get(f"{base_url}/_stats").json()["calls"]
     first, last, results = run_batch(base_url, vendor, lines)
+    assert httpx.get(f"{base_url}/_stats").json()["calls"] == sync_calls  # batch lines are not on the sync bill
     assert first.state == (RUNNING if vendor == "anthropic" else PENDING)
     assert (last.state, last.total) == (ENDED, 7)
     assert {r.custom_id for r in results} == {line.custom_id for line in lines} and len(results) == 7
@@ -602,3 +596,14 @@ def test_an_answer_that_cannot_be_read_but_reports_usage_is_charged_and_not_retr
     assert result is not None and (result.outcome, result.retryable) == (ERRORED, False)
     assert result.usage is not None and result.usage.output_tokens == 7
     assert result.error and result.error.startswith("unreadable")
+
+
+def test_knobs_are_checked_and_reset(base_url: str) -> None:
+    with pytest.raises(httpx.HTTPStatusError):
+        knobs(base_url, errored=0.7, expired=0.5)  # more than every line
+    with pytest.raises(httpx.HTTPStatusError):
+        knobs(base_url, delay=3)  # no such knob
+    assert knobs(base_url, delay_s=5, errored=0.1)["errored"] == 0.1
+    after = knobs(base_url, expired=0.2)
+    assert (after["delay_s"], after["errored"], after["expired"]) == (5, 0.1, 0.2)  # a POST changes what it names
+    assert knobs(base_url, reset=True)["delay_s"] == 0
