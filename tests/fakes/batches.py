@@ -47,7 +47,7 @@ Gemini BATCH_STATE_FAILED; Anthropic validates at create, so its create is a 400
 Result files are written in chunks of `chunk_lines` lines (an aiohttp StreamResponse), built as they
 are written: a 50,000-line result is never one string. `hold_after_lines` stops a stream after that
 many lines until POST /_batch/release (or HOLD_MAX_S), so a test can see a client read lines before
-the file has ended.
+the file has ended; `cut_after_lines` breaks the connection after that many lines.
 
 How a vendor marks an unrun line, where its documentation says nothing, is the fake's (and
 router/providers/<vendor>_batch.py's) reading: OpenAI error-file lines with error.code batch_expired
@@ -103,6 +103,7 @@ class BatchKnobs:
     seed: int = 0
     chunk_lines: int = 500  # result lines per chunk written
     hold_after_lines: int | None = None  # stop a result stream after this many lines until released
+    cut_after_lines: int | None = None  # break the connection after this many result lines (once per stream)
     error_message: str = "fake batch: the server had an error while processing this request"
 
     @classmethod
@@ -436,6 +437,11 @@ class FakeBatches:
                     pass
                 finally:
                     self.holding = False
+            if knobs.cut_after_lines is not None and written + len(chunk) > knobs.cut_after_lines:
+                await response.write(b"".join(chunk[: max(knobs.cut_after_lines - written, 0)]))
+                if request.transport is not None:
+                    request.transport.abort()  # the connection breaks mid-file, as a network fault does
+                return response
             await response.write(b"".join(chunk))
             written += len(chunk)
         await response.write_eof()

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from router.errors import ProviderStatusError
+from router.errors import ProviderConnectionError, ProviderError, ProviderStatusError
 from router.providers import gemini_batch, mistral_batch, openai_batch
 from router.providers.anthropic import AnthropicProvider
 from router.providers.anthropic_batch import AnthropicBatchAPI
@@ -482,6 +482,30 @@ def test_results_stream_lines_before_the_file_has_ended(base_url: str, vendor: s
     holding, count = with_api(base_url, vendor, go, backend=backend, **extra)
     assert holding == [True] and count == 60
     assert time.monotonic() - started < 5  # released, not timed out (the hold lasts up to 10 s)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_connection_broken_mid_file_is_a_connection_error_after_the_lines_read(
+    base_url: str, vendor: str, backend: Backend
+) -> None:
+    knobs(base_url, cut_after_lines=7, chunk_lines=7)
+    lines = lines_for(vendor, 30)
+    extra = {"inline_max_bytes": 0} if vendor == "gemini" else {}
+
+    async def go(api: BatchAPI) -> tuple[list[str], BaseException | None]:
+        last = await ended(api, await api.create(lines, model=MODELS[vendor], tag="pr-cut"))
+        read: list[str] = []
+        try:
+            async for result in api.results(last.batch_id):
+                read.append(result.custom_id)
+        except ProviderError as exc:
+            return read, exc
+        return read, None
+
+    read, error = with_api(base_url, vendor, go, backend=backend, **extra)
+    assert isinstance(error, ProviderConnectionError) and error.retryable
+    assert len(read) == 7 and set(read) <= {line.custom_id for line in lines}
 
 
 def test_a_large_result_file_is_read_with_flat_memory(base_url: str) -> None:
