@@ -13,8 +13,9 @@
                GET /v1beta/batches[?pageToken=&pageSize=]   GET /v1beta/batches/{id}   POST .../{id}:cancel
 
     POST /_batch           set knobs (any of BatchKnobs' fields; {"reset": true} first restores the
-                           defaults); answers the knobs in force. A batch takes the knobs in force
-                           when it is created.
+                           defaults); answers the knobs in force. A batch keeps the knobs in force
+                           when it was created; the stream knobs (chunk_lines, hold_after_lines,
+                           cut_after_lines) apply to the result streams served after they are set.
     GET  /_batch           the knobs, and "holding": whether a result stream is held (hold_after_lines)
     POST /_batch/release   let a held result stream go on
     GET  /_batch_bill      the batch bill, line by line: {"lines": {custom_id: {vendor, model, batch_id,
@@ -167,6 +168,7 @@ class Batch:
     input_file: str | None = None
     inline: bool = True
     files: dict[str, str] = field(default_factory=dict)  # "output" / "error" -> file id
+    knobs: BatchKnobs = field(default_factory=BatchKnobs)  # those in force when it was created
 
 
 class FakeBatches:
@@ -272,6 +274,7 @@ class FakeBatches:
             created=now,
             ends_at=now + knobs.delay_s,
             output_order=order,
+            knobs=knobs,
             failed=failed or ("fake batch: refused at validation (knob fail)" if knobs.fail else None),
         )
         self.batches[batch_id] = batch
@@ -288,7 +291,7 @@ class FakeBatches:
         for line in batch.lines:
             if batch.cancel_at is not None and (line.fate == EXPIRED or line.done_at > batch.cancel_at):
                 line.fate = CANCELED
-            if line.fate == SUCCEEDED or (line.fate == EXPIRED and self.knobs.expired_billed):
+            if line.fate == SUCCEEDED or (line.fate == EXPIRED and batch.knobs.expired_billed):
                 self.bill_line(batch, line)
         if any(line.fate == SUCCEEDED for line in batch.lines):
             batch.files["output"] = self.file_id(batch.vendor)
@@ -352,7 +355,7 @@ class FakeBatches:
 
     def result_line(self, batch: Batch, line: Line) -> dict[str, Any]:
         vendor = batch.vendor
-        billed = line.fate == SUCCEEDED or (line.fate == EXPIRED and self.knobs.expired_billed)
+        billed = line.fate == SUCCEEDED or (line.fate == EXPIRED and batch.knobs.expired_billed)
         answer = (
             self.provider.reply(vendor, line.asked, line.done, dialect=line.dialect, call_id=f"{line.custom_id}-answer")
             if billed and line.done is not None
