@@ -15,8 +15,9 @@ report; imports flow one way, down this list (tests/unit/test_layout.py checks i
                   settle (write outcomes, rollups, settlement; charge lost calls), calls (the gate,
                   shared limits, breakers), drift, alerts (soft-limit webhook), runtime (the I/O loop)
     providers/    one module per vendor over one HTTP client builder (http.py); limits (shared rate
-                  limits and breakers in Redis); sandbox (the simulated provider of the demo);
-                  openai_usage (OpenAI's usage and costs exports, for reconcile)
+                  limits and breakers in Redis); sandbox and sandbox_batch (the simulated provider of the demo);
+                  openai_usage (OpenAI's usage and costs exports, for reconcile); batch_api (the seam to
+                  a vendor's batch API) and <vendor>_batch beside each vendor module, over batch_http
     ledger/       tables, repo (every query), sums (report sums), rollup, budgets (reservations), db,
                   keys (API keys), batches (/v1 files and batches), figures (/metrics sums)
     reports/      monthly (the month's report from the rollups), render (table, csv, json, html; money),

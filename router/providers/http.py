@@ -284,23 +284,10 @@ async def post_json(
     """
     try:
         response = await client.post(path, json=body, headers=headers)
-    except httpx.TimeoutException as exc:
-        # httpx_aiohttp maps every aiohttp ClientConnectionError (refused, reset, server gone) to
-        # httpx.ConnectTimeout; only a real aiohttp timeout is a timeout.
-        cause = exc.__cause__
-        sent = not unsent(exc)
-        if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, TimeoutError):
-            raise ProviderConnectionError(_describe(cause), provider=provider, sent=sent) from exc
-        raise ProviderTimeout(f"no answer within the timeout ({_describe(exc)})", provider=provider, sent=sent) from exc
-    except TimeoutError as exc:  # a bare timeout leaking from aiohttp (TimeoutError is an OSError too)
-        raise ProviderTimeout(
-            f"no answer within the timeout ({_describe(exc)})", provider=provider, sent=not unsent(exc)
-        ) from exc
-    except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
-        # aiohttp errors outside httpx_aiohttp's map (e.g. an unparsable HTTP response) leak through.
-        raise ProviderConnectionError(_describe(exc), provider=provider, sent=not unsent(exc)) from exc
-    except httpx.DecodingError as exc:  # a body whose Content-Encoding does not decode
-        raise MalformedResponse(_describe(exc), provider=provider) from exc
+    except Exception as exc:
+        if (mapped := transport_error(exc, provider=provider)) is None:
+            raise
+        raise mapped from exc
     if not response.is_success:
         raise status_error(response, provider=provider, secrets=secrets, reader=reader or read_generic_error)
     try:
@@ -309,6 +296,30 @@ async def post_json(
         raise MalformedResponse(
             f"HTTP {response.status_code} body is not JSON: {_quote(response.content, secrets)}", provider=provider
         ) from exc
+
+
+def transport_error(exc: BaseException, *, provider: str) -> ProviderError | None:
+    """The ProviderError for an exception raised while sending a request or reading its answer
+    (ProviderTimeout, ProviderConnectionError, MalformedResponse for a body that does not decode),
+    or None when `exc` is no transport failure (the caller re-raises it)."""
+    if isinstance(exc, httpx.TimeoutException):
+        # httpx_aiohttp maps every aiohttp ClientConnectionError (refused, reset, server gone) to
+        # httpx.ConnectTimeout; only a real aiohttp timeout is a timeout.
+        cause = exc.__cause__
+        sent = not unsent(exc)
+        if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, TimeoutError):
+            return ProviderConnectionError(_describe(cause), provider=provider, sent=sent)
+        return ProviderTimeout(f"no answer within the timeout ({_describe(exc)})", provider=provider, sent=sent)
+    if isinstance(exc, TimeoutError):  # a bare timeout leaking from aiohttp (TimeoutError is an OSError too)
+        return ProviderTimeout(
+            f"no answer within the timeout ({_describe(exc)})", provider=provider, sent=not unsent(exc)
+        )
+    if isinstance(exc, (httpx.TransportError, aiohttp.ClientError, OSError)):
+        # aiohttp errors outside httpx_aiohttp's map (e.g. an unparsable HTTP response) leak through.
+        return ProviderConnectionError(_describe(exc), provider=provider, sent=not unsent(exc))
+    if isinstance(exc, httpx.DecodingError):  # a body whose Content-Encoding does not decode
+        return MalformedResponse(_describe(exc), provider=provider)
+    return None
 
 
 # Failures that happen before a request can leave: no connection was ever made (refused, DNS, TLS,

@@ -9,6 +9,10 @@
                                 end_time, bucket_width 1m/1h/1d, group_by=model, limit, page)
     GET  /v1/organization/costs OpenAI's costs export of the bill (group_by=line_item: "<model>, input",
                                 "<model>, cached input", "<model>, output"), priced from the default catalog
+    batch APIs                  OpenAI /v1/files + /v1/batches, Mistral /v1/batch/jobs, Anthropic
+                                /v1/messages/batches, Gemini :batchGenerateContent + /v1beta/batches,
+                                with knobs (POST /_batch) and a bill at batch prices (GET /_batch_bill):
+                                tests/fakes/batches.py
     GET  /_stats                the server's own bill: calls answered and tokens, per model; and
                                 "in_flight_max", the most API calls it held at once since the reset, "refused" (/_capacity)
     GET  /_bill                 the bill call by call: {"calls": {X-Client-Request-Id: {...}}, "unidentified": N}
@@ -89,6 +93,7 @@ from router.catalog import Catalog, load_catalog
 from router.providers.base import Completion
 from router.providers.sandbox import simulate
 from router.usage import TokenUsage
+from tests.fakes.batches import BatchKnobs, FakeBatches
 from tests.fakes.faults import HANG_S, PRESETS, Dialect, FaultMix, gemini_429, mix_error, vendor_error
 
 AnswerFn = Callable[[str, str, str, int], Completion]
@@ -146,6 +151,9 @@ MISTRAL_REASONING_MODEL = re.compile(r"^magistral")
 # What a chat completion gets when it names no output cap: OpenAI's own default is "the model's
 # maximum"; 4096 is a common one and keeps the sandbox's answers unchanged.
 DEFAULT_MAX_TOKENS = 4096
+# The largest request body the fake reads: a batch input file or inline batch (OpenAI takes 200 MB,
+# Anthropic 256 MB); aiohttp's default of 1 MB would refuse a 20,000-line batch.
+MAX_BODY_BYTES = 512 * 1024 * 1024
 # A stopping server waits this long for calls still being answered (a scripted hang may last far
 # longer), so that a test's teardown never waits on a fault it scripted.
 SHUTDOWN_TIMEOUT_S = 0.5
@@ -216,10 +224,11 @@ class FakeProvider:
         self.capacity: int | None = None  # POST /_capacity: calls held at once beyond this are refused
         self.refuse = "reset"
         self.refused = 0
+        self.batches = FakeBatches(self)  # the four batch APIs (tests/fakes/batches.py)
 
     def app(self) -> web.Application:
         """The aiohttp application serving this state."""
-        app = web.Application(middlewares=[self._count_in_flight])
+        app = web.Application(middlewares=[self._count_in_flight], client_max_size=MAX_BODY_BYTES)
         app.router.add_post(OPENAI_PATH, self.openai)
         app.router.add_post(ANTHROPIC_PATH, self.anthropic)
         app.router.add_post(GEMINI_PATH, self.gemini)
@@ -232,6 +241,7 @@ class FakeProvider:
         app.router.add_post("/_reset", self.reset)
         app.router.add_post("/_fail", self.fail)
         app.router.add_post("/_capacity", self.set_capacity)
+        self.batches.routes(app)
         return app
 
     @web.middleware
@@ -253,7 +263,10 @@ class FakeProvider:
         finally:
             self.in_flight -= 1
 
-    # -- the two wire formats -------------------------------------------------------------
+    # -- the three wire formats -----------------------------------------------------------
+    # Each is read (`read_<vendor>`: an Asked, or the vendor's own 400), answered (`answer_for`), and
+    # shaped (`<vendor>_reply`) by functions the batch APIs (tests/fakes/batches.py) call too, so that
+    # a batch line gets the very answer, usage and wording a synchronous call gets.
 
     async def openai(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/chat/completions."""
@@ -267,78 +280,19 @@ class FakeProvider:
             )
         try:
             body = json.loads(await request.read())
-            model = body["model"]
-            system = "".join(_text(m["content"]) for m in body["messages"] if m["role"] in ("system", "developer"))
-            prompt = "\n".join(_text(m["content"]) for m in body["messages"] if m["role"] == "user")
-            cap = int(body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS)
-        except (ValueError, KeyError, TypeError) as exc:
+        except ValueError as exc:
             return _error("openai", 400, f"Invalid request: {exc!r}")
-        thoughts = 0
-        name = model.rsplit("/", 1)[-1]
-        if OPENAI_REASONING_MODEL.match(name):
-            if "max_tokens" in body:
-                return _error(
-                    "openai",
-                    400,
-                    "Unsupported parameter: 'max_tokens' is not supported with this model. "
-                    "Use 'max_completion_tokens' instead.",
-                )
-            if body.get("temperature", 1) != 1:
-                return _error(
-                    "openai",
-                    400,
-                    f"Unsupported value: 'temperature' does not support {body['temperature']} "
-                    "with this model. Only the default (1) value is supported.",
-                )
-            effort = body.get("reasoning_effort")
-            allowed = next((efforts for pattern, efforts in OPENAI_EFFORTS if pattern.match(name)), None)
-            if effort not in OPENAI_REASONING_TOKENS or (effort is not None and allowed and effort not in allowed):
-                supported = ", ".join(f"'{e}'" for e in allowed or OPENAI_REASONING_TOKENS if e)
-                return _error(
-                    "openai",
-                    400,
-                    f"Unsupported value: {effort!r} is not supported with the '{name}' model. "
-                    f"Supported values are: {supported}.",
-                )
-            thoughts = OPENAI_REASONING_TOKENS[effort]
+        asked = read_openai(body)
+        if not isinstance(asked, Asked):
+            return _respond(asked)
         if (faulty := await self._mixed(request, vendor="openai")) is not None:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        dialect = request.get("dialect") or ("chunks" if MISTRAL_REASONING_MODEL.match(name) else None)
-        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts, dialect=dialect)
-        usage = done.usage
-        prompt_tokens = usage.input_tokens + usage.cached_input_tokens  # OpenAI counts cached inside
-        message: dict[str, Any] = {"role": "assistant", "content": done.text}
-        finish = "length" if usage.output_tokens >= cap else "stop"
-        if dialect == "chunks":  # Mistral's reasoning models: a thinking chunk, then the answer's text chunk
-            message["content"] = [
-                {"type": "thinking", "thinking": [{"type": "text", "text": THINKING_TEXT}]},
-                {"type": "text", "text": done.text},
-            ]
-        elif dialect == "refusal":
-            message.update(content=None, refusal=REFUSAL_TEXT)
-            finish = "stop"
-        elif dialect in ("filtered", "blocked"):
-            message["content"] = None
-            finish = "content_filter"
-        return _json(
-            200,
-            {
-                "id": f"chatcmpl-fake-{next(self._ids)}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": usage.output_tokens,
-                    "total_tokens": prompt_tokens + usage.output_tokens,
-                    "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
-                    "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-                },
-            },
-        )
+        dialect = request.get("dialect") or asked.dialect
+        done = self.answer_for(asked, dialect=dialect)
+        self._bill(request, asked.model, done)
+        return _json(200, openai_reply(asked, done, dialect=dialect, call_id=f"chatcmpl-fake-{next(self._ids)}"))
 
     async def anthropic(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/messages."""
@@ -347,58 +301,30 @@ class FakeProvider:
         if self.api_key and request.headers.get("x-api-key") != self.api_key:
             return _error("anthropic", 401, "invalid x-api-key")
         version = request.headers.get("anthropic-version")
-        if version is None:
-            return _error("anthropic", 400, "anthropic-version: header is required")
-        if version not in ANTHROPIC_VERSIONS:
-            return _error("anthropic", 400, f"anthropic-version: {version!r} is not a valid version")
+        if (refused := check_anthropic_version(version)) is not None:
+            return _respond(refused)
         try:
             body = json.loads(await request.read())
-            model = body["model"]
-            cap = int(body["max_tokens"])
-            system = _text(body.get("system") or "")
-            prompt = "\n".join(_text(m["content"]) for m in body["messages"] if m["role"] == "user")
-        except (ValueError, KeyError, TypeError) as exc:
+        except ValueError as exc:
             return _error("anthropic", 400, f"Invalid request: {exc!r}")
-        sampling = [key for key in ("temperature", "top_p", "top_k") if key in body]
-        if version >= "2026-10-21" and sampling:
-            return _error("anthropic", 400, f"{sampling[0]}: is not supported in API version {version}")
+        asked = read_anthropic(body, version=str(version))
+        if not isinstance(asked, Asked):
+            return _respond(asked)
         if (faulty := await self._mixed(request, vendor="anthropic")) is not None:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         dialect = request.get("dialect")
-        done = self._answer(model, system, prompt, cap, request, dialect=dialect)
-        usage = done.usage
-        content: list[dict[str, Any]] = [{"type": "text", "text": done.text}]
-        stop_reason, stop_details = ("max_tokens" if usage.output_tokens >= cap else "end_turn"), None
-        if dialect == "chunks":
-            content.insert(0, {"type": "thinking", "thinking": THINKING_TEXT, "signature": "fake-signature"})
-        elif dialect in ("refusal", "filtered", "blocked"):  # Anthropic's one way to decline: stop_reason refusal
-            content, stop_reason = [], "refusal"
-            stop_details = {"type": "refusal", "category": "general_harms", "explanation": None}
-        return _json(
-            200,
-            {
-                "id": f"msg_fake_{next(self._ids)}",
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": content,
-                "stop_reason": stop_reason,
-                "stop_sequence": None,
-                **({"stop_details": stop_details} if stop_details else {}),
-                "usage": {
-                    "input_tokens": usage.input_tokens,  # Anthropic counts cache reads and writes apart
-                    "output_tokens": usage.output_tokens,
-                    "cache_read_input_tokens": usage.cached_input_tokens,
-                    "cache_creation_input_tokens": usage.cache_write_tokens,
-                },
-            },
-        )
+        done = self.answer_for(asked, dialect=dialect)
+        self._bill(request, asked.model, done)
+        return _json(200, anthropic_reply(asked, done, dialect=dialect, call_id=f"msg_fake_{next(self._ids)}"))
 
     async def gemini(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1beta/models/{model}:generateContent (or /v1/models/...)."""
+        """POST /v1beta/models/{model}:generateContent (or /v1/models/...); :batchGenerateContent is
+        served by tests/fakes/batches.py."""
         model, _, action = request.match_info["model_action"].partition(":")
+        if action == "batchGenerateContent":
+            return await self.batches.gemini_create(request, model)
         if action != "generateContent":
             return _error("gemini", 404, f"unknown method {action!r}")
         if (scripted := await self._scripted(request, vendor="gemini")) is not None:
@@ -408,107 +334,26 @@ class FakeProvider:
             return _error("gemini", 400, "API key not valid. Please pass a valid API key.", code="API_KEY_INVALID")
         try:
             body = json.loads(await request.read())
-            system = "".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts", []))
-            prompt = "\n".join(
-                p.get("text", "") for c in body["contents"] if c.get("role", "user") == "user" for p in c["parts"]
-            )
-            config = body.get("generationConfig") or {}
-            cap = int(config.get("maxOutputTokens") or DEFAULT_MAX_TOKENS)
-            thinking = config.get("thinkingConfig") or {}
-            budget = thinking.get("thinkingBudget")
-            budget = None if budget is None else int(budget)
-            level = thinking.get("thinkingLevel")
-            level = None if level is None else str(level).lower()
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except ValueError as exc:
             return _error("gemini", 400, f"Invalid JSON payload received: {exc!r}")
-        by_level = bool(GEMINI_LEVEL_MODEL.match(model))
-        thinks = "2.5" in model or by_level
-        if budget is not None and level is not None:
-            return _error("gemini", 400, "You can only set one of thinking budget and thinking level.")
-        if (budget is not None or level is not None) and not thinks:
-            return _error("gemini", 400, "Thinking is not supported for this model.")
-        if budget is not None and by_level:
-            return _error("gemini", 400, "Thinking budget is not supported for this model. Use thinking level instead.")
-        if level is not None and not by_level:
-            return _error("gemini", 400, "Thinking level is not supported for this model.")
-        if level is not None and level not in GEMINI_LEVEL_THOUGHTS:
-            return _error(
-                "gemini", 400, f"Invalid value at 'generation_config.thinking_config.thinking_level': {level}"
-            )
-        if budget == 0 and "pro" in model:
-            return _error("gemini", 400, "Budget 0 is invalid. This model only works in thinking mode.")
-        # -1 (or nothing) is dynamic thinking; a budget bounds it; a level sets it.
-        thoughts = (
-            0
-            if not thinks
-            else GEMINI_LEVEL_THOUGHTS[level]
-            if by_level
-            else GEMINI_DYNAMIC_THOUGHTS
-            if budget in (None, -1)
-            else min(budget, GEMINI_DYNAMIC_THOUGHTS)
-        )
+        asked = read_gemini(body, model=model)
+        if not isinstance(asked, Asked):
+            return _respond(asked)
         if (faulty := await self._mixed(request, vendor="gemini")) is not None:
             return faulty
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         dialect = request.get("dialect")
-        done = self._answer(model, system, prompt, cap, request, thoughts=thoughts, dialect=dialect)
-        usage = done.usage
-        answer_tokens = usage.output_tokens - usage.reasoning_tokens
-        metadata: dict[str, Any] = {
-            "promptTokenCount": usage.input_tokens + usage.cached_input_tokens,  # Gemini counts cached inside
-            "totalTokenCount": usage.input_tokens + usage.cached_input_tokens + usage.output_tokens,
-        }
-        if dialect != "blocked":
-            metadata["candidatesTokenCount"] = answer_tokens  # thoughts are reported apart
-        if usage.reasoning_tokens:
-            metadata["thoughtsTokenCount"] = usage.reasoning_tokens
-        if usage.cached_input_tokens:
-            metadata["cachedContentTokenCount"] = usage.cached_input_tokens
-        answered: dict[str, Any] = {
-            "usageMetadata": metadata,
-            "modelVersion": model,
-            "responseId": f"fake-{next(self._ids)}",
-        }
-        if dialect == "blocked":  # the prompt never reached the model: no candidates, only the prompt's tokens
-            ratings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
-            return _json(200, {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": ratings}, **answered})
-        parts = [{"text": done.text}] if done.text else []
-        if dialect == "chunks":
-            parts.insert(0, {"text": THINKING_TEXT, "thought": True})
-        finish = "MAX_TOKENS" if usage.output_tokens >= cap else "STOP"
-        if dialect in ("refusal", "filtered"):
-            parts, finish = [], "SAFETY" if dialect == "refusal" else "PROHIBITED_CONTENT"
-        return _json(
-            200,
-            {
-                # A cap that thinking used up leaves a candidate with no content at all, as Gemini gives it.
-                "candidates": [
-                    {
-                        **({"content": {"parts": parts, "role": "model"}} if parts else {}),
-                        "finishReason": finish,
-                        "index": 0,
-                    }
-                ],
-                **answered,
-            },
-        )
+        done = self.answer_for(asked, dialect=dialect)
+        self._bill(request, asked.model, done)
+        return _json(200, gemini_reply(asked, done, dialect=dialect, call_id=f"fake-{next(self._ids)}"))
 
-    def _answer(
-        self,
-        model: str,
-        system: str,
-        prompt: str,
-        cap: int,
-        request: web.Request,
-        *,
-        thoughts: int = 0,
-        dialect: str | None = None,
-    ) -> Completion:
-        """The answer function's answer, with `thoughts` thinking tokens spent first inside `cap`, and
-        shaped by the answer `dialect` (ANSWER_DIALECTS) before it is billed."""
-        thoughts = min(thoughts, cap)
-        done = self.answer(model, system, prompt, max(cap - thoughts, 1))
+    def answer_for(self, asked: Asked, *, dialect: str | None = None) -> Completion:
+        """The answer function's answer, with `asked.thoughts` thinking tokens spent first inside the cap,
+        and shaped by the answer `dialect` (ANSWER_DIALECTS): what the call is billed for."""
+        cap = asked.cap
+        thoughts = min(asked.thoughts, cap)
+        done = self.answer(asked.model, asked.system, asked.prompt, max(cap - thoughts, 1))
         if thoughts:
             left = cap - thoughts  # thinking used up the cap: nothing is left for the answer
             text, answer_tokens = (done.text, done.usage.output_tokens) if left > 0 else ("", 0)
@@ -522,9 +367,37 @@ class FakeProvider:
                     reasoning_tokens=thoughts,
                 ),
             )
-        done = _in_dialect(done, dialect, cap)
+        return _in_dialect(done, dialect, cap)
+
+    def read_call(self, vendor: str, body: Any, *, model: str = "", version: str = "") -> Asked | Dialect:
+        """A batch line's body read as the synchronous path reads it (Mistral's as OpenAI's)."""
+        if vendor == "anthropic":
+            return read_anthropic(body, version=version)
+        if vendor == "gemini":
+            return read_gemini(body, model=model)
+        return read_openai(body)
+
+    def reply(
+        self, vendor: str, asked: Asked, done: Completion, *, dialect: str | None, call_id: str
+    ) -> dict[str, Any]:
+        """A batch line's answer body, as the synchronous path shapes it."""
+        if vendor == "anthropic":
+            return anthropic_reply(asked, done, dialect=dialect, call_id=call_id)
+        if vendor == "gemini":
+            return gemini_reply(asked, done, dialect=dialect, call_id=call_id)
+        return openai_reply(asked, done, dialect=dialect, call_id=call_id)
+
+    def check_version(self, version: str | None) -> Dialect | None:
+        return check_anthropic_version(version)
+
+    async def scripted(self, request: web.Request, *, vendor: str) -> web.StreamResponse | None:
+        """A scripted fault for this call (POST /_fail), as the synchronous paths serve them."""
+        return await self._scripted(request, vendor=vendor)
+
+    def _bill(self, request: web.Request, model: str, done: Completion) -> None:
+        """Bill one synchronous call answered (its sync bill, OpenAI's exports, its call id)."""
         if request.get("generation", self.generation) != self.generation:
-            return done  # a call that came in before the last /_reset: the new bill does not hold it
+            return  # a call that came in before the last /_reset: the new bill does not hold it
         bill = self.bills.get(model)
         if bill is None:
             bill = self.bills[model] = Bill()
@@ -557,7 +430,6 @@ class FakeProvider:
             }
         else:
             self.unidentified += 1
-        return done
 
     async def _mixed(self, request: web.Request, *, vendor: str) -> web.StreamResponse | None:
         """Apply the fault mix, if one is set: a fault's response, or None to answer (after its latency)."""
@@ -789,6 +661,7 @@ class FakeProvider:
         self.unidentified = 0
         self.in_flight_max = self.in_flight
         self.capacity, self.refuse, self.refused = None, "reset", 0
+        self.batches.reset()
         return _json(200, {"ok": True})
 
     async def set_capacity(self, request: web.Request) -> web.Response:
@@ -832,6 +705,227 @@ class FakeProvider:
             fault.count = 10**12  # an outage of `for_s` seconds: every call until then
         self.faults.append(fault)
         return _json(200, {"ok": True, "pending": len(self.faults)})
+
+
+# -- the three wire formats, read and shaped (shared by the synchronous paths and the batch APIs) --------
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One chat call as the fake read it from a vendor's body."""
+
+    model: str
+    system: str
+    prompt: str
+    cap: int
+    thoughts: int = 0  # thinking tokens the model spends first, inside the cap
+    dialect: str | None = None  # the answer dialect the model always answers in (Magistral: "chunks")
+
+
+def read_openai(body: Any) -> Asked | Dialect:
+    """A chat completions body read, or OpenAI's own 400 for it."""
+    try:
+        model = body["model"]
+        system = "".join(_text(m["content"]) for m in body["messages"] if m["role"] in ("system", "developer"))
+        prompt = "\n".join(_text(m["content"]) for m in body["messages"] if m["role"] == "user")
+        cap = int(body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return vendor_error("openai", 400, f"Invalid request: {exc!r}")
+    thoughts = 0
+    name = model.rsplit("/", 1)[-1]
+    if OPENAI_REASONING_MODEL.match(name):
+        if "max_tokens" in body:
+            return vendor_error(
+                "openai",
+                400,
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+            )
+        if body.get("temperature", 1) != 1:
+            return vendor_error(
+                "openai",
+                400,
+                f"Unsupported value: 'temperature' does not support {body['temperature']} "
+                "with this model. Only the default (1) value is supported.",
+            )
+        effort = body.get("reasoning_effort")
+        allowed = next((efforts for pattern, efforts in OPENAI_EFFORTS if pattern.match(name)), None)
+        if effort not in OPENAI_REASONING_TOKENS or (effort is not None and allowed and effort not in allowed):
+            supported = ", ".join(f"'{e}'" for e in allowed or OPENAI_REASONING_TOKENS if e)
+            return vendor_error(
+                "openai",
+                400,
+                f"Unsupported value: {effort!r} is not supported with the '{name}' model. "
+                f"Supported values are: {supported}.",
+            )
+        thoughts = OPENAI_REASONING_TOKENS[effort]
+    dialect = "chunks" if MISTRAL_REASONING_MODEL.match(name) else None
+    return Asked(model, system, prompt, cap, thoughts=thoughts, dialect=dialect)
+
+
+def openai_reply(asked: Asked, done: Completion, *, dialect: str | None, call_id: str) -> dict[str, Any]:
+    """A chat completion body for `done`."""
+    usage = done.usage
+    prompt_tokens = usage.input_tokens + usage.cached_input_tokens  # OpenAI counts cached inside
+    message: dict[str, Any] = {"role": "assistant", "content": done.text}
+    finish = "length" if usage.output_tokens >= asked.cap else "stop"
+    if dialect == "chunks":  # Mistral's reasoning models: a thinking chunk, then the answer's text chunk
+        message["content"] = [
+            {"type": "thinking", "thinking": [{"type": "text", "text": THINKING_TEXT}]},
+            {"type": "text", "text": done.text},
+        ]
+    elif dialect == "refusal":
+        message.update(content=None, refusal=REFUSAL_TEXT)
+        finish = "stop"
+    elif dialect in ("filtered", "blocked"):
+        message["content"] = None
+        finish = "content_filter"
+    return {
+        "id": call_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": asked.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": prompt_tokens + usage.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        },
+    }
+
+
+def check_anthropic_version(version: str | None) -> Dialect | None:
+    """Anthropic's 400 for a missing or unknown anthropic-version header, or None."""
+    if version is None:
+        return vendor_error("anthropic", 400, "anthropic-version: header is required")
+    if version not in ANTHROPIC_VERSIONS:
+        return vendor_error("anthropic", 400, f"anthropic-version: {version!r} is not a valid version")
+    return None
+
+
+def read_anthropic(body: Any, *, version: str) -> Asked | Dialect:
+    """A Messages body read (under API `version`), or Anthropic's own 400 for it."""
+    try:
+        model = body["model"]
+        cap = int(body["max_tokens"])
+        system = _text(body.get("system") or "")
+        prompt = "\n".join(_text(m["content"]) for m in body["messages"] if m["role"] == "user")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return vendor_error("anthropic", 400, f"Invalid request: {exc!r}")
+    sampling = [key for key in ("temperature", "top_p", "top_k") if key in body]
+    if version >= "2026-10-21" and sampling:
+        return vendor_error("anthropic", 400, f"{sampling[0]}: is not supported in API version {version}")
+    return Asked(model, system, prompt, cap)
+
+
+def anthropic_reply(asked: Asked, done: Completion, *, dialect: str | None, call_id: str) -> dict[str, Any]:
+    """A Messages body for `done`."""
+    usage = done.usage
+    content: list[dict[str, Any]] = [{"type": "text", "text": done.text}]
+    stop_reason, stop_details = ("max_tokens" if usage.output_tokens >= asked.cap else "end_turn"), None
+    if dialect == "chunks":
+        content.insert(0, {"type": "thinking", "thinking": THINKING_TEXT, "signature": "fake-signature"})
+    elif dialect in ("refusal", "filtered", "blocked"):  # Anthropic's one way to decline: stop_reason refusal
+        content, stop_reason = [], "refusal"
+        stop_details = {"type": "refusal", "category": "general_harms", "explanation": None}
+    return {
+        "id": call_id,
+        "type": "message",
+        "role": "assistant",
+        "model": asked.model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        **({"stop_details": stop_details} if stop_details else {}),
+        "usage": {
+            "input_tokens": usage.input_tokens,  # Anthropic counts cache reads and writes apart
+            "output_tokens": usage.output_tokens,
+            "cache_read_input_tokens": usage.cached_input_tokens,
+            "cache_creation_input_tokens": usage.cache_write_tokens,
+        },
+    }
+
+
+def read_gemini(body: Any, *, model: str) -> Asked | Dialect:
+    """A generateContent body for `model` read, or Gemini's own 400 for it."""
+    try:
+        system = "".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts", []))
+        prompt = "\n".join(
+            p.get("text", "") for c in body["contents"] if c.get("role", "user") == "user" for p in c["parts"]
+        )
+        config = body.get("generationConfig") or {}
+        cap = int(config.get("maxOutputTokens") or DEFAULT_MAX_TOKENS)
+        thinking = config.get("thinkingConfig") or {}
+        budget = thinking.get("thinkingBudget")
+        budget = None if budget is None else int(budget)
+        level = thinking.get("thinkingLevel")
+        level = None if level is None else str(level).lower()
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return vendor_error("gemini", 400, f"Invalid JSON payload received: {exc!r}")
+    by_level = bool(GEMINI_LEVEL_MODEL.match(model))
+    thinks = "2.5" in model or by_level
+    if budget is not None and level is not None:
+        return vendor_error("gemini", 400, "You can only set one of thinking budget and thinking level.")
+    if (budget is not None or level is not None) and not thinks:
+        return vendor_error("gemini", 400, "Thinking is not supported for this model.")
+    if budget is not None and by_level:
+        return vendor_error(
+            "gemini", 400, "Thinking budget is not supported for this model. Use thinking level instead."
+        )
+    if level is not None and not by_level:
+        return vendor_error("gemini", 400, "Thinking level is not supported for this model.")
+    if level is not None and level not in GEMINI_LEVEL_THOUGHTS:
+        return vendor_error(
+            "gemini", 400, f"Invalid value at 'generation_config.thinking_config.thinking_level': {level}"
+        )
+    if budget == 0 and "pro" in model:
+        return vendor_error("gemini", 400, "Budget 0 is invalid. This model only works in thinking mode.")
+    # -1 (or nothing) is dynamic thinking; a budget bounds it; a level sets it.
+    thoughts = (
+        0
+        if not thinks
+        else GEMINI_LEVEL_THOUGHTS[level]
+        if by_level
+        else GEMINI_DYNAMIC_THOUGHTS
+        if budget in (None, -1)
+        else min(budget, GEMINI_DYNAMIC_THOUGHTS)
+    )
+    return Asked(model, system, prompt, cap, thoughts=thoughts)
+
+
+def gemini_reply(asked: Asked, done: Completion, *, dialect: str | None, call_id: str) -> dict[str, Any]:
+    """A generateContent body for `done`."""
+    usage = done.usage
+    answer_tokens = usage.output_tokens - usage.reasoning_tokens
+    metadata: dict[str, Any] = {
+        "promptTokenCount": usage.input_tokens + usage.cached_input_tokens,  # Gemini counts cached inside
+        "totalTokenCount": usage.input_tokens + usage.cached_input_tokens + usage.output_tokens,
+    }
+    if dialect != "blocked":
+        metadata["candidatesTokenCount"] = answer_tokens  # thoughts are reported apart
+    if usage.reasoning_tokens:
+        metadata["thoughtsTokenCount"] = usage.reasoning_tokens
+    if usage.cached_input_tokens:
+        metadata["cachedContentTokenCount"] = usage.cached_input_tokens
+    answered: dict[str, Any] = {"usageMetadata": metadata, "modelVersion": asked.model, "responseId": call_id}
+    if dialect == "blocked":  # the prompt never reached the model: no candidates, only the prompt's tokens
+        ratings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
+        return {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": ratings}, **answered}
+    parts = [{"text": done.text}] if done.text else []
+    if dialect == "chunks":
+        parts.insert(0, {"text": THINKING_TEXT, "thought": True})
+    finish = "MAX_TOKENS" if usage.output_tokens >= asked.cap else "STOP"
+    if dialect in ("refusal", "filtered"):
+        parts, finish = [], "SAFETY" if dialect == "refusal" else "PROHIBITED_CONTENT"
+    return {
+        # A cap that thinking used up leaves a candidate with no content at all, as Gemini gives it.
+        "candidates": [
+            {**({"content": {"parts": parts, "role": "model"}} if parts else {}), "finishReason": finish, "index": 0}
+        ],
+        **answered,
+    }
 
 
 def _group_by(request: web.Request) -> set[str]:
@@ -893,10 +987,13 @@ def make_app(
     api_key: str | None = None,
     mix: FaultMix | None = None,
     admin_key: str | None = None,
+    batch: BatchKnobs | None = None,
 ) -> web.Application:
-    """A fresh fake provider application (each has its own bill)."""
+    """A fresh fake provider application (each has its own bill); `batch`: the batch APIs' first knobs."""
     state = FakeProvider(latency_ms=latency_ms, answer=answer, api_key=api_key, admin_key=admin_key)
     state.mix = mix
+    if batch is not None:
+        state.batches.knobs = batch
     return state.app()
 
 
@@ -910,10 +1007,11 @@ async def serve(
     api_key: str | None = None,
     mix: FaultMix | None = None,
     admin_key: str | None = None,
+    batch: BatchKnobs | None = None,
 ) -> AsyncIterator[str]:
     """Serve on the running loop; yields the base URL ("http://127.0.0.1:<port>", no /v1)."""
     runner = web.AppRunner(
-        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key, mix=mix, admin_key=admin_key),
+        make_app(latency_ms=latency_ms, answer=answer, api_key=api_key, mix=mix, admin_key=admin_key, batch=batch),
         access_log=None,  # an access log line per call would cost more than the answer itself
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
@@ -933,13 +1031,16 @@ def start_in_thread(
     *,
     api_key: str | None = None,
     admin_key: str | None = None,
+    batch: BatchKnobs | None = None,
 ) -> tuple[str, Callable[[], None]]:
     """Serve from a daemon thread with its own loop; returns (base URL, stop). Port 0 picks a free one."""
     ready = threading.Event()
     stopping: dict[str, Any] = {}
 
     async def main() -> None:
-        async with serve(port=port, latency_ms=latency_ms, answer=answer, api_key=api_key, admin_key=admin_key) as url:
+        async with serve(
+            port=port, latency_ms=latency_ms, answer=answer, api_key=api_key, admin_key=admin_key, batch=batch
+        ) as url:
             stopping["url"], stopping["event"] = url, asyncio.Event()
             stopping["loop"] = asyncio.get_running_loop()
             ready.set()
@@ -985,8 +1086,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--faults", default=None, help='a fault mix as JSON, e.g. \'{"seed": 1, "rates": {"429": 0.05}}\''
     )
+    parser.add_argument(
+        "--batch",
+        default=None,
+        help="the batch APIs' knobs as JSON (tests/fakes/batches.py BatchKnobs), e.g. "
+        '\'{"delay_s": 30, "errored": 0.05, "expired": 0.02, "expired_billed": true}\'',
+    )
     args = parser.parse_args(argv)
     mix = FaultMix.from_json(json.loads(args.faults)) if args.faults else None
+    batch = BatchKnobs.from_json(json.loads(args.batch)) if args.batch else None
     answer = echo_answer if args.answer == "echo" else None
 
     async def run() -> None:
@@ -998,6 +1106,7 @@ def main(argv: list[str] | None = None) -> None:
             api_key=args.api_key,
             mix=mix,
             admin_key=args.admin_key,
+            batch=batch,
         ) as url:
             print(f"listening on {url}", flush=True)
             await asyncio.Event().wait()
