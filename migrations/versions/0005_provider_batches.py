@@ -27,6 +27,7 @@ def upgrade() -> None:
     op.create_table('provider_batch',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('job_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('wave', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('provider', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('model_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('batch_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
@@ -50,6 +51,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_provider_batch_job', 'provider_batch', ['job_id'], unique=False)
     op.create_index('ix_provider_batch_state', 'provider_batch', ['state'], unique=False)
+    op.create_index('ix_provider_batch_wave', 'provider_batch', ['wave'], unique=False)
     with op.batch_alter_table('call') as batch:
         batch.add_column(sa.Column('mode', sqlmodel.sql.sqltypes.AutoString(), nullable=False, server_default='sync'))
         batch.add_column(sa.Column('price_multiplier', Money(), nullable=False, server_default='1'))
@@ -76,6 +78,7 @@ def downgrade() -> None:
         batch.drop_index('ix_call_provider_batch')
         for name in ('provider_batch_id', 'price_multiplier', 'mode'):
             batch.drop_column(name)
+    op.drop_index('ix_provider_batch_wave', table_name='provider_batch')
     op.drop_index('ix_provider_batch_state', table_name='provider_batch')
     op.drop_index('ix_provider_batch_job', table_name='provider_batch')
     op.drop_table('provider_batch')

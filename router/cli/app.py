@@ -215,6 +215,20 @@ def submit(
             help="summarize: the model that judges summaries in calibration (default: the strongest eligible)."
         ),
     ] = None,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            help="By when the results are wanted: 2h, 24h, 3d, or an ISO date or time. A deadline that "
+            "leaves room sends the bulk to the providers' batch APIs (about half price, within 24 h)."
+        ),
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="auto (the deadline decides), sync (calls now, standard price) or batch (the providers' "
+            "batch APIs, whatever the deadline)."
+        ),
+    ] = "auto",
 ) -> None:
     """Submit a batch job. Prints the job id, the routing decision, and rejected lines."""
     settings = _settings()
@@ -237,6 +251,8 @@ def submit(
         run_labelled=run_labelled,
         if_unproven=if_unproven,
         judge=judge,
+        deadline=deadline,
+        mode=mode,
     )
     try:
         _submit_and_run(settings, request, wait=wait, quiet=quiet, json_out=json_out)
@@ -290,6 +306,8 @@ def _submit_and_run(
         if not quiet_decision:
             out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
         out.print(submitted.decision.summary)
+    if submitted.execution is not None:
+        out.print(views.execution_line(submitted.execution, calibrating=submitted.calibrating))
     if quiet:
         sys.stdout.write(submitted.job_id + "\n")
         sys.stdout.flush()

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from policies.execution_mode import ModeDecision
 from policies.types import Decision, Verdict
 from router.catalog import Catalog, Rate
 from router.ledger import budgets
@@ -349,3 +350,12 @@ def budget_table(rows: list[Any], *, month: str | None) -> Table:
             (f"{row.soft_pct:g}%" + (" (sent)" if row.soft_alerted_at else "")) if row.soft_pct else "-",
         )
     return table
+
+
+def execution_line(execution: ModeDecision, *, calibrating: bool) -> str:
+    """The decision line of the execution mode: the mode, the saving, and why (calibration is sync)."""
+    text = f"[bold]{execution.summary}[/]"
+    details = "; ".join(r for r in execution.reasons if not r.startswith("bulk:"))
+    if calibrating:
+        text += " (after calibration, which runs synchronously)"
+    return f"{text}\n  {details}" if details else text

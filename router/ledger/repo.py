@@ -21,6 +21,7 @@ from router.errors import InputError, NotFoundError
 from router.ledger.budgets import parse_month
 from router.ledger.rollup import upsert_rollups, upsert_sql
 from router.ledger.tables import (
+    BatchState,
     BudgetPeriod,
     BudgetPolicy,
     Call,
@@ -31,6 +32,7 @@ from router.ledger.tables import (
     Job,
     JobEvent,
     JobStatus,
+    ProviderBatch,
     QualityEstimate,
     Team,
     Tenant,
@@ -207,6 +209,10 @@ def job_for_chunk(session: Session, job_id: str) -> JobSnapshot | None:
             JOB.c.baseline_output_usd_per_mtok,
             tenant.c.timezone,
             policy.c.team_id.is_not(None).label("has_budget"),
+            JOB.c.mode,
+            JOB.c.deadline_at,
+            JOB.c.execution,
+            JOB.c.constraints,
         )
         .join(tenant, tenant.c.id == JOB.c.tenant_id)
         .outerjoin(policy, policy.c.team_id == JOB.c.team_id)
@@ -232,6 +238,10 @@ def job_for_chunk(session: Session, job_id: str) -> JobSnapshot | None:
         baseline_output_usd_per_mtok=row.baseline_output_usd_per_mtok,
         timezone=row.timezone,
         has_budget=bool(row.has_budget),
+        mode=row.mode,
+        deadline_at=row.deadline_at,
+        execution=row.execution,
+        regions=tuple((row.constraints or {}).get("regions") or ()),
     )
 
 
@@ -564,6 +574,7 @@ def lost_calls(session: Session, item_ids: Sequence[int]) -> list[Any]:
                 CALL.c.started_at,
                 CALL.c.input_usd_per_mtok,
                 CALL.c.output_usd_per_mtok,
+                CALL.c.price_multiplier,
             ).where(CALL.c.item_id.in_(list(item_ids)), CALL.c.status == CallStatus.IN_FLIGHT)
         ).all()
     )
@@ -1009,3 +1020,136 @@ def stalled_chunks(session: Session, *, now: datetime, idle_since: datetime, chu
         if chunks:
             out[job_id] = sorted(int(c) for c in chunks)
     return out
+
+
+# -- provider batches (a provider's batch API) ------------------------------------------------------
+
+PROVIDER_BATCH = ProviderBatch.__table__  # type: ignore[attr-defined]
+
+
+def insert_provider_batches(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Write provider batch rows (state creating), with their lines' call rows, before `create`."""
+    if rows:
+        session.execute(insert(PROVIDER_BATCH), list(rows))
+
+
+def record_batch_created(
+    session: Session, *, tag: str, batch_id: str, state: str, vendor_status: str, now: datetime
+) -> bool:
+    """Record the provider's id of the batch created under `tag`, once: False when it was already
+    recorded (another poller found it first)."""
+    row = session.execute(
+        update(PROVIDER_BATCH)
+        .where(PROVIDER_BATCH.c.id == tag, PROVIDER_BATCH.c.batch_id.is_(None))
+        .values(batch_id=batch_id, state=state, vendor_status=vendor_status, submitted_at=now, polled_at=now)
+        .returning(PROVIDER_BATCH.c.id)
+    ).first()
+    return row is not None
+
+
+def update_provider_batch(session: Session, tag: str, **values: Any) -> None:
+    session.execute(update(PROVIDER_BATCH).where(PROVIDER_BATCH.c.id == tag).values(**values))
+
+
+def open_provider_batches(session: Session, *, job_id: str | None = None) -> list[Any]:
+    """Batches not yet ingested (creating, pending, running, ended), oldest first; of one job if given."""
+    stmt = select(PROVIDER_BATCH).where(PROVIDER_BATCH.c.state.in_(list(BatchState.OPEN)))
+    if job_id is not None:
+        stmt = stmt.where(PROVIDER_BATCH.c.job_id == job_id)
+    return list(session.execute(stmt.order_by(PROVIDER_BATCH.c.created_at)).all())
+
+
+def wave_batches(session: Session, *, wave: str, for_update: bool = False) -> list[Any]:
+    """The batches of one wave (locked for update when asked: one ingest at a time)."""
+    stmt = select(PROVIDER_BATCH).where(PROVIDER_BATCH.c.wave == wave).order_by(PROVIDER_BATCH.c.id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return list(session.execute(stmt).all())
+
+
+def job_batch_counts(session: Session, job_id: str) -> dict[str, int]:
+    """A job's provider batches counted by state."""
+    rows = session.execute(
+        select(PROVIDER_BATCH.c.state, func.count())
+        .where(PROVIDER_BATCH.c.job_id == job_id)
+        .group_by(PROVIDER_BATCH.c.state)
+    ).all()
+    return {state: int(n) for state, n in rows}
+
+
+def batch_calls(session: Session, tags: Sequence[str]) -> list[Any]:
+    """The call rows of batches `tags` (their lines): what ingesting needs of each."""
+    if not tags:
+        return []
+    return list(
+        session.execute(
+            select(
+                CALL.c.id,
+                CALL.c.item_id,
+                CALL.c.model_id,
+                CALL.c.purpose,
+                CALL.c.status,
+                CALL.c.started_at,
+                CALL.c.price_multiplier,
+                CALL.c.provider_batch_id,
+            ).where(CALL.c.provider_batch_id.in_(list(tags)))
+        ).all()
+    )
+
+
+def batch_lines(session: Session, tag: str) -> list[Any]:
+    """A batch's lines as they were recorded (call id, model, item text), to create it again after a
+    worker died before the provider had it."""
+    return list(
+        session.execute(
+            select(CALL.c.id, CALL.c.model_id, ITEM.c.text)
+            .join(ITEM, ITEM.c.id == CALL.c.item_id)
+            .where(CALL.c.provider_batch_id == tag)
+            .order_by(CALL.c.id)
+        ).all()
+    )
+
+
+def settle_calls(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Write calls' outcomes onto rows still in flight; returns the ids written (a line ingested twice
+    is written once: the second time its row is no longer in flight)."""
+    if not rows:
+        return set()
+    if _is_postgres(session):
+        sql, params = _unnest_update("call", _CALL_OUTCOME, rows, prefix="u")
+        return {r[0] for r in session.execute(text(f"{sql} RETURNING call.id"), params).all()}
+    written = set()
+    values: dict[str, Any] = {f: bindparam(f"b_{f}") for f in _CALL_OUTCOME}
+    stmt = update(CALL).where(CALL.c.id == bindparam("b_id"), CALL.c.status == CallStatus.IN_FLIGHT).values(values)
+    for row in rows:
+        if session.execute(stmt, {f"b_{k}": row[k] for k in ("id", *_CALL_OUTCOME)}).rowcount:  # type: ignore[attr-defined]
+            written.add(row["id"])
+    return written
+
+
+def held_items(session: Session, item_ids: Sequence[int]) -> list[Any]:
+    """Items still running (id, seq, text, attempts), as a chunk claimed them."""
+    if not item_ids:
+        return []
+    return list(
+        session.execute(
+            select(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.attempts)
+            .where(ITEM.c.id.in_(list(item_ids)), ITEM.c.status == ItemStatus.RUNNING)
+            .order_by(ITEM.c.seq)
+        ).all()
+    )
+
+
+def extend_lease(session: Session, items: Sequence[tuple[int, int]], *, until: datetime) -> None:
+    """Keep claimed items (id, tries when claimed) held until `until` (their lines are in a batch)."""
+    if items:
+        session.execute(
+            update(ITEM)
+            .where(
+                ITEM.c.id == bindparam("b_id"),
+                ITEM.c.attempts == bindparam("b_held"),
+                ITEM.c.status == ItemStatus.RUNNING,
+            )
+            .values(lease_until=until),
+            [{"b_id": item_id, "b_held": held} for item_id, held in items],
+        )

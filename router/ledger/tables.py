@@ -307,9 +307,17 @@ class ProviderBatch(SQLModel, table=True):
     row, before the batch is created; the provider's own id is recorded once `create` returns."""
 
     __tablename__ = "provider_batch"
-    __table_args__ = (Index("ix_provider_batch_job", "job_id"), Index("ix_provider_batch_state", "state"))
+    __table_args__ = (
+        Index("ix_provider_batch_job", "job_id"),
+        Index("ix_provider_batch_state", "state"),
+        Index("ix_provider_batch_wave", "wave"),
+    )
     id: str = Field(primary_key=True)
     job_id: str = Field(foreign_key="job.id")
+    # The batches made from one claim of items (one per model, split to the provider's limits): an
+    # item's answers of a stage (a cascade's two models) come back in the wave's batches, so a wave is
+    # ingested as a whole, once every batch of it has ended.
+    wave: str
     provider: str
     model_id: str
     batch_id: str | None = None  # the provider's (batch_..., msgbatch_..., batches/...)

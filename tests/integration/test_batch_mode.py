@@ -1,0 +1,306 @@
+"""A job that can wait runs on the providers' batch APIs (here the sandbox's, simulated), end to end on
+Postgres: exactly once, at the batch price, with failed and expired lines re-run, cancel, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from router.catalog import Catalog, load_catalog
+from router.engine import batch_mode, runtime
+from router.jobs import lifecycle
+from router.jobs.intake import JobRequest
+from router.jobs.submit import submit_job
+from router.ledger import repo
+from router.ledger.db import session_scope
+from router.ledger.tables import BatchState, Call, CallRollup, CallStatus, Item, Job, JobStatus, ProviderBatch
+from router.providers.registry import close_all, get_batch_api
+from router.providers.sandbox import SandboxBatchAPI
+from router.settings import Settings
+from tests.helpers import tickets, write_jsonl
+
+LABELS = ("billing", "bug", "other")
+
+
+@pytest.fixture
+def batch_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "batches"
+    path.mkdir()
+    return path
+
+
+def _settings(pg_url: str, batch_dir: Path, knobs: str = "", **extra: Any) -> Settings:
+    return Settings(
+        database_url=pg_url,
+        sandbox="on",
+        sandbox_batch=knobs,
+        sandbox_batch_dir=batch_dir,
+        batch_poll_every_s=0.05,
+        _env_file=None,  # type: ignore[call-arg]
+        **extra,
+    )
+
+
+def _submit(
+    settings: Settings,
+    tmp_path: Path,
+    team: tuple[str, str],
+    *,
+    n: int,
+    deadline: str | None = "24h",
+    mode: str = "auto",
+    models: frozenset[str] | None = frozenset({"gpt-4o-mini"}),
+) -> tuple[str, Any]:
+    path = write_jsonl(tmp_path / f"items-{n}.jsonl", tickets(n))
+    request = JobRequest(
+        path=path,
+        team=team[1],
+        tenant=team[0],
+        task="classify",
+        labels=LABELS,
+        min_quality=0.5,
+        quality="prior",
+        models=models,
+        deadline=deadline,
+        mode=mode,
+    )
+    submitted = submit_job(settings, load_catalog(), request)
+    return submitted.job_id, submitted
+
+
+def _run(settings: Settings, job_id: str) -> None:
+    try:
+        lifecycle.start(settings, job_id=job_id, dispatcher=lifecycle.InlineDispatcher(settings, load_catalog()))
+    finally:
+        runtime.run(close_all())
+
+
+def _state(settings: Settings, job_id: str) -> tuple[Job, list[Call], list[Item], list[ProviderBatch]]:
+    with session_scope(settings) as session:
+        job = repo.get_job(session, job_id)
+        calls = list(session.execute(select(Call).where(Call.job_id == job_id)).scalars())
+        items = list(session.execute(select(Item).where(Item.job_id == job_id)).scalars())
+        batches = list(session.execute(select(ProviderBatch).where(ProviderBatch.job_id == job_id)).scalars())
+        session.expunge_all()
+    return job, calls, items, batches
+
+
+def _bill(settings: Settings, catalog: Catalog, batches: list[ProviderBatch]) -> dict[str, Decimal]:
+    """The sandbox's own bill, line by line: each billed line's usage at the list price times 0.5."""
+    api = runtime.run(_api(catalog, settings))
+    out: dict[str, Decimal] = {}
+    for b in batches:
+        if b.batch_id is None:
+            continue
+        for custom_id, usage in runtime.run(api.billed(b.batch_id)).items():
+            out[custom_id] = catalog.price(b.model_id).cost_usd(usage) * Decimal("0.5")
+    return out
+
+
+async def _api(catalog: Catalog, settings: Settings) -> SandboxBatchAPI:
+    api = get_batch_api(catalog, settings, "openai", simulated=True)
+    assert isinstance(api, SandboxBatchAPI)
+    return api
+
+
+def test_a_job_that_can_wait_runs_in_batch_at_half_price_and_the_ledger_is_the_bill(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    settings = _settings(pg_url, batch_dir, "out_of_order=true")
+    catalog = load_catalog()
+    job_id, submitted = _submit(settings, tmp_path, team, n=300)
+    assert submitted.execution.bulk == "batch" and submitted.execution.multiplier == Decimal("0.5")
+    assert "saving" in submitted.execution.summary
+    _run(settings, job_id)
+    job, calls, items, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE and job.n_done == 300
+    assert all(i.status == "done" for i in items)
+    assert batches and all(b.state == BatchState.INGESTED and b.batch_id for b in batches)
+    assert all(c.mode == "batch" and c.price_multiplier == Decimal("0.5") and c.provider_batch_id for c in calls)
+    # Every line at its own usage x list price x 0.5; the ledger equals the sandbox's bill line for line.
+    bill = _bill(settings, catalog, batches)
+    assert {c.id: c.cost_usd for c in calls if c.cost_usd} == bill
+    # Rollups split by mode: what the batch discount saved equals what was spent (at 0.5).
+    with session_scope(settings) as session:
+        row = session.execute(
+            select(
+                func.sum(CallRollup.batch_calls),
+                func.sum(CallRollup.batch_cost_usd),
+                func.sum(CallRollup.batch_saved_usd),
+                func.sum(CallRollup.cost_usd),
+            ).where(CallRollup.job_id == job_id)
+        ).one()
+    assert row[0] == 300 and row[1] == row[3] == sum(bill.values()) and row[2] == row[1]
+
+
+def test_failed_and_expired_lines_run_again_and_a_line_billed_though_expired_is_charged(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    settings = _settings(pg_url, batch_dir, "errors=0.05,expired=0.02,bill_expired=true")
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=1000)
+    _run(settings, job_id)
+    job, calls, items, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE
+    done = sum(1 for i in items if i.status == "done")
+    assert done / 1000 >= 0.999, done
+    assert max(b.round for b in batches) >= 2  # the lines left undone went in a next batch
+    errored = [c for c in calls if c.error and c.error.startswith("errored")]
+    expired = [c for c in calls if c.error and c.error.startswith("expired")]
+    assert 20 < len(errored) < 90 and 5 < len(expired) < 45
+    assert all(c.cost_usd == 0 for c in errored)  # an errored line is not billed
+    assert all(c.cost_usd > 0 and c.status == CallStatus.ERROR for c in expired)  # billed though expired: charged
+    assert all(c.status != CallStatus.IN_FLIGHT for c in calls)
+    # The ledger is the bill, line for line: every billed line and nothing else. Lines left undone
+    # MAX_BATCH_ROUNDS times ran synchronously, at the standard price.
+    assert {c.id: c.cost_usd for c in calls if c.cost_usd and c.mode == "batch"} == _bill(settings, catalog, batches)
+    sync = [c for c in calls if c.mode == "sync"]
+    assert all(c.price_multiplier == 1 for c in sync) and len(sync) <= 5
+    # Each item's answer is one of its own batch calls that succeeded.
+    by_id = {c.id: c for c in calls}
+    assert all(by_id[i.final_call_id].status == CallStatus.OK for i in items if i.status == "done")
+
+
+def test_ingesting_twice_never_charges_twice(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    settings = _settings(pg_url, batch_dir, "expired=0.1,bill_expired=true")
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=200)
+    _run(settings, job_id)
+    job, calls, _, batches = _state(settings, job_id)
+    spent = sum(c.cost_usd for c in calls)
+    # Rewind every batch to "ended", as if the ingest's commit had been lost, and ingest again.
+    with session_scope(settings) as session:
+        for b in batches:
+            repo.update_provider_batch(session, b.id, state=BatchState.ENDED, ingested_at=None)
+    for wave in {b.wave for b in batches}:
+        assert batch_mode.ingest_wave(settings, catalog, wave=wave)
+    runtime.run(close_all())
+    job2, calls2, _, _ = _state(settings, job_id)
+    assert sum(c.cost_usd for c in calls2) == spent and len(calls2) == len(calls)
+    assert (job2.n_done, job2.n_failed) == (job.n_done, job.n_failed)
+    with session_scope(settings) as session:
+        rolled = session.execute(select(func.sum(CallRollup.cost_usd)).where(CallRollup.job_id == job_id)).scalar()
+    assert rolled == spent
+
+
+def test_a_near_deadline_runs_synchronously(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    settings = _settings(pg_url, batch_dir)
+    job_id, submitted = _submit(settings, tmp_path, team, n=50, deadline="2h")
+    assert submitted.execution.bulk == "sync" and "deadline near" in submitted.execution.summary
+    _run(settings, job_id)
+    job, calls, _, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE and not batches
+    assert all(c.mode == "sync" and c.price_multiplier == 1 for c in calls)
+
+
+def test_mode_batch_that_cannot_be_had_is_refused_naming_the_flag(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    from router.errors import InputError
+
+    settings = _settings(pg_url, batch_dir)
+    with pytest.raises(InputError, match="--mode batch: deadline near") as caught:
+        _submit(settings, tmp_path, team, n=5, deadline="1h", mode="batch")
+    assert caught.value.field == "--mode"
+
+
+def test_cancel_cancels_the_open_batches_and_keeps_what_completed(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    settings = _settings(pg_url, batch_dir, "delay_s=3")
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=400)
+    # Submit the wave only (no waiting): a worker's chunk.
+    from router.engine.chunk import run_chunk
+
+    run_chunk(settings, catalog, job_id=job_id, lo=0, hi=400)
+    runtime.run(asyncio.sleep(1.5))
+    result = lifecycle.cancel(settings, catalog, job_id=job_id)
+    assert result["batches_cancelled"] >= 1
+    runtime.run(close_all())
+    job, calls, items, batches = _state(settings, job_id)
+    assert job.status == JobStatus.CANCELLED
+    assert all(b.state == BatchState.INGESTED for b in batches)
+    done = [i for i in items if i.status == "done"]
+    failed = [i for i in items if i.status == "failed"]
+    assert 0 < len(done) < 400 and len(done) + len(failed) == 400  # what completed is kept
+    assert all(i.error == "cancelled" for i in failed)
+    assert job.n_done == len(done) and job.n_failed == len(failed)
+    cancelled_calls = [c for c in calls if c.error and c.error.startswith("canceled")]
+    assert len(cancelled_calls) == len(failed) and all(c.cost_usd == 0 for c in cancelled_calls)
+    assert {c.id: c.cost_usd for c in calls if c.cost_usd} == _bill(settings, catalog, batches)
+
+
+def test_a_worker_killed_between_create_and_recording_the_id_creates_nothing_twice(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(pg_url, batch_dir)
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=100)
+
+    def killed(*_: Any, **__: Any) -> None:
+        raise SystemExit("worker killed after create, before recording the provider's id")
+
+    from router.engine.chunk import run_chunk
+
+    monkeypatch.setattr(batch_mode, "_record_created", killed)
+    with pytest.raises(SystemExit):
+        run_chunk(settings, catalog, job_id=job_id, lo=0, hi=100)
+    monkeypatch.undo()
+    _, _, _, batches = _state(settings, job_id)
+    assert len(batches) == 1 and batches[0].state == BatchState.CREATING and batches[0].batch_id is None
+    created = sorted(p.name for p in batch_dir.glob("*.json"))
+    # A poller soon after leaves it alone (its worker may still be inside create) ...
+    assert batch_mode.poll_batches(settings, catalog, job_id=job_id) == 1
+    # ... later it finds the batch by its tag and records it; nothing is created again.
+    from datetime import timedelta
+
+    from router.ledger.tables import utcnow
+
+    later = utcnow() + timedelta(seconds=batch_mode.MIN_CREATE_GRACE_S + 1)
+    batch_mode.poll_batches(settings, catalog, job_id=job_id, now=later)
+    batch_mode.wait_for_batches(settings, catalog, job_id=job_id)
+    runtime.run(close_all())
+    assert sorted(p.name for p in batch_dir.glob("*.json")) == created
+    job, calls, _, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE and batches[0].batch_id is not None
+    assert len(calls) == 100 and {c.id: c.cost_usd for c in calls} == _bill(settings, catalog, batches)
+
+
+def test_a_batch_row_the_provider_never_got_is_created_from_its_recorded_lines(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(pg_url, batch_dir)
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=60)
+
+    def killed(*_: Any, **__: Any) -> None:
+        raise SystemExit("worker killed after the commit, before create")
+
+    from router.engine.chunk import run_chunk
+
+    monkeypatch.setattr(batch_mode, "create_parts", killed)
+    with pytest.raises(SystemExit):
+        run_chunk(settings, catalog, job_id=job_id, lo=0, hi=60)
+    monkeypatch.undo()
+    assert not list(batch_dir.glob("*.json"))  # the provider has nothing
+    from datetime import timedelta
+
+    from router.ledger.tables import utcnow
+
+    batch_mode.poll_batches(settings, catalog, job_id=job_id, now=utcnow() + timedelta(seconds=3600))
+    batch_mode.wait_for_batches(settings, catalog, job_id=job_id)
+    runtime.run(close_all())
+    job, calls, _, batches = _state(settings, job_id)
+    assert len(list(batch_dir.glob("*.json"))) == 1
+    assert job.status == JobStatus.DONE and len(calls) == 60
+    assert {c.id: c.cost_usd for c in calls} == _bill(settings, catalog, batches)
