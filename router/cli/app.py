@@ -536,6 +536,7 @@ def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
             "baseline",
             f"{job.baseline_model_id}: {views.usd((job.decision or {}).get('baseline_cost_usd'), 6)} expected",
         ),
+        *views.execution_rows(job, state.batches, state.levers),
     ]
     return {
         "job_id": job_id,

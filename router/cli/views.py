@@ -359,3 +359,27 @@ def execution_line(execution: ModeDecision, *, calibrating: bool) -> str:
     if calibrating:
         text += " (after calibration, which runs synchronously)"
     return f"{text}\n  {details}" if details else text
+
+
+def execution_rows(job: Any, batches: dict[str, int], levers: dict[str, Decimal]) -> list[tuple[str, str]]:
+    """A job's execution mode, its provider batches (open ones first) and its savings by lever, as status rows."""
+    execution = job.execution or {}
+    rows: list[tuple[str, str]] = []
+    if execution:
+        deadline = f", deadline {job.deadline_at:%Y-%m-%d %H:%M} UTC" if job.deadline_at else ""
+        rows.append(("mode", f"{execution.get('summary', execution.get('bulk'))}{deadline}"))
+    if batches:
+        open_states = ("creating", "pending", "running", "ended")
+        opened = sum(n for state, n in batches.items() if state in open_states)
+        parts = ", ".join(f"{n:,} {state}" for state, n in sorted(batches.items()))
+        rows.append(("provider batches", f"{opened:,} open ({parts})"))
+    if levers and levers.get("baseline_usd"):
+        saved = levers["baseline_usd"] - levers["run_spend_usd"]
+        batch = levers["batch_run_saved_usd"]
+        rows.append(
+            (
+                "saved vs baseline",
+                f"{usd(saved, 6)}: routing {usd(saved - batch, 6)}, batch discount {usd(batch, 6)}",
+            )
+        )
+    return rows
