@@ -675,6 +675,13 @@ def demo(
     items: Annotated[int, typer.Option(help="How many demo tickets.")] = 2000,
     labelled: Annotated[int, typer.Option(help="How many of them carry a gold label (the calibration sample).")] = 200,
     min_quality: Annotated[float, typer.Option(help="The quality bar.")] = 0.9,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            help="By when the results are wanted (24h: the bulk goes to the providers' batch APIs, simulated, "
+            "and the two savings, routing and batch discount, are shown side by side)."
+        ),
+    ] = None,
 ) -> None:
     """Run a classification job end to end: no servers, no keys needed (the sandbox answers).
 
@@ -700,12 +707,19 @@ def demo(
     path = Path(tempfile.mkdtemp(prefix="pennyroute-demo-")) / "tickets.jsonl"
     truth = write_demo_tickets(path, n=items, labelled=labelled)
     request = JobRequest(
-        path=path, team="support", tenant="demo", task="classify", labels=DEMO_LABELS, min_quality=min_quality
+        path=path,
+        team="support",
+        tenant="demo",
+        task="classify",
+        labels=DEMO_LABELS,
+        min_quality=min_quality,
+        deadline=deadline,
     )
     submitted = _submit_and_run(settings, request, wait=True, exit_on_end=False)
     info = job_status(settings, submitted.job_id)
     out.print(views.status_table(info))
     _demo_summary(settings, submitted, truth)
+    out.print(views.levers_table(job_state(settings, submitted.job_id).levers, simulated=submitted.simulated))
     _end(settings, submitted.job_id)
 
 

@@ -383,3 +383,26 @@ def execution_rows(job: Any, batches: dict[str, int], levers: dict[str, Decimal]
             )
         )
     return rows
+
+
+def levers_table(levers: dict[str, Decimal], *, simulated: bool) -> Table:
+    """The two savings side by side: what routing saved (the models chosen, at the standard price)
+    and what the providers' batch discount saved (the bulk waited), against the baseline model."""
+    table = Table(
+        title="Savings by lever, against the baseline model" + (" (SIMULATED)" if simulated else ""),
+        title_justify="left",
+    )
+    for name in ("baseline", "routing saved", "batch discount saved", "spent (run items)", "saved in all"):
+        table.add_column(name, justify="right")
+    baseline = levers.get("baseline_usd", Decimal(0))
+    spent = levers.get("run_spend_usd", Decimal(0))
+    batch = levers.get("batch_run_saved_usd", Decimal(0))
+    saved = baseline - spent
+    table.add_row(
+        usd(baseline, 6),
+        usd(saved - batch, 6),
+        usd(batch, 6),
+        usd(spent, 6),
+        f"{usd(saved, 6)} ({compared(spent, baseline)})" if baseline else "-",
+    )
+    return table

@@ -29,7 +29,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -89,7 +89,12 @@ _STATE = {
 
 def time_left_s(job: JobSnapshot, now: datetime) -> float | None:
     """Seconds until the job's deadline; None when it has none."""
-    return None if job.deadline_at is None else (job.deadline_at - now).total_seconds()
+    return None if job.deadline_at is None else (aware(job.deadline_at) - now).total_seconds()
+
+
+def aware(moment: datetime) -> datetime:
+    """A time read back from the ledger, with its zone: SQLite gives it back without one (it is UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def offers(catalog: Catalog, models: Sequence[str], *, simulated: bool) -> tuple[BatchOffer, ...]:
@@ -433,7 +438,7 @@ def _look(settings: Settings, catalog: Catalog, row: Any, job: JobSnapshot, now:
             )
         return True
     if row.batch_id is None:
-        if row.created_at is not None and (now - row.created_at).total_seconds() < grace:
+        if row.created_at is not None and (now - aware(row.created_at)).total_seconds() < grace:
             return False  # its worker may still be inside `create`
         found = runtime.run(api.find(row.id))
         if found is None:
@@ -716,7 +721,7 @@ def _count(
 
 
 def _blank(call_id: str, now: datetime, started: datetime | None) -> dict[str, Any]:
-    latency = int((now - started).total_seconds() * 1000) if started is not None else None
+    latency = int((now - aware(started)).total_seconds() * 1000) if started is not None else None
     return {
         "id": call_id,
         "status": CallStatus.ERROR,
