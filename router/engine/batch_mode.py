@@ -423,7 +423,7 @@ def _poll(settings: Settings, catalog: Catalog, *, job_id: str | None, now: date
         waves[row.wave] = waves.get(row.wave, True) and ended
     for wave, all_ended in waves.items():
         if all_ended:
-            ingest_wave(settings, catalog, wave=wave)
+            ingest_wave(settings, catalog, wave=wave, at=now)
     with session_scope(settings) as session:
         return len(repo.open_provider_batches(session, job_id=job_id))
 
@@ -552,9 +552,10 @@ async def _page(results: AsyncIterator[wire.LineResult], size: int) -> list[wire
     return page
 
 
-def ingest_wave(settings: Settings, catalog: Catalog, *, wave: str) -> bool:
+def ingest_wave(settings: Settings, catalog: Catalog, *, wave: str, at: datetime | None = None) -> bool:
     """Settle a wave whose batches have all ended, exactly once (see the module's docstring); then
-    create its next wave or run what is left synchronously. Returns whether this call ingested it."""
+    create its next wave or run what is left synchronously (decided as at `at`, by default now).
+    Returns whether this call ingested it."""
     secrets = configured_secrets(settings)
     with session_scope(settings) as session:
         batches = repo.wave_batches(session, wave=wave, for_update=True)
@@ -580,7 +581,7 @@ def ingest_wave(settings: Settings, catalog: Catalog, *, wave: str) -> bool:
         missing = [c for c in calls.values() if c.status == CallStatus.IN_FLIGHT and c.id not in got.written]
         _settle_unrun(session, chunk, missing, got, now)
         item_stage = {c.item_id: stage_of_batch[c.provider_batch_id] for c in calls.values() if c.purpose != "drift"}
-        plan_next = _resolve(session, settings, catalog, chunk, got, item_stage, batches, now)
+        plan_next = _resolve(session, settings, catalog, chunk, got, item_stage, batches, now, at or now)
         for b in batches:
             repo.update_provider_batch(session, b.id, state=BatchState.INGESTED, ingested_at=now)
         found_alerts: list[dict[str, Any]] = []
@@ -780,6 +781,7 @@ def _resolve(
     item_stage: dict[int, int],
     batches: list[Any],
     now: datetime,
+    at: datetime,
 ) -> _Next:
     """Decide each item of the wave (done, failed, again, escalated), write the finished ones with the
     wave's rollups and drift counts, and record the next wave's lines (in this transaction)."""
@@ -849,9 +851,7 @@ def _resolve(
         by_stage.setdefault(stage, []).append(item_id)
     for stage, item_ids in sorted(by_stage.items()):
         rerun = all(item_stage[i] == stage for i in item_ids)
-        batch_ok = stage_in_batch(catalog, chunk, stage, now, rerun=rerun) and (
-            not rerun or round_no < MAX_BATCH_ROUNDS
-        )
+        batch_ok = stage_in_batch(catalog, chunk, stage, at, rerun=rerun) and (not rerun or round_no < MAX_BATCH_ROUNDS)
         tries = [PlannedCall(i, m, chunk.purpose) for i in item_ids for m in stages[stage]]
         if batch_ok:
             parts, refused = record_wave(

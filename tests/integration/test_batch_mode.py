@@ -304,3 +304,65 @@ def test_a_batch_row_the_provider_never_got_is_created_from_its_recorded_lines(
     assert len(list(batch_dir.glob("*.json"))) == 1
     assert job.status == JobStatus.DONE and len(calls) == 60
     assert {c.id: c.cost_usd for c in calls} == _bill(settings, catalog, batches)
+
+
+def test_a_batch_reserves_its_worst_case_at_the_batch_price_and_settles_what_came_back(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    from router.engine.chunk import run_chunk
+    from router.ledger import budgets
+
+    settings = _settings(pg_url, batch_dir, "delay_s=2")
+    catalog = load_catalog()
+    with session_scope(settings) as session:
+        found = repo.find_team(session, name=team[1], tenant=team[0])
+        budgets.set_budget(session, team=found, monthly=Decimal("50"), currency="USD", soft_pct=None, settings=settings)
+    job_id, _ = _submit(settings, tmp_path, team, n=200)
+    run_chunk(settings, catalog, job_id=job_id, lo=0, hi=200)
+    with session_scope(settings) as session:
+        period = budgets.current_period(session, team_id=found.id)
+        reserved, settled = period.reserved, period.settled
+        snapshot = repo.job_for_chunk(session, job_id)
+        texts = [i.text for i in session.execute(select(Item).where(Item.job_id == job_id)).scalars()]
+    from router.engine.batch import ChunkContext
+    from router.ledger.tables import utcnow
+
+    chunk = ChunkContext.build(catalog, snapshot)
+    now = utcnow()
+    worst = sum(chunk.worst_case_usd(catalog, "gpt-4o-mini", t, now) for t in texts) * Decimal("0.5")
+    assert settled == 0 and abs(reserved - worst) < Decimal("0.000001")  # the batch's worst case, at 0.5
+    batch_mode.wait_for_batches(settings, catalog, job_id=job_id)
+    runtime.run(close_all())
+    job, calls, _, _ = _state(settings, job_id)
+    with session_scope(settings) as session:
+        period = budgets.current_period(session, team_id=found.id)
+    assert job.status == JobStatus.DONE
+    assert period.reserved == 0 and period.settled == sum(c.cost_usd for c in calls) > 0
+
+
+def test_a_batch_still_open_near_the_deadline_is_cancelled_and_its_lines_run_synchronously(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    from datetime import timedelta
+
+    from router.engine.chunk import run_chunk
+    from router.ledger.tables import utcnow
+
+    settings = _settings(pg_url, batch_dir, "delay_s=600")
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=80)
+    run_chunk(settings, catalog, job_id=job_id, lo=0, hi=80)
+    job, _, _, batches = _state(settings, job_id)
+    assert [b.state for b in batches] == [BatchState.RUNNING]
+    assert batch_mode.poll_batches(settings, catalog, job_id=job_id) == 1  # a day left: it waits
+    near = job.deadline_at - timedelta(minutes=30)
+    batch_mode.poll_batches(settings, catalog, job_id=job_id, now=near)
+    runtime.run(close_all())
+    job, calls, items, batches = _state(settings, job_id)
+    assert batches[0].state == BatchState.INGESTED and "cancelled" in batches[0].vendor_status
+    assert job.status == JobStatus.DONE and all(i.status == "done" for i in items)
+    batch_calls = [c for c in calls if c.mode == "batch"]
+    sync_calls = [c for c in calls if c.mode == "sync"]
+    assert len(batch_calls) == 80 and all(c.cost_usd == 0 for c in batch_calls)  # cancelled before any was done
+    assert len(sync_calls) == 80 and all(c.status == CallStatus.OK and c.price_multiplier == 1 for c in sync_calls)
+    assert utcnow() < job.deadline_at
