@@ -440,16 +440,26 @@ def _look(settings: Settings, catalog: Catalog, row: Any, job: JobSnapshot, now:
     if row.batch_id is None:
         if row.created_at is not None and (now - aware(row.created_at)).total_seconds() < grace:
             return False  # its worker may still be inside `create`
-        found = runtime.run(api.find(row.id))
-        if found is None:
-            if job.status == JobStatus.CANCELLED:
-                with session_scope(settings) as session:
-                    repo.update_provider_batch(
-                        session, row.id, state=BatchState.FAILED, error="job cancelled before it was sent", ended_at=now
-                    )
+        # One poller recovers it, holding its row while it asks the provider (and creates it if need be).
+        with session_scope(settings) as session:
+            if not repo.lock_creating(session, row.id):
+                return False
+            found = runtime.run(api.find(row.id))
+            if found is None and job.status == JobStatus.CANCELLED:
+                repo.update_provider_batch(
+                    session, row.id, state=BatchState.FAILED, error="job cancelled before it was sent", ended_at=now
+                )
                 return True
-            found = _recreate(settings, catalog, row, job, api)
-        _record_created(settings, row.id, found)
+            if found is None:
+                found = _recreate(settings, catalog, row, job, api)
+            repo.record_batch_created(
+                session,
+                tag=row.id,
+                batch_id=found.batch_id,
+                state=_STATE.get(found.state, BatchState.RUNNING),
+                vendor_status=found.vendor_status,
+                now=utcnow(),
+            )
         return found.state in (wire.ENDED, wire.FAILED)
     left = time_left_s(job, now)
     if job.status == JobStatus.CANCELLED or cancel_open_batch(time_left_s=left):
@@ -608,6 +618,8 @@ def ingest_wave(settings: Settings, catalog: Catalog, *, wave: str, at: datetime
     create_parts(settings, catalog, plan_next.parts)
     if plan_next.paused:
         pause(settings, chunk, plan_next.paused)
+    if plan_next.blocked:
+        pause(settings, chunk, [], reason="provider", detail="; ".join(chunk.stopped.values()))
     if plan_next.sync_tries:
         run_sync(settings, catalog, chunk, plan_next.sync_stage, plan_next.sync_tries)
     if plan_next.checked:
@@ -764,7 +776,8 @@ class _Next:
     parts: list[_Part] = field(default_factory=list)
     sync_stage: dict[int, int] = field(default_factory=dict)
     sync_tries: list[PlannedCall] = field(default_factory=list)
-    paused: list[ClaimedItem] = field(default_factory=list)
+    paused: list[ClaimedItem] = field(default_factory=list)  # the budget cannot take them: handed back
+    blocked: bool = False  # items handed back because only stopped providers are left to them
     checked: int = 0
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -796,6 +809,7 @@ def _resolve(
     callable_models = frozenset(m for m in route_models if chunk.callable(catalog, m, stopped))
     stopped_models = frozenset(m for m in route_models if m in catalog.models and catalog.model(m).provider in stopped)
     finished: dict[int, dict[str, Any]] = {}
+    held_back: list[Any] = []
     baseline: set[str] = set()
     again: dict[int, int] = {}  # item id -> the stage it runs next
     round_no = max(b.round for b in batches)
@@ -828,7 +842,7 @@ def _resolve(
             if call_id:
                 baseline.add(call_id)
         elif decision_kind == HOLD:
-            out.paused.append(row)
+            held_back.append(row)
         else:
             again[item_id] = next_stage if next_stage is not None else stage
         out.counts[str(decision_kind)] = out.counts.get(str(decision_kind), 0) + 1
@@ -839,9 +853,9 @@ def _resolve(
     if checked:
         repo.add_drift_counts(session, job_id=job.id, model_id=chunk.route.model_id, checked=checked, agreed=agreed)
     out.checked = checked
-    if out.paused:  # a stopped provider: the held items go back, and the job pauses (after the commit)
-        repo.release_items(session, [(row.id, row.attempts) for row in out.paused])
-        out.paused = []
+    if held_back:  # a stopped provider: the held items go back, and the job pauses (after the commit)
+        repo.release_items(session, [(row.id, row.attempts) for row in held_back])
+        out.blocked = True
     if not again:
         return out
     # What runs next: each stage in batch while the deadline leaves room (a re-run at most

@@ -25,6 +25,7 @@ from router.ledger.tables import (
     BudgetPeriod,
     BudgetPolicy,
     Call,
+    CallMode,
     CallRollup,
     CallStatus,
     Item,
@@ -457,6 +458,17 @@ def insert_items(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
     session.execute(insert(ITEM), [dict(zip(ITEM_COLUMNS, row, strict=True)) for row in rows])
 
 
+def in_open_batch() -> Any:
+    """An item with a line in a provider batch not yet ingested (a call of mode batch still in flight):
+    the batch's poller, not a lease, says when it is done, so it is never taken over as a dead
+    worker's (its calls are not lost: they are at the provider)."""
+    return (
+        select(CALL.c.id)
+        .where(CALL.c.item_id == ITEM.c.id, CALL.c.status == CallStatus.IN_FLIGHT, CALL.c.mode == CallMode.BATCH)
+        .exists()
+    )
+
+
 def claim_items(session: Session, *, job_id: str, lo: int, hi: int, now: datetime, lease_until: datetime) -> list[Any]:
     """Claim the chunk's items that are pending, or whose holder's lease ran out; return them.
 
@@ -470,7 +482,7 @@ def claim_items(session: Session, *, job_id: str, lo: int, hi: int, now: datetim
             ITEM.c.seq < hi,
             or_(
                 ITEM.c.status == ItemStatus.PENDING,
-                (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now),
+                (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now) & ~in_open_batch(),
             ),
         )
         .values(status=ItemStatus.RUNNING, lease_until=lease_until, attempts=ITEM.c.attempts + 1)
@@ -985,7 +997,10 @@ def expired_items(session: Session, *, job_id: str, now: datetime) -> list[Any]:
     return list(
         session.execute(
             select(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.attempts).where(
-                ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.RUNNING, ITEM.c.lease_until < now
+                ITEM.c.job_id == job_id,
+                ITEM.c.status == ItemStatus.RUNNING,
+                ITEM.c.lease_until < now,
+                ~in_open_batch(),
             )
         ).all()
     )
@@ -1005,7 +1020,7 @@ def stalled_chunks(session: Session, *, now: datetime, idle_since: datetime, chu
     for job_id, created_at in jobs:
         last_call = session.execute(select(func.max(CALL.c.started_at)).where(CALL.c.job_id == job_id)).scalar()
         idle = (last_call or created_at) is None or (last_call or created_at) < idle_since
-        expired = (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now)
+        expired = (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now) & ~in_open_batch()
         wanted = (expired | (ITEM.c.status == ItemStatus.PENDING)) if idle else expired
         # Floor division: SQLAlchemy 2's `/` is true division, which would give one "chunk" per item.
         chunks = (
@@ -1153,3 +1168,12 @@ def extend_lease(session: Session, items: Sequence[tuple[int, int]], *, until: d
             .values(lease_until=until),
             [{"b_id": item_id, "b_held": held} for item_id, held in items],
         )
+
+
+def lock_creating(session: Session, tag: str) -> bool:
+    """Lock a batch row still without its provider id, for the one poller that recovers it (find, else
+    create); False when it has its id now, or another poller holds it (skipped, not waited for)."""
+    stmt = select(PROVIDER_BATCH.c.id).where(PROVIDER_BATCH.c.id == tag, PROVIDER_BATCH.c.batch_id.is_(None))
+    if _is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    return session.execute(stmt).first() is not None

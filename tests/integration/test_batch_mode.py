@@ -366,3 +366,30 @@ def test_a_batch_still_open_near_the_deadline_is_cancelled_and_its_lines_run_syn
     assert len(batch_calls) == 80 and all(c.cost_usd == 0 for c in batch_calls)  # cancelled before any was done
     assert len(sync_calls) == 80 and all(c.status == CallStatus.OK and c.price_multiplier == 1 for c in sync_calls)
     assert utcnow() < job.deadline_at
+
+
+def test_an_interrupted_in_process_run_leaves_its_batches_open_and_resume_ingests_them(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    from router.engine.chunk import run_chunk
+
+    settings = _settings(pg_url, batch_dir, "delay_s=1")
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=50)
+    run_chunk(settings, catalog, job_id=job_id, lo=0, hi=50)
+    # Ctrl-C while waiting on the batch: items a dead run held go back, except those in an open batch.
+    job = lifecycle.settle_interrupted(settings, catalog, job_id=job_id)
+    assert job.status == JobStatus.PAUSED
+    _, calls, items, batches = _state(settings, job_id)
+    assert all(i.status == "running" for i in items)  # not taken back: their lines are at the provider
+    assert all(c.status == CallStatus.IN_FLIGHT and c.cost_usd == 0 for c in calls)  # not charged as lost
+    lifecycle.resume(
+        settings,
+        job_id=job_id,
+        dispatcher=lifecycle.InlineDispatcher(settings, catalog),
+        catalog=catalog,
+    )
+    runtime.run(close_all())
+    job, calls, _, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE and len(batches) == 1 and len(calls) == 50
+    assert {c.id: c.cost_usd for c in calls} == _bill(settings, catalog, batches)
