@@ -393,3 +393,16 @@ def test_an_interrupted_in_process_run_leaves_its_batches_open_and_resume_ingest
     job, calls, _, batches = _state(settings, job_id)
     assert job.status == JobStatus.DONE and len(batches) == 1 and len(calls) == 50
     assert {c.id: c.cost_usd for c in calls} == _bill(settings, catalog, batches)
+
+
+def test_work_is_split_to_the_providers_line_limit(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    settings = _settings(pg_url, batch_dir, "max_lines=40")
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=100)
+    _run(settings, job_id)
+    job, calls, _, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE
+    assert sorted(b.n_lines for b in batches) == [20, 40, 40] and len({b.wave for b in batches}) == 1
+    assert {c.id: c.cost_usd for c in calls} == _bill(settings, catalog, batches)
