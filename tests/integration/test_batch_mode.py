@@ -406,3 +406,51 @@ def test_work_is_split_to_the_providers_line_limit(
     assert job.status == JobStatus.DONE
     assert sorted(b.n_lines for b in batches) == [20, 40, 40] and len({b.wave for b in batches}) == 1
     assert {c.id: c.cost_usd for c in calls} == _bill(settings, catalog, batches)
+
+
+CASCADE = {
+    "kind": "cascade",
+    "model_id": "gpt-4o-mini",
+    "second_id": "mistral-small-2603",
+    "strong_id": "claude-sonnet-4-5",
+    "fallbacks": [],
+}
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_a_cascades_escalations_go_as_a_second_batch_or_sync_when_the_deadline_is_near(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str], room: bool
+) -> None:
+    from datetime import timedelta
+
+    from router.engine.chunk import run_chunk
+
+    settings = _settings(pg_url, batch_dir)
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=300, models=None)
+    with session_scope(settings) as session:
+        repo.update_job(session, job_id, route=CASCADE, model_id="gpt-4o-mini")
+    run_chunk(settings, catalog, job_id=job_id, lo=0, hi=300)
+    job, _, _, _ = _state(settings, job_id)
+    # With room, polled now; without, polled as if 2.5 h were left: the bulk is not cancelled (that
+    # happens within 2 h) but a second batch no longer fits, so the escalations run synchronously.
+    now = None if room else job.deadline_at - timedelta(hours=2.5)
+    while batch_mode.poll_batches(settings, catalog, job_id=job_id, now=now):
+        pass
+    runtime.run(close_all())
+    job, calls, items, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE and all(i.status == "done" for i in items)
+    first = [b for b in batches if b.stage == 0]
+    assert {b.model_id for b in first} == {"gpt-4o-mini", "mistral-small-2603"} and len({b.wave for b in first}) == 1
+    strong = [c for c in calls if c.model_id == "claude-sonnet-4-5"]
+    assert strong, "some items must disagree and escalate"
+    if room:
+        assert {b.model_id for b in batches if b.stage == 1} == {"claude-sonnet-4-5"}
+        assert all(c.mode == "batch" for c in strong)
+    else:
+        assert not [b for b in batches if b.stage == 1]
+        assert all(c.mode == "sync" and c.price_multiplier == 1 for c in strong)
+    assert {c.id: c.cost_usd for c in calls if c.cost_usd and c.mode == "batch"} == _bill(settings, catalog, batches)
+    by_id = {c.id: c for c in calls}
+    escalated = [i for i in items if by_id[i.final_call_id].model_id == "claude-sonnet-4-5"]
+    assert escalated and len(escalated) == len(strong)

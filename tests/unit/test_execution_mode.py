@@ -128,3 +128,12 @@ def test_rerun_mode(time_left_s: float | None, window_s: int, expected: str) -> 
 @pytest.mark.parametrize(("time_left_s", "expected"), [(None, False), (10 * H, False), (1.5 * H, True), (-5.0, True)])
 def test_cancel_open_batch(time_left_s: float | None, expected: bool) -> None:
     assert cancel_open_batch(time_left_s=time_left_s) is expected
+
+
+def test_beat_polls_open_batches_with_a_short_task() -> None:
+    from router.jobs.dispatch import POLL_BATCHES_TASK, VISIBILITY_TIMEOUT_S, celery_config
+    from router.settings import Settings
+
+    config = celery_config(Settings(broker_url="redis://127.0.0.1:6379/13", _env_file=None))  # type: ignore[call-arg]
+    entry = config["beat_schedule"]["poll-batches"]
+    assert entry["task"] == POLL_BATCHES_TASK and 0 < entry["schedule"] < VISIBILITY_TIMEOUT_S
