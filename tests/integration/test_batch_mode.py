@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from router.catalog import Catalog, load_catalog
-from router.engine import batch_mode, runtime
+from router.engine import batch_mode, batch_submit, runtime
 from router.jobs import lifecycle
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
@@ -252,7 +252,7 @@ def test_a_worker_killed_between_create_and_recording_the_id_creates_nothing_twi
 
     from router.engine.chunk import run_chunk
 
-    monkeypatch.setattr(batch_mode, "_record_created", killed)
+    monkeypatch.setattr(batch_submit, "record_created", killed)
     with pytest.raises(SystemExit):
         run_chunk(settings, catalog, job_id=job_id, lo=0, hi=100)
     monkeypatch.undo()
@@ -288,7 +288,7 @@ def test_a_batch_row_the_provider_never_got_is_created_from_its_recorded_lines(
 
     from router.engine.chunk import run_chunk
 
-    monkeypatch.setattr(batch_mode, "create_parts", killed)
+    monkeypatch.setattr(batch_submit, "create_parts", killed)
     with pytest.raises(SystemExit):
         run_chunk(settings, catalog, job_id=job_id, lo=0, hi=60)
     monkeypatch.undo()
