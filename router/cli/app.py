@@ -1131,8 +1131,9 @@ def _resuming(job: Any) -> None:
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
-    """Cancel a job: stop dispatch, end its pending items, give back its budget reservations, and
-    record calls whose worker died (calls in flight in live workers are recorded when they return)."""
+    """Cancel a job: stop dispatch, end its pending items, give back its budget reservations, cancel
+    its open provider batches (keeping the lines they finished), and record calls whose worker died
+    (calls in flight in live workers are recorded when they return)."""
     settings = _settings()
     try:
         ensure_schema(settings)
@@ -1147,6 +1148,11 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> N
         f"recorded as their calls return; budget given back {done['released']}; calls of dead workers "
         f"charged at their worst case ${done['lost_calls_usd']}"
     )
+    if done.get("batches_cancelled"):
+        out.print(
+            f"{done['batches_cancelled']:,} provider batches asked to cancel: the lines they finished are kept "
+            "(and charged at the batch price); the rest end as cancelled"
+        )
 
 
 def main() -> None:
