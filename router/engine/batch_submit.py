@@ -271,7 +271,11 @@ def record_wave(
                     "round": round_no,
                     "simulated": simulated,
                     "price_multiplier": multiplier,
-                    "reserved_usd": Decimal(0),
+                    # Its lines' worst case at the batch price (held in the wave's reservation under a budget).
+                    "reserved_usd": sum(
+                        (chunk.worst_case_usd(catalog, model_id, texts[t.item_id], now) * multiplier for t in group),
+                        Decimal(0),
+                    ),
                     "reservation_id": reservation_id,
                     "created_at": now,
                 }

@@ -331,6 +331,9 @@ def test_a_batch_reserves_its_worst_case_at_the_batch_price_and_settles_what_cam
     now = utcnow()
     worst = sum(chunk.worst_case_usd(catalog, "gpt-4o-mini", t, now) for t in texts) * Decimal("0.5")
     assert settled == 0 and abs(reserved - worst) < Decimal("0.000001")  # the batch's worst case, at 0.5
+    with session_scope(settings) as session:
+        rows = list(session.execute(select(ProviderBatch).where(ProviderBatch.job_id == job_id)).scalars())
+    assert abs(sum(r.reserved_usd for r in rows) - worst) < Decimal("0.000001")  # kept on the batch rows too
     batch_mode.wait_for_batches(settings, catalog, job_id=job_id)
     runtime.run(close_all())
     job, calls, _, _ = _state(settings, job_id)
