@@ -35,6 +35,7 @@ def upgrade() -> None:
     sa.Column('vendor_status', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('n_lines', sa.Integer(), nullable=False, server_default='0'),
     sa.Column('stage', sa.Integer(), nullable=False, server_default='0'),
+    sa.Column('stage_models', sa.JSON(), nullable=True),
     sa.Column('round', sa.Integer(), nullable=False, server_default='1'),
     sa.Column('simulated', sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column('price_multiplier', Money(), nullable=False, server_default='1'),

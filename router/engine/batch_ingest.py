@@ -314,8 +314,11 @@ def _resolve(
     status = repo.job_status(session, job.id)
     cancelled = status == JobStatus.CANCELLED
     stages = chunk.route.stages()
+    for b in batches:  # the wave is judged on the models it was sent to (a re-route since moves later stages only)
+        if b.stage_models and b.stage < len(stages):
+            stages[b.stage] = tuple(b.stage_models)
     stopped = dict(job.stopped_providers or {})
-    route_models = chunk.route.models()
+    route_models = list(dict.fromkeys([*chunk.route.models(), *(m for stage in stages for m in stage)]))
     callable_models = frozenset(m for m in route_models if chunk.callable(catalog, m, stopped))
     stopped_models = frozenset(m for m in route_models if m in catalog.models and catalog.model(m).provider in stopped)
     finished: dict[int, dict[str, Any]] = {}

@@ -237,6 +237,7 @@ def record_wave(
         for t in per_item[row.id]:
             by_model.setdefault(t.model_id, []).append(t)
     simulated = chunk.job.simulated
+    route_stages = chunk.route.stages()
     for model_id, model_tries in by_model.items():
         provider = catalog.model(model_id).provider
         api = runtime.run(batch_api_of(catalog, settings, provider, simulated))
@@ -268,6 +269,9 @@ def record_wave(
                     "state": BatchState.CREATING,
                     "n_lines": len(group),
                     "stage": stage_of[group[0].item_id],
+                    "stage_models": list(route_stages[stage_of[group[0].item_id]])
+                    if stage_of[group[0].item_id] < len(route_stages)
+                    else None,
                     "round": round_no,
                     "simulated": simulated,
                     "price_multiplier": multiplier,

@@ -325,6 +325,9 @@ class ProviderBatch(SQLModel, table=True):
     vendor_status: str | None = None
     n_lines: int = 0
     stage: int = 0  # the route's stage its lines belong to
+    # That stage's models, in the route's order, when the wave was sent: the wave is judged on them,
+    # even if the job was re-routed (drift) while it was out.
+    stage_models: list[str] | None = Field(default=None, sa_column=Column(JSON))
     round: int = 1  # 1: the lines' first batch; 2 and on: lines re-run after a batch left them undone
     simulated: bool = False
     price_multiplier: Decimal = Field(

@@ -457,3 +457,21 @@ def test_a_cascades_escalations_go_as_a_second_batch_or_sync_when_the_deadline_i
     by_id = {c.id: c for c in calls}
     escalated = [i for i in items if by_id[i.final_call_id].model_id == "claude-sonnet-4-5"]
     assert escalated and len(escalated) == len(strong)
+
+
+def test_a_wave_out_while_the_job_is_rerouted_is_judged_on_the_models_it_was_sent_to(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    from router.engine.chunk import run_chunk
+
+    settings = _settings(pg_url, batch_dir, "delay_s=1")
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=60, models=None)
+    run_chunk(settings, catalog, job_id=job_id, lo=0, hi=60)
+    with session_scope(settings) as session:  # drift re-routed it upward while the batch was out
+        repo.update_job(session, job_id, route={"kind": "single", "model_id": "gpt-4o"}, model_id="gpt-4o")
+    batch_mode.wait_for_batches(settings, catalog, job_id=job_id)
+    runtime.run(close_all())
+    job, calls, items, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE and len(batches) == 1 and batches[0].stage_models == ["gpt-4o-mini"]
+    assert len(calls) == 60 and {c.model_id for c in calls} == {"gpt-4o-mini"}  # nothing sent again
