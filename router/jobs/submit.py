@@ -137,7 +137,6 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             decision = choose_model(profile, pool)
         if not decision.ok:
             raise NoModelError(decision, hint=_no_measure_hint(decision, mode))  # rolls the whole job back
-        _check_budget(session, settings, request, team, decision)
         route = single_route(decision)
         deadline_at = parse_deadline(request.deadline, now=utcnow()) if request.deadline else None
         execution = execution_for(
@@ -150,6 +149,8 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         )
         if execution.refused is not None:
             raise InputError(execution.refused, field="--mode")  # rolls the whole job back
+        # A bulk that goes to batch is checked against the budget at the batch price.
+        _check_budget(session, settings, request, team, decision, multiplier=execution.multiplier)
         baseline = catalog.price(decision.baseline_model_id) if decision.baseline_model_id else None
         repo.update_job(
             session,
@@ -278,7 +279,15 @@ def _load_items(
     return loaded
 
 
-def _check_budget(session: Session, settings: Settings, request: JobRequest, team: Team, decision: Decision) -> None:
+def _check_budget(
+    session: Session,
+    settings: Settings,
+    request: JobRequest,
+    team: Team,
+    decision: Decision,
+    *,
+    multiplier: Decimal = Decimal(1),
+) -> None:
     """Refuse (reject) a job whose expected cost exceeds what its team's budget has left.
 
     With pause, the job runs until the budget is spent and then waits. With downgrade, it runs on
@@ -289,10 +298,12 @@ def _check_budget(session: Session, settings: Settings, request: JobRequest, tea
     if period is None or decision.expected_cost_usd is None:
         return
     remaining = budgets.remaining_usd(period, settings)
-    if fits(decision.expected_cost_usd, remaining) or request.on_budget != "reject":
+    expected = decision.expected_cost_usd * multiplier
+    if fits(expected, remaining) or request.on_budget != "reject":
         return
+    at = f" (at the batch price, {multiplier.normalize():f} of the standard)" if multiplier != 1 else ""
     raise BudgetError(
-        f"job's expected cost ${decision.expected_cost_usd:.6f} on {decision.model_id} exceeds team {team.name}'s "
+        f"job's expected cost ${expected:.6f}{at} on {decision.model_id} exceeds team {team.name}'s "
         f"remaining budget ${remaining:.6f} (limit {period.limit_amount.normalize():f} {period.currency}, settled "
         f"{period.settled.normalize():f}, reserved {period.reserved.normalize():f}) for {period.period_start:%Y-%m}: "
         "raise it with `pennyroute budget set`, or submit with --on-budget pause"

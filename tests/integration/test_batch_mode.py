@@ -475,3 +475,29 @@ def test_a_wave_out_while_the_job_is_rerouted_is_judged_on_the_models_it_was_sen
     job, calls, items, batches = _state(settings, job_id)
     assert job.status == JobStatus.DONE and len(batches) == 1 and batches[0].stage_models == ["gpt-4o-mini"]
     assert len(calls) == 60 and {c.model_id for c in calls} == {"gpt-4o-mini"}  # nothing sent again
+
+
+def test_the_budget_check_at_submit_uses_the_batch_price(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    from router.errors import BudgetError
+    from router.ledger import budgets
+
+    settings = _settings(pg_url, batch_dir)
+    _, probe = _submit(settings, tmp_path, team, n=400, deadline=None)  # no budget yet: what it would cost
+    expected = probe.decision.expected_cost_usd
+    with session_scope(settings) as session:
+        found = repo.find_team(session, name=team[1], tenant=team[0])
+        spent = repo.job_spend(session, probe.job_id)
+        budgets.set_budget(
+            session,
+            team=found,
+            monthly=spent + expected * Decimal("0.75"),
+            currency="USD",
+            soft_pct=None,
+            settings=settings,
+        )
+    with pytest.raises(BudgetError, match="exceeds"):
+        _submit(settings, tmp_path, team, n=400, deadline=None)
+    job_id, submitted = _submit(settings, tmp_path, team, n=400, deadline="24h")  # fits at half price
+    assert submitted.execution.bulk == "batch"
