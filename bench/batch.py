@@ -33,7 +33,7 @@ import psycopg  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from router.catalog import load_catalog  # noqa: E402
-from router.engine import runtime  # noqa: E402
+from router.engine import batch_ingest, batch_mode, runtime  # noqa: E402
 from router.jobs import lifecycle  # noqa: E402
 from router.jobs.intake import JobRequest  # noqa: E402
 from router.jobs.submit import submit_job  # noqa: E402
@@ -89,6 +89,22 @@ class RssSampler:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+INGESTS: list[tuple[int, float, float]] = []  # (0, RSS before, RSS after) of each wave ingested
+
+
+def _watch_ingests() -> None:
+    """Record this process's RSS around each wave's ingest (the batch poller is the one that reads results)."""
+    real = batch_ingest.ingest_wave
+
+    def watched(*args: object, **kwargs: object) -> bool:
+        before = _rss_mb()
+        done = real(*args, **kwargs)  # type: ignore[arg-type]
+        INGESTS.append((0, before, _rss_mb()))
+        return done
+
+    batch_mode.ingest_wave = watched  # type: ignore[assignment]
 
 
 def _write_items(path: Path, n: int) -> Path:
@@ -162,6 +178,7 @@ def main() -> None:
         repo.ensure_team(session, tenant="bench", team="ops")
     path = _write_items(batch_dir / "items.jsonl", args.items)
 
+    _watch_ingests()
     with RssSampler() as rss:
         batch_job, batch_s = _run_job(settings, path, mode="auto", deadline="24h")
     sync_job, sync_s = _run_job(settings, path, mode="sync", deadline=None)
@@ -192,6 +209,7 @@ def main() -> None:
     sync_cost, sync_calls = _run_cost(settings, sync_job)
     sync_tail = sum((c.cost_usd for c in calls if c.mode == "sync"), Decimal(0))
     rounds = max((b.round for b in batches), default=0)
+    expired_billed = sum((c.cost_usd for c in calls if c.error and c.error.startswith("expired")), Decimal(0))
     print(
         f"\nbatch mode, {args.items:,} items, provider {args.provider}, {MODEL}, "
         f"{args.errors:.0%} of lines errored, {args.expired:.0%} expired (billed)"
@@ -205,6 +223,13 @@ def main() -> None:
         ("same job, synchronous", f"${sync_cost:.6f}  ({sync_calls:,} calls)"),
         ("batch / sync", f"{batch_cost / sync_cost:.4f}" if sync_cost else "-"),
         (
+            "  without lines billed though expired",
+            f"${expired_billed:.6f} of it billed for expired lines (run again): the rest is "
+            f"{(batch_cost - expired_billed) / sync_cost:.4f} of sync"
+            if sync_cost
+            else "-",
+        ),
+        (
             "ledger vs batch bill",
             f"{len(ledger):,} billed lines in the ledger, {len(bill):,} on the bill, "
             f"{mismatched} differ; sums ${sum(ledger.values(), Decimal(0)):.10f} vs ${sum(bill.values(), Decimal(0)):.10f}",
@@ -217,6 +242,7 @@ def main() -> None:
             if rss.samples
             else "-",
         ),
+        ("RSS around each ingest", ", ".join(f"{a:.0f}->{b:.0f} MB" for _, a, b in INGESTS) or "-"),
         ("wall time", f"batch {batch_s:.1f} s (simulated: no 24 h wait), sync {sync_s:.1f} s"),
     ]
     width = max(len(k) for k, _ in rows)
