@@ -28,12 +28,15 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
+
+from sqlmodel import Session
 
 from policies.execution_mode import cancel_open_batch
 from router.catalog import Catalog
 from router.engine import runtime
-from router.engine.batch import ChunkContext
+from router.engine.batch import ChunkContext, rollups
 from router.engine.batch_ingest import ingest_wave
 from router.engine.batch_submit import (
     ERROR_CHARS,
@@ -48,9 +51,10 @@ from router.engine.batch_submit import (
     time_left_s,
 )
 from router.errors import ProviderError
-from router.ledger import repo
+from router.ledger import budgets, repo
 from router.ledger.db import get_engine, session_scope
-from router.ledger.tables import BatchState, JobStatus, utcnow
+from router.ledger.rollup import CallFacts, upsert_rollups
+from router.ledger.tables import BatchState, CallStatus, JobStatus, utcnow
 from router.ledger.types import JobSnapshot
 from router.providers import batch_api as wire
 from router.redact import configured_secrets, redact
@@ -145,6 +149,11 @@ def _look(settings: Settings, catalog: Catalog, row: Any, job: JobSnapshot, now:
                     session, row.id, state=BatchState.FAILED, error="job cancelled before it was sent", ended_at=now
                 )
                 return True
+            if found is None and not getattr(api, "can_find", True):
+                # The vendor cannot be asked whether it has the batch: its lines may have been sent, and
+                # billed. They are charged at their worst case (as a dead worker's calls) and run again.
+                _charge_maybe_sent(session, settings, catalog, row, job, now)
+                return True
             if found is None:
                 found = _recreate(settings, catalog, row, job, api)
             repo.record_batch_created(
@@ -173,6 +182,69 @@ def _look(settings: Settings, catalog: Catalog, row: Any, job: JobSnapshot, now:
             error=state.error,
         )
     return ours in (BatchState.ENDED, BatchState.FAILED)
+
+
+def _charge_maybe_sent(
+    session: Session, settings: Settings, catalog: Catalog, row: Any, job: JobSnapshot, now: datetime
+) -> None:
+    """A batch that may or may not be at the provider, which cannot be asked: its lines in flight are
+    recorded unknown at their worst case at the batch price (the ledger may exceed the bill, never fall
+    short of it), in the rollups and settled against the budget; the batch fails, so its items run again."""
+    chunk = ChunkContext.build(catalog, job)
+    texts = {r.id: r.text for r in repo.batch_lines(session, row.id)}
+    updates: list[dict[str, Any]] = []
+    facts: dict[tuple[str, str], list[CallFacts]] = {}
+    for call in repo.batch_calls(session, [row.id]):
+        if call.status != CallStatus.IN_FLIGHT:
+            continue
+        usage = chunk.worst_usage(catalog, call.model_id, texts[call.id])
+        standard = catalog.price(call.model_id, call.started_at).cost_usd(usage)
+        cost = standard * call.price_multiplier
+        updates.append(
+            {
+                "id": call.id,
+                "status": CallStatus.UNKNOWN,
+                "input_tokens": usage.input_tokens,
+                "cached_input_tokens": 0,
+                "cache_write_tokens": 0,
+                "output_tokens": usage.output_tokens,
+                "reasoning_tokens": 0,
+                "usage_estimated": True,
+                "cost_usd": cost,
+                "latency_ms": None,
+                "error": "batch maybe sent, and the provider cannot be asked for it: charged at its worst case",
+                "finish": None,
+                "finished_at": now,
+            }
+        )
+        facts.setdefault((call.model_id, call.purpose), []).append(
+            CallFacts(
+                started_at=call.started_at,
+                failed=True,
+                input_tokens=usage.input_tokens,
+                cached_input_tokens=0,
+                output_tokens=usage.output_tokens,
+                cost_usd=cost,
+                simulated=job.simulated,
+                batch=True,
+                batch_saved_usd=standard - cost,
+            )
+        )
+    written = repo.settle_calls(session, updates)
+    total = sum((u["cost_usd"] for u in updates if u["id"] in written), Decimal(0))
+    if len(written) == len(updates):  # else another poller charged them: its facts are in the rollups
+        upsert_rollups(session, rollups(catalog, job, facts, baseline_calls=()))
+        if job.has_budget and total:
+            budgets.settle_unknown(
+                session, job_id=job.id, team_id=job.team_id, amount_usd=total, settings=settings, now=now
+            )
+    repo.update_provider_batch(
+        session,
+        row.id,
+        state=BatchState.FAILED,
+        error="maybe sent; the provider cannot be asked for it: its lines were charged at their worst case",
+        ended_at=now,
+    )
 
 
 def _recreate(settings: Settings, catalog: Catalog, row: Any, job: JobSnapshot, api: wire.BatchAPI) -> wire.BatchState:

@@ -501,3 +501,40 @@ def test_the_budget_check_at_submit_uses_the_batch_price(
         _submit(settings, tmp_path, team, n=400, deadline=None)
     job_id, submitted = _submit(settings, tmp_path, team, n=400, deadline="24h")  # fits at half price
     assert submitted.execution.bulk == "batch"
+
+
+def test_a_batch_maybe_sent_to_a_vendor_that_cannot_be_asked_is_charged_at_worst_and_run_again(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from router.engine.chunk import run_chunk
+    from router.ledger.tables import utcnow
+
+    settings = _settings(pg_url, batch_dir)
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=40)
+
+    def killed(*_: Any, **__: Any) -> None:
+        raise SystemExit("worker killed around create")
+
+    monkeypatch.setattr(batch_submit, "create_parts", killed)
+    with pytest.raises(SystemExit):
+        run_chunk(settings, catalog, job_id=job_id, lo=0, hi=40)
+    monkeypatch.undo()
+    monkeypatch.setattr(SandboxBatchAPI, "can_find", False, raising=False)
+    batch_mode.poll_batches(settings, catalog, job_id=job_id, now=utcnow() + timedelta(hours=1))
+    monkeypatch.undo()
+    batch_mode.wait_for_batches(settings, catalog, job_id=job_id)
+    runtime.run(close_all())
+    job, calls, items, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE and all(i.status == "done" for i in items)
+    first = next(b for b in batches if b.state == BatchState.INGESTED and b.batch_id is None)
+    unknown = [c for c in calls if c.provider_batch_id == first.id]
+    assert len(unknown) == 40 and all(c.status == CallStatus.UNKNOWN and c.cost_usd > 0 for c in unknown)
+    assert all(c.price_multiplier == Decimal("0.5") for c in unknown)
+    rest = [c for c in calls if c.provider_batch_id != first.id]
+    assert len(rest) == 40 and {c.id: c.cost_usd for c in rest} == _bill(settings, catalog, batches)
+    with session_scope(settings) as session:
+        rolled = session.execute(select(func.sum(CallRollup.cost_usd)).where(CallRollup.job_id == job_id)).scalar()
+    assert rolled == sum(c.cost_usd for c in calls)
