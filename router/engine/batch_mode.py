@@ -121,8 +121,12 @@ def _poll(settings: Settings, catalog: Catalog, *, job_id: str | None, now: date
                     repo.update_provider_batch(session, row.id, error=said, polled_at=now)
         waves[row.wave] = waves.get(row.wave, True) and ended
     for wave, all_ended in waves.items():
-        if all_ended:
+        if not all_ended:
+            continue
+        try:
             ingest_wave(settings, catalog, wave=wave, at=now)
+        except ProviderError as exc:  # reading results failed: nothing was written; the next poll reads again
+            log.warning("provider batch wave %s: results could not be read: %s", wave, exc)
     with session_scope(settings) as session:
         return len(repo.open_provider_batches(session, job_id=job_id))
 
