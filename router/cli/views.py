@@ -369,7 +369,7 @@ def execution_rows(job: Any, batches: dict[str, int], levers: dict[str, Decimal]
         deadline = f", deadline {job.deadline_at:%Y-%m-%d %H:%M} UTC" if job.deadline_at else ""
         rows.append(("mode", f"{execution.get('summary', execution.get('bulk'))}{deadline}"))
     if batches:
-        open_states = ("creating", "pending", "running", "ended")
+        open_states = ("creating", "pending", "running", "ended", "failed")  # BatchState.OPEN: not yet ingested
         opened = sum(n for state, n in batches.items() if state in open_states)
         parts = ", ".join(f"{n:,} {state}" for state, n in sorted(batches.items()))
         rows.append(("provider batches", f"{opened:,} open ({parts})"))

@@ -1067,7 +1067,7 @@ def update_provider_batch(session: Session, tag: str, **values: Any) -> None:
 
 
 def open_provider_batches(session: Session, *, job_id: str | None = None) -> list[Any]:
-    """Batches not yet ingested (creating, pending, running, ended), oldest first; of one job if given."""
+    """Batches not yet ingested (creating, pending, running, ended, failed), oldest first; of one job if given."""
     stmt = select(PROVIDER_BATCH).where(PROVIDER_BATCH.c.state.in_(list(BatchState.OPEN)))
     if job_id is not None:
         stmt = stmt.where(PROVIDER_BATCH.c.job_id == job_id)

@@ -299,7 +299,7 @@ class BatchState:
     ENDED = "ended"  # the provider says every line has its outcome; results not yet all ingested
     INGESTED = "ingested"  # every line settled; nothing more to do
     FAILED = "failed"  # refused whole by the provider (no line ran, none billed); its lines re-run
-    OPEN = (CREATING, PENDING, RUNNING, ENDED)
+    OPEN = (CREATING, PENDING, RUNNING, ENDED, FAILED)  # not yet ingested: the poller still has work on them
 
 
 class ProviderBatch(SQLModel, table=True):

@@ -260,6 +260,7 @@ class SandboxBatchKnobs:
     bill_expired  whether an expired line is billed all the same (it was answered, then dropped)
     out_of_order  results come in an order of their own, not the input's
     max_lines     lines one batch may hold (the engine splits work to fit)
+    max_bytes     encoded bytes one batch may hold (likewise)
     window_s      the batch's completion window
     """
 
@@ -269,6 +270,7 @@ class SandboxBatchKnobs:
     bill_expired: bool = False
     out_of_order: bool = True
     max_lines: int = 50_000
+    max_bytes: int = 200 * 1024 * 1024  # OpenAI's input file limit
     window_s: int = 24 * 3600
 
     @classmethod
@@ -285,15 +287,15 @@ class SandboxBatchKnobs:
                 if raw.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(f"sandbox_batch: {key} must be true or false, not {raw!r}")
                 values[key] = raw.lower() in ("true", "1")
-            elif key in ("max_lines", "window_s"):
+            elif key in ("max_lines", "max_bytes", "window_s"):
                 values[key] = int(raw)
             else:
                 values[key] = float(raw)
         knobs = cls(**values)
         if not (0 <= knobs.errors <= 1 and 0 <= knobs.expired <= 1 and knobs.errors + knobs.expired <= 1):
             raise ValueError("sandbox_batch: errors and expired are shares of the lines, together at most 1")
-        if knobs.delay_s < 0 or knobs.max_lines < 1 or knobs.window_s < 1:
-            raise ValueError("sandbox_batch: delay_s must be 0 or more, max_lines and window_s positive")
+        if knobs.delay_s < 0 or knobs.max_lines < 1 or knobs.max_bytes < 1 or knobs.window_s < 1:
+            raise ValueError("sandbox_batch: delay_s must be 0 or more, max_lines, max_bytes and window_s positive")
         return knobs
 
 
@@ -327,7 +329,7 @@ class SandboxBatchAPI:
         self._dir = directory or default_batch_dir()
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.limits = BatchLimits(
-            max_lines=self.knobs.max_lines, max_bytes=200 * 1024 * 1024, window_s=self.knobs.window_s
+            max_lines=self.knobs.max_lines, max_bytes=self.knobs.max_bytes, window_s=self.knobs.window_s
         )
 
     # -- files --
@@ -356,6 +358,10 @@ class SandboxBatchAPI:
     async def create(self, lines: Sequence[BatchLine], *, model: str, tag: str) -> BatchState:
         if not lines:
             raise ProviderStatusError("sandbox batch: no lines", provider=self.name, status_code=400)
+        if sum(self.line_bytes(line) for line in lines) > self.limits.max_bytes:
+            raise ProviderStatusError(
+                f"sandbox batch: more than {self.limits.max_bytes} bytes", provider=self.name, status_code=400
+            )
         if len(lines) > self.limits.max_lines:
             raise ProviderStatusError(
                 f"sandbox batch: {len(lines)} lines, more than {self.limits.max_lines}",

@@ -538,3 +538,47 @@ def test_a_batch_maybe_sent_to_a_vendor_that_cannot_be_asked_is_charged_at_worst
     with session_scope(settings) as session:
         rolled = session.execute(select(func.sum(CallRollup.cost_usd)).where(CallRollup.job_id == job_id)).scalar()
     assert rolled == sum(c.cost_usd for c in calls)
+
+
+def test_work_is_split_to_the_providers_byte_limit(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str]
+) -> None:
+    settings = _settings(pg_url, batch_dir, "max_bytes=20000")
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=100)
+    _run(settings, job_id)
+    job, calls, _, batches = _state(settings, job_id)
+    api = runtime.run(_api(catalog, settings))
+    assert job.status == JobStatus.DONE and len(batches) > 1 and sum(b.n_lines for b in batches) == 100
+    for b in batches:  # each within the limit, as the provider counts it (every create was accepted)
+        assert sum(len(line) for line in (batch_dir / f"{b.id}.jsonl").read_text().splitlines()) <= 20000
+    assert api.limits.max_bytes == 20000
+    assert {c.id: c.cost_usd for c in calls} == _bill(settings, catalog, batches)
+
+
+def test_a_batch_the_provider_refuses_at_create_runs_its_lines_again(
+    pg_url: str, batch_dir: Path, tmp_path: Path, team: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router.errors import ProviderStatusError
+
+    settings = _settings(pg_url, batch_dir)
+    catalog = load_catalog()
+    job_id, _ = _submit(settings, tmp_path, team, n=30)
+    real = SandboxBatchAPI.create
+    refused: list[str] = []
+
+    async def create_once_refused(self: SandboxBatchAPI, lines: Any, *, model: str, tag: str) -> Any:
+        if not refused:
+            refused.append(tag)
+            raise ProviderStatusError("invalid_request: the input file was refused", provider="openai", status_code=400)
+        return await real(self, lines, model=model, tag=tag)
+
+    monkeypatch.setattr(SandboxBatchAPI, "create", create_once_refused)
+    _run(settings, job_id)
+    job, calls, items, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE and all(i.status == "done" for i in items)
+    first = next(b for b in batches if b.id == refused[0])
+    assert first.batch_id is None and "input file was refused" in (first.error or "")
+    unrun = [c for c in calls if c.provider_batch_id == first.id]
+    assert len(unrun) == 30 and all(c.cost_usd == 0 and c.error.startswith("not run") for c in unrun)
+    assert {c.id: c.cost_usd for c in calls if c.cost_usd} == _bill(settings, catalog, batches)
