@@ -306,7 +306,8 @@ def _submit_and_run(
         if not quiet_decision:
             out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
         out.print(submitted.decision.summary)
-    if submitted.execution is not None:
+    asked = request.deadline is not None or request.mode != "auto"
+    if submitted.execution is not None and (asked or submitted.execution.bulk == "batch"):
         out.print(views.execution_line(submitted.execution, calibrating=submitted.calibrating))
     if quiet:
         sys.stdout.write(submitted.job_id + "\n")
