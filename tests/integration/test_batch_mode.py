@@ -582,3 +582,28 @@ def test_a_batch_the_provider_refuses_at_create_runs_its_lines_again(
     unrun = [c for c in calls if c.provider_batch_id == first.id]
     assert len(unrun) == 30 and all(c.cost_usd == 0 and c.error.startswith("not run") for c in unrun)
     assert {c.id: c.cost_usd for c in calls if c.cost_usd} == _bill(settings, catalog, batches)
+
+
+def test_the_embedded_default_on_sqlite_runs_batch_mode_exactly_once(
+    batch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router.ledger.db import ensure_schema
+
+    settings = _settings(f"sqlite:///{tmp_path / 'ledger.db'}", batch_dir, "errors=0.1,expired=0.05,bill_expired=true")
+    catalog = load_catalog()
+    ensure_schema(settings)
+    with session_scope(settings) as session:
+        repo.ensure_team(session, tenant="acme", team="growth")
+    job_id, submitted = _submit(settings, tmp_path, ("acme", "growth"), n=300)
+    assert submitted.execution.bulk == "batch"
+    _run(settings, job_id)
+    job, calls, items, batches = _state(settings, job_id)
+    assert job.status == JobStatus.DONE and all(i.status == "done" for i in items)
+    assert max(b.round for b in batches) >= 2 and all(b.state == BatchState.INGESTED for b in batches)
+    batch_billed = {c.id: c.cost_usd for c in calls if c.cost_usd and c.mode == "batch"}
+    assert batch_billed == _bill(settings, catalog, batches)
+    with session_scope(settings) as session:
+        rolled = sum(
+            r.cost_usd for r in session.execute(select(CallRollup).where(CallRollup.job_id == job_id)).scalars()
+        )
+    assert rolled == sum(c.cost_usd for c in calls)
