@@ -584,9 +584,7 @@ def test_a_batch_the_provider_refuses_at_create_runs_its_lines_again(
     assert {c.id: c.cost_usd for c in calls if c.cost_usd} == _bill(settings, catalog, batches)
 
 
-def test_the_embedded_default_on_sqlite_runs_batch_mode_exactly_once(
-    batch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_embedded_default_on_sqlite_runs_batch_mode_exactly_once(batch_dir: Path, tmp_path: Path) -> None:
     from router.ledger.db import ensure_schema
 
     settings = _settings(f"sqlite:///{tmp_path / 'ledger.db'}", batch_dir, "errors=0.1,expired=0.05,bill_expired=true")
