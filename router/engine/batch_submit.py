@@ -28,7 +28,7 @@ from router.ledger.tables import BatchState, CallMode, utcnow
 from router.ledger.types import ClaimedItem, JobSnapshot
 from router.providers import batch_api as wire
 from router.providers.base import ChatRequest
-from router.providers.registry import get_batch_api, has_batch_api
+from router.providers.registry import get_batch_api, has_batch_api, sandbox_batch_knobs
 from router.redact import configured_secrets, redact
 from router.settings import Settings
 
@@ -52,6 +52,12 @@ STATE = {
 
 
 # -- what goes to batch ------------------------------------------------------------------------------
+
+
+def check_settings(settings: Settings, *, simulated: bool) -> None:
+    """Refuse, before a job is written, batch settings that would fail it later (ConfigError)."""
+    if simulated:
+        sandbox_batch_knobs(settings)
 
 
 def time_left_s(job: JobSnapshot, now: datetime) -> float | None:

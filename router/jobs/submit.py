@@ -67,6 +67,7 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         )
     ensure_schema(settings)
     simulated = settings.sandbox_active
+    batch_mode.check_settings(settings, simulated=simulated)
     spec = spec_for(request.task, request.labels, request.max_words)
     pool = candidates(catalog, settings, task=request.task, simulated=simulated)
     base_profile = JobProfile(

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from router.catalog import Catalog, ProviderInfo
+from router.errors import ConfigError
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
 from router.providers.batch_api import BatchAPI
@@ -84,12 +85,20 @@ def has_batch_api(catalog: Catalog, name: str, *, simulated: bool) -> bool:
     return simulated or info.kind in BATCH_API_CLASSES
 
 
+def sandbox_batch_knobs(settings: Settings) -> SandboxBatchKnobs:
+    """The sandbox batch API's knobs from settings; ConfigError naming the setting when they are wrong."""
+    try:
+        return SandboxBatchKnobs.parse(settings.sandbox_batch)
+    except ValueError as exc:
+        raise ConfigError(f"PENNYROUTE_SANDBOX_BATCH: {exc}") from None
+
+
 def get_batch_api(catalog: Catalog, settings: Settings, name: str, *, simulated: bool) -> BatchAPI | None:
     """The batch API of provider `name` (the sandbox's, simulated, when the job is); None when the
     provider has none. Built once per process (call inside the I/O loop) and kept, like providers."""
     info = catalog.providers[name]
     if simulated:
-        knobs = SandboxBatchKnobs.parse(settings.sandbox_batch)
+        knobs = sandbox_batch_knobs(settings)
         key: tuple[object, ...] = (os.getpid(), "sandbox", name, settings.sandbox_batch, settings.sandbox_batch_dir)
         found = _batch_cache.get(key)
         if found is None:

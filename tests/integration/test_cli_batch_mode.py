@@ -107,3 +107,26 @@ def test_demo_with_a_deadline_shows_both_savings(tmp_path: Path) -> None:
     assert "mode: batch at 0.5 of the standard price" in out
     assert "Savings by lever" in out and "routing saved" in out and "batch discount saved" in out
     assert "provider batches │ 0 open" in out
+
+
+def test_bad_sandbox_batch_knobs_refuse_the_job_before_it_is_written(
+    cli_env: Settings, cli_team: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router.settings import get_settings
+
+    monkeypatch.setenv("PENNYROUTE_SANDBOX_BATCH", "errors=lots")
+    get_settings.cache_clear()
+    path = write_jsonl(tmp_path / "in.jsonl", tickets(5))
+    code, output = run_cli(
+        "submit",
+        str(path),
+        "--task",
+        "classify",
+        "--labels",
+        "billing,bug,other",
+        "--team",
+        cli_team,
+        "--deadline",
+        "24h",
+    )
+    assert code == 2 and "PENNYROUTE_SANDBOX_BATCH" in output, output

@@ -91,3 +91,11 @@ def test_the_registry_gives_the_sandbox_when_simulated_and_none_without_a_class(
         assert get_batch_api(catalog, settings, "openai", simulated=False) is None
     assert has_batch_api(catalog, "openai", simulated=True)
     assert not has_batch_api(catalog, "local", simulated=True)  # no batch_multiplier in the catalog
+
+
+def test_bad_knobs_in_settings_are_a_config_error_naming_the_setting(tmp_path: Path) -> None:
+    from router.errors import ConfigError
+
+    settings = Settings(sandbox_batch="errors=lots", sandbox_batch_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="PENNYROUTE_SANDBOX_BATCH"):
+        get_batch_api(load_catalog(), settings, "openai", simulated=True)
