@@ -13,11 +13,15 @@ report; imports flow one way, down this list (tests/unit/test_layout.py checks i
     engine/       a worker's work: chunk (claim a range of items and run it), batch (plan, reserve the
                   worst case, record call rows before the calls), rounds (call, parse, retry, escalate),
                   settle (write outcomes, rollups, settlement; charge lost calls), calls (the gate,
-                  shared limits, breakers), drift, alerts (soft-limit webhook), runtime (the I/O loop)
+                  shared limits, breakers), drift, alerts (soft-limit webhook), runtime (the I/O loop);
+                  batch mode, on the providers' batch APIs: batch_mode (the picture; poll, cancel),
+                  batch_submit (what goes to batch, a wave's rows, create), batch_ingest (settle a
+                  wave exactly once, then a next batch or sync)
     providers/    one module per vendor over one HTTP client builder (http.py); limits (shared rate
-                  limits and breakers in Redis); sandbox and sandbox_batch (the simulated provider of the demo);
-                  openai_usage (OpenAI's usage and costs exports, for reconcile); batch_api (the seam to
-                  a vendor's batch API) and <vendor>_batch beside each vendor module, over batch_http
+                  limits and breakers in Redis); sandbox (the simulated provider of the demo, and its
+                  simulated batch API); batch_api (the seam to a vendor's batch API) and <vendor>_batch
+                  beside each vendor module, over batch_http; registry; openai_usage (OpenAI's usage
+                  and costs exports, for reconcile)
     ledger/       tables, repo (every query), sums (report sums), rollup, budgets (reservations), db,
                   keys (API keys), batches (/v1 files and batches), figures (/metrics sums)
     reports/      monthly (the month's report from the rollups), render (table, csv, json, html; money),
@@ -28,5 +32,6 @@ report; imports flow one way, down this list (tests/unit/test_layout.py checks i
 
 Reading order for a newcomer: policies/types.py and policies/cheapest_qualifying.py (what a decision
 is), router/route.py, router/jobs/submit.py, router/jobs/lifecycle.py, router/engine/chunk.py, batch.py,
-rounds.py and settle.py (exactly-once money), router/ledger/repo.py, then workers/tasks.py.
+rounds.py and settle.py (exactly-once money), router/ledger/repo.py, then workers/tasks.py; for batch
+mode, policies/execution_mode.py, then router/engine/batch_mode.py.
 """

@@ -90,6 +90,11 @@ class ProviderInfo:
     # Calls to this provider in flight at once, per worker process (a self-hosted vLLM or Ollama box
     # behind one URL); narrowed further while it shows overload (router/providers/limits.py). None: no cap.
     max_in_flight: int | None = None
+    # The provider's asynchronous batch API: its price as a share of the standard price (0.5: half),
+    # and the window within which it answers every line (a line not done by then expires). None: the
+    # provider has no batch API (a self-hosted vLLM or Ollama server), unless the catalog sets one.
+    batch_multiplier: Decimal | None = None
+    batch_window_h: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,9 @@ class ModelInfo:
     # OpenAI reasoning models: their reasoning_effort ("none" ... "max"); Gemini 3 and later: their
     # thinkingLevel ("minimal" ... "xhigh"). Checked against what the model takes at load.
     reasoning_effort: str | None = None
+    # The model's region (its data residency) holds only in standard processing, not in its provider's
+    # batch API: under a region constraint (--region eu) its work is not sent to batch.
+    region_sync_only: bool = False
 
     def output_cap(self, answer_tokens: int) -> int:
         """The most output tokens one call can be billed for: the answer's cap plus any thinking allowed."""
@@ -287,6 +295,8 @@ def _build(raw: dict[str, Any], where: str) -> Catalog:
             requires_key=_flag(entry, "requires_key", True, what),
             enabled=_flag(entry, "enabled", True, what),
             max_in_flight=_whole(entry, "max_in_flight", what),
+            batch_multiplier=_multiplier(entry, "batch_multiplier", what),
+            batch_window_h=_whole(entry, "batch_window_h", what),
         )
     sources = raw.get("defaults", {}).get("quality_source", {})
     models: dict[str, ModelInfo] = {}
@@ -327,6 +337,7 @@ def _build(raw: dict[str, Any], where: str) -> Catalog:
             # The effort first: a value the model refuses is the clearer message.
             reasoning_effort=_reasoning_effort(entry, providers[provider].kind, model_id, where),
             thinking=_thinking(entry, providers[provider].kind, model_id, where),
+            region_sync_only=_flag(entry, "region_sync_only", False, what),
         )
     catalog = Catalog(providers, models)
     for model_id in models:  # fail at load, not mid-job, when a price cannot be found
@@ -346,6 +357,24 @@ def _whole(entry: dict[str, Any], key: str, what: str) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{what}{key} must be a positive whole number, not {value!r}")
     return value
+
+
+def _multiplier(entry: dict[str, Any], key: str, what: str) -> Decimal | None:
+    """A share of the standard price: a finite decimal above 0 and at most 1 (a string, e.g. "0.5");
+    None when the key is absent."""
+    value = entry.get(key)
+    if value is None:
+        return None
+    try:
+        amount = Decimal(str(value)) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite() or not Decimal(0) < amount <= 1:
+        raise ConfigError(
+            f'{what}{key} must be a decimal share of the standard price, above 0 and at most 1 (e.g. "0.5"), '
+            f"not {value!r}"
+        )
+    return amount
 
 
 def _is_number(value: object) -> bool:

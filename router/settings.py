@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     # open breaker) before the item fails with its reason: faults are deferred, never final, until
     # then. Capped at half the lease, so the chunk keeps its claim while it waits.
     fault_wait_s: float = Field(default=300.0, ge=0)
+    # Beat asks the providers about open batches (provider batch APIs) this often, with one short task
+    # each time; the in-process runner waits this long between looks (capped at 1 s in the sandbox).
+    batch_poll_every_s: float = Field(default=30.0, gt=0)
+    # The sandbox's batch API (simulated): knobs as "delay_s=0,errors=0.05,expired=0.02,bill_expired=true,
+    # out_of_order=true,max_lines=50000" (router/providers/sandbox.py SandboxBatchKnobs), and where it
+    # keeps its batches (a directory; by default one under the system's temporary directory).
+    sandbox_batch: str = ""
+    sandbox_batch_dir: Path | None = None
     # The configured exchange rate for EUR budgets: USD per EUR, recorded with every charge.
     usd_per_eur: Decimal | None = Field(default=None, gt=0)
     # Where a crossed soft budget limit is POSTed (JSON), besides the log line.

@@ -11,9 +11,17 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from router.catalog import Catalog, load_catalog
 from router.engine import runtime
+from router.engine.batch_mode import poll_batches
 from router.engine.chunk import run_chunk
 from router.jobs import lifecycle
-from router.jobs.dispatch import CALIBRATE_TASK, RESUME_PAUSED_TASK, RUN_CHUNK_TASK, SWEEP_TASK, Dispatcher
+from router.jobs.dispatch import (
+    CALIBRATE_TASK,
+    POLL_BATCHES_TASK,
+    RESUME_PAUSED_TASK,
+    RUN_CHUNK_TASK,
+    SWEEP_TASK,
+    Dispatcher,
+)
 from router.jobs.sweeper import sweep
 from router.providers.registry import close_all
 from router.redact import RedactingFilter, configured_secrets
@@ -56,6 +64,13 @@ def run_chunk_task(job_id: str, lo: int, hi: int) -> dict[str, int]:
 def sweep_task() -> int:
     """Re-enqueue work whose queue message was lost (run by beat); the DB says what is left."""
     return sweep(get_settings(), dispatcher=_dispatcher())
+
+
+@app.task(name=POLL_BATCHES_TASK)
+def poll_batches_task() -> int:
+    """Look at every open provider batch once (run by beat): recover, poll, cancel, ingest. Another
+    poll still running makes this one return at once (an advisory lock): polls never pile up."""
+    return poll_batches(get_settings(), _catalog())
 
 
 @app.task(name=CALIBRATE_TASK, **DB_RETRY)

@@ -1,10 +1,9 @@
 """the HTTP API: tenant API keys (hashed), OpenAI-compatible files (in chunks) and batches
 
-Reviewed by hand. New tables only: nothing existing changes. down_revision is 0004 on the api
-branch; it follows 0005 (provider batches) once both are merged.
+Reviewed by hand. New tables only: nothing existing changes.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-07 06:30:00
 """
 from typing import Sequence, Union
@@ -14,7 +13,7 @@ import sqlalchemy as sa
 import sqlmodel
 
 revision: str = '0006'
-down_revision: Union[str, None] = '0004'
+down_revision: Union[str, None] = '0005'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

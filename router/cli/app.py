@@ -220,6 +220,20 @@ def submit(
             help="summarize: the model that judges summaries in calibration (default: the strongest eligible)."
         ),
     ] = None,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            help="By when the results are wanted: 2h, 24h, 3d, or an ISO date or time. A deadline that "
+            "leaves room sends the bulk to the providers' batch APIs (about half price, within 24 h)."
+        ),
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="auto (the deadline decides), sync (calls now, standard price) or batch (the providers' "
+            "batch APIs, whatever the deadline)."
+        ),
+    ] = "auto",
 ) -> None:
     """Submit a batch job. Prints the job id, the routing decision, and rejected lines."""
     settings = _settings()
@@ -242,6 +256,8 @@ def submit(
         run_labelled=run_labelled,
         if_unproven=if_unproven,
         judge=judge,
+        deadline=deadline,
+        mode=mode,
     )
     try:
         _submit_and_run(settings, request, wait=wait, quiet=quiet, json_out=json_out)
@@ -295,6 +311,9 @@ def _submit_and_run(
         if not quiet_decision:
             out.print(views.decision_table(submitted.decision, catalog, simulated=submitted.simulated))
         out.print(submitted.decision.summary)
+    asked = request.deadline is not None or request.mode != "auto"
+    if submitted.execution is not None and (asked or submitted.execution.bulk == "batch"):
+        out.print(views.execution_line(submitted.execution, calibrating=submitted.calibrating))
     if quiet:
         sys.stdout.write(submitted.job_id + "\n")
         sys.stdout.flush()
@@ -523,6 +542,7 @@ def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
             "baseline",
             f"{job.baseline_model_id}: {views.usd((job.decision or {}).get('baseline_cost_usd'), 6)} expected",
         ),
+        *views.execution_rows(job, state.batches, state.levers),
     ]
     return {
         "job_id": job_id,
@@ -661,6 +681,13 @@ def demo(
     items: Annotated[int, typer.Option(help="How many demo tickets.")] = 2000,
     labelled: Annotated[int, typer.Option(help="How many of them carry a gold label (the calibration sample).")] = 200,
     min_quality: Annotated[float, typer.Option(help="The quality bar.")] = 0.9,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            help="By when the results are wanted (24h: the bulk goes to the providers' batch APIs, simulated, "
+            "and the two savings, routing and batch discount, are shown side by side)."
+        ),
+    ] = None,
 ) -> None:
     """Run a classification job end to end: no servers, no keys needed (the sandbox answers).
 
@@ -686,12 +713,19 @@ def demo(
     path = Path(tempfile.mkdtemp(prefix="pennyroute-demo-")) / "tickets.jsonl"
     truth = write_demo_tickets(path, n=items, labelled=labelled)
     request = JobRequest(
-        path=path, team="support", tenant="demo", task="classify", labels=DEMO_LABELS, min_quality=min_quality
+        path=path,
+        team="support",
+        tenant="demo",
+        task="classify",
+        labels=DEMO_LABELS,
+        min_quality=min_quality,
+        deadline=deadline,
     )
     submitted = _submit_and_run(settings, request, wait=True, exit_on_end=False)
     info = job_status(settings, submitted.job_id)
     out.print(views.status_table(info))
     _demo_summary(settings, submitted, truth)
+    out.print(views.levers_table(job_state(settings, submitted.job_id).levers, simulated=submitted.simulated))
     _end(settings, submitted.job_id)
 
 
@@ -1103,8 +1137,9 @@ def _resuming(job: Any) -> None:
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
-    """Cancel a job: stop dispatch, end its pending items, give back its budget reservations, and
-    record calls whose worker died (calls in flight in live workers are recorded when they return)."""
+    """Cancel a job: stop dispatch, end its pending items, give back its budget reservations, cancel
+    its open provider batches (keeping the lines they finished), and record calls whose worker died
+    (calls in flight in live workers are recorded when they return)."""
     settings = _settings()
     try:
         ensure_schema(settings)
@@ -1119,6 +1154,11 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> N
         f"recorded as their calls return; budget given back {done['released']}; calls of dead workers "
         f"charged at their worst case ${done['lost_calls_usd']}"
     )
+    if done.get("batches_cancelled"):
+        out.print(
+            f"{done['batches_cancelled']:,} provider batches asked to cancel: the lines they finished are kept "
+            "(and charged at the batch price); the rest end as cancelled"
+        )
 
 
 # -- the HTTP API --------------------------------------------------------------------------------------

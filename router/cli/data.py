@@ -58,6 +58,10 @@ def job(job: Any, spent_usd: Decimal) -> dict[str, Any]:
         "summary": _unmarked(line),
         "created_at": job.created_at,
         "finished_at": job.finished_at,
+        # Execution mode (README: batch mode): what was asked, by when, and each stage's mode and saving.
+        "mode": job.mode,
+        "deadline_at": job.deadline_at,
+        "execution": job.execution,
     }
 
 

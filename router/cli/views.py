@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from policies.execution_mode import ModeDecision
 from policies.types import Decision, Verdict
 from router.catalog import Catalog, Rate
 from router.ledger import budgets
@@ -348,4 +349,60 @@ def budget_table(rows: list[Any], *, month: str | None) -> Table:
             pct(used) + (" (over)" if used is not None and used >= 100 else ""),
             (f"{row.soft_pct:g}%" + (" (sent)" if row.soft_alerted_at else "")) if row.soft_pct else "-",
         )
+    return table
+
+
+def execution_line(execution: ModeDecision, *, calibrating: bool) -> str:
+    """The decision line of the execution mode: the mode, the saving, and why (calibration is sync)."""
+    text = f"[bold]{execution.summary}[/]"
+    details = "; ".join(r for r in execution.reasons if not r.startswith("bulk:"))
+    if calibrating:
+        text += " (after calibration, which runs synchronously)"
+    return f"{text}\n  {details}" if details else text
+
+
+def execution_rows(job: Any, batches: dict[str, int], levers: dict[str, Decimal]) -> list[tuple[str, str]]:
+    """A job's execution mode, its provider batches (open ones first) and its savings by lever, as status rows."""
+    execution = job.execution or {}
+    rows: list[tuple[str, str]] = []
+    if execution:
+        deadline = f", deadline {job.deadline_at:%Y-%m-%d %H:%M} UTC" if job.deadline_at else ""
+        rows.append(("mode", f"{execution.get('summary', execution.get('bulk'))}{deadline}"))
+    if batches:
+        open_states = ("creating", "pending", "running", "ended", "failed")  # BatchState.OPEN: not yet ingested
+        opened = sum(n for state, n in batches.items() if state in open_states)
+        parts = ", ".join(f"{n:,} {state}" for state, n in sorted(batches.items()))
+        rows.append(("provider batches", f"{opened:,} open ({parts})"))
+    if levers and levers.get("baseline_usd"):
+        saved = levers["baseline_usd"] - levers["run_spend_usd"]
+        batch = levers["batch_run_saved_usd"]
+        rows.append(
+            (
+                "saved vs baseline",
+                f"{usd(saved, 6)}: routing {usd(saved - batch, 6)}, batch discount {usd(batch, 6)}",
+            )
+        )
+    return rows
+
+
+def levers_table(levers: dict[str, Decimal], *, simulated: bool) -> Table:
+    """The two savings side by side: what routing saved (the models chosen, at the standard price)
+    and what the providers' batch discount saved (the bulk waited), against the baseline model."""
+    table = Table(
+        title="Savings by lever, against the baseline model" + (" (SIMULATED)" if simulated else ""),
+        title_justify="left",
+    )
+    for name in ("baseline", "routing saved", "batch discount saved", "spent (run items)", "saved in all"):
+        table.add_column(name, justify="right")
+    baseline = levers.get("baseline_usd", Decimal(0))
+    spent = levers.get("run_spend_usd", Decimal(0))
+    batch = levers.get("batch_run_saved_usd", Decimal(0))
+    saved = baseline - spent
+    table.add_row(
+        usd(baseline, 6),
+        usd(saved - batch, 6),
+        usd(batch, 6),
+        usd(spent, 6),
+        f"{usd(saved, 6)} ({compared(spent, baseline)})" if baseline else "-",
+    )
     return table

@@ -247,8 +247,16 @@ def reserve_more(
     return None if held is None else held.id
 
 
-def record_calls(session: Session, *, catalog: Catalog, common: dict[str, Any], tries: list[PlannedCall]) -> Recorded:
+def record_calls(
+    session: Session,
+    *,
+    catalog: Catalog,
+    common: dict[str, Any],
+    tries: list[PlannedCall],
+    extra: dict[str, Any] | None = None,
+) -> Recorded:
     """Write one in-flight call row per try, priced at the rates in force now; return their ids.
+    `extra` adds columns every row shares (a provider batch's lines: mode, multiplier, batch).
 
     One insert per (model, purpose): usually one per batch."""
     started = utcnow()
@@ -276,6 +284,7 @@ def record_calls(session: Session, *, catalog: Catalog, common: dict[str, Any], 
                 "cached_input_usd_per_mtok": price.cached_input.base,
                 "cache_write_usd_per_mtok": price.cache_write.base,
                 "output_usd_per_mtok": price.output.base,
+                **(extra or {}),
             },
             ids=[ids[k] for k in members],
             item_ids=[tries[k].item_id for k in members],

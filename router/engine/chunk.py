@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from router.catalog import Catalog
-from router.engine import runtime
+from router.engine import batch_mode, runtime
 from router.engine.batch import Batch, ChunkContext, pause, reserve_batch, unbudgeted_batch
 from router.engine.rounds import Answer, Executed, execute
 from router.engine.settle import charge_lost, finish
@@ -71,8 +71,21 @@ def run_chunk(settings: Settings, catalog: Catalog, *, job_id: str, lo: int, hi:
         retaken = [row for row in claimed if row.attempts > 1]
         if retaken:  # a worker died holding these: its calls in flight are recorded as unknown
             charge_lost(session, settings, catalog, chunk, retaken, now)
+        # A job that can wait sends its bulk to the providers' batch APIs (engine/batch_mode.py).
+        to_batch = batch_mode.stage_in_batch(catalog, chunk, 0, now)
         # No budget (the common case): the call rows are committed with the claim.
-        first = None if job.has_budget else unbudgeted_batch(session, catalog=catalog, chunk=chunk, items=list(claimed))
+        first = (
+            None
+            if job.has_budget or to_batch
+            else unbudgeted_batch(session, catalog=catalog, chunk=chunk, items=list(claimed))
+        )
+    if to_batch:
+        # Items whose stage cannot go to batch now run synchronously, as any chunk's.
+        left = batch_mode.submit_wave(settings, catalog, chunk, list(claimed))
+        if not left:
+            return ChunkOutcome(claimed=len(claimed), done=0, failed=0)
+        outcome, _ = _run_items(settings, catalog, chunk, left, None)
+        return ChunkOutcome(claimed=len(claimed), done=outcome.done, failed=outcome.failed)
     outcome, last = _run_items(settings, catalog, chunk, list(claimed), first)
     # The batch stopped taking the job's next items because the job changed (a re-route after drift, a
     # budget set, a provider stopped): the next ones run on the job as it is now.

@@ -468,7 +468,7 @@ def _record_result(
         # Every answer is charged as billed, usable or not (refused, filtered, blocked, cut off); one
         # that is not used is not tried again on the same model: the stage's answer is a failed one.
         update.update(status=CallStatus.OK, finish=result.finish, **_charged(result.usage, price))
-        output, error = _parse(result, chunk.labels)
+        output, error = parse_answer(result, chunk.labels)
         if output is None:
             outcome = OUTCOME_OF_FINISH.get(result.finish)  # its own outcome in the reports
         if error is not None and result.finish != STOP:  # the call's row says why its answer was not used
@@ -770,7 +770,7 @@ def drift_tally(finished_items: dict[int, dict[str, Any]], references: dict[int,
     return checked, agreed
 
 
-def _parse(answer: Completion, labels: tuple[str, ...]) -> tuple[str | None, str | None]:
+def parse_answer(answer: Completion, labels: tuple[str, ...]) -> tuple[str | None, str | None]:
     """(output, None) when the answer is usable, else (None, why): one of `labels` when the prompt
     offered labels (classify), else the text as given (a summary, a judge's verdict).
 

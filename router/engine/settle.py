@@ -113,6 +113,7 @@ def charge_lost(
             cost = (worst_input * call.input_usd_per_mtok + usage.output_tokens * call.output_usd_per_mtok) / Decimal(
                 1_000_000
             )
+        cost *= call.price_multiplier  # a line of a provider batch: at the batch price
         updates.append(
             {
                 "id": call.id,

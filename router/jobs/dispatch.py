@@ -22,6 +22,9 @@ RUN_CHUNK_TASK = "pennyroute.run_chunk"
 CALIBRATE_TASK = "pennyroute.calibrate_job"
 RESUME_PAUSED_TASK = "pennyroute.resume_paused_jobs"
 SWEEP_TASK = "pennyroute.sweep"
+# Beat polls the providers' open batches with this short task every Settings.batch_poll_every_s: a
+# batch may take 24 h, far past the broker's visibility timeout, so it is never a long ETA task.
+POLL_BATCHES_TASK = "pennyroute.poll_batches"
 # How often beat looks for paused jobs whose budget has room again: a paused job waits at most
 # this long after the 1st of the month (or after a limit is raised outside `budget set`).
 RESUME_EVERY_S = 300
@@ -63,6 +66,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "resume-paused-jobs": {"task": RESUME_PAUSED_TASK, "schedule": RESUME_EVERY_S},
             "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_every_s},
+            "poll-batches": {"task": POLL_BATCHES_TASK, "schedule": settings.batch_poll_every_s},
         },
     }
 

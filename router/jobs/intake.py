@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -52,11 +54,43 @@ class JobRequest:
     if_unproven: str = "stop"  # stop | best: when no route is proven, stop, or run the best-measured one
     volume: int | None = None  # `pennyroute calibrate`: items later jobs of this kind will run
     judge: str | None = None  # summarize: the model that judges summaries (default: the strongest eligible)
+    # By when the results are wanted ("2h", "24h", "3d", or an ISO date or time) and how calls are made:
+    # auto (the deadline decides: policies/execution_mode.py), sync, or batch (the providers' batch APIs).
+    deadline: str | None = None
+    mode: str = "auto"
 
 
 ON_BUDGET = ("reject", "downgrade", "pause")
 IF_UNPROVEN = ("stop", "best")
 QUALITY_MODES = ("auto", "gold", "reference", "prior")
+EXECUTION_MODES = ("auto", "sync", "batch")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d)\s*$", re.IGNORECASE)
+_UNIT_S = {"m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_deadline(value: str, *, now: datetime) -> datetime:
+    """--deadline: a duration from now ("90m", "2h", "24h", "3d") or an ISO date or time ("2026-12-08",
+    "2026-12-08T09:00:00+01:00"; a date alone is its midnight UTC; a time without offset is UTC).
+    InputError naming the flag when it cannot be read, or is not in the future."""
+    match = _DURATION.match(value)
+    if match:
+        amount = float(match.group(1)) * _UNIT_S[match.group(2).lower()]
+        if amount <= 0:
+            raise InputError(f"--deadline {value}: must be after now", field="--deadline")
+        return now + timedelta(seconds=amount)
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InputError(
+            f"--deadline {value!r}: give a duration (90m, 2h, 24h, 3d) or an ISO date or time "
+            "(2026-12-08 or 2026-12-08T09:00:00+01:00)",
+            field="--deadline",
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if when <= now:
+        raise InputError(f"--deadline {value}: is not in the future (now {now:%Y-%m-%d %H:%M} UTC)", field="--deadline")
+    return when
 
 
 def check_request(request: JobRequest) -> None:
@@ -75,6 +109,10 @@ def check_request(request: JobRequest) -> None:
             field="--if-unproven",
         )
     parse_calibration_budget(request.calibration_budget)
+    if request.mode not in EXECUTION_MODES:
+        raise InputError(f"unknown --mode '{request.mode}': use one of {', '.join(EXECUTION_MODES)}", field="--mode")
+    if request.deadline is not None:
+        parse_deadline(request.deadline, now=datetime.now(UTC))
     if request.judge is not None and request.task != "summarize":
         raise InputError("--judge applies to summarize jobs: a label is right or wrong without one", field="--judge")
     if request.task not in TASKS:

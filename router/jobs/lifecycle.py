@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from router.catalog import Catalog
-from router.engine import runtime
+from router.engine import batch_mode, runtime
 from router.engine.batch import ChunkContext
 from router.engine.chunk import chunk_ranges, run_job_inline
 from router.engine.settle import charge_lost
@@ -110,8 +110,17 @@ class InlineDispatcher:
                 ranges=ranges,
                 progress=show,
             )
+            # What beat does for the workers: poll the job's provider batches until none is open
+            # (their ingest runs what follows them: a next batch, or the rest synchronously).
+            batch_mode.wait_for_batches(self._settings, self._catalog, job_id=job_id)
+            show(_finished_count(self._settings, job_id))
         if runtime.stopping():  # a Ctrl-C: what the run left goes back to pending, and the job pauses
             settle_interrupted(self._settings, self._catalog, job_id=job_id)
+
+
+def _finished_count(settings: Settings, job_id: str) -> int:
+    with session_scope(settings) as session:
+        return repo.finished_count(session, job_id)
 
 
 def dispatcher_for(settings: Settings, catalog: Catalog, *, watcher: Watcher | None = None) -> Dispatcher:
@@ -127,13 +136,16 @@ def start(settings: Settings, *, job_id: str, dispatcher: Dispatcher) -> int:
     job is not running)."""
     with session_scope(settings) as session:
         job = repo.get_job(session, job_id)
-        status, n_items = job.status, job.n_items
+        status, n_items, execution = job.status, job.n_items, job.execution
     if status == JobStatus.CALIBRATING:
         dispatcher.calibrate(job_id)
         return 0
     if status != JobStatus.RUNNING:
         return 0
-    ranges = chunk_ranges(n_items, settings.chunk_size)
+    # A job whose bulk goes to the providers' batch APIs is handed over in waves of batch_mode.WAVE_ITEMS
+    # items (one provider batch per model for each), not in chunks of a hundred.
+    size = batch_mode.WAVE_ITEMS if (execution or {}).get("bulk") == "batch" else settings.chunk_size
+    ranges = chunk_ranges(n_items, max(size, settings.chunk_size))
     dispatcher.run(job_id, ranges)
     return len(ranges)
 
@@ -317,8 +329,13 @@ def cancel(settings: Settings, catalog: Catalog, *, job_id: str) -> dict[str, in
                 "released": str(released),
             },
         )
+    # Open provider batches are cancelled at the provider; the lines they finished are ingested and kept.
+    asked = batch_mode.cancel_job_batches(settings, catalog, job_id=job_id)
+    if settings.embedded:
+        batch_mode.poll_batches(settings, catalog, job_id=job_id)
     return {
         "status": JobStatus.CANCELLED,
+        "batches_cancelled": asked,
         "cancelled": cancelled,
         "lost_calls_usd": str(lost),
         "in_flight": in_flight,

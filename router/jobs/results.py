@@ -5,11 +5,11 @@ spend, models so far), its quality facts and events, and one result record per i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from router.ledger import figures, keys, repo
+from router.ledger import figures, keys, repo, sums
 from router.ledger.db import session_scope
 from router.ledger.tables import ItemStatus, Job
 from router.providers.base import OUTCOME_OF_FINISH
@@ -25,6 +25,8 @@ class JobState:
     spent_usd: Decimal  # every call of the job, retries, calibration and drift checks included
     calls_by_model: list[tuple[str, int]]  # (model id, calls), most calls first
     failures: dict[str, int]  # failed items by what failed them (refused, filtered, cut off, ...), most first
+    batches: dict[str, int] = field(default_factory=dict)  # its provider batches by state (creating ... ingested)
+    levers: dict[str, Decimal] = field(default_factory=dict)  # ledger.sums.job_levers: savings by lever
 
     @property
     def open_items(self) -> int:
@@ -49,6 +51,8 @@ def job_state(settings: Settings, job_id: str) -> JobState:
             spent_usd=repo.job_spend(session, job_id),
             calls_by_model=repo.job_models(session, job_id),
             failures=repo.failure_kinds(session, job_id) if job.n_failed else {},
+            batches=repo.job_batch_counts(session, job_id),
+            levers=sums.job_levers(session, job_id=job_id),
         )
 
 

@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from sqlmodel import Session
 
 from policies.budget_fit import fits
 from policies.cheapest_qualifying import choose_model
+from policies.execution_mode import ModeDecision, ModeInputs, decide
 from policies.types import Candidate, Decision, JobProfile, QualityEstimate
 from router.candidates import candidates, decision_as_json, max_context
 from router.catalog import Catalog
+from router.engine import batch_mode
 from router.errors import BudgetError, InputError, NoModelError
 from router.jobs import estimates
-from router.jobs.intake import JobRequest, LineError, ParsedItem, check_names, check_request, read_items
+from router.jobs.intake import (
+    JobRequest,
+    LineError,
+    ParsedItem,
+    check_names,
+    check_request,
+    parse_deadline,
+    read_items,
+)
 from router.ledger import budgets, repo
 from router.ledger.db import ensure_schema, session_scope
-from router.ledger.tables import Job, JobStatus, Team
+from router.ledger.tables import Job, JobStatus, Team, utcnow
 from router.prompts import PromptSpec, spec_for
-from router.route import single_route
+from router.route import Route, single_route
 from router.settings import Settings
 
 # Items per INSERT batch: large enough to amortize round trips, small enough to keep memory flat.
@@ -41,6 +54,7 @@ class Submitted:
     decision: Decision
     simulated: bool
     calibrating: bool = False
+    execution: ModeDecision | None = None  # sync or the providers' batch APIs, per stage, with the saving
 
 
 def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Submitted:
@@ -53,6 +67,7 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
         )
     ensure_schema(settings)
     simulated = settings.sandbox_active
+    batch_mode.check_settings(settings, simulated=simulated)
     spec = spec_for(request.task, request.labels, request.max_words)
     pool = candidates(catalog, settings, task=request.task, simulated=simulated)
     base_profile = JobProfile(
@@ -123,7 +138,20 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             decision = choose_model(profile, pool)
         if not decision.ok:
             raise NoModelError(decision, hint=_no_measure_hint(decision, mode))  # rolls the whole job back
-        _check_budget(session, settings, request, team, decision)
+        route = single_route(decision)
+        deadline_at = parse_deadline(request.deadline, now=utcnow()) if request.deadline else None
+        execution = execution_for(
+            catalog,
+            request,
+            route=route,
+            expected_cost_usd=decision.expected_cost_usd if mode == "prior" else None,
+            simulated=simulated,
+            deadline_at=deadline_at,
+        )
+        if execution.refused is not None:
+            raise InputError(execution.refused, field="--mode")  # rolls the whole job back
+        # A bulk that goes to batch is checked against the budget at the batch price.
+        _check_budget(session, settings, request, team, decision, multiplier=execution.multiplier)
         baseline = catalog.price(decision.baseline_model_id) if decision.baseline_model_id else None
         repo.update_job(
             session,
@@ -132,7 +160,10 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             baseline_output_usd_per_mtok=baseline.output.base if baseline is not None else None,
             on_budget=request.on_budget,
             model_id=decision.model_id,
-            route=single_route(decision).as_json(),
+            route=route.as_json(),
+            deadline_at=deadline_at,
+            mode=request.mode,
+            execution=execution_as_json(execution),
             baseline_model_id=decision.baseline_model_id,
             expected_cost_usd=decision.expected_cost_usd,
             decision=decision_as_json(decision),
@@ -155,7 +186,50 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             if mode != "prior"
             else None,
         )
-    return Submitted(job_id, n_items, rejected, n_rejected, decision, simulated, calibrating=mode != "prior")
+    return Submitted(
+        job_id, n_items, rejected, n_rejected, decision, simulated, calibrating=mode != "prior", execution=execution
+    )
+
+
+def execution_for(
+    catalog: Catalog,
+    request: JobRequest,
+    *,
+    route: Route,
+    expected_cost_usd: Decimal | None,
+    simulated: bool,
+    deadline_at: datetime | None,
+    now: datetime | None = None,
+) -> ModeDecision:
+    """The job's execution mode per stage (policies/execution_mode.py), from its route's providers."""
+    stages = route.stages()
+    left = None if deadline_at is None else (deadline_at - (now or utcnow())).total_seconds()
+    return decide(
+        ModeInputs(
+            requested=request.mode,
+            time_left_s=left,
+            region_constrained=bool(request.regions),
+            bulk=batch_mode.offers(catalog, stages[0], simulated=simulated),
+            escalation=batch_mode.offers(catalog, stages[1], simulated=simulated)
+            if route.kind == "cascade" and len(stages) > 1
+            else (),
+            bulk_cost_usd=expected_cost_usd,
+        )
+    )
+
+
+def execution_as_json(execution: ModeDecision) -> dict[str, Any]:
+    """The decision as kept on the job row (Job.execution)."""
+    return {
+        "bulk": execution.bulk,
+        "escalations": execution.escalations,
+        "calibration": execution.calibration,
+        "drift": execution.drift,
+        "multiplier": str(execution.multiplier),
+        "saving_usd": None if execution.saving_usd is None else str(execution.saving_usd),
+        "reasons": list(execution.reasons),
+        "summary": execution.summary,
+    }
 
 
 @dataclass
@@ -206,7 +280,15 @@ def _load_items(
     return loaded
 
 
-def _check_budget(session: Session, settings: Settings, request: JobRequest, team: Team, decision: Decision) -> None:
+def _check_budget(
+    session: Session,
+    settings: Settings,
+    request: JobRequest,
+    team: Team,
+    decision: Decision,
+    *,
+    multiplier: Decimal = Decimal(1),
+) -> None:
     """Refuse (reject) a job whose expected cost exceeds what its team's budget has left.
 
     With pause, the job runs until the budget is spent and then waits. With downgrade, it runs on
@@ -217,10 +299,12 @@ def _check_budget(session: Session, settings: Settings, request: JobRequest, tea
     if period is None or decision.expected_cost_usd is None:
         return
     remaining = budgets.remaining_usd(period, settings)
-    if fits(decision.expected_cost_usd, remaining) or request.on_budget != "reject":
+    expected = decision.expected_cost_usd * multiplier
+    if fits(expected, remaining) or request.on_budget != "reject":
         return
+    at = f" (at the batch price, {multiplier.normalize():f} of the standard)" if multiplier != 1 else ""
     raise BudgetError(
-        f"job's expected cost ${decision.expected_cost_usd:.6f} on {decision.model_id} exceeds team {team.name}'s "
+        f"job's expected cost ${expected:.6f}{at} on {decision.model_id} exceeds team {team.name}'s "
         f"remaining budget ${remaining:.6f} (limit {period.limit_amount.normalize():f} {period.currency}, settled "
         f"{period.settled.normalize():f}, reserved {period.reserved.normalize():f}) for {period.period_start:%Y-%m}: "
         "raise it with `pennyroute budget set`, or submit with --on-budget pause"

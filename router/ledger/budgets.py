@@ -304,9 +304,18 @@ def settle_unknown(
 
 
 def reserve(
-    session: Session, *, period: BudgetPeriod, amount_usd: Decimal, job_id: str, settings: Settings, now: datetime
+    session: Session,
+    *,
+    period: BudgetPeriod,
+    amount_usd: Decimal,
+    job_id: str,
+    settings: Settings,
+    now: datetime,
+    hold_s: float | None = None,
 ) -> Reservation | None:
-    """Hold `amount_usd` against the period, atomically; None (and nothing held) when it does not fit."""
+    """Hold `amount_usd` against the period, atomically; None (and nothing held) when it does not fit.
+    `hold_s`: how long it is held before given back as a dead worker's (default twice the item lease;
+    a provider batch holds its worst case for its window)."""
     rate = usd_per_unit(period.currency, settings)
     amount = (amount_usd / rate).quantize(QUANTUM, rounding=ROUND_CEILING)
     if session.get_bind().dialect.name == "postgresql":
@@ -334,7 +343,7 @@ def reserve(
         job_id=job_id,
         amount=amount,
         usd_per_unit=rate,
-        expires_at=now + timedelta(seconds=2 * settings.lease_s),
+        expires_at=now + timedelta(seconds=hold_s if hold_s is not None else 2 * settings.lease_s),
     )
     session.add(reservation)
     session.flush()

@@ -22,9 +22,11 @@ from router.ledger.budgets import parse_month
 from router.ledger.db import execute_and_commit
 from router.ledger.rollup import in_lock_order, upsert_rollups, upsert_sql
 from router.ledger.tables import (
+    BatchState,
     BudgetPeriod,
     BudgetPolicy,
     Call,
+    CallMode,
     CallRollup,
     CallStatus,
     Item,
@@ -32,6 +34,7 @@ from router.ledger.tables import (
     Job,
     JobEvent,
     JobStatus,
+    ProviderBatch,
     QualityEstimate,
     Team,
     Tenant,
@@ -208,6 +211,10 @@ def job_for_chunk(session: Session, job_id: str) -> JobSnapshot | None:
             JOB.c.baseline_output_usd_per_mtok,
             tenant.c.timezone,
             policy.c.team_id.is_not(None).label("has_budget"),
+            JOB.c.mode,
+            JOB.c.deadline_at,
+            JOB.c.execution,
+            JOB.c.constraints,
         )
         .join(tenant, tenant.c.id == JOB.c.tenant_id)
         .outerjoin(policy, policy.c.team_id == JOB.c.team_id)
@@ -233,6 +240,10 @@ def job_for_chunk(session: Session, job_id: str) -> JobSnapshot | None:
         baseline_output_usd_per_mtok=row.baseline_output_usd_per_mtok,
         timezone=row.timezone,
         has_budget=bool(row.has_budget),
+        mode=row.mode,
+        deadline_at=row.deadline_at,
+        execution=row.execution,
+        regions=tuple((row.constraints or {}).get("regions") or ()),
     )
 
 
@@ -448,6 +459,17 @@ def insert_items(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
     session.execute(insert(ITEM), [dict(zip(ITEM_COLUMNS, row, strict=True)) for row in rows])
 
 
+def in_open_batch() -> Any:
+    """An item with a line in a provider batch not yet ingested (a call of mode batch still in flight):
+    the batch's poller, not a lease, says when it is done, so it is never taken over as a dead
+    worker's (its calls are not lost: they are at the provider)."""
+    return (
+        select(CALL.c.id)
+        .where(CALL.c.item_id == ITEM.c.id, CALL.c.status == CallStatus.IN_FLIGHT, CALL.c.mode == CallMode.BATCH)
+        .exists()
+    )
+
+
 def claim_items(session: Session, *, job_id: str, lo: int, hi: int, now: datetime, lease_until: datetime) -> list[Any]:
     """Claim the chunk's items that are pending, or whose holder's lease ran out; return them.
 
@@ -461,7 +483,7 @@ def claim_items(session: Session, *, job_id: str, lo: int, hi: int, now: datetim
             ITEM.c.seq < hi,
             or_(
                 ITEM.c.status == ItemStatus.PENDING,
-                (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now),
+                (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now) & ~in_open_batch(),
             ),
         )
         .values(status=ItemStatus.RUNNING, lease_until=lease_until, attempts=ITEM.c.attempts + 1)
@@ -565,6 +587,7 @@ def lost_calls(session: Session, item_ids: Sequence[int]) -> list[Any]:
                 CALL.c.started_at,
                 CALL.c.input_usd_per_mtok,
                 CALL.c.output_usd_per_mtok,
+                CALL.c.price_multiplier,
             ).where(CALL.c.item_id.in_(list(item_ids)), CALL.c.status == CallStatus.IN_FLIGHT)
         ).all()
     )
@@ -980,7 +1003,10 @@ def expired_items(session: Session, *, job_id: str, now: datetime) -> list[Any]:
     return list(
         session.execute(
             select(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.attempts).where(
-                ITEM.c.job_id == job_id, ITEM.c.status == ItemStatus.RUNNING, ITEM.c.lease_until < now
+                ITEM.c.job_id == job_id,
+                ITEM.c.status == ItemStatus.RUNNING,
+                ITEM.c.lease_until < now,
+                ~in_open_batch(),
             )
         ).all()
     )
@@ -1000,7 +1026,7 @@ def stalled_chunks(session: Session, *, now: datetime, idle_since: datetime, chu
     for job_id, created_at in jobs:
         last_call = session.execute(select(func.max(CALL.c.started_at)).where(CALL.c.job_id == job_id)).scalar()
         idle = (last_call or created_at) is None or (last_call or created_at) < idle_since
-        expired = (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now)
+        expired = (ITEM.c.status == ItemStatus.RUNNING) & (ITEM.c.lease_until < now) & ~in_open_batch()
         wanted = (expired | (ITEM.c.status == ItemStatus.PENDING)) if idle else expired
         # Floor division: SQLAlchemy 2's `/` is true division, which would give one "chunk" per item.
         chunks = (
@@ -1015,3 +1041,145 @@ def stalled_chunks(session: Session, *, now: datetime, idle_since: datetime, chu
         if chunks:
             out[job_id] = sorted(int(c) for c in chunks)
     return out
+
+
+# -- provider batches (a provider's batch API) ------------------------------------------------------
+
+PROVIDER_BATCH = ProviderBatch.__table__  # type: ignore[attr-defined]
+
+
+def insert_provider_batches(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Write provider batch rows (state creating), with their lines' call rows, before `create`."""
+    if rows:
+        session.execute(insert(PROVIDER_BATCH), list(rows))
+
+
+def record_batch_created(
+    session: Session, *, tag: str, batch_id: str, state: str, vendor_status: str, now: datetime
+) -> bool:
+    """Record the provider's id of the batch created under `tag`, once: False when it was already
+    recorded (another poller found it first)."""
+    row = session.execute(
+        update(PROVIDER_BATCH)
+        .where(PROVIDER_BATCH.c.id == tag, PROVIDER_BATCH.c.batch_id.is_(None))
+        .values(batch_id=batch_id, state=state, vendor_status=vendor_status, submitted_at=now, polled_at=now)
+        .returning(PROVIDER_BATCH.c.id)
+    ).first()
+    return row is not None
+
+
+def update_provider_batch(session: Session, tag: str, **values: Any) -> None:
+    session.execute(update(PROVIDER_BATCH).where(PROVIDER_BATCH.c.id == tag).values(**values))
+
+
+def open_provider_batches(session: Session, *, job_id: str | None = None) -> list[Any]:
+    """Batches not yet ingested (creating, pending, running, ended, failed), oldest first; of one job if given."""
+    stmt = select(PROVIDER_BATCH).where(PROVIDER_BATCH.c.state.in_(list(BatchState.OPEN)))
+    if job_id is not None:
+        stmt = stmt.where(PROVIDER_BATCH.c.job_id == job_id)
+    return list(session.execute(stmt.order_by(PROVIDER_BATCH.c.created_at)).all())
+
+
+def wave_batches(session: Session, *, wave: str, for_update: bool = False) -> list[Any]:
+    """The batches of one wave (locked for update when asked: one ingest at a time)."""
+    stmt = select(PROVIDER_BATCH).where(PROVIDER_BATCH.c.wave == wave).order_by(PROVIDER_BATCH.c.id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return list(session.execute(stmt).all())
+
+
+def job_batch_counts(session: Session, job_id: str) -> dict[str, int]:
+    """A job's provider batches counted by state."""
+    rows = session.execute(
+        select(PROVIDER_BATCH.c.state, func.count())
+        .where(PROVIDER_BATCH.c.job_id == job_id)
+        .group_by(PROVIDER_BATCH.c.state)
+    ).all()
+    return {state: int(n) for state, n in rows}
+
+
+def batch_calls(session: Session, tags: Sequence[str]) -> list[Any]:
+    """The call rows of batches `tags` (their lines): what ingesting needs of each."""
+    if not tags:
+        return []
+    return list(
+        session.execute(
+            select(
+                CALL.c.id,
+                CALL.c.item_id,
+                CALL.c.model_id,
+                CALL.c.purpose,
+                CALL.c.status,
+                CALL.c.started_at,
+                CALL.c.price_multiplier,
+                CALL.c.provider_batch_id,
+            ).where(CALL.c.provider_batch_id.in_(list(tags)))
+        ).all()
+    )
+
+
+def batch_lines(session: Session, tag: str) -> list[Any]:
+    """A batch's lines as they were recorded (call id, model, item text), to create it again after a
+    worker died before the provider had it."""
+    return list(
+        session.execute(
+            select(CALL.c.id, CALL.c.model_id, ITEM.c.text)
+            .join(ITEM, ITEM.c.id == CALL.c.item_id)
+            .where(CALL.c.provider_batch_id == tag)
+            .order_by(CALL.c.id)
+        ).all()
+    )
+
+
+def settle_calls(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Write calls' outcomes onto rows still in flight; returns the ids written (a line ingested twice
+    is written once: the second time its row is no longer in flight)."""
+    if not rows:
+        return set()
+    if _is_postgres(session):
+        sql, params = _unnest_update("call", _CALL_OUTCOME, rows, prefix="u")
+        return {r[0] for r in session.execute(text(f"{sql} RETURNING call.id"), params).all()}
+    written = set()
+    values: dict[str, Any] = {f: bindparam(f"b_{f}") for f in _CALL_OUTCOME}
+    stmt = update(CALL).where(CALL.c.id == bindparam("b_id"), CALL.c.status == CallStatus.IN_FLIGHT).values(values)
+    for row in rows:
+        if session.execute(stmt, {f"b_{k}": row[k] for k in ("id", *_CALL_OUTCOME)}).rowcount:  # type: ignore[attr-defined]
+            written.add(row["id"])
+    return written
+
+
+def held_items(session: Session, item_ids: Sequence[int]) -> list[Any]:
+    """Items still running (id, seq, text, attempts), as a chunk claimed them."""
+    if not item_ids:
+        return []
+    return list(
+        session.execute(
+            select(ITEM.c.id, ITEM.c.seq, ITEM.c.text, ITEM.c.attempts)
+            .where(ITEM.c.id.in_(list(item_ids)), ITEM.c.status == ItemStatus.RUNNING)
+            .order_by(ITEM.c.seq)
+        ).all()
+    )
+
+
+def extend_lease(session: Session, items: Sequence[tuple[int, int]], *, until: datetime) -> None:
+    """Keep claimed items (id, tries when claimed) held until `until` (their lines are in a batch)."""
+    if items:
+        session.execute(
+            update(ITEM)
+            .where(
+                ITEM.c.id == bindparam("b_id"),
+                ITEM.c.attempts == bindparam("b_held"),
+                ITEM.c.status == ItemStatus.RUNNING,
+            )
+            .values(lease_until=until),
+            [{"b_id": item_id, "b_held": held} for item_id, held in items],
+        )
+
+
+def lock_creating(session: Session, tag: str) -> bool:
+    """Lock a batch row still without its provider id, for the one poller that recovers it (find, else
+    create); False when it has its id now, or another poller holds it (skipped, not waited for)."""
+    stmt = select(PROVIDER_BATCH.c.id).where(PROVIDER_BATCH.c.id == tag, PROVIDER_BATCH.c.batch_id.is_(None))
+    if _is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    return session.execute(stmt).first() is not None

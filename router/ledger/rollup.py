@@ -37,6 +37,9 @@ SUMS = (
     "baseline_cost_usd",
     *OUTCOME_COUNTS,
     *OUTCOME_COSTS,
+    "batch_calls",
+    "batch_cost_usd",
+    "batch_saved_usd",
 )
 MTOK = Decimal(1_000_000)
 
@@ -55,6 +58,8 @@ class CallFacts:
     reasoning_tokens: int = 0  # thinking, inside output_tokens
     call_id: str | None = None
     outcome: str | None = None  # one of OUTCOMES, on a failed call: a billed answer not used because of how it ended
+    batch: bool = False  # a line of a provider batch
+    batch_saved_usd: Decimal = Decimal(0)  # its cost at the standard price minus its cost (the batch discount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,9 @@ def rollup_rows(
                 "baseline_cost_usd": Decimal(0),
                 **{k: 0 for k in OUTCOME_COUNTS},
                 **{k: Decimal(0) for k in OUTCOME_COSTS},
+                "batch_calls": 0,
+                "batch_cost_usd": Decimal(0),
+                "batch_saved_usd": Decimal(0),
             }
         row["calls"] += 1
         row["simulated_calls"] += call.simulated
@@ -125,6 +133,10 @@ def rollup_rows(
         if call.outcome is not None:  # a failed call's, so also in failed_calls and failed_cost_usd
             row[f"{call.outcome}_calls"] += 1
             row[f"{call.outcome}_cost_usd"] += call.cost_usd
+        if call.batch:
+            row["batch_calls"] += 1
+            row["batch_cost_usd"] += call.cost_usd
+            row["batch_saved_usd"] += call.batch_saved_usd
         if baseline_rates is not None and (baseline_calls is None or call.call_id in baseline_calls):
             # The same input, the same answer, and the baseline's own thinking in place of this call's.
             output = call.output_tokens - call.reasoning_tokens + (0 if call.failed else baseline_rates.thinking_tokens)

@@ -33,6 +33,10 @@ _SUMS = (
     "SUM(baseline_cost_usd) AS baseline_usd, "
     # Answers billed but not used, by how they ended: the rollup's <outcome>_calls and <outcome>_cost_usd.
     + ", ".join(f"SUM({o}_calls) AS {o}_calls, SUM({o}_cost_usd) AS {o}_spend_usd" for o in OUTCOMES)
+    # Lines of provider batches: their spend, and what the batch discount saved (all, and on run items).
+    + ", SUM(batch_calls) AS batch_calls, SUM(batch_cost_usd) AS batch_spend_usd, "
+    "SUM(batch_saved_usd) AS batch_saved_usd, "
+    "SUM(CASE WHEN purpose = 'run' THEN batch_saved_usd ELSE 0 END) AS batch_run_saved_usd"
 )
 INT_FIELDS = (
     "calls",
@@ -42,6 +46,7 @@ INT_FIELDS = (
     "cached_input_tokens",
     "output_tokens",
     *(f"{o}_calls" for o in OUTCOMES),
+    "batch_calls",
 )
 MONEY_FIELDS = (
     "spend_usd",
@@ -50,6 +55,9 @@ MONEY_FIELDS = (
     "drift_spend_usd",
     "baseline_usd",
     *(f"{o}_spend_usd" for o in OUTCOMES),
+    "batch_spend_usd",
+    "batch_saved_usd",
+    "batch_run_saved_usd",
 )
 Sums = dict[str, Any]
 
@@ -126,6 +134,10 @@ def _sums_in_python(
             "baseline_usd": rollup["baseline_cost_usd"],
             **{f"{o}_calls": rollup[f"{o}_calls"] for o in OUTCOMES},
             **{f"{o}_spend_usd": rollup[f"{o}_cost_usd"] for o in OUTCOMES},
+            "batch_calls": rollup["batch_calls"],
+            "batch_spend_usd": rollup["batch_cost_usd"],
+            "batch_saved_usd": rollup["batch_saved_usd"],
+            "batch_run_saved_usd": rollup["batch_saved_usd"] if rollup["purpose"] == "run" else Decimal(0),
         }
         for target in [total, *(acc[d].setdefault(rollup[COLUMN[d]], _zero()) for d in dims)]:
             for name, value in values.items():
@@ -135,6 +147,31 @@ def _sums_in_python(
 
 def _zero() -> Sums:
     return {**{f: 0 for f in INT_FIELDS}, **{f: Decimal(0) for f in MONEY_FIELDS}}
+
+
+def job_levers(session: Session, *, job_id: str) -> dict[str, Decimal]:
+    """One job's savings by lever, from its rollups: the baseline, run spend, what its batch lines cost
+    and what the batch discount saved (on run items, and on every line)."""
+    rows = session.execute(
+        select(
+            ROLLUP.c.purpose,
+            ROLLUP.c.cost_usd,
+            ROLLUP.c.baseline_cost_usd,
+            ROLLUP.c.batch_cost_usd,
+            ROLLUP.c.batch_saved_usd,
+        ).where(ROLLUP.c.job_id == job_id)
+    ).all()
+    out = dict.fromkeys(
+        ("baseline_usd", "run_spend_usd", "batch_spend_usd", "batch_saved_usd", "batch_run_saved_usd"), Decimal(0)
+    )
+    for purpose, cost, baseline, batch_cost, batch_saved in rows:  # Decimals on both databases (Money)
+        out["baseline_usd"] += baseline
+        out["batch_spend_usd"] += batch_cost
+        out["batch_saved_usd"] += batch_saved
+        if purpose == "run":
+            out["run_spend_usd"] += cost
+            out["batch_run_saved_usd"] += batch_saved
+    return out
 
 
 def team_names(session: Session, team_ids: Iterable[int], *, qualified: bool) -> dict[int, str]:

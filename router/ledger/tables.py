@@ -105,6 +105,11 @@ class Job(SQLModel, table=True):
     pause_reason: str | None = None  # budget | provider: why a paused job waits
     n_drift_checked: int = 0  # production items also answered by the reference model
     n_drift_agreed: int = 0
+    # Execution mode: what was asked (auto | sync | batch), by when the results are wanted, and the
+    # decision (policies/execution_mode.py ModeDecision as data: each stage's mode, multiplier, saving).
+    deadline_at: datetime | None = _ts()
+    mode: str = "auto"
+    execution: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime | None = _ts(default=utcnow)
     finished_at: datetime | None = _ts()
 
@@ -130,13 +135,20 @@ class Item(SQLModel, table=True):
     finished_at: datetime | None = _ts()
 
 
+class CallMode:
+    SYNC = "sync"  # a synchronous call, at the standard price
+    BATCH = "batch"  # a line of a provider's batch, at the standard price times the batch multiplier
+
+
 class Call(SQLModel, table=True):
-    """One provider call. Its row is written (in_flight) before the call is made."""
+    """One provider call. Its row is written (in_flight) before the call is made (or, for a line of a
+    provider batch, before the batch is created; its id is the line's custom_id)."""
 
     __table_args__ = (
         Index("ix_call_job", "job_id"),
         Index("ix_call_item", "item_id"),
         Index("ix_call_team_started", "team_id", "started_at"),
+        Index("ix_call_provider_batch", "provider_batch_id"),
     )
     id: str = Field(primary_key=True)
     job_id: str = Field(foreign_key="job.id")
@@ -164,6 +176,13 @@ class Call(SQLModel, table=True):
     # How a billed answer ended (router.providers.base FINISHES: stop, cut, refused, filtered, blocked,
     # broken); None when no answer came back (an error, an unknown outcome, an unreadable body).
     finish: str | None = None
+    mode: str = CallMode.SYNC
+    # What the call's cost is of its tokens at the list price (the rates above): 1 for a synchronous
+    # call, the provider's batch multiplier (0.5) for a batch line. cost_usd already includes it.
+    price_multiplier: Decimal = Field(
+        default=Decimal(1), sa_column=Column(Money(), nullable=False, default=Decimal(1), server_default="1")
+    )
+    provider_batch_id: str | None = None  # the ProviderBatch (our id) a batch line was sent in
     started_at: datetime | None = _ts(default=utcnow, nullable=False)
     finished_at: datetime | None = _ts()
 
@@ -264,6 +283,64 @@ class CallRollup(SQLModel, table=True):
     filtered_cost_usd: Decimal = _money()
     blocked_cost_usd: Decimal = _money()
     cut_off_cost_usd: Decimal = _money()
+    # Lines of provider batches among `calls`, their cost (inside cost_usd), and what the batch
+    # discount saved on them: their cost at the standard price minus what they cost.
+    batch_calls: int = 0
+    batch_cost_usd: Decimal = _money()
+    batch_saved_usd: Decimal = _money()
+
+
+class BatchState:
+    """A ProviderBatch's state in our books (router.providers.batch_api has the provider's)."""
+
+    CREATING = "creating"  # the row and its lines' call rows are written; `create` not yet confirmed
+    PENDING = "pending"  # created at the provider, not yet running
+    RUNNING = "running"
+    ENDED = "ended"  # the provider says every line has its outcome; results not yet all ingested
+    INGESTED = "ingested"  # every line settled; nothing more to do
+    FAILED = "failed"  # refused whole by the provider (no line ran, none billed); its lines re-run
+    OPEN = (CREATING, PENDING, RUNNING, ENDED, FAILED)  # not yet ingested: the poller still has work on them
+
+
+class ProviderBatch(SQLModel, table=True):
+    """One batch sent to a provider's batch API. Its id (our tag) is written, with every line's call
+    row, before the batch is created; the provider's own id is recorded once `create` returns."""
+
+    __tablename__ = "provider_batch"
+    __table_args__ = (
+        Index("ix_provider_batch_job", "job_id"),
+        Index("ix_provider_batch_state", "state"),
+        Index("ix_provider_batch_wave", "wave"),
+    )
+    id: str = Field(primary_key=True)
+    job_id: str = Field(foreign_key="job.id")
+    # The batches made from one claim of items (one per model, split to the provider's limits): an
+    # item's answers of a stage (a cascade's two models) come back in the wave's batches, so a wave is
+    # ingested as a whole, once every batch of it has ended.
+    wave: str
+    provider: str
+    model_id: str
+    batch_id: str | None = None  # the provider's (batch_..., msgbatch_..., batches/...)
+    state: str = BatchState.CREATING
+    vendor_status: str | None = None
+    n_lines: int = 0
+    stage: int = 0  # the route's stage its lines belong to
+    # That stage's models, in the route's order, when the wave was sent: the wave is judged on them,
+    # even if the job was re-routed (drift) while it was out.
+    stage_models: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    round: int = 1  # 1: the lines' first batch; 2 and on: lines re-run after a batch left them undone
+    simulated: bool = False
+    price_multiplier: Decimal = Field(
+        default=Decimal(1), sa_column=Column(Money(), nullable=False, default=Decimal(1), server_default="1")
+    )
+    reserved_usd: Decimal = _money()  # the worst case held against the team's budget when created
+    reservation_id: str | None = None
+    created_at: datetime | None = _ts(default=utcnow)
+    submitted_at: datetime | None = _ts()
+    polled_at: datetime | None = _ts()
+    ended_at: datetime | None = _ts()
+    ingested_at: datetime | None = _ts()
+    error: str | None = None
 
 
 class JobEvent(SQLModel, table=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -60,6 +61,11 @@ class JobSnapshot:
     baseline_output_usd_per_mtok: Decimal | None
     timezone: str
     has_budget: bool
+    # Execution mode (policies/execution_mode.py): what was asked, by when, and what was decided.
+    mode: str = "auto"
+    deadline_at: datetime | None = None
+    execution: Mapping[str, Any] | None = None
+    regions: tuple[str, ...] = ()
 
 
 class ClaimedItem(Protocol):

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from typing import Any
 
 from router.catalog import Catalog, ProviderInfo
+from router.errors import ConfigError
 from router.providers.anthropic import AnthropicProvider
+from router.providers.anthropic_batch import AnthropicBatchAPI
 from router.providers.base import Provider
+from router.providers.batch_api import BatchAPI
 from router.providers.gemini import GeminiProvider
+from router.providers.gemini_batch import GeminiBatchAPI
 from router.providers.http import build_client
 from router.providers.limits import SharedLimits
 from router.providers.mistral import MistralProvider
+from router.providers.mistral_batch import MistralBatchAPI
 from router.providers.openai import OpenAIProvider
-from router.providers.sandbox import SandboxProvider
+from router.providers.openai_batch import OpenAIBatchAPI
+from router.providers.sandbox import SandboxBatchAPI, SandboxBatchKnobs, SandboxProvider
 from router.settings import Settings
 
 # Connections per provider and process: one per call in flight (settings.calls_in_flight).
@@ -33,22 +41,30 @@ async def get_provider(catalog: Catalog, settings: Settings, name: str, *, simul
     return provider
 
 
-def _build(catalog: Catalog, settings: Settings, info: ProviderInfo, *, simulated: bool) -> Provider:
-    if simulated:
-        qualities = {
-            (model.api_model, task): estimate.value
-            for model in catalog.models.values()
-            for task, estimate in model.quality.items()
-        }
-        return SandboxProvider(qualities=qualities)
-    api_key = settings.api_key(info.api_key_env)
-    client = build_client(
+def _sandbox(catalog: Catalog) -> SandboxProvider:
+    qualities = {
+        (model.api_model, task): estimate.value
+        for model in catalog.models.values()
+        for task, estimate in model.quality.items()
+    }
+    return SandboxProvider(qualities=qualities)
+
+
+def _client(settings: Settings, info: ProviderInfo) -> Any:
+    return build_client(
         base_url=info.base_url,
         headers={},
         timeout_s=settings.request_timeout_s,
         max_connections=settings.calls_in_flight,
         backend=settings.http_backend,
     )
+
+
+def _build(catalog: Catalog, settings: Settings, info: ProviderInfo, *, simulated: bool) -> Provider:
+    if simulated:
+        return _sandbox(catalog)
+    api_key = settings.api_key(info.api_key_env)
+    client = _client(settings, info)
     if info.kind == "anthropic":
         return AnthropicProvider(name=info.name, client=client, api_key=api_key)
     if info.kind == "gemini":
@@ -56,6 +72,62 @@ def _build(catalog: Catalog, settings: Settings, info: ProviderInfo, *, simulate
     if info.kind == "mistral":
         return MistralProvider(name=info.name, client=client, api_key=api_key)
     return OpenAIProvider(name=info.name, client=client, api_key=api_key)
+
+
+# The batch API class of each catalog provider kind (router/providers/<vendor>_batch.py), constructed
+# as cls(name=info.name, client=<build_client(...)>, api_key=api_key) over the same base URL as the
+# provider's calls. A kind not listed has no batch API; a listed one is used only for providers the
+# catalog gives a batch_multiplier and batch_window_h (an OpenAI-compatible vLLM box has neither).
+BATCH_API_CLASSES: dict[str, type] = {
+    "openai": OpenAIBatchAPI,
+    "anthropic": AnthropicBatchAPI,
+    "gemini": GeminiBatchAPI,
+    "mistral": MistralBatchAPI,
+}
+_batch_cache: dict[tuple[object, ...], BatchAPI] = {}
+
+
+def has_batch_api(catalog: Catalog, name: str, *, simulated: bool) -> bool:
+    """Whether provider `name` has a batch API (the sandbox's, when simulated); no connection is made."""
+    info = catalog.providers.get(name)
+    if info is None or info.batch_multiplier is None or info.batch_window_h is None:
+        return False
+    return simulated or info.kind in BATCH_API_CLASSES
+
+
+def sandbox_batch_knobs(settings: Settings) -> SandboxBatchKnobs:
+    """The sandbox batch API's knobs from settings; ConfigError naming the setting when they are wrong."""
+    try:
+        return SandboxBatchKnobs.parse(settings.sandbox_batch)
+    except ValueError as exc:
+        raise ConfigError(f"PENNYROUTE_SANDBOX_BATCH: {exc}") from None
+
+
+def get_batch_api(catalog: Catalog, settings: Settings, name: str, *, simulated: bool) -> BatchAPI | None:
+    """The batch API of provider `name` (the sandbox's, simulated, when the job is); None when the
+    provider has none. Built once per process (call inside the I/O loop) and kept, like providers."""
+    info = catalog.providers[name]
+    if simulated:
+        knobs = sandbox_batch_knobs(settings)
+        key: tuple[object, ...] = (os.getpid(), "sandbox", name, settings.sandbox_batch, settings.sandbox_batch_dir)
+        found = _batch_cache.get(key)
+        if found is None:
+            window_s = (info.batch_window_h or 24) * 3600
+            if "window_s" not in settings.sandbox_batch:
+                knobs = replace(knobs, window_s=window_s)
+            found = _batch_cache[key] = SandboxBatchAPI(
+                name=name, provider=_sandbox(catalog), knobs=knobs, directory=settings.sandbox_batch_dir
+            )
+        return found
+    cls = BATCH_API_CLASSES.get(info.kind)
+    if cls is None:
+        return None
+    key = (os.getpid(), name, info.kind, info.base_url, settings.http_backend)
+    found = _batch_cache.get(key)
+    if found is None:
+        api_key = settings.api_key(info.api_key_env)
+        found = _batch_cache[key] = cls(name=info.name, client=_client(settings, info), api_key=api_key)
+    return found
 
 
 _limits: dict[tuple[int, str | None], SharedLimits] = {}
@@ -76,6 +148,10 @@ async def close_all() -> None:
     _cache.clear()
     for provider in providers:
         await provider.aclose()
+    batch_apis = list(_batch_cache.values())
+    _batch_cache.clear()
+    for batch_api in batch_apis:
+        await batch_api.aclose()
     limits = list(_limits.values())
     _limits.clear()
     for shared in limits:

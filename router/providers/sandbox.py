@@ -17,9 +17,17 @@ items other judges err on.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
-from dataclasses import replace
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
 
+from router.errors import ProviderStatusError
 from router.prompts import (
     MESSAGE_OVERHEAD_TOKENS,
     estimate_tokens,
@@ -29,6 +37,18 @@ from router.prompts import (
     labels_from_system,
 )
 from router.providers.base import ChatRequest, Completion
+from router.providers.batch_api import (
+    CANCELED,
+    ENDED,
+    ERRORED,
+    EXPIRED,
+    RUNNING,
+    SUCCEEDED,
+    BatchLimits,
+    BatchLine,
+    BatchState,
+    LineResult,
+)
 from router.usage import TokenUsage
 
 SIMULATED_LABEL = "SIMULATED"
@@ -221,3 +241,278 @@ class SandboxProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+# -- the sandbox's batch API (simulated) ------------------------------------------------------------
+
+# Lines the sandbox's batch API shuffles together when it answers out of order: results are still
+# streamed, a block at a time, never the whole batch in memory.
+OUT_OF_ORDER_BLOCK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxBatchKnobs:
+    """How the sandbox's batch API behaves (Settings.sandbox_batch, "key=value,..."):
+
+    delay_s       seconds from create until the batch has ended (lines finish spread over that time)
+    errors        share of lines answered with an error (retryable), not billed
+    expired       share of lines not done within the window (expired)
+    bill_expired  whether an expired line is billed all the same (it was answered, then dropped)
+    out_of_order  results come in an order of their own, not the input's
+    max_lines     lines one batch may hold (the engine splits work to fit)
+    max_bytes     encoded bytes one batch may hold (likewise)
+    window_s      the batch's completion window
+    """
+
+    delay_s: float = 0.0
+    errors: float = 0.0
+    expired: float = 0.0
+    bill_expired: bool = False
+    out_of_order: bool = True
+    max_lines: int = 50_000
+    max_bytes: int = 200 * 1024 * 1024  # OpenAI's input file limit
+    window_s: int = 24 * 3600
+
+    @classmethod
+    def parse(cls, text: str) -> SandboxBatchKnobs:
+        """Knobs from "key=value,..." (empty: the defaults); ValueError naming a bad key or value."""
+        values: dict[str, Any] = {}
+        known = {f.name: f.type for f in fields(cls)}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, _, raw = part.partition("=")
+            key, raw = key.strip(), raw.strip()
+            if key not in known:
+                raise ValueError(f"sandbox_batch: unknown knob '{key}' (knobs: {', '.join(known)})")
+            if key in ("bill_expired", "out_of_order"):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"sandbox_batch: {key} must be true or false, not {raw!r}")
+                values[key] = raw.lower() in ("true", "1")
+            elif key in ("max_lines", "max_bytes", "window_s"):
+                values[key] = int(raw)
+            else:
+                values[key] = float(raw)
+        knobs = cls(**values)
+        if not (0 <= knobs.errors <= 1 and 0 <= knobs.expired <= 1 and knobs.errors + knobs.expired <= 1):
+            raise ValueError("sandbox_batch: errors and expired are shares of the lines, together at most 1")
+        if knobs.delay_s < 0 or knobs.max_lines < 1 or knobs.max_bytes < 1 or knobs.window_s < 1:
+            raise ValueError("sandbox_batch: delay_s must be 0 or more, max_lines, max_bytes and window_s positive")
+        return knobs
+
+
+def default_batch_dir() -> Path:
+    """Where the sandbox's batch API keeps its batches when not told (one directory per user)."""
+    return Path(tempfile.gettempdir()) / f"pennyroute-sandbox-batches-{os.getuid()}"
+
+
+class SandboxBatchAPI:
+    """A simulated provider batch API, in process, answering every line as the sandbox's synchronous
+    calls do (SandboxProvider): SIMULATED, free of charge, no network.
+
+    Each batch is two files in `directory` (so any process can poll it, and a restarted one finds it):
+    `<tag>.json` (its facts and knobs, fixed at create) and `<tag>.jsonl` (its lines). A line's outcome
+    and the moment it finishes are drawn from its custom_id, so reading the results twice gives the
+    same answers. `billed(batch_id)` is the sandbox's own bill: each billed line's usage."""
+
+    simulated = True
+
+    def __init__(
+        self,
+        *,
+        name: str = "sandbox",
+        provider: SandboxProvider | None = None,
+        knobs: SandboxBatchKnobs | None = None,
+        directory: Path | None = None,
+    ) -> None:
+        self.name = name
+        self._provider = provider or SandboxProvider()
+        self.knobs = knobs or SandboxBatchKnobs()
+        self._dir = directory or default_batch_dir()
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.limits = BatchLimits(
+            max_lines=self.knobs.max_lines, max_bytes=self.knobs.max_bytes, window_s=self.knobs.window_s
+        )
+
+    # -- files --
+
+    def _meta_path(self, tag: str) -> Path:
+        return self._dir / f"{tag}.json"
+
+    def _read_meta(self, batch_id: str) -> dict[str, Any]:
+        tag = batch_id.removeprefix(BATCH_ID_PREFIX)
+        try:
+            return dict(json.loads(self._meta_path(tag).read_text()))
+        except FileNotFoundError:
+            raise ProviderStatusError(
+                f"sandbox batch {batch_id}: no such batch", provider=self.name, status_code=404
+            ) from None
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        path = self._meta_path(meta["tag"])
+        scratch = path.with_suffix(".json.tmp")
+        scratch.write_text(json.dumps(meta))
+        scratch.replace(path)  # atomic: a reader sees the old facts or the new, never half
+
+    def line_bytes(self, line: BatchLine) -> int:
+        return len(_line_json(line).encode())
+
+    async def create(self, lines: Sequence[BatchLine], *, model: str, tag: str) -> BatchState:
+        if not lines:
+            raise ProviderStatusError("sandbox batch: no lines", provider=self.name, status_code=400)
+        if sum(self.line_bytes(line) for line in lines) > self.limits.max_bytes:
+            raise ProviderStatusError(
+                f"sandbox batch: more than {self.limits.max_bytes} bytes", provider=self.name, status_code=400
+            )
+        if len(lines) > self.limits.max_lines:
+            raise ProviderStatusError(
+                f"sandbox batch: {len(lines)} lines, more than {self.limits.max_lines}",
+                provider=self.name,
+                status_code=400,
+            )
+        data_path = self._dir / f"{tag}.jsonl"
+        with data_path.open("w") as out:
+            for line in lines:
+                out.write(_line_json(line) + "\n")
+        meta = {
+            "tag": tag,
+            "batch_id": BATCH_ID_PREFIX + tag,
+            "model": model,
+            "total": len(lines),
+            "created": time.time(),
+            "cancelled_at": None,
+            "knobs": asdict(self.knobs),
+        }
+        self._write_meta(meta)
+        return self._state(meta)
+
+    async def get(self, batch_id: str) -> BatchState:
+        return self._state(self._read_meta(batch_id))
+
+    async def cancel(self, batch_id: str) -> BatchState:
+        meta = self._read_meta(batch_id)
+        if meta["cancelled_at"] is None and not self._ended(meta, time.time()):
+            meta["cancelled_at"] = time.time()
+            self._write_meta(meta)
+        return self._state(meta)
+
+    async def find(self, tag: str) -> BatchState | None:
+        try:
+            meta = dict(json.loads(self._meta_path(tag).read_text()))
+        except FileNotFoundError:
+            return None
+        return self._state(meta)
+
+    async def results(self, batch_id: str) -> AsyncIterator[LineResult]:
+        meta = self._read_meta(batch_id)
+        if not self._ended(meta, time.time()):
+            raise ProviderStatusError(f"sandbox batch {batch_id}: not ended yet", provider=self.name, status_code=409)
+        knobs = SandboxBatchKnobs(**meta["knobs"])
+        with (self._dir / f"{meta['tag']}.jsonl").open() as lines:
+            block: list[dict[str, Any]] = []
+            for raw in lines:
+                block.append(json.loads(raw))
+                if len(block) >= OUT_OF_ORDER_BLOCK:
+                    for result in await self._answer_block(meta, knobs, block):
+                        yield result
+                    block = []
+            for result in await self._answer_block(meta, knobs, block):
+                yield result
+
+    async def billed(self, batch_id: str) -> dict[str, TokenUsage]:
+        """The sandbox's bill for an ended batch: each billed line's usage, by custom_id (priced by the
+        caller at the model's price times the provider's batch multiplier)."""
+        meta = self._read_meta(batch_id)
+        knobs = SandboxBatchKnobs(**meta["knobs"])
+        out: dict[str, TokenUsage] = {}
+        with (self._dir / f"{meta['tag']}.jsonl").open() as lines:
+            for raw in lines:
+                line = json.loads(raw)
+                outcome = self._outcome(meta, knobs, line["custom_id"])
+                if outcome == SUCCEEDED or (outcome == EXPIRED and knobs.bill_expired):
+                    out[line["custom_id"]] = (await self._provider.complete(_request(line))).usage
+        return out
+
+    async def aclose(self) -> None:
+        return None
+
+    # -- the simulation --
+
+    def _ended(self, meta: dict[str, Any], now: float) -> bool:
+        return meta["cancelled_at"] is not None or now >= meta["created"] + meta["knobs"]["delay_s"]
+
+    def _state(self, meta: dict[str, Any]) -> BatchState:
+        now = time.time()
+        ended = self._ended(meta, now)
+        cancelled = meta["cancelled_at"] is not None
+        vendor = "cancelled" if cancelled else ("ended" if ended else "in_progress")
+        return BatchState(
+            batch_id=meta["batch_id"],
+            state=ENDED if ended else RUNNING,
+            vendor_status=f"{vendor} (SIMULATED)",
+            total=meta["total"],
+            done=meta["total"] if ended else 0,
+        )
+
+    def _outcome(self, meta: dict[str, Any], knobs: SandboxBatchKnobs, custom_id: str) -> str:
+        """A line's outcome: drawn from its custom_id; a cancelled batch's lines not yet done are cancelled."""
+        cancelled_at = meta["cancelled_at"]
+        if cancelled_at is not None:
+            done_at = meta["created"] + knobs.delay_s * _unit("done-at", custom_id)
+            if knobs.delay_s == 0 or done_at > cancelled_at:
+                return CANCELED
+        draw = _unit("batch-outcome", custom_id)
+        if draw < knobs.errors:
+            return ERRORED
+        if draw < knobs.errors + knobs.expired:
+            return EXPIRED
+        return SUCCEEDED
+
+    async def _answer_block(
+        self, meta: dict[str, Any], knobs: SandboxBatchKnobs, block: list[dict[str, Any]]
+    ) -> list[LineResult]:
+        if knobs.out_of_order:
+            block = sorted(block, key=lambda line: _unit("order", line["custom_id"]))
+        out = []
+        for line in block:
+            custom_id = line["custom_id"]
+            outcome = self._outcome(meta, knobs, custom_id)
+            if outcome == SUCCEEDED:
+                completion = await self._provider.complete(_request(line))
+                out.append(LineResult(custom_id, SUCCEEDED, completion=completion, usage=completion.usage))
+            elif outcome == ERRORED:
+                out.append(LineResult(custom_id, ERRORED, error="server_error: simulated line error (SIMULATED)"))
+            elif outcome == EXPIRED:
+                usage = (await self._provider.complete(_request(line))).usage if knobs.bill_expired else None
+                out.append(LineResult(custom_id, EXPIRED, usage=usage, error="batch_expired (SIMULATED)"))
+            else:
+                out.append(LineResult(custom_id, CANCELED, error="batch cancelled (SIMULATED)"))
+        return out
+
+
+BATCH_ID_PREFIX = "sandbox_batch_"
+
+
+def _line_json(line: BatchLine) -> str:
+    r = line.request
+    return json.dumps(
+        {
+            "custom_id": line.custom_id,
+            "model": r.model,
+            "system": r.system,
+            "prompt": r.prompt,
+            "max_output_tokens": r.max_output_tokens,
+            "thinking_tokens": r.thinking_tokens,
+            "reasoning_effort": r.reasoning_effort,
+        }
+    )
+
+
+def _request(line: dict[str, Any]) -> ChatRequest:
+    return ChatRequest(
+        model=line["model"],
+        system=line["system"],
+        prompt=line["prompt"],
+        max_output_tokens=line["max_output_tokens"],
+        request_id=line["custom_id"],
+        thinking_tokens=line["thinking_tokens"],
+        reasoning_effort=line["reasoning_effort"],
+    )

@@ -59,6 +59,22 @@ class ReportRow:
     blocked_spend_usd: Decimal = Decimal(0)
     cut_off_calls: int = 0  # cut off by the output cap, and not usable (a label read from one stands)
     cut_off_spend_usd: Decimal = Decimal(0)
+    # Lines of provider batches (inside calls and spend), and what the batch discount saved on them
+    # against the standard price: on every line, and on the run items (the savings' batch lever).
+    batch_calls: int = 0
+    batch_spend_usd: Decimal = Decimal(0)
+    batch_saved_usd: Decimal = Decimal(0)
+    batch_run_saved_usd: Decimal = Decimal(0)
+
+    @property
+    def routing_savings_usd(self) -> Decimal:
+        """The routing lever: the run items at the standard price against their jobs' baseline model."""
+        return self.savings_usd - self.batch_run_saved_usd
+
+    @property
+    def batch_savings_usd(self) -> Decimal:
+        """The batch lever: what the providers' batch discount saved on the run items."""
+        return self.batch_run_saved_usd
 
     @property
     def checks_spend_usd(self) -> Decimal:
@@ -193,6 +209,10 @@ def _row(values: Mapping[Any, Any]) -> ReportRow:
         blocked_spend_usd=usd("blocked_spend_usd"),
         cut_off_calls=n("cut_off_calls"),
         cut_off_spend_usd=usd("cut_off_spend_usd"),
+        batch_calls=n("batch_calls"),
+        batch_spend_usd=usd("batch_spend_usd"),
+        batch_saved_usd=usd("batch_saved_usd"),
+        batch_run_saved_usd=usd("batch_run_saved_usd"),
     )
 
 

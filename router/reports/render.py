@@ -48,6 +48,11 @@ COLUMNS = (
     "blocked_spend_usd",
     "cut_off_calls",
     "cut_off_spend_usd",
+    # Savings by lever (appended): the providers' batch lines and what each lever saved.
+    "batch_calls",
+    "batch_spend_usd",
+    "routing_savings_usd",
+    "batch_savings_usd",
 )
 # Those outcomes (router.ledger.rollup.OUTCOMES) as the table and the page name them.
 OUTCOME_NAMES = (("refused", "refused"), ("filtered", "filtered"), ("blocked", "blocked"), ("cut_off", "cut off"))
@@ -159,7 +164,7 @@ def pct(value: Decimal | None) -> str:
 
 # Savings compare with a baseline; a row without one (calibration only, or a cascade's first model
 # by model) has no savings, not negative ones: these cells are empty in CSV and null in JSON.
-COMPARED = ("savings_usd", "savings_pct", "net_savings_usd")
+COMPARED = ("savings_usd", "savings_pct", "net_savings_usd", "routing_savings_usd")
 
 
 def _cell(row: ReportRow, column: str) -> Any:
@@ -294,9 +299,15 @@ def savings_note(totals: ReportRow) -> str:
         if totals.checks_spend_usd
         else ""
     )
+    levers = (
+        f" By lever: routing saved {usd(totals.routing_savings_usd)} (the models chosen, at the standard price) "
+        f"and the providers' batch discount {usd(totals.batch_savings_usd)} ({totals.batch_calls:,} batch lines)."
+        if totals.batch_calls
+        else ""
+    )
     return (
         "saved: the run items against the same items on each job's baseline model (the most expensive model "
-        f"that met the job's constraints).{checks} All in: {usd(totals.spend_usd)} spent against "
+        f"that met the job's constraints).{levers}{checks} All in: {usd(totals.spend_usd)} spent against "
         f"{usd(totals.baseline_usd)} on the baselines, {compared(totals.spend_usd, totals.baseline_usd)}."
     )
 

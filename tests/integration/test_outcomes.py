@@ -130,7 +130,8 @@ def test_refused_filtered_blocked_and_cut_off_answers_show_in_the_month_report_a
     # CSV, by team: the one team and the total carry every outcome.
     lines = list(csv.reader(io.StringIO(render_csv(by_team))))
     header, cells = lines[0], {line[0]: dict(zip(lines[0], line, strict=True)) for line in lines[1:]}
-    assert header[-8:] == [f"{o}_{k}" for o in FINISH for k in ("calls", "spend_usd")]
+    # The outcome columns, then the batch levers' columns (appended after them).
+    assert header[-12:-4] == [f"{o}_{k}" for o in FINISH for k in ("calls", "spend_usd")]
     assert list(cells) == [team[1], "TOTAL"]
     for key in (team[1], "TOTAL"):
         assert [int(cells[key][f"{o}_calls"]) for o in FINISH] == [2, 1, 1, 1], key

@@ -380,6 +380,10 @@ def test_csv_has_every_group_and_the_exact_total(session: Session) -> None:
         "blocked_spend_usd",
         "cut_off_calls",
         "cut_off_spend_usd",
+        "batch_calls",
+        "batch_spend_usd",
+        "routing_savings_usd",
+        "batch_savings_usd",
     ]
     assert [r[0] for r in rows[1:]] == ["legal", "growth", "TOTAL"]
     for row, want in zip(rows[1:], (LEGAL, GROWTH, ACME_TOTAL), strict=True):

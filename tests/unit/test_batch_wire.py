@@ -15,7 +15,6 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -47,8 +46,6 @@ from router.providers.mistral import MistralProvider
 from router.providers.mistral_batch import MistralBatchAPI
 from router.providers.openai import OpenAIProvider
 from router.providers.openai_batch import OpenAIBatchAPI
-from router.providers.sandbox import SandboxProvider
-from router.providers.sandbox_batch import SandboxBatchAPI
 from tests.fakes.batches import read_bill, set_knobs
 from tests.helpers import FAKE_KEY
 
@@ -634,32 +631,3 @@ def test_knobs_are_checked_and_reset(base_url: str) -> None:
     after = knobs(base_url, expired=0.2)
     assert (after["delay_s"], after["errored"], after["expired"]) == (5, 0.1, 0.2)  # a POST changes what it names
     assert knobs(base_url, reset=True)["delay_s"] == 0
-
-
-# -- the sandbox's batch API (simulated jobs, the demo) ----------------------------------------------------
-
-
-def test_the_sandbox_batch_api_answers_as_the_sandbox_and_outlives_its_process(tmp_path: Path) -> None:
-    lines = lines_for("openai", 5)
-    qualities = {(MODELS["openai"], "classify"): 0.9}
-
-    async def go() -> tuple[BatchState, BatchState | None, list[LineResult], list[Completion], BatchState]:
-        first = SandboxBatchAPI(qualities=qualities, root=tmp_path)
-        created = await first.create(lines, model=MODELS["openai"], tag="pr-sandbox")
-        # Another process (beat's poll) knows the batch by its tag and reads it from the files alone.
-        other = SandboxBatchAPI(qualities=qualities, root=tmp_path)
-        found = await other.find("pr-sandbox")
-        results = [r async for r in other.results(created.batch_id)]
-        sandbox = SandboxProvider(qualities=qualities)
-        expected = [await sandbox.complete(line.request) for line in lines]
-        late = SandboxBatchAPI(root=tmp_path, delay_s=3600)
-        held = await late.create(lines_for("openai", 2), model=MODELS["openai"], tag="pr-sandbox-late")
-        return created, found, results, expected, await late.cancel(held.batch_id)
-
-    created, found, results, expected, cancelled = asyncio.run(go())
-    assert created.state == PENDING and found is not None and (found.batch_id, found.state) == (created.batch_id, ENDED)
-    assert [(r.custom_id, r.outcome) for r in results] == [(line.custom_id, SUCCEEDED) for line in lines]
-    assert [(r.completion.text, r.usage) for r in results if r.completion] == [(e.text, e.usage) for e in expected]
-    assert (cancelled.state, cancelled.vendor_status, cancelled.failed) == (ENDED, "cancelled", 2)
-    with pytest.raises(ProviderStatusError):
-        asyncio.run(SandboxBatchAPI(root=tmp_path).get("sandbox_batch_missing"))
