@@ -1,13 +1,15 @@
 """GET /metrics: Prometheus's text format, for a scraper holding PENNYROUTE_METRICS_TOKEN.
 
-From the ledger at scrape time (every worker's work, exactly; `mode` is "sync" until calls record
-their mode):
+From the ledger at scrape time (every worker's work, exactly):
 
-    pennyroute_cost_usd_total{provider, model, mode, tenant}          spend, every call
+    pennyroute_cost_usd_total{provider, model, mode, tenant}          spend, every call; mode: sync or
+                                                                      batch (a provider batch API's lines)
+    pennyroute_batch_calls_total{provider, model, tenant}             calls made as batch lines
     pennyroute_failed_cost_usd_total{provider, model, mode, tenant}   spend on calls with no usable answer
     pennyroute_tokens_total{provider, model, mode, tenant, kind}      kind: input, cached_input, output
     pennyroute_calls_total{provider, model, mode, tenant, outcome}    outcome: ok, failed, refused,
                                                                       filtered, blocked, cut_off
+    (the rollups split spend by mode, not tokens or outcomes: those carry mode="all")
     pennyroute_budget_remaining{tenant, team, currency}               this period's limit - settled - reserved
     pennyroute_items_open{state}                                      items not yet done or failed, by job state
 
@@ -33,8 +35,8 @@ from router.settings import Settings
 
 router = APIRouter()
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Until calls record how they were sent (sync, batch, flex: the provider-batch work), every call is sync.
-MODE = "sync"
+# The rollups keep spend and calls by mode (sync, batch), not tokens or outcomes: those are for all modes.
+ALL_MODES = "all"
 
 
 class LedgerCollector(Collector):
@@ -49,6 +51,11 @@ class LedgerCollector(Collector):
         failed = CounterMetricFamily(
             "pennyroute_failed_cost_usd", "Spend in USD on calls with no usable answer.", labels=labels
         )
+        batch_calls = CounterMetricFamily(
+            "pennyroute_batch_calls",
+            "Calls made as lines of a provider's batch.",
+            labels=["provider", "model", "tenant"],
+        )
         tokens = CounterMetricFamily("pennyroute_tokens", "Tokens billed.", labels=[*labels, "kind"])
         calls = CounterMetricFamily("pennyroute_calls", "Calls by outcome.", labels=[*labels, "outcome"])
         remaining = GaugeMetricFamily(
@@ -62,8 +69,11 @@ class LedgerCollector(Collector):
             budgets = repo.budget_rows(session, month=None)
             states = figures.open_items_by_state(session)
         for row in spend:
-            key = [row.provider, row.model_id, MODE, row.tenant]
-            cost.add_metric(key, float(row.cost_usd or 0))
+            batch_cost = row.batch_cost_usd or 0
+            cost.add_metric([row.provider, row.model_id, "sync", row.tenant], float((row.cost_usd or 0) - batch_cost))
+            cost.add_metric([row.provider, row.model_id, "batch", row.tenant], float(batch_cost))
+            batch_calls.add_metric([row.provider, row.model_id, row.tenant], float(row.batch_calls or 0))
+            key = [row.provider, row.model_id, ALL_MODES, row.tenant]
             failed.add_metric(key, float(row.failed_cost_usd or 0))
             for kind in ("input_tokens", "cached_input_tokens", "output_tokens"):
                 tokens.add_metric([*key, kind.removesuffix("_tokens")], float(getattr(row, kind) or 0))
@@ -77,7 +87,7 @@ class LedgerCollector(Collector):
             remaining.add_metric([b.tenant, b.team, b.currency], float(b.limit_amount - b.settled - b.reserved))
         for state, n in states:
             open_items.add_metric([state], float(n))
-        yield from (cost, failed, tokens, calls, remaining, open_items)
+        yield from (cost, batch_calls, failed, tokens, calls, remaining, open_items)
 
 
 def exposition(settings: Settings) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlmodel import Session
 
 from policies.escalation import ACCEPT, ESCALATE, FAIL, HOLD, after_stage
+from router import metrics
 from router.catalog import Catalog
 from router.engine import alerts, drift, runtime
 from router.engine.batch import Batch, ChunkContext, PlannedCall, pause, record_calls, reserve_more, rollups
@@ -61,6 +62,7 @@ class _Ingest:
     spent_usd: Decimal = Decimal(0)
     settled: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
+    by_provider: dict[tuple[str, str], int] = field(default_factory=dict)  # (provider, line outcome) -> lines
 
 
 async def _page(results: AsyncIterator[wire.LineResult], size: int) -> list[wire.LineResult]:
@@ -123,6 +125,8 @@ def ingest_wave(settings: Settings, catalog: Catalog, *, wave: str, at: datetime
                 "next": plan_next.summary(),
             },
         )
+    for (provider, outcome), n in got.by_provider.items():  # counted once committed: a retried ingest counts once
+        metrics.count_batch_lines(provider=provider, outcome=outcome, n=n)
     for alert in found_alerts:
         alerts.send_alert(alert, settings)
     create_parts(settings, catalog, plan_next.parts)
@@ -217,6 +221,7 @@ def _count(
     got.written.add(call.id)
     got.settled += 1
     got.outcomes[line_outcome] = got.outcomes.get(line_outcome, 0) + 1
+    got.by_provider[(call.provider, line_outcome)] = got.by_provider.get((call.provider, line_outcome), 0) + 1
     got.spent_usd += update["cost_usd"]
     saved = update.pop("_saved")
     got.facts.setdefault((call.model_id, call.purpose), []).append(

@@ -182,12 +182,28 @@ def split_file(pieces: Iterable[bytes], *, endpoint: str, catalog: Catalog) -> S
     return split
 
 
+# The only completion window OpenAI's Batch API takes, and so the one this intake takes.
+COMPLETION_WINDOW = "24h"
+
+
 def job_request(path: Path, *, model: str, team: str, tenant: str, metadata: dict[str, Any]) -> JobRequest:
     """The pennyroute job for one model's lines of a batch (see the module's docstring)."""
     labels = tuple(v.strip() for v in str(metadata.get("labels") or "").split(",") if v.strip())
     task = str(metadata.get("task") or ("classify" if labels else "summarize"))
     max_words = _number(metadata, "max_words", int) if metadata.get("max_words") else None
-    common = {"path": path, "team": team, "tenant": tenant, "task": task, "labels": labels, "max_words": max_words}
+    # The batch's completion window is the job's deadline: where the provider sells a batch API and the
+    # window allows, the job runs on it at the batch price (policies/execution_mode.py); metadata
+    # `mode` (auto, sync, batch) overrides it as `submit --mode` does.
+    common = {
+        "path": path,
+        "team": team,
+        "tenant": tenant,
+        "task": task,
+        "labels": labels,
+        "max_words": max_words,
+        "deadline": COMPLETION_WINDOW,
+        "mode": str(metadata.get("mode") or "auto"),
+    }
     on_budget = str(metadata.get("on_budget") or "reject")
     if model == AUTO:
         if "min_quality" not in metadata:
@@ -482,7 +498,7 @@ def create_batch(
         raise InputError(f"metadata holds at most {MAX_METADATA} pairs", field="metadata")
     if endpoint != ENDPOINT:
         raise InputError(f"endpoint '{endpoint}' is not supported: use {ENDPOINT}", field="endpoint")
-    if completion_window != "24h":
+    if completion_window != COMPLETION_WINDOW:
         raise InputError("only 24h is supported", field="completion_window")
     team = owner.team or metadata.get("team")
     if not team:

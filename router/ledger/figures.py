@@ -19,7 +19,7 @@ TENANT = Tenant.__table__  # type: ignore[attr-defined]
 
 
 def spend_by_model(session: Session) -> list[Any]:
-    """(provider, model_id, tenant, cost_usd, failed_cost_usd, calls, failed_calls, refused_calls,
+    """(provider, model_id, tenant, cost_usd, batch_cost_usd, batch_calls, failed_cost_usd, calls, failed_calls, refused_calls,
     filtered_calls, blocked_calls, cut_off_calls, input_tokens, cached_input_tokens, output_tokens)."""
     r = ROLLUP.c
     query = (
@@ -28,6 +28,8 @@ def spend_by_model(session: Session) -> list[Any]:
             r.model_id,
             TENANT.c.name.label("tenant"),
             func.sum(r.cost_usd).label("cost_usd"),
+            func.sum(r.batch_cost_usd).label("batch_cost_usd"),
+            func.sum(r.batch_calls).label("batch_calls"),
             func.sum(r.failed_cost_usd).label("failed_cost_usd"),
             func.sum(r.calls).label("calls"),
             func.sum(r.failed_calls).label("failed_calls"),

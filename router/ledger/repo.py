@@ -1108,6 +1108,7 @@ def batch_calls(session: Session, tags: Sequence[str]) -> list[Any]:
                 CALL.c.id,
                 CALL.c.item_id,
                 CALL.c.model_id,
+                CALL.c.provider,
                 CALL.c.purpose,
                 CALL.c.status,
                 CALL.c.started_at,

@@ -91,6 +91,9 @@ class AnthropicBatchAPI:
 
     limits = LIMITS
     what = "message"
+    # Anthropic keeps no metadata on a batch: `find` cannot tell ours, so a batch whose creation may
+    # have reached Anthropic is treated as maybe sent (charged at its worst case, its lines run again).
+    can_find = False
 
     def __init__(self, *, name: str, client: httpx.AsyncClient, api_key: str | None, simulated: bool = False) -> None:
         self.name = name

@@ -14,7 +14,8 @@ ingests `results` one line at a time, and settles each line at its own usage tim
     cancel   ask the provider to stop; lines already done stay done and are still read by `results`
     find     a batch created under `tag` (our own batch row id, sent as metadata or display name), so a
              worker that died between `create` and writing the provider's id does not create it twice;
-             None where the vendor cannot be asked (then the engine treats the lines as maybe sent)
+             None where the vendor cannot be asked; such a vendor's class sets `can_find = False`, and
+             the engine then treats the lines of a batch that may have been created as maybe sent
 """
 
 from __future__ import annotations

@@ -78,8 +78,11 @@ def test_metrics_read_the_ledger_and_add_up_the_processes(
     with session_scope(settings) as session:
         spent = repo.job_spend(session, created.json()["job_id"])
     assert Decimal(str(found[("pennyroute_cost_usd_total", key)])) == spent > 0
-    assert found[("pennyroute_calls_total", tuple(sorted((*key, ("outcome", "ok")))))] == 30
-    assert found[("pennyroute_tokens_total", tuple(sorted((*key, ("kind", "output")))))] > 0
+    batch_key = (("mode", "batch"), ("model", "gpt-4o-mini"), ("provider", "openai"), ("tenant", owner.tenant))
+    assert found[("pennyroute_cost_usd_total", batch_key)] == 0  # a job with no deadline runs sync
+    every = (("mode", "all"), ("model", "gpt-4o-mini"), ("provider", "openai"), ("tenant", owner.tenant))
+    assert found[("pennyroute_calls_total", tuple(sorted((*every, ("outcome", "ok")))))] == 30
+    assert found[("pennyroute_tokens_total", tuple(sorted((*every, ("kind", "output")))))] > 0
     remaining = found[
         ("pennyroute_budget_remaining", (("currency", "USD"), ("team", owner.team), ("tenant", owner.tenant)))
     ]
