@@ -49,7 +49,8 @@ def ledger(settings: Settings, job_id: str) -> tuple[list[Call], list[Item]]:
 
 
 def priced(catalog: Catalog, call: Call) -> Decimal:
-    """What the call should cost: its tokens at the catalog price in force when it started."""
+    """What the call should cost: its tokens at the catalog price in force when it started, times its
+    price multiplier (a provider batch API's line: 0.5; a synchronous call: 1)."""
     price = catalog.price(call.model_id, call.started_at)
     return price.cost_usd(
         TokenUsage(
@@ -58,7 +59,7 @@ def priced(catalog: Catalog, call: Call) -> Decimal:
             cached_input_tokens=call.cached_input_tokens,
             cache_write_tokens=call.cache_write_tokens,
         )
-    )
+    ) * Decimal(call.price_multiplier)
 
 
 def write_catalog(path: Path, fake_url: str) -> Path:

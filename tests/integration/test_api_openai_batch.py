@@ -98,9 +98,10 @@ def test_named_models_through_the_openai_sdk(settings: Settings, catalog: Catalo
         usage = body["usage"]
         assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        # A 24h window is the job's deadline: the lines ran on the providers' batch APIs, at half price.
         expected += catalog.price(body["model"]).cost_usd(
             TokenUsage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"])
-        )
+        ) * Decimal("0.5")
     assert batch.usage is not None
     assert batch.usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in lines)
 
@@ -112,6 +113,7 @@ def test_named_models_through_the_openai_sdk(settings: Settings, catalog: Catalo
     spent = Decimal(0)
     for job_id in row.job_ids:
         calls, _ = ledger(settings, job_id)
+        assert all(c.mode == "batch" and c.price_multiplier == Decimal("0.5") for c in calls)
         assert all(c.cost_usd == priced(catalog, c) for c in calls)
         spent += sum((c.cost_usd for c in calls), Decimal(0))
     assert spent == expected > 0  # the ledger is the lines' usage at the catalog's prices, to the cent and below
