@@ -5,9 +5,9 @@ process's RSS while the batches are ingested (the in-process runner does the wor
 
     python bench/batch.py [--items 20000] [--provider sandbox] [--errors 0.05] [--expired 0.02]
 
---provider sandbox: the sandbox's batch API (simulated, in process). --provider fake: the fake
-provider's batch endpoints (tests/fakes), once the vendors' BatchAPI classes are merged
-(router/providers/registry.py BATCH_API_CLASSES); give its URL with --fake-url.
+--provider sandbox: the sandbox's batch API (simulated, in process). --provider fake: OpenAI's Batch
+API as the fake provider (tests/fakes) speaks it, on a fake of its own in this process (or the one at
+--fake-url), with its own batch bill.
 
 Needs Postgres on 127.0.0.1. It uses a database of its own (pennyroute_batch_bench, recreated).
 Prints a table; asserts nothing.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from router.catalog import load_catalog  # noqa: E402
@@ -40,8 +42,12 @@ from router.jobs.submit import submit_job  # noqa: E402
 from router.ledger import repo  # noqa: E402
 from router.ledger.db import session_scope, upgrade  # noqa: E402
 from router.ledger.tables import Call, Item, ItemStatus, ProviderBatch  # noqa: E402
-from router.providers.registry import BATCH_API_CLASSES, close_all, get_batch_api  # noqa: E402
+from router.providers.registry import close_all, get_batch_api  # noqa: E402
 from router.settings import Settings  # noqa: E402
+from router.usage import TokenUsage  # noqa: E402
+
+# The fake provider's key (tests/helpers.py FAKE_KEY): it refuses any other.
+FAKE_KEY = "sk-test-fake"
 
 PG_URL = os.environ.get("PENNYROUTE_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pennyroute_batch_bench")
 LABELS = ("billing", "bug", "account", "other")
@@ -152,10 +158,21 @@ def main() -> None:
     parser.add_argument("--errors", type=float, default=0.05, help="share of lines answered with an error")
     parser.add_argument("--expired", type=float, default=0.02, help="share of lines expired (billed all the same)")
     args = parser.parse_args()
-    if args.provider == "fake" and "openai" not in BATCH_API_CLASSES:
-        raise SystemExit(
-            "--provider fake needs the vendors' BatchAPI classes (router/providers/registry.py BATCH_API_CLASSES): "
-            "not merged yet; use --provider sandbox"
+    fake = None
+    if args.provider == "fake":
+        from tests.fakes.batches import set_knobs
+
+        if args.fake_url is None:  # a fake provider of its own, in a process of its own (not in our RSS)
+            fake = subprocess.Popen(
+                [sys.executable, "-m", "tests.fakes.server", "--port", "0", "--api-key", FAKE_KEY],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert fake.stdout is not None
+            args.fake_url = fake.stdout.readline().split("listening on ")[-1].strip()
+        set_knobs(
+            args.fake_url, reset=True, errored=args.errors, expired=args.expired, expired_billed=True, shuffle=True
         )
     _recreate(PG_URL)
     batch_dir = Path(tempfile.mkdtemp(prefix="pennyroute-batch-bench-"))
@@ -171,6 +188,7 @@ def main() -> None:
         sandbox_batch_dir=batch_dir,
         batch_poll_every_s=0.2,
         catalog=catalog_file,
+        api_keys={"OPENAI_API_KEY": SecretStr(FAKE_KEY)},
         _env_file=None,  # type: ignore[call-arg]
     )
     upgrade(settings)
@@ -197,7 +215,17 @@ def main() -> None:
 
     provider_api = runtime.run(api())  # type: ignore[arg-type]
     bill: dict[str, Decimal] = {}
-    if hasattr(provider_api, "billed"):
+    if args.provider == "fake":  # the fake's own batch bill, line by line, at its batch multiplier
+        from tests.fakes.batches import read_bill
+
+        for custom_id, line in read_bill(args.fake_url)["lines"].items():
+            usage = TokenUsage(
+                input_tokens=line["input_tokens"],
+                output_tokens=line["output_tokens"],
+                cached_input_tokens=line["cached_input_tokens"],
+            )
+            bill[custom_id] = catalog.price(line["model"]).cost_usd(usage) * Decimal(line["multiplier"])
+    elif hasattr(provider_api, "billed"):
         for b in batches:
             if b.batch_id:
                 for custom_id, usage in runtime.run(provider_api.billed(b.batch_id)).items():  # type: ignore[attr-defined]
@@ -248,6 +276,8 @@ def main() -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
+    if fake is not None:
+        fake.terminate()
 
 
 if __name__ == "__main__":
