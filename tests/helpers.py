@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -165,3 +167,35 @@ def run_cli(*args: str, stdin: str | None = None) -> tuple[int, str]:
     """Run a pennyroute command in this process: (exit code, its output on one line; rich wraps long lines)."""
     result = CliRunner().invoke(app, list(args), input=stdin)
     return result.exit_code, " ".join(result.output.split())
+
+
+def _pg_cluster() -> list[str] | None:
+    """`pg_ctlcluster VERSION NAME` for the local cluster, when this process may restart it."""
+    if shutil.which("pg_lsclusters") is None or shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
+        return None
+    lines = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout.split("\n")
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] == "5432":
+            return ["pg_ctlcluster", parts[0], parts[1]]
+    return None
+
+
+def postgres_outage(pg_url: str) -> str:
+    """Make Postgres unavailable for a few seconds: a real restart where we may, else refuse connections."""
+    cluster = _pg_cluster()
+    if cluster is not None and os.environ.get("PENNYROUTE_TEST_PG_RESTART", "1") == "1":
+        subprocess.run([*cluster, "stop", "-m", "fast"], check=True, capture_output=True)
+        time.sleep(3)
+        subprocess.run([*cluster, "start"], check=True, capture_output=True)
+        return "restarted"
+    base, name = pg_url.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        time.sleep(3)
+        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+    return "refused connections"

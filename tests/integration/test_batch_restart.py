@@ -1,6 +1,6 @@
 """Restart safety of batch mode with real Celery workers and beat: a worker (and its beat) killed while a
-provider batch is open, Redis flushed: a new worker's beat polls again from the provider_batch rows;
-nothing is created twice, lost, or charged twice."""
+provider batch is open, Redis flushed, Postgres restarted: a new worker's beat polls again from the
+provider_batch rows; nothing is created twice, lost, or charged twice."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from router.ledger.tables import Call, JobStatus, ProviderBatch
 from router.providers.registry import close_all, get_batch_api
 from router.providers.sandbox import SandboxBatchAPI
 from router.settings import Settings
-from tests.helpers import start_workers, stop_workers, tickets, worker_env, write_jsonl
+from tests.helpers import postgres_outage, start_workers, stop_workers, tickets, worker_env, write_jsonl
 
 
 def _wait(predicate: object, timeout: float, what: str) -> None:
@@ -35,6 +35,15 @@ def _wait(predicate: object, timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _reachable(settings: Settings) -> bool:
+    try:
+        with session_scope(settings) as session:
+            session.execute(select(1))
+        return True
+    except Exception:
+        return False
 
 
 def test_a_killed_worker_and_beat_and_a_flushed_redis_lose_nothing(
@@ -88,6 +97,8 @@ def test_a_killed_worker_and_beat_and_a_flushed_redis_lose_nothing(
             os.kill(proc.pid, signal.SIGKILL)  # worker and beat die with the batch open
         stop_workers(first)
     redis.Redis.from_url(broker_url).flushdb()
+    assert postgres_outage(pg_url) in ("restarted", "refused connections")  # and Postgres restarted
+    _wait(lambda: _reachable(settings), 30, "Postgres to answer again")
     with session_scope(settings) as session:
         assert repo.get_job(session, job_id).status == JobStatus.RUNNING
     second = start_workers(1, env, tmp_path, extra=beat, name="second")

@@ -11,10 +11,7 @@ Each test runs a job through a fault and then checks the same things:
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -22,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
 from sqlalchemy import select
@@ -38,7 +34,17 @@ from router.ledger.tables import BudgetPeriod, Call, CallStatus, ItemStatus
 from router.settings import Settings
 from router.usage import TokenUsage
 from tests.fakes.server import start_in_thread
-from tests.helpers import FAKE_KEY, ledger, start_workers, stop_workers, tickets, worker_env, write_catalog, write_jsonl
+from tests.helpers import (
+    FAKE_KEY,
+    ledger,
+    postgres_outage,
+    start_workers,
+    stop_workers,
+    tickets,
+    worker_env,
+    write_catalog,
+    write_jsonl,
+)
 
 LABELS = ("billing", "bug", "other")
 # Short leases and a fast sweeper, so a dead worker's items come back in seconds, not minutes.
@@ -240,38 +246,6 @@ def test_a_redis_restart_that_drops_the_queue_loses_nothing(
     assert_exactly_once(settings, catalog, job_id, slow_fake, 4000)
 
 
-def _pg_cluster() -> list[str] | None:
-    """`pg_ctlcluster VERSION NAME` for the local cluster, when this process may restart it."""
-    if shutil.which("pg_lsclusters") is None or shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
-        return None
-    lines = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout.split("\n")
-    for line in lines:
-        parts = line.split()
-        if len(parts) >= 3 and parts[2] == "5432":
-            return ["pg_ctlcluster", parts[0], parts[1]]
-    return None
-
-
-def _postgres_outage(pg_url: str) -> str:
-    """Make Postgres unavailable for a few seconds: a real restart where we may, else refuse connections."""
-    cluster = _pg_cluster()
-    if cluster is not None and os.environ.get("PENNYROUTE_TEST_PG_RESTART", "1") == "1":
-        subprocess.run([*cluster, "stop", "-m", "fast"], check=True, capture_output=True)
-        time.sleep(3)
-        subprocess.run([*cluster, "start"], check=True, capture_output=True)
-        return "restarted"
-    base, name = pg_url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        )
-        time.sleep(3)
-        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-    return "refused connections"
-
-
 def test_a_postgres_restart_mid_job_loses_nothing(
     setup: tuple[Settings, Catalog, dict[str, str]], slow_fake: str, pg_url: str, tmp_path: Path, team: tuple[str, str]
 ) -> None:
@@ -280,7 +254,7 @@ def test_a_postgres_restart_mid_job_loses_nothing(
     try:
         job_id = _submit(settings, catalog, tmp_path, team, 3000)
         _wait_for(settings, job_id, finished=600, timeout_s=60)
-        how = _postgres_outage(pg_url)
+        how = postgres_outage(pg_url)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # this process's own pool reconnects too (pre-ping)
             try:
