@@ -23,7 +23,7 @@ from router.ledger.tables import ApiBatch, ApiFileChunk
 from router.settings import Settings
 from router.usage import TokenUsage
 from tests.api_support import Tenant, api_settings, auth, make_tenant, serving
-from tests.helpers import ledger, priced, tickets
+from tests.helpers import ledger, priced, start_workers, stop_workers, tickets, worker_env
 
 LABELS = "billing,bug,other"
 
@@ -235,17 +235,29 @@ def test_a_line_too_long_for_the_model_is_in_the_error_file(settings: Settings, 
 
 
 def test_a_batch_runs_on_a_real_worker_with_a_broker(
-    settings: Settings, catalog: Catalog, broker_url: str, celery_worker: object, tmp_path: Path
+    settings: Settings, catalog: Catalog, broker_url: str, pg_url: str, catalog_file: Path, tmp_path: Path
 ) -> None:
+    """A worker with beat, as deployed: the worker submits the lines to the providers' batch APIs (a
+    24h window allows it) and beat polls them until they are ingested."""
     brokered = settings.model_copy(update={"broker_url": broker_url})
     owner = make_tenant(brokered)
-    with serving(brokered, catalog) as (base, app):
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key=owner.key, max_retries=0)
-        path = _batch_file(tmp_path / "worker.jsonl", ["gpt-4o-mini", "claude-haiku-4-5"], 250)
-        batch, lines = _run(client, path, {"team": owner.team, "labels": LABELS})
-        assert app.state.threads == []  # the worker ran it, not the server
+    env = worker_env(pg_url=pg_url, broker_url=broker_url, catalog_file=catalog_file)
+    env["PENNYROUTE_BATCH_POLL_EVERY_S"] = "0.5"
+    workers = start_workers(1, env, tmp_path, extra=("-B", "--schedule", str(tmp_path / "beat-schedule")))
+    try:
+        with serving(brokered, catalog) as (base, app):
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key=owner.key, max_retries=0)
+            path = _batch_file(tmp_path / "worker.jsonl", ["gpt-4o-mini", "claude-haiku-4-5"], 250)
+            batch, lines = _run(client, path, {"team": owner.team, "labels": LABELS})
+            assert app.state.threads == []  # the worker ran it, not the server
+    finally:
+        stop_workers(workers)
     assert sorted(line["custom_id"] for line in lines) == sorted(f"req-{k}" for k in range(250))
     assert batch.request_counts is not None and batch.request_counts.completed == 250
+    with session_scope(settings) as session:
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+    modes = {c.mode for job_id in row.job_ids for c in ledger(settings, job_id)[0]}
+    assert modes == {"batch"}
 
 
 def test_creates_sent_at_once_make_one_batch(settings: Settings, server: str, tmp_path: Path) -> None:
