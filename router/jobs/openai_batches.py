@@ -191,9 +191,11 @@ def job_request(path: Path, *, model: str, team: str, tenant: str, metadata: dic
     labels = tuple(v.strip() for v in str(metadata.get("labels") or "").split(",") if v.strip())
     task = str(metadata.get("task") or ("classify" if labels else "summarize"))
     max_words = _number(metadata, "max_words", int) if metadata.get("max_words") else None
-    # The batch's completion window is the job's deadline: where the provider sells a batch API and the
-    # window allows, the job runs on it at the batch price (policies/execution_mode.py); metadata
-    # `mode` (auto, sync, batch) overrides it as `submit --mode` does.
+    # The batch's completion window is the job's deadline. Metadata `mode` (as `submit --mode`) says
+    # how it runs: sync by default for now; auto or batch puts it on the providers' batch APIs at the
+    # batch price where the window allows (policies/execution_mode.py). Not auto by default yet: a
+    # provider create that fails ambiguously (a dropped connection) leaves its batch to be found or
+    # created again after a 5-minute grace, longer than a caller polling a small batch expects.
     common = {
         "path": path,
         "team": team,
@@ -202,7 +204,7 @@ def job_request(path: Path, *, model: str, team: str, tenant: str, metadata: dic
         "labels": labels,
         "max_words": max_words,
         "deadline": COMPLETION_WINDOW,
-        "mode": str(metadata.get("mode") or "auto"),
+        "mode": str(metadata.get("mode") or "sync"),
     }
     on_budget = str(metadata.get("on_budget") or "reject")
     if model == AUTO:

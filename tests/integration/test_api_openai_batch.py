@@ -98,10 +98,9 @@ def test_named_models_through_the_openai_sdk(settings: Settings, catalog: Catalo
         usage = body["usage"]
         assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-        # A 24h window is the job's deadline: the lines ran on the providers' batch APIs, at half price.
         expected += catalog.price(body["model"]).cost_usd(
             TokenUsage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"])
-        ) * Decimal("0.5")
+        )
     assert batch.usage is not None
     assert batch.usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in lines)
 
@@ -113,7 +112,7 @@ def test_named_models_through_the_openai_sdk(settings: Settings, catalog: Catalo
     spent = Decimal(0)
     for job_id in row.job_ids:
         calls, _ = ledger(settings, job_id)
-        assert all(c.mode == "batch" and c.price_multiplier == Decimal("0.5") for c in calls)
+        assert all(c.mode == "sync" and c.price_multiplier == 1 for c in calls)  # metadata mode: sync by default
         assert all(c.cost_usd == priced(catalog, c) for c in calls)
         spent += sum((c.cost_usd for c in calls), Decimal(0))
     assert spent == expected > 0  # the ledger is the lines' usage at the catalog's prices, to the cent and below
@@ -237,8 +236,7 @@ def test_a_line_too_long_for_the_model_is_in_the_error_file(settings: Settings, 
 def test_a_batch_runs_on_a_real_worker_with_a_broker(
     settings: Settings, catalog: Catalog, broker_url: str, pg_url: str, catalog_file: Path, tmp_path: Path
 ) -> None:
-    """A worker with beat, as deployed: the worker submits the lines to the providers' batch APIs (a
-    24h window allows it) and beat polls them until they are ingested."""
+    """A worker with beat, as deployed, runs the batch's jobs (not the server)."""
     brokered = settings.model_copy(update={"broker_url": broker_url})
     owner = make_tenant(brokered)
     env = worker_env(pg_url=pg_url, broker_url=broker_url, catalog_file=catalog_file)
@@ -257,7 +255,7 @@ def test_a_batch_runs_on_a_real_worker_with_a_broker(
     with session_scope(settings) as session:
         row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
     modes = {c.mode for job_id in row.job_ids for c in ledger(settings, job_id)[0]}
-    assert modes == {"batch"}
+    assert modes == {"sync"}  # the default for /v1 batches (metadata mode auto or batch asks for the batch APIs)
 
 
 def test_creates_sent_at_once_make_one_batch(settings: Settings, server: str, tmp_path: Path) -> None:
