@@ -225,15 +225,11 @@ def _count(
     got.spent_usd += update["cost_usd"]
     saved = update.pop("_saved")
     got.facts.setdefault((call.model_id, call.purpose), []).append(
-        CallFacts(
+        CallFacts.of_update(
+            update,
             started_at=call.started_at,
-            failed=output is None,
-            input_tokens=update["input_tokens"],
-            cached_input_tokens=update["cached_input_tokens"],
-            output_tokens=update["output_tokens"],
-            cost_usd=update["cost_usd"],
+            answered=output is not None,
             simulated=chunk.job.simulated,
-            reasoning_tokens=update["reasoning_tokens"],
             call_id=call.id,
             outcome=outcome,
             batch=True,

@@ -507,15 +507,11 @@ def _record_result(
     progress.unwritten.append(update)
     progress.spent_usd += update["cost_usd"]
     progress.facts.setdefault((t.model_id, t.purpose), []).append(
-        CallFacts(
+        CallFacts.of_update(
+            update,
             started_at=launched.started,
-            failed=output is None,
-            input_tokens=update["input_tokens"],
-            cached_input_tokens=update["cached_input_tokens"],
-            output_tokens=update["output_tokens"],
-            cost_usd=update["cost_usd"],
+            answered=output is not None,
             simulated=chunk.job.simulated,
-            reasoning_tokens=update["reasoning_tokens"],
             call_id=call_id,
             outcome=outcome,
         )

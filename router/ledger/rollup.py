@@ -61,6 +61,20 @@ class CallFacts:
     batch: bool = False  # a line of a provider batch
     batch_saved_usd: Decimal = Decimal(0)  # its cost at the standard price minus its cost (the batch discount)
 
+    @classmethod
+    def of_update(cls, update: dict[str, Any], *, started_at: datetime, answered: bool, **rest: Any) -> CallFacts:
+        """The facts of a call from the outcome written to its row (`update`): its tokens and cost."""
+        return cls(
+            started_at=started_at,
+            failed=not answered,
+            input_tokens=update["input_tokens"],
+            cached_input_tokens=update["cached_input_tokens"],
+            output_tokens=update["output_tokens"],
+            cost_usd=update["cost_usd"],
+            reasoning_tokens=update["reasoning_tokens"],
+            **rest,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class BaselineRates:
