@@ -157,11 +157,18 @@ def _judge(profile: JobProfile, candidate: Candidate) -> tuple[Verdict, frozense
     return verdict, frozenset(excluded)
 
 
+# Tasks whose answers are not measured (a chat item is sent as written: there is no right answer to
+# score), so their jobs have no bar and a model needs no estimate. Other tasks need one even at bar 0.
+UNMEASURED_TASKS = frozenset({"chat"})
+
+
 def _quality(profile: JobProfile, candidate: Candidate) -> tuple[float | None, str, bool]:
     """The value compared with the bar, a reason saying how it compared, and whether it clears it."""
     quality = candidate.quality
     bar = profile.min_quality
     if quality is None:
+        if profile.task in UNMEASURED_TASKS and bar <= 0:  # no bar can be asked: any model clears it
+            return None, "no quality bar: quality not measured", True
         return None, f"no quality estimate for task {profile.task}", False
     if quality.n is None:
         bound = quality.value
@@ -189,14 +196,14 @@ def _summary_chosen(
     profile: JobProfile, chosen: Verdict, candidate: Candidate, n_qualifying: int, baseline: Verdict | None
 ) -> str:
     which = "the only qualifying model" if n_qualifying == 1 else f"the cheapest of {n_qualifying} qualifying models"
-    bound = chosen.quality_bound if chosen.quality_bound is not None else 0.0  # qualifying => set
-    shown_bound, shown_bar = _two_numbers(bound, profile.min_quality)
-    n = candidate.quality.n if candidate.quality is not None else None
-    quality = f"quality {shown_bound} prior" if n is None else f"quality lower bound {shown_bound}, n={n:,}"
-    text = (
-        f"{chosen.model_id} is {which} at an expected {_usd(_cost(chosen))} for {profile.n_items:,} items "
-        f"({quality} >= bar {shown_bar});"
-    )
+    text = f"{chosen.model_id} is {which} at an expected {_usd(_cost(chosen))} for {profile.n_items:,} items"
+    if chosen.quality_bound is None:  # qualifying without an estimate: no bar was asked
+        text += " (no quality bar);"
+    else:
+        shown_bound, shown_bar = _two_numbers(chosen.quality_bound, profile.min_quality)
+        n = candidate.quality.n if candidate.quality is not None else None
+        quality = f"quality {shown_bound} prior" if n is None else f"quality lower bound {shown_bound}, n={n:,}"
+        text += f" ({quality} >= bar {shown_bar});"
     if baseline is None or baseline.model_id == chosen.model_id:
         return f"{text} it is also the most expensive model meeting the constraints, so nothing is saved."
     saving = _cost(baseline) - _cost(chosen)

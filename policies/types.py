@@ -38,7 +38,7 @@ class Candidate:
 class JobProfile:
     """What the job needs: its bar, its constraints, and its size in tokens."""
 
-    task: str  # "classify" | "summarize"
+    task: str  # "classify" | "summarize" | "chat" (not measured: no bar)
     min_quality: float  # in [0, 1]
     n_items: int
     total_input_tokens: int  # estimated, prompt included, over all items

@@ -26,7 +26,8 @@ report; imports flow one way, down this list (tests/unit/test_layout.py checks i
                   keys (API keys), batches (/v1 files and batches), figures (/metrics sums)
     reports/      monthly (the month's report from the rollups), render (table, csv, json, html; money),
                   reconcile (the ledger against a provider's usage export, per UTC day and model)
-    ground floor  settings, errors (the tree), usage (TokenUsage), catalog (models, prices), prompts,
+    ground floor  settings, errors (the tree), usage (TokenUsage), catalog (models, prices), prompts, chat
+                  (a chat item: a conversation sent as given),
                   route (a job's route as data), candidates (the catalog as routing candidates)
     policies/     (beside router/) pure decisions: frozen values in, a decision with its reasons out
 

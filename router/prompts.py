@@ -16,6 +16,8 @@ import re
 import string
 from dataclasses import dataclass
 
+from router.chat import CHAT_DEFAULT_MAX_TOKENS
+
 LETTERS = string.ascii_uppercase
 # Labels beyond 26 have no letter; they are still matched by name.
 MAX_LETTERED_LABELS = len(LETTERS)
@@ -114,10 +116,28 @@ def labels_from_system(system: str) -> tuple[str, ...]:
     return tuple(m.group(1) for m in re.finditer(r"^(?:[A-Z]|\d+)\) (.+)$", system, re.MULTILINE))
 
 
-def spec_for(task: str, labels: tuple[str, ...] | list[str] | None, max_words: int | None) -> PromptSpec:
-    """The prompt of a job's task: a classification over `labels`, or a summary of `max_words`."""
+# A chat answer's length is not known before it comes: cost estimates made before a chat job runs
+# take half its cap, at most this many tokens (what it is charged is what the provider bills).
+CHAT_EXPECTED_OUTPUT_TOKENS = 400
+
+
+def chat_spec(max_output_tokens: int | None) -> PromptSpec:
+    """A chat job's spec: no system prompt of its own (each item carries its conversation), its cap."""
+    cap = max_output_tokens or CHAT_DEFAULT_MAX_TOKENS
+    return PromptSpec(
+        system="", max_output_tokens=cap, expected_output_tokens=max(1, min(cap // 2, CHAT_EXPECTED_OUTPUT_TOKENS))
+    )
+
+
+def spec_for(
+    task: str, labels: tuple[str, ...] | list[str] | None, max_words: int | None, max_output_tokens: int | None = None
+) -> PromptSpec:
+    """The prompt of a job's task: a classification over `labels`, a summary of `max_words`, or a chat
+    job's conversations under `max_output_tokens`."""
     if task == "classify":
         return classify_spec(tuple(labels or ()))
+    if task == "chat":
+        return chat_spec(max_output_tokens)
     return summarize_spec(max_words)
 
 

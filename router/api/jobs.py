@@ -30,7 +30,7 @@ from router.cli import data
 from router.errors import NotFoundError, PennyrouteError
 from router.jobs import lifecycle
 from router.jobs.estimates import is_fresh
-from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, parse_soft_percent
+from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, bar_for, parse_soft_percent
 from router.jobs.results import job_quality, job_state, owned_job_state, result_records
 from router.jobs.submit import submit_job
 from router.ledger import budgets, keys, repo
@@ -74,12 +74,13 @@ def spool(upload: UploadFile) -> Path:
 def create_job(
     request: Request,
     file: UploadFile,
-    task: Annotated[str, Form(description="classify or summarize")],
+    task: Annotated[str, Form(description="classify, summarize, or chat")],
     principal: Annotated[Principal, Depends(require("jobs:write"))],
     team: Annotated[str | None, Form(description="The team billed (a team-scoped key's own by default)")] = None,
-    min_quality: Annotated[float, Form()] = 0.9,
+    min_quality: Annotated[float | None, Form(description="default 0.9; chat: none (0)")] = None,
     labels: Annotated[str | None, Form(description="classify: comma-separated labels")] = None,
     max_words: Annotated[int | None, Form()] = None,
+    max_output_tokens: Annotated[int | None, Form(description="chat: the most output tokens an item may ask")] = None,
     region: Annotated[str | None, Form()] = None,
     providers: Annotated[str | None, Form()] = None,
     models: Annotated[str | None, Form()] = None,
@@ -101,9 +102,10 @@ def create_job(
             team=_team_for(principal, team),
             tenant=principal.tenant,
             task=task,
-            min_quality=min_quality,
+            min_quality=bar_for(task, min_quality),
             labels=tuple(v.strip() for v in labels.split(",")) if labels else (),
             max_words=max_words,
+            max_output_tokens=max_output_tokens,
             regions=_split(region),
             providers=_split(providers),
             models=_split(models),

@@ -37,7 +37,7 @@ from router.errors import NoModelError, PennyrouteError
 from router.jobs import lifecycle
 from router.jobs.calibrate import calibrate_job
 from router.jobs.estimates import is_fresh
-from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, parse_soft_percent
+from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, bar_for, parse_soft_percent
 from router.jobs.results import job_quality, job_state, result_records
 from router.jobs.submit import Submitted, submit_job
 from router.ledger import budgets, keys, repo
@@ -169,13 +169,21 @@ def models(
 def submit(
     file: Annotated[
         Path,
-        typer.Argument(help='JSONL, one item a line: {"id": ..., "text": ..., "gold": optional}; - reads stdin.'),
+        typer.Argument(
+            help='JSONL, one item a line: {"id": ..., "text": ..., "gold": optional}, or for --task chat '
+            '{"id": ..., "messages": [...], "max_tokens": optional}; - reads stdin.'
+        ),
     ],
-    task: Annotated[str, typer.Option(help="classify or summarize.")],
+    task: Annotated[str, typer.Option(help="classify, summarize, or chat (each item's conversation sent as given).")],
     team: Annotated[str, typer.Option(help="The team the job is billed to.")],
-    min_quality: Annotated[float, typer.Option(help="Quality bar in 0..1 (0.9 = 90% accuracy).")] = 0.9,
+    min_quality: Annotated[
+        float | None, typer.Option(help="Quality bar in 0..1 (0.9 = 90% accuracy); default 0.9, chat: none (0).")
+    ] = None,
     labels: Annotated[str | None, typer.Option(help="classify: comma-separated labels.")] = None,
     max_words: Annotated[int | None, typer.Option(help="summarize: target length in words.")] = None,
+    max_output_tokens: Annotated[
+        int | None, typer.Option(help="chat: the most output tokens an item may ask for (default 4096).")
+    ] = None,
     tenant: Annotated[str | None, typer.Option(help="The team's tenant, when the team name is not unique.")] = None,
     region: Annotated[str | None, typer.Option(help="Allowed model regions, e.g. eu or eu,local.")] = None,
     providers: Annotated[str | None, typer.Option(help="Allowed providers, comma-separated.")] = None,
@@ -244,9 +252,10 @@ def submit(
         team=team,
         tenant=tenant,
         task=task,
-        min_quality=min_quality,
+        min_quality=bar_for(task, min_quality),
         labels=tuple(v.strip() for v in labels.split(",")) if labels else (),
         max_words=max_words,
+        max_output_tokens=max_output_tokens,
         regions=_split(region),
         providers=_split(providers),
         models=_split(models),

@@ -13,7 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -21,13 +21,15 @@ from typing import Any, TypeVar
 from sqlmodel import Session
 
 from policies.budget_fit import items_that_fit
-from router.catalog import Catalog
+from router import chat
+from router.catalog import Catalog, ModelInfo
 from router.ledger import budgets, repo
 from router.ledger.db import UNREACHABLE, rolled_back, session_scope
 from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows
 from router.ledger.tables import CallStatus, utcnow
 from router.ledger.types import ClaimedItem, JobSnapshot
 from router.prompts import MESSAGE_OVERHEAD_TOKENS, PromptSpec, spec_for
+from router.providers.base import ChatRequest
 from router.route import Route
 from router.settings import Settings
 from router.usage import TokenUsage
@@ -85,11 +87,42 @@ class ChunkContext:
         return cls(
             job=job,
             route=route,
-            spec=spec or spec_for(job.task, job.labels, job.max_words),
+            spec=spec or spec_for(job.task, job.labels, job.max_words, job.max_output_tokens),
             labels=tuple(job.labels) if spec is None else (),
             common=common,
             stopped=dict(job.stopped_providers or {}),
             purpose=purpose,
+        )
+
+    @property
+    def chat(self) -> bool:
+        """Whether each item is a conversation sent as given, its answer kept as it came (router/chat.py)."""
+        return self.job.task == "chat" and not self.labels and self.spec.system == ""
+
+    def request(self, info: ModelInfo, text: str, call_id: str) -> ChatRequest:
+        """The call one item makes on a model: the job's prompt around the item's text, or a chat item's
+        own conversation, cap (at most the job's) and sampling parameters."""
+        plain = ChatRequest(
+            model=info.api_model,
+            system=self.spec.system,
+            prompt=text,
+            max_output_tokens=self.spec.max_output_tokens,
+            request_id=call_id,
+            thinking_tokens=info.thinking,
+            reasoning_effort=info.reasoning_effort,
+        )
+        if not self.chat:
+            return plain
+        item = chat.stored(text)
+        return replace(
+            plain,
+            system="",
+            prompt="",
+            messages=item.messages,
+            max_output_tokens=min(item.max_tokens or self.spec.max_output_tokens, self.spec.max_output_tokens),
+            temperature=item.temperature,
+            top_p=item.top_p,
+            stop=item.stop,
         )
 
     def callable(self, catalog: Catalog, model_id: str, stopped: dict[str, str]) -> bool:

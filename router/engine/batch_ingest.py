@@ -169,7 +169,7 @@ def _settle_page(
                 finish=line.completion.finish,
                 **_charged(line.completion.usage, price, call.price_multiplier),
             )
-            output, error = parse_answer(line.completion, chunk.labels)
+            output, error = parse_answer(line.completion, chunk.labels, chat=chunk.chat)
             if output is None:
                 outcome = OUTCOME_OF_FINISH.get(line.completion.finish)
                 update["error"] = redact(error or "", secrets)[:ERROR_CHARS] or None

@@ -122,16 +122,7 @@ def _window_s(catalog: Catalog, model_id: str) -> int:
 
 def line_request(chunk: ChunkContext, catalog: Catalog, model_id: str, text: str, call_id: str) -> ChatRequest:
     """The chat call a batch line carries (as engine/rounds.py builds a synchronous one)."""
-    info = catalog.model(model_id)
-    return ChatRequest(
-        model=info.api_model,
-        system=chunk.spec.system,
-        prompt=text,
-        max_output_tokens=chunk.spec.max_output_tokens,
-        request_id=call_id,
-        thinking_tokens=info.thinking,
-        reasoning_effort=info.reasoning_effort,
-    )
+    return chunk.request(catalog.model(model_id), text, call_id)
 
 
 # -- submit ------------------------------------------------------------------------------------------

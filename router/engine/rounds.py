@@ -415,20 +415,8 @@ def _requests(
     texts: dict[int, str],
 ) -> list[tuple[str, ChatRequest]]:
     """The requests of `tries`, in order, as (provider name, request); the call row's id goes along."""
-    system, max_output = chunk.spec.system, chunk.spec.max_output_tokens
     return [
-        (
-            infos[t.model_id].provider,
-            ChatRequest(
-                model=infos[t.model_id].api_model,
-                system=system,
-                prompt=texts[t.item_id],
-                max_output_tokens=max_output,
-                request_id=recorded.ids[k],
-                thinking_tokens=infos[t.model_id].thinking,
-                reasoning_effort=infos[t.model_id].reasoning_effort,
-            ),
-        )
+        (infos[t.model_id].provider, chunk.request(infos[t.model_id], texts[t.item_id], recorded.ids[k]))
         for k, t in enumerate(tries)
     ]
 
@@ -468,7 +456,7 @@ def _record_result(
         # Every answer is charged as billed, usable or not (refused, filtered, blocked, cut off); one
         # that is not used is not tried again on the same model: the stage's answer is a failed one.
         update.update(status=CallStatus.OK, finish=result.finish, **_charged(result.usage, price))
-        output, error = parse_answer(result, chunk.labels)
+        output, error = parse_answer(result, chunk.labels, chat=chunk.chat)
         if output is None:
             outcome = OUTCOME_OF_FINISH.get(result.finish)  # its own outcome in the reports
         if error is not None and result.finish != STOP:  # the call's row says why its answer was not used
@@ -766,9 +754,9 @@ def drift_tally(finished_items: dict[int, dict[str, Any]], references: dict[int,
     return checked, agreed
 
 
-def parse_answer(answer: Completion, labels: tuple[str, ...]) -> tuple[str | None, str | None]:
+def parse_answer(answer: Completion, labels: tuple[str, ...], *, chat: bool = False) -> tuple[str | None, str | None]:
     """(output, None) when the answer is usable, else (None, why): one of `labels` when the prompt
-    offered labels (classify), else the text as given (a summary, a judge's verdict).
+    offered labels (classify), else the text as given (a summary, a judge's verdict, a chat answer).
 
     A refused, filtered, blocked or broken answer is not usable (Completion.unusable says why). One cut
     off by the output cap is not a whole summary or verdict, so it fails with that reason; a label read
@@ -776,6 +764,8 @@ def parse_answer(answer: Completion, labels: tuple[str, ...]) -> tuple[str | Non
     if (why := answer.unusable) is not None:
         return None, why
     text = answer.text
+    if chat:  # a chat answer is kept as it came, a cut one too (its finish says so, as OpenAI's would)
+        return text, None
     if labels:
         label = parse_label(text, labels)
         if label is None:

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from router.catalog import Catalog
+from router.chat import CHAT_DEFAULT_MAX_TOKENS, ChatError, read_chat
 from router.errors import InputError
 
-TASKS = ("classify", "summarize")
+TASKS = ("classify", "summarize", "chat")
 # Longest id kept; ids are for joining results back, not for storing documents.
 MAX_ID_LENGTH = 200
 
@@ -58,6 +59,19 @@ class JobRequest:
     # auto (the deadline decides: policies/execution_mode.py), sync, or batch (the providers' batch APIs).
     deadline: str | None = None
     mode: str = "auto"
+    # chat: the most output tokens an item may ask for (router/chat.py CHAT_DEFAULT_MAX_TOKENS if None)
+    max_output_tokens: int | None = None
+
+
+# The quality bar a job takes when none is given; a chat job's answers are not measured, so it has none.
+DEFAULT_MIN_QUALITY = 0.9
+
+
+def bar_for(task: str, given: float | None) -> float:
+    """The quality bar of a job of `task`: the one given, else the default for the task."""
+    if given is not None:
+        return given
+    return 0.0 if task == "chat" else DEFAULT_MIN_QUALITY
 
 
 ON_BUDGET = ("reject", "downgrade", "pause")
@@ -128,6 +142,20 @@ def check_request(request: JobRequest) -> None:
             raise InputError("labels repeat (compared ignoring case)", field="--labels")
     elif request.labels:
         raise InputError("labels only apply to --task classify", field="--labels")
+    if request.task == "chat":
+        if request.min_quality > 0:
+            raise InputError(
+                f"a chat job's answers are not measured, so it takes no quality bar (got {request.min_quality}): "
+                "give --min-quality 0 and name the model with --models (else the cheapest eligible one runs)",
+                field="--min-quality",
+            )
+        if request.quality not in ("auto", "prior") or request.calibrate_only:
+            raise InputError("a chat job is not calibrated: its answers have no measure", field="--quality")
+    if request.max_output_tokens is not None:
+        if request.task != "chat":
+            raise InputError("--max-output-tokens only applies to --task chat", field="--max-output-tokens")
+        if request.max_output_tokens < 1:
+            raise InputError("--max-output-tokens must be at least 1", field="--max-output-tokens")
     if request.max_words is not None:
         if request.task != "summarize":
             raise InputError("--max-words only applies to --task summarize", field="--max-words")
@@ -183,18 +211,25 @@ class ParsedItem:
     gold: str | None
 
 
-def read_items(path: Path, *, task: str, labels: tuple[str, ...]) -> Iterator[ParsedItem | LineError]:
-    """Yield each line of `path` as a ParsedItem or a LineError, one at a time."""
+def read_items(
+    path: Path, *, task: str, labels: tuple[str, ...], max_output_tokens: int | None = None
+) -> Iterator[ParsedItem | LineError]:
+    """Yield each line of `path` as a ParsedItem or a LineError, one at a time. A chat line's
+    conversation is checked (router/chat.py) and kept as its canonical JSON, its cap at most
+    `max_output_tokens`."""
     seen: set[str] = set()
     label_set = {label.lower(): label for label in labels}
+    cap = (max_output_tokens or CHAT_DEFAULT_MAX_TOKENS) if task == "chat" else None
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
-            yield _parse(number, raw, task, label_set, seen)
+            yield _parse(number, raw, task, label_set, seen, cap)
 
 
-def _parse(number: int, raw: bytes, task: str, labels: dict[str, str], seen: set[str]) -> ParsedItem | LineError:
+def _parse(
+    number: int, raw: bytes, task: str, labels: dict[str, str], seen: set[str], cap: int | None = None
+) -> ParsedItem | LineError:
     try:
         obj = json.loads(raw)
     except UnicodeDecodeError:
@@ -211,6 +246,8 @@ def _parse(number: int, raw: bytes, task: str, labels: dict[str, str], seen: set
     ext_id = str(ext_id)
     if len(ext_id) > MAX_ID_LENGTH:
         return LineError(number, "id", f"longer than {MAX_ID_LENGTH} characters")
+    if task == "chat":
+        return _chat_item(number, obj, ext_id, seen, cap)
     text = obj.get("text")
     if text is None:
         return LineError(number, "text", "missing")
@@ -232,6 +269,24 @@ def _parse(number: int, raw: bytes, task: str, labels: dict[str, str], seen: set
         return LineError(number, "id", f"duplicate id '{ext_id}' (first seen on an earlier line)")
     seen.add(ext_id)
     return ParsedItem(number, ext_id, text, gold)
+
+
+def _chat_item(
+    number: int, obj: dict[str, Any], ext_id: str, seen: set[str], cap: int | None
+) -> ParsedItem | LineError:
+    """A chat line: {"id", "messages", and optionally max_tokens, temperature, top_p, stop}."""
+    if "gold" in obj:
+        return LineError(number, "gold", "a chat item's answer is not measured: give no gold")
+    if "text" in obj:
+        return LineError(number, "text", 'a chat item gives "messages" (a conversation), not "text"')
+    try:
+        item = read_chat({k: v for k, v in obj.items() if k != "id"}, cap=cap)
+    except ChatError as exc:
+        return LineError(number, exc.field, exc.reason)
+    if ext_id in seen:
+        return LineError(number, "id", f"duplicate id '{ext_id}' (first seen on an earlier line)")
+    seen.add(ext_id)
+    return ParsedItem(number, ext_id, item.canonical(), None)
 
 
 def parse_calibration_budget(text: str) -> tuple[str, Decimal]:

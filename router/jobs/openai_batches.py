@@ -4,15 +4,18 @@ A batch's input file is validated whole before anything runs (OpenAI's all-or-no
 each line `{"custom_id", "method": "POST", "url": <the batch's endpoint>, "body": {"model", "messages"}}`,
 custom_ids unique. Its lines are then split by the model they name, one pennyroute job per model:
 
-- a catalog model: the job runs on that model alone (`models` = {it}, quality from priors, bar 0),
-  ledgered and budgeted like any job;
+- a catalog model: the line runs as sent, on that model: its messages (system, user and assistant
+  turns), max_tokens (or max_completion_tokens), temperature, top_p and stop (router/chat.py says what
+  a line may carry; tools, images, response_format and n > 1 are refused by name). One chat job per
+  model (task `chat`, no quality bar), ledgered and budgeted like any job; its answer is the model's
+  text as it came, with finish_reason "length" when the cap cut it;
 - `pennyroute-auto`: routed. The batch's metadata gives the bar (`min_quality`, required), and
   optionally `task` (classify or summarize), `labels` (comma-separated, for classify) and
   `max_words`; its quality is measured against the strongest eligible model (reference mode),
   unless earlier work of this kind measured it already (fresh stored estimates: routed on them).
 
-Each item's text is the text of the line's user messages; the job's task (classify when the metadata
-gives labels, else summarize) decides the prompt, as for any pennyroute job. The team billed is the
+A pennyroute-auto item's text is the text of the line's user messages; the job's task (classify when
+the metadata gives labels, else summarize) decides the prompt, as for any pennyroute job. The team billed is the
 key's team, or the metadata's `team`. The output and error files are written from the jobs' results
 in OpenAI's line shape, whichever provider answered.
 """
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from router.catalog import Catalog
+from router.chat import CHAT_DEFAULT_MAX_TOKENS, ChatError, read_chat
 from router.errors import InputError, NotFoundError, PennyrouteError
 from router.jobs import estimates, lifecycle
 from router.jobs.intake import JobRequest
@@ -67,6 +71,7 @@ class Split:
     files: dict[str, Path] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    caps: dict[str, int] = field(default_factory=dict)  # a catalog model's lines: the largest output cap asked
 
     @property
     def total(self) -> int:
@@ -154,13 +159,23 @@ def split_file(pieces: Iterable[bytes], *, endpoint: str, catalog: Catalog) -> S
                     "body.model",
                 )
                 continue
-            if body.get("stream"):  # type: ignore[union-attr]
-                error(number, "invalid_value", "stream is not supported in a batch.", "body.stream")
-                continue
-            text = _user_text(body.get("messages"))  # type: ignore[union-attr]
-            if text is None:
-                error(number, "missing_required_parameter", "body.messages needs a user message.", "body.messages")
-                continue
+            if model == AUTO:
+                if body.get("stream"):  # type: ignore[union-attr]
+                    error(number, "invalid_value", "stream is not supported in a batch.", "body.stream")
+                    continue
+                text = _user_text(body.get("messages"))  # type: ignore[union-attr]
+                if text is None:
+                    error(number, "missing_required_parameter", "body.messages needs a user message.", "body.messages")
+                    continue
+                item: dict[str, Any] = {"id": custom_id, "text": text}
+            else:  # a catalog model: the line's own conversation and parameters, sent as given
+                try:
+                    chat = read_chat(body)  # type: ignore[arg-type]
+                except ChatError as exc:
+                    error(number, "invalid_value", f"body.{exc.field}: {exc.reason}", f"body.{exc.field}")
+                    continue
+                item = {"id": custom_id, **json.loads(chat.canonical())}
+                split.caps[model] = max(split.caps.get(model, 0), chat.max_tokens or CHAT_DEFAULT_MAX_TOKENS)
             if model not in handles:
                 handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below, after the last line)
                     "w", prefix="pennyroute-v1-", suffix=".jsonl", delete=False
@@ -168,7 +183,7 @@ def split_file(pieces: Iterable[bytes], *, endpoint: str, catalog: Catalog) -> S
                 handles[model] = handle
                 split.files[model] = Path(handle.name)
                 split.counts[model] = 0
-            handles[model].write(json.dumps({"id": custom_id, "text": text}) + "\n")
+            handles[model].write(json.dumps(item) + "\n")
             split.counts[model] += 1
     finally:
         for handle in handles.values():
@@ -186,37 +201,43 @@ def split_file(pieces: Iterable[bytes], *, endpoint: str, catalog: Catalog) -> S
 COMPLETION_WINDOW = "24h"
 
 
-def job_request(path: Path, *, model: str, team: str, tenant: str, metadata: dict[str, Any]) -> JobRequest:
+def job_request(
+    path: Path, *, model: str, team: str, tenant: str, metadata: dict[str, Any], max_output_tokens: int | None = None
+) -> JobRequest:
     """The pennyroute job for one model's lines of a batch (see the module's docstring)."""
-    labels = tuple(v.strip() for v in str(metadata.get("labels") or "").split(",") if v.strip())
-    task = str(metadata.get("task") or ("classify" if labels else "summarize"))
-    max_words = _number(metadata, "max_words", int) if metadata.get("max_words") else None
     # The batch's completion window is the job's deadline. Metadata `mode` (as `submit --mode`) says
     # how it runs: sync by default for now; auto or batch puts it on the providers' batch APIs at the
     # batch price where the window allows (policies/execution_mode.py). Not auto by default yet: a
     # provider create that fails ambiguously (a dropped connection) leaves its batch to be found or
     # created again after a 5-minute grace, longer than a caller polling a small batch expects.
-    common = {
+    common: dict[str, Any] = {
         "path": path,
         "team": team,
         "tenant": tenant,
-        "task": task,
-        "labels": labels,
-        "max_words": max_words,
         "deadline": COMPLETION_WINDOW,
         "mode": str(metadata.get("mode") or "sync"),
+        "on_budget": str(metadata.get("on_budget") or "reject"),
     }
-    on_budget = str(metadata.get("on_budget") or "reject")
-    if model == AUTO:
-        if "min_quality" not in metadata:
-            raise InputError(f"{AUTO} lines need the bar: metadata min_quality, e.g. 0.9", field="metadata.min_quality")
+    if model != AUTO:  # each line's conversation runs as sent, on the model it names
         return JobRequest(
-            **common,  # type: ignore[arg-type]
-            min_quality=_number(metadata, "min_quality", float),
-            quality="reference",
-            on_budget=on_budget,
+            **common,
+            task="chat",
+            min_quality=0.0,
+            models=frozenset({model}),
+            quality="prior",
+            max_output_tokens=max_output_tokens,
         )
-    return JobRequest(**common, min_quality=0.0, models=frozenset({model}), quality="prior", on_budget=on_budget)  # type: ignore[arg-type]
+    labels = tuple(v.strip() for v in str(metadata.get("labels") or "").split(",") if v.strip())
+    if "min_quality" not in metadata:
+        raise InputError(f"{AUTO} lines need the bar: metadata min_quality, e.g. 0.9", field="metadata.min_quality")
+    return JobRequest(
+        **common,
+        task=str(metadata.get("task") or ("classify" if labels else "summarize")),
+        labels=labels,
+        max_words=_number(metadata, "max_words", int) if metadata.get("max_words") else None,
+        min_quality=_number(metadata, "min_quality", float),
+        quality="reference",
+    )
 
 
 def _number(metadata: dict[str, Any], key: str, kind: type) -> Any:
@@ -235,7 +256,9 @@ def submit_split(
     made: dict[str, str] = {}
     try:
         for model, path in split.files.items():
-            request = job_request(path, model=model, team=team, tenant=tenant, metadata=metadata)
+            request = job_request(
+                path, model=model, team=team, tenant=tenant, metadata=metadata, max_output_tokens=split.caps.get(model)
+            )
             if model == AUTO and _measured_before(settings, catalog, request):
                 request = replace(request, quality="auto")  # route on what earlier batches measured
             made[model] = submit_job(settings, catalog, request).job_id
@@ -361,7 +384,7 @@ def output_lines(settings: Settings, batch: ApiBatch, *, errors: bool) -> Iterat
                             {
                                 "index": 0,
                                 "message": {"role": "assistant", "content": record["output"], "refusal": None},
-                                "finish_reason": "stop",
+                                "finish_reason": "length" if record.get("finish") == "cut" else "stop",
                                 "logprobs": None,
                             }
                         ],

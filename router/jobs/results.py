@@ -12,7 +12,7 @@ from typing import Any
 from router.ledger import figures, keys, repo, sums
 from router.ledger.db import session_scope
 from router.ledger.tables import ItemStatus, Job
-from router.providers.base import OUTCOME_OF_FINISH
+from router.providers.base import CUT, OUTCOME_OF_FINISH
 from router.reports.render import plain
 from router.settings import Settings
 
@@ -122,6 +122,8 @@ def result_record(row: Any, cost: Decimal) -> dict[str, Any]:
         "error": row.error,
         "outcome": OUTCOME_OF_FINISH.get(row.finish) if row.status == ItemStatus.FAILED else None,
     }
+    if row.status == ItemStatus.DONE and row.finish == CUT:
+        record["finish"] = "cut"  # the answer stands (a label read from it, or a chat answer) but is not whole
     if row.gold is not None:
         record["gold"] = row.gold
         if row.status == "done" and row.model_id is None:

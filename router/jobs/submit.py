@@ -68,7 +68,7 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
     ensure_schema(settings)
     simulated = settings.sandbox_active
     batch_mode.check_settings(settings, simulated=simulated)
-    spec = spec_for(request.task, request.labels, request.max_words)
+    spec = spec_for(request.task, request.labels, request.max_words, request.max_output_tokens)
     pool = candidates(catalog, settings, task=request.task, simulated=simulated)
     base_profile = JobProfile(
         task=request.task,
@@ -98,6 +98,7 @@ def submit_job(settings: Settings, catalog: Catalog, request: JobRequest) -> Sub
             task=request.task,
             labels=list(request.labels) or None,
             max_words=request.max_words,
+            max_output_tokens=spec.max_output_tokens if request.task == "chat" else None,
             min_quality=request.min_quality,
             constraints=_constraints(request),
             source=str(request.path),
@@ -251,7 +252,9 @@ def _load_items(
     (a text too long for every eligible model's context window is a bad line too)."""
     loaded = _Loaded()
     batch: list[tuple[object, ...]] = []
-    for parsed in read_items(request.path, task=request.task, labels=request.labels):
+    for parsed in read_items(
+        request.path, task=request.task, labels=request.labels, max_output_tokens=request.max_output_tokens
+    ):
         if isinstance(parsed, ParsedItem):
             tokens = spec.input_tokens(parsed.text)
             if context_limit is not None and tokens + spec.max_output_tokens > context_limit:

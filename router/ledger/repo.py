@@ -215,6 +215,7 @@ def job_for_chunk(session: Session, job_id: str) -> JobSnapshot | None:
             JOB.c.deadline_at,
             JOB.c.execution,
             JOB.c.constraints,
+            JOB.c.max_output_tokens,
         )
         .join(tenant, tenant.c.id == JOB.c.tenant_id)
         .outerjoin(policy, policy.c.team_id == JOB.c.team_id)
@@ -244,6 +245,7 @@ def job_for_chunk(session: Session, job_id: str) -> JobSnapshot | None:
         deadline_at=row.deadline_at,
         execution=row.execution,
         regions=tuple((row.constraints or {}).get("regions") or ()),
+        max_output_tokens=row.max_output_tokens,
     )
 
 

@@ -75,9 +75,10 @@ class Job(SQLModel, table=True):
     id: str = Field(primary_key=True)
     tenant_id: int = Field(foreign_key="tenant.id", index=True)
     team_id: int = Field(foreign_key="team.id", index=True)
-    task: str  # classify | summarize
+    task: str  # classify | summarize | chat
     labels: list[str] | None = Field(default=None, sa_column=Column(JSON))
     max_words: int | None = None
+    max_output_tokens: int | None = None  # chat: the job's output cap (an item may ask less); else NULL
     min_quality: float
     constraints: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     source: str | None = None  # the file it came from

@@ -66,6 +66,7 @@ class JobSnapshot:
     deadline_at: datetime | None = None
     execution: Mapping[str, Any] | None = None
     regions: tuple[str, ...] = ()
+    max_output_tokens: int | None = None  # chat: the job's output cap
 
 
 class ClaimedItem(Protocol):

@@ -163,15 +163,19 @@ def reset_wait_s(headers: Mapping[str, str], *, now: float | None = None) -> flo
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
-    """The JSON body for one Messages call (`system` is left out when empty; no sampling parameter:
-    API version 2026-10-21 refuses them, see the module docstring)."""
+    """The JSON body for one Messages call: the system turns as `system` (left out when empty), the
+    other turns as messages (Anthropic joins consecutive turns of one role), stop sequences; no
+    sampling parameter: API version 2026-10-21 refuses them, see the module docstring."""
     body: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_output_tokens,
-        "messages": [{"role": "user", "content": request.prompt}],
+        "messages": [{"role": m.role, "content": m.content} for m in request.turns()],
     }
-    if request.system:
-        body["system"] = request.system
+    system = request.system_text()
+    if system:
+        body["system"] = system
+    if request.stop:
+        body["stop_sequences"] = list(request.stop)
     return body
 
 

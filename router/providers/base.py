@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.chat import Message
 from router.usage import TokenUsage
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """One chat call: a system instruction, one user message, and an output cap.
+    """One chat call: a system instruction, one user message, and an output cap; or, for a chat item,
+    a whole conversation (`messages`, sent as given in place of `system` and `prompt`).
 
     `max_output_tokens` caps the answer. A thinking model spends tokens reasoning before it answers,
     counted inside the same cap on the wire, so `thinking_tokens` says what to do about it (the
@@ -22,11 +24,30 @@ class ChatRequest:
     system: str
     prompt: str
     max_output_tokens: int
-    temperature: float = 0.0
+    temperature: float | None = 0.0  # None: the provider's default (nothing sent)
     request_id: str | None = None  # the ledger's call id, sent as X-Client-Request-Id where a provider takes it
     thinking_tokens: int | None = None
     # OpenAI reasoning models: reasoning_effort; Gemini 3 and later: thinkingLevel. Sent as given.
     reasoning_effort: str | None = None
+    messages: tuple[Message, ...] = ()  # a chat item's conversation: when given, system and prompt are not used
+    top_p: float | None = None  # sent where the model takes it
+    stop: tuple[str, ...] = ()
+
+    def conversation(self) -> tuple[Message, ...]:
+        """The turns to send: the chat item's messages, or the system instruction (when not empty) and
+        the one user message."""
+        if self.messages:
+            return self.messages
+        user = Message("user", self.prompt)
+        return (Message("system", self.system), user) if self.system else (user,)
+
+    def system_text(self) -> str:
+        """The system turns joined (for a vendor that takes the system instruction apart)."""
+        return "\n\n".join(m.content for m in self.conversation() if m.role == "system")
+
+    def turns(self) -> tuple[Message, ...]:
+        """The conversation without its system turns."""
+        return tuple(m for m in self.conversation() if m.role != "system")
 
     @property
     def output_cap(self) -> int:

@@ -148,21 +148,31 @@ def duration_s(value: str) -> float | None:
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
-    """The JSON body for one generateContent call (see the module docstring for thinking)."""
+    """The JSON body for one generateContent call: system turns as systemInstruction, the others as
+    contents (an assistant turn is role "model"); see the module docstring for thinking and sampling."""
     config: dict[str, Any] = {"maxOutputTokens": request.output_cap}
     if gemini_levels(request.model) is not None:
         if request.reasoning_effort:
             config["thinkingConfig"] = {"thinkingLevel": request.reasoning_effort}
     else:
-        config["temperature"] = request.temperature
+        if request.temperature is not None:
+            config["temperature"] = request.temperature
         if request.thinking_tokens is not None:
             config["thinkingConfig"] = {"thinkingBudget": request.thinking_tokens}
+    if request.top_p is not None:
+        config["topP"] = request.top_p
+    if request.stop:
+        config["stopSequences"] = list(request.stop)
     body: dict[str, Any] = {
-        "contents": [{"role": "user", "parts": [{"text": request.prompt}]}],
+        "contents": [
+            {"role": "model" if m.role == "assistant" else "user", "parts": [{"text": m.content}]}
+            for m in request.turns()
+        ],
         "generationConfig": config,
     }
-    if request.system:
-        body["systemInstruction"] = {"parts": [{"text": request.system}]}
+    system = request.system_text()
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": system}]}
     return body
 
 

@@ -178,20 +178,22 @@ def window_reset_s(headers: Mapping[str, str]) -> float | None:
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
-    """The JSON body for one chat completion (the system message is left out when empty)."""
-    messages = [{"role": "user", "content": request.prompt}]
-    if request.system:
-        messages.insert(0, {"role": "system", "content": request.system})
+    """The JSON body for one chat completion: the conversation as given (ChatRequest.conversation
+    leaves an empty system instruction out), the cap, and the sampling parameters the model takes (a reasoning model takes none)."""
+    messages = [{"role": m.role, "content": m.content} for m in request.conversation()]
+    body: dict[str, Any] = {"model": request.model, "messages": messages}
     if request.thinking_tokens is None and not openai_reasoning_model(request.model):
-        return {
-            "model": request.model,
-            "messages": messages,
-            "max_tokens": request.max_output_tokens,
-            "temperature": request.temperature,
-        }
-    body: dict[str, Any] = {"model": request.model, "messages": messages, "max_completion_tokens": request.output_cap}
-    if request.reasoning_effort:
-        body["reasoning_effort"] = request.reasoning_effort
+        body["max_tokens"] = request.max_output_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+    else:
+        body["max_completion_tokens"] = request.output_cap
+        if request.reasoning_effort:
+            body["reasoning_effort"] = request.reasoning_effort
+    if request.stop:
+        body["stop"] = list(request.stop)
     return body
 
 

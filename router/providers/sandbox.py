@@ -27,8 +27,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from router.chat import Message
 from router.errors import ProviderStatusError
 from router.prompts import (
+    CHARS_PER_TOKEN,
     MESSAGE_OVERHEAD_TOKENS,
     estimate_tokens,
     is_judge_system,
@@ -36,7 +38,7 @@ from router.prompts import (
     judgement_text,
     labels_from_system,
 )
-from router.providers.base import ChatRequest, Completion
+from router.providers.base import CUT, STOP, ChatRequest, Completion
 from router.providers.batch_api import (
     CANCELED,
     ENDED,
@@ -102,6 +104,28 @@ def simulate(model: str, system: str, prompt: str, max_output_tokens: int, quali
     output_tokens = min(estimate_tokens(text), max_output_tokens)
     input_tokens = estimate_tokens(system) + estimate_tokens(prompt) + MESSAGE_OVERHEAD_TOKENS
     return Completion(text=text, usage=TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens))
+
+
+# A simulated chat answer repeats at most this many words of the conversation's last user turn.
+CHAT_REPLY_WORDS = 40
+
+
+def simulate_chat(request: ChatRequest) -> Completion:
+    """Answer a chat item's conversation in the sandbox: a marked, simulated reply (the last user turn's
+    first words), cut at the cap as a real model's would be."""
+    last = next(m.content for m in reversed(request.messages) if m.role == "user")
+    text = f"[simulated reply by {request.model}] " + " ".join(last.split()[:CHAT_REPLY_WORDS])
+    tokens = estimate_tokens(text)
+    cut = tokens > request.max_output_tokens
+    if cut:
+        text = text[: request.max_output_tokens * CHARS_PER_TOKEN]
+    input_tokens = sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
+    return Completion(
+        text=text,
+        usage=TokenUsage(input_tokens=input_tokens, output_tokens=min(tokens, request.max_output_tokens)),
+        finish=CUT if cut else STOP,
+        finish_reason="length" if cut else "stop",
+    )
 
 
 # Errors correlate across models, as real ones do: each item has a difficulty every model shares,
@@ -220,6 +244,8 @@ class SandboxProvider:
         self._qualities = qualities or {}  # (api model, task kind) -> quality
 
     async def complete(self, request: ChatRequest) -> Completion:
+        if request.messages:
+            return simulate_chat(request)
         # A judge of summaries judges as well as it summarizes: the catalog has no quality of its own for it.
         task = "classify" if labels_from_system(request.system) else "summarize"
         done = simulate(
@@ -502,6 +528,10 @@ def _line_json(line: BatchLine) -> str:
             "max_output_tokens": r.max_output_tokens,
             "thinking_tokens": r.thinking_tokens,
             "reasoning_effort": r.reasoning_effort,
+            "messages": [[m.role, m.content] for m in r.messages],
+            "temperature": r.temperature,
+            "top_p": r.top_p,
+            "stop": list(r.stop),
         }
     )
 
@@ -515,4 +545,8 @@ def _request(line: dict[str, Any]) -> ChatRequest:
         request_id=line["custom_id"],
         thinking_tokens=line["thinking_tokens"],
         reasoning_effort=line["reasoning_effort"],
+        messages=tuple(Message(role, content) for role, content in line.get("messages") or ()),
+        temperature=line.get("temperature", 0.0),
+        top_p=line.get("top_p"),
+        stop=tuple(line.get("stop") or ()),
     )

@@ -74,6 +74,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import importlib
 import itertools
@@ -154,6 +155,8 @@ DEFAULT_MAX_TOKENS = 4096
 # The largest request body the fake reads: a batch input file or inline batch (OpenAI takes 200 MB,
 # Anthropic 256 MB); aiohttp's default of 1 MB would refuse a 20,000-line batch.
 MAX_BODY_BYTES = 512 * 1024 * 1024
+# GET /_asked keeps the bodies of this many calls answered last (enough for a test's job, bounded for benches).
+ASKED_KEPT = 2000
 # A stopping server waits this long for calls still being answered (a scripted hang may last far
 # longer), so that a test's teardown never waits on a fault it scripted.
 SHUTDOWN_TIMEOUT_S = 0.5
@@ -225,6 +228,8 @@ class FakeProvider:
         self.refuse = "reset"
         self.refused = 0
         self.batches = FakeBatches(self)  # the four batch APIs (tests/fakes/batches.py)
+        # GET /_asked: the bodies of the calls answered last (synchronous calls and batch lines alike).
+        self.asked: collections.deque[Asked] = collections.deque(maxlen=ASKED_KEPT)
 
     def app(self) -> web.Application:
         """The aiohttp application serving this state."""
@@ -237,6 +242,7 @@ class FakeProvider:
         app.router.add_get(COSTS_PATH, self.costs_export)
         app.router.add_get("/_stats", self.stats)
         app.router.add_get("/_bill", self.bill)
+        app.router.add_get("/_asked", self.asked_bodies)
         app.router.add_post("/_faults", self.faults_mix)
         app.router.add_post("/_reset", self.reset)
         app.router.add_post("/_fail", self.fail)
@@ -298,7 +304,9 @@ class FakeProvider:
         """POST /v1/messages."""
         if (scripted := await self._scripted(request, vendor="anthropic")) is not None:
             return scripted
-        if self.api_key and request.headers.get("x-api-key") != self.api_key:
+        # The key as x-api-key (pennyroute, the API reference) or as a Bearer token (the anthropic SDK 2.x).
+        keys = (request.headers.get("x-api-key"), request.headers.get("Authorization", "").removeprefix("Bearer "))
+        if self.api_key and self.api_key not in keys:
             return _error("anthropic", 401, "invalid x-api-key")
         version = request.headers.get("anthropic-version")
         if (refused := check_anthropic_version(version)) is not None:
@@ -351,6 +359,7 @@ class FakeProvider:
     def answer_for(self, asked: Asked, *, dialect: str | None = None) -> Completion:
         """The answer function's answer, with `asked.thoughts` thinking tokens spent first inside the cap,
         and shaped by the answer `dialect` (ANSWER_DIALECTS): what the call is billed for."""
+        self.asked.append(asked)
         cap = asked.cap
         thoughts = min(asked.thoughts, cap)
         done = self.answer(asked.model, asked.system, asked.prompt, max(cap - thoughts, 1))
@@ -648,6 +657,17 @@ class FakeProvider:
             return _json(400, {"error": str(exc)})
         return _json(200, {"ok": True})
 
+    async def asked_bodies(self, request: web.Request) -> web.Response:
+        """GET /_asked: the calls answered since the last reset (at most ASKED_KEPT), oldest first:
+        their model, the system and user text as read, the cap, and the body as it came."""
+        return _json(
+            200,
+            [
+                {"model": a.model, "system": a.system, "prompt": a.prompt, "cap": a.cap, "body": a.body}
+                for a in self.asked
+            ],
+        )
+
     async def reset(self, request: web.Request) -> web.Response:
         """POST /_reset: zero the bill, drop scripted faults and the fault mix; calls still being
         answered (a hang past a client's timeout) are answered but no longer billed."""
@@ -661,6 +681,7 @@ class FakeProvider:
         self.unidentified = 0
         self.in_flight_max = self.in_flight
         self.capacity, self.refuse, self.refused = None, "reset", 0
+        self.asked.clear()
         self.batches.reset()
         return _json(200, {"ok": True})
 
@@ -720,6 +741,7 @@ class Asked:
     cap: int
     thoughts: int = 0  # thinking tokens the model spends first, inside the cap
     dialect: str | None = None  # the answer dialect the model always answers in (Magistral: "chunks")
+    body: Any = field(default=None, compare=False)  # the request (or batch line) body as it came, for GET /_asked
 
 
 def read_openai(body: Any) -> Asked | Dialect:
@@ -760,7 +782,7 @@ def read_openai(body: Any) -> Asked | Dialect:
             )
         thoughts = OPENAI_REASONING_TOKENS[effort]
     dialect = "chunks" if MISTRAL_REASONING_MODEL.match(name) else None
-    return Asked(model, system, prompt, cap, thoughts=thoughts, dialect=dialect)
+    return Asked(model, system, prompt, cap, thoughts=thoughts, dialect=dialect, body=body)
 
 
 def openai_reply(asked: Asked, done: Completion, *, dialect: str | None, call_id: str) -> dict[str, Any]:
@@ -817,7 +839,7 @@ def read_anthropic(body: Any, *, version: str) -> Asked | Dialect:
     sampling = [key for key in ("temperature", "top_p", "top_k") if key in body]
     if version >= "2026-10-21" and sampling:
         return vendor_error("anthropic", 400, f"{sampling[0]}: is not supported in API version {version}")
-    return Asked(model, system, prompt, cap)
+    return Asked(model, system, prompt, cap, body=body)
 
 
 def anthropic_reply(asked: Asked, done: Completion, *, dialect: str | None, call_id: str) -> dict[str, Any]:
@@ -892,7 +914,7 @@ def read_gemini(body: Any, *, model: str) -> Asked | Dialect:
         if budget in (None, -1)
         else min(budget, GEMINI_DYNAMIC_THOUGHTS)
     )
-    return Asked(model, system, prompt, cap, thoughts=thoughts)
+    return Asked(model, system, prompt, cap, thoughts=thoughts, body=body)
 
 
 def gemini_reply(asked: Asked, done: Completion, *, dialect: str | None, call_id: str) -> dict[str, Any]:

@@ -76,25 +76,68 @@ def _run(client: openai.OpenAI, path: Path, metadata: dict[str, str]) -> tuple[o
     return batch, lines
 
 
-def test_named_models_through_the_openai_sdk(settings: Settings, catalog: Catalog, server: str, tmp_path: Path) -> None:
+def _conversation(ticket: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": ticket},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "Which team handles it?"},
+    ]
+
+
+def test_named_models_through_the_openai_sdk(
+    settings: Settings, catalog: Catalog, server: str, fake_provider: str, tmp_path: Path
+) -> None:
+    """A line naming a catalog model runs as sent: its whole conversation, cap, temperature and stop
+    reach the provider (OpenAI's and Anthropic's wire formats here), and its answer comes back as the
+    model gave it."""
     owner: Tenant = make_tenant(settings)
     assert (
         httpx.put(f"{server}/budgets/{owner.team}", headers=auth(owner.key), json={"monthly": "10"}).status_code == 200
     )
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
     n = 40
-    path = _batch_file(tmp_path / "batch.jsonl", ["gpt-4o-mini", "claude-haiku-4-5"], n)
-    batch, lines = _run(client, path, {"task": "classify", "labels": LABELS, "team": owner.team})
+    path = tmp_path / "batch.jsonl"
+    sent: dict[str, list[dict[str, str]]] = {}
+    with path.open("w") as handle:
+        for k, ticket in enumerate(tickets(n)):
+            sent[f"req-{k}"] = _conversation(ticket["text"])
+            body = {
+                "model": "gpt-4o-mini" if k % 2 == 0 else "claude-haiku-4-5",
+                "messages": sent[f"req-{k}"],
+                "max_tokens": 20 + k,
+                "temperature": 0.2,
+                "stop": ["END"],
+            }
+            line = {"custom_id": f"req-{k}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            handle.write(json.dumps(line) + "\n")
+    batch, lines = _run(client, path, {"team": owner.team})
 
     assert sorted(line["custom_id"] for line in lines) == sorted(f"req-{k}" for k in range(n))  # each once
     assert batch.request_counts.total == n and batch.request_counts.completed == n and batch.request_counts.failed == 0
     assert client.files.content(batch.error_file_id).text == ""
+    # What the providers were sent: each line's conversation, as written, in each vendor's own format.
+    asked = httpx.get(f"{fake_provider}/_asked").json()
+    assert len(asked) == n
+    by_turns = {}
+    for call in asked:
+        body = call["body"]
+        if "system" in body:  # Anthropic's Messages: the system turn apart, no sampling parameter
+            turns = [{"role": "system", "content": body["system"]}, *body["messages"]]
+            assert "temperature" not in body and body["stop_sequences"] == ["END"]
+        else:
+            turns = body["messages"]
+            assert body["temperature"] == 0.2 and body["stop"] == ["END"]
+        by_turns[json.dumps(turns)] = body["max_tokens"]
+    for k in range(n):
+        assert by_turns[json.dumps(sent[f"req-{k}"])] == 20 + k  # each conversation once, with its own cap
     expected = Decimal(0)
     for line in lines:
         body = line["response"]["body"]
         assert line["response"]["status_code"] == 200 and line["error"] is None
         assert body["model"] == ("gpt-4o-mini" if int(line["custom_id"][4:]) % 2 == 0 else "claude-haiku-4-5")
-        assert body["choices"][0]["message"]["content"] in LABELS.split(",")
+        assert body["choices"][0]["message"]["content"]  # the model's answer, as it gave it
+        assert body["choices"][0]["finish_reason"] in ("stop", "length")
         usage = body["usage"]
         assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]

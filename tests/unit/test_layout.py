@@ -24,6 +24,7 @@ RANKS = [
     ("router.usage", 1),
     ("router.catalog", 1),
     ("router.prompts", 1),
+    ("router.chat", 1),
     ("router.route", 1),
     ("router.candidates", 1),
     ("router.redact", 1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -96,6 +97,15 @@ def test_wilson_rejects_invalid_input(mean: float, n: int, confidence: float) ->
 
 
 # --- choosing ----------------------------------------------------------------------------------
+
+
+def test_a_chat_job_needs_no_estimate() -> None:
+    """A chat job's answers are not measured: with no bar, the cheapest model meeting the constraints
+    runs it, estimate or none; any other task still needs an estimate at bar 0."""
+    pool = [cand("a", "2", quality=prior(0.0)), cand("b", "1", quality=None)]
+    decision = choose_model(replace(job(min_quality=0.0), task="chat"), pool)
+    assert decision.model_id == "b" and "no quality bar" in decision.summary
+    assert choose_model(job(min_quality=0.0), pool).model_id == "a"
 
 
 @pytest.mark.parametrize(
