@@ -1,12 +1,15 @@
 """The HTTP API under load: job-status reads per second and their latency while a Celery worker runs a
 large job, and the server's memory (RSS) while a large batch file is uploaded.
 
-    python bench/api.py [--items 100000] [--upload-mb 200] [--seconds 20] [--readers 16] [--latency-ms 200]
+    python bench/api.py [--items 100000] [--upload-mb 200] [--seconds 20] [--readers 16] [--rate 500] [--latency-ms 200]
 
 Runs `pennyroute serve` (one uvicorn process), one `celery -A workers.app worker` and the fake
 provider, on Postgres and Redis on 127.0.0.1: a database of its own (pennyroute_api_bench,
 recreated) and Redis database 14 (flushed). The job is submitted over HTTP (POST /jobs); while the
-worker runs it, `--readers` threads read GET /jobs/{id} for `--seconds`. Then a batch file of
+worker runs it, `--readers` threads read GET /jobs/{id} for `--seconds` twice: first paced at
+`--rate` reads a second (500: the issue's target load), each read's latency counted from when it was
+due (so a stall counts for every read it held back), then as fast as the server answers (its ceiling,
+with the latency of the queue that builds). Then a batch file of
 `--upload-mb` is sent to POST /v1/files while the server's RSS is sampled every 20 ms. Prints the
 figures; asserts nothing.
 """
@@ -67,14 +70,22 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-def _reader_process(base: str, key: str, job_id: str, threads: int, seconds: float, out: Any) -> None:
-    """One reader process: `threads` threads reading the job's status until `seconds` have passed."""
+def _reader_process(base: str, key: str, job_id: str, threads: int, seconds: float, rate: float, out: Any) -> None:
+    """One reader process: `threads` threads reading the job's status until `seconds` have passed.
+
+    With `rate` 0 each thread sends its next read when the last is answered (a closed loop: as many
+    reads as the server can serve, latency including the queue this builds). With `rate` R (reads a
+    second for this process) each thread sends on a fixed schedule, and a read's latency is counted
+    from when it was due, not when it was sent: a server that stalls is charged for the reads it held
+    back (no coordinated omission)."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    begin = time.monotonic()
+    stop = begin + seconds
+    interval = threads / rate if rate else 0.0
 
-    def read() -> None:
+    def read(index: int) -> None:
         # http.client on a kept-alive connection: a client far lighter than the server it measures
         # (httpx costs the reader process about as much CPU per request as the server spends).
         mine: list[float] = []
@@ -82,19 +93,29 @@ def _reader_process(base: str, key: str, job_id: str, threads: int, seconds: flo
         host, port = base.removeprefix("http://").split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
         headers = {"Authorization": f"Bearer {key}"}
-        while time.monotonic() < stop:
-            started = time.perf_counter()
+        due = begin + interval * index / threads  # threads spread evenly over one interval
+        while True:
+            if interval:
+                now = time.monotonic()
+                if due > now:
+                    time.sleep(due - now)
+                started = due
+                due += interval
+            else:
+                started = time.monotonic()
+            if started >= stop:
+                break
             connection.request("GET", f"/jobs/{job_id}", headers=headers)
             answer = connection.getresponse()
             answer.read()
-            mine.append(time.perf_counter() - started)
+            mine.append(time.monotonic() - started)
             bad += answer.status != 200
         connection.close()
         with lock:
             latencies.extend(mine)
             errors[0] += bad
 
-    workers = [threading.Thread(target=read) for _ in range(threads)]
+    workers = [threading.Thread(target=read, args=(k,)) for k in range(threads)]
     for thread in workers:
         thread.start()
     for thread in workers:
@@ -103,14 +124,16 @@ def _reader_process(base: str, key: str, job_id: str, threads: int, seconds: flo
 
 
 def status_reads(
-    base: str, key: str, job_id: str, *, readers: int, processes: int, seconds: float
+    base: str, key: str, job_id: str, *, readers: int, processes: int, seconds: float, rate: float = 0.0
 ) -> tuple[int, list[float], int]:
     """(reads, their latencies in s, errors) of `readers` threads, spread over `processes` client
-    processes (one Python process cannot send fast enough alone), reading the job's status."""
+    processes (one Python process cannot send fast enough alone), reading the job's status: as fast
+    as answered (`rate` 0), or `rate` reads a second between them, on schedule."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
+    per_process = max(1, readers // processes)
     procs = [
-        context.Process(target=_reader_process, args=(base, key, job_id, max(1, readers // processes), seconds, out))
+        context.Process(target=_reader_process, args=(base, key, job_id, per_process, seconds, rate / processes, out))
         for _ in range(processes)
     ]
     for proc in procs:
@@ -124,6 +147,13 @@ def status_reads(
     for proc in procs:
         proc.join()
     return len(latencies), latencies, errors
+
+
+def _reads_line(what: str, reads: int, latencies: list[float], errors: int, seconds: float) -> str:
+    return (
+        f"  {what}: {reads / seconds:,.0f} reads/s, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
+        f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms, {errors} errors"
+    )
 
 
 def write_batch_file(path: Path, megabytes: int) -> int:
@@ -183,6 +213,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upload-mb", type=int, default=200, help="size of the uploaded batch file")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the status readers read")
     parser.add_argument("--readers", type=int, default=16, help="threads reading the job's status")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=500.0,
+        help="reads a second of the paced run (latency counted from when each was due)",
+    )
     parser.add_argument("--reader-processes", type=int, default=4, help="client processes the readers run in")
     parser.add_argument("--latency-ms", type=int, default=200, help="the fake provider's latency")
     parser.add_argument("--server-workers", type=int, default=2, help="`pennyroute serve --workers`")
@@ -247,9 +283,9 @@ def main(argv: list[str] | None = None) -> None:
             created.raise_for_status()
             job_id = created.json()["job_id"]
             submit_s = time.perf_counter() - started
-            reads, latencies, errors = status_reads(
-                base, key, job_id, readers=args.readers, processes=args.reader_processes, seconds=args.seconds
-            )
+            common = {"readers": args.readers, "processes": args.reader_processes, "seconds": args.seconds}
+            paced = status_reads(base, key, job_id, rate=args.rate, **common)
+            flat_out = status_reads(base, key, job_id, **common)
             state = httpx.get(f"{base}/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}).json()
             with tempfile.TemporaryDirectory() as folder:
                 batch = Path(folder) / "batch.jsonl"
@@ -272,11 +308,11 @@ def main(argv: list[str] | None = None) -> None:
         else "with no worker running:"
     )
     print(
-        f"  GET /jobs/{{id}}: {reads / args.seconds:,.0f} reads/s by {args.readers} readers in {args.reader_processes} "
-        f"processes over {args.seconds:g} s, server {args.server_workers} processes, "
-        f"p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms, "
-        f"max {max(latencies) * 1000:.1f} ms, {errors} errors"
+        f"  GET /jobs/{{id}} by {args.readers} readers in {args.reader_processes} processes, {args.seconds:g} s each, "
+        f"server {args.server_workers} processes:"
     )
+    print(_reads_line(f"paced at {args.rate:,.0f}/s (from when due)", *paced, args.seconds))
+    print(_reads_line("as fast as answered (closed loop)", *flat_out, args.seconds))
     print(
         f"upload of a {size_mb:,.0f} MB batch file ({lines:,} lines) to POST /v1/files in {upload_s:.1f} s: server RSS "
         f"{before / 1024:,.0f} MB before, {peak / 1024:,.0f} MB at its peak, {after / 1024:,.0f} MB after "
