@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from pydantic import SecretStr
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -28,6 +29,21 @@ from router.usage import TokenUsage
 ROOT = Path(__file__).resolve().parent.parent
 # The key the fake provider accepts; providers given any other key get its 401.
 FAKE_KEY = "sk-test-fake"
+
+
+# One catalog model per vendor wire format, all served by the fake provider.
+VENDOR_MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-haiku-4-5",
+    "mistral": "mistral-small-2603",
+    "gemini": "gemini-2.5-flash",
+}
+
+
+def with_vendor_keys(settings: Settings) -> Settings:
+    """`settings` with the fake's key for every vendor, and provider batches polled every 50 ms."""
+    keys = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY", "GEMINI_API_KEY")
+    return settings.model_copy(update={"api_keys": {k: SecretStr(FAKE_KEY) for k in keys}, "batch_poll_every_s": 0.05})
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

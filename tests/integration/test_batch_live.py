@@ -9,7 +9,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from router.catalog import Catalog
@@ -24,22 +23,15 @@ from router.providers.registry import close_all
 from router.settings import Settings
 from router.usage import TokenUsage
 from tests.fakes.batches import read_bill, set_knobs
-from tests.helpers import FAKE_KEY, tickets, write_jsonl
+from tests.helpers import VENDOR_MODELS, tickets, with_vendor_keys, write_jsonl
 
 LABELS = ("billing", "bug", "other")
-VENDORS = {
-    "openai": "gpt-4o-mini",
-    "anthropic": "claude-haiku-4-5",
-    "mistral": "mistral-small-2603",
-    "gemini": "gemini-2.5-flash",
-}
+VENDORS = VENDOR_MODELS
 
 
 @pytest.fixture
 def batch_settings(live_settings: Settings) -> Settings:
-    keys = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY", "GEMINI_API_KEY")
-    secrets = {k: SecretStr(FAKE_KEY) for k in keys}
-    return live_settings.model_copy(update={"api_keys": secrets, "batch_poll_every_s": 0.05})
+    return with_vendor_keys(live_settings)
 
 
 @pytest.mark.parametrize("vendor", sorted(VENDORS))

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from router.catalog import Catalog
 from router.engine import runtime
@@ -25,23 +24,15 @@ from router.ledger.tables import JobStatus
 from router.providers.registry import close_all
 from router.settings import Settings
 from tests.fakes.batches import set_knobs
-from tests.helpers import FAKE_KEY, ledger, priced, write_jsonl
+from tests.helpers import VENDOR_MODELS, ledger, priced, with_vendor_keys, write_jsonl
 
-VENDORS = {
-    "openai": "gpt-4o-mini",
-    "anthropic": "claude-haiku-4-5",
-    "mistral": "mistral-small-2603",
-    "gemini": "gemini-2.5-flash",
-}
+VENDORS = VENDOR_MODELS
 
 
 @pytest.fixture
 def chat_settings(live_settings: Settings, fake_provider: str) -> Settings:
     httpx.post(f"{fake_provider}/_reset").raise_for_status()
-    keys = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY", "GEMINI_API_KEY")
-    return live_settings.model_copy(
-        update={"api_keys": {k: SecretStr(FAKE_KEY) for k in keys}, "batch_poll_every_s": 0.05}
-    )
+    return with_vendor_keys(live_settings)
 
 
 def conversation(k: int) -> list[dict[str, str]]:

@@ -10,28 +10,20 @@ wrote it, whichever provider runs it.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from router.chat import Message
-from router.providers.anthropic import AnthropicProvider
 from router.providers.base import ChatRequest
-from router.providers.gemini import GeminiProvider
-from router.providers.http import build_client
-from router.providers.mistral import MistralProvider
-from router.providers.openai import OpenAIProvider
-from tests.fakes.server import start_in_thread
+from tests.sdk_contract import KEY, send
 
 anthropic = pytest.importorskip("anthropic")
 openai = pytest.importorskip("openai")
 genai = pytest.importorskip("google.genai")
 pytest.importorskip("mistralai.client")
 
-KEY = "contract-key"
 SYSTEM = "You answer in French, briefly."
 TURNS = [
     ("user", "What is the capital of Italy?"),
@@ -41,31 +33,12 @@ TURNS = [
 CAP, TEMPERATURE, TOP_P, STOP = 50, 0.3, 0.9, ["END", "\n\n"]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    url, stop = start_in_thread(port=0, api_key=KEY)
-    yield url
-    stop()
-
-
-@pytest.fixture
-def fake(server: str) -> str:
-    httpx.post(f"{server}/_reset").raise_for_status()
-    return server
-
-
 def asked(url: str) -> list[dict[str, Any]]:
     return list(httpx.get(f"{url}/_asked").json())
 
 
 def ours(url: str, vendor: str, *, model: str, sampling: bool = True) -> dict[str, Any]:
     """The body pennyroute's provider sent for the conversation."""
-    cls, suffix = {
-        "openai": (OpenAIProvider, "/v1"),
-        "anthropic": (AnthropicProvider, ""),
-        "gemini": (GeminiProvider, ""),
-        "mistral": (MistralProvider, "/v1"),
-    }[vendor]
     request = ChatRequest(
         model=model,
         system="",
@@ -76,17 +49,8 @@ def ours(url: str, vendor: str, *, model: str, sampling: bool = True) -> dict[st
         top_p=TOP_P if sampling else None,
         stop=tuple(STOP),
     )
-
-    async def go() -> None:
-        client = build_client(base_url=url + suffix, headers={}, timeout_s=5, max_connections=2, backend="httpx")
-        provider = cls(name=vendor, client=client, api_key=KEY)
-        try:
-            await provider.complete(request)
-        finally:
-            await provider.aclose()
-
     before = len(asked(url))
-    asyncio.run(go())
+    send(url, vendor, request)
     return asked(url)[before]["body"]  # type: ignore[no-any-return]
 
 
@@ -106,38 +70,38 @@ def same_where_sent(mine: Any, theirs: Any, where: str = "body") -> None:
         assert mine == theirs, where
 
 
-def test_openai_conversation_body_is_the_sdks(fake: str) -> None:
-    client = openai.OpenAI(api_key=KEY, base_url=f"{fake}/v1", max_retries=0)
+def test_openai_conversation_body_is_the_sdks(keyed_fake: str) -> None:
+    client = openai.OpenAI(api_key=KEY, base_url=f"{keyed_fake}/v1", max_retries=0)
     messages: Any = [{"role": "system", "content": SYSTEM}, *({"role": r, "content": c} for r, c in TURNS)]
     client.chat.completions.create(
         model="gpt-4o-mini", messages=messages, max_tokens=CAP, temperature=TEMPERATURE, top_p=TOP_P, stop=STOP
     )
-    theirs = asked(fake)[-1]["body"]
-    mine = ours(fake, "openai", model="gpt-4o-mini")
+    theirs = asked(keyed_fake)[-1]["body"]
+    mine = ours(keyed_fake, "openai", model="gpt-4o-mini")
     same_where_sent(mine, theirs)
     assert set(mine) == {"model", "messages", "max_tokens", "temperature", "top_p", "stop"}
 
 
-def test_mistral_conversation_body_is_the_sdks(fake: str) -> None:
+def test_mistral_conversation_body_is_the_sdks(keyed_fake: str) -> None:
     from mistralai.client import Mistral
     from mistralai.client.utils.retries import BackoffStrategy, RetryConfig
 
     client = Mistral(
-        api_key=KEY, server_url=fake, retry_config=RetryConfig("none", BackoffStrategy(1, 1, 1.0, 1), False)
+        api_key=KEY, server_url=keyed_fake, retry_config=RetryConfig("none", BackoffStrategy(1, 1, 1.0, 1), False)
     )
     messages: Any = [{"role": "system", "content": SYSTEM}, *({"role": r, "content": c} for r, c in TURNS)]
     client.chat.complete(
         model="mistral-small-latest", messages=messages, max_tokens=CAP, temperature=TEMPERATURE, top_p=TOP_P, stop=STOP
     )
-    theirs = asked(fake)[-1]["body"]
-    mine = ours(fake, "mistral", model="mistral-small-latest")
+    theirs = asked(keyed_fake)[-1]["body"]
+    mine = ours(keyed_fake, "mistral", model="mistral-small-latest")
     same_where_sent(mine, theirs)
 
 
-def test_anthropic_conversation_body_is_the_sdks(fake: str) -> None:
+def test_anthropic_conversation_body_is_the_sdks(keyed_fake: str) -> None:
     """Anthropic takes the system turns apart, and (API 2026-10-21) no sampling parameter: pennyroute
     drops temperature and top_p for it, so the SDK is called without them."""
-    client = anthropic.Anthropic(api_key=KEY, base_url=fake, max_retries=0)
+    client = anthropic.Anthropic(api_key=KEY, base_url=keyed_fake, max_retries=0)
     client.messages.create(
         model="claude-haiku-4-5",
         max_tokens=CAP,
@@ -146,16 +110,16 @@ def test_anthropic_conversation_body_is_the_sdks(fake: str) -> None:
         stop_sequences=STOP,
         extra_headers={"anthropic-version": "2026-10-21"},
     )
-    theirs = asked(fake)[-1]["body"]
-    mine = ours(fake, "anthropic", model="claude-haiku-4-5")
+    theirs = asked(keyed_fake)[-1]["body"]
+    mine = ours(keyed_fake, "anthropic", model="claude-haiku-4-5")
     same_where_sent(mine, theirs)
     assert "temperature" not in mine and "top_p" not in mine
 
 
-def test_gemini_conversation_body_is_the_sdks(fake: str) -> None:
+def test_gemini_conversation_body_is_the_sdks(keyed_fake: str) -> None:
     from google.genai import types
 
-    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=fake, api_version="v1beta"))
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=keyed_fake, api_version="v1beta"))
     client.models.generate_content(
         model="gemini-2.5-flash",
         contents=[
@@ -169,8 +133,8 @@ def test_gemini_conversation_body_is_the_sdks(fake: str) -> None:
             stop_sequences=STOP,
         ),
     )
-    theirs = asked(fake)[-1]["body"]
-    mine = ours(fake, "gemini", model="gemini-2.5-flash")
+    theirs = asked(keyed_fake)[-1]["body"]
+    mine = ours(keyed_fake, "gemini", model="gemini-2.5-flash")
     assert mine["contents"] == theirs["contents"]
     same_where_sent(mine["generationConfig"], theirs["generationConfig"])
     assert [p["text"] for p in mine["systemInstruction"]["parts"]] == [

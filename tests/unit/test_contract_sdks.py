@@ -16,45 +16,26 @@ mistralai's per-operation list for chat.complete (["429", "500", "502", "503", "
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from router.errors import ProviderStatusError
-from router.providers.anthropic import AnthropicProvider
 from router.providers.base import ChatRequest
-from router.providers.gemini import GeminiProvider
-from router.providers.http import build_client
-from router.providers.mistral import MistralProvider
-from router.providers.openai import QUOTA_CODES, OpenAIProvider
-from tests.fakes.server import start_in_thread
+from router.providers.openai import QUOTA_CODES
+from tests.sdk_contract import KEY, send
 
 anthropic = pytest.importorskip("anthropic")
 openai = pytest.importorskip("openai")
 genai = pytest.importorskip("google.genai")
 mistral_client = pytest.importorskip("mistralai.client")
 
-KEY = "contract-key"
 MESSAGES = [{"role": "user", "content": "hi"}]
 # mistralai's chat.complete retries these statuses when retries are on (mistralai/client/chat.py).
 MISTRAL_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    url, stop = start_in_thread(port=0, api_key=KEY)
-    yield url
-    stop()
-
-
-@pytest.fixture
-def fake(server: str) -> str:
-    httpx.post(f"{server}/_reset").raise_for_status()
-    return server
 
 
 def script(url: str, preset: str, **options: Any) -> None:
@@ -64,23 +45,8 @@ def script(url: str, preset: str, **options: Any) -> None:
 
 def ours(url: str, vendor: str, *, model: str) -> ProviderStatusError:
     """pennyroute's reading of the next scripted error."""
-    cls, suffix = {
-        "openai": (OpenAIProvider, "/v1"),
-        "anthropic": (AnthropicProvider, ""),
-        "gemini": (GeminiProvider, ""),
-        "mistral": (MistralProvider, "/v1"),
-    }[vendor]
-
-    async def go() -> None:
-        client = build_client(base_url=url + suffix, headers={}, timeout_s=5, max_connections=2, backend="httpx")
-        provider = cls(name=vendor, client=client, api_key=KEY)
-        try:
-            await provider.complete(ChatRequest(model=model, system="", prompt="hi", max_output_tokens=8))
-        finally:
-            await provider.aclose()
-
     with pytest.raises(ProviderStatusError) as info:
-        asyncio.run(go())
+        send(url, vendor, ChatRequest(model=model, system="", prompt="hi", max_output_tokens=8))
     return info.value
 
 
@@ -99,14 +65,14 @@ OPENAI_CASES = [
 
 
 @pytest.mark.parametrize(("preset", "options"), OPENAI_CASES)
-def test_openai_sdk_and_pennyroute_read_errors_alike(fake: str, preset: str, options: dict[str, Any]) -> None:
-    client = openai.OpenAI(api_key=KEY, base_url=f"{fake}/v1", max_retries=0)
-    script(fake, preset, **options)
+def test_openai_sdk_and_pennyroute_read_errors_alike(keyed_fake: str, preset: str, options: dict[str, Any]) -> None:
+    client = openai.OpenAI(api_key=KEY, base_url=f"{keyed_fake}/v1", max_retries=0)
+    script(keyed_fake, preset, **options)
     theirs = sdk_error(
         lambda: client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=8),
         openai.APIStatusError,
     )
-    mine = ours(fake, "openai", model="gpt-4o-mini")
+    mine = ours(keyed_fake, "openai", model="gpt-4o-mini")
     assert mine.status_code == theirs.status_code
     assert mine.code == "/".join(k for k in (theirs.type, theirs.code) if k)
     assert mine.request_id == theirs.request_id is not None
@@ -131,14 +97,14 @@ ANTHROPIC_CASES = [
 
 
 @pytest.mark.parametrize(("preset", "options"), ANTHROPIC_CASES)
-def test_anthropic_sdk_and_pennyroute_read_errors_alike(fake: str, preset: str, options: dict[str, Any]) -> None:
-    client = anthropic.Anthropic(api_key=KEY, base_url=fake, max_retries=0)
-    script(fake, preset, **options)
+def test_anthropic_sdk_and_pennyroute_read_errors_alike(keyed_fake: str, preset: str, options: dict[str, Any]) -> None:
+    client = anthropic.Anthropic(api_key=KEY, base_url=keyed_fake, max_retries=0)
+    script(keyed_fake, preset, **options)
     theirs = sdk_error(
         lambda: client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MESSAGES),
         anthropic.APIStatusError,
     )
-    mine = ours(fake, "anthropic", model="claude-haiku-4-5")
+    mine = ours(keyed_fake, "anthropic", model="claude-haiku-4-5")
     assert mine.status_code == theirs.status_code
     assert mine.code == "/".join(k for k in (theirs.type, theirs.error_code) if k)
     assert mine.request_id == theirs.request_id is not None
@@ -166,14 +132,14 @@ GEMINI_CASES = [
 
 @pytest.mark.parametrize(("preset", "options", "version"), GEMINI_CASES)
 def test_google_genai_sdk_and_pennyroute_read_errors_alike(
-    fake: str, preset: str, options: dict[str, Any], version: str
+    keyed_fake: str, preset: str, options: dict[str, Any], version: str
 ) -> None:
     from google.genai import _api_client, errors, types
 
-    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=fake, api_version=version))
-    script(fake, preset, **options)
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=keyed_fake, api_version=version))
+    script(keyed_fake, preset, **options)
     theirs = sdk_error(lambda: client.models.generate_content(model="gemini-2.5-pro", contents="hi"), errors.APIError)
-    mine = ours(fake, "gemini", model="gemini-2.5-pro")
+    mine = ours(keyed_fake, "gemini", model="gemini-2.5-pro")
     assert mine.status_code == theirs.code == 429 and theirs.status == "RESOURCE_EXHAUSTED"
     assert theirs.response.headers.get("retry-after") is None  # the real Gemini sends none
     details = theirs.details["error"]["details"]
@@ -192,18 +158,18 @@ MISTRAL_CASES = [("mistral.rate_limit", {}), ("mistral.payment_required", {})]
 
 
 @pytest.mark.parametrize(("preset", "options"), MISTRAL_CASES)
-def test_mistralai_sdk_and_pennyroute_read_errors_alike(fake: str, preset: str, options: dict[str, Any]) -> None:
+def test_mistralai_sdk_and_pennyroute_read_errors_alike(keyed_fake: str, preset: str, options: dict[str, Any]) -> None:
     from mistralai.client import Mistral, errors
     from mistralai.client.utils.retries import BackoffStrategy, RetryConfig
 
     client = Mistral(
-        api_key=KEY, server_url=fake, retry_config=RetryConfig("none", BackoffStrategy(1, 1, 1.0, 1), False)
+        api_key=KEY, server_url=keyed_fake, retry_config=RetryConfig("none", BackoffStrategy(1, 1, 1.0, 1), False)
     )
-    script(fake, preset, **options)
+    script(keyed_fake, preset, **options)
     theirs = sdk_error(
         lambda: client.chat.complete(model="mistral-small-latest", messages=MESSAGES), errors.MistralError
     )
-    mine = ours(fake, "mistral", model="mistral-small-latest")
+    mine = ours(keyed_fake, "mistral", model="mistral-small-latest")
     body = json.loads(theirs.body)
     assert mine.status_code == theirs.status_code
     assert mine.code == "/".join(k for k in (body.get("type"), body.get("code")) if k)
