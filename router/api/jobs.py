@@ -31,7 +31,7 @@ from router.errors import NotFoundError, PennyrouteError
 from router.jobs import lifecycle
 from router.jobs.estimates import is_fresh
 from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, bar_for, parse_soft_percent
-from router.jobs.results import job_quality, job_state, owned_job_state, result_records
+from router.jobs.results import batches_unpolled, job_quality, job_state, owned_job_state, result_records
 from router.jobs.submit import submit_job
 from router.ledger import budgets, keys, repo
 from router.ledger.db import ensure_schema, session_scope
@@ -224,7 +224,7 @@ def _read_status(request: Request, principal: Principal, job_id: str, failures: 
     )
     body = json.dumps(
         {
-            **data.job(state.job, state.spent_usd),
+            **data.job(state.job, state.spent_usd, batches_unpolled=batches_unpolled(settings_of(request), state)),
             "calls_by_model": dict(state.calls_by_model),
             "failures": state.failures,
             "rejected": state.job.rejected or [],

@@ -38,7 +38,7 @@ from router.jobs import lifecycle
 from router.jobs.calibrate import calibrate_job
 from router.jobs.estimates import is_fresh
 from router.jobs.intake import DEFAULT_CALIBRATION_BUDGET, JobRequest, bar_for, parse_soft_percent
-from router.jobs.results import job_quality, job_state, result_records
+from router.jobs.results import batches_unpolled, job_quality, job_state, result_records
 from router.jobs.submit import Submitted, submit_job
 from router.ledger import budgets, keys, repo
 from router.ledger.db import current_revision, ensure_schema, session_scope, upgrade
@@ -504,7 +504,7 @@ def status(
         raise _fail(exc) from None
     ended = wait and info["job"].status not in (JobStatus.RUNNING, JobStatus.CALIBRATING)
     if json_out:
-        record = data.job(info["job"], info["spent"])
+        record = data.job(info["job"], info["spent"], batches_unpolled=info["batches_unpolled"])
         data.emit(record)
         if ended and record["exit_code"]:
             raise typer.Exit(code=record["exit_code"])
@@ -553,9 +553,13 @@ def job_status(settings: Settings, job_id: str) -> dict[str, Any]:
         ),
         *views.execution_rows(job, state.batches, state.levers),
     ]
+    unpolled = batches_unpolled(settings, state)
+    if unpolled:
+        rows.append(("attention", f"[bold red]{unpolled}[/]"))
     return {
         "job_id": job_id,
         "simulated": job.simulated,
+        "batches_unpolled": unpolled,
         "rows": rows,
         "rejected": job.rejected or [],
         "spent": spent,

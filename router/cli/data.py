@@ -29,8 +29,9 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def job(job: Any, spent_usd: Decimal) -> dict[str, Any]:
-    """A job's state: counts, route, spend, and how it stands (the line and exit code `submit` gives)."""
+def job(job: Any, spent_usd: Decimal, *, batches_unpolled: str | None = None) -> dict[str, Any]:
+    """A job's state: counts, route, spend, and how it stands (the line and exit code `submit` gives);
+    `batches_unpolled` says why its provider batches are not moving (jobs.results.batches_unpolled)."""
     calibration = job.calibration or {}
     line, code = outcome(job)
     return {
@@ -62,6 +63,7 @@ def job(job: Any, spent_usd: Decimal) -> dict[str, Any]:
         "mode": job.mode,
         "deadline_at": job.deadline_at,
         "execution": job.execution,
+        "batches_unpolled": batches_unpolled,
     }
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from router.ledger import figures, keys, repo, sums
 from router.ledger.db import session_scope
-from router.ledger.tables import ItemStatus, Job
+from router.ledger.tables import ItemStatus, Job, JobStatus
 from router.providers.base import CUT, OUTCOME_OF_FINISH
 from router.reports.render import plain
 from router.settings import Settings
@@ -27,6 +28,7 @@ class JobState:
     failures: dict[str, int]  # failed items by what failed them (refused, filtered, cut off, ...), most first
     batches: dict[str, int] = field(default_factory=dict)  # its provider batches by state (creating ... ingested)
     levers: dict[str, Decimal] = field(default_factory=dict)  # ledger.sums.job_levers: savings by lever
+    batches_quiet_since: datetime | None = None  # its open provider batches were last looked at then
 
     @property
     def open_items(self) -> int:
@@ -53,6 +55,7 @@ def job_state(settings: Settings, job_id: str) -> JobState:
             failures=repo.failure_kinds(session, job_id) if job.n_failed else {},
             batches=repo.job_batch_counts(session, job_id),
             levers=sums.job_levers(session, job_id=job_id),
+            batches_quiet_since=repo.job_batches_quiet_since(session, job_id),
         )
 
 
@@ -71,7 +74,31 @@ def owned_job_state(
             spent_usd=spent,
             calls_by_model=by_model,
             failures=repo.failure_kinds(session, job_id) if failures and job.n_failed else {},
+            batches_quiet_since=repo.job_batches_quiet_since(session, job_id),
         )
+
+
+# Open provider batches not looked at for this long (or three poll intervals, if longer) mean nothing
+# is polling them: beat is not running, or the process that ran the job in-process has ended.
+QUIET_BATCHES_S = 120.0
+
+
+def batches_unpolled(settings: Settings, state: JobState, *, now: datetime | None = None) -> str | None:
+    """Why a running job's provider batches are not moving, and what to do, when nothing has looked at
+    them for a while; else None. Batch mode waits silently otherwise: this makes the wait loud."""
+    quiet = state.batches_quiet_since
+    if quiet is None or state.job.status != JobStatus.RUNNING:
+        return None
+    age = ((now or datetime.now(UTC)) - quiet).total_seconds()
+    if age < max(QUIET_BATCHES_S, 3 * settings.batch_poll_every_s):
+        return None
+    said = f"its provider batches have not been polled for {age / 60:,.0f} min"
+    if settings.embedded:
+        return f"{said}: the process that ran it has ended; `pennyroute jobs resume {state.job.id}` polls them here"
+    return (
+        f"{said}: is celery beat running? Batch mode needs it to poll them "
+        "(`celery -A workers.app beat`, or `worker --beat` on one worker)"
+    )
 
 
 def job_quality(settings: Settings, job_id: str) -> JobQuality:

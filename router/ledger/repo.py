@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -1098,6 +1098,21 @@ def job_batch_counts(session: Session, job_id: str) -> dict[str, int]:
         .group_by(PROVIDER_BATCH.c.state)
     ).all()
     return {state: int(n) for state, n in rows}
+
+
+def job_batches_quiet_since(session: Session, job_id: str) -> datetime | None:
+    """When the job's open provider batches were last looked at: the oldest of their last polls (or
+    creations, for one never polled); None when it has no open batch."""
+    kind = PROVIDER_BATCH.c.polled_at.type  # kept through coalesce and min: SQLite's values are read back as datetimes
+    seen = func.coalesce(PROVIDER_BATCH.c.polled_at, PROVIDER_BATCH.c.created_at, type_=kind)
+    found = session.execute(
+        select(func.min(seen, type_=kind)).where(
+            PROVIDER_BATCH.c.job_id == job_id, PROVIDER_BATCH.c.state.in_(list(BatchState.OPEN))
+        )
+    ).scalar()
+    if found is None:
+        return None
+    return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
 
 
 def batch_calls(session: Session, tags: Sequence[str]) -> list[Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,48 @@ def test_bad_sandbox_batch_knobs_refuse_the_job_before_it_is_written(
         "24h",
     )
     assert code == 2 and "PENNYROUTE_SANDBOX_BATCH" in output, output
+
+
+@pytest.mark.parametrize("ledger", ["cli_env", "sqlite_cli"])
+def test_provider_batches_nobody_polls_are_said_with_what_to_do(
+    ledger: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running job whose open provider batches nothing has polled for a while (beat not running, or
+    the in-process run ended) says so in `status`, its JSON and the API's, with the command to fix it."""
+    from datetime import timedelta
+
+    from router.jobs.results import batches_unpolled, job_state
+    from router.ledger import repo
+    from router.ledger.db import session_scope
+    from router.ledger.tables import Job, JobStatus, ProviderBatch, utcnow
+    from router.settings import get_settings
+
+    settings: Settings = request.getfixturevalue(ledger)
+    job_id = f"quiet{uuid.uuid4().hex[:7]}"
+    with session_scope(settings) as session:
+        team = repo.ensure_team(session, tenant="quiet", team="quiet")
+        session.add(
+            Job(id=job_id, tenant_id=team.tenant_id, team_id=team.id, task="classify", min_quality=0.5,
+                status=JobStatus.RUNNING, mode="batch")
+        )  # fmt: skip
+        session.flush()
+        session.add(
+            ProviderBatch(id=f"{job_id}-1", job_id=job_id, wave="w1", provider="openai", model_id="gpt-4o-mini",
+                          state="running", created_at=utcnow() - timedelta(minutes=30), polled_at=utcnow() - timedelta(minutes=9))
+        )  # fmt: skip
+        session.add(
+            ProviderBatch(id=f"{job_id}-2", job_id=job_id, wave="w1", provider="openai", model_id="gpt-4o-mini",
+                          state="ingested", created_at=utcnow() - timedelta(hours=3))
+        )  # fmt: skip
+    code, status = run_cli("status", job_id)
+    assert code == 0 and "have not been polled for 9 min" in status, status
+    assert f"pennyroute jobs resume {job_id}" in status  # no broker: the in-process run had ended
+    code, as_json = run_cli("status", job_id, "--json")
+    assert '"batches_unpolled": "its provider batches have not been polled for 9 min' in as_json
+    with_broker = settings.model_copy(update={"broker_url": "redis://127.0.0.1:6379/15"})
+    said = batches_unpolled(with_broker, job_state(with_broker, job_id))
+    assert said is not None and "is celery beat running?" in said
+    with session_scope(settings) as session:  # polled a moment ago: nothing to say
+        repo.update_provider_batch(session, f"{job_id}-1", polled_at=utcnow())
+    assert batches_unpolled(settings, job_state(settings, job_id)) is None
+    get_settings.cache_clear()
