@@ -69,7 +69,7 @@ async def call(
             probe=probe,
         )
     except asyncio.CancelledError:
-        if probe and limits is not None:  # interrupted before it was sent: the next call may probe
+        if probe and limits is not None:  # interrupted before call_one began: the next call may probe
             await asyncio.shield(limits.release_probe(provider_name))
         raise
 
@@ -101,7 +101,8 @@ async def call_one(
     the provider's breaker allows it and the model's shared rate limits (configured or learned) have
     room; then tell the limits how it went. Shared limits that cannot be reached are skipped (the
     provider's own 429s still hold us back). A `probe` (it holds the half-open breaker's probe
-    claim: SharedLimits.wait_allowed) does not ask the breaker again."""
+    claim: SharedLimits.wait_allowed) does not ask the breaker again. A call that holds the probe
+    claim, given or won at the breaker, releases it once its outcome is recorded, or if it is not sent."""
     capped = limits is not None and max_in_flight is not None
     if capped:
         await limits.enter(provider.name, max_in_flight, learned=learned)  # type: ignore[union-attr,arg-type]
@@ -109,9 +110,11 @@ async def call_one(
     result: Completion | ProviderError | None = None
     try:
         async with gate:
-            if limits is not None:
-                if not probe and (refused := await _breaker_refuses(limits, provider.name)) is not None:
+            if limits is not None and not probe:
+                refused, probe = await _breaker_refuses(limits, provider.name)
+                if refused is not None:
                     return key, refused, 0.0
+            if limits is not None:
                 await _take_limits(limits, request, model)
             sent_at = time.time()
             if limits is not None:
@@ -130,6 +133,11 @@ async def call_one(
         if limits is not None:
             await _observe(limits, provider.name, model, result, sent_at)
     finally:
+        if probe:  # its outcome is recorded (or it was never sent): the next cooldown's probe may go
+            try:
+                await limits.release_probe(provider.name)  # type: ignore[union-attr]
+            except Exception as exc:  # the claim expires by itself (PROBE_HOLD_S)
+                log.warning("shared rate limits unavailable (%s)", exc)
         if capped:
             overloaded = isinstance(result, (ProviderTimeout, ProviderConnectionError)) or (
                 isinstance(result, ProviderError) and result.status_code in OVERLOAD_STATUSES
@@ -147,15 +155,17 @@ async def call_one(
 OVERLOAD_STATUSES = frozenset({503, 529})
 
 
-async def _breaker_refuses(limits: SharedLimits, provider: str) -> CircuitOpen | None:
+async def _breaker_refuses(limits: SharedLimits, provider: str) -> tuple[CircuitOpen | None, bool]:
+    """(the refusal, or None when the call may go; whether it goes as the half-open breaker's probe)."""
     try:
         if not limits.known_clean(provider):
             breaker = await limits.breaker(provider)
             if not breaker.allowed:
-                return CircuitOpen(breaker.reason, provider=provider, retry_after=breaker.retry_in_s)
+                return CircuitOpen(breaker.reason, provider=provider, retry_after=breaker.retry_in_s), False
+            return None, breaker.probe
     except Exception as exc:  # shared limits unreachable: call anyway; the provider's 429s still hold us back
         log.warning("shared rate limits unavailable (%s); calling without them", exc)
-    return None
+    return None, False
 
 
 async def _take_limits(limits: SharedLimits, request: ChatRequest, model: ModelInfo | None) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,13 @@ redis.call('EXPIRE', KEYS[1], TTL)
 return 1
 """.replace("TTL", str(KEY_TTL_S))
 
+# KEYS: a breaker's probe claim. ARGV: the holder's token. Deletes the claim only if it is still
+# that holder's (it may have expired and been taken by another call since).
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS: request bucket, token bucket, factor, pause-until. ARGV: rps, tps, tokens.
 # Returns "0" when both buckets had room (and takes from both), else the seconds to wait.
 TAKE = """
@@ -160,11 +168,14 @@ class SharedLimits:
         self._buckets: dict[str, _Bucket] = {}  # in-memory mode only
         self._pause: dict[str, float] = {}  # in-memory mode only
         self._cas: Any = None
+        self._release: Any = None
         self._learned: dict[str, tuple[float, LearnedRate | None, str]] = {}  # model -> (read at, rate, version)
         self._answered: dict[str, deque[float]] = {}  # model -> when its recent calls were answered
         self._limited: dict[str, deque[float]] = {}  # model -> when its recent calls were answered 429
         self._sent: dict[str, int] = {}  # provider -> calls on the wire now
         self._probe_until: dict[str, float] = {}  # in-memory mode only: provider -> its probe's claim ends
+        self._probe_tokens: dict[str, str] = {}  # provider -> the token of the probe claim this process holds
+        self._writing: dict[str, int] = {}  # provider -> breaker writes of this process not yet in Redis
         self._first: dict[str, list[Any]] = {}  # model -> [calls sent, one came back, first call at]
         self._held: dict[str, float] = {}  # model -> when its learned gate last held a caller back
         self._windows: dict[str, Window] = {}  # provider -> its calls-in-flight window
@@ -179,6 +190,7 @@ class SharedLimits:
             self._redis = aioredis.Redis(connection_pool=pool)
             self._script = self._redis.register_script(TAKE)
             self._cas = self._redis.register_script(CAS)
+            self._release = self._redis.register_script(RELEASE)
         return self._redis
 
     # -- rate limits ------------------------------------------------------------------------------
@@ -502,21 +514,39 @@ class SharedLimits:
 
     async def breaker(self, provider: str) -> BreakerDecision:
         """Whether calls to `provider` may go through now (half-open: only the call that claims the
-        probe, across every worker)."""
+        probe, across every worker; it must `release_probe` once its outcome is recorded)."""
         decision = allows(await self._state(provider), time.time())
         if decision.probe and not await self._claim_probe(provider):
             return probing_elsewhere()
         return decision
 
     async def _claim_probe(self, provider: str) -> bool:
+        """Claim the half-open breaker's one probe, across every worker; the call that gets it must
+        `release_probe` once its outcome is recorded (or it was not sent)."""
         client = self.client()
+        token = uuid.uuid4().hex
         if client is None:
             now = time.monotonic()
             if self._probe_until.get(provider, 0.0) > now:
                 return False
             self._probe_until[provider] = now + PROBE_HOLD_S
-            return True
-        return bool(await client.set(f"pennyroute:cb:{provider}:probe", 1, nx=True, px=int(PROBE_HOLD_S * 1000)))
+        elif not await client.set(f"pennyroute:cb:{provider}:probe", token, nx=True, px=int(PROBE_HOLD_S * 1000)):
+            return False
+        self._probe_tokens[provider] = token
+        return True
+
+    async def release_probe(self, provider: str) -> None:
+        """The probe's outcome is recorded (or it was not sent): the next cooldown's probe may go. Only
+        the holder releases its claim, whatever the outcome did to the breaker (a failure of a
+        probe the breaker already re-opened for changes nothing, and must still free the claim)."""
+        token = self._probe_tokens.pop(provider, None)
+        if token is None:
+            return
+        client = self.client()
+        if client is None:
+            self._probe_until.pop(provider, None)
+        else:
+            await self._release(keys=[f"pennyroute:cb:{provider}:probe"], args=[token])
 
     async def wait_allowed(self, provider: str, patience_s: float) -> BreakerDecision:
         """Wait, up to `patience_s`, until the provider's breaker lets this call through: at once when
@@ -562,7 +592,7 @@ class SharedLimits:
                     self.wake(provider)
                 elif decision.probe and await self._claim_probe(provider):
                     if not self._hand_probe(provider):
-                        await self._probe_done(provider)  # nobody left to send it
+                        await self.release_probe(provider)  # nobody left to send it
             except Exception as exc:  # Redis unreachable: the waiters' own deadlines still end their wait
                 log.warning("breaker state unavailable (%s)", exc)
                 decision = probing_elsewhere()
@@ -589,17 +619,6 @@ class SharedLimits:
             if not waiter.done():
                 waiter.set_result(False)
 
-    async def release_probe(self, provider: str) -> None:
-        """A call that held the probe claim was not sent (cancelled): the next one may probe."""
-        await self._probe_done(provider)
-
-    async def _probe_done(self, provider: str) -> None:
-        client = self.client()
-        if client is None:
-            self._probe_until.pop(provider, None)
-        else:
-            await client.delete(f"pennyroute:cb:{provider}:probe")
-
     async def record(
         self, provider: str, *, failed: bool, started: float | None = None, unanswered: bool = False
     ) -> None:
@@ -612,25 +631,31 @@ class SharedLimits:
         if new == state:
             return  # a failure of a burst already counted: nothing changes
         self._breakers[provider] = (time.monotonic(), new)
-        if state.half_open:
-            await self._probe_done(provider)  # closed, or open again: the next cooldown's probe may go
         if not new.half_open and self._waiters.get(provider):
             self.wake(provider)  # the probe succeeded here: the calls waiting for it go at once
         client = self.client()
         if client is not None:
-            async with client.pipeline(transaction=False) as pipe:  # one round trip for both
-                pipe.hset(
-                    f"pennyroute:cb:{provider}",
-                    mapping={
-                        "failures": new.failures,
-                        "open_until": new.open_until,
-                        "half_open": int(new.half_open),
-                        "burst_started": new.burst_started,
-                        "opens": new.opens,
-                    },
-                )
-                pipe.expire(f"pennyroute:cb:{provider}", KEY_TTL_S)
-                await pipe.execute()
+            # Until it is in Redis, this process's view is newer than Redis's: _state keeps it.
+            self._writing[provider] = self._writing.get(provider, 0) + 1
+            try:
+                await self._write_state(client, provider, new)
+            finally:
+                self._writing[provider] -= 1
+
+    async def _write_state(self, client: Any, provider: str, new: BreakerState) -> None:
+        async with client.pipeline(transaction=False) as pipe:  # one round trip for both
+            pipe.hset(
+                f"pennyroute:cb:{provider}",
+                mapping={
+                    "failures": new.failures,
+                    "open_until": new.open_until,
+                    "half_open": int(new.half_open),
+                    "burst_started": new.burst_started,
+                    "opens": new.opens,
+                },
+            )
+            pipe.expire(f"pennyroute:cb:{provider}", KEY_TTL_S)
+            await pipe.execute()
 
     async def _state(self, provider: str, *, max_age: float = BREAKER_CACHE_S) -> BreakerState:
         cached = self._breakers.get(provider)
@@ -639,13 +664,19 @@ class SharedLimits:
             return cached[1]
         if client is None:
             return BreakerState()
-        if provider in self._refreshing:  # one read at a time: the others go on with what is known
+        if provider in self._refreshing or self._writing.get(provider):
+            # One read at a time: the others go on with what is known. And while this process's own
+            # write is on its way, Redis holds an older state than this process knows.
             return cached[1] if cached is not None else BreakerState()
         self._refreshing.add(provider)
+        asked = time.monotonic()
         try:
             raw = await client.hgetall(f"pennyroute:cb:{provider}")
         finally:
             self._refreshing.discard(provider)
+        latest = self._breakers.get(provider)
+        if latest is not None and (latest[0] >= asked or self._writing.get(provider)):
+            return latest[1]  # written here while the read was on its way: newer than what was read
         state = (
             BreakerState(
                 failures=int(raw.get(b"failures", 0)),

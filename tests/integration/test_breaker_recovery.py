@@ -14,13 +14,16 @@ import httpx
 import pytest
 import redis
 
-from policies.circuit_breaker import COOLDOWN_MAX_S, COOLDOWN_MIN_S, THRESHOLD
+from policies.circuit_breaker import COOLDOWN_MAX_S, COOLDOWN_MIN_S, THRESHOLD, cooldown
 from router.catalog import Catalog
 from router.engine import runtime
+from router.engine.calls import call_one
 from router.engine.chunk import run_chunk
+from router.errors import ProviderStatusError
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
 from router.ledger.tables import CallStatus
+from router.providers.base import ChatRequest, Completion
 from router.providers.limits import RECOVERY_POLL_S, SharedLimits
 from router.providers.registry import close_all
 from router.settings import Settings
@@ -146,3 +149,72 @@ def test_an_outage_is_waited_out_with_one_refusal_per_item_and_its_end_noticed_a
     ok = sorted(c.finished_at.timestamp() for c in calls if c.status == CallStatus.OK)  # type: ignore[union-attr]
     assert ok[-1] - ok[0] < 0.8  # the waiting items went together, the moment the probe succeeded
     assert ok[0] - outage_end < COOLDOWN_MAX_S + 0.5  # within one cooldown (and a write) of the end
+
+
+class _Down:
+    """A provider whose calls fail with a 500 after `latency_s` (test stub: call_one needs a name and complete)."""
+
+    name = "down"
+
+    def __init__(self, latency_s: float) -> None:
+        self.latency_s = latency_s
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        await asyncio.sleep(self.latency_s)
+        raise ProviderStatusError("HTTP 500", provider=self.name, status_code=500)
+
+
+@pytest.mark.parametrize("where", ["memory", "redis"])
+def test_a_probe_whose_failure_lands_while_the_breaker_is_open_still_frees_its_claim(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    """The probe goes out; a call sent before the breaker opened fails meanwhile and re-opens it; the
+    probe's own failure then changes nothing, but its claim must still be freed: else no probe could
+    go for PROBE_HOLD_S (30 s), and every waiting item would wait that long after the outage."""
+    url = request.getfixturevalue("shared") if where == "redis" else None
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        limits = SharedLimits(url)
+        await _open(limits, "down")
+        await asyncio.sleep(COOLDOWN_MIN_S + 0.05)  # half-open
+        ask = ChatRequest(model="m", system="", prompt="hi", max_output_tokens=5, request_id="r1")
+        probe = asyncio.create_task(call_one(_Down(0.3), asyncio.Semaphore(10), 1, ask, limits))
+        await asyncio.sleep(0.1)
+        probing = not (await limits.breaker("down")).allowed  # the probe is out: others are refused
+        await limits.record("down", failed=True, started=time.time() - 5)  # the straggler re-opens it
+        _, outcome, _ = await probe
+        await asyncio.sleep(cooldown(2) + 0.05)  # the new cooldown ends
+        nxt = await limits.breaker("down")  # the next probe may go
+        await limits.aclose()
+        return probing, isinstance(outcome, ProviderStatusError), nxt.allowed and nxt.probe
+
+    assert asyncio.run(scenario()) == (True, True, True)
+
+
+def test_a_read_of_redis_never_replaces_a_newer_state_this_worker_is_writing(
+    shared: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The breaker re-opens here while Redis still holds its half-open state (the write waits for a
+    connection): a read in the meantime must not bring the old state back, or a call would take it
+    for half-open and probe a breaker that is open (and its failure, changing nothing, would be lost)."""
+
+    async def scenario() -> tuple[bool, bool]:
+        limits = SharedLimits(shared)
+        await _open(limits, "down")
+        await asyncio.sleep(COOLDOWN_MIN_S + 0.05)  # half-open, in Redis too
+        write = limits._write_state
+
+        async def slow_write(*args: object) -> None:
+            await asyncio.sleep(0.3)
+            await write(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(limits, "_write_state", slow_write)
+        failing = asyncio.create_task(limits.record("down", failed=True))  # the probe failed: open again
+        await asyncio.sleep(0.05)
+        await asyncio.sleep(RECOVERY_POLL_S)  # this process's view is old enough to be read again
+        during = (await limits.wait_allowed("down", 0.01)).allowed  # must see open, not half-open
+        await failing
+        await limits.aclose()
+        return during, redis.Redis.from_url(shared).hget("pennyroute:cb:down", "opens") == b"2"
+
+    assert asyncio.run(scenario()) == (False, True)  # and the write did land
