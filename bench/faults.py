@@ -2,13 +2,25 @@
 Celery worker and the local fake provider.
 
     python bench/faults.py [--items 10000] [--latency-ms 50] [--timeout-s 5] [--cases mixed,hangs,outage,flood]
+                           [--outage-share 0.5 | --outage-s SECONDS]
 
 Cases (faults that come together, as real providers fail):
     mixed    a 20% mix of independent faults (below)
     hangs    a burst: the first 300 calls hang past the client's timeout, all at once, and are answered
              (and billed) after it gave up
-    outage   the only provider answers 500 to every call for 20 s, on a route with no fallback model: the
-             breaker opens and the items must wait the outage out, not fail
+    outage   the only provider answers 500 to every call from the job's start, for a stated share of the
+             job (--outage-share of the fault-free run's wall time, measured first in the same run;
+             0.5 by default, and at least OUTAGE_MIN_S, enough to open the breaker), on a route with no
+             fallback model: the breaker opens and the items must wait the outage out, not fail.
+             Nothing can be done while the only provider is down, so the best possible wall time is
+             the outage plus the fault-free run (1.5x at the default share); what the case measures
+             is the time lost beyond that, "overhead after the outage" (wall time - outage -
+             fault-free run): how soon the provider's recovery is noticed (the breaker's probe) and
+             how fast the waiting items resume. It can be below zero: the job's own work (submit,
+             claiming items, recording their first call rows) goes on during the outage.
+             A ratio target (<= 2x) only means something for an outage shorter than the job: an
+             outage of 20 s on a 16 s job is 2.23x before any item could be retried. --outage-s 20
+             runs the old fixed 20 s outage.
     flood    a small server behind one URL (a self-hosted vLLM or Ollama box) holds FLOOD_CAPACITY calls
              at once and resets the connection of any beyond; the catalog states no max_in_flight and
              the route has no fallback: the worker (400 calls in flight) must find the limit and hold it
@@ -61,8 +73,12 @@ MIX = {
     "retry_after_s": 0.5,
 }
 LABELS = ("billing", "bug", "other")
-# The outage case: its only provider fails every call this long (well inside PENNYROUTE_FAULT_WAIT_S).
-OUTAGE_S = 20.0
+# The outage case: its only provider fails every call for this share of the fault-free run's wall
+# time (--outage-share), and never less than OUTAGE_MIN_S: long enough for the job to start (submit,
+# the first chunk's claim) and its first round of calls (400 at once) to fail 20 times in a row and
+# open the breaker. Well inside PENNYROUTE_FAULT_WAIT_S either way.
+OUTAGE_SHARE = 0.5
+OUTAGE_MIN_S = 3.0
 # The flood case: the calls the small server holds at once (the worker would send 400).
 FLOOD_CAPACITY = 50
 TEXTS = (
@@ -72,7 +88,9 @@ TEXTS = (
 )
 
 
-def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | None) -> dict[str, Any]:
+def run(
+    settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | None, outage_s: float = 0.0
+) -> dict[str, Any]:
     catalog = load_catalog(settings.catalog)
     httpx.post(f"{fake_url}/_reset").raise_for_status()
     models = frozenset({"cheap-model", "fallback-model"})  # the flood case's small server is not for the others
@@ -82,8 +100,7 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | Non
         hang = {"hang_s": settings.request_timeout_s * 1.5, "count": 300}
         httpx.post(f"{fake_url}/_fail", json=hang).raise_for_status()
     elif case == "outage":
-        models = frozenset({"cheap-model"})  # no fallback: the items can only wait
-        httpx.post(f"{fake_url}/_fail", json={"status": 500, "for_s": OUTAGE_S}).raise_for_status()
+        models = frozenset({"cheap-model"})  # no fallback: the items can only wait (the outage starts below)
     elif case == "flood":
         models = frozenset({"small-model"})  # its own server; no fallback: the items can only wait for room
         httpx.post(f"{fake_url}/_capacity", json={"max_in_flight": FLOOD_CAPACITY}).raise_for_status()
@@ -91,6 +108,9 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | Non
     with path.open("w") as handle:
         for i in range(n):
             handle.write(json.dumps({"id": str(i), "text": f"{TEXTS[i % 3]} (ticket {i})"}) + "\n")
+    if case == "outage":  # from the job's start, as its wall time is measured
+        httpx.post(f"{fake_url}/_fail", json={"status": 500, "for_s": outage_s}).raise_for_status()
+    outage_ends = time.time() + outage_s
     started = time.perf_counter()
     submitted = submit_job(
         settings,
@@ -148,7 +168,12 @@ def run(settings: Settings, fake_url: str, n: int, tmp: Path, *, case: str | Non
         and by_id[i].cost_usd < catalog.price(b["model"]).cost_usd(TokenUsage(b["input_tokens"], b["output_tokens"]))
     ]
     ledger_usd = sum((c.cost_usd for c in calls), Decimal(0))
+    answered = [c.finished_at.timestamp() for c in calls if c.status == "ok" and c.finished_at is not None]
     return {
+        "outage_s": outage_s,
+        # The outage case: from its end to the first answer (the probe that found the provider back).
+        "noticed_after_s": min(answered) - outage_ends if case == "outage" and answered else None,
+        "breaker_opened": any(c.error and "circuit" in c.error for c in calls),
         "items": n,
         "done": sum(s == "done" for s in statuses),
         "terminal": sum(s in ("done", "failed") for s in statuses),
@@ -176,7 +201,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--timeout-s", type=float, default=5.0, help="per-call timeout: what a hung connection costs")
     parser.add_argument("--cases", default="mixed,hangs,outage,flood", help="which fault cases to run (see above)")
+    outage = parser.add_mutually_exclusive_group()
+    outage.add_argument(
+        "--outage-share",
+        type=float,
+        default=OUTAGE_SHARE,
+        help="the outage case's outage, as a share of the fault-free run's wall time (default 0.5)",
+    )
+    outage.add_argument("--outage-s", type=float, help="the outage case's outage in seconds instead (the old case: 20)")
     args = parser.parse_args(argv)
+    if not 0 < args.outage_share or (args.outage_s is not None and args.outage_s <= 0):
+        parser.error("the outage must be longer than 0 (--outage-share or --outage-s)")
     cases = [c for c in args.cases.split(",") if c]
     unknown = set(cases) - {"mixed", "hangs", "outage", "flood"}
     if unknown:
@@ -226,8 +261,13 @@ def main(argv: list[str] | None = None) -> None:
         results: dict[str, dict[str, Any]] = {}
         for case in [None, *cases]:
             redis.Redis.from_url(BROKER_URL).flushdb()
+            outage_s = 0.0
+            if case == "outage":  # a share of the fault-free run, measured first (or the seconds given)
+                share_s = args.outage_share * results["None"]["seconds"]
+                outage_s = args.outage_s if args.outage_s is not None else max(share_s, OUTAGE_MIN_S)
             with worker(env, tmp / f"worker-{case}.log"):
-                results[str(case)] = run(settings, small_url if case == "flood" else url, args.items, tmp, case=case)
+                url_of_case = small_url if case == "flood" else url
+                results[str(case)] = run(settings, url_of_case, args.items, tmp, case=case, outage_s=outage_s)
         clean = results.pop("None")
 
     print(
@@ -258,6 +298,16 @@ def main(argv: list[str] | None = None) -> None:
             f"\n  {case}: {r['seconds'] / clean['seconds']:.2f}x the fault-free time (target <= 2x); completion "
             f"{r['done'] / r['items']:.2%} (target >= 99.9%); every billed call in the ledger at >= its bill: {ok}"
         )
+        if case == "outage":
+            lost = r["seconds"] - r["outage_s"] - clean["seconds"]
+            best = (r["outage_s"] + clean["seconds"]) / clean["seconds"]
+            noticed = "no answer" if r["noticed_after_s"] is None else f"{r['noticed_after_s']:.1f} s"
+            print(
+                f"  the outage: {r['outage_s']:.1f} s from the job's start ({r['outage_s'] / clean['seconds']:.0%} "
+                f"of the fault-free run; breaker opened: {r['breaker_opened']}); nothing can be done during it, "
+                f"so the best is {best:.2f}x\n  overhead after the outage: {lost:.1f} s (wall time - outage - "
+                f"fault-free run); the provider's recovery was noticed {noticed} after the outage ended"
+            )
         if r["faults_served"]:
             print(f"  faults served: {r['faults_served']}")
         if case == "flood":

@@ -32,6 +32,10 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 2.0
 # A Retry-After longer than this is not waited for inside a chunk: the item fails with its reason.
 MAX_WAIT_S = 30.0
+# An item refused by its provider's open breaker, with nothing else to go to, waits for the breaker
+# to let calls through again for up to this long at a time (woken the moment a probe succeeds), not
+# a backoff per refusal: one refused call row per item per this long, whatever the breaker's cooldown.
+BREAKER_WAIT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,9 @@ class RetryDecision:
     retry: bool
     wait_s: float  # 0.0 when not retried
     reason: str
+    # > 0: the retry leaves now and waits up to this long for the provider's breaker to let it through
+    # (woken as soon as it does), instead of sleeping `wait_s`.
+    until_breaker_s: float = 0.0
 
 
 _STOPPED = RetryDecision(False, 0.0, "the provider is stopped for this job")
@@ -55,6 +62,7 @@ def after_failure(
     retry_after: float | None,
     provider_stopped: bool,
     time_left_s: float | None = None,
+    breaker_open: bool = False,
 ) -> RetryDecision:
     """After a failed call (its `attempt`-th retry, 0 for the first try): retry on the same model while
     the failure is retryable, tries are left, the provider's Retry-After (if any) is at most
@@ -63,11 +71,23 @@ def after_failure(
 
     `time_left_s`, given for a transient fault (a rate limit, an overload, a 5xx, no answer, an open
     breaker), lets the call go on past MAX_ATTEMPTS while that much time is left for the item's
-    faults: such faults are deferred, never final, until then."""
+    faults: such faults are deferred, never final, until then. A `breaker_open` refusal (the
+    provider's breaker is open) with time left is not backed off: the retry waits for the breaker
+    itself, up to BREAKER_WAIT_S or the time left, and goes the moment the provider is back."""
     if provider_stopped:
         return _STOPPED
     if not retryable:
         return _NOT_RETRYABLE
+    if breaker_open and time_left_s is not None:
+        if time_left_s <= 0:
+            return RetryDecision(False, 0.0, "the time for this item's faults is up")
+        patience = min(time_left_s, BREAKER_WAIT_S)
+        return RetryDecision(
+            True,
+            0.0,
+            f"provider's breaker open: try {attempt + 2} when it lets calls through (up to {patience:g} s)",
+            patience,
+        )
     backoff = min(retry_after or _backoff(attempt), MAX_WAIT_S)
     if time_left_s is not None and (retry_after or 0) <= MAX_WAIT_S:
         if backoff <= time_left_s:

@@ -32,23 +32,46 @@ async def call(
     provider_name: str,
     request: ChatRequest,
     delay_s: float = 0.0,
+    until_breaker_s: float = 0.0,
 ) -> CallResult:
-    """Make one call of a batch (after `delay_s`: a retry's wait), through call_one. Never raises."""
+    """Make one call of a batch (after `delay_s`: a retry's wait), through call_one. Never raises.
+
+    With `until_breaker_s` (a retry refused by the provider's open breaker), it first waits up to that
+    long for the breaker to let it through (SharedLimits.wait_allowed), holding no slot meanwhile: it
+    goes the moment a probe succeeds, or is the probe itself; when the wait runs out it comes back
+    refused, unsent."""
     if delay_s > 0:
         await asyncio.sleep(delay_s)
+    limits = None if simulated else shared_limits(settings)
+    probe = False
+    if until_breaker_s > 0 and limits is not None:
+        try:
+            decision = await limits.wait_allowed(provider_name, until_breaker_s)
+        except Exception as exc:  # shared limits unreachable: call anyway, as _breaker_refuses does
+            log.warning("shared rate limits unavailable (%s); calling without them", exc)
+        else:
+            if not decision.allowed:
+                return key, CircuitOpen(decision.reason, provider=provider_name, retry_after=decision.retry_in_s), 0.0
+            probe = decision.probe
     provider = await get_provider(catalog, settings, provider_name, simulated=simulated)
     info = catalog.providers.get(provider_name)
-    return await call_one(
-        provider,
-        runtime.gate(settings.calls_in_flight),
-        key,
-        request,
-        None if simulated else shared_limits(settings),
-        models_by_wire_name(catalog).get((provider_name, request.model)),
-        # No stated max_in_flight: the window starts at the gate's width and is learned (policies/in_flight.py).
-        (info.max_in_flight if info is not None else None) or settings.calls_in_flight,
-        learned=info is None or info.max_in_flight is None,
-    )
+    try:
+        return await call_one(
+            provider,
+            runtime.gate(settings.calls_in_flight),
+            key,
+            request,
+            limits,
+            models_by_wire_name(catalog).get((provider_name, request.model)),
+            # No stated max_in_flight: the window starts at the gate's width and is learned (policies/in_flight.py).
+            (info.max_in_flight if info is not None else None) or settings.calls_in_flight,
+            learned=info is None or info.max_in_flight is None,
+            probe=probe,
+        )
+    except asyncio.CancelledError:
+        if probe and limits is not None:  # interrupted before call_one began: the next call may probe
+            await asyncio.shield(limits.release_probe(provider_name))
+        raise
 
 
 _WIRE_NAMES: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], ModelInfo]] = weakref.WeakKeyDictionary()
@@ -72,11 +95,14 @@ async def call_one(
     max_in_flight: int | None = None,
     *,
     learned: bool = False,
+    probe: bool = False,
 ) -> CallResult:
     """Make one call once the provider has a free slot (`max_in_flight`), the gate lets it through,
     the provider's breaker allows it and the model's shared rate limits (configured or learned) have
     room; then tell the limits how it went. Shared limits that cannot be reached are skipped (the
-    provider's own 429s still hold us back)."""
+    provider's own 429s still hold us back). A `probe` (it holds the half-open breaker's probe
+    claim: SharedLimits.wait_allowed) does not ask the breaker again. A call that holds the probe
+    claim, given or won at the breaker, releases it once its outcome is recorded, or if it is not sent."""
     capped = limits is not None and max_in_flight is not None
     if capped:
         await limits.enter(provider.name, max_in_flight, learned=learned)  # type: ignore[union-attr,arg-type]
@@ -84,9 +110,11 @@ async def call_one(
     result: Completion | ProviderError | None = None
     try:
         async with gate:
-            if limits is not None:
-                if (refused := await _breaker_refuses(limits, provider.name)) is not None:
+            if limits is not None and not probe:
+                refused, probe = await _breaker_refuses(limits, provider.name)
+                if refused is not None:
                     return key, refused, 0.0
+            if limits is not None:
                 await _take_limits(limits, request, model)
             sent_at = time.time()
             if limits is not None:
@@ -105,6 +133,11 @@ async def call_one(
         if limits is not None:
             await _observe(limits, provider.name, model, result, sent_at)
     finally:
+        if probe:  # its outcome is recorded (or it was never sent): the next cooldown's probe may go
+            try:
+                await limits.release_probe(provider.name)  # type: ignore[union-attr]
+            except Exception as exc:  # the claim expires by itself (PROBE_HOLD_S)
+                log.warning("shared rate limits unavailable (%s)", exc)
         if capped:
             overloaded = isinstance(result, (ProviderTimeout, ProviderConnectionError)) or (
                 isinstance(result, ProviderError) and result.status_code in OVERLOAD_STATUSES
@@ -122,15 +155,17 @@ async def call_one(
 OVERLOAD_STATUSES = frozenset({503, 529})
 
 
-async def _breaker_refuses(limits: SharedLimits, provider: str) -> CircuitOpen | None:
+async def _breaker_refuses(limits: SharedLimits, provider: str) -> tuple[CircuitOpen | None, bool]:
+    """(the refusal, or None when the call may go; whether it goes as the half-open breaker's probe)."""
     try:
         if not limits.known_clean(provider):
             breaker = await limits.breaker(provider)
             if not breaker.allowed:
-                return CircuitOpen(breaker.reason, provider=provider, retry_after=breaker.retry_in_s)
+                return CircuitOpen(breaker.reason, provider=provider, retry_after=breaker.retry_in_s), False
+            return None, breaker.probe
     except Exception as exc:  # shared limits unreachable: call anyway; the provider's 429s still hold us back
         log.warning("shared rate limits unavailable (%s); calling without them", exc)
-    return None
+    return None, False
 
 
 async def _take_limits(limits: SharedLimits, request: ChatRequest, model: ModelInfo | None) -> None:

@@ -242,6 +242,8 @@ class _Progress:
     deferred: list[tuple[float, PlannedCall]] = field(
         default_factory=list
     )  # retries not yet recorded, with when they are due
+    # (item id, model) -> how long its next call waits for the provider's open breaker to let it through
+    until_breaker: dict[tuple[int, str], float] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -403,7 +405,8 @@ def _launch(
         progress.launched[key] = Launched(t, recorded.ids[k], recorded.started)
         progress.outstanding[t.item_id] = progress.outstanding.get(t.item_id, 0) + 1
         delay = delays[k] if delays and k < len(delays) else 0.0
-        calls.append((key, call(catalog, settings, chunk.job.simulated, key, provider, request, delay)))
+        until_breaker = progress.until_breaker.pop((t.item_id, t.model_id), 0.0)
+        calls.append((key, call(catalog, settings, chunk.job.simulated, key, provider, request, delay, until_breaker)))
     stream.launch(calls)
 
 
@@ -550,10 +553,13 @@ def _after_failure(
         time_left_s=progress.deadline[t.item_id] - time.monotonic()
         if _deferrable(catalog, chunk, progress, t, error)
         else None,
+        breaker_open=isinstance(error, CircuitOpen),
     )
     if decision.retry:
         round_.retry.append(PlannedCall(t.item_id, t.model_id, t.purpose, t.attempt + 1))
         round_.waits.append(decision.wait_s)
+        if decision.until_breaker_s:  # it leaves now and waits for the breaker, woken when the provider is back
+            progress.until_breaker[(t.item_id, t.model_id)] = decision.until_breaker_s
 
 
 def _deferrable(

@@ -19,7 +19,11 @@ and widened as it answers (policies/in_flight.py): a server that floods is found
 nobody wrote its limit down.
 
 Breakers: per provider (policies/circuit_breaker.py); the state is a Redis hash every worker reads,
-cached for a second in each process, so a provider that keeps failing is left alone by all.
+cached for a second in each process, so a provider that keeps failing is left alone by all. Calls
+that wait for an open breaker (`wait_allowed`: items with nothing else to go to) wait in one queue
+per provider, watched by one task per process that reads the state every RECOVERY_POLL_S: when the
+cooldown ends it claims the probe and hands it to one waiter, and when the breaker closes (a probe
+succeeded, in this process or another) it lets them all go at once.
 
 Without Redis (the embedded default) the same logic runs in memory, for this process. Models with
 no limits cost nothing: no Redis round trip, no await.
@@ -28,7 +32,9 @@ no limits cost nothing: no Redis round trip, no await.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +62,8 @@ from policies.rate_adapt import (
     seed_learned,
 )
 
+log = logging.getLogger("pennyroute.limits")
+
 # Buckets hold this many seconds of rate: small bursts, and a full bucket after a pause of 1 s.
 BURST_S = 1.0
 # A caller waiting for its turn sleeps at most this long before asking again.
@@ -72,6 +80,10 @@ FIRST_WAIT_S = 10.0
 FIRST_POLL_S = 0.02
 # A half-open breaker's probe claim lasts at most this long (a probe that never comes back frees it).
 PROBE_HOLD_S = 30.0
+# While calls wait for a provider's open breaker, this process reads its state this often (one Redis
+# read per provider, whatever the number of waiters): a probe that succeeded in another worker frees
+# this worker's waiters within it.
+RECOVERY_POLL_S = 0.2
 # Each process re-reads a model's learned rate from Redis at most this often.
 LEARNED_CACHE_S = 1.0
 # The answers of the last this many seconds seed a learned rate (and no fewer than one second is
@@ -94,6 +106,13 @@ redis.call('HINCRBY', KEYS[1], 'v', 1)
 redis.call('EXPIRE', KEYS[1], TTL)
 return 1
 """.replace("TTL", str(KEY_TTL_S))
+
+# KEYS: a breaker's probe claim. ARGV: the holder's token. Deletes the claim only if it is still
+# that holder's (it may have expired and been taken by another call since).
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 # KEYS: request bucket, token bucket, factor, pause-until. ARGV: rps, tps, tokens.
 # Returns "0" when both buckets had room (and takes from both), else the seconds to wait.
@@ -149,16 +168,21 @@ class SharedLimits:
         self._buckets: dict[str, _Bucket] = {}  # in-memory mode only
         self._pause: dict[str, float] = {}  # in-memory mode only
         self._cas: Any = None
+        self._release: Any = None
         self._learned: dict[str, tuple[float, LearnedRate | None, str]] = {}  # model -> (read at, rate, version)
         self._answered: dict[str, deque[float]] = {}  # model -> when its recent calls were answered
         self._limited: dict[str, deque[float]] = {}  # model -> when its recent calls were answered 429
         self._sent: dict[str, int] = {}  # provider -> calls on the wire now
         self._probe_until: dict[str, float] = {}  # in-memory mode only: provider -> its probe's claim ends
+        self._probe_tokens: dict[str, str] = {}  # provider -> the token of the probe claim this process holds
+        self._writing: dict[str, int] = {}  # provider -> breaker writes of this process not yet in Redis
         self._first: dict[str, list[Any]] = {}  # model -> [calls sent, one came back, first call at]
         self._held: dict[str, float] = {}  # model -> when its learned gate last held a caller back
         self._windows: dict[str, Window] = {}  # provider -> its calls-in-flight window
         self._active: dict[str, int] = {}  # provider -> calls in flight now
         self._slot_free: dict[str, asyncio.Condition] = {}
+        self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}  # provider -> calls waiting for its breaker
+        self._watchers: dict[str, asyncio.Task[None]] = {}  # provider -> the task that frees them
 
     def client(self) -> Any:
         if self._redis is None and self._url:
@@ -166,6 +190,7 @@ class SharedLimits:
             self._redis = aioredis.Redis(connection_pool=pool)
             self._script = self._redis.register_script(TAKE)
             self._cas = self._redis.register_script(CAS)
+            self._release = self._redis.register_script(RELEASE)
         return self._redis
 
     # -- rate limits ------------------------------------------------------------------------------
@@ -489,28 +514,110 @@ class SharedLimits:
 
     async def breaker(self, provider: str) -> BreakerDecision:
         """Whether calls to `provider` may go through now (half-open: only the call that claims the
-        probe, across every worker)."""
+        probe, across every worker; it must `release_probe` once its outcome is recorded)."""
         decision = allows(await self._state(provider), time.time())
         if decision.probe and not await self._claim_probe(provider):
             return probing_elsewhere()
         return decision
 
     async def _claim_probe(self, provider: str) -> bool:
+        """Claim the half-open breaker's one probe, across every worker; the call that gets it must
+        `release_probe` once its outcome is recorded (or it was not sent)."""
         client = self.client()
+        token = uuid.uuid4().hex
         if client is None:
             now = time.monotonic()
             if self._probe_until.get(provider, 0.0) > now:
                 return False
             self._probe_until[provider] = now + PROBE_HOLD_S
-            return True
-        return bool(await client.set(f"pennyroute:cb:{provider}:probe", 1, nx=True, px=int(PROBE_HOLD_S * 1000)))
+        elif not await client.set(f"pennyroute:cb:{provider}:probe", token, nx=True, px=int(PROBE_HOLD_S * 1000)):
+            return False
+        self._probe_tokens[provider] = token
+        return True
 
-    async def _probe_done(self, provider: str) -> None:
+    async def release_probe(self, provider: str) -> None:
+        """The probe's outcome is recorded (or it was not sent): the next cooldown's probe may go. Only
+        the holder releases its claim, whatever the outcome did to the breaker (a failure of a
+        probe the breaker already re-opened for changes nothing, and must still free the claim)."""
+        token = self._probe_tokens.pop(provider, None)
+        if token is None:
+            return
         client = self.client()
         if client is None:
             self._probe_until.pop(provider, None)
         else:
-            await client.delete(f"pennyroute:cb:{provider}:probe")
+            await self._release(keys=[f"pennyroute:cb:{provider}:probe"], args=[token])
+
+    async def wait_allowed(self, provider: str, patience_s: float) -> BreakerDecision:
+        """Wait, up to `patience_s`, until the provider's breaker lets this call through: at once when
+        it is closed, or as the probe once its cooldown is over (the others wait for the probe's
+        outcome). Returns the decision; `probe` true means this call holds the probe claim (it is
+        sent without asking the breaker again), not allowed means the patience ran out."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            decision = allows(await self._state(provider, max_age=RECOVERY_POLL_S), time.time())
+            if decision.allowed and (not decision.probe or await self._claim_probe(provider)):
+                return decision
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return decision if not decision.allowed else probing_elsewhere()
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(provider, deque()).append(waiter)
+            self._watch(provider)
+            try:
+                probe = await asyncio.wait_for(waiter, timeout=left)
+            except TimeoutError:
+                continue  # one last look at the breaker, then the deadline
+            if probe:
+                return BreakerDecision(True, 0.0, "half-open: probing", probe=True)
+
+    def _watch(self, provider: str) -> None:
+        """Start the task that frees the provider's waiters, unless it runs (on this loop)."""
+        task = self._watchers.get(provider)
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            self._watchers[provider] = asyncio.get_running_loop().create_task(self._watcher(provider))
+
+    async def _watcher(self, provider: str) -> None:
+        """While calls wait for the provider's breaker: every RECOVERY_POLL_S, read its state; when
+        it is closed, free every waiter; when its cooldown is over, claim the probe and hand it to one."""
+        waiters = self._waiters.setdefault(provider, deque())
+        while True:
+            while waiters and waiters[0].done():  # timed out (or cancelled) meanwhile
+                waiters.popleft()
+            if not waiters:
+                return
+            try:
+                decision = allows(await self._state(provider, max_age=RECOVERY_POLL_S), time.time())
+                if decision.allowed and not decision.probe:
+                    self.wake(provider)
+                elif decision.probe and await self._claim_probe(provider):
+                    if not self._hand_probe(provider):
+                        await self.release_probe(provider)  # nobody left to send it
+            except Exception as exc:  # Redis unreachable: the waiters' own deadlines still end their wait
+                log.warning("breaker state unavailable (%s)", exc)
+                decision = probing_elsewhere()
+            # Open: look again when the cooldown ends (the probe leaves then), or sooner if a worker
+            # reopened or closed it meanwhile.
+            await asyncio.sleep(
+                min(RECOVERY_POLL_S, max(0.01, decision.retry_in_s)) if not decision.allowed else RECOVERY_POLL_S
+            )
+
+    def _hand_probe(self, provider: str) -> bool:
+        waiters = self._waiters.get(provider) or deque()
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return True
+        return False
+
+    def wake(self, provider: str) -> None:
+        """The provider's breaker is closed: every call waiting for it goes now."""
+        waiters = self._waiters.get(provider)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(False)
 
     async def record(
         self, provider: str, *, failed: bool, started: float | None = None, unanswered: bool = False
@@ -524,43 +631,59 @@ class SharedLimits:
         if new == state:
             return  # a failure of a burst already counted: nothing changes
         self._breakers[provider] = (time.monotonic(), new)
-        if state.half_open:
-            await self._probe_done(provider)  # closed, or open again: the next cooldown's probe may go
+        if not new.half_open and self._waiters.get(provider):
+            self.wake(provider)  # the probe succeeded here: the calls waiting for it go at once
         client = self.client()
         if client is not None:
-            async with client.pipeline(transaction=False) as pipe:  # one round trip for both
-                pipe.hset(
-                    f"pennyroute:cb:{provider}",
-                    mapping={
-                        "failures": new.failures,
-                        "open_until": new.open_until,
-                        "half_open": int(new.half_open),
-                        "burst_started": new.burst_started,
-                    },
-                )
-                pipe.expire(f"pennyroute:cb:{provider}", KEY_TTL_S)
-                await pipe.execute()
+            # Until it is in Redis, this process's view is newer than Redis's: _state keeps it.
+            self._writing[provider] = self._writing.get(provider, 0) + 1
+            try:
+                await self._write_state(client, provider, new)
+            finally:
+                self._writing[provider] -= 1
 
-    async def _state(self, provider: str) -> BreakerState:
+    async def _write_state(self, client: Any, provider: str, new: BreakerState) -> None:
+        async with client.pipeline(transaction=False) as pipe:  # one round trip for both
+            pipe.hset(
+                f"pennyroute:cb:{provider}",
+                mapping={
+                    "failures": new.failures,
+                    "open_until": new.open_until,
+                    "half_open": int(new.half_open),
+                    "burst_started": new.burst_started,
+                    "opens": new.opens,
+                },
+            )
+            pipe.expire(f"pennyroute:cb:{provider}", KEY_TTL_S)
+            await pipe.execute()
+
+    async def _state(self, provider: str, *, max_age: float = BREAKER_CACHE_S) -> BreakerState:
         cached = self._breakers.get(provider)
         client = self.client()
-        if cached is not None and (client is None or time.monotonic() - cached[0] < BREAKER_CACHE_S):
+        if cached is not None and (client is None or time.monotonic() - cached[0] < max_age):
             return cached[1]
         if client is None:
             return BreakerState()
-        if provider in self._refreshing:  # one read at a time: the others go on with what is known
+        if provider in self._refreshing or self._writing.get(provider):
+            # One read at a time: the others go on with what is known. And while this process's own
+            # write is on its way, Redis holds an older state than this process knows.
             return cached[1] if cached is not None else BreakerState()
         self._refreshing.add(provider)
+        asked = time.monotonic()
         try:
             raw = await client.hgetall(f"pennyroute:cb:{provider}")
         finally:
             self._refreshing.discard(provider)
+        latest = self._breakers.get(provider)
+        if latest is not None and (latest[0] >= asked or self._writing.get(provider)):
+            return latest[1]  # written here while the read was on its way: newer than what was read
         state = (
             BreakerState(
                 failures=int(raw.get(b"failures", 0)),
                 open_until=float(raw.get(b"open_until", 0)),
                 half_open=bool(int(raw.get(b"half_open", 0))),
                 burst_started=float(raw.get(b"burst_started", 0)),
+                opens=int(raw.get(b"opens", 0)),
             )
             if raw
             else BreakerState()

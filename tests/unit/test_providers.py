@@ -26,7 +26,7 @@ from router.errors import (
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import STOP, ChatRequest, Completion
 from router.providers.gemini import GeminiProvider
-from router.providers.http import BACKENDS, Backend, ClientPool, build_client, retry_after_s
+from router.providers.http import BACKENDS, Backend, ClientPool, JsonApiProvider, build_client, retry_after_s
 from router.providers.mistral import MistralProvider
 from router.providers.openai import OpenAIProvider
 from router.usage import TokenUsage
@@ -426,3 +426,16 @@ def test_costs_follow_each_providers_token_rules() -> None:
     ).usage
     # Gemini: cached inside the prompt count; thoughts apart from candidates, billed as output.
     assert price.cost_usd(gemini) == (Decimal(200) + Decimal(800) * Decimal("0.10") + Decimal(30) * 4) / 1_000_000
+
+
+@pytest.mark.parametrize("base", ["http://h:1", "http://h:1/v1", "http://h:1/v1/", "https://api.example.com/openai/v1"])
+@pytest.mark.parametrize("kind", [OpenAIProvider, AnthropicProvider, GeminiProvider])
+def test_each_endpoint_is_merged_once_as_httpx_merges_it(base: str, kind: type[JsonApiProvider]) -> None:
+    """The providers post to an absolute URL built once per path (not merged by httpx on every call):
+    it must be the very URL httpx would have built from the relative path, for any base URL."""
+    client = httpx.AsyncClient(base_url=base)
+    provider = kind(name="p", client=client, api_key=KEY)  # type: ignore[call-arg]
+    request = ChatRequest(model="m-1", system="s", prompt="p", max_output_tokens=5)
+    path = provider.url(request)
+    assert provider._endpoint(path) == client._merge_url(path) and provider._endpoint(path).is_absolute_url
+    assert provider._endpoint(path) is provider._endpoint(path)  # built once
