@@ -184,6 +184,8 @@ def split_file(pieces: Iterable[bytes], *, endpoint: str, catalog: Catalog) -> S
 
 # The only completion window OpenAI's Batch API takes, and so the one this intake takes.
 COMPLETION_WINDOW = "24h"
+# How a batch's jobs run when its metadata names no `mode` (sync, batch or auto, as `submit --mode`).
+DEFAULT_MODE = "auto"
 
 
 def job_request(path: Path, *, model: str, team: str, tenant: str, metadata: dict[str, Any]) -> JobRequest:
@@ -192,10 +194,10 @@ def job_request(path: Path, *, model: str, team: str, tenant: str, metadata: dic
     task = str(metadata.get("task") or ("classify" if labels else "summarize"))
     max_words = _number(metadata, "max_words", int) if metadata.get("max_words") else None
     # The batch's completion window is the job's deadline. Metadata `mode` (as `submit --mode`) says
-    # how it runs: sync by default for now; auto or batch puts it on the providers' batch APIs at the
-    # batch price where the window allows (policies/execution_mode.py). Not auto by default yet: a
-    # provider create that fails ambiguously (a dropped connection) leaves its batch to be found or
-    # created again after a 5-minute grace, longer than a caller polling a small batch expects.
+    # how it runs: auto by default, as an OpenAI Batch user expects (the providers' batch APIs at the
+    # batch price where the 24h window allows: policies/execution_mode.py); batch asks for them, sync
+    # refuses them. A provider create that fails ambiguously is found or sent again at once
+    # (engine/batch_submit.py create_again), so a small batch is not held up by it.
     common = {
         "path": path,
         "team": team,
@@ -204,7 +206,7 @@ def job_request(path: Path, *, model: str, team: str, tenant: str, metadata: dic
         "labels": labels,
         "max_words": max_words,
         "deadline": COMPLETION_WINDOW,
-        "mode": str(metadata.get("mode") or "sync"),
+        "mode": str(metadata.get("mode") or DEFAULT_MODE),
     }
     on_budget = str(metadata.get("on_budget") or "reject")
     if model == AUTO:

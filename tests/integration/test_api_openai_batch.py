@@ -100,7 +100,7 @@ def test_named_models_through_the_openai_sdk(settings: Settings, catalog: Catalo
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
         expected += catalog.price(body["model"]).cost_usd(
             TokenUsage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"])
-        )
+        ) * Decimal("0.5")  # at the batch price: metadata mode is auto by default
     assert batch.usage is not None
     assert batch.usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in lines)
 
@@ -112,7 +112,8 @@ def test_named_models_through_the_openai_sdk(settings: Settings, catalog: Catalo
     spent = Decimal(0)
     for job_id in row.job_ids:
         calls, _ = ledger(settings, job_id)
-        assert all(c.mode == "sync" and c.price_multiplier == 1 for c in calls)  # metadata mode: sync by default
+        # Metadata mode auto by default: the lines went to the providers' batch APIs, at 0.5.
+        assert calls and all(c.mode == "batch" and c.price_multiplier == Decimal("0.5") for c in calls)
         assert all(c.cost_usd == priced(catalog, c) for c in calls)
         spent += sum((c.cost_usd for c in calls), Decimal(0))
     assert spent == expected > 0  # the ledger is the lines' usage at the catalog's prices, to the cent and below
@@ -255,7 +256,7 @@ def test_a_batch_runs_on_a_real_worker_with_a_broker(
     with session_scope(settings) as session:
         row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
     modes = {c.mode for job_id in row.job_ids for c in ledger(settings, job_id)[0]}
-    assert modes == {"sync"}  # the default for /v1 batches (metadata mode auto or batch asks for the batch APIs)
+    assert modes == {"batch"}  # the default for /v1 batches: auto, so the providers' batch APIs (beat polls them)
 
 
 def test_creates_sent_at_once_make_one_batch(settings: Settings, server: str, tmp_path: Path) -> None:
@@ -284,3 +285,17 @@ def test_creates_sent_at_once_make_one_batch(settings: Settings, server: str, tm
         metadata={"team": owner.team, "labels": "billing,bug"},
     )
     assert other.id != ids[0]  # other metadata: another batch
+
+
+def test_metadata_mode_sync_keeps_a_batch_off_the_providers_batch_apis(
+    settings: Settings, server: str, tmp_path: Path
+) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "sync.jsonl", ["gpt-4o-mini"], 10)
+    batch, lines = _run(client, path, {"team": owner.team, "labels": LABELS, "mode": "sync"})
+    assert len(lines) == 10
+    with session_scope(settings) as session:
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+    calls = [c for job_id in row.job_ids for c in ledger(settings, job_id)[0]]
+    assert calls and all(c.mode == "sync" and c.price_multiplier == 1 for c in calls)
