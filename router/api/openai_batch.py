@@ -93,7 +93,7 @@ def create_batch(
     )
     for job_id in to_start:
         start_job(request, job_id)
-    return intake.view(settings, batch)
+    return intake.view(settings, catalog_of(request), batch)
 
 
 @router.get("/batches/{batch_id}", summary="A batch, its status and request counts")
@@ -103,7 +103,7 @@ def get_batch(
     settings = settings_of(request)
     with session_scope(settings) as session:
         batch = batches.owned_batch(session, batch_id, tenant_id=principal.tenant_id, team_id=principal.team_id)
-    return intake.view(settings, batch)
+    return intake.view(settings, catalog_of(request), batch)
 
 
 @router.post("/batches/{batch_id}/cancel", summary="Cancel a batch: its jobs stop")
@@ -125,7 +125,7 @@ def list_batches(
         rows = batches.list_batches(
             session, tenant_id=principal.tenant_id, team_id=principal.team_id, after=after, limit=limit + 1
         )
-    data = [intake.as_openai(*intake.refresh(settings, row)) for row in rows[:limit]]
+    data = [intake.as_openai(*intake.refresh(settings, catalog_of(request), row)) for row in rows[:limit]]
     return {
         "object": "list",
         "data": data,

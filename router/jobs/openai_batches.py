@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from router.ledger import batches, repo
 from router.ledger.db import session_scope
 from router.ledger.tables import ApiBatch, ApiFile, Job, JobStatus, utcnow
 from router.settings import Settings
+
+log = logging.getLogger("pennyroute.jobs")
 
 AUTO = "pennyroute-auto"
 ENDPOINT = "/v1/chat/completions"
@@ -186,6 +189,12 @@ def split_file(pieces: Iterable[bytes], *, endpoint: str, catalog: Catalog) -> S
 COMPLETION_WINDOW = "24h"
 # How a batch's jobs run when its metadata names no `mode` (sync, batch or auto, as `submit --mode`).
 DEFAULT_MODE = "auto"
+# That window in seconds: a batch still in progress this long after its create expires, as OpenAI's
+# does (its unfinished jobs cancelled, its unanswered lines in the error file as batch_expired).
+WINDOW_S = 24 * 3600
+EXPIRED_CODE = "batch_expired"
+# OpenAI's words for a line its batch's window closed on (the Batch guide, "Batch expiration").
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
 
 def job_request(path: Path, *, model: str, team: str, tenant: str, metadata: dict[str, Any]) -> JobRequest:
@@ -269,13 +278,28 @@ def _ts(value: datetime | None) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
-def refresh(settings: Settings, batch: ApiBatch) -> tuple[ApiBatch, list[Job]]:
-    """The batch with its status brought up to date from its jobs (written back when it moved on)."""
+def past_window(batch: ApiBatch, now: datetime) -> bool:
+    """Whether the batch's completion window (WINDOW_S from its create) has closed."""
+    if batch.created_at is None:
+        return False
+    created = batch.created_at if batch.created_at.tzinfo is not None else batch.created_at.replace(tzinfo=UTC)
+    return now >= created + timedelta(seconds=WINDOW_S)
+
+
+def refresh(settings: Settings, catalog: Catalog, batch: ApiBatch) -> tuple[ApiBatch, list[Job]]:
+    """The batch with its status brought up to date from its jobs (written back when it moved on); a
+    batch whose window closed before its jobs ended expires (`expire`)."""
     with session_scope(settings) as session:
         jobs = [repo.get_job(session, job_id) for job_id in batch.job_ids]
-        now = utcnow()
+    ended = all(job.status in ENDED for job in jobs)
+    now = utcnow()
+    if batch.status == "in_progress" and (batch.expired_at is not None or (not ended and past_window(batch, now))):
+        expire(settings, catalog, batch, now=now)
+        with session_scope(settings) as session:
+            jobs = [repo.get_job(session, job_id) for job_id in batch.job_ids]
+        return batch, jobs
+    with session_scope(settings) as session:
         changes: dict[str, Any] = {}
-        ended = all(job.status in ENDED for job in jobs)
         if batch.status in ("in_progress", "cancelling") and ended:
             if batch.status == "cancelling":
                 changes.update(status="cancelled", cancelled_at=now)
@@ -286,6 +310,41 @@ def refresh(settings: Settings, batch: ApiBatch) -> tuple[ApiBatch, list[Job]]:
             for key, value in changes.items():
                 setattr(batch, key, value)
     return batch, jobs
+
+
+def expire(settings: Settings, catalog: Catalog, batch: ApiBatch, *, now: datetime) -> None:
+    """The batch's window closed: `expired_at` is written first (under the batch's row lock: one
+    caller does it), then its jobs are cancelled through the lifecycle (calls in flight finish and are
+    recorded, calls made stay charged, reservations are released), then the status is `expired`. A
+    caller that dies between those steps leaves `expired_at` set: the next refresh finishes the work."""
+    with session_scope(settings) as session:
+        row = batches.owned_batch(session, batch.id, tenant_id=batch.tenant_id, team_id=None, for_update=True)
+        if row.status != "in_progress":
+            batch.status, batch.expired_at = row.status, row.expired_at
+            return
+        if row.expired_at is None:
+            batches.update_batch(session, batch.id, expired_at=now)
+        batch.expired_at = row.expired_at or now
+    for job_id in batch.job_ids:
+        lifecycle.cancel(settings, catalog, job_id=job_id)
+    with session_scope(settings) as session:
+        batches.update_batch(session, batch.id, status="expired")
+    batch.status = "expired"
+    log.info("batch %s expired: its %s window closed before its lines were done", batch.id, batch.completion_window)
+
+
+def expire_overdue(settings: Settings, catalog: Catalog, *, now: datetime | None = None) -> int:
+    """Expire every tenant's batches still in progress past their window, read or not (beat's sweep
+    runs this, so a batch nobody polls still expires on time); returns how many expired."""
+    now = now or utcnow()
+    with session_scope(settings) as session:
+        overdue = batches.in_progress_since(session, before=now - timedelta(seconds=WINDOW_S))
+        session.expunge_all()
+    expired = 0
+    for batch in overdue:
+        refresh(settings, catalog, batch)
+        expired += batch.status == "expired"
+    return expired
 
 
 def as_openai(batch: ApiBatch, jobs: list[Job], *, usage: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -307,11 +366,11 @@ def as_openai(batch: ApiBatch, jobs: list[Job], *, usage: dict[str, Any] | None 
         "error_file_id": batch.error_file_id if ended and batch.job_ids else None,
         "created_at": _ts(batch.created_at),
         "in_progress_at": _ts(batch.in_progress_at),
-        "expires_at": _ts(batch.created_at + timedelta(hours=24)) if batch.created_at else None,
+        "expires_at": _ts(batch.created_at + timedelta(seconds=WINDOW_S)) if batch.created_at else None,
         "finalizing_at": _ts(batch.finalizing_at),
         "completed_at": _ts(batch.completed_at),
         "failed_at": _ts(batch.failed_at),
-        "expired_at": None,
+        "expired_at": _ts(batch.expired_at),
         "cancelling_at": _ts(batch.cancelling_at),
         "cancelled_at": _ts(batch.cancelled_at),
         "request_counts": {"total": batch.n_total, "completed": completed, "failed": failed},
@@ -334,6 +393,15 @@ def output_lines(settings: Settings, batch: ApiBatch, *, errors: bool) -> Iterat
             if errors == done or (record["status"] != "failed" and not done and job.status not in ENDED):
                 continue
             if not done:
+                ran = record["status"] == "failed" and record.get("error") != "cancelled"
+                if batch.status == "expired" and not ran:  # the window closed before it was answered
+                    yield {
+                        "id": line_id,
+                        "custom_id": record["id"],
+                        "response": None,
+                        "error": {"code": EXPIRED_CODE, "message": EXPIRED_MESSAGE},
+                    }
+                    continue
                 ran = record["status"] == "failed"
                 yield {
                     "id": line_id,
@@ -428,7 +496,7 @@ def usage_of(settings: Settings, batch: ApiBatch) -> dict[str, Any]:
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": inputs + outputs,
     }
-    if batch.status in ("completed", "cancelled", "failed"):
+    if batch.status in ("completed", "cancelled", "failed", "expired"):
         lines = {**(batch.lines or {}), "usage": usage}
         with session_scope(settings) as session:
             batches.update_batch(session, batch.id, lines=lines)
@@ -581,10 +649,10 @@ def _failed(settings: Settings, batch: ApiBatch, errors: list[dict[str, Any]]) -
     return batch
 
 
-def view(settings: Settings, batch: ApiBatch) -> dict[str, Any]:
-    """The batch as OpenAI shows it, brought up to date (its usage once it has completed)."""
-    batch, jobs = refresh(settings, batch)
-    usage = usage_of(settings, batch) if batch.status == "completed" else None
+def view(settings: Settings, catalog: Catalog, batch: ApiBatch) -> dict[str, Any]:
+    """The batch as OpenAI shows it, brought up to date (its usage once it has completed or expired)."""
+    batch, jobs = refresh(settings, catalog, batch)
+    usage = usage_of(settings, batch) if batch.status in ("completed", "expired") else None
     return as_openai(batch, jobs, usage=usage)
 
 
@@ -600,7 +668,7 @@ def cancel_batch(settings: Settings, catalog: Catalog, owner: Owner, *, batch_id
     if batch.status == "cancelling":
         for job_id in batch.job_ids:
             lifecycle.cancel(settings, catalog, job_id=job_id)
-    return view(settings, batch)
+    return view(settings, catalog, batch)
 
 
 def file_lines(settings: Settings, file: ApiFile) -> Iterator[bytes]:

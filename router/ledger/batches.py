@@ -113,5 +113,11 @@ def list_batches(
     return list(session.execute(query.order_by(BATCH.c.created_at.desc(), BATCH.c.id.desc()).limit(limit)).scalars())
 
 
+def in_progress_since(session: Session, *, before: datetime) -> list[ApiBatch]:
+    """Every tenant's batches still in progress that were created before `before` (the sweeper's)."""
+    query = select(ApiBatch).where(BATCH.c.status == "in_progress", BATCH.c.created_at < before)
+    return list(session.execute(query.order_by(BATCH.c.created_at)).scalars())
+
+
 def update_batch(session: Session, batch_id: str, **values: Any) -> None:
     session.execute(update(BATCH).where(BATCH.c.id == batch_id).values(**values))

@@ -17,12 +17,16 @@ import pytest
 from sqlalchemy import select
 
 from router.catalog import Catalog
+from router.jobs import lifecycle
+from router.jobs import openai_batches as intake
+from router.jobs.sweeper import sweep
 from router.ledger import budgets, repo
 from router.ledger.db import session_scope
 from router.ledger.tables import ApiBatch, ApiFileChunk
 from router.settings import Settings
 from router.usage import TokenUsage
 from tests.api_support import Tenant, api_settings, auth, make_tenant, serving
+from tests.fakes.batches import read_bill, set_knobs
 from tests.helpers import ledger, priced, start_workers, stop_workers, tickets, worker_env
 
 LABELS = "billing,bug,other"
@@ -299,3 +303,94 @@ def test_metadata_mode_sync_keeps_a_batch_off_the_providers_batch_apis(
         row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
     calls = [c for job_id in row.job_ids for c in ledger(settings, job_id)[0]]
     assert calls and all(c.mode == "sync" and c.price_multiplier == 1 for c in calls)
+
+
+def test_a_batch_past_its_window_expires_keeping_what_was_answered(
+    settings: Settings,
+    catalog: Catalog,
+    server: str,
+    fake_provider: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenAI's 24h expiry, with the window shortened: the batch's job is cancelled through the
+    lifecycle, the lines the provider's batch had answered are ingested, charged and in the output
+    file, the others are in the error file as batch_expired."""
+    monkeypatch.setattr(intake, "WINDOW_S", 4)
+    # The provider's batch answers half its lines at once and the rest over an hour.
+    set_knobs(fake_provider, reset=True, delay_s=3600, started_done=0.5, shuffle=False)
+    try:
+        owner = make_tenant(settings)
+        client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+        path = _batch_file(tmp_path / "slow.jsonl", ["gpt-4o-mini"], 20)
+        with path.open("rb") as handle:
+            uploaded = client.files.create(file=handle, purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"team": owner.team, "labels": LABELS, "mode": "batch"},
+        )
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{fake_provider}/_batch").json()["batches"] < 1:  # its lines are at the provider
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.batches.retrieve(batch.id).status == "in_progress"
+        assert batch.expires_at is not None
+        time.sleep(max(0.0, batch.expires_at + 1 - time.time()))
+        expired = client.batches.retrieve(batch.id)
+        assert expired.status == "expired" and expired.expired_at is not None
+        assert expired.expired_at >= batch.expires_at
+        counts = expired.request_counts
+        assert counts is not None and (counts.total, counts.completed, counts.failed) == (20, 10, 10)
+        answered = [json.loads(line) for line in client.files.content(expired.output_file_id).text.splitlines()]
+        errors = [json.loads(line) for line in client.files.content(expired.error_file_id).text.splitlines()]
+        assert len(answered) == 10 and all(line["response"]["status_code"] == 200 for line in answered)
+        assert len(errors) == 10
+        assert all(
+            line["response"] is None and line["error"]["code"] == "batch_expired" and line["error"]["message"]
+            for line in errors
+        )
+        assert sorted(line["custom_id"] for line in answered + errors) == sorted(f"req-{k}" for k in range(20))
+        with session_scope(settings) as session:
+            row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+            job = repo.get_job(session, row.job_ids[0])
+        assert job.status == "cancelled"
+        calls, _ = ledger(settings, job.id)
+        charged = {c.id: c.cost_usd for c in calls if c.cost_usd}
+        billed = read_bill(fake_provider)["lines"]
+        assert len(charged) == 10 and set(charged) == set(billed)  # the answered lines, charged once each
+        assert all(c.cost_usd == priced(catalog, c) for c in calls)
+    finally:
+        set_knobs(fake_provider, reset=True)
+
+
+def test_a_batch_nobody_reads_expires_in_the_sweep(
+    settings: Settings, catalog: Catalog, server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = make_tenant(settings)
+    tiny = httpx.put(f"{server}/budgets/{owner.team}", headers=auth(owner.key), json={"monthly": "0.000001"})
+    assert tiny.status_code == 200
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "unread.jsonl", ["gpt-4o-mini"], 12)
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    metadata = {"team": owner.team, "labels": LABELS, "on_budget": "pause", "mode": "sync"}
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+    )
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{server}/jobs", headers=auth(owner.key)).json()[0]["status"] != "paused":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    monkeypatch.setattr(intake, "WINDOW_S", 1)
+    time.sleep(1.2)
+    sweep(settings, dispatcher=lifecycle.InlineDispatcher(settings, catalog), catalog=catalog)
+    with session_scope(settings) as session:  # read from the ledger: no GET made it expire
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+        job = repo.get_job(session, row.job_ids[0])
+    assert row.status == "expired" and row.expired_at is not None and job.status == "cancelled"
+    assert row.error_file_id and row.output_file_id
+    errors = [json.loads(line) for line in client.files.content(row.error_file_id).text.splitlines()]
+    assert len(errors) == 12 and {line["error"]["code"] for line in errors} == {"batch_expired"}
+    assert client.files.content(row.output_file_id).text == ""
