@@ -4,6 +4,7 @@
     ├── InputError                  user input is wrong (a file, a line, a flag); names where
     ├── ConfigError                 settings or catalog are wrong or incomplete
     ├── NotFoundError               a named tenant, team, job or model does not exist
+    ├── ConflictError               a request the state of what it names refuses (a file a running batch reads)
     ├── NoModelError                no model meets a job's bar and constraints; carries the decision
     ├── BudgetError                 a job's expected cost does not fit its team's budget (--on-budget reject)
     │   └── CalibrationBudgetError  the team's budget cannot take a calibration's calls
@@ -63,6 +64,15 @@ class ConfigError(PennyrouteError):
 
 class NotFoundError(PennyrouteError):
     """Raised when a named tenant, team, job or model does not exist."""
+
+
+class ConflictError(PennyrouteError):
+    """Raised when what a request names is in a state that refuses it (a file a running batch uses);
+    `code` names the conflict (file_in_use)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class NoModelError(PennyrouteError):

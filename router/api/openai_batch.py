@@ -1,7 +1,9 @@
 """OpenAI Batch-compatible intake under /v1, so the official openai SDK works with a changed base_url:
 
     POST /v1/files                  multipart, purpose=batch; written to the ledger a piece at a time
+    GET  /v1/files                  newest first (or `order=asc`), `purpose`, `after` and `limit`
     GET  /v1/files/{id}             the FileObject
+    DELETE /v1/files/{id}           content removed, 404 after; refused (409) while a running batch uses it
     GET  /v1/files/{id}/content     the input file, or a batch's output or error file (made from results)
     POST /v1/batches                validated whole, then one pennyroute job per model named
     GET  /v1/batches/{id}           status and request_counts from the jobs, usage once completed
@@ -49,6 +51,27 @@ def create_file(
         stream=file.file,
     )
     return intake.file_object(row)
+
+
+@router.get("/files", summary="The key's files, newest first")
+def list_files(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("jobs:read"))],
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: int = intake.MAX_LIST_FILES,
+    order: str = "desc",
+) -> dict[str, Any]:
+    return intake.list_files(
+        settings_of(request), _owner(principal), purpose=purpose, after=after, limit=limit, order=order
+    )
+
+
+@router.delete("/files/{file_id}", summary="Delete a file (refused while a running batch uses it)")
+def delete_file(
+    request: Request, file_id: str, principal: Annotated[Principal, Depends(require("jobs:write"))]
+) -> dict[str, Any]:
+    return intake.delete_file(settings_of(request), catalog_of(request), _owner(principal), file_id=file_id)
 
 
 @router.get("/files/{file_id}", summary="A file's FileObject")

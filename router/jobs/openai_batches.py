@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from router.catalog import Catalog
-from router.errors import InputError, NotFoundError, PennyrouteError
+from router.errors import ConflictError, InputError, NotFoundError, PennyrouteError
 from router.jobs import estimates, lifecycle
 from router.jobs.intake import JobRequest
 from router.jobs.results import result_records
@@ -669,6 +669,64 @@ def cancel_batch(settings: Settings, catalog: Catalog, owner: Owner, *, batch_id
         for job_id in batch.job_ids:
             lifecycle.cancel(settings, catalog, job_id=job_id)
     return view(settings, catalog, batch)
+
+
+# A batch in one of these states still reads its files (its input for rejected lines, its output and
+# error files as they fill).
+RUNNING = ("validating", "in_progress", "finalizing", "cancelling")
+# OpenAI's list files endpoint: `limit` from 1 to 10,000, 10,000 by default.
+MAX_LIST_FILES = 10_000
+
+
+def list_files(
+    settings: Settings, owner: Owner, *, purpose: str | None, after: str | None, limit: int, order: str
+) -> dict[str, Any]:
+    """The key's files as OpenAI's `GET /v1/files` lists them: newest first (`order` desc) or oldest
+    first (asc), of `purpose` if given, after the file `after`, `limit` at most, with has_more."""
+    if order not in ("asc", "desc"):
+        raise InputError(f"order '{order}' is not one of asc, desc", field="order")
+    if not 1 <= limit <= MAX_LIST_FILES:
+        raise InputError(f"limit must be from 1 to {MAX_LIST_FILES}", field="limit")
+    with session_scope(settings) as session:
+        rows = batches.list_files(
+            session,
+            tenant_id=owner.tenant_id,
+            team_id=owner.team_id,
+            purpose=purpose,
+            after=after,
+            limit=limit + 1,
+            newest_first=order == "desc",
+        )
+    data = [file_object(row) for row in rows[:limit]]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(rows) > limit,
+    }
+
+
+def delete_file(settings: Settings, catalog: Catalog, owner: Owner, *, file_id: str) -> dict[str, Any]:
+    """Delete a file: its content is removed and it is gone for its tenant (404 after). A file that a
+    batch still running reads (its input, its output or error file) is refused (ConflictError,
+    file_in_use): cancel the batch, or wait for it to end."""
+    with session_scope(settings) as session:
+        batches.owned_file(session, file_id, tenant_id=owner.tenant_id, team_id=owner.team_id)
+        using = [b for b in batches.batches_using(session, file_id) if b.status in RUNNING]
+        session.expunge_all()
+    for batch in using:
+        refresh(settings, catalog, batch)  # a batch whose jobs have ended is no longer running
+        if batch.status in RUNNING:
+            raise ConflictError(
+                f"File {file_id} is used by batch {batch.id}, which is {batch.status}: cancel the batch "
+                "or wait for it to end, then delete the file",
+                code="file_in_use",
+            )
+    with session_scope(settings) as session:
+        batches.owned_file(session, file_id, tenant_id=owner.tenant_id, team_id=owner.team_id, for_update=True)
+        batches.delete_file(session, file_id, now=utcnow())
+    return {"id": file_id, "object": "file", "deleted": True}
 
 
 def file_lines(settings: Settings, file: ApiFile) -> Iterator[bytes]:

@@ -394,3 +394,60 @@ def test_a_batch_nobody_reads_expires_in_the_sweep(
     errors = [json.loads(line) for line in client.files.content(row.error_file_id).text.splitlines()]
     assert len(errors) == 12 and {line["error"]["code"] for line in errors} == {"batch_expired"}
     assert client.files.content(row.output_file_id).text == ""
+
+
+def test_files_are_listed_and_deleted_as_openais(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner, other = make_tenant(settings), make_tenant(settings)
+    tiny = httpx.put(f"{server}/budgets/{owner.team}", headers=auth(owner.key), json={"monthly": "0.000001"})
+    assert tiny.status_code == 200
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    stranger = openai.OpenAI(base_url=f"{server}/v1", api_key=other.key, max_retries=0)
+    uploaded = []
+    for k in range(3):
+        path = _batch_file(tmp_path / f"f{k}.jsonl", ["gpt-4o-mini"], 5 + k)
+        with path.open("rb") as handle:
+            uploaded.append(client.files.create(file=handle, purpose="batch").id)
+    first, second, third = uploaded
+    page = client.files.list()
+    assert [f.id for f in page.data] == [third, second, first] and not page.has_more  # newest first
+    assert [f.id for f in client.files.list(order="asc").data] == uploaded
+    assert [f.id for f in client.files.list(after=third).data] == [second, first]
+    two = client.files.list(limit=2)
+    assert [f.id for f in two.data] == [third, second] and two.has_more
+    assert [f.id for f in client.files.list(limit=2)] == [third, second, first]  # the SDK pages on `after`
+    assert stranger.files.list().data == []
+
+    # A batch that waits for budget (paused): its input file cannot be deleted while it runs.
+    metadata = {"team": owner.team, "labels": LABELS, "on_budget": "pause", "mode": "sync"}
+    batch = client.batches.create(
+        input_file_id=first, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+    )
+    assert batch.output_file_id is None and batch.status == "in_progress"
+    made = client.files.list(purpose="batch_output").data
+    assert len(made) == 2 and all(f.purpose == "batch_output" for f in made)  # its output and error files
+    assert [f.id for f in client.files.list(purpose="batch").data] == [third, second, first]
+    with pytest.raises(openai.ConflictError) as in_use:
+        client.files.delete(first)
+    assert in_use.value.status_code == 409 and in_use.value.code == "file_in_use"
+    assert batch.id in in_use.value.message
+    with pytest.raises(openai.ConflictError):
+        client.files.delete(made[0].id)
+    with pytest.raises(openai.NotFoundError):  # another tenant's file is not found, and stays
+        stranger.files.delete(second)
+    assert client.files.retrieve(second).id == second
+
+    deleted = client.files.delete(second)
+    assert deleted.model_dump() == {"id": second, "object": "file", "deleted": True}
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(second)
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(second)
+    with pytest.raises(openai.NotFoundError):
+        client.files.delete(second)
+    assert [f.id for f in client.files.list(purpose="batch").data] == [third, first]
+    with session_scope(settings) as session:  # its content is gone from the ledger
+        assert not session.execute(select(ApiFileChunk.seq).where(ApiFileChunk.file_id == second)).all()
+
+    assert client.batches.cancel(batch.id).status == "cancelled"
+    assert client.files.delete(first).deleted  # the batch has ended: its input can go
+    assert client.files.delete(made[0].id).deleted
