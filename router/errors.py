@@ -2,6 +2,7 @@
 
     PennyrouteError                 base of everything pennyroute raises on purpose
     ├── InputError                  user input is wrong (a file, a line, a flag); names where
+    │   └── TooLargeError           an upload is over its cap (PENNYROUTE_MAX_UPLOAD_MB)
     ├── ConfigError                 settings or catalog are wrong or incomplete
     ├── NotFoundError               a named tenant, team, job or model does not exist
     ├── ConflictError               a request the state of what it names refuses (a file a running batch reads)
@@ -56,6 +57,12 @@ class InputError(PennyrouteError):
             where = field or ""  # a flag (--labels) or an argument (FILE) names itself
         super().__init__(f"{where}: {message}" if where else message)
         self.reason = message
+
+
+class TooLargeError(InputError):
+    """Raised when an upload is larger than the cap it is held to; the message names the cap."""
+
+    code = "file_too_large"
 
 
 class ConfigError(PennyrouteError):

@@ -1,8 +1,8 @@
 """Errors as JSON, in OpenAI's shape everywhere: {"error": {"message", "type", "param", "code"}}.
 
 The message is the one the CLI gives for the same mistake (the same PennyrouteError); its class
-says the status: InputError 400, NotFoundError 404, ConflictError 409, NoModelError 422, BudgetError
-402, ConfigError 500, any other PennyrouteError 400. An unexpected error answers 500 with no detail (its traceback is
+says the status: TooLargeError 413, InputError 400, NotFoundError 404, ConflictError 409, NoModelError
+422, BudgetError 402, ConfigError 500, any other PennyrouteError 400. An unexpected error answers 500 with no detail (its traceback is
 logged, redacted).
 """
 
@@ -23,6 +23,7 @@ from router.errors import (
     NoModelError,
     NotFoundError,
     PennyrouteError,
+    TooLargeError,
 )
 from router.redact import redact
 
@@ -50,6 +51,7 @@ def body(message: str, *, kind: str, param: str | None = None, code: str | None 
 
 
 STATUS_OF: tuple[tuple[type[PennyrouteError], int, str], ...] = (
+    (TooLargeError, 413, "invalid_request_error"),
     (InputError, 400, "invalid_request_error"),
     (NotFoundError, 404, "not_found_error"),
     (ConflictError, 409, "invalid_request_error"),
@@ -62,7 +64,7 @@ STATUS_OF: tuple[tuple[type[PennyrouteError], int, str], ...] = (
 def for_error(exc: PennyrouteError) -> ApiError:
     status, kind = next(((s, k) for cls, s, k in STATUS_OF if isinstance(exc, cls)), (400, "invalid_request_error"))
     param = exc.field if isinstance(exc, InputError) else None
-    code = exc.code if isinstance(exc, ConflictError) else kind.removesuffix("_error")
+    code = exc.code if isinstance(exc, (ConflictError, TooLargeError)) else kind.removesuffix("_error")
     return ApiError(status, str(exc), kind=kind, param=param, code=code)
 
 

@@ -1,6 +1,7 @@
 """OpenAI Batch files as pennyroute jobs: the rules of the /v1 intake, for any shell.
 
-A batch's input file is validated whole before anything runs (OpenAI's all-or-nothing contract):
+A batch's input file is validated whole before anything runs (OpenAI's all-or-nothing contract), at
+most MAX_REQUESTS (50,000) requests:
 each line `{"custom_id", "method": "POST", "url": <the batch's endpoint>, "body": {"model", "messages"}}`,
 custom_ids unique. Its lines are then split by the model they name, one pennyroute job per model:
 
@@ -25,14 +26,14 @@ import json
 import logging
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from router.catalog import Catalog
-from router.errors import ConflictError, InputError, NotFoundError, PennyrouteError
+from router.errors import ConflictError, InputError, NotFoundError, PennyrouteError, TooLargeError
 from router.jobs import estimates, lifecycle
 from router.jobs.intake import JobRequest
 from router.jobs.results import result_records
@@ -51,6 +52,9 @@ ENDED = (JobStatus.DONE, JobStatus.NO_MODEL, JobStatus.CANCELLED)
 PIECE_BYTES = 1 << 20
 # OpenAI's limits for a batch's metadata: 16 pairs, keys up to 64 characters, values up to 512.
 MAX_METADATA = 16
+# OpenAI's limit on the requests of one batch's input file (its Batch guide): a file with more fails
+# validation whole, with error code too_many_tasks, as OpenAI's does.
+MAX_REQUESTS = 50_000
 
 
 def new_id(kind: str) -> str:
@@ -118,10 +122,24 @@ def split_file(pieces: Iterable[bytes], *, endpoint: str, catalog: Catalog) -> S
         if len(split.errors) < 100:
             split.errors.append({"code": code, "line": line, "message": message, "param": param})
 
+    requests = 0
     try:
         for number, raw in enumerate(_lines(pieces), start=1):
             if not raw.strip():
                 continue
+            requests += 1
+            if requests > MAX_REQUESTS:
+                split.errors.insert(
+                    0,
+                    {
+                        "code": "too_many_tasks",
+                        "line": number,
+                        "message": f"The input file holds more than {MAX_REQUESTS:,} requests, the most one batch "
+                        "takes (as OpenAI's Batch API): split it into several batches.",
+                        "param": None,
+                    },
+                )
+                break
             try:
                 line = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError):
@@ -532,10 +550,38 @@ class Owner:
     team: str | None
 
 
-def add_input_file(settings: Settings, owner: Owner, *, filename: str, purpose: str, stream: Any) -> ApiFile:
-    """Store an uploaded batch input file, read from `stream` PIECE_BYTES at a time into the ledger."""
-    if purpose != "batch":
-        raise InputError(f"purpose '{purpose}' is not supported: use batch", field="purpose")
+def too_large(max_bytes: int) -> TooLargeError:
+    """The refusal of an upload over the cap, naming it."""
+    return TooLargeError(
+        f"the file is larger than this server's upload limit of {max_bytes / (1 << 20):,.0f} MB "
+        "(PENNYROUTE_MAX_UPLOAD_MB; OpenAI's Batch API takes input files up to 200 MB): split it into "
+        "several batches",
+        field="file",
+    )
+
+
+def add_input_file(
+    settings: Settings,
+    owner: Owner,
+    *,
+    filename: str,
+    purpose_of: Callable[[], str | None],
+    pieces: Iterable[bytes],
+    max_bytes: int,
+) -> ApiFile:
+    """Store an uploaded batch input file, from `pieces` as they arrive, into the ledger PIECE_BYTES at
+    a time. Past `max_bytes` it stops and raises TooLargeError: the pieces written are rolled back
+    with the file's row. `purpose_of` gives the form's purpose as known so far: checked before the
+    first piece when it came before the file, and again after the last (it may follow the file)."""
+
+    def check_purpose(required: bool) -> None:
+        purpose = purpose_of()
+        if purpose is None and not required:
+            return
+        if purpose != "batch":
+            raise InputError(f"purpose '{purpose or ''}' is not supported: use batch", field="purpose")
+
+    check_purpose(required=False)
     with session_scope(settings) as session:
         row = batches.add_file(
             session,
@@ -544,9 +590,17 @@ def add_input_file(settings: Settings, owner: Owner, *, filename: str, purpose: 
             ),
         )
         size = seq = 0
-        while piece := stream.read(PIECE_BYTES):
-            batches.add_piece(session, file_id=row.id, seq=seq, data=piece)
-            size, seq = size + len(piece), seq + 1
+        held = bytearray()
+        for data in itertools.chain(pieces, [b""]):
+            size += len(data)
+            if size > max_bytes:
+                raise too_large(max_bytes)  # the session rolls back: the row and every piece written
+            held += data
+            while len(held) >= PIECE_BYTES or (not data and held):
+                batches.add_piece(session, file_id=row.id, seq=seq, data=bytes(held[:PIECE_BYTES]))
+                del held[:PIECE_BYTES]
+                seq += 1
+        check_purpose(required=True)
         batches.set_file_bytes(session, file_id=row.id, size=size)
         row.bytes = size
     return row

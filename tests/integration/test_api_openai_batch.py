@@ -451,3 +451,97 @@ def test_files_are_listed_and_deleted_as_openais(settings: Settings, server: str
     assert client.batches.cancel(batch.id).status == "cancelled"
     assert client.files.delete(first).deleted  # the batch has ended: its input can go
     assert client.files.delete(made[0].id).deleted
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "pennyroute-test-boundary") -> bytes:
+    """A multipart/form-data body of (name, filename or None, bytes) parts, in the order given."""
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def _pieces_stored(settings: Settings) -> int:
+    with session_scope(settings) as session:
+        return len(session.execute(select(ApiFileChunk.seq)).all())
+
+
+def test_an_upload_over_the_cap_is_refused_and_nothing_of_it_is_kept(
+    settings: Settings, catalog: Catalog, tmp_path: Path
+) -> None:
+    capped = settings.model_copy(update={"max_upload_mb": 1})
+    owner = make_tenant(capped)
+    path = _batch_file(tmp_path / "big.jsonl", ["gpt-4o-mini"], 12_000)  # about 2.5 MB
+    small = _batch_file(tmp_path / "small.jsonl", ["gpt-4o-mini"], 3_000)  # about 0.6 MB
+    with serving(capped, catalog) as (base, _app):
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=owner.key, max_retries=0)
+        before = _pieces_stored(capped)
+        # The SDK says its Content-Length: refused before the body is stored.
+        with path.open("rb") as handle, pytest.raises(openai.APIStatusError) as refused:
+            client.files.create(file=handle, purpose="batch")
+        assert refused.value.status_code == 413
+        error = refused.value.body
+        assert isinstance(error, dict) and error["code"] == "file_too_large" and error["param"] == "file"
+        assert "upload limit of 1 MB" in error["message"] and "PENNYROUTE_MAX_UPLOAD_MB" in error["message"]
+        # Sent chunked (no Content-Length): counted as it arrives, refused once past 1 MB, its pieces rolled back.
+        boundary = "pennyroute-test-boundary"
+        body = _multipart([("purpose", None, b"batch"), ("file", "over.jsonl", small.read_bytes() * 2)], boundary)
+
+        answer = httpx.post(
+            f"{base}/v1/files",
+            headers={**auth(owner.key), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=chunked_of(body),
+        )
+        assert answer.status_code == 413 and answer.json()["error"]["code"] == "file_too_large"
+        assert client.files.list().data == [] and _pieces_stored(capped) == before
+        # Under the cap: taken, its purpose read even when it follows the file (curl -F file=@... -F purpose=batch).
+        body = _multipart([("file", "under.jsonl", small.read_bytes()), ("purpose", None, b"batch")], boundary)
+        answer = httpx.post(
+            f"{base}/v1/files",
+            headers={**auth(owner.key), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=chunked_of(body),
+        )
+        assert answer.status_code == 200, answer.text
+        kept = client.files.retrieve(answer.json()["id"])
+        assert kept.bytes == small.stat().st_size and kept.filename == "under.jsonl" and kept.purpose == "batch"
+        assert client.files.content(kept.id).content == small.read_bytes()
+        wrong = _multipart([("file", "x.jsonl", small.read_bytes()), ("purpose", None, b"fine-tune")], boundary)
+        answer = httpx.post(
+            f"{base}/v1/files",
+            headers={**auth(owner.key), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=wrong,
+        )
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "purpose"
+        assert [f.id for f in client.files.list().data] == [kept.id]
+
+
+def chunked_of(body: bytes) -> Iterator[bytes]:
+    for at in range(0, len(body), 64 * 1024):
+        yield body[at : at + 64 * 1024]
+
+
+def test_a_batch_of_more_than_50000_requests_fails_naming_the_limit(
+    settings: Settings, server: str, tmp_path: Path
+) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = tmp_path / "many.jsonl"
+    line = {"method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}  # fmt: skip
+    with path.open("w") as handle:
+        for k in range(50_001):
+            handle.write(json.dumps({"custom_id": f"r{k}", **line}) + "\n")
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"team": owner.team},
+    )
+    assert batch.status == "failed" and batch.errors is not None and batch.errors.data
+    first = batch.errors.data[0]
+    assert first.code == "too_many_tasks" and first.line == 50_001 and "50,000" in (first.message or "")
+    with session_scope(settings) as session:
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+    assert row.job_ids == []  # nothing ran
