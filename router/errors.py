@@ -2,8 +2,10 @@
 
     PennyrouteError                 base of everything pennyroute raises on purpose
     ├── InputError                  user input is wrong (a file, a line, a flag); names where
+    │   └── TooLargeError           an upload is over its cap (PENNYROUTE_MAX_UPLOAD_MB)
     ├── ConfigError                 settings or catalog are wrong or incomplete
     ├── NotFoundError               a named tenant, team, job or model does not exist
+    ├── ConflictError               a request the state of what it names refuses (a file a running batch reads)
     ├── NoModelError                no model meets a job's bar and constraints; carries the decision
     ├── BudgetError                 a job's expected cost does not fit its team's budget (--on-budget reject)
     │   └── CalibrationBudgetError  the team's budget cannot take a calibration's calls
@@ -57,12 +59,27 @@ class InputError(PennyrouteError):
         self.reason = message
 
 
+class TooLargeError(InputError):
+    """Raised when an upload is larger than the cap it is held to; the message names the cap."""
+
+    code = "file_too_large"
+
+
 class ConfigError(PennyrouteError):
     """Raised when settings or the model catalog are invalid or incomplete."""
 
 
 class NotFoundError(PennyrouteError):
     """Raised when a named tenant, team, job or model does not exist."""
+
+
+class ConflictError(PennyrouteError):
+    """Raised when what a request names is in a state that refuses it (a file a running batch uses);
+    `code` names the conflict (file_in_use)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class NoModelError(PennyrouteError):

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # with the batch the first one made: the openai SDK retries a POST on a timeout or a 5xx, with no
     # idempotency key, so a slow answer must not become two batches.
     batch_dedupe_s: float = Field(default=600.0, ge=0)
+    # The largest file `POST /v1/files` takes, in MB of 1,048,576 bytes: OpenAI's Batch API takes input
+    # files up to 200 MB (router/providers/openai_batch.py LIMITS reads it the same way). An upload is
+    # counted as it arrives and refused once past this, its pieces rolled back.
+    max_upload_mb: int = Field(default=200, ge=1, le=1_000_000)
 
     @field_validator("database_url")
     @classmethod
@@ -176,6 +180,10 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
 
     @property
     def is_sqlite(self) -> bool:

@@ -62,8 +62,9 @@ def run_chunk_task(job_id: str, lo: int, hi: int) -> dict[str, int]:
 
 @app.task(name=SWEEP_TASK)
 def sweep_task() -> int:
-    """Re-enqueue work whose queue message was lost (run by beat); the DB says what is left."""
-    return sweep(get_settings(), dispatcher=_dispatcher())
+    """Re-enqueue work whose queue message was lost, expire /v1 batches past their window (run by
+    beat); the DB says what is left."""
+    return sweep(get_settings(), dispatcher=_dispatcher(), catalog=_catalog())
 
 
 @app.task(name=POLL_BATCHES_TASK)

@@ -1,8 +1,8 @@
 """Errors as JSON, in OpenAI's shape everywhere: {"error": {"message", "type", "param", "code"}}.
 
 The message is the one the CLI gives for the same mistake (the same PennyrouteError); its class
-says the status: InputError 400, NotFoundError 404, NoModelError 422, BudgetError 402, ConfigError
-500, any other PennyrouteError 400. An unexpected error answers 500 with no detail (its traceback is
+says the status: TooLargeError 413, InputError 400, NotFoundError 404, ConflictError 409, NoModelError
+422, BudgetError 402, ConfigError 500, any other PennyrouteError 400. An unexpected error answers 500 with no detail (its traceback is
 logged, redacted).
 """
 
@@ -15,7 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router.errors import BudgetError, ConfigError, InputError, NoModelError, NotFoundError, PennyrouteError
+from router.errors import (
+    BudgetError,
+    ConfigError,
+    ConflictError,
+    InputError,
+    NoModelError,
+    NotFoundError,
+    PennyrouteError,
+    TooLargeError,
+)
 from router.redact import redact
 
 log = logging.getLogger("pennyroute.api")
@@ -42,8 +51,10 @@ def body(message: str, *, kind: str, param: str | None = None, code: str | None 
 
 
 STATUS_OF: tuple[tuple[type[PennyrouteError], int, str], ...] = (
+    (TooLargeError, 413, "invalid_request_error"),
     (InputError, 400, "invalid_request_error"),
     (NotFoundError, 404, "not_found_error"),
+    (ConflictError, 409, "invalid_request_error"),
     (NoModelError, 422, "no_model_error"),
     (BudgetError, 402, "budget_error"),
     (ConfigError, 500, "server_error"),
@@ -53,7 +64,8 @@ STATUS_OF: tuple[tuple[type[PennyrouteError], int, str], ...] = (
 def for_error(exc: PennyrouteError) -> ApiError:
     status, kind = next(((s, k) for cls, s, k in STATUS_OF if isinstance(exc, cls)), (400, "invalid_request_error"))
     param = exc.field if isinstance(exc, InputError) else None
-    return ApiError(status, str(exc), kind=kind, param=param, code=kind.removesuffix("_error"))
+    code = exc.code if isinstance(exc, (ConflictError, TooLargeError)) else kind.removesuffix("_error")
+    return ApiError(status, str(exc), kind=kind, param=param, code=code)
 
 
 def install(app: FastAPI) -> None:

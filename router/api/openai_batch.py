@@ -1,7 +1,10 @@
 """OpenAI Batch-compatible intake under /v1, so the official openai SDK works with a changed base_url:
 
-    POST /v1/files                  multipart, purpose=batch; written to the ledger a piece at a time
+    POST /v1/files                  multipart, purpose=batch; read as it arrives, written to the ledger a
+                                    piece at a time, refused (413) past PENNYROUTE_MAX_UPLOAD_MB
+    GET  /v1/files                  newest first (or `order=asc`), `purpose`, `after` and `limit`
     GET  /v1/files/{id}             the FileObject
+    DELETE /v1/files/{id}           content removed, 404 after; refused (409) while a running batch uses it
     GET  /v1/files/{id}/content     the input file, or a batch's output or error file (made from results)
     POST /v1/batches                validated whole, then one pennyroute job per model named
     GET  /v1/batches/{id}           status and request_counts from the jobs, usage once completed
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from router.api.auth import require, settings_of
+from router.api.multipart import StreamedForm, body_chunks
 from router.api.runner import catalog_of, start_job
+from router.errors import InputError, TooLargeError
 from router.jobs import openai_batches as intake
 from router.ledger import batches
 from router.ledger.db import session_scope
@@ -34,21 +39,78 @@ def _owner(principal: Principal) -> intake.Owner:
     return intake.Owner(principal.tenant_id, principal.tenant, principal.team_id, principal.team)
 
 
-@router.post("/files", summary="Upload a batch input file (multipart, purpose=batch)")
-def create_file(
-    request: Request,
-    file: UploadFile,
-    purpose: Annotated[str, Form()],
-    principal: Annotated[Principal, Depends(require("jobs:write"))],
-) -> dict[str, Any]:
-    row = intake.add_input_file(
-        settings_of(request),
-        _owner(principal),
-        filename=file.filename or "batch.jsonl",
-        purpose=purpose,
-        stream=file.file,
-    )
+# Room for a form's boundaries, part headers and purpose field beside the file, when a request's
+# Content-Length is compared with the upload cap before its body is read.
+FORM_OVERHEAD_BYTES = 64 * 1024
+# The upload's form, as the OpenAPI description shows it (the endpoint reads the body itself).
+UPLOAD_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": ["batch"]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/files", summary="Upload a batch input file (multipart: file, purpose=batch)", openapi_extra=UPLOAD_FORM)
+def create_file(request: Request, principal: Annotated[Principal, Depends(require("jobs:write"))]) -> dict[str, Any]:
+    """The body is read as it arrives (router/api/multipart.py), never whole before it is counted: an
+    upload over PENNYROUTE_MAX_UPLOAD_MB is refused (413) once past it, or at once when its
+    Content-Length says so; the rest of the body is read and dropped (up to the cap's size again) so
+    the client reads the answer."""
+    settings = settings_of(request)
+    cap = settings.max_upload_bytes
+    form = StreamedForm(request.headers.get("content-type"), body_chunks(request))
+    declared = request.headers.get("content-length")
+    try:
+        if declared and declared.isdigit() and int(declared) > cap + FORM_OVERHEAD_BYTES:
+            raise intake.too_large(cap)
+        found = form.next_file()
+        if found is None:
+            raise InputError("the upload has no file part: send file (and purpose=batch)", field="file")
+        row = intake.add_input_file(
+            settings,
+            _owner(principal),
+            filename=found[1] or "batch.jsonl",
+            purpose_of=lambda: form.fields.get("purpose"),
+            pieces=form.file_pieces(),
+            max_bytes=cap,
+        )
+    except TooLargeError:
+        form.drain(cap)
+        raise
     return intake.file_object(row)
+
+
+@router.get("/files", summary="The key's files, newest first")
+def list_files(
+    request: Request,
+    principal: Annotated[Principal, Depends(require("jobs:read"))],
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: int = intake.MAX_LIST_FILES,
+    order: str = "desc",
+) -> dict[str, Any]:
+    return intake.list_files(
+        settings_of(request), _owner(principal), purpose=purpose, after=after, limit=limit, order=order
+    )
+
+
+@router.delete("/files/{file_id}", summary="Delete a file (refused while a running batch uses it)")
+def delete_file(
+    request: Request, file_id: str, principal: Annotated[Principal, Depends(require("jobs:write"))]
+) -> dict[str, Any]:
+    return intake.delete_file(settings_of(request), catalog_of(request), _owner(principal), file_id=file_id)
 
 
 @router.get("/files/{file_id}", summary="A file's FileObject")
@@ -93,7 +155,7 @@ def create_batch(
     )
     for job_id in to_start:
         start_job(request, job_id)
-    return intake.view(settings, batch)
+    return intake.view(settings, catalog_of(request), batch)
 
 
 @router.get("/batches/{batch_id}", summary="A batch, its status and request counts")
@@ -103,7 +165,7 @@ def get_batch(
     settings = settings_of(request)
     with session_scope(settings) as session:
         batch = batches.owned_batch(session, batch_id, tenant_id=principal.tenant_id, team_id=principal.team_id)
-    return intake.view(settings, batch)
+    return intake.view(settings, catalog_of(request), batch)
 
 
 @router.post("/batches/{batch_id}/cancel", summary="Cancel a batch: its jobs stop")
@@ -125,7 +187,7 @@ def list_batches(
         rows = batches.list_batches(
             session, tenant_id=principal.tenant_id, team_id=principal.team_id, after=after, limit=limit + 1
         )
-    data = [intake.as_openai(*intake.refresh(settings, row)) for row in rows[:limit]]
+    data = [intake.as_openai(*intake.refresh(settings, catalog_of(request), row)) for row in rows[:limit]]
     return {
         "object": "list",
         "data": data,

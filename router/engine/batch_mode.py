@@ -3,9 +3,14 @@
     submit   claim items (engine/chunk.py), plan their calls, reserve the worst case at the batch
              price, write every line's call row (mode batch, id = custom_id) and the wave's
              provider_batch rows (state creating), commit; then `create` each batch and record the
-             provider's id. A worker that dies between the commit and recording the id leaves a row in
-             `creating`: the poller asks the provider for it by tag (`find`) and creates it only if
-             the provider has none, so nothing is created twice.
+             provider's id. A create whose connection broke before any byte left is sent again at
+             once; one that got no answer after it was sent (a stale keep-alive connection, a
+             timeout) is looked for by its tag at once, on a fresh connection, and adopted, or sent
+             again when the provider says it has none (batch_submit.create_again; not at Anthropic,
+             which cannot be asked). A worker that dies between the commit and recording the id, or
+             a create still unknown after that, leaves a row in `creating`: the poller asks the
+             provider for it by tag (`find`) and creates it only if the provider has none, so
+             nothing is created twice.
     poll     short looks (Celery beat's poll_batches_task; in-process, `wait_for_batches`): each open
              batch's state; a batch still open when the deadline comes near is cancelled (its undone
              lines run synchronously); a cancelled job's batches are cancelled.
@@ -79,7 +84,9 @@ __all__ = [
 log = logging.getLogger("pennyroute.engine")
 
 # A batch row left `creating` is recovered (find, else create) only after this long, so a poller does
-# not race the worker still inside `create` (its HTTP call ends within request_timeout_s).
+# not race the worker still inside `create` (its HTTP call ends within request_timeout_s). A create
+# that merely lost its connection does not wait for this: its worker finds or re-sends it at once
+# (batch_submit.create_again); this is for a dead worker, and for Anthropic's unknown creates.
 MIN_CREATE_GRACE_S = 300.0
 # The in-process runner looks at open batches this often at most (the sandbox's answer at once).
 INLINE_POLL_MAX_S = 1.0

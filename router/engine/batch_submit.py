@@ -6,6 +6,7 @@ provider's id recorded. engine/batch_mode.py has the whole picture.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -21,14 +22,14 @@ from policies.execution_mode import BATCH, BatchOffer, rerun_mode, stage_mode
 from router.catalog import Catalog
 from router.engine import runtime
 from router.engine.batch import ChunkContext, PlannedCall, pause, plan, record_calls
-from router.errors import ProviderError
+from router.errors import ProviderConnectionError, ProviderError, ProviderTimeout
 from router.ledger import budgets, repo
 from router.ledger.db import session_scope
 from router.ledger.tables import BatchState, CallMode, utcnow
 from router.ledger.types import ClaimedItem, JobSnapshot
 from router.providers import batch_api as wire
 from router.providers.base import ChatRequest
-from router.providers.registry import get_batch_api, has_batch_api, sandbox_batch_knobs
+from router.providers.registry import fresh_batch_api, get_batch_api, has_batch_api, sandbox_batch_knobs
 from router.redact import configured_secrets, redact
 from router.settings import Settings
 
@@ -42,6 +43,13 @@ WAVE_ITEMS = 10_000
 # take them over, charging their calls in flight at their worst case, as a dead worker's).
 LEASE_MARGIN_S = 3600
 ERROR_CHARS = 2000
+# After a create whose connection broke once the request had gone (a stale keep-alive connection the
+# server had closed, a timeout after sending), the provider is asked for the batch by its tag at once,
+# this many times, this far apart, each on a fresh connection: a second look covers a find that itself
+# met a broken connection, and a list that shows a new batch a moment late. Both short: the job's
+# caller is waiting, and the alternative (the poller's MIN_CREATE_GRACE_S) is 5 minutes.
+FIND_TRIES = 2
+FIND_PAUSE_S = 1.0
 # A provider's batch state, in our books.
 STATE = {
     wire.PENDING: BatchState.PENDING,
@@ -328,9 +336,58 @@ def create_parts(settings: Settings, catalog: Catalog, parts: Sequence[Part]) ->
         try:
             state = runtime.run(api.create(part.lines, model=api_model, tag=part.tag))
         except ProviderError as exc:
-            _create_failed(settings, part.tag, exc)
-            continue
+            try:
+                state = runtime.run(create_again(settings, catalog, part, api_model, exc, can_find=can_find(api)))
+            except ProviderError as again:
+                _create_failed(settings, part.tag, again)
+                continue
         record_created(settings, part.tag, state)
+
+
+def can_find(api: wire.BatchAPI) -> bool:
+    """Whether the vendor can be asked for a batch by its tag (Anthropic cannot: batch_api.py)."""
+    return bool(getattr(api, "can_find", True))
+
+
+def unsent(exc: ProviderError) -> bool:
+    """A connection that failed before any byte of the request left (refused, DNS, connect timeout)."""
+    return isinstance(exc, (ProviderConnectionError, ProviderTimeout)) and not exc.maybe_billed
+
+
+def ambiguous(exc: ProviderError) -> bool:
+    """A call that got no answer after its request was sent: the provider may have the batch."""
+    return isinstance(exc, (ProviderConnectionError, ProviderTimeout)) and exc.maybe_billed
+
+
+async def create_again(
+    settings: Settings, catalog: Catalog, part: Part, api_model: str, exc: ProviderError, *, can_find: bool
+) -> wire.BatchState:
+    """What follows a failed `create`, at once and on a fresh connection: one that never left is sent
+    again; one whose fate is unknown is looked for by its tag (adopted if the provider has it, sent
+    again if it says it has none: safe, and a duplicate would still carry the tag). Anything else, and
+    an unknown fate at a vendor that cannot be asked (Anthropic), raises `exc` again: the row stays
+    `creating` for the poller (engine/batch_mode.py), or fails when refused outright."""
+    if not unsent(exc) and not (ambiguous(exc) and can_find):
+        raise exc
+    async with fresh_batch_api(catalog, settings, part.provider, simulated=part.simulated) as api:
+        if ambiguous(exc):
+            said_none = False
+            for attempt in range(FIND_TRIES):
+                if attempt:
+                    await asyncio.sleep(FIND_PAUSE_S)
+                try:
+                    found = await api.find(part.tag)
+                except ProviderError as find_failed:
+                    log.warning("provider batch %s: find after a failed create: %s", part.tag, find_failed)
+                    continue
+                if found is not None:
+                    log.info("provider batch %s: the create that broke had reached %s", part.tag, part.provider)
+                    return found
+                said_none = True
+            if not said_none:
+                raise exc  # the provider could not be asked: the poller asks later
+            log.info("provider batch %s: %s has no such batch; creating it again", part.tag, part.provider)
+        return await api.create(part.lines, model=api_model, tag=part.tag)
 
 
 def _create_failed(settings: Settings, tag: str, exc: ProviderError) -> None:

@@ -11,8 +11,10 @@ and the job pauses when it takes no more.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -175,18 +177,38 @@ def run_job_inline(
     PROGRESS_POLL_S) and at the end. Usually `ranges` is chunk_ranges(n_items, settings.chunk_size)."""
     # SQLite takes one writer at a time; a server database takes as many chunks as a worker would.
     threads = 1 if settings.is_sqlite else settings.worker_threads
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pennyroute-chunk") as pool:
+    with providers_in_use(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pennyroute-chunk") as pool:
         futures = [pool.submit(run_chunk, settings, catalog, job_id=job_id, lo=lo, hi=hi) for lo, hi in ranges]
-        try:
-            running = set(futures)
-            while running:
-                running = wait(running, timeout=PROGRESS_POLL_S).not_done
-                if progress:
-                    progress(_finished(settings, job_id))
-            for future in futures:
-                future.result()  # a chunk's error is raised here
-        finally:
-            runtime.run(close_all())  # this process is done with providers: close their connections
+        running = set(futures)
+        while running:
+            running = wait(running, timeout=PROGRESS_POLL_S).not_done
+            if progress:
+                progress(_finished(settings, job_id))
+        for future in futures:
+            future.result()  # a chunk's error is raised here
+
+
+# In-process runs under way in this process: a server runs several jobs at once, each on a thread of
+# its own, over the same cached providers and batch APIs (providers/registry.py). The last run to end
+# closes their connections; the first to end must not close them under the others.
+_in_use = 0
+_in_use_lock = threading.Lock()
+
+
+@contextmanager
+def providers_in_use() -> Iterator[None]:
+    """Hold this process's providers open for an in-process run; the last holder to leave closes
+    their connections (under the lock: a run starting meanwhile waits, then builds them afresh)."""
+    global _in_use
+    with _in_use_lock:
+        _in_use += 1
+    try:
+        yield
+    finally:
+        with _in_use_lock:
+            _in_use -= 1
+            if _in_use == 0:
+                runtime.run(close_all())  # this process is done with providers: close their connections
 
 
 # How often the in-process runner reads how many of the job's items are finished, for its progress bar.

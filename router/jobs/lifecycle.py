@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from router.catalog import Catalog
 from router.engine import batch_mode, runtime
 from router.engine.batch import ChunkContext
-from router.engine.chunk import chunk_ranges, run_job_inline
+from router.engine.chunk import chunk_ranges, providers_in_use, run_job_inline
 from router.engine.settle import charge_lost
 from router.errors import NotFoundError
 from router.jobs.calibrate import calibrate_job
@@ -94,7 +94,8 @@ class InlineDispatcher:
 
     def calibrate(self, job_id: str) -> None:
         try:
-            calibrate_then_run(self._settings, self._catalog, job_id=job_id, dispatcher=self, watcher=self._watcher)
+            with providers_in_use():
+                calibrate_then_run(self._settings, self._catalog, job_id=job_id, dispatcher=self, watcher=self._watcher)
         except runtime.Interrupted:  # Ctrl-C while calibrating: the job stays calibrating; resume calibrates it again
             settle_interrupted(self._settings, self._catalog, job_id=job_id)
 
@@ -102,7 +103,7 @@ class InlineDispatcher:
         with session_scope(self._settings) as session:
             job = repo.get_job(session, job_id)
             total, finished = job.n_items, job.n_done + job.n_failed
-        with self._watcher.running(total=total, finished=finished) as show:
+        with providers_in_use(), self._watcher.running(total=total, finished=finished) as show:
             run_job_inline(
                 self._settings,
                 self._catalog,

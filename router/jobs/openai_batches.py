@@ -1,6 +1,7 @@
 """OpenAI Batch files as pennyroute jobs: the rules of the /v1 intake, for any shell.
 
-A batch's input file is validated whole before anything runs (OpenAI's all-or-nothing contract):
+A batch's input file is validated whole before anything runs (OpenAI's all-or-nothing contract), at
+most MAX_REQUESTS (50,000) requests:
 each line `{"custom_id", "method": "POST", "url": <the batch's endpoint>, "body": {"model", "messages"}}`,
 custom_ids unique. Its lines are then split by the model they name, one pennyroute job per model:
 
@@ -25,17 +26,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from router.catalog import Catalog
 from router.chat import CHAT_DEFAULT_MAX_TOKENS, ChatError, read_chat
-from router.errors import InputError, NotFoundError, PennyrouteError
+from router.errors import ConflictError, InputError, NotFoundError, PennyrouteError, TooLargeError
 from router.jobs import estimates, lifecycle
 from router.jobs.intake import JobRequest
 from router.jobs.results import result_records
@@ -45,6 +47,8 @@ from router.ledger.db import session_scope
 from router.ledger.tables import ApiBatch, ApiFile, Job, JobStatus, utcnow
 from router.settings import Settings
 
+log = logging.getLogger("pennyroute.jobs")
+
 AUTO = "pennyroute-auto"
 ENDPOINT = "/v1/chat/completions"
 ENDED = (JobStatus.DONE, JobStatus.NO_MODEL, JobStatus.CANCELLED)
@@ -52,6 +56,9 @@ ENDED = (JobStatus.DONE, JobStatus.NO_MODEL, JobStatus.CANCELLED)
 PIECE_BYTES = 1 << 20
 # OpenAI's limits for a batch's metadata: 16 pairs, keys up to 64 characters, values up to 512.
 MAX_METADATA = 16
+# OpenAI's limit on the requests of one batch's input file (its Batch guide): a file with more fails
+# validation whole, with error code too_many_tasks, as OpenAI's does.
+MAX_REQUESTS = 50_000
 
 
 def new_id(kind: str) -> str:
@@ -120,10 +127,24 @@ def split_file(pieces: Iterable[bytes], *, endpoint: str, catalog: Catalog) -> S
         if len(split.errors) < 100:
             split.errors.append({"code": code, "line": line, "message": message, "param": param})
 
+    requests = 0
     try:
         for number, raw in enumerate(_lines(pieces), start=1):
             if not raw.strip():
                 continue
+            requests += 1
+            if requests > MAX_REQUESTS:
+                split.errors.insert(
+                    0,
+                    {
+                        "code": "too_many_tasks",
+                        "line": number,
+                        "message": f"The input file holds more than {MAX_REQUESTS:,} requests, the most one batch "
+                        "takes (as OpenAI's Batch API): split it into several batches.",
+                        "param": None,
+                    },
+                )
+                break
             try:
                 line = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError):
@@ -199,6 +220,14 @@ def split_file(pieces: Iterable[bytes], *, endpoint: str, catalog: Catalog) -> S
 
 # The only completion window OpenAI's Batch API takes, and so the one this intake takes.
 COMPLETION_WINDOW = "24h"
+# How a batch's jobs run when its metadata names no `mode` (sync, batch or auto, as `submit --mode`).
+DEFAULT_MODE = "auto"
+# That window in seconds: a batch still in progress this long after its create expires, as OpenAI's
+# does (its unfinished jobs cancelled, its unanswered lines in the error file as batch_expired).
+WINDOW_S = 24 * 3600
+EXPIRED_CODE = "batch_expired"
+# OpenAI's words for a line its batch's window closed on (the Batch guide, "Batch expiration").
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
 
 def job_request(
@@ -206,16 +235,16 @@ def job_request(
 ) -> JobRequest:
     """The pennyroute job for one model's lines of a batch (see the module's docstring)."""
     # The batch's completion window is the job's deadline. Metadata `mode` (as `submit --mode`) says
-    # how it runs: sync by default for now; auto or batch puts it on the providers' batch APIs at the
-    # batch price where the window allows (policies/execution_mode.py). Not auto by default yet: a
-    # provider create that fails ambiguously (a dropped connection) leaves its batch to be found or
-    # created again after a 5-minute grace, longer than a caller polling a small batch expects.
+    # how it runs: auto by default, as an OpenAI Batch user expects (the providers' batch APIs at the
+    # batch price where the 24h window allows: policies/execution_mode.py); batch asks for them, sync
+    # refuses them. A provider create that fails ambiguously is found or sent again at once
+    # (engine/batch_submit.py create_again), so a small batch is not held up by it.
     common: dict[str, Any] = {
         "path": path,
         "team": team,
         "tenant": tenant,
         "deadline": COMPLETION_WINDOW,
-        "mode": str(metadata.get("mode") or "sync"),
+        "mode": str(metadata.get("mode") or DEFAULT_MODE),
         "on_budget": str(metadata.get("on_budget") or "reject"),
     }
     if model != AUTO:  # each line's conversation runs as sent, on the model it names
@@ -290,13 +319,28 @@ def _ts(value: datetime | None) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
-def refresh(settings: Settings, batch: ApiBatch) -> tuple[ApiBatch, list[Job]]:
-    """The batch with its status brought up to date from its jobs (written back when it moved on)."""
+def past_window(batch: ApiBatch, now: datetime) -> bool:
+    """Whether the batch's completion window (WINDOW_S from its create) has closed."""
+    if batch.created_at is None:
+        return False
+    created = batch.created_at if batch.created_at.tzinfo is not None else batch.created_at.replace(tzinfo=UTC)
+    return now >= created + timedelta(seconds=WINDOW_S)
+
+
+def refresh(settings: Settings, catalog: Catalog, batch: ApiBatch) -> tuple[ApiBatch, list[Job]]:
+    """The batch with its status brought up to date from its jobs (written back when it moved on); a
+    batch whose window closed before its jobs ended expires (`expire`)."""
     with session_scope(settings) as session:
         jobs = [repo.get_job(session, job_id) for job_id in batch.job_ids]
-        now = utcnow()
+    ended = all(job.status in ENDED for job in jobs)
+    now = utcnow()
+    if batch.status == "in_progress" and (batch.expired_at is not None or (not ended and past_window(batch, now))):
+        expire(settings, catalog, batch, now=now)
+        with session_scope(settings) as session:
+            jobs = [repo.get_job(session, job_id) for job_id in batch.job_ids]
+        return batch, jobs
+    with session_scope(settings) as session:
         changes: dict[str, Any] = {}
-        ended = all(job.status in ENDED for job in jobs)
         if batch.status in ("in_progress", "cancelling") and ended:
             if batch.status == "cancelling":
                 changes.update(status="cancelled", cancelled_at=now)
@@ -307,6 +351,41 @@ def refresh(settings: Settings, batch: ApiBatch) -> tuple[ApiBatch, list[Job]]:
             for key, value in changes.items():
                 setattr(batch, key, value)
     return batch, jobs
+
+
+def expire(settings: Settings, catalog: Catalog, batch: ApiBatch, *, now: datetime) -> None:
+    """The batch's window closed: `expired_at` is written first (under the batch's row lock: one
+    caller does it), then its jobs are cancelled through the lifecycle (calls in flight finish and are
+    recorded, calls made stay charged, reservations are released), then the status is `expired`. A
+    caller that dies between those steps leaves `expired_at` set: the next refresh finishes the work."""
+    with session_scope(settings) as session:
+        row = batches.owned_batch(session, batch.id, tenant_id=batch.tenant_id, team_id=None, for_update=True)
+        if row.status != "in_progress":
+            batch.status, batch.expired_at = row.status, row.expired_at
+            return
+        if row.expired_at is None:
+            batches.update_batch(session, batch.id, expired_at=now)
+        batch.expired_at = row.expired_at or now
+    for job_id in batch.job_ids:
+        lifecycle.cancel(settings, catalog, job_id=job_id)
+    with session_scope(settings) as session:
+        batches.update_batch(session, batch.id, status="expired")
+    batch.status = "expired"
+    log.info("batch %s expired: its %s window closed before its lines were done", batch.id, batch.completion_window)
+
+
+def expire_overdue(settings: Settings, catalog: Catalog, *, now: datetime | None = None) -> int:
+    """Expire every tenant's batches still in progress past their window, read or not (beat's sweep
+    runs this, so a batch nobody polls still expires on time); returns how many expired."""
+    now = now or utcnow()
+    with session_scope(settings) as session:
+        overdue = batches.in_progress_since(session, before=now - timedelta(seconds=WINDOW_S))
+        session.expunge_all()
+    expired = 0
+    for batch in overdue:
+        refresh(settings, catalog, batch)
+        expired += batch.status == "expired"
+    return expired
 
 
 def as_openai(batch: ApiBatch, jobs: list[Job], *, usage: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -328,11 +407,11 @@ def as_openai(batch: ApiBatch, jobs: list[Job], *, usage: dict[str, Any] | None 
         "error_file_id": batch.error_file_id if ended and batch.job_ids else None,
         "created_at": _ts(batch.created_at),
         "in_progress_at": _ts(batch.in_progress_at),
-        "expires_at": _ts(batch.created_at + timedelta(hours=24)) if batch.created_at else None,
+        "expires_at": _ts(batch.created_at + timedelta(seconds=WINDOW_S)) if batch.created_at else None,
         "finalizing_at": _ts(batch.finalizing_at),
         "completed_at": _ts(batch.completed_at),
         "failed_at": _ts(batch.failed_at),
-        "expired_at": None,
+        "expired_at": _ts(batch.expired_at),
         "cancelling_at": _ts(batch.cancelling_at),
         "cancelled_at": _ts(batch.cancelled_at),
         "request_counts": {"total": batch.n_total, "completed": completed, "failed": failed},
@@ -355,6 +434,15 @@ def output_lines(settings: Settings, batch: ApiBatch, *, errors: bool) -> Iterat
             if errors == done or (record["status"] != "failed" and not done and job.status not in ENDED):
                 continue
             if not done:
+                ran = record["status"] == "failed" and record.get("error") != "cancelled"
+                if batch.status == "expired" and not ran:  # the window closed before it was answered
+                    yield {
+                        "id": line_id,
+                        "custom_id": record["id"],
+                        "response": None,
+                        "error": {"code": EXPIRED_CODE, "message": EXPIRED_MESSAGE},
+                    }
+                    continue
                 ran = record["status"] == "failed"
                 yield {
                     "id": line_id,
@@ -449,7 +537,7 @@ def usage_of(settings: Settings, batch: ApiBatch) -> dict[str, Any]:
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": inputs + outputs,
     }
-    if batch.status in ("completed", "cancelled", "failed"):
+    if batch.status in ("completed", "cancelled", "failed", "expired"):
         lines = {**(batch.lines or {}), "usage": usage}
         with session_scope(settings) as session:
             batches.update_batch(session, batch.id, lines=lines)
@@ -485,10 +573,38 @@ class Owner:
     team: str | None
 
 
-def add_input_file(settings: Settings, owner: Owner, *, filename: str, purpose: str, stream: Any) -> ApiFile:
-    """Store an uploaded batch input file, read from `stream` PIECE_BYTES at a time into the ledger."""
-    if purpose != "batch":
-        raise InputError(f"purpose '{purpose}' is not supported: use batch", field="purpose")
+def too_large(max_bytes: int) -> TooLargeError:
+    """The refusal of an upload over the cap, naming it."""
+    return TooLargeError(
+        f"the file is larger than this server's upload limit of {max_bytes / (1 << 20):,.0f} MB "
+        "(PENNYROUTE_MAX_UPLOAD_MB; OpenAI's Batch API takes input files up to 200 MB): split it into "
+        "several batches",
+        field="file",
+    )
+
+
+def add_input_file(
+    settings: Settings,
+    owner: Owner,
+    *,
+    filename: str,
+    purpose_of: Callable[[], str | None],
+    pieces: Iterable[bytes],
+    max_bytes: int,
+) -> ApiFile:
+    """Store an uploaded batch input file, from `pieces` as they arrive, into the ledger PIECE_BYTES at
+    a time. Past `max_bytes` it stops and raises TooLargeError: the pieces written are rolled back
+    with the file's row. `purpose_of` gives the form's purpose as known so far: checked before the
+    first piece when it came before the file, and again after the last (it may follow the file)."""
+
+    def check_purpose(required: bool) -> None:
+        purpose = purpose_of()
+        if purpose is None and not required:
+            return
+        if purpose != "batch":
+            raise InputError(f"purpose '{purpose or ''}' is not supported: use batch", field="purpose")
+
+    check_purpose(required=False)
     with session_scope(settings) as session:
         row = batches.add_file(
             session,
@@ -497,9 +613,17 @@ def add_input_file(settings: Settings, owner: Owner, *, filename: str, purpose: 
             ),
         )
         size = seq = 0
-        while piece := stream.read(PIECE_BYTES):
-            batches.add_piece(session, file_id=row.id, seq=seq, data=piece)
-            size, seq = size + len(piece), seq + 1
+        held = bytearray()
+        for data in itertools.chain(pieces, [b""]):
+            size += len(data)
+            if size > max_bytes:
+                raise too_large(max_bytes)  # the session rolls back: the row and every piece written
+            held += data
+            while len(held) >= PIECE_BYTES or (not data and held):
+                batches.add_piece(session, file_id=row.id, seq=seq, data=bytes(held[:PIECE_BYTES]))
+                del held[:PIECE_BYTES]
+                seq += 1
+        check_purpose(required=True)
         batches.set_file_bytes(session, file_id=row.id, size=size)
         row.bytes = size
     return row
@@ -602,10 +726,10 @@ def _failed(settings: Settings, batch: ApiBatch, errors: list[dict[str, Any]]) -
     return batch
 
 
-def view(settings: Settings, batch: ApiBatch) -> dict[str, Any]:
-    """The batch as OpenAI shows it, brought up to date (its usage once it has completed)."""
-    batch, jobs = refresh(settings, batch)
-    usage = usage_of(settings, batch) if batch.status == "completed" else None
+def view(settings: Settings, catalog: Catalog, batch: ApiBatch) -> dict[str, Any]:
+    """The batch as OpenAI shows it, brought up to date (its usage once it has completed or expired)."""
+    batch, jobs = refresh(settings, catalog, batch)
+    usage = usage_of(settings, batch) if batch.status in ("completed", "expired") else None
     return as_openai(batch, jobs, usage=usage)
 
 
@@ -621,7 +745,65 @@ def cancel_batch(settings: Settings, catalog: Catalog, owner: Owner, *, batch_id
     if batch.status == "cancelling":
         for job_id in batch.job_ids:
             lifecycle.cancel(settings, catalog, job_id=job_id)
-    return view(settings, batch)
+    return view(settings, catalog, batch)
+
+
+# A batch in one of these states still reads its files (its input for rejected lines, its output and
+# error files as they fill).
+RUNNING = ("validating", "in_progress", "finalizing", "cancelling")
+# OpenAI's list files endpoint: `limit` from 1 to 10,000, 10,000 by default.
+MAX_LIST_FILES = 10_000
+
+
+def list_files(
+    settings: Settings, owner: Owner, *, purpose: str | None, after: str | None, limit: int, order: str
+) -> dict[str, Any]:
+    """The key's files as OpenAI's `GET /v1/files` lists them: newest first (`order` desc) or oldest
+    first (asc), of `purpose` if given, after the file `after`, `limit` at most, with has_more."""
+    if order not in ("asc", "desc"):
+        raise InputError(f"order '{order}' is not one of asc, desc", field="order")
+    if not 1 <= limit <= MAX_LIST_FILES:
+        raise InputError(f"limit must be from 1 to {MAX_LIST_FILES}", field="limit")
+    with session_scope(settings) as session:
+        rows = batches.list_files(
+            session,
+            tenant_id=owner.tenant_id,
+            team_id=owner.team_id,
+            purpose=purpose,
+            after=after,
+            limit=limit + 1,
+            newest_first=order == "desc",
+        )
+    data = [file_object(row) for row in rows[:limit]]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(rows) > limit,
+    }
+
+
+def delete_file(settings: Settings, catalog: Catalog, owner: Owner, *, file_id: str) -> dict[str, Any]:
+    """Delete a file: its content is removed and it is gone for its tenant (404 after). A file that a
+    batch still running reads (its input, its output or error file) is refused (ConflictError,
+    file_in_use): cancel the batch, or wait for it to end."""
+    with session_scope(settings) as session:
+        batches.owned_file(session, file_id, tenant_id=owner.tenant_id, team_id=owner.team_id)
+        using = [b for b in batches.batches_using(session, file_id) if b.status in RUNNING]
+        session.expunge_all()
+    for batch in using:
+        refresh(settings, catalog, batch)  # a batch whose jobs have ended is no longer running
+        if batch.status in RUNNING:
+            raise ConflictError(
+                f"File {file_id} is used by batch {batch.id}, which is {batch.status}: cancel the batch "
+                "or wait for it to end, then delete the file",
+                code="file_in_use",
+            )
+    with session_scope(settings) as session:
+        batches.owned_file(session, file_id, tenant_id=owner.tenant_id, team_id=owner.team_id, for_update=True)
+        batches.delete_file(session, file_id, now=utcnow())
+    return {"id": file_id, "object": "file", "deleted": True}
 
 
 def file_lines(settings: Settings, file: ApiFile) -> Iterator[bytes]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlmodel import Session
 
 from router.errors import NotFoundError
@@ -43,9 +43,61 @@ def owned_file(
     if for_update:
         query = query.with_for_update()
     found = session.execute(query).scalars().first()
-    if found is None or found.tenant_id != tenant_id or (team_id is not None and found.team_id != team_id):
+    if (
+        found is None
+        or found.deleted_at is not None
+        or found.tenant_id != tenant_id
+        or (team_id is not None and found.team_id != team_id)
+    ):
         raise NotFoundError(f"No such File object: {file_id}")
     return found
+
+
+def list_files(
+    session: Session,
+    *,
+    tenant_id: int,
+    team_id: int | None,
+    purpose: str | None,
+    after: str | None,
+    limit: int,
+    newest_first: bool,
+) -> list[ApiFile]:
+    """The tenant's (team's) files not deleted, of `purpose` if given, newest first (or oldest first),
+    those beyond the file `after` (a cursor), `limit` of them."""
+    query = select(ApiFile).where(FILE.c.tenant_id == tenant_id, FILE.c.deleted_at.is_(None))
+    if team_id is not None:
+        query = query.where(FILE.c.team_id == team_id)
+    if purpose:
+        query = query.where(FILE.c.purpose == purpose)
+    if after:
+        cursor = owned_file(session, after, tenant_id=tenant_id, team_id=team_id)
+        if newest_first:
+            query = query.where(
+                (FILE.c.created_at < cursor.created_at)
+                | ((FILE.c.created_at == cursor.created_at) & (FILE.c.id < cursor.id))
+            )
+        else:
+            query = query.where(
+                (FILE.c.created_at > cursor.created_at)
+                | ((FILE.c.created_at == cursor.created_at) & (FILE.c.id > cursor.id))
+            )
+    order = (FILE.c.created_at.desc(), FILE.c.id.desc()) if newest_first else (FILE.c.created_at, FILE.c.id)
+    return list(session.execute(query.order_by(*order).limit(limit)).scalars())
+
+
+def delete_file(session: Session, file_id: str, *, now: datetime) -> None:
+    """Mark the file deleted and remove its pieces (its row stays: batches name it)."""
+    session.execute(delete(CHUNK).where(CHUNK.c.file_id == file_id))
+    session.execute(update(FILE).where(FILE.c.id == file_id).values(deleted_at=now))
+
+
+def batches_using(session: Session, file_id: str) -> list[ApiBatch]:
+    """The batches that read this file: as their input, or as their output or error file."""
+    query = select(ApiBatch).where(
+        (BATCH.c.input_file_id == file_id) | (BATCH.c.output_file_id == file_id) | (BATCH.c.error_file_id == file_id)
+    )
+    return list(session.execute(query).scalars())
 
 
 def pieces(session: Session, file_id: str) -> Iterator[bytes]:
@@ -111,6 +163,12 @@ def list_batches(
             | ((BATCH.c.created_at == cursor.created_at) & (BATCH.c.id < cursor.id))
         )
     return list(session.execute(query.order_by(BATCH.c.created_at.desc(), BATCH.c.id.desc()).limit(limit)).scalars())
+
+
+def in_progress_since(session: Session, *, before: datetime) -> list[ApiBatch]:
+    """Every tenant's batches still in progress that were created before `before` (the sweeper's)."""
+    query = select(ApiBatch).where(BATCH.c.status == "in_progress", BATCH.c.created_at < before)
+    return list(session.execute(query.order_by(BATCH.c.created_at)).scalars())
 
 
 def update_batch(session: Session, batch_id: str, **values: Any) -> None:

@@ -417,6 +417,7 @@ class ApiFile(SQLModel, table=True):
     batch_id: str | None = None  # for batch_output files: the batch whose output (or errors) it is
     kind: str = "input"  # input | output | error
     created_at: datetime | None = _ts(default=utcnow)
+    deleted_at: datetime | None = _ts()  # DELETE /v1/files: gone for its tenant, its pieces removed
 
 
 class ApiFileChunk(SQLModel, table=True):
@@ -456,3 +457,4 @@ class ApiBatch(SQLModel, table=True):
     failed_at: datetime | None = _ts()
     cancelling_at: datetime | None = _ts()
     cancelled_at: datetime | None = _ts()
+    expired_at: datetime | None = _ts()  # its completion window closed before its lines were done

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -128,6 +130,27 @@ def get_batch_api(catalog: Catalog, settings: Settings, name: str, *, simulated:
         api_key = settings.api_key(info.api_key_env)
         found = _batch_cache[key] = cls(name=info.name, client=_client(settings, info), api_key=api_key)
     return found
+
+
+@asynccontextmanager
+async def fresh_batch_api(
+    catalog: Catalog, settings: Settings, name: str, *, simulated: bool
+) -> AsyncIterator[BatchAPI]:
+    """Provider `name`'s batch API on a client of its own, closed on leaving: a new connection, for a
+    call that follows one whose connection broke (a stale keep-alive connection in the shared pool
+    may break the next call too). The sandbox holds no connection: its shared instance is given."""
+    if simulated:
+        shared = get_batch_api(catalog, settings, name, simulated=True)
+        assert shared is not None
+        yield shared
+        return
+    info = catalog.providers[name]
+    cls = BATCH_API_CLASSES[info.kind]
+    api: BatchAPI = cls(name=info.name, client=_client(settings, info), api_key=settings.api_key(info.api_key_env))
+    try:
+        yield api
+    finally:
+        await api.aclose()
 
 
 _limits: dict[tuple[int, str | None], SharedLimits] = {}

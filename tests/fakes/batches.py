@@ -42,7 +42,9 @@ done evenly over that time, `started_done` of them at once. Cancel: the lines do
 outcome, the others become canceled; the next poll sees the batch ended (cancelled). Outcomes: of a
 batch's n lines, round(n * errored) are answered with a 500 and round(n * expired) expire (the batch
 then ends expired / TIMEOUT_EXCEEDED / BATCH_STATE_EXPIRED), drawn on `seed` and the batch's id.
-`fail`: every batch created is refused as a whole (OpenAI `failed` at validation, Mistral FAILED,
+`drop_create` ("before" or "after"): the next `drop_creates` creates have their connection broken with no
+answer, before the batch is registered (the fake has nothing) or after (it has the batch, findable by
+its tag). `fail`: every batch created is refused as a whole (OpenAI `failed` at validation, Mistral FAILED,
 Gemini BATCH_STATE_FAILED; Anthropic validates at create, so its create is a 400); no line is billed.
 
 Result files are written in chunks of `chunk_lines` lines (an aiohttp StreamResponse), built as they
@@ -106,6 +108,11 @@ class BatchKnobs:
     hold_after_lines: int | None = None  # stop a result stream after this many lines until released
     cut_after_lines: int | None = None  # break the connection after this many result lines (once per stream)
     error_message: str = "fake batch: the server had an error while processing this request"
+    # A create's connection breaks with no answer (as a stale keep-alive connection does): "before" the
+    # batch is registered (the provider has nothing) or "after" (it has the batch); for the next
+    # `drop_creates` creates, then creates are answered again.
+    drop_create: str | None = None
+    drop_creates: int = 1
 
     @classmethod
     def from_json(cls, spec: dict[str, Any], base: BatchKnobs | None = None) -> BatchKnobs:
@@ -120,6 +127,8 @@ class BatchKnobs:
             raise ValueError("errored and expired are shares: each in [0, 1], together at most 1")
         if not 0 <= knobs.started_done <= 1 or knobs.delay_s < 0 or knobs.chunk_lines < 1:
             raise ValueError("started_done in [0, 1], delay_s >= 0, chunk_lines >= 1")
+        if knobs.drop_create not in (None, "before", "after") or knobs.drop_creates < 0:
+            raise ValueError("drop_create is before, after or null; drop_creates >= 0")
         return knobs
 
 
@@ -184,6 +193,7 @@ class FakeBatches:
         self.holding = False
         self.release = asyncio.Event()
         self._ids = itertools.count(1)
+        self.creates_dropped = 0  # creates whose connection was broken under the drop_create knob
 
     def routes(self, app: web.Application) -> None:
         add = app.router
@@ -218,6 +228,7 @@ class FakeBatches:
         self.files.clear()
         self.uploads.clear()
         self.bill.clear()
+        self.creates_dropped = 0
         self.release.set()  # a held stream goes on
         self.release = asyncio.Event()
 
@@ -461,6 +472,7 @@ class FakeBatches:
         except (ValueError, TypeError) as exc:
             return _json(400, {"error": str(exc)})
         self.release = asyncio.Event()
+        self.creates_dropped = 0
         return _json(200, asdict(self.knobs))
 
     async def release_hold(self, request: web.Request) -> web.Response:
@@ -515,6 +527,20 @@ class FakeBatches:
                 vendor_error("gemini", 400, "API key not valid. Please pass a valid API key.", code="API_KEY_INVALID")
             )
         return None
+
+    def dropping(self, when: str) -> bool:
+        """Whether this create's connection breaks now ("before" or "after" registering its batch)."""
+        if self.knobs.drop_create != when or self.creates_dropped >= self.knobs.drop_creates:
+            return False
+        self.creates_dropped += 1
+        return True
+
+    @staticmethod
+    def drop(request: web.Request) -> web.StreamResponse:
+        """Break the connection with no answer: the client sent its request and hears nothing back."""
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)
 
     def find(self, vendor: str, batch_id: str) -> Batch | None:
         batch = self.batches.get(batch_id)
@@ -584,6 +610,8 @@ class FakeBatches:
         if (refused := await self.refused(request, "openai")) is not None:
             return refused
         spec = await request.json()
+        if self.dropping("before"):
+            return self.drop(request)
         data = self.files.get(str(spec.get("input_file_id")))
         if not isinstance(data, bytes):
             return _respond(vendor_error("openai", 400, f"No such input file: {spec.get('input_file_id')!r}"))
@@ -602,6 +630,8 @@ class FakeBatches:
             failed=why,
         )
         batch.input_file, batch.inline = str(spec["input_file_id"]), False
+        if self.dropping("after"):
+            return self.drop(request)
         return _json(200, self.openai_view(batch, status="validating"))
 
     def openai_view(self, batch: Batch, *, status: str | None = None) -> dict[str, Any]:
@@ -688,6 +718,8 @@ class FakeBatches:
         if (refused := await self.refused(request, "mistral")) is not None:
             return refused
         spec = await request.json()
+        if self.dropping("before"):
+            return self.drop(request)
         model = str(spec.get("model") or "")
         if not model or spec.get("endpoint") != CHAT_ENDPOINT:
             return _respond(vendor_error("mistral", 400, "model and endpoint /v1/chat/completions are required"))
@@ -712,6 +744,8 @@ class FakeBatches:
         )
         batch.inline = not spec.get("input_files")
         batch.input_file = (spec.get("input_files") or [None])[0]
+        if self.dropping("after"):
+            return self.drop(request)
         return _json(200, self.mistral_view(batch, status="QUEUED"))
 
     def mistral_view(self, batch: Batch, *, status: str | None = None) -> dict[str, Any]:
@@ -779,6 +813,8 @@ class FakeBatches:
         if (refused := await self.refused(request, "anthropic")) is not None:
             return refused
         spec = await request.json()
+        if self.dropping("before"):
+            return self.drop(request)
         requests = spec.get("requests")
         if not isinstance(requests, list) or not requests:
             return _respond(vendor_error("anthropic", 400, "requests: at least one request is required"))
@@ -806,6 +842,8 @@ class FakeBatches:
             metadata={},
             version=str(request.headers.get("anthropic-version")),
         )
+        if self.dropping("after"):
+            return self.drop(request)
         return _json(200, self.anthropic_view(batch, request, status="in_progress"))
 
     def anthropic_view(self, batch: Batch, request: web.Request, *, status: str | None = None) -> dict[str, Any]:
@@ -876,6 +914,8 @@ class FakeBatches:
         if (refused := await self.refused(request, "gemini")) is not None:
             return refused
         spec = (await request.json()).get("batch") or {}
+        if self.dropping("before"):
+            return self.drop(request)
         config = spec.get("inputConfig") or {}
         why = None
         if "fileName" in config:
@@ -903,6 +943,8 @@ class FakeBatches:
             failed=why,
         )
         batch.inline = "fileName" not in config
+        if self.dropping("after"):
+            return self.drop(request)
         return _json(200, self.gemini_view(batch, state="BATCH_STATE_PENDING"))
 
     def gemini_view(self, batch: Batch, *, state: str | None = None) -> dict[str, Any]:

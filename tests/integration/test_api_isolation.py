@@ -157,6 +157,10 @@ def call(world: World, method: str, template: str, headers: dict[str, str], ids:
         return client.get(path, headers=headers, params={"team": ids["team"]})
     if case == ("GET", "/v1/batches"):
         return client.get(path, headers=headers, params={"after": ids["batch_id"]})
+    if case == ("GET", "/v1/files"):
+        return client.get(path, headers=headers, params={"after": ids["file_id"]})
+    if case == ("DELETE", "/v1/files/{file_id}"):
+        return client.delete(path, headers=headers)
     if method in ("GET", "POST") and case in KNOWN:
         return client.request(method, path, headers=headers)
     raise AssertionError(f"{method} {template} has no case in the isolation test: add one")
@@ -226,6 +230,8 @@ def test_another_tenants_ids_answer_404_and_change_nothing(world: World, setting
         "job": world.client.get(f"/jobs/{world.ids['job_id']}", headers=auth(victim.key)).json(),
         "batch": world.client.get(f"/v1/batches/{world.ids['batch_id']}", headers=auth(victim.key)).json(),
         "budgets": world.client.get("/budgets", headers=auth(victim.key)).json(),
+        "file": world.client.get(f"/v1/files/{world.ids['file_id']}", headers=auth(victim.key)).json(),
+        "files": world.client.get("/v1/files", headers=auth(victim.key)).json(),
     }
     secrets_of_victim = [world.ids["job_id"], world.ids["file_id"], world.ids["batch_id"], victim.tenant, victim.team]
     for method, path, _ in routes(world.app):
@@ -233,8 +239,8 @@ def test_another_tenants_ids_answer_404_and_change_nothing(world: World, setting
         takes_ids = any("{" + k + "}" in path for k in ("job_id", "file_id", "batch_id", "team"))
         if path == "/metrics":
             assert answer.status_code == 401  # a tenant key never reads every tenant's figures
-        elif path == "/v1/batches" and method == "GET":
-            assert answer.status_code == 404  # the cursor is the victim's batch
+        elif path in ("/v1/batches", "/v1/files") and method == "GET":
+            assert answer.status_code == 404  # the cursor is the victim's batch, or file
         elif takes_ids or (method, path) in (("POST", "/v1/batches"), ("POST", "/jobs")):
             assert answer.status_code == 404, (method, path, answer.status_code, answer.text)
         else:
@@ -248,6 +254,8 @@ def test_another_tenants_ids_answer_404_and_change_nothing(world: World, setting
         "job": world.client.get(f"/jobs/{world.ids['job_id']}", headers=auth(victim.key)).json(),
         "batch": world.client.get(f"/v1/batches/{world.ids['batch_id']}", headers=auth(victim.key)).json(),
         "budgets": world.client.get("/budgets", headers=auth(victim.key)).json(),
+        "file": world.client.get(f"/v1/files/{world.ids['file_id']}", headers=auth(victim.key)).json(),
+        "files": world.client.get("/v1/files", headers=auth(victim.key)).json(),
     }
     assert after == before
 

@@ -17,12 +17,16 @@ import pytest
 from sqlalchemy import select
 
 from router.catalog import Catalog
+from router.jobs import lifecycle
+from router.jobs import openai_batches as intake
+from router.jobs.sweeper import sweep
 from router.ledger import budgets, repo
 from router.ledger.db import session_scope
 from router.ledger.tables import ApiBatch, ApiFileChunk
 from router.settings import Settings
 from router.usage import TokenUsage
 from tests.api_support import Tenant, api_settings, auth, make_tenant, serving
+from tests.fakes.batches import read_bill, set_knobs
 from tests.helpers import ledger, priced, start_workers, stop_workers, tickets, worker_env
 
 LABELS = "billing,bug,other"
@@ -143,7 +147,7 @@ def test_named_models_through_the_openai_sdk(
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
         expected += catalog.price(body["model"]).cost_usd(
             TokenUsage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"])
-        )
+        ) * Decimal("0.5")  # at the batch price: metadata mode is auto by default
     assert batch.usage is not None
     assert batch.usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in lines)
 
@@ -155,7 +159,8 @@ def test_named_models_through_the_openai_sdk(
     spent = Decimal(0)
     for job_id in row.job_ids:
         calls, _ = ledger(settings, job_id)
-        assert all(c.mode == "sync" and c.price_multiplier == 1 for c in calls)  # metadata mode: sync by default
+        # Metadata mode auto by default: the lines went to the providers' batch APIs, at 0.5.
+        assert calls and all(c.mode == "batch" and c.price_multiplier == Decimal("0.5") for c in calls)
         assert all(c.cost_usd == priced(catalog, c) for c in calls)
         spent += sum((c.cost_usd for c in calls), Decimal(0))
     assert spent == expected > 0  # the ledger is the lines' usage at the catalog's prices, to the cent and below
@@ -298,7 +303,7 @@ def test_a_batch_runs_on_a_real_worker_with_a_broker(
     with session_scope(settings) as session:
         row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
     modes = {c.mode for job_id in row.job_ids for c in ledger(settings, job_id)[0]}
-    assert modes == {"sync"}  # the default for /v1 batches (metadata mode auto or batch asks for the batch APIs)
+    assert modes == {"batch"}  # the default for /v1 batches: auto, so the providers' batch APIs (beat polls them)
 
 
 def test_creates_sent_at_once_make_one_batch(settings: Settings, server: str, tmp_path: Path) -> None:
@@ -327,3 +332,259 @@ def test_creates_sent_at_once_make_one_batch(settings: Settings, server: str, tm
         metadata={"team": owner.team, "labels": "billing,bug"},
     )
     assert other.id != ids[0]  # other metadata: another batch
+
+
+def test_metadata_mode_sync_keeps_a_batch_off_the_providers_batch_apis(
+    settings: Settings, server: str, tmp_path: Path
+) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "sync.jsonl", ["gpt-4o-mini"], 10)
+    batch, lines = _run(client, path, {"team": owner.team, "labels": LABELS, "mode": "sync"})
+    assert len(lines) == 10
+    with session_scope(settings) as session:
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+    calls = [c for job_id in row.job_ids for c in ledger(settings, job_id)[0]]
+    assert calls and all(c.mode == "sync" and c.price_multiplier == 1 for c in calls)
+
+
+def test_a_batch_past_its_window_expires_keeping_what_was_answered(
+    settings: Settings,
+    catalog: Catalog,
+    server: str,
+    fake_provider: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenAI's 24h expiry, with the window shortened: the batch's job is cancelled through the
+    lifecycle, the lines the provider's batch had answered are ingested, charged and in the output
+    file, the others are in the error file as batch_expired."""
+    monkeypatch.setattr(intake, "WINDOW_S", 4)
+    # The provider's batch answers half its lines at once and the rest over an hour.
+    set_knobs(fake_provider, reset=True, delay_s=3600, started_done=0.5, shuffle=False)
+    try:
+        owner = make_tenant(settings)
+        client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+        path = _batch_file(tmp_path / "slow.jsonl", ["gpt-4o-mini"], 20)
+        with path.open("rb") as handle:
+            uploaded = client.files.create(file=handle, purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"team": owner.team, "labels": LABELS, "mode": "batch"},
+        )
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{fake_provider}/_batch").json()["batches"] < 1:  # its lines are at the provider
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.batches.retrieve(batch.id).status == "in_progress"
+        assert batch.expires_at is not None
+        time.sleep(max(0.0, batch.expires_at + 1 - time.time()))
+        expired = client.batches.retrieve(batch.id)
+        assert expired.status == "expired" and expired.expired_at is not None
+        assert expired.expired_at >= batch.expires_at
+        counts = expired.request_counts
+        assert counts is not None and (counts.total, counts.completed, counts.failed) == (20, 10, 10)
+        answered = [json.loads(line) for line in client.files.content(expired.output_file_id).text.splitlines()]
+        errors = [json.loads(line) for line in client.files.content(expired.error_file_id).text.splitlines()]
+        assert len(answered) == 10 and all(line["response"]["status_code"] == 200 for line in answered)
+        assert len(errors) == 10
+        assert all(
+            line["response"] is None and line["error"]["code"] == "batch_expired" and line["error"]["message"]
+            for line in errors
+        )
+        assert sorted(line["custom_id"] for line in answered + errors) == sorted(f"req-{k}" for k in range(20))
+        with session_scope(settings) as session:
+            row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+            job = repo.get_job(session, row.job_ids[0])
+        assert job.status == "cancelled"
+        calls, _ = ledger(settings, job.id)
+        charged = {c.id: c.cost_usd for c in calls if c.cost_usd}
+        billed = read_bill(fake_provider)["lines"]
+        assert len(charged) == 10 and set(charged) == set(billed)  # the answered lines, charged once each
+        assert all(c.cost_usd == priced(catalog, c) for c in calls)
+    finally:
+        set_knobs(fake_provider, reset=True)
+
+
+def test_a_batch_nobody_reads_expires_in_the_sweep(
+    settings: Settings, catalog: Catalog, server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = make_tenant(settings)
+    tiny = httpx.put(f"{server}/budgets/{owner.team}", headers=auth(owner.key), json={"monthly": "0.000001"})
+    assert tiny.status_code == 200
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = _batch_file(tmp_path / "unread.jsonl", ["gpt-4o-mini"], 12)
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    metadata = {"team": owner.team, "labels": LABELS, "on_budget": "pause", "mode": "sync"}
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+    )
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{server}/jobs", headers=auth(owner.key)).json()[0]["status"] != "paused":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    monkeypatch.setattr(intake, "WINDOW_S", 1)
+    time.sleep(1.2)
+    sweep(settings, dispatcher=lifecycle.InlineDispatcher(settings, catalog), catalog=catalog)
+    with session_scope(settings) as session:  # read from the ledger: no GET made it expire
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+        job = repo.get_job(session, row.job_ids[0])
+    assert row.status == "expired" and row.expired_at is not None and job.status == "cancelled"
+    assert row.error_file_id and row.output_file_id
+    errors = [json.loads(line) for line in client.files.content(row.error_file_id).text.splitlines()]
+    assert len(errors) == 12 and {line["error"]["code"] for line in errors} == {"batch_expired"}
+    assert client.files.content(row.output_file_id).text == ""
+
+
+def test_files_are_listed_and_deleted_as_openais(settings: Settings, server: str, tmp_path: Path) -> None:
+    owner, other = make_tenant(settings), make_tenant(settings)
+    tiny = httpx.put(f"{server}/budgets/{owner.team}", headers=auth(owner.key), json={"monthly": "0.000001"})
+    assert tiny.status_code == 200
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    stranger = openai.OpenAI(base_url=f"{server}/v1", api_key=other.key, max_retries=0)
+    uploaded = []
+    for k in range(3):
+        path = _batch_file(tmp_path / f"f{k}.jsonl", ["gpt-4o-mini"], 5 + k)
+        with path.open("rb") as handle:
+            uploaded.append(client.files.create(file=handle, purpose="batch").id)
+    first, second, third = uploaded
+    page = client.files.list()
+    assert [f.id for f in page.data] == [third, second, first] and not page.has_more  # newest first
+    assert [f.id for f in client.files.list(order="asc").data] == uploaded
+    assert [f.id for f in client.files.list(after=third).data] == [second, first]
+    two = client.files.list(limit=2)
+    assert [f.id for f in two.data] == [third, second] and two.has_more
+    assert [f.id for f in client.files.list(limit=2)] == [third, second, first]  # the SDK pages on `after`
+    assert stranger.files.list().data == []
+
+    # A batch that waits for budget (paused): its input file cannot be deleted while it runs.
+    metadata = {"team": owner.team, "labels": LABELS, "on_budget": "pause", "mode": "sync"}
+    batch = client.batches.create(
+        input_file_id=first, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+    )
+    assert batch.output_file_id is None and batch.status == "in_progress"
+    made = client.files.list(purpose="batch_output").data
+    assert len(made) == 2 and all(f.purpose == "batch_output" for f in made)  # its output and error files
+    assert [f.id for f in client.files.list(purpose="batch").data] == [third, second, first]
+    with pytest.raises(openai.ConflictError) as in_use:
+        client.files.delete(first)
+    assert in_use.value.status_code == 409 and in_use.value.code == "file_in_use"
+    assert batch.id in in_use.value.message
+    with pytest.raises(openai.ConflictError):
+        client.files.delete(made[0].id)
+    with pytest.raises(openai.NotFoundError):  # another tenant's file is not found, and stays
+        stranger.files.delete(second)
+    assert client.files.retrieve(second).id == second
+
+    deleted = client.files.delete(second)
+    assert deleted.model_dump() == {"id": second, "object": "file", "deleted": True}
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(second)
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(second)
+    with pytest.raises(openai.NotFoundError):
+        client.files.delete(second)
+    assert [f.id for f in client.files.list(purpose="batch").data] == [third, first]
+    with session_scope(settings) as session:  # its content is gone from the ledger
+        assert not session.execute(select(ApiFileChunk.seq).where(ApiFileChunk.file_id == second)).all()
+
+    assert client.batches.cancel(batch.id).status == "cancelled"
+    assert client.files.delete(first).deleted  # the batch has ended: its input can go
+    assert client.files.delete(made[0].id).deleted
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "pennyroute-test-boundary") -> bytes:
+    """A multipart/form-data body of (name, filename or None, bytes) parts, in the order given."""
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def _pieces_stored(settings: Settings) -> int:
+    with session_scope(settings) as session:
+        return len(session.execute(select(ApiFileChunk.seq)).all())
+
+
+def test_an_upload_over_the_cap_is_refused_and_nothing_of_it_is_kept(
+    settings: Settings, catalog: Catalog, tmp_path: Path
+) -> None:
+    capped = settings.model_copy(update={"max_upload_mb": 1})
+    owner = make_tenant(capped)
+    path = _batch_file(tmp_path / "big.jsonl", ["gpt-4o-mini"], 12_000)  # about 2.5 MB
+    small = _batch_file(tmp_path / "small.jsonl", ["gpt-4o-mini"], 3_000)  # about 0.6 MB
+    with serving(capped, catalog) as (base, _app):
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=owner.key, max_retries=0)
+        before = _pieces_stored(capped)
+        # The SDK says its Content-Length: refused before the body is stored.
+        with path.open("rb") as handle, pytest.raises(openai.APIStatusError) as refused:
+            client.files.create(file=handle, purpose="batch")
+        assert refused.value.status_code == 413
+        error = refused.value.body
+        assert isinstance(error, dict) and error["code"] == "file_too_large" and error["param"] == "file"
+        assert "upload limit of 1 MB" in error["message"] and "PENNYROUTE_MAX_UPLOAD_MB" in error["message"]
+        # Sent chunked (no Content-Length): counted as it arrives, refused once past 1 MB, its pieces rolled back.
+        boundary = "pennyroute-test-boundary"
+        body = _multipart([("purpose", None, b"batch"), ("file", "over.jsonl", small.read_bytes() * 2)], boundary)
+
+        answer = httpx.post(
+            f"{base}/v1/files",
+            headers={**auth(owner.key), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=chunked_of(body),
+        )
+        assert answer.status_code == 413 and answer.json()["error"]["code"] == "file_too_large"
+        assert client.files.list().data == [] and _pieces_stored(capped) == before
+        # Under the cap: taken, its purpose read even when it follows the file (curl -F file=@... -F purpose=batch).
+        body = _multipart([("file", "under.jsonl", small.read_bytes()), ("purpose", None, b"batch")], boundary)
+        answer = httpx.post(
+            f"{base}/v1/files",
+            headers={**auth(owner.key), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=chunked_of(body),
+        )
+        assert answer.status_code == 200, answer.text
+        kept = client.files.retrieve(answer.json()["id"])
+        assert kept.bytes == small.stat().st_size and kept.filename == "under.jsonl" and kept.purpose == "batch"
+        assert client.files.content(kept.id).content == small.read_bytes()
+        wrong = _multipart([("file", "x.jsonl", small.read_bytes()), ("purpose", None, b"fine-tune")], boundary)
+        answer = httpx.post(
+            f"{base}/v1/files",
+            headers={**auth(owner.key), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=wrong,
+        )
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "purpose"
+        assert [f.id for f in client.files.list().data] == [kept.id]
+
+
+def chunked_of(body: bytes) -> Iterator[bytes]:
+    for at in range(0, len(body), 64 * 1024):
+        yield body[at : at + 64 * 1024]
+
+
+def test_a_batch_of_more_than_50000_requests_fails_naming_the_limit(
+    settings: Settings, server: str, tmp_path: Path
+) -> None:
+    owner = make_tenant(settings)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=owner.key, max_retries=0)
+    path = tmp_path / "many.jsonl"
+    line = {"method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}  # fmt: skip
+    with path.open("w") as handle:
+        for k in range(50_001):
+            handle.write(json.dumps({"custom_id": f"r{k}", **line}) + "\n")
+    with path.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"team": owner.team},
+    )
+    assert batch.status == "failed" and batch.errors is not None and batch.errors.data
+    first = batch.errors.data[0]
+    assert first.code == "too_many_tasks" and first.line == 50_001 and "50,000" in (first.message or "")
+    with session_scope(settings) as session:
+        row = session.execute(select(ApiBatch).where(ApiBatch.id == batch.id)).scalar_one()
+    assert row.job_ids == []  # nothing ran

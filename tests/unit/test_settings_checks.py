@@ -60,6 +60,8 @@ def _problem(env: pytest.MonkeyPatch, name: str, value: str) -> str:
         ("PENNYROUTE_SWEEP_EVERY_S", "nan", "a number above 0"),
         ("PENNYROUTE_SWEEP_IDLE_S", "-5", "a number above 0"),
         ("PENNYROUTE_BUDGET_WAIT_S", "-1", "a number at least 0"),
+        ("PENNYROUTE_MAX_UPLOAD_MB", "0", "a whole number from 1 to 1,000,000"),
+        ("PENNYROUTE_MAX_UPLOAD_MB", "1.5", "a whole number from 1 to 1,000,000"),
     ],
 )
 def test_a_bad_value_names_its_variable_and_what_it_accepts(
@@ -120,11 +122,13 @@ def test_good_values_are_read(env: pytest.MonkeyPatch) -> None:
         "PENNYROUTE_ALERT_WEBHOOK": "https://hooks.example.com/T0",
         "PENNYROUTE_REDIS_URL": "rediss://cache:6380/1",
         "BROKER_URL": "amqp://guest@rabbit//",
+        "PENNYROUTE_MAX_UPLOAD_MB": "50",
     }.items():
         env.setenv(name, value)
     settings = get_settings()
     assert (settings.usd_per_eur, settings.sandbox, settings.chunk_size) == (Decimal("1.08"), "off", 250)
     assert settings.request_timeout_s == 30.5 and settings.redis_url == "rediss://cache:6380/1"
+    assert settings.max_upload_mb == 50 and settings.max_upload_bytes == 50 * 1024 * 1024
 
 
 def test_every_typed_setting_says_what_it_accepts() -> None:
