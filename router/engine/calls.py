@@ -108,6 +108,7 @@ async def call_one(
         await limits.enter(provider.name, max_in_flight, learned=learned)  # type: ignore[union-attr,arg-type]
     started = time.perf_counter()
     result: Completion | ProviderError | None = None
+    sent_at: float | None = None
     try:
         async with gate:
             if limits is not None and not probe:
@@ -145,7 +146,9 @@ async def call_one(
             # A call the breaker refused (or an interrupt cancelled) never reached the provider, and a
             # 429 is the model's rate, not the server's load: neither moves the window.
             rate_limited = isinstance(result, ProviderError) and result.status_code == 429
-            await limits.leave(provider.name, overloaded=overloaded, called=result is not None and not rate_limited)  # type: ignore[union-attr]
+            await limits.leave(  # type: ignore[union-attr]
+                provider.name, overloaded=overloaded, called=result is not None and not rate_limited, sent_at=sent_at
+            )
     assert result is not None  # set by the call (a refused breaker returned above)
     return key, result, time.perf_counter() - started
 
@@ -175,8 +178,9 @@ async def _take_limits(limits: SharedLimits, request: ChatRequest, model: ModelI
     if model is None or (not model.rpm and not model.tpm and limits.learned_known(model.model_id)):
         return
     try:
-        # About 4 characters a token for the prompt, plus the most the answer may take.
-        tokens = (len(request.system) + len(request.prompt)) // 4 + request.output_cap
+        # About 4 characters a token for the prompt (a chat item's whole conversation), plus the most
+        # the answer may take.
+        tokens = sum(len(m.content) for m in request.conversation()) // 4 + request.output_cap
         await limits.acquire(model.model_id, rpm=model.rpm, tpm=model.tpm, tokens=tokens)
     except Exception as exc:  # shared limits unreachable: call anyway; the provider's 429s still hold us back
         log.warning("shared rate limits unavailable (%s); calling without them", exc)

@@ -32,6 +32,7 @@ no limits cost nothing: no Redis round trip, no await.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -49,7 +50,7 @@ from policies.circuit_breaker import (
     on_success,
     probing_elsewhere,
 )
-from policies.in_flight import Window, after_answer, after_overload
+from policies.in_flight import RAMP_S, Window, after_answer, after_overload, opening, ramped
 from policies.rate_adapt import (
     LearnedRate,
     after_learned_429,
@@ -76,7 +77,11 @@ KEY_TTL_S = 600
 REDIS_CONNECTIONS = 64
 # A model with no stated limits: its first calls in a process, before one comes back (first_calls).
 FIRST_CALLS = 32
-FIRST_WAIT_S = 10.0
+# ... and for at most this long: a rate limiter answers 429 at once (in tens of ms, even in front of a
+# slow model), so a first burst that has not come back within a second is slow work or hung calls,
+# not a limit; holding the rest longer only stalls the job behind them (a burst of hangs held every
+# other call until the first timed out: 5 s in bench/faults.py's hangs case).
+FIRST_WAIT_S = 1.0
 FIRST_POLL_S = 0.02
 # A half-open breaker's probe claim lasts at most this long (a probe that never comes back frees it).
 PROBE_HOLD_S = 30.0
@@ -464,21 +469,34 @@ class SharedLimits:
         overload; `learned`: nobody stated the cap, policies/in_flight.py)."""
         window = self._windows.get(provider)
         if window is None or window.cap != cap or window.learned != learned:
-            window = self._windows[provider] = Window(float(cap), cap, learned=learned)
+            window = self._windows[provider] = opening(cap, learned=learned, now=time.monotonic())
         free = self._slot_free.get(provider)
         if free is None:
             free = self._slot_free[provider] = asyncio.Condition()
         async with free:
-            while self._active.get(provider, 0) >= self._windows[provider].slots:
-                await free.wait()
+            while True:
+                window = self._windows[provider] = ramped(self._windows[provider], now=time.monotonic())
+                if self._active.get(provider, 0) < window.slots:
+                    break
+                if window.learned and not window.ceiling and window.width < window.cap:
+                    # slow start: the window widens with time too, so look again at the next doubling
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(free.wait(), timeout=RAMP_S)
+                else:
+                    await free.wait()
             self._active[provider] = self._active.get(provider, 0) + 1
 
-    async def leave(self, provider: str, *, overloaded: bool, called: bool = True) -> None:
+    async def leave(
+        self, provider: str, *, overloaded: bool, called: bool = True, sent_at: float | None = None
+    ) -> None:
         """Free a slot; an overload answer narrows the provider's window, any other widens it (a call
-        that was never made, `called` false, leaves it as it is)."""
+        that was never made, `called` false, leaves it as it is). `sent_at` (time.time()) tells a
+        call sent at the window's old width from one sent after its last cut."""
         window = self._windows[provider]
         if called:
-            self._windows[provider] = after_overload(window, now=time.time())[0] if overloaded else after_answer(window)
+            self._windows[provider] = (
+                after_overload(window, now=time.time(), sent_at=sent_at)[0] if overloaded else after_answer(window)
+            )
         free = self._slot_free[provider]
         async with free:
             self._active[provider] -= 1
