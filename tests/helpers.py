@@ -3,9 +3,11 @@ and real Celery worker processes. Fixtures live in conftest.py; everything else 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -136,6 +138,7 @@ def start_workers(
                     env=env,
                     stdout=handle,
                     stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its pool and embedded beat (-B) die with it (stop_workers, killpg)
                 )
             )
         log_files.append(log)
@@ -151,13 +154,18 @@ def start_workers(
 
 
 def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop workers and every process they started (pool children, an embedded beat): a test leaves
+    nothing running, even after it killed a worker's main process itself."""
     for proc in procs:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of its group outlived it
 
 
 # Sentences of a contract dispute; each source is 2 to 5 of them, so sources differ in length and lead.

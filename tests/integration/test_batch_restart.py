@@ -94,7 +94,7 @@ def test_a_killed_worker_and_beat_and_a_flushed_redis_lose_nothing(
         _wait(submitted, 60, "the wave to be created")
     finally:
         for proc in first:
-            os.kill(proc.pid, signal.SIGKILL)  # worker and beat die with the batch open
+            os.killpg(proc.pid, signal.SIGKILL)  # worker, its pool and beat die with the batch open
         stop_workers(first)
     redis.Redis.from_url(broker_url).flushdb()
     assert postgres_outage(pg_url) in ("restarted", "refused connections")  # and Postgres restarted
