@@ -44,6 +44,7 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
     app.state.threads = []
     app.state.trusted_keys = {}  # router/api/auth.py: keys found good lately, by their HMAC
     app.state.job_status = {}  # router/api/jobs.py: status answers read lately, by job id
+    app.state.job_status_reads = {}  # router/api/jobs.py: the status read under way, by job id
     errors.install(app)
     for router, prefix in ROUTERS:
         app.include_router(router, prefix=prefix)

@@ -8,6 +8,7 @@ job id answers 404 with the words an unknown id gets.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import tempfile
@@ -179,6 +180,11 @@ def _owned(request: Request, principal: Principal, job_id: str) -> None:
 # A job's status answer is kept this long by the process that read it: many pollers of one job then
 # cost one ledger read per half second between them, not one each. Cancel and resume forget it.
 STATUS_FRESH_S = 0.5
+# While one request reads a job's status again, the others are answered from the kept one if it is
+# at most this old (one read at a time per job and process: a herd of pollers arriving as the kept
+# answer goes stale would each start a ledger read, queue for the database's connections, and wait
+# hundreds of milliseconds together).
+STATUS_STALE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +200,12 @@ def _status_cache(request: Request) -> dict[str, _Status]:
     return cache
 
 
+def _kept_for(kept: _Status, principal: Principal, job_id: str) -> Response:
+    if kept.tenant_id != principal.tenant_id or principal.team_id not in (None, kept.team_id):
+        raise NotFoundError(f"unknown job '{job_id}'")
+    return Response(kept.body, media_type="application/json")
+
+
 @router.get("/jobs/{job_id}", tags=["jobs"], summary="A job's state (as `status --json`)")
 async def get_job(
     request: Request,
@@ -202,19 +214,43 @@ async def get_job(
     failures: Annotated[bool, Query(description="Also count failed items by kind (reads each failed item).")] = False,
 ) -> Any:
     """As `status --json`, with the calls per model and the rejected lines (and, with failures=true,
-    the failed items by kind). Cheap to poll: the job row and its rollups, at most every
-    STATUS_FRESH_S per server process; a kept answer is served on the event loop, with no thread hop."""
+    the failed items by kind). Cheap to poll: the job row and its rollups, read at most every
+    STATUS_FRESH_S per server process and by one request at a time (the others meanwhile get the
+    answer kept, up to STATUS_STALE_S old); a kept answer is served on the event loop, with no
+    thread hop."""
+    if failures:
+        status = await run_in_threadpool(_read_status, request, principal, job_id, True)
+        return Response(status.body, media_type="application/json")
     cache, now = _status_cache(request), time.monotonic()
-    kept = None if failures else cache.get(job_id)
+    kept = cache.get(job_id)
     if kept is not None and now - kept.read_at < STATUS_FRESH_S:
-        if kept.tenant_id != principal.tenant_id or principal.team_id not in (None, kept.team_id):
-            raise NotFoundError(f"unknown job '{job_id}'")
-        return Response(kept.body, media_type="application/json")
-    status = await run_in_threadpool(_read_status, request, principal, job_id, failures)
-    if not failures:
+        return _kept_for(kept, principal, job_id)
+    reading: dict[str, asyncio.Future[_Status]] = request.app.state.job_status_reads
+    underway = reading.get(job_id)
+    if underway is not None:
+        if kept is not None and now - kept.read_at < STATUS_STALE_S:
+            return _kept_for(kept, principal, job_id)
+        try:
+            return _kept_for(await asyncio.shield(underway), principal, job_id)
+        except NotFoundError:  # that read was by a key the job is not theirs: this one reads for itself
+            status = await run_in_threadpool(_read_status, request, principal, job_id, False)
+            return Response(status.body, media_type="application/json")
+    future: asyncio.Future[_Status] = asyncio.get_running_loop().create_future()
+    reading[job_id] = future
+    try:
+        status = await run_in_threadpool(_read_status, request, principal, job_id, False)
+    except BaseException as exc:
+        if not future.done():
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it raised; nobody waiting is no warning
+        raise
+    else:
         if len(cache) > 10_000:  # a bound on memory: forget them all
             cache.clear()
         cache[job_id] = status
+        future.set_result(status)
+    finally:
+        reading.pop(job_id, None)
     return Response(status.body, media_type="application/json")
 
 

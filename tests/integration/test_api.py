@@ -213,3 +213,45 @@ def test_a_status_kept_for_pollers_is_still_its_tenants_only(
     assert job_id in client.app.state.job_status  # type: ignore[attr-defined]  # kept for the next poller
     assert client.get(f"/jobs/{job_id}", headers=auth(other.key)).status_code == 404  # from the kept answer too
     assert client.get(f"/jobs/{job_id}", headers=auth(owner.key)).content == first.content
+
+
+def test_pollers_arriving_together_cost_one_status_read(
+    client: TestClient, settings: Settings, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a job's kept status goes stale under many pollers, one request reads the ledger; the others
+    get the kept answer meanwhile (or, with none kept, wait for that one read), and another tenant's
+    key still gets 404, even while the owner's read is under way."""
+    import asyncio
+
+    from router.api import jobs as api_jobs
+    from tests.api_support import serving
+
+    owner, other = make_tenant(settings), make_tenant(settings)
+    path = write_jsonl(tmp_path / "items.jsonl", tickets(5))
+    job_id = _upload(client, owner.key, path, team=owner.team).json()["job_id"]
+    wait_threads(client.app)  # type: ignore[arg-type]
+    reads: list[str] = []
+    real = api_jobs._read_status
+
+    def slow_read(*args: object) -> object:
+        reads.append(job_id)
+        time.sleep(0.3)  # a ledger read under load
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(api_jobs, "_read_status", slow_read)
+
+    async def poll(base: str, key: str, n: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            return await asyncio.gather(*(http.get(f"/jobs/{job_id}", headers=auth(key)) for _ in range(n)))
+
+    with serving(settings, catalog) as (base, _app):
+        answers = asyncio.run(poll(base, owner.key, 20))  # nothing kept yet: one read, the rest wait for it
+        assert [a.status_code for a in answers] == [200] * 20 and len({a.content for a in answers}) == 1
+        assert len(reads) == 1
+        time.sleep(api_jobs.STATUS_FRESH_S + 0.1)  # the kept answer is stale now
+        answers = asyncio.run(poll(base, owner.key, 20))
+        assert [a.status_code for a in answers] == [200] * 20 and len(reads) == 2
+        assert all(json.loads(a.content)["job_id"] == job_id for a in answers)
+        time.sleep(api_jobs.STATUS_FRESH_S + 0.1)
+        mixed = asyncio.run(poll(base, other.key, 5)) + asyncio.run(poll(base, owner.key, 1))
+        assert [a.status_code for a in mixed] == [404] * 5 + [200]
