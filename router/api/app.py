@@ -43,6 +43,8 @@ def create_app(settings: Settings, catalog: Catalog | None = None) -> FastAPI:
     app.state.catalog = catalog or load_catalog(settings.catalog, replace_default=settings.catalog_replace)
     app.state.threads = []
     app.state.trusted_keys = {}  # router/api/auth.py: keys found good lately, by their HMAC
+    app.state.key_checks = set()  # router/api/auth.py: keys being read again in the background
+    app.state.background = set()  # tasks started by requests that outlive them
     app.state.job_status = {}  # router/api/jobs.py: status answers read lately, by job id
     app.state.job_status_reads = {}  # router/api/jobs.py: the status read under way, by job id
     errors.install(app)

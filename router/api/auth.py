@@ -6,6 +6,8 @@ of which); 403 for a key without the scope the endpoint needs. The key is never 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
@@ -20,11 +22,17 @@ from router.ledger.db import session_scope
 from router.ledger.keys import Principal
 from router.settings import Settings
 
+log = logging.getLogger(__name__)
+
 bearer = HTTPBearer(auto_error=False, description="A tenant API key from `pennyroute keys create`.")
 
 # A key found good is trusted for this long by this process without reading the ledger again: a
 # status poller's read then costs no key lookup. A revoked key is refused everywhere within this.
 TRUST_S = 5.0
+# A key in use is checked again in the background once its trust is this old, by one request at a
+# time, so that its trust is renewed before it runs out: otherwise every request in flight when it
+# ran out would read the ledger at once (a herd that stalls a busy server for a few hundred ms).
+RECHECK_S = TRUST_S / 2
 
 UNAUTHORIZED = "missing, malformed, unknown or revoked API key: send `Authorization: Bearer pr_live_...`"
 
@@ -46,7 +54,9 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise ApiError(401, UNAUTHORIZED, kind="invalid_request_error", code="invalid_api_key")
         principal = _recent(request, settings, credentials.credentials)
-        if principal is None:
+        if principal is not None:
+            _recheck_soon(request, settings, credentials.credentials)
+        else:
             principal = await run_in_threadpool(_trusted, request, settings, credentials.credentials)
         if principal is None:
             raise ApiError(401, UNAUTHORIZED, kind="invalid_request_error", code="invalid_api_key")
@@ -70,6 +80,30 @@ def _recent(request: Request, settings: Settings, key: str) -> Principal | None:
     cache: dict[str, tuple[float, Principal]] = request.app.state.trusted_keys
     found = cache.get(keys.key_hash(key, settings.key_secret()))
     return found[1] if found is not None and time.monotonic() - found[0] < TRUST_S else None
+
+
+def _recheck_soon(request: Request, settings: Settings, key: str) -> None:
+    """A trusted key whose trust is RECHECK_S old is read again from the ledger in the background, once
+    (a revoked one is then dropped from the cache: refused within TRUST_S, as before)."""
+    cache: dict[str, tuple[float, Principal]] = request.app.state.trusted_keys
+    digest = keys.key_hash(key, settings.key_secret())
+    found = cache.get(digest)
+    checking: set[str] = request.app.state.key_checks
+    if found is None or time.monotonic() - found[0] < RECHECK_S or digest in checking:
+        return
+    checking.add(digest)
+
+    async def again() -> None:
+        try:
+            await run_in_threadpool(_trusted, request, settings, key)
+        except Exception as exc:  # the ledger unreachable: the key stays trusted until TRUST_S, then is read in line
+            log.warning("re-checking an API key failed (%s)", type(exc).__name__)
+        finally:
+            checking.discard(digest)
+
+    task = asyncio.get_running_loop().create_task(again())
+    request.app.state.background.add(task)  # kept until done (the loop holds only weak references)
+    task.add_done_callback(request.app.state.background.discard)
 
 
 def _trusted(request: Request, settings: Settings, key: str) -> Principal | None:

@@ -201,6 +201,24 @@ def test_a_revoked_key_is_refused_within_the_trust_window(
     assert client.get("/jobs", headers=auth(owner.key)).status_code == 401
 
 
+def test_a_key_in_use_is_checked_again_in_the_background(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trusted key is read again once its trust is RECHECK_S old, off the request's path: a revoked
+    key is then refused before its trust would have run out."""
+    owner = make_tenant(settings)
+    assert client.get("/jobs", headers=auth(owner.key)).status_code == 200
+    with session_scope(settings) as session:
+        keys.revoke_key(session, prefix=owner.key)
+    monkeypatch.setattr(api_auth, "RECHECK_S", 0.0)
+    assert client.get("/jobs", headers=auth(owner.key)).status_code == 200  # served trusted; re-read behind it
+    deadline = time.monotonic() + 5
+    while client.get("/jobs", headers=auth(owner.key)).status_code != 401:
+        assert time.monotonic() < deadline, "the revoked key was never dropped"
+        time.sleep(0.05)
+    assert not client.app.state.key_checks  # type: ignore[attr-defined]
+
+
 def test_a_status_kept_for_pollers_is_still_its_tenants_only(
     client: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
