@@ -77,8 +77,9 @@ def _reader_process(base: str, key: str, job_id: str, threads: int, seconds: flo
     reads as the server can serve, latency including the queue this builds). With `rate` R (reads a
     second for this process) each thread sends on a fixed schedule, and a read's latency is counted
     from when it was due, not when it was sent: a server that stalls is charged for the reads it held
-    back (no coordinated omission)."""
-    latencies: list[float] = []
+    back (no coordinated omission); so is a reader process the machine did not run on time, so the
+    latency from the send is kept too (the server's own part). Puts (from due, from send, errors)."""
+    latencies: list[tuple[float, float]] = []
     errors = [0]
     lock = threading.Lock()
     begin = time.monotonic()
@@ -88,7 +89,7 @@ def _reader_process(base: str, key: str, job_id: str, threads: int, seconds: flo
     def read(index: int) -> None:
         # http.client on a kept-alive connection: a client far lighter than the server it measures
         # (httpx costs the reader process about as much CPU per request as the server spends).
-        mine: list[float] = []
+        mine: list[tuple[float, float]] = []
         bad = 0
         host, port = base.removeprefix("http://").split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
@@ -105,10 +106,12 @@ def _reader_process(base: str, key: str, job_id: str, threads: int, seconds: flo
                 started = time.monotonic()
             if started >= stop:
                 break
+            sent = time.monotonic() if interval else started
             connection.request("GET", f"/jobs/{job_id}", headers=headers)
             answer = connection.getresponse()
             answer.read()
-            mine.append(time.monotonic() - started)
+            ended = time.monotonic()
+            mine.append((ended - started, ended - sent))
             bad += answer.status != 200
         connection.close()
         with lock:
@@ -125,8 +128,8 @@ def _reader_process(base: str, key: str, job_id: str, threads: int, seconds: flo
 
 def status_reads(
     base: str, key: str, job_id: str, *, readers: int, processes: int, seconds: float, rate: float = 0.0
-) -> tuple[int, list[float], int]:
-    """(reads, their latencies in s, errors) of `readers` threads, spread over `processes` client
+) -> tuple[int, list[float], int, list[float]]:
+    """(reads, their latencies in s from when due, errors, their latencies from the send) of `readers` threads, spread over `processes` client
     processes (one Python process cannot send fast enough alone), reading the job's status: as fast
     as answered (`rate` 0), or `rate` reads a second between them, on schedule."""
     context = multiprocessing.get_context("spawn")
@@ -138,22 +141,30 @@ def status_reads(
     ]
     for proc in procs:
         proc.start()
-    latencies: list[float] = []
+    pairs: list[tuple[float, float]] = []
     errors = 0
     for _ in procs:
         found, bad = out.get()
-        latencies.extend(found)
+        pairs.extend(found)
         errors += bad
     for proc in procs:
         proc.join()
-    return len(latencies), latencies, errors
+    return len(pairs), [due for due, _ in pairs], errors, [sent for _, sent in pairs]
 
 
-def _reads_line(what: str, reads: int, latencies: list[float], errors: int, seconds: float) -> str:
-    return (
+def _reads_line(
+    what: str, reads: int, latencies: list[float], errors: int, from_send: list[float], seconds: float
+) -> str:
+    line = (
         f"  {what}: {reads / seconds:,.0f} reads/s, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
         f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms, {errors} errors"
     )
+    if latencies != from_send:
+        line += (
+            f"; from the send: p50 {percentile(from_send, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(from_send, 0.99) * 1000:.1f} ms"
+        )
+    return line
 
 
 def write_batch_file(path: Path, megabytes: int) -> int:
@@ -312,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         f"server {args.server_workers} processes:"
     )
     print(_reads_line(f"paced at {args.rate:,.0f}/s (from when due)", *paced, args.seconds))
-    print(_reads_line("as fast as answered (closed loop)", *flat_out, args.seconds))
+    print(_reads_line("as fast as answered (closed loop, from the send)", *flat_out, args.seconds))
     print(
         f"upload of a {size_mb:,.0f} MB batch file ({lines:,} lines) to POST /v1/files in {upload_s:.1f} s: server RSS "
         f"{before / 1024:,.0f} MB before, {peak / 1024:,.0f} MB at its peak, {after / 1024:,.0f} MB after "
