@@ -15,7 +15,7 @@ from router.catalog import Catalog, ModelInfo
 from router.engine import runtime
 from router.errors import CircuitOpen, ProviderConnectionError, ProviderError, ProviderTimeout
 from router.providers.base import ChatRequest, Completion, Provider
-from router.providers.limits import SharedLimits
+from router.providers.limits import FIRST_TRY, SharedLimits
 from router.providers.registry import get_provider, shared_limits
 from router.settings import Settings
 
@@ -33,6 +33,7 @@ async def call(
     request: ChatRequest,
     delay_s: float = 0.0,
     until_breaker_s: float = 0.0,
+    priority: int = FIRST_TRY,
 ) -> CallResult:
     """Make one call of a batch (after `delay_s`: a retry's wait), through call_one. Never raises.
 
@@ -67,6 +68,7 @@ async def call(
             (info.max_in_flight if info is not None else None) or settings.calls_in_flight,
             learned=info is None or info.max_in_flight is None,
             probe=probe,
+            priority=priority,
         )
     except asyncio.CancelledError:
         if probe and limits is not None:  # interrupted before call_one began: the next call may probe
@@ -96,6 +98,7 @@ async def call_one(
     *,
     learned: bool = False,
     probe: bool = False,
+    priority: int = FIRST_TRY,
 ) -> CallResult:
     """Make one call once the provider has a free slot (`max_in_flight`), the gate lets it through,
     the provider's breaker allows it and the model's shared rate limits (configured or learned) have
@@ -105,7 +108,7 @@ async def call_one(
     claim, given or won at the breaker, releases it once its outcome is recorded, or if it is not sent."""
     capped = limits is not None and max_in_flight is not None
     if capped:
-        await limits.enter(provider.name, max_in_flight, learned=learned)  # type: ignore[union-attr,arg-type]
+        await limits.enter(provider.name, max_in_flight, learned=learned, priority=priority)  # type: ignore[union-attr,arg-type]
     started = time.perf_counter()
     result: Completion | ProviderError | None = None
     sent_at: float | None = None

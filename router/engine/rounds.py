@@ -52,6 +52,7 @@ from router.ledger.tables import CallStatus, ItemStatus, utcnow
 from router.ledger.types import ClaimedItem
 from router.prompts import parse_label
 from router.providers.base import CUT, OUTCOME_OF_FINISH, STOP, ChatRequest, Completion
+from router.providers.limits import FIRST_TRY, RETRY
 from router.redact import configured_secrets, redact
 from router.settings import Settings
 from router.usage import TokenUsage
@@ -164,10 +165,11 @@ def execute(
             continue  # nothing must leave yet: the next results are written with these
         due = [max(0.0, at - time.monotonic()) for at, _ in deferred]
         tries = [t for _, t in deferred] + advance
+        moved_on = len(tries)  # retries and next stages; the items claimed on the way follow them
         deferred.clear()
         recorded, tries = _write_step(settings, catalog, chunk, progress, tries, want)
         last_write = time.monotonic()
-        _launch(settings, catalog, chunk, progress, stream, tries, recorded, delays=due)
+        _launch(settings, catalog, chunk, progress, stream, tries, recorded, delays=due, moved_on=moved_on)
     return progress.executed()
 
 
@@ -394,8 +396,11 @@ def _launch(
     recorded: Recorded,
     *,
     delays: list[float] | None,
+    moved_on: int = 0,
 ) -> None:
-    """Send `tries` (their call rows are recorded: `recorded`), each after its delay."""
+    """Send `tries` (their call rows are recorded: `recorded`), each after its delay; the first
+    `moved_on` are items' retries and next stages, which wait for a provider's slot ahead of first
+    tries (SharedLimits.enter)."""
     infos = {m: catalog.model(m) for m in {t.model_id for t in tries}}
     requests = _requests(chunk, tries, recorded, infos, progress.texts)
     calls = []
@@ -406,7 +411,10 @@ def _launch(
         progress.outstanding[t.item_id] = progress.outstanding.get(t.item_id, 0) + 1
         delay = delays[k] if delays and k < len(delays) else 0.0
         until_breaker = progress.until_breaker.pop((t.item_id, t.model_id), 0.0)
-        calls.append((key, call(catalog, settings, chunk.job.simulated, key, provider, request, delay, until_breaker)))
+        priority = RETRY if k < moved_on else FIRST_TRY
+        calls.append(
+            (key, call(catalog, settings, chunk.job.simulated, key, provider, request, delay, until_breaker, priority))
+        )
     stream.launch(calls)
 
 

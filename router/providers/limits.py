@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import time
 import uuid
@@ -75,6 +77,9 @@ BREAKER_CACHE_S = 1.0
 KEY_TTL_S = 600
 # Connections to Redis per process: calls queue for one (up to 5 s) rather than opening hundreds.
 REDIS_CONNECTIONS = 64
+# Priorities of a call waiting for a provider's slot (SharedLimits.enter): lower goes first.
+RETRY = 0  # an item's retry or next stage: it has waited already
+FIRST_TRY = 1  # an item's first call
 # A model with no stated limits: its first calls in a process, before one comes back (first_calls).
 FIRST_CALLS = 32
 # ... and for at most this long: a rate limiter answers 429 at once (in tens of ms, even in front of a
@@ -185,7 +190,9 @@ class SharedLimits:
         self._held: dict[str, float] = {}  # model -> when its learned gate last held a caller back
         self._windows: dict[str, Window] = {}  # provider -> its calls-in-flight window
         self._active: dict[str, int] = {}  # provider -> calls in flight now
-        self._slot_free: dict[str, asyncio.Condition] = {}
+        # provider -> calls waiting for a slot: (priority, arrival, future set when granted), a heap
+        self._waiting: dict[str, list[tuple[int, int, asyncio.Future[bool]]]] = {}
+        self._arrivals = itertools.count()
         self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}  # provider -> calls waiting for its breaker
         self._watchers: dict[str, asyncio.Task[None]] = {}  # provider -> the task that frees them
 
@@ -464,27 +471,54 @@ class SharedLimits:
 
     # -- calls in flight per provider ---------------------------------------------------------------
 
-    async def enter(self, provider: str, cap: int, *, learned: bool = False) -> None:
+    async def enter(self, provider: str, cap: int, *, learned: bool = False, priority: int = FIRST_TRY) -> None:
         """Wait for a free slot among the provider's calls in flight (at most `cap`, fewer under
-        overload; `learned`: nobody stated the cap, policies/in_flight.py)."""
+        overload; `learned`: nobody stated the cap, policies/in_flight.py). Waiting calls get slots
+        lowest `priority` first, in arrival order within one: a retry (RETRY) goes before the first
+        tries of items claimed after it, so an item that met a fault is not sent to the back of a
+        queue of the job's next items (which made the job's end wait for it)."""
         window = self._windows.get(provider)
         if window is None or window.cap != cap or window.learned != learned:
             window = self._windows[provider] = opening(cap, learned=learned, now=time.monotonic())
-        free = self._slot_free.get(provider)
-        if free is None:
-            free = self._slot_free[provider] = asyncio.Condition()
-        async with free:
-            while True:
-                window = self._windows[provider] = ramped(self._windows[provider], now=time.monotonic())
-                if self._active.get(provider, 0) < window.slots:
-                    break
+        waiting = self._waiting.setdefault(provider, [])
+        if not waiting and self._active.get(provider, 0) < self._ramped(provider).slots:
+            self._active[provider] = self._active.get(provider, 0) + 1
+            return
+        granted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        heapq.heappush(waiting, (priority, next(self._arrivals), granted))
+        self._grant(provider)  # a slot may be free already (the calls ahead of it were cancelled)
+        try:
+            while not granted.done():
+                window = self._ramped(provider)
                 if window.learned and not window.ceiling and window.width < window.cap:
                     # slow start: the window widens with time too, so look again at the next doubling
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(free.wait(), timeout=RAMP_S)
+                        await asyncio.wait_for(asyncio.shield(granted), timeout=RAMP_S)
+                    self._grant(provider)
                 else:
-                    await free.wait()
+                    await asyncio.shield(granted)
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():  # a slot was given to it: hand it on
+                self._active[provider] -= 1
+                self._grant(provider)
+            else:
+                granted.cancel()  # skipped when its turn comes
+            raise
+
+    def _ramped(self, provider: str) -> Window:
+        window = self._windows[provider] = ramped(self._windows[provider], now=time.monotonic())
+        return window
+
+    def _grant(self, provider: str) -> None:
+        """Give the free slots to the waiting calls, best first."""
+        waiting = self._waiting.get(provider) or []
+        slots = self._ramped(provider).slots
+        while waiting and self._active.get(provider, 0) < slots:
+            _, _, granted = heapq.heappop(waiting)
+            if granted.done():  # its caller was cancelled while it waited
+                continue
             self._active[provider] = self._active.get(provider, 0) + 1
+            granted.set_result(True)
 
     async def leave(
         self, provider: str, *, overloaded: bool, called: bool = True, sent_at: float | None = None
@@ -497,10 +531,8 @@ class SharedLimits:
             self._windows[provider] = (
                 after_overload(window, now=time.time(), sent_at=sent_at)[0] if overloaded else after_answer(window)
             )
-        free = self._slot_free[provider]
-        async with free:
-            self._active[provider] -= 1
-            free.notify(max(1, self._windows[provider].slots - self._active[provider]))
+        self._active[provider] -= 1
+        self._grant(provider)
 
     def sending(self, provider: str, change: int) -> None:
         """A call to the provider went on the wire (+1) or came back (-1)."""

@@ -48,3 +48,33 @@ def test_a_half_open_breaker_lets_one_probe_through(monkeypatch) -> None:  # typ
         return seen
 
     assert asyncio.run(scenario()) == [False, True, False, True, True]
+
+
+def test_a_retry_waits_for_a_providers_slot_ahead_of_first_tries() -> None:
+    """Calls waiting for one of a provider's slots get them retries first, then first tries, each in
+    arrival order; a waiter cancelled in the queue takes no slot."""
+    from router.providers.limits import FIRST_TRY, RETRY
+
+    async def scenario() -> list[str]:
+        limits = SharedLimits(None)
+        order: list[str] = []
+        await limits.enter("p", 2)
+        await limits.enter("p", 2)  # both slots taken
+
+        async def wait(name: str, priority: int) -> None:
+            await limits.enter("p", 2, priority=priority)
+            order.append(name)
+
+        tasks = {name: asyncio.create_task(wait(name, p)) for name, p in
+                 [("first-a", FIRST_TRY), ("first-b", FIRST_TRY), ("gone", RETRY), ("retry", RETRY)]}  # fmt: skip
+        await asyncio.sleep(0.01)
+        tasks["gone"].cancel()
+        await asyncio.sleep(0.01)
+        for _ in range(3):
+            await limits.leave("p", overloaded=False)
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*(t for n, t in tasks.items() if n != "gone"))
+        assert limits.in_flight("p") == 2  # three left, three granted: none lost to the cancelled one
+        return order
+
+    assert asyncio.run(scenario()) == ["retry", "first-a", "first-b"]
