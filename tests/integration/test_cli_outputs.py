@@ -57,13 +57,20 @@ def test_bad_output_paths_are_named(finished_job: str, tmp_path: Path) -> None:
 
 
 def test_an_unwritable_folder_is_named(finished_job: str, tmp_path: Path) -> None:
+    """A folder the user may not write in is named: a chmod'ed one (refused before anything is
+    written, where permissions bind, as for any user but root), and /sys, where the kernel refuses to
+    create a file even for root (so the test runs in CI whoever it runs as)."""
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        if os.access(locked, os.W_OK):  # root writes anywhere: nothing to test here
-            pytest.skip("running as root: every folder is writable")
         code, out = _results(finished_job, "-o", str(locked / "r.jsonl"))
-        assert code == 2 and "not writable" in out
+        if os.access(locked, os.W_OK):  # root: permissions do not bind, so this one is written
+            assert code == 0 and (locked / "r.jsonl").exists()
+        else:
+            assert code == 2 and "not writable" in out
     finally:
         locked.chmod(0o700)
+    code, out = _results(finished_job, "-o", "/sys/pennyroute-results.jsonl")
+    assert code == 2 and ("cannot write in /sys" in out or "not writable" in out), out
+    assert not Path("/sys/pennyroute-results.jsonl").exists()
