@@ -162,7 +162,7 @@ def _look(settings: Settings, catalog: Catalog, row: Any, job: JobSnapshot, now:
                     session, row.id, state=BatchState.FAILED, error="job cancelled before it was sent", ended_at=now
                 )
                 return True
-            if found is None and not getattr(api, "can_find", True):
+            if found is None and not wire.can_find(api):
                 # The vendor cannot be asked whether it has the batch: its lines may have been sent, and
                 # billed. They are charged at their worst case (as a dead worker's calls) and run again.
                 _charge_maybe_sent(session, settings, catalog, row, job, now)

@@ -337,16 +337,11 @@ def create_parts(settings: Settings, catalog: Catalog, parts: Sequence[Part]) ->
             state = runtime.run(api.create(part.lines, model=api_model, tag=part.tag))
         except ProviderError as exc:
             try:
-                state = runtime.run(create_again(settings, catalog, part, api_model, exc, can_find=can_find(api)))
+                state = runtime.run(create_again(settings, catalog, part, api_model, exc, can_find=wire.can_find(api)))
             except ProviderError as again:
                 _create_failed(settings, part.tag, again)
                 continue
         record_created(settings, part.tag, state)
-
-
-def can_find(api: wire.BatchAPI) -> bool:
-    """Whether the vendor can be asked for a batch by its tag (Anthropic cannot: batch_api.py)."""
-    return bool(getattr(api, "can_find", True))
 
 
 def unsent(exc: ProviderError) -> bool:

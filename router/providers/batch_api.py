@@ -124,3 +124,9 @@ class BatchAPI(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+def can_find(api: BatchAPI) -> bool:
+    """Whether the vendor can be asked for a batch by its tag (a class that cannot sets `can_find = False`:
+    Anthropic keeps no metadata)."""
+    return bool(getattr(api, "can_find", True))

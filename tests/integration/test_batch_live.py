@@ -51,35 +51,16 @@ def test_a_job_that_can_wait_runs_on_the_vendors_batch_api_and_the_ledger_is_its
     set_knobs(fake_provider, reset=True, errored=0.1, expired=0.05, expired_billed=True, shuffle=True, seed=3)
     try:
         model = VENDORS[vendor]
-        path = write_jsonl(tmp_path / "items.jsonl", tickets(60))
-        request = JobRequest(
-            path=path,
-            team=team[1],
-            tenant=team[0],
-            task="classify",
-            labels=LABELS,
-            min_quality=0.5,
-            quality="prior",
-            models=frozenset({model}),
-            deadline="24h",
-        )
-        submitted = submit_job(batch_settings, catalog, request)
-        assert submitted.execution.bulk == "batch", submitted.execution.summary
+        job_id = _job(batch_settings, catalog, tmp_path, team, model, 60)
         try:
             lifecycle.start(
-                batch_settings,
-                job_id=submitted.job_id,
-                dispatcher=lifecycle.InlineDispatcher(batch_settings, catalog),
+                batch_settings, job_id=job_id, dispatcher=lifecycle.InlineDispatcher(batch_settings, catalog)
             )
         finally:
             runtime.run(close_all())
         with session_scope(batch_settings) as session:
-            job = repo.get_job(session, submitted.job_id)
-            calls = list(session.execute(select(Call).where(Call.job_id == submitted.job_id)).scalars())
-            batches = list(
-                session.execute(select(ProviderBatch).where(ProviderBatch.job_id == submitted.job_id)).scalars()
-            )
-            session.expunge_all()
+            job = repo.get_job(session, job_id)
+        calls, batches = _rows(batch_settings, job_id)
         assert job.status == JobStatus.DONE and job.n_done == 60, (job.status, job.n_done, job.n_failed)
         assert batches and all(b.batch_id for b in batches)
         assert len(batches) >= 2  # the errored and expired lines of the first went in a next batch
