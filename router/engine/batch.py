@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from policies.budget_fit import items_that_fit
 from router import chat
-from router.catalog import Catalog, ModelInfo
+from router.catalog import MTOK, Catalog, ModelInfo
 from router.ledger import budgets, repo
 from router.ledger.db import UNREACHABLE, rolled_back, session_scope
 from router.ledger.rollup import BaselineRates, CallFacts, rollup_rows
@@ -157,6 +157,18 @@ class ChunkContext:
         known = catalog.models.get(model_id)
         output_cap = known.output_cap(self.spec.max_output_tokens) if known else self.spec.max_output_tokens
         return TokenUsage(input_tokens=worst_input, output_tokens=output_cap, estimated=True)
+
+    def baseline_worst_usd(self, catalog: Catalog, text: str) -> Decimal | None:
+        """What the call's worst case would cost on the job's baseline model, at its rates at submit
+        (None: the job has no baseline)."""
+        job = self.job
+        if job.baseline_input_usd_per_mtok is None or job.baseline_output_usd_per_mtok is None:
+            return None
+        usage = self.worst_usage(catalog, job.baseline_model_id or "", text)
+        return (
+            usage.input_tokens * job.baseline_input_usd_per_mtok
+            + usage.output_tokens * job.baseline_output_usd_per_mtok
+        ) / MTOK
 
     def worst_case_usd(self, catalog: Catalog, model_id: str, text: str, at: datetime) -> Decimal:
         """An upper bound on one call's cost, at the prices in force at `at`."""

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import deque
 
 from router.catalog import Catalog, ModelInfo
 from router.engine import runtime
@@ -34,8 +35,10 @@ async def call(
     delay_s: float = 0.0,
     until_breaker_s: float = 0.0,
     priority: int = FIRST_TRY,
+    sent: dict[int, float] | None = None,
 ) -> CallResult:
     """Make one call of a batch (after `delay_s`: a retry's wait), through call_one. Never raises.
+    With `sent`, the time.monotonic() it left is put there under its key (a straggler is judged by it).
 
     With `until_breaker_s` (a retry refused by the provider's open breaker), it first waits up to that
     long for the breaker to let it through (SharedLimits.wait_allowed), holding no slot meanwhile: it
@@ -69,11 +72,33 @@ async def call(
             learned=info is None or info.max_in_flight is None,
             probe=probe,
             priority=priority,
+            sent=sent,
         )
     except asyncio.CancelledError:
         if probe and limits is not None:  # interrupted before call_one began: the next call may probe
             await asyncio.shield(limits.release_probe(provider_name))
         raise
+
+
+# The service times (send to answer, in seconds) of each model's last this many answered calls in
+# this process, for policies.hedging to judge stragglers by.
+SERVICE_KEPT = 256
+_SERVICE: dict[tuple[str, str], deque[float]] = {}
+
+
+def _service_key(provider: str, request: ChatRequest) -> tuple[str, str]:
+    return provider, request.model
+
+
+def service_times(provider: str, api_model: str) -> tuple[float, ...]:
+    """The recent service times of a model's answered calls in this process (from any thread)."""
+    kept = _SERVICE.get((provider, api_model))
+    return tuple(kept) if kept is not None else ()
+
+
+def forget_service_times() -> None:
+    """Forget every model's service times (a test that needs its own)."""
+    _SERVICE.clear()
 
 
 _WIRE_NAMES: weakref.WeakKeyDictionary[Catalog, dict[tuple[str, str], ModelInfo]] = weakref.WeakKeyDictionary()
@@ -99,6 +124,7 @@ async def call_one(
     learned: bool = False,
     probe: bool = False,
     priority: int = FIRST_TRY,
+    sent: dict[int, float] | None = None,
 ) -> CallResult:
     """Make one call once the provider has a free slot (`max_in_flight`), the gate lets it through,
     the provider's breaker allows it and the model's shared rate limits (configured or learned) have
@@ -121,10 +147,16 @@ async def call_one(
             if limits is not None:
                 await _take_limits(limits, request, model)
             sent_at = time.time()
+            left = time.monotonic()
+            if sent is not None:
+                sent[key] = left
             if limits is not None:
                 limits.sending(provider.name, +1)
             try:
                 result = await provider.complete(request)
+                _SERVICE.setdefault(_service_key(provider.name, request), deque(maxlen=SERVICE_KEPT)).append(
+                    time.monotonic() - left
+                )
             except ProviderError as exc:
                 result = exc
             except Exception as exc:  # a bug or an unmapped client error must fail the item, not the chunk

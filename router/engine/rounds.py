@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from sqlmodel import Session
 
 from policies.escalation import ACCEPT, ESCALATE, FAIL, HOLD, MAX_WAIT_S, after_failure, after_stage
+from policies.hedging import MAX_HEDGES, hedge_after, hedges_left, worth_hedging
 from router.catalog import Catalog, ModelInfo, Price
 from router.engine import drift, runtime
 from router.engine.batch import (
@@ -36,7 +37,7 @@ from router.engine.batch import (
     rollups,
     write_retrying,
 )
-from router.engine.calls import call
+from router.engine.calls import call, service_times
 from router.errors import (
     CircuitOpen,
     MalformedResponse,
@@ -99,11 +100,13 @@ class Executed:
 
 @dataclass(frozen=True, slots=True)
 class Launched:
-    """A call on its way: what it is for, its ledger row's id and when that row was recorded."""
+    """A call on its way: what it is for, its ledger row's id, when that row was recorded, and its
+    key in the batch's stream."""
 
     planned: PlannedCall
     call_id: str
     started: datetime
+    key: int = -1
 
 
 def execute(
@@ -143,9 +146,13 @@ def execute(
     last_write = time.monotonic()
     while stream.pending or deferred:
         until = _next_write(deferred, last_write, progress) if deferred or progress.unwritten else None
+        if progress.hedge_at is not None:
+            until = progress.hedge_at if until is None else min(until, progress.hedge_at)
         round_ = _Round.of(catalog, progress, stream.take(LINGER_S, until=until))
         for launched, result, latency_s in round_.results:
             _record_result(catalog, chunk, progress, round_, launched, result, latency_s)
+        stream.give_up(progress.giving_up)
+        progress.giving_up = []
         advance = _advance_items(catalog, chunk, progress, round_)
         now = time.monotonic()
         # Each retry waits its own time (up to 25% jitter spreads the herd); the others go at once.
@@ -158,18 +165,34 @@ def execute(
             deferred.clear()
             advance = []
         advance = _reserve_escalations(settings, catalog, chunk, progress, advance)
+        hedges = _reserve_hedges(settings, catalog, chunk, progress, _stragglers(settings, catalog, chunk, progress))
         want = progress.wanted()
         if not advance and not deferred and not stream.pending and not want:
             break  # the batch's last outcomes: `finish` writes them with its settlement
-        if not advance and not want and stream.pending and _write_can_wait(deferred, last_write, progress, now):
+        if (
+            not advance
+            and not hedges
+            and not want
+            and stream.pending
+            and _write_can_wait(deferred, last_write, progress, now)
+        ):
             continue  # nothing must leave yet: the next results are written with these
         due = [max(0.0, at - time.monotonic()) for at, _ in deferred]
         tries = [t for _, t in deferred] + advance
-        moved_on = len(tries)  # retries and next stages; the items claimed on the way follow them
+        twins = len(tries)  # where the hedges start among the tries
+        tries += [t for _, t in hedges]
+        moved_on = len(tries)  # retries, next stages and hedges; the items claimed on the way follow them
         deferred.clear()
         recorded, tries = _write_step(settings, catalog, chunk, progress, tries, want)
         last_write = time.monotonic()
-        _launch(settings, catalog, chunk, progress, stream, tries, recorded, delays=due, moved_on=moved_on)
+        keys = _launch(settings, catalog, chunk, progress, stream, tries, recorded, delays=due, moved_on=moved_on)
+        if keys:  # the calls just launched are looked at for stragglers too, once they have left
+            look = time.monotonic() + HEDGE_LOOK_S
+            progress.hedge_at = look if progress.hedge_at is None else min(progress.hedge_at, look)
+        for (key, _), hedge in zip(hedges, keys[twins:], strict=False):
+            group = progress.twins.setdefault(key, {key})
+            group.add(hedge)
+            progress.twins[hedge] = group
     return progress.executed()
 
 
@@ -246,6 +269,21 @@ class _Progress:
     )  # retries not yet recorded, with when they are due
     # (item id, model) -> how long its next call waits for the provider's open breaker to let it through
     until_breaker: dict[tuple[int, str], float] = field(default_factory=dict)
+    # Hedged calls (policies.hedging): when each call left (stream key -> time.monotonic(), written on
+    # the I/O loop), the calls made and the hedges among them, the hedged calls out (stream key -> the
+    # keys of the same call out, itself included: one set shared by them), the (item, model) pairs not
+    # worth a hedge, the calls given up (recorded already: their results are dropped), the calls whose
+    # result is only recorded (a twin answered for the item; with the item's text when the item may
+    # be gone by then), the calls to cancel, and when the next call out may become a straggler.
+    sent: dict[int, float] = field(default_factory=dict)
+    calls: int = 0
+    hedges: int = 0
+    twins: dict[int, set[int]] = field(default_factory=dict)
+    unhedged: set[tuple[int, str]] = field(default_factory=set)
+    given_up: set[int] = field(default_factory=set)
+    record_only: dict[int, str | None] = field(default_factory=dict)
+    giving_up: list[int] = field(default_factory=list)
+    hedge_at: float | None = None
 
     @classmethod
     def start(
@@ -366,9 +404,13 @@ class _Round:
     def of(cls, catalog: Catalog, progress: _Progress, taken: list[tuple[int, Any, float]]) -> _Round:
         results = []
         for key, result, latency_s in taken:
+            progress.sent.pop(key, None)
+            if key in progress.given_up:  # recorded when it was given up (its twin answered)
+                progress.given_up.discard(key)
+                continue
             launched = progress.launched.pop(key)
-            item_id = launched.planned.item_id
-            progress.outstanding[item_id] -= 1
+            if key not in progress.record_only:  # one given up before it left was counted out then (_give_up)
+                progress.outstanding[launched.planned.item_id] -= 1
             results.append((launched, result, latency_s))
         models = {launched.planned.model_id for launched, _, _ in results}
         return cls(
@@ -397,25 +439,43 @@ def _launch(
     *,
     delays: list[float] | None,
     moved_on: int = 0,
-) -> None:
+) -> list[int]:
     """Send `tries` (their call rows are recorded: `recorded`), each after its delay; the first
-    `moved_on` are items' retries and next stages, which wait for a provider's slot ahead of first
-    tries (SharedLimits.enter)."""
+    `moved_on` are items' retries, next stages and hedges, which wait for a provider's slot ahead of
+    first tries (SharedLimits.enter). Returns their stream keys, in order."""
     infos = {m: catalog.model(m) for m in {t.model_id for t in tries}}
     requests = _requests(chunk, tries, recorded, infos, progress.texts)
     calls = []
+    keys = []
     for k, (provider, request) in enumerate(requests):
         t, key = tries[k], progress.next_key
         progress.next_key += 1
-        progress.launched[key] = Launched(t, recorded.ids[k], recorded.started)
+        keys.append(key)
+        progress.launched[key] = Launched(t, recorded.ids[k], recorded.started, key)
         progress.outstanding[t.item_id] = progress.outstanding.get(t.item_id, 0) + 1
         delay = delays[k] if delays and k < len(delays) else 0.0
         until_breaker = progress.until_breaker.pop((t.item_id, t.model_id), 0.0)
         priority = RETRY if k < moved_on else FIRST_TRY
         calls.append(
-            (key, call(catalog, settings, chunk.job.simulated, key, provider, request, delay, until_breaker, priority))
+            (
+                key,
+                call(
+                    catalog,
+                    settings,
+                    chunk.job.simulated,
+                    key,
+                    provider,
+                    request,
+                    delay,
+                    until_breaker,
+                    priority,
+                    sent=progress.sent,
+                ),
+            )
         )
+    progress.calls += len(calls)
     stream.launch(calls)
+    return keys
 
 
 def _requests(
@@ -443,23 +503,32 @@ def _record_result(
 ) -> None:
     """Record the outcome of a call: its row's update, its rollup facts, and the item's answer
     (unless another try of the same call follows). A call an interrupt kept from leaving hands its
-    item back."""
-    t, call_id = launched.planned, launched.call_id
+    item back.
+
+    A hedged call (policies.hedging) and its twin: the first to answer gives the item its answer,
+    and the other is given up (_give_up); one that fails while its twin is still out is only
+    recorded, and the item waits for the twin. A call given up before it left is only recorded when
+    it comes back (not sent, at $0, or answered if it raced the cancel)."""
+    t, call_id, key = launched.planned, launched.call_id, launched.key
+    only = key in progress.record_only
+    text = progress.record_only.pop(key, None) if only else None
+    if text is None:
+        text = progress.texts[t.item_id]
+    twins = progress.twins.pop(key, set())
+    twins.discard(key)
+    if twins and isinstance(result, Completion):
+        for twin in sorted(twins):
+            _give_up(catalog, chunk, progress, twin, text)
+    elif twins:  # a twin may still answer: the item waits for it, with this try counted
+        only = True
+        for twin in twins:
+            out = progress.launched.get(twin)
+            if out is not None and out.planned.attempt < t.attempt:
+                progress.launched[twin] = replace(out, planned=replace(out.planned, attempt=t.attempt))
+        if len(twins) == 1:  # the last one out is a call like any other again
+            progress.twins.pop(next(iter(twins)), None)
     price = round_.prices[(t.model_id, launched.started)]
-    update: dict[str, Any] = {
-        "id": call_id,
-        "latency_ms": int(latency_s * 1000),
-        "finished_at": round_.finished,
-        "input_tokens": 0,
-        "cached_input_tokens": 0,
-        "cache_write_tokens": 0,
-        "output_tokens": 0,
-        "reasoning_tokens": 0,
-        "usage_estimated": False,
-        "cost_usd": Decimal(0),
-        "error": None,
-        "finish": None,
-    }
+    update = _update(call_id, latency_s, round_.finished)
     output: str | None = None
     error: str | None = None
     outcome: str | None = None
@@ -485,36 +554,24 @@ def _record_result(
             # The request left and no answer came back: the provider may have answered and billed it.
             # Charged at its worst case, like a dead worker's call (the ledger may exceed the bill,
             # never fall short of it); settled against the budget out of this call's reservation.
-            usage = chunk.worst_usage(catalog, t.model_id, progress.texts[t.item_id])
             said = f"sent but unanswered, so it may have been billed (charged at its worst case): {said}"
-            update.update(
-                status=CallStatus.UNKNOWN,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                usage_estimated=True,
-                cost_usd=price.cost_usd(usage),
-            )
+            update.update(_worst_case(catalog, chunk, t.model_id, text, price))
         else:
             update.update(status=CallStatus.ERROR)
+            if only and isinstance(result, runtime.NotSent):
+                said = GIVEN_UP_UNSENT
         error = said[:ERROR_CHARS]
         update.update(error=error)
-        if isinstance(result, runtime.NotSent):
+        if only:
+            pass  # its twin answers for the item
+        elif isinstance(result, runtime.NotSent):
             if t.purpose != "drift":
                 _hold_back(progress, {t.item_id})
         else:
             _after_failure(catalog, chunk, progress, round_, t, result, said)
-    progress.unwritten.append(update)
-    progress.spent_usd += update["cost_usd"]
-    progress.facts.setdefault((t.model_id, t.purpose), []).append(
-        CallFacts.of_update(
-            update,
-            started_at=launched.started,
-            answered=output is not None,
-            simulated=chunk.job.simulated,
-            call_id=call_id,
-            outcome=outcome,
-        )
-    )
+    _book(chunk, progress, launched, update, answered=output is not None, outcome=outcome)
+    if only:
+        return
     retry = round_.retry
     if retry and retry[-1].item_id == t.item_id and retry[-1].model_id == t.model_id and retry[-1].purpose == t.purpose:
         return  # another try of this call follows: its answer is not in yet
@@ -522,6 +579,91 @@ def _record_result(
         progress.references[t.item_id] = output
     else:
         progress.answers[t.item_id][t.model_id] = Answer(output, call_id, error)
+
+
+# Why a hedged call given up before it left has no cost: its twin answered first.
+GIVEN_UP_UNSENT = "not sent: its hedged twin answered first"
+# Why a hedged call given up after it left is charged at its worst case.
+GIVEN_UP_SENT = "given up: its hedged twin answered first; it was sent, so it may be billed (charged at its worst case)"
+
+
+def _give_up(catalog: Catalog, chunk: ChunkContext, progress: _Progress, key: int, text: str) -> None:
+    """The twin `key` of a hedged call that answered: cancel it and count it out of its item. If it
+    left, it may be billed: recorded now, at its worst case, and its result is dropped when it comes
+    back. If it has not left, it is recorded as it comes back (not sent, or answered if it raced the
+    cancel). A twin that came back in the same round is only recorded, as it is."""
+    progress.twins.pop(key, None)
+    out = progress.launched.get(key)
+    if out is None:  # back in this round, not yet recorded: recorded as it is, not used
+        progress.record_only[key] = None
+        return
+    progress.outstanding[out.planned.item_id] -= 1
+    progress.giving_up.append(key)
+    left = progress.sent.get(key)
+    if left is None:
+        progress.record_only[key] = text
+        return
+    del progress.launched[key]
+    progress.given_up.add(key)
+    price = catalog.price(out.planned.model_id, out.started)
+    update = _update(out.call_id, time.monotonic() - left, utcnow())
+    update.update(_worst_case(catalog, chunk, out.planned.model_id, text, price), error=GIVEN_UP_SENT)
+    _book(chunk, progress, out, update, answered=False, outcome=None)
+
+
+def _update(call_id: str, latency_s: float, finished: datetime) -> dict[str, Any]:
+    """A call row's update with nothing charged yet."""
+    return {
+        "id": call_id,
+        "latency_ms": int(latency_s * 1000),
+        "finished_at": finished,
+        "input_tokens": 0,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "output_tokens": 0,
+        "reasoning_tokens": 0,
+        "usage_estimated": False,
+        "cost_usd": Decimal(0),
+        "error": None,
+        "finish": None,
+    }
+
+
+def _worst_case(catalog: Catalog, chunk: ChunkContext, model_id: str, text: str, price: Price) -> dict[str, Any]:
+    """A call row's update for a call that was sent and may have been billed: `unknown`, at its worst case."""
+    usage = chunk.worst_usage(catalog, model_id, text)
+    return {
+        "status": CallStatus.UNKNOWN,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "usage_estimated": True,
+        "cost_usd": price.cost_usd(usage),
+    }
+
+
+def _book(
+    chunk: ChunkContext,
+    progress: _Progress,
+    launched: Launched,
+    update: dict[str, Any],
+    *,
+    answered: bool,
+    outcome: str | None,
+) -> None:
+    """A call's outcome joins those to write: its row's update, its cost, its rollup facts."""
+    t = launched.planned
+    progress.unwritten.append(update)
+    progress.spent_usd += update["cost_usd"]
+    progress.facts.setdefault((t.model_id, t.purpose), []).append(
+        CallFacts.of_update(
+            update,
+            started_at=launched.started,
+            answered=answered,
+            simulated=chunk.job.simulated,
+            call_id=launched.call_id,
+            outcome=outcome,
+        )
+    )
 
 
 def _charged(usage: TokenUsage, price: Price) -> dict[str, Any]:
@@ -686,6 +828,95 @@ def _reserve_escalations(
     if extra:
         progress.reservation_ids.append(extra)
     return advance
+
+
+def _stragglers(
+    settings: Settings, catalog: Catalog, chunk: ChunkContext, progress: _Progress
+) -> list[tuple[int, PlannedCall]]:
+    """The calls out so long that they are hedged now (policies.hedging), as (stream key, the hedge's
+    try), up to the batch's hedges left. A call is judged by the last of its tries out to leave (a
+    hedge that straggles too is hedged in its turn, up to MAX_HEDGES out at once). Sets
+    `progress.hedge_at`, when the next call out may become one (None: no call can)."""
+    progress.hedge_at = None
+    left = hedges_left(calls=progress.calls, hedged=progress.hedges)
+    if not left or runtime.stopping():
+        return []
+    now = time.monotonic()
+    after: dict[str, float | None] = {}
+    found: list[tuple[int, PlannedCall]] = []
+    soon = False  # a call that may be hedged has not left yet
+    for key, launched in progress.launched.items():
+        t = launched.planned
+        if t.purpose == "drift" or key in progress.record_only or (t.item_id, t.model_id) in progress.unhedged:
+            continue
+        group = progress.twins.get(key)
+        if group is not None and (key != min(group) or len(group) > MAX_HEDGES):
+            continue  # a group is judged once, by its first key
+        if t.model_id not in after:
+            info = catalog.model(t.model_id)
+            after[t.model_id] = hedge_after(service_times(info.provider, info.api_model), settings.request_timeout_s)
+        wait = after[t.model_id]
+        if wait is None:
+            continue
+        times = [progress.sent.get(k) for k in group] if group is not None else [progress.sent.get(key)]
+        left_at = [at for at in times if at is not None]
+        if len(left_at) < len(times):
+            soon = True
+            continue
+        due = max(left_at) + wait
+        if now < due:
+            progress.hedge_at = due if progress.hedge_at is None else min(progress.hedge_at, due)
+            continue
+        text = progress.texts[t.item_id]
+        if not worth_hedging(
+            call_usd=chunk.worst_case_usd(catalog, t.model_id, text, launched.started),
+            route_usd=sum(
+                (
+                    chunk.worst_case_usd(catalog, m, text, launched.started)
+                    for m in (progress.stages[0] if progress.stages else ())
+                ),
+                Decimal(0),
+            ),
+            baseline_usd=chunk.baseline_worst_usd(catalog, text),
+        ):
+            progress.unhedged.add((t.item_id, t.model_id))
+            continue
+        attempt = max(progress.launched[k].planned.attempt for k in group) if group is not None else t.attempt
+        found.append((key, PlannedCall(t.item_id, t.model_id, t.purpose, attempt + 1)))
+        if len(found) >= left:
+            break
+    if soon:  # a call not yet out may leave and straggle before the next result comes: look again soon
+        look = now + HEDGE_LOOK_S
+        progress.hedge_at = look if progress.hedge_at is None else min(progress.hedge_at, look)
+    return found
+
+
+# While any call may be hedged, the batch looks for stragglers at least this often.
+HEDGE_LOOK_S = 0.25
+
+
+def _reserve_hedges(
+    settings: Settings,
+    catalog: Catalog,
+    chunk: ChunkContext,
+    progress: _Progress,
+    hedges: list[tuple[int, PlannedCall]],
+) -> list[tuple[int, PlannedCall]]:
+    """Under a budget, hold the worst case of the hedges; when it cannot take them, none is made
+    (the calls they would hedge run on to their answer or their timeout). Returns the hedges to make."""
+    if not hedges or not progress.reservation_ids:
+        progress.hedges += len(hedges)
+        return hedges
+    with session_scope(settings) as session:
+        extra = reserve_more(
+            session, settings=settings, catalog=catalog, chunk=chunk, tries=[t for _, t in hedges], texts=progress.texts
+        )
+    if extra is None:
+        return []
+    if extra:
+        progress.reservation_ids.append(extra)
+    progress.hedges += len(hedges)
+    return hedges
 
 
 def _write_step(

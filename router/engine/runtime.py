@@ -128,6 +128,18 @@ class Stream:
                 break
         return got
 
+    def give_up(self, keys: Sequence[int]) -> None:
+        """Cancel the calls of `keys` (calls in flight whose answer is no longer wanted: a hedged call
+        whose twin answered). Each still comes back, as a NotSent error, or with its result if it
+        finished first; the caller has recorded it already and drops it."""
+        if keys:
+            loop().call_soon_threadsafe(self._give_up, frozenset(keys))
+
+    def _give_up(self, keys: frozenset[int]) -> None:
+        for task, key in list(self._tasks.items()):
+            if key in keys and not task.done():
+                task.cancel()
+
     def _start(self, calls: list[tuple[int, Coroutine[Any, Any, tuple[int, Any, float]]]]) -> None:
         running = asyncio.get_running_loop()
         for key, coro in calls:
