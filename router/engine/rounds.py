@@ -911,7 +911,8 @@ def _reserve_hedges(
         extra = reserve_more(
             session, settings=settings, catalog=catalog, chunk=chunk, tries=[t for _, t in hedges], texts=progress.texts
         )
-    if extra is None:
+    if extra is None:  # not asked again: the calls run on to their answer or their timeout
+        progress.unhedged.update((t.item_id, t.model_id) for _, t in hedges)
         return []
     if extra:
         progress.reservation_ids.append(extra)

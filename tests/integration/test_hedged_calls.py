@@ -18,7 +18,7 @@ from router.engine.chunk import run_chunk
 from router.engine.rounds import GIVEN_UP_SENT
 from router.jobs.intake import JobRequest
 from router.jobs.submit import submit_job
-from router.ledger import repo
+from router.ledger import budgets, repo
 from router.ledger.db import session_scope
 from router.ledger.tables import CallStatus, ItemStatus
 from router.providers.registry import close_all
@@ -47,6 +47,11 @@ def _run(
     return submit_job(settings, catalog, request).job_id
 
 
+def _spend_of(settings: Settings, job_id: str) -> Decimal:
+    with session_scope(settings) as session:
+        return repo.job_spend(session, job_id)
+
+
 def _billed_usd(catalog: Catalog, call: object, bill: dict[str, dict[str, int]]) -> Decimal:
     b = bill[call.id]  # type: ignore[attr-defined]
     return catalog.price(call.model_id, call.started_at).cost_usd(  # type: ignore[attr-defined]
@@ -54,10 +59,22 @@ def _billed_usd(catalog: Catalog, call: object, bill: dict[str, dict[str, int]])
     )
 
 
+@pytest.mark.parametrize("budget", [None, Decimal("50")], ids=["no budget", "under a budget"])
 def test_a_straggler_is_hedged_and_given_up_at_its_worst_case(
-    live_settings: Settings, catalog: Catalog, tmp_path: Path, team: tuple[str, str], fake_provider: str
+    live_settings: Settings,
+    catalog: Catalog,
+    tmp_path: Path,
+    team: tuple[str, str],
+    fake_provider: str,
+    budget: Decimal | None,
 ) -> None:
+    """Under a budget, each hedge's worst case is reserved first; every reservation is settled or
+    given back by the end (nothing left reserved), and the budget's spend is the ledger's."""
     settings = live_settings.model_copy(update={"request_timeout_s": 20.0})
+    if budget is not None:
+        with session_scope(settings) as session:
+            found = repo.find_team(session, name=team[1], tenant=team[0])
+            budgets.set_budget(session, team=found, monthly=budget, currency="USD", soft_pct=None, settings=settings)
     models = {"gpt-4o-mini", "gpt-4o"}  # routed to gpt-4o-mini; gpt-4o is the baseline: a saving to pay for hedges
     warm = _run(settings, catalog, tmp_path, team, models, 30, "warm")
     run_chunk(settings, catalog, job_id=warm, lo=0, hi=30)  # the model's service times: about the fake's latency
@@ -87,7 +104,11 @@ def test_a_straggler_is_hedged_and_given_up_at_its_worst_case(
             assert call.cost_usd >= _billed_usd(catalog, call, bill)
     with session_scope(settings) as session:
         spend = repo.job_spend(session, job_id)
+        period = budgets.current_period(session, team_id=repo.find_team(session, name=team[1], tenant=team[0]).id)  # type: ignore[arg-type]
     assert spend >= sum((_billed_usd(catalog, c, bill) for c in calls if c.id in bill), Decimal(0))
+    if budget is not None:
+        assert period is not None and period.reserved == 0
+        assert period.settled == spend + _spend_of(settings, warm)
 
 
 def test_a_route_that_saves_nothing_is_not_hedged(
