@@ -292,6 +292,25 @@ def reserve_more(
     return None if held is None else held.id
 
 
+def blank_update(call_id: str, *, latency_ms: int | None, finished_at: datetime) -> dict[str, Any]:
+    """A call row's update with nothing charged yet (no tokens, $0, no error): the caller sets its
+    status and what it cost."""
+    return {
+        "id": call_id,
+        "latency_ms": latency_ms,
+        "finished_at": finished_at,
+        "input_tokens": 0,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "output_tokens": 0,
+        "reasoning_tokens": 0,
+        "usage_estimated": False,
+        "cost_usd": Decimal(0),
+        "error": None,
+        "finish": None,
+    }
+
+
 def record_calls(
     session: Session,
     *,

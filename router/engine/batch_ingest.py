@@ -18,7 +18,16 @@ from policies.escalation import ACCEPT, ESCALATE, FAIL, HOLD, after_stage
 from router import metrics
 from router.catalog import Catalog
 from router.engine import alerts, drift, runtime
-from router.engine.batch import Batch, ChunkContext, PlannedCall, pause, record_calls, reserve_more, rollups
+from router.engine.batch import (
+    Batch,
+    ChunkContext,
+    PlannedCall,
+    blank_update,
+    pause,
+    record_calls,
+    reserve_more,
+    rollups,
+)
 from router.engine.batch_submit import (
     ERROR_CHARS,
     Part,
@@ -247,19 +256,8 @@ def _count(
 def _blank(call_id: str, now: datetime, started: datetime | None) -> dict[str, Any]:
     latency = int((now - aware(started)).total_seconds() * 1000) if started is not None else None
     return {
-        "id": call_id,
+        **blank_update(call_id, latency_ms=latency, finished_at=now),
         "status": CallStatus.ERROR,
-        "input_tokens": 0,
-        "cached_input_tokens": 0,
-        "cache_write_tokens": 0,
-        "output_tokens": 0,
-        "reasoning_tokens": 0,
-        "usage_estimated": False,
-        "cost_usd": Decimal(0),
-        "latency_ms": latency,
-        "error": None,
-        "finish": None,
-        "finished_at": now,
         "_saved": Decimal(0),
     }
 

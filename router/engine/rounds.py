@@ -32,6 +32,7 @@ from router.engine.batch import (
     ChunkContext,
     PlannedCall,
     Recorded,
+    blank_update,
     record_calls,
     reserve_more,
     rollups,
@@ -528,7 +529,7 @@ def _record_result(
         if len(twins) == 1:  # the last one out is a call like any other again
             progress.twins.pop(next(iter(twins)), None)
     price = round_.prices[(t.model_id, launched.started)]
-    update = _update(call_id, latency_s, round_.finished)
+    update = blank_update(call_id, latency_ms=int(latency_s * 1000), finished_at=round_.finished)
     output: str | None = None
     error: str | None = None
     outcome: str | None = None
@@ -606,27 +607,9 @@ def _give_up(catalog: Catalog, chunk: ChunkContext, progress: _Progress, key: in
     del progress.launched[key]
     progress.given_up.add(key)
     price = catalog.price(out.planned.model_id, out.started)
-    update = _update(out.call_id, time.monotonic() - left, utcnow())
+    update = blank_update(out.call_id, latency_ms=int((time.monotonic() - left) * 1000), finished_at=utcnow())
     update.update(_worst_case(catalog, chunk, out.planned.model_id, text, price), error=GIVEN_UP_SENT)
     _book(chunk, progress, out, update, answered=False, outcome=None)
-
-
-def _update(call_id: str, latency_s: float, finished: datetime) -> dict[str, Any]:
-    """A call row's update with nothing charged yet."""
-    return {
-        "id": call_id,
-        "latency_ms": int(latency_s * 1000),
-        "finished_at": finished,
-        "input_tokens": 0,
-        "cached_input_tokens": 0,
-        "cache_write_tokens": 0,
-        "output_tokens": 0,
-        "reasoning_tokens": 0,
-        "usage_estimated": False,
-        "cost_usd": Decimal(0),
-        "error": None,
-        "finish": None,
-    }
 
 
 def _worst_case(catalog: Catalog, chunk: ChunkContext, model_id: str, text: str, price: Price) -> dict[str, Any]:
