@@ -22,17 +22,13 @@ from typing import Literal, Protocol
 
 # Tries per item within a chunk for retryable failures (429, 5xx, timeouts) before it is failed.
 MAX_ATTEMPTS = 3
-# Backoff between one item's tries when the provider gave no Retry-After: 0.25 s, 0.5 s, 1 s, then 2 s
-# at most, plus jitter. Short and capped, because what keeps load off a provider in trouble is shared by
+# Backoff between one item's tries when the provider gave no Retry-After: 0.5 s, 1 s, then 2 s at
+# most, plus jitter. Short and capped, because what keeps load off a provider in trouble is shared by
 # every call, not per item: its breaker (a provider that is down gets one probe call per cooldown),
 # its calls-in-flight window (narrowed under overload) and its model's rate (cut on 429s). An item's
 # own faults are mostly independent of the others': doubling its wait per fault (1, 2, 4, 8, 16 s)
-# only stretched a job's tail, as the few items with five faults in a 20% mix waited 31 s. The job's
-# last items meet their faults once the rest is done, with nothing left to overlap their waits: a
-# base of 0.5 s left the mixed fault case's last items 3.5 s of backoffs (0.5 + 1 + 2) after the
-# bulk; 0.25 s halves it. (SDKs start at 0.5 s for one client alone: here the shared limits above
-# do what a longer wait would.)
-BACKOFF_BASE_S = 0.25
+# only stretched a job's tail, as the few items with five faults in a 20% mix waited 31 s.
+BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 2.0
 # A Retry-After longer than this is not waited for inside a chunk: the item fails with its reason.
 MAX_WAIT_S = 30.0

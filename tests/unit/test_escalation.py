@@ -25,8 +25,8 @@ from policies.escalation import (
 @pytest.mark.parametrize(
     ("attempt", "retryable", "retry_after", "stopped", "retry", "wait_s", "why"),
     [
-        (0, True, None, False, True, BACKOFF_BASE_S, "try 2 of 3"),  # first failure: back off 0.25 s
-        (1, True, None, False, True, BACKOFF_BASE_S * 2, "try 3 of 3"),  # second: 0.5 s
+        (0, True, None, False, True, BACKOFF_BASE_S, "try 2 of 3"),  # first failure: back off 0.5 s
+        (1, True, None, False, True, BACKOFF_BASE_S * 2, "try 3 of 3"),  # second: 1 s
         (MAX_ATTEMPTS - 1, True, None, False, False, 0.0, "all 3 tries used"),  # the last try failed
         (MAX_ATTEMPTS - 1, True, 1.0, False, False, 0.0, "all 3 tries used"),  # even when asked to wait a little
         (0, True, 5.0, False, True, 5.0, "in 5 s"),  # the provider's Retry-After, not the backoff
@@ -214,7 +214,7 @@ def test_every_outcome_is_covered() -> None:
 @pytest.mark.parametrize(
     ("attempt", "retry_after", "time_left_s", "retry", "wait_s"),
     [
-        (3, None, 60.0, True, BACKOFF_CAP_S),  # past MAX_ATTEMPTS, time left: the transient fault is waited out
+        (2, None, 60.0, True, BACKOFF_CAP_S),  # past MAX_ATTEMPTS, time left: the transient fault is waited out
         (6, None, 60.0, True, BACKOFF_CAP_S),  # the backoff is capped
         (6, None, 1.0, False, 0.0),  # the time for the item's faults is up
         (5, 12.0, 60.0, True, 12.0),  # the provider's Retry-After is honoured
@@ -238,11 +238,11 @@ def test_without_time_left_the_tries_are_counted_as_before() -> None:
 
 
 def test_an_items_backoff_is_capped_while_time_is_left() -> None:
-    """Independent faults do not stretch an item's waits: 0.25 s, 0.5 s, 1 s, then 2 s at most."""
+    """Independent faults do not stretch an item's waits: 0.5 s, 1 s, then 2 s at most."""
     waits = [
         after_failure(attempt=a, retryable=True, retry_after=None, provider_stopped=False, time_left_s=300).wait_s
         for a in range(8)
     ]
-    assert waits == [0.25, 0.5, 1.0] + [BACKOFF_CAP_S] * 5
+    assert waits == [0.5, 1.0] + [BACKOFF_CAP_S] * 6
     honoured = after_failure(attempt=5, retryable=True, retry_after=12.0, provider_stopped=False, time_left_s=300)
     assert honoured.wait_s == 12.0  # a provider's own Retry-After is waited in full
