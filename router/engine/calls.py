@@ -169,11 +169,8 @@ async def call_one(
         if limits is not None:
             await _observe(limits, provider.name, model, result, sent_at)
     finally:
-        if probe:  # its outcome is recorded (or it was never sent): the next cooldown's probe may go
-            try:
-                await limits.release_probe(provider.name)  # type: ignore[union-attr]
-            except Exception as exc:  # the claim expires by itself (PROBE_HOLD_S)
-                log.warning("shared rate limits unavailable (%s)", exc)
+        # The slot first: `leave` never suspends, so a cancel that lands in the await below (a hedged
+        # twin given up) cannot keep the slot taken for good.
         if capped:
             overloaded = isinstance(result, (ProviderTimeout, ProviderConnectionError)) or (
                 isinstance(result, ProviderError) and result.status_code in OVERLOAD_STATUSES
@@ -184,6 +181,11 @@ async def call_one(
             await limits.leave(  # type: ignore[union-attr]
                 provider.name, overloaded=overloaded, called=result is not None and not rate_limited, sent_at=sent_at
             )
+        if probe:  # its outcome is recorded (or it was never sent): the next cooldown's probe may go
+            try:
+                await asyncio.shield(limits.release_probe(provider.name))  # type: ignore[union-attr]
+            except Exception as exc:  # the claim expires by itself (PROBE_HOLD_S)
+                log.warning("shared rate limits unavailable (%s)", exc)
     assert result is not None  # set by the call (a refused breaker returned above)
     return key, result, time.perf_counter() - started
 
