@@ -188,8 +188,7 @@ def execute(
         last_write = time.monotonic()
         keys = _launch(settings, catalog, chunk, progress, stream, tries, recorded, delays=due, moved_on=moved_on)
         if keys:  # the calls just launched are looked at for stragglers too, once they have left
-            look = time.monotonic() + HEDGE_LOOK_S
-            progress.hedge_at = look if progress.hedge_at is None else min(progress.hedge_at, look)
+            progress.look_by(time.monotonic() + HEDGE_LOOK_S)
         for (key, _), hedge in zip(hedges, keys[twins:], strict=False):
             group = progress.twins.setdefault(key, {key})
             group.add(hedge)
@@ -350,6 +349,10 @@ class _Progress:
         if not planned:
             self.keep = 0  # the job has no pending item left: run out the batch
         return tries
+
+    def look_by(self, at: float) -> None:
+        """Look for stragglers again by `at` (time.monotonic()), if not sooner already."""
+        self.hedge_at = at if self.hedge_at is None else min(self.hedge_at, at)
 
     def forget(self, item_ids: Sequence[int]) -> None:
         """Items written finished: nothing more about them is needed (a batch that takes items on
@@ -848,7 +851,7 @@ def _stragglers(
             continue
         due = max(left_at) + wait
         if now < due:
-            progress.hedge_at = due if progress.hedge_at is None else min(progress.hedge_at, due)
+            progress.look_by(due)
             continue
         text = progress.texts[t.item_id]
         if not worth_hedging(
@@ -869,8 +872,7 @@ def _stragglers(
         if len(found) >= left:
             break
     if soon:  # a call not yet out may leave and straggle before the next result comes: look again soon
-        look = now + HEDGE_LOOK_S
-        progress.hedge_at = look if progress.hedge_at is None else min(progress.hedge_at, look)
+        progress.look_by(now + HEDGE_LOOK_S)
     return found
 
 
