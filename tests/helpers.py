@@ -18,13 +18,13 @@ from typing import Any
 
 import psycopg
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from router.catalog import Catalog
 from router.cli.app import app
 from router.ledger.db import session_scope
-from router.ledger.tables import Call, Item
+from router.ledger.tables import Call, Item, Job, JobStatus
 from router.settings import Settings
 from router.usage import TokenUsage
 
@@ -223,3 +223,16 @@ def postgres_outage(pg_url: str) -> str:
         time.sleep(3)
         conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
     return "refused connections"
+
+
+def retire_leftover_jobs(settings: Settings) -> None:
+    """Cancel every job earlier tests left running or paused in the shared test database. A worker
+    started with beat (-B) sweeps and resumes every such job: a job paused on a spent budget then
+    holds the worker's threads for PENNYROUTE_BUDGET_WAIT_S (120 s) each, and the test's own job
+    waits behind them."""
+    with session_scope(settings) as session:
+        session.execute(
+            update(Job)
+            .where(Job.status.in_([JobStatus.RUNNING, JobStatus.PAUSED]))  # type: ignore[attr-defined]
+            .values(status=JobStatus.CANCELLED)
+        )

@@ -38,6 +38,7 @@ from tests.helpers import (
     FAKE_KEY,
     ledger,
     postgres_outage,
+    retire_leftover_jobs,
     start_workers,
     stop_workers,
     tickets,
@@ -77,6 +78,7 @@ def setup(slow_fake: str, pg_url: str, broker_url: str, tmp_path: Path) -> tuple
     )  # type: ignore[call-arg]
     env = {**worker_env(pg_url=pg_url, broker_url=broker_url, catalog_file=catalog_file), **FAST_RECOVERY}
     redis.Redis.from_url(broker_url).flushdb()
+    retire_leftover_jobs(settings)  # the restart tests' workers run beat, which would resume them
     return settings, load_catalog(catalog_file), env
 
 
